@@ -1,0 +1,79 @@
+/* HTTP/1.1 server on one libuv loop: accepting (SO_REUSEPORT, so every loop thread listens on
+ * the same port), parsing (Debian's http-parser), keep-alive, pipelining, timeouts and ordered,
+ * batched writes. Everything here runs on the loop's own thread.
+ *
+ * Contract with the handler: every request handed to it must be answered exactly once with
+ * http_respond(), now or later (after a Redis reply, say). The request stays valid until then, even
+ * when the peer has gone away; answers to pipelined requests are written in request order. */
+#ifndef SNATCH_HTTP_H
+#define SNATCH_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+typedef enum {
+    HTTP_M_OTHER = 0,
+    HTTP_M_GET,
+    HTTP_M_HEAD,
+    HTTP_M_POST,
+    HTTP_M_PUT,
+    HTTP_M_DELETE,
+} http_method_t;
+
+typedef struct http_request {
+    http_method_t method;
+    /* NUL-terminated, owned by the request. path excludes the query; query excludes '?'. */
+    const char *path;
+    size_t path_len;
+    const char *query; /* "" when absent */
+    size_t query_len;
+    const char *user_id; /* X-User-Id header, NULL when absent */
+    size_t user_id_len;
+    const char *authorization; /* Authorization header, NULL when absent */
+    size_t authorization_len;
+    const char *body; /* "" when absent */
+    size_t body_len;
+    const char *peer; /* client IP address as text */
+    void *server_data; /* the data given to http_server_start */
+    void *handler_data; /* free for the handler's use */
+} http_request_t;
+
+typedef void (*http_handler_fn)(http_request_t *req);
+
+typedef struct http_config {
+    size_t max_head_bytes;        /* request line + headers; beyond: 431 and close (default 8 KiB) */
+    size_t max_body_bytes;        /* beyond: 413 and close (default 64 KiB) */
+    uint64_t header_timeout_ms;   /* a started request head must complete in time: 408 (10 s) */
+    uint64_t idle_timeout_ms;     /* keep-alive connection with nothing pending: close (60 s) */
+    unsigned max_pipeline;        /* unanswered requests per connection before reading pauses (64) */
+} http_config_t;
+
+typedef struct http_server http_server_t;
+
+/* Binds addr:port with SO_REUSEPORT on loop and starts accepting. cfg may be NULL for defaults;
+ * zero fields take defaults. Returns 0 or a negative libuv error. */
+int http_server_start(http_server_t **out, uv_loop_t *loop, const char *addr, int port,
+                      const http_config_t *cfg, http_handler_fn handler, void *data);
+
+/* Stops accepting new connections; open ones keep being served. */
+void http_server_stop_accepting(http_server_t *srv);
+
+/* Closes idle connections now, and every other one as soon as its pending answers are written
+ * (Connection: close on the last). on_closed runs on the loop when all handles are closed and
+ * srv is freed. srv may be NULL (on_closed is still not called then). */
+void http_server_close(http_server_t *srv, void (*on_closed)(void *arg), void *arg);
+
+/* Open connections on this server (for metrics and the shutdown wait). */
+size_t http_server_connections(const http_server_t *srv);
+
+/* Answers req. body is copied; content_type NULL means application/json. Frees req once queued
+ * (never touch it afterwards). Safe to call for a request whose connection already closed. */
+void http_respond(http_request_t *req, int status, const char *content_type, const char *body,
+                  size_t len);
+
+/* Reason phrase for a status code ("OK", "Conflict", ...). */
+const char *http_status_text(int status);
+
+#endif

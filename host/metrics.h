@@ -1,0 +1,51 @@
+/* Counters and histograms for GET /metrics (Prometheus text format). Updated from every loop
+ * thread without locks: each thread writes its own slot (metrics_thread_register), and the
+ * renderer sums the slots. */
+#ifndef SNATCH_METRICS_H
+#define SNATCH_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    ROUTE_SNATCH,
+    ROUTE_EVENT,
+    ROUTE_ADMIN_EVENT,
+    ROUTE_ORDER,
+    ROUTE_USER_ORDERS,
+    ROUTE_METRICS,
+    ROUTE_HEALTH,
+    ROUTE_OTHER,
+    ROUTE__COUNT
+} metrics_route_t;
+
+typedef enum {
+    OUTCOME_SOLD,            /* 200: deducted in Redis, order acknowledged by JetStream */
+    OUTCOME_PENDING,         /* 202: deducted, order publish not yet acknowledged */
+    OUTCOME_SOLD_OUT_LOCAL,  /* 409 answered from local stock, Redis never asked */
+    OUTCOME_SOLD_OUT_REDIS,  /* 409 from Redis */
+    OUTCOME_LIMIT_REACHED,   /* 409 per-user limit */
+    OUTCOME_REJECTED,        /* policy admit() refused (4xx) */
+    OUTCOME_BAD_REQUEST,     /* 400/404 before policy */
+    OUTCOME_UNAVAILABLE,     /* 503: Redis or NATS unreachable, nothing deducted */
+    OUTCOME__COUNT
+} metrics_outcome_t;
+
+void metrics_init(void);
+/* Called once by each thread that records metrics, before it records any. */
+void metrics_thread_register(void);
+
+void metrics_request(metrics_route_t route, int status);
+void metrics_outcome(metrics_outcome_t outcome);
+void metrics_redis_rtt(uint64_t usec);
+void metrics_policy_reload(int ok);
+void metrics_http_error(int status); /* parse-level errors: 400, 408, 413, 431 */
+/* host.counter(name, inc) from policy scripts: at most 64 distinct names, others are dropped. */
+void metrics_lua_counter(const char *name, size_t len, double inc);
+void metrics_set_connections(int worker, int64_t n);
+void metrics_orders_inflight(int64_t delta);
+
+/* Renders everything (plus stock gauges) into a malloc'd buffer. Caller frees. */
+char *metrics_render(size_t *len);
+
+#endif

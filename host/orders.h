@@ -1,0 +1,55 @@
+/* Host side of the order pipeline: each sold ticket becomes a JetStream message on stream ORDERS,
+ * subject orders.<event>, header Nats-Msg-Id = order id (JetStream drops duplicates inside its
+ * window, so republishing is always safe).
+ *
+ * orders_publisher_t owns the one NATS connection of the process (cnats runs its own I/O threads;
+ * the connection is thread-safe). It connects and makes sure the stream exists on a background
+ * thread, retrying, so no loop thread ever blocks on NATS. Each loop thread gets an orders_lane_t:
+ * publishes go out with js_PublishMsgAsync (never blocking: the lane bounds its in-flight count
+ * below the library's MaxPending), and acknowledgements, which cnats delivers on its own thread,
+ * are handed back to the lane's loop through a uv_async_t, so the callback runs on the loop. */
+#ifndef SNATCH_ORDERS_H
+#define SNATCH_ORDERS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#define ORDERS_STREAM "ORDERS"
+#define ORDERS_SUBJECT_PREFIX "orders."
+
+typedef struct orders_publisher orders_publisher_t;
+typedef struct orders_lane orders_lane_t;
+
+/* Starts connecting to url in the background (never blocks for long). Returns 0 or -1 (bad url,
+ * out of memory) with err filled. */
+int orders_publisher_start(orders_publisher_t **out, const char *url, char *err, size_t errlen);
+
+/* Connected and the stream exists: a publish now has a chance to be acknowledged. */
+bool orders_publisher_ready(const orders_publisher_t *p);
+
+/* Closes the connection (after waiting up to timeout_ms for in-flight acks) and frees p. */
+void orders_publisher_stop(orders_publisher_t *p, int64_t timeout_ms);
+
+/* status: 0 acknowledged (stored or a duplicate of a stored message); -1 failed or timed out (the
+ * order stays pending in Redis, reconciliation republishes it). Runs on the lane's loop thread. */
+typedef void (*orders_ack_fn)(int status, void *data);
+
+/* A lane for one loop; max_inflight bounds its unacknowledged publishes; ack_timeout_ms bounds
+ * the wait for each acknowledgement. */
+int orders_lane_start(orders_lane_t **out, orders_publisher_t *p, uv_loop_t *loop,
+                      unsigned max_inflight, uint64_t ack_timeout_ms);
+
+/* Publishes one order. Returns 0 when it was handed to NATS (cb will run exactly once, later), or
+ * -1 when it was not (not ready, lane full): cb is not called then. Call on the lane's loop. */
+int orders_publish(orders_lane_t *lane, const char *event, const char *order_id,
+                   const char *payload, size_t len, orders_ack_fn cb, void *data);
+
+unsigned orders_lane_inflight(const orders_lane_t *lane);
+
+/* Fails (status -1) every publish still waiting, then frees the lane once its handles close.
+ * Call on the lane's loop. */
+void orders_lane_close(orders_lane_t *lane);
+
+#endif

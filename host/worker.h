@@ -1,0 +1,76 @@
+/* A loop thread of snatch-host: one libuv loop, its HTTP listener (SO_REUSEPORT on the shared
+ * port), its own Redis connection, its own policy lua_State and its own order-publishing lane.
+ * Other threads talk to a worker only through worker_post_* (a uv_async_t wake-up). */
+#ifndef SNATCH_WORKER_H
+#define SNATCH_WORKER_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "http.h"
+#include "orders.h"
+#include "redis.h"
+#include "script.h"
+
+/* Process-wide settings and shared services, set up by main before the workers start. */
+typedef struct host_config {
+    const char *listen_addr;
+    int listen_port;
+    int threads;
+    const char *redis_host;
+    int redis_port;
+    uint64_t redis_timeout_ms;
+    const char *nats_url;
+    const char *host_id;
+    int hosts;
+    const char *policy_path;
+    const char *deduct_path;
+    char admin_token[256]; /* empty: admin endpoints disabled (403) */
+    size_t admin_token_len;
+    uint64_t ack_timeout_ms;
+    unsigned max_inflight; /* per worker */
+    http_config_t http;
+} host_config_t;
+
+typedef struct host {
+    host_config_t cfg;
+    orders_publisher_t *orders;
+    _Atomic bool stopping;
+} host_t;
+
+typedef struct worker {
+    int id;
+    host_t *host;
+    uv_thread_t thread;
+    uv_loop_t loop;
+    uv_async_t wakeup;
+    uv_timer_t refresh;     /* re-reads known events from Redis (admin resets, sold-out) */
+    http_server_t *http;
+    redis_client_t *redis;
+    script_t *script;
+    orders_lane_t *orders;
+    /* Set by other threads, consumed on wakeup. */
+    _Atomic int reload_pending;
+    _Atomic int stop_pending;
+    char *pending_policy_path; /* unused: policy path is host->cfg.policy_path */
+    char *pending_deduct;      /* new Redis script source, handed over under reload_lock */
+    uv_mutex_t reload_lock;
+    _Atomic int ready;         /* listener up */
+    int exit_status;
+} worker_t;
+
+/* Starts the worker's thread: loop, Redis, policy, lane, listener. Returns 0 once the listener
+ * is bound, or a negative error (message logged). */
+int worker_start(worker_t *w, host_t *host, int id);
+
+/* Asks the worker to reload the policy (and deduct script source, copied; may be NULL). */
+void worker_post_reload(worker_t *w, const char *deduct_source);
+
+/* Asks the worker to stop accepting, finish in-flight requests, close everything and return. */
+void worker_post_stop(worker_t *w);
+
+void worker_join(worker_t *w);
+
+#endif
