@@ -1,1 +1,614 @@
+/* The HTTP API of snatch-host: routing, and every endpoint but the sale itself (sale.c).
+ * Runs on the loop thread of the connection. Look-ups go to Redis asynchronously; bodies are
+ * built into small stack buffers or static strings. */
 #include "api.h"
+
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "metrics.h"
+#include "sale.h"
+#include "stock.h"
+#include "util.h"
+#include "worker.h"
+
+#define KEY_MAX (SNATCH_NAME_MAX + 16)
+
+/* Resets an event: refused while orders wait to be published (they would be lost). The seq
+ * field survives, so order ids never repeat for one event name. */
+static const char RESET_SCRIPT[] =
+    "if redis.call('HLEN', KEYS[5]) > 0 then return redis.error_reply('PENDING') end\n"
+    "redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])\n"
+    "local gen = redis.call('HINCRBY', KEYS[1], 'gen', 1)\n"
+    "redis.call('HSET', KEYS[1], 'stock', ARGV[2], 'sold', 0, 'limit', ARGV[3])\n"
+    "redis.call('SADD', KEYS[6], ARGV[1])\n"
+    "return gen\n";
+
+void api_error(http_request_t *req, int route, int status, const char *reason, const char *detail)
+{
+    char body[512];
+    size_t pos = 0;
+    memcpy(body, "{\"error\":", 9);
+    pos = 9;
+    util_json_str(body, sizeof(body) - 1, &pos, reason, strlen(reason));
+    if (detail != NULL) {
+        size_t save = pos;
+        memcpy(body + pos, ",\"detail\":", 10);
+        pos += 10;
+        if (util_json_str(body, sizeof(body) - 1, &pos, detail, strlen(detail)) != 0)
+            pos = save;
+    }
+    body[pos++] = '}';
+    metrics_request((metrics_route_t)route, status);
+    http_respond(req, status, NULL, body, pos);
+}
+
+static void respond_json(http_request_t *req, metrics_route_t route, int status, const char *body,
+                         size_t len)
+{
+    metrics_request(route, status);
+    http_respond(req, status, NULL, body, len);
+}
+
+static int event_key(char *out, const char *event, size_t len, const char *suffix)
+{
+    return snprintf(out, KEY_MAX, "{%.*s}:%s", (int)len, event, suffix);
+}
+
+static worker_t *worker_of(http_request_t *req)
+{
+    return req->server_data;
+}
+
+static bool redis_usable(worker_t *w)
+{
+    return w->redis != NULL && redis_client_ready(w->redis);
+}
+
+/* ---- GET /v1/events/{e} ---- */
+
+typedef struct event_view {
+    http_request_t *req;
+    worker_t *w;
+    size_t len;
+    char event[SNATCH_NAME_MAX + 1];
+} event_view_t;
+
+static int64_t elem_int(const redisReply *r, size_t i)
+{
+    int64_t v = 0;
+    if (r->elements > i && r->element[i]->type == REDIS_REPLY_STRING)
+        util_parse_i64(r->element[i]->str, r->element[i]->len, INT64_MIN + 1, INT64_MAX, &v);
+    return v;
+}
+
+static void on_event_meta(redisReply *r, const char *err, void *data)
+{
+    event_view_t *v = data;
+    (void)err;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 4) {
+        api_error(v->req, ROUTE_EVENT, 503, "unavailable", NULL);
+        goto out;
+    }
+    if (r->element[0]->type != REDIS_REPLY_STRING) {
+        api_error(v->req, ROUTE_EVENT, 404, "unknown_event", NULL);
+        goto out;
+    }
+    int64_t stock = elem_int(r, 0), sold = elem_int(r, 1), limit = elem_int(r, 2);
+    int64_t gen = elem_int(r, 3);
+    int64_t remaining = stock - sold > 0 ? stock - sold : 0;
+    stock_event_t *ev = stock_find(v->event, v->len);
+    int64_t quota = ev ? atomic_load(&ev->quota) : 0;
+    int64_t left = ev ? atomic_load(&ev->local_left) : 0;
+    char body[512];
+    size_t pos = 0;
+    memcpy(body, "{\"event\":", 9);
+    pos = 9;
+    util_json_str(body, sizeof(body), &pos, v->event, v->len);
+    pos += (size_t)snprintf(body + pos, sizeof(body) - pos,
+                            ",\"stock\":%" PRId64 ",\"sold\":%" PRId64 ",\"remaining\":%" PRId64
+                            ",\"per_user_limit\":%" PRId64 ",\"generation\":%" PRId64
+                            ",\"local_quota\":%" PRId64 ",\"local_left\":%" PRId64
+                            ",\"status\":\"%s\"}",
+                            stock, sold, remaining, limit, gen, quota, left < 0 ? 0 : left,
+                            remaining > 0 ? "open" : "sold_out");
+    respond_json(v->req, ROUTE_EVENT, 200, body, pos);
+out:
+    free(v);
+}
+
+static void get_event(http_request_t *req, const char *event, size_t len)
+{
+    worker_t *w = worker_of(req);
+    if (!util_valid_name(event, len, SNATCH_NAME_MAX)) {
+        api_error(req, ROUTE_EVENT, 400, "bad_request", "invalid event name");
+        return;
+    }
+    if (!redis_usable(w)) {
+        api_error(req, ROUTE_EVENT, 503, "unavailable", NULL);
+        return;
+    }
+    event_view_t *v = malloc(sizeof(*v));
+    if (v == NULL) {
+        api_error(req, ROUTE_EVENT, 503, "unavailable", NULL);
+        return;
+    }
+    v->req = req;
+    v->w = w;
+    v->len = len;
+    memcpy(v->event, event, len);
+    v->event[len] = '\0';
+    char key[KEY_MAX];
+    int n = event_key(key, event, len, "meta");
+    const char *argv[] = {"HMGET", key, "stock", "sold", "limit", "gen"};
+    size_t lens[] = {5, (size_t)n, 5, 4, 5, 3};
+    redis_command(w->redis, on_event_meta, v, 6, argv, lens);
+}
+
+/* ---- PUT /admin/events/{e} ---- */
+
+static bool authorized(worker_t *w, http_request_t *req)
+{
+    const host_config_t *cfg = &w->host->cfg;
+    static const char bearer[] = "Bearer ";
+    if (req->authorization == NULL || req->authorization_len < sizeof(bearer) - 1 ||
+        strncasecmp(req->authorization, bearer, sizeof(bearer) - 1) != 0)
+        return false;
+    const char *tok = req->authorization + sizeof(bearer) - 1;
+    size_t tlen = req->authorization_len - (sizeof(bearer) - 1);
+    return util_secret_equal(tok, tlen, cfg->admin_token, cfg->admin_token_len);
+}
+
+typedef struct admin_put {
+    http_request_t *req;
+    worker_t *w;
+    int64_t stock, limit;
+    size_t len;
+    char event[SNATCH_NAME_MAX + 1];
+} admin_put_t;
+
+static void on_event_reset(redisReply *r, const char *err, void *data)
+{
+    admin_put_t *a = data;
+    (void)err;
+    if (r == NULL) {
+        api_error(a->req, ROUTE_ADMIN_EVENT, 503, "unavailable", NULL);
+        goto out;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        if (strstr(r->str, "PENDING") != NULL)
+            api_error(a->req, ROUTE_ADMIN_EVENT, 409, "orders_pending",
+                      "orders of this event are not yet published; run snatch-reconcile first");
+        else
+            api_error(a->req, ROUTE_ADMIN_EVENT, 503, "unavailable", r->str);
+        goto out;
+    }
+    int64_t gen = r->type == REDIS_REPLY_INTEGER ? r->integer : 0;
+    script_cluster_t cl = {.stock = a->stock,
+                           .per_user_limit = a->limit,
+                           .hosts = a->w->host->cfg.hosts,
+                           .host_id = a->w->host->cfg.host_id};
+    int64_t quota = script_allocate(a->w->script, a->event, &cl);
+    stock_install(a->event, a->len, a->stock, a->limit, quota, (uint64_t)gen, a->stock == 0);
+    fprintf(stderr, "admin: event %s reset: stock %" PRId64 ", per_user_limit %" PRId64
+                    ", generation %" PRId64 ", local quota %" PRId64 "\n",
+            a->event, a->stock, a->limit, gen, quota);
+    char body[384];
+    size_t pos = 0;
+    memcpy(body, "{\"event\":", 9);
+    pos = 9;
+    util_json_str(body, sizeof(body), &pos, a->event, a->len);
+    pos += (size_t)snprintf(body + pos, sizeof(body) - pos,
+                            ",\"stock\":%" PRId64 ",\"per_user_limit\":%" PRId64
+                            ",\"generation\":%" PRId64 ",\"local_quota\":%" PRId64 "}",
+                            a->stock, a->limit, gen, quota);
+    respond_json(a->req, ROUTE_ADMIN_EVENT, 200, body, pos);
+out:
+    free(a);
+}
+
+/* Parses {"stock":N,"per_user_limit":K}: both integers, nothing else accepted. Returns NULL on
+ * success or the reason. */
+const char *api_parse_event_body(const char *body, size_t len, int64_t *stock, int64_t *limit)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    const char *why = NULL;
+    if (root == NULL)
+        return "body is not valid JSON";
+    if (!json_is_object(root)) {
+        why = "body must be a JSON object";
+        goto out;
+    }
+    json_t *s = json_object_get(root, "stock");
+    json_t *l = json_object_get(root, "per_user_limit");
+    if (!json_is_integer(s) || json_integer_value(s) < 0 ||
+        json_integer_value(s) > 1000000000000LL) {
+        why = "stock must be an integer from 0 to 10^12";
+        goto out;
+    }
+    if (l == NULL) {
+        *limit = 1;
+    } else if (!json_is_integer(l) || json_integer_value(l) < 1 ||
+               json_integer_value(l) > 1000000) {
+        why = "per_user_limit must be an integer from 1 to 10^6";
+        goto out;
+    } else {
+        *limit = json_integer_value(l);
+    }
+    if (json_object_size(root) != (l ? 2u : 1u)) {
+        why = "unknown field: only stock and per_user_limit";
+        goto out;
+    }
+    *stock = json_integer_value(s);
+out:
+    json_decref(root);
+    return why;
+}
+
+static void put_event(http_request_t *req, const char *event, size_t len)
+{
+    worker_t *w = worker_of(req);
+    if (w->host->cfg.admin_token_len == 0) {
+        api_error(req, ROUTE_ADMIN_EVENT, 403, "forbidden", "admin disabled: no --admin-token-file");
+        return;
+    }
+    if (!authorized(w, req)) {
+        api_error(req, ROUTE_ADMIN_EVENT, 401, "unauthorized", NULL);
+        return;
+    }
+    if (!util_valid_name(event, len, SNATCH_NAME_MAX)) {
+        api_error(req, ROUTE_ADMIN_EVENT, 400, "bad_request", "invalid event name");
+        return;
+    }
+    int64_t stock, limit;
+    const char *why = api_parse_event_body(req->body, req->body_len, &stock, &limit);
+    if (why != NULL) {
+        api_error(req, ROUTE_ADMIN_EVENT, 400, "bad_request", why);
+        return;
+    }
+    if (!redis_usable(w)) {
+        api_error(req, ROUTE_ADMIN_EVENT, 503, "unavailable", NULL);
+        return;
+    }
+    admin_put_t *a = malloc(sizeof(*a));
+    if (a == NULL) {
+        api_error(req, ROUTE_ADMIN_EVENT, 503, "unavailable", NULL);
+        return;
+    }
+    a->req = req;
+    a->w = w;
+    a->stock = stock;
+    a->limit = limit;
+    a->len = len;
+    memcpy(a->event, event, len);
+    a->event[len] = '\0';
+    static const char *suffix[5] = {"meta", "users", "orders", "uorders", "pending"};
+    char keys[5][KEY_MAX], sstock[24], slimit[24];
+    const char *argv[12];
+    size_t lens[12];
+    argv[0] = "EVAL";
+    lens[0] = 4;
+    argv[1] = RESET_SCRIPT;
+    lens[1] = sizeof(RESET_SCRIPT) - 1;
+    argv[2] = "6";
+    lens[2] = 1;
+    for (int i = 0; i < 5; i++) {
+        lens[3 + i] = (size_t)event_key(keys[i], event, len, suffix[i]);
+        argv[3 + i] = keys[i];
+    }
+    argv[8] = "snatch:events";
+    lens[8] = strlen(argv[8]);
+    argv[9] = a->event;
+    lens[9] = len;
+    lens[10] = (size_t)snprintf(sstock, sizeof(sstock), "%" PRId64, stock);
+    argv[10] = sstock;
+    lens[11] = (size_t)snprintf(slimit, sizeof(slimit), "%" PRId64, limit);
+    argv[11] = slimit;
+    redis_command(w->redis, on_event_reset, a, 12, argv, lens);
+}
+
+/* ---- GET /v1/orders/{id} and GET /v1/events/{e}/users/{u}/orders ---- */
+
+typedef struct order_view {
+    http_request_t *req;
+    worker_t *w;
+    metrics_route_t route;
+    char event[SNATCH_NAME_MAX + 1];
+    char user[SNATCH_NAME_MAX + 1];
+} order_view_t;
+
+static void on_order(redisReply *r, const char *err, void *data)
+{
+    order_view_t *v = data;
+    (void)err;
+    if (r == NULL || r->type == REDIS_REPLY_ERROR)
+        api_error(v->req, ROUTE_ORDER, 503, "unavailable", NULL);
+    else if (r->type != REDIS_REPLY_STRING)
+        api_error(v->req, ROUTE_ORDER, 404, "unknown_order", NULL);
+    else
+        respond_json(v->req, ROUTE_ORDER, 200, r->str, r->len);
+    free(v);
+}
+
+/* Order ids are "<13 digits>-<10 digits>-<event>"; the event names the keys to read. */
+static int order_event(const char *id, size_t len, const char **event, size_t *elen)
+{
+    if (len < 26 || id[13] != '-' || id[24] != '-')
+        return -1;
+    for (size_t i = 0; i < 24; i++)
+        if (i != 13 && (id[i] < '0' || id[i] > '9'))
+            return -1;
+    *event = id + 25;
+    *elen = len - 25;
+    return util_valid_name(*event, *elen, SNATCH_NAME_MAX) ? 0 : -1;
+}
+
+static void get_order(http_request_t *req, const char *id, size_t len)
+{
+    worker_t *w = worker_of(req);
+    const char *event;
+    size_t elen;
+    if (order_event(id, len, &event, &elen) != 0) {
+        api_error(req, ROUTE_ORDER, 400, "bad_request", "invalid order id");
+        return;
+    }
+    if (!redis_usable(w)) {
+        api_error(req, ROUTE_ORDER, 503, "unavailable", NULL);
+        return;
+    }
+    order_view_t *v = calloc(1, sizeof(*v));
+    if (v == NULL) {
+        api_error(req, ROUTE_ORDER, 503, "unavailable", NULL);
+        return;
+    }
+    v->req = req;
+    v->w = w;
+    char key[KEY_MAX];
+    int n = event_key(key, event, elen, "orders");
+    const char *argv[] = {"HGET", key, id};
+    size_t lens[] = {4, (size_t)n, len};
+    redis_command(w->redis, on_order, v, 3, argv, lens);
+}
+
+static void on_user_records(redisReply *r, const char *err, void *data)
+{
+    order_view_t *v = data;
+    (void)err;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        api_error(v->req, ROUTE_USER_ORDERS, 503, "unavailable", NULL);
+        free(v);
+        return;
+    }
+    size_t cap = 128 + r->elements * 256;
+    for (size_t i = 0; i < r->elements; i++)
+        if (r->element[i]->type == REDIS_REPLY_STRING)
+            cap += r->element[i]->len;
+    char *body = malloc(cap);
+    if (body == NULL) {
+        api_error(v->req, ROUTE_USER_ORDERS, 503, "unavailable", NULL);
+        free(v);
+        return;
+    }
+    size_t pos = 0;
+    memcpy(body, "{\"event\":", 9);
+    pos = 9;
+    util_json_str(body, cap, &pos, v->event, strlen(v->event));
+    memcpy(body + pos, ",\"user\":", 8);
+    pos += 8;
+    util_json_str(body, cap, &pos, v->user, strlen(v->user));
+    memcpy(body + pos, ",\"orders\":[", 11);
+    pos += 11;
+    size_t n = 0;
+    for (size_t i = 0; i < r->elements; i++) {
+        if (r->element[i]->type != REDIS_REPLY_STRING)
+            continue;
+        if (n++)
+            body[pos++] = ',';
+        memcpy(body + pos, r->element[i]->str, r->element[i]->len);
+        pos += r->element[i]->len;
+    }
+    memcpy(body + pos, "]}", 2);
+    pos += 2;
+    respond_json(v->req, ROUTE_USER_ORDERS, 200, body, pos);
+    free(body);
+    free(v);
+}
+
+static void on_user_ids(redisReply *r, const char *err, void *data)
+{
+    order_view_t *v = data;
+    (void)err;
+    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+        api_error(v->req, ROUTE_USER_ORDERS, 503, "unavailable", NULL);
+        free(v);
+        return;
+    }
+    if (r->type != REDIS_REPLY_STRING || r->len == 0) {
+        static const char none[] = "[]}";
+        char body[256];
+        size_t pos = 0;
+        memcpy(body, "{\"event\":", 9);
+        pos = 9;
+        util_json_str(body, sizeof(body), &pos, v->event, strlen(v->event));
+        memcpy(body + pos, ",\"user\":", 8);
+        pos += 8;
+        util_json_str(body, sizeof(body), &pos, v->user, strlen(v->user));
+        memcpy(body + pos, ",\"orders\":", 10);
+        pos += 10;
+        memcpy(body + pos, none, sizeof(none) - 1);
+        pos += sizeof(none) - 1;
+        respond_json(v->req, ROUTE_USER_ORDERS, 200, body, pos);
+        free(v);
+        return;
+    }
+    /* ids are comma separated; per_user_limit bounds how many there are. */
+    size_t count = 1;
+    for (size_t i = 0; i < r->len; i++)
+        count += r->str[i] == ',';
+    const char **argv = malloc((count + 2) * sizeof(*argv));
+    size_t *lens = malloc((count + 2) * sizeof(*lens));
+    char key[KEY_MAX];
+    if (argv == NULL || lens == NULL) {
+        free(argv);
+        free(lens);
+        api_error(v->req, ROUTE_USER_ORDERS, 503, "unavailable", NULL);
+        free(v);
+        return;
+    }
+    argv[0] = "HMGET";
+    lens[0] = 5;
+    lens[1] = (size_t)event_key(key, v->event, strlen(v->event), "orders");
+    argv[1] = key;
+    size_t n = 2, start = 0;
+    for (size_t i = 0; i <= r->len; i++) {
+        if (i == r->len || r->str[i] == ',') {
+            argv[n] = r->str + start;
+            lens[n] = i - start;
+            n++;
+            start = i + 1;
+        }
+    }
+    redis_command(v->w->redis, on_user_records, v, (int)n, argv, lens);
+    free(argv);
+    free(lens);
+}
+
+static void get_user_orders(http_request_t *req, const char *event, size_t elen, const char *user,
+                            size_t ulen)
+{
+    worker_t *w = worker_of(req);
+    if (!util_valid_name(event, elen, SNATCH_NAME_MAX) ||
+        !util_valid_name(user, ulen, SNATCH_NAME_MAX)) {
+        api_error(req, ROUTE_USER_ORDERS, 400, "bad_request", "invalid event or user");
+        return;
+    }
+    if (!redis_usable(w)) {
+        api_error(req, ROUTE_USER_ORDERS, 503, "unavailable", NULL);
+        return;
+    }
+    order_view_t *v = calloc(1, sizeof(*v));
+    if (v == NULL) {
+        api_error(req, ROUTE_USER_ORDERS, 503, "unavailable", NULL);
+        return;
+    }
+    v->req = req;
+    v->w = w;
+    memcpy(v->event, event, elen);
+    memcpy(v->user, user, ulen);
+    char key[KEY_MAX];
+    int n = event_key(key, event, elen, "uorders");
+    const char *argv[] = {"HGET", key, v->user};
+    size_t lens[] = {4, (size_t)n, ulen};
+    redis_command(w->redis, on_user_ids, v, 3, argv, lens);
+}
+
+/* ---- /metrics, /healthz ---- */
+
+static void get_metrics(http_request_t *req)
+{
+    size_t len;
+    char *text = metrics_render(&len);
+    if (text == NULL) {
+        api_error(req, ROUTE_METRICS, 503, "unavailable", NULL);
+        return;
+    }
+    metrics_request(ROUTE_METRICS, 200);
+    http_respond(req, 200, "text/plain; version=0.0.4", text, len);
+    free(text);
+}
+
+static void get_health(http_request_t *req)
+{
+    worker_t *w = worker_of(req);
+    bool redis_ok = redis_usable(w);
+    bool nats_ok = orders_publisher_ready(w->host->orders);
+    char body[128];
+    int n = snprintf(body, sizeof(body), "{\"status\":\"%s\",\"redis\":%s,\"nats\":%s}",
+                     redis_ok && nats_ok ? "ok" : "degraded", redis_ok ? "true" : "false",
+                     nats_ok ? "true" : "false");
+    respond_json(req, ROUTE_HEALTH, redis_ok && nats_ok ? 200 : 503, body, (size_t)n);
+}
+
+/* ---- routing ---- */
+
+/* Splits path (after a prefix) into '/'-separated segments; returns how many (at most max). */
+static int split_path(const char *p, size_t len, const char **seg, size_t *seglen, int max)
+{
+    int n = 0;
+    size_t i = 0;
+    while (i < len) {
+        if (p[i] != '/')
+            return -1;
+        size_t start = ++i;
+        while (i < len && p[i] != '/')
+            i++;
+        if (n == max)
+            return -1;
+        seg[n] = p + start;
+        seglen[n] = i - start;
+        if (seglen[n] == 0)
+            return -1;
+        n++;
+    }
+    return n;
+}
+
+static bool seg_is(const char *s, size_t len, const char *lit)
+{
+    return strlen(lit) == len && memcmp(s, lit, len) == 0;
+}
+
+static void method_not_allowed(http_request_t *req, metrics_route_t route)
+{
+    api_error(req, route, 405, "method_not_allowed", NULL);
+}
+
+void api_handle(http_request_t *req)
+{
+    const char *seg[6];
+    size_t sl[6];
+    int n = split_path(req->path, req->path_len, seg, sl, 6);
+    bool get = req->method == HTTP_M_GET || req->method == HTTP_M_HEAD;
+    if (n == 4 && seg_is(seg[0], sl[0], "v1") && seg_is(seg[1], sl[1], "events") &&
+        seg_is(seg[3], sl[3], "snatch")) {
+        if (req->method != HTTP_M_POST)
+            return method_not_allowed(req, ROUTE_SNATCH);
+        return sale_snatch(worker_of(req), req, seg[2], sl[2]);
+    }
+    if (n == 3 && seg_is(seg[0], sl[0], "v1") && seg_is(seg[1], sl[1], "events")) {
+        if (!get)
+            return method_not_allowed(req, ROUTE_EVENT);
+        return get_event(req, seg[2], sl[2]);
+    }
+    if (n == 3 && seg_is(seg[0], sl[0], "admin") && seg_is(seg[1], sl[1], "events")) {
+        if (req->method != HTTP_M_PUT)
+            return method_not_allowed(req, ROUTE_ADMIN_EVENT);
+        return put_event(req, seg[2], sl[2]);
+    }
+    if (n == 3 && seg_is(seg[0], sl[0], "v1") && seg_is(seg[1], sl[1], "orders")) {
+        if (!get)
+            return method_not_allowed(req, ROUTE_ORDER);
+        return get_order(req, seg[2], sl[2]);
+    }
+    if (n == 6 && seg_is(seg[0], sl[0], "v1") && seg_is(seg[1], sl[1], "events") &&
+        seg_is(seg[3], sl[3], "users") && seg_is(seg[5], sl[5], "orders")) {
+        if (!get)
+            return method_not_allowed(req, ROUTE_USER_ORDERS);
+        return get_user_orders(req, seg[2], sl[2], seg[4], sl[4]);
+    }
+    if (n == 1 && seg_is(seg[0], sl[0], "metrics")) {
+        if (!get)
+            return method_not_allowed(req, ROUTE_METRICS);
+        return get_metrics(req);
+    }
+    if (n == 1 && seg_is(seg[0], sl[0], "healthz")) {
+        if (!get)
+            return method_not_allowed(req, ROUTE_HEALTH);
+        return get_health(req);
+    }
+    api_error(req, ROUTE_OTHER, 404, "not_found", NULL);
+}

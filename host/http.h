@@ -68,6 +68,9 @@ void http_server_close(http_server_t *srv, void (*on_closed)(void *arg), void *a
 /* Open connections on this server (for metrics and the shutdown wait). */
 size_t http_server_connections(const http_server_t *srv);
 
+/* The port srv listens on (useful after binding port 0), or -1 when srv is NULL. */
+int http_server_port(const http_server_t *srv);
+
 /* Answers req. body is copied; content_type NULL means application/json. Frees req once queued
  * (never touch it afterwards). Safe to call for a request whose connection already closed. */
 void http_respond(http_request_t *req, int status, const char *content_type, const char *body,

@@ -1,1 +1,387 @@
-int main(void) { return 1; }
+/* snatch-host: flags, start-up order, signals, shut-down order.
+ *
+ * Start: policy validated -> stock/metrics/rate limiter -> NATS publisher (connects in the
+ * background) -> N worker threads (each: policy state, Redis, order lane, listener).
+ * The main thread then only waits for signals on its own loop: SIGHUP validates the policy and
+ * deduct script and hands them to every worker; SIGTERM/SIGINT stop accepting, let in-flight
+ * sales finish, close, exit 0. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "metrics.h"
+#include "orders.h"
+#include "ratelimit.h"
+#include "script.h"
+#include "stock.h"
+#include "util.h"
+#include "worker.h"
+
+#define MAX_THREADS 32
+#define SNATCH_VERSION "0.1.0"
+
+static host_t host;
+static worker_t workers[MAX_THREADS];
+static int n_workers;
+static uv_signal_t sig_hup, sig_term, sig_int;
+static char host_id_buf[SNATCH_NAME_MAX + 1];
+static char deduct_buf[4096];
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: snatch-host [options] POLICY.lua\n"
+            "       snatch-host --test POLICY.lua   (validate a policy and exit, like nginx -t)\n"
+            "\n"
+            "  --listen ADDR:PORT        where to serve HTTP (default 127.0.0.1:8080)\n"
+            "  --threads N               event-loop threads (default: CPU count)\n"
+            "  --redis HOST:PORT         Redis, the global stock (default 127.0.0.1:6379)\n"
+            "  --redis-timeout-ms MS     per Redis command (default 1000)\n"
+            "  --nats URL                NATS with JetStream (default nats://127.0.0.1:4222)\n"
+            "  --ack-timeout-ms MS       wait for the JetStream ack before answering 202 (5000)\n"
+            "  --max-inflight N          unacknowledged orders per thread (default 4096)\n"
+            "  --host-id ID              this host's name in orders (default: hostname)\n"
+            "  --hosts N                 hosts sharing the sale, for allocate() (default 1)\n"
+            "  --admin-token-file PATH   bearer token for /admin (absent: admin disabled)\n"
+            "  --deduct PATH             Redis deduction script (default: deduct.lua next to\n"
+            "                            the policy)\n"
+            "  --max-head BYTES          request head cap, 431 beyond (default 8192)\n"
+            "  --max-body BYTES          request body cap, 413 beyond (default 65536)\n"
+            "  --idle-timeout-ms MS      keep-alive idle close (default 60000)\n"
+            "  --header-timeout-ms MS    request head must arrive within (default 10000)\n"
+            "  --test                    load and validate POLICY, print the verdict, exit\n"
+            "  --version, --help\n"
+            "\nSignals: HUP reloads the policy and deduct script (a broken one is refused and the\n"
+            "old one keeps serving); TERM/INT stop accepting, finish in-flight sales, exit 0.\n");
+}
+
+static int parse_hostport(const char *s, const char **host_out, int *port, char *buf, size_t cap)
+{
+    const char *colon = strrchr(s, ':');
+    int64_t p;
+    if (colon == NULL || (size_t)(colon - s) >= cap ||
+        util_parse_i64(colon + 1, strlen(colon + 1), 1, 65535, &p) != 0)
+        return -1;
+    memcpy(buf, s, (size_t)(colon - s));
+    buf[colon - s] = '\0';
+    *host_out = buf;
+    *port = (int)p;
+    return 0;
+}
+
+static int read_token(const char *path, host_config_t *cfg)
+{
+    size_t len;
+    char *tok = util_read_file(path, &len);
+    if (tok == NULL) {
+        fprintf(stderr, "snatch-host: cannot read admin token file %s: %s\n", path,
+                strerror(errno));
+        return -1;
+    }
+    while (len > 0 && (tok[len - 1] == '\n' || tok[len - 1] == '\r' || tok[len - 1] == ' '))
+        len--;
+    if (len == 0 || len >= sizeof(cfg->admin_token)) {
+        fprintf(stderr, "snatch-host: admin token in %s must be 1..255 bytes\n", path);
+        free(tok);
+        return -1;
+    }
+    memcpy(cfg->admin_token, tok, len);
+    cfg->admin_token[len] = '\0';
+    cfg->admin_token_len = len;
+    free(tok);
+    return 0;
+}
+
+static int check_policy(const char *path, char *err, size_t errlen)
+{
+    script_env_t env = {.host_id = host.cfg.host_id, .hosts = host.cfg.hosts};
+    return script_check(path, &env, err, errlen);
+}
+
+static void on_hup(uv_signal_t *h, int signum)
+{
+    (void)h;
+    (void)signum;
+    char err[1024];
+    if (check_policy(host.cfg.policy_path, err, sizeof(err)) != 0) {
+        fprintf(stderr, "reload: policy %s refused, old policy keeps serving: %s\n",
+                host.cfg.policy_path, err);
+        metrics_policy_reload(0);
+        return;
+    }
+    char *deduct = util_read_file(host.cfg.deduct_path, NULL);
+    if (deduct == NULL)
+        fprintf(stderr, "reload: cannot read %s, keeping the deduct script\n",
+                host.cfg.deduct_path);
+    for (int i = 0; i < n_workers; i++)
+        worker_post_reload(&workers[i], deduct);
+    free(deduct);
+    fprintf(stderr, "reload: policy %s handed to %d threads\n", host.cfg.policy_path, n_workers);
+}
+
+static void on_stop_signal(uv_signal_t *h, int signum)
+{
+    (void)h;
+    fprintf(stderr, "snatch-host: %s: stopping (finishing in-flight requests)\n",
+            signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    atomic_store(&host.stopping, true);
+    for (int i = 0; i < n_workers; i++)
+        worker_post_stop(&workers[i]);
+    uv_close((uv_handle_t *)&sig_hup, NULL);
+    uv_close((uv_handle_t *)&sig_term, NULL);
+    uv_close((uv_handle_t *)&sig_int, NULL);
+}
+
+enum {
+    OPT_LISTEN = 256,
+    OPT_THREADS,
+    OPT_REDIS,
+    OPT_REDIS_TIMEOUT,
+    OPT_NATS,
+    OPT_ACK_TIMEOUT,
+    OPT_MAX_INFLIGHT,
+    OPT_HOST_ID,
+    OPT_HOSTS,
+    OPT_TOKEN,
+    OPT_DEDUCT,
+    OPT_MAX_HEAD,
+    OPT_MAX_BODY,
+    OPT_IDLE,
+    OPT_HEADER_TIMEOUT,
+    OPT_TEST,
+    OPT_VERSION,
+};
+
+static int parse_int_opt(const char *name, const char *v, int64_t min, int64_t max, int64_t *out)
+{
+    if (util_parse_i64(v, strlen(v), min, max, out) != 0) {
+        fprintf(stderr, "snatch-host: %s must be an integer from %lld to %lld\n", name,
+                (long long)min, (long long)max);
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, bool *test_only)
+{
+    static char listen_buf[256], redis_buf[256];
+    static const struct option opts[] = {
+        {"listen", required_argument, NULL, OPT_LISTEN},
+        {"threads", required_argument, NULL, OPT_THREADS},
+        {"redis", required_argument, NULL, OPT_REDIS},
+        {"redis-timeout-ms", required_argument, NULL, OPT_REDIS_TIMEOUT},
+        {"nats", required_argument, NULL, OPT_NATS},
+        {"ack-timeout-ms", required_argument, NULL, OPT_ACK_TIMEOUT},
+        {"max-inflight", required_argument, NULL, OPT_MAX_INFLIGHT},
+        {"host-id", required_argument, NULL, OPT_HOST_ID},
+        {"hosts", required_argument, NULL, OPT_HOSTS},
+        {"admin-token-file", required_argument, NULL, OPT_TOKEN},
+        {"deduct", required_argument, NULL, OPT_DEDUCT},
+        {"max-head", required_argument, NULL, OPT_MAX_HEAD},
+        {"max-body", required_argument, NULL, OPT_MAX_BODY},
+        {"idle-timeout-ms", required_argument, NULL, OPT_IDLE},
+        {"header-timeout-ms", required_argument, NULL, OPT_HEADER_TIMEOUT},
+        {"test", no_argument, NULL, OPT_TEST},
+        {"version", no_argument, NULL, OPT_VERSION},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    host_config_t *cfg = &host.cfg;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    cfg->listen_addr = "127.0.0.1";
+    cfg->listen_port = 8080;
+    cfg->threads = cpus > 0 ? (int)(cpus < MAX_THREADS ? cpus : MAX_THREADS) : 2;
+    cfg->redis_host = "127.0.0.1";
+    cfg->redis_port = 6379;
+    cfg->redis_timeout_ms = 1000;
+    cfg->nats_url = "nats://127.0.0.1:4222";
+    cfg->ack_timeout_ms = 5000;
+    cfg->max_inflight = 4096;
+    cfg->hosts = 1;
+    if (gethostname(host_id_buf, sizeof(host_id_buf) - 1) != 0 ||
+        !util_valid_name(host_id_buf, strlen(host_id_buf), SNATCH_NAME_MAX))
+        strcpy(host_id_buf, "host");
+    cfg->host_id = host_id_buf;
+    const char *token_path = NULL;
+    int c;
+    int64_t v;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case OPT_LISTEN:
+            if (parse_hostport(optarg, &cfg->listen_addr, &cfg->listen_port, listen_buf,
+                               sizeof(listen_buf)) != 0) {
+                fprintf(stderr, "snatch-host: --listen wants ADDR:PORT\n");
+                return -1;
+            }
+            break;
+        case OPT_THREADS:
+            if (parse_int_opt("--threads", optarg, 1, MAX_THREADS, &v))
+                return -1;
+            cfg->threads = (int)v;
+            break;
+        case OPT_REDIS:
+            if (parse_hostport(optarg, &cfg->redis_host, &cfg->redis_port, redis_buf,
+                               sizeof(redis_buf)) != 0) {
+                fprintf(stderr, "snatch-host: --redis wants HOST:PORT\n");
+                return -1;
+            }
+            break;
+        case OPT_REDIS_TIMEOUT:
+            if (parse_int_opt("--redis-timeout-ms", optarg, 1, 600000, &v))
+                return -1;
+            cfg->redis_timeout_ms = (uint64_t)v;
+            break;
+        case OPT_NATS:
+            cfg->nats_url = optarg;
+            break;
+        case OPT_ACK_TIMEOUT:
+            if (parse_int_opt("--ack-timeout-ms", optarg, 1, 600000, &v))
+                return -1;
+            cfg->ack_timeout_ms = (uint64_t)v;
+            break;
+        case OPT_MAX_INFLIGHT:
+            if (parse_int_opt("--max-inflight", optarg, 1, 1000000, &v))
+                return -1;
+            cfg->max_inflight = (unsigned)v;
+            break;
+        case OPT_HOST_ID:
+            if (!util_valid_name(optarg, strlen(optarg), SNATCH_NAME_MAX)) {
+                fprintf(stderr, "snatch-host: --host-id must be 1..64 of [A-Za-z0-9_.:@-]\n");
+                return -1;
+            }
+            cfg->host_id = optarg;
+            break;
+        case OPT_HOSTS:
+            if (parse_int_opt("--hosts", optarg, 1, 10000, &v))
+                return -1;
+            cfg->hosts = (int)v;
+            break;
+        case OPT_TOKEN:
+            token_path = optarg;
+            break;
+        case OPT_DEDUCT:
+            cfg->deduct_path = optarg;
+            break;
+        case OPT_MAX_HEAD:
+            if (parse_int_opt("--max-head", optarg, 256, 1 << 20, &v))
+                return -1;
+            cfg->http.max_head_bytes = (size_t)v;
+            break;
+        case OPT_MAX_BODY:
+            if (parse_int_opt("--max-body", optarg, 0, 64 << 20, &v))
+                return -1;
+            cfg->http.max_body_bytes = (size_t)v;
+            break;
+        case OPT_IDLE:
+            if (parse_int_opt("--idle-timeout-ms", optarg, 1, 3600000, &v))
+                return -1;
+            cfg->http.idle_timeout_ms = (uint64_t)v;
+            break;
+        case OPT_HEADER_TIMEOUT:
+            if (parse_int_opt("--header-timeout-ms", optarg, 1, 3600000, &v))
+                return -1;
+            cfg->http.header_timeout_ms = (uint64_t)v;
+            break;
+        case OPT_TEST:
+            *test_only = true;
+            break;
+        case OPT_VERSION:
+            printf("snatch-host %s\n", SNATCH_VERSION);
+            exit(0);
+        case 'h':
+            usage(stdout);
+            exit(0);
+        default:
+            usage(stderr);
+            return -1;
+        }
+    }
+    if (optind != argc - 1) {
+        usage(stderr);
+        return -1;
+    }
+    cfg->policy_path = argv[optind];
+    if (cfg->deduct_path == NULL) {
+        const char *slash = strrchr(cfg->policy_path, '/');
+        size_t dir = slash ? (size_t)(slash - cfg->policy_path + 1) : 0;
+        snprintf(deduct_buf, sizeof(deduct_buf), "%.*sdeduct.lua", (int)dir, cfg->policy_path);
+        if (access(deduct_buf, R_OK) != 0)
+            snprintf(deduct_buf, sizeof(deduct_buf), "%s/lua/deduct.lua", SNATCH_SOURCE_DIR);
+        cfg->deduct_path = deduct_buf;
+    }
+    if (token_path != NULL && read_token(token_path, cfg) != 0)
+        return -1;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    bool test_only = false;
+    char err[1024];
+    if (parse_args(argc, argv, &test_only) != 0)
+        return 2;
+    /* Before the first policy call: host.limit() would otherwise size the table by default. */
+    if (ratelimit_init(1 << 18) != 0) {
+        fprintf(stderr, "snatch-host: cannot allocate the rate limiter\n");
+        return 1;
+    }
+    if (check_policy(host.cfg.policy_path, err, sizeof(err)) != 0) {
+        fprintf(stderr, "snatch-host: policy %s: %s\n", host.cfg.policy_path, err);
+        return 1;
+    }
+    if (test_only) {
+        printf("snatch-host: policy %s is valid\n", host.cfg.policy_path);
+        return 0;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    stock_init();
+    metrics_init();
+    metrics_thread_register();
+    if (orders_publisher_start(&host.orders, host.cfg.nats_url, err, sizeof(err)) != 0) {
+        fprintf(stderr, "snatch-host: nats: %s\n", err);
+        return 1;
+    }
+    int status = 0;
+    for (n_workers = 0; n_workers < host.cfg.threads; n_workers++) {
+        if (worker_start(&workers[n_workers], &host, n_workers) != 0) {
+            status = 1;
+            break;
+        }
+    }
+    uv_loop_t *loop = uv_default_loop();
+    uv_signal_init(loop, &sig_hup);
+    uv_signal_init(loop, &sig_term);
+    uv_signal_init(loop, &sig_int);
+    if (status == 0) {
+        uv_signal_start(&sig_hup, on_hup, SIGHUP);
+        uv_signal_start(&sig_term, on_stop_signal, SIGTERM);
+        uv_signal_start(&sig_int, on_stop_signal, SIGINT);
+        fprintf(stderr,
+                "snatch-host %s: serving http://%s:%d with %d threads, host %s of %d, "
+                "redis %s:%d, nats %s, policy %s\n",
+                SNATCH_VERSION, host.cfg.listen_addr, host.cfg.listen_port, n_workers,
+                host.cfg.host_id, host.cfg.hosts, host.cfg.redis_host, host.cfg.redis_port,
+                host.cfg.nats_url, host.cfg.policy_path);
+        uv_run(loop, UV_RUN_DEFAULT);
+    } else {
+        for (int i = 0; i < n_workers; i++)
+            worker_post_stop(&workers[i]);
+        uv_close((uv_handle_t *)&sig_hup, NULL);
+        uv_close((uv_handle_t *)&sig_term, NULL);
+        uv_close((uv_handle_t *)&sig_int, NULL);
+        uv_run(loop, UV_RUN_DEFAULT);
+    }
+    for (int i = 0; i < n_workers; i++)
+        worker_join(&workers[i]);
+    /* Workers are gone: wait briefly for acks still on the wire, then close NATS. */
+    orders_publisher_stop(host.orders, 2000);
+    uv_loop_close(loop);
+    ratelimit_shutdown();
+    stock_shutdown();
+    fprintf(stderr, "snatch-host: stopped\n");
+    return status;
+}

@@ -1,1 +1,690 @@
+/* Asynchronous Redis client, one per loop thread (hiredis 0.14 async API on its libuv adapter).
+ * It sits on the hot path: every snatch that passes the local stock check is one EVALSHA here,
+ * ~100k/s per process, all pipelined by hiredis on one connection. So a command costs no malloc
+ * of ours in steady state (request records come from a per-client free list and keep their
+ * buffers) and no syscall beyond hiredis's own reads and writes.
+ *
+ * What hiredis 0.14 lacks is added here:
+ *  - timeouts: replies arrive in send order, so the requests in flight form a FIFO and one
+ *    repeating timer looks only at the oldest. On expiry the connection is freed (hiredis then
+ *    calls every pending callback with a NULL reply) and a new one is made. redisAsyncDisconnect
+ *    would not do: in 0.14 it waits for the pending replies, which is what a timeout cannot do.
+ *  - reconnection with exponential backoff, logging once per state change rather than per try;
+ *  - the script: SCRIPT LOAD on every (re)connection, EVALSHA, and on NOSCRIPT (Redis restarted
+ *    or flushed its cache) one transparent EVAL retry plus a new SCRIPT LOAD.
+ * While not connected every command fails at once: nothing is queued while Redis is away.
+ *
+ * Runs on its loop's thread only; every callback runs there. */
 #include "redis.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <hiredis/adapters/libuv.h>
+#include <hiredis/async.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "metrics.h"
+#include "util.h"
+
+#define BACKOFF_MIN_MS 50
+#define BACKOFF_MAX_MS 2000
+/* Connection failures logged in a row before going quiet until the next success. */
+#define CONNECT_FAILS_LOGGED 3
+#define TICK_MIN_MS 5
+/* Records kept for reuse beyond this many are freed: bounds memory after a burst. */
+#define FREE_LIST_MAX 8192
+
+static const char ERR_NOT_CONNECTED[] = "not connected";
+static const char ERR_TIMEOUT[] = "timeout";
+static const char ERR_LOST[] = "connection lost";
+static const char ERR_CLOSING[] = "closing";
+static const char ERR_NO_SCRIPT[] = "script not loaded";
+static const char ERR_BAD_ARGS[] = "bad arguments";
+static const char ERR_UNSUPPORTED[] = "unsupported command";
+static const char ERR_NOMEM[] = "out of memory";
+
+typedef enum {
+    REQ_COMMAND,    /* the caller's command, reply passed through */
+    REQ_EVAL,       /* EVALSHA; argv kept for the EVAL retry on NOSCRIPT */
+    REQ_LOAD,       /* our SCRIPT LOAD of the current source (connect, NOSCRIPT) */
+    REQ_SET_SCRIPT, /* SCRIPT LOAD of a candidate source (redis_client_set_script) */
+} req_kind_t;
+
+typedef struct req req_t;
+struct req {
+    req_t *next, *prev; /* FIFO of requests in flight; next also links the free list */
+    redis_client_t *c;
+    req_kind_t kind;
+    bool timed_out;
+    bool retried;
+    uint64_t sent_ns;
+    redis_reply_fn fn;
+    void *data;
+    /* REQ_EVAL: argv = EVALSHA sha numkeys keys... args..., laid out in buf (reused). */
+    int argc;
+    const char **argv;
+    size_t *argvlen;
+    char *buf;
+    size_t cap;
+    char numkeys[16];
+    /* REQ_LOAD: which source it loads, so a late reply cannot clobber a newer sha. */
+    uint64_t script_gen;
+    /* REQ_SET_SCRIPT: the candidate (owned until adopted) and whom to tell. */
+    char *new_script;
+    void (*on_done)(int ok, const char *err, void *arg);
+    void *arg;
+};
+
+struct redis_client {
+    uv_loop_t *loop;
+    char host[INET6_ADDRSTRLEN];
+    int port;
+    uint64_t timeout_ms;
+
+    redisAsyncContext *ac; /* NULL between connections */
+    bool connected;        /* onConnect OK and no error seen since */
+    bool sha_ok;           /* SCRIPT LOAD answered on this connection */
+    bool load_inflight;    /* a REQ_LOAD is out: do not send another */
+    bool was_ready;        /* for logging state changes only */
+    bool closing;
+    int connect_fails;
+    uint64_t backoff_ms;
+
+    char *script;
+    uint64_t script_gen;
+    char sha[41];
+
+    req_t *head, *tail; /* in flight, oldest first */
+    req_t *free_list;
+    size_t n_free;
+    size_t n_live; /* records handed out: the client is freed only when they are all back */
+
+    uv_timer_t reconnect_timer;
+    uv_timer_t tick_timer;
+    int open_handles;
+};
+
+static void on_reply(redisAsyncContext *ac, void *r, void *privdata);
+static void on_tick(uv_timer_t *t);
+static void on_reconnect_timer(uv_timer_t *t);
+
+/* ---- request records ---- */
+
+static req_t *req_get(redis_client_t *c, req_kind_t kind)
+{
+    req_t *r = c->free_list;
+    if (r != NULL) {
+        c->free_list = r->next;
+        c->n_free--;
+    } else {
+        r = calloc(1, sizeof(*r));
+        if (r == NULL)
+            return NULL;
+    }
+    r->next = r->prev = NULL;
+    r->c = c;
+    r->kind = kind;
+    r->timed_out = r->retried = false;
+    r->fn = NULL;
+    r->data = NULL;
+    r->new_script = NULL;
+    r->on_done = NULL;
+    c->n_live++;
+    return r;
+}
+
+static void client_free(redis_client_t *c)
+{
+    while (c->free_list != NULL) {
+        req_t *r = c->free_list;
+        c->free_list = r->next;
+        free(r->buf);
+        free(r);
+    }
+    free(c->script);
+    free(c);
+}
+
+static void maybe_free_client(redis_client_t *c)
+{
+    if (c->closing && c->open_handles == 0 && c->n_live == 0 && c->ac == NULL)
+        client_free(c);
+}
+
+/* Returns r to the free list. May free the client itself (last record after close): callers
+ * must not touch c afterwards. */
+static void req_put(redis_client_t *c, req_t *r)
+{
+    free(r->new_script);
+    r->new_script = NULL;
+    c->n_live--;
+    if (c->n_free >= FREE_LIST_MAX) {
+        free(r->buf);
+        free(r);
+    } else {
+        r->next = c->free_list;
+        c->free_list = r;
+        c->n_free++;
+    }
+    maybe_free_client(c);
+}
+
+static void fifo_push(redis_client_t *c, req_t *r)
+{
+    r->next = NULL;
+    r->prev = c->tail;
+    if (c->tail != NULL)
+        c->tail->next = r;
+    else
+        c->head = r;
+    c->tail = r;
+}
+
+static void fifo_remove(redis_client_t *c, req_t *r)
+{
+    if (r->prev != NULL)
+        r->prev->next = r->next;
+    else
+        c->head = r->next;
+    if (r->next != NULL)
+        r->next->prev = r->prev;
+    else
+        c->tail = r->prev;
+    r->next = r->prev = NULL;
+}
+
+/* ---- sending ---- */
+
+static void arm_tick(redis_client_t *c)
+{
+    if (c->timeout_ms == 0 || uv_is_active((uv_handle_t *)&c->tick_timer))
+        return;
+    uint64_t every = c->timeout_ms / 4;
+    if (every < TICK_MIN_MS)
+        every = TICK_MIN_MS;
+    uv_timer_start(&c->tick_timer, on_tick, every, every);
+}
+
+/* Hands r to hiredis and tracks it. Returns 0, or -1 (r untouched, not queued). */
+static int send_req(redis_client_t *c, req_t *r, int argc, const char **argv,
+                    const size_t *argvlen)
+{
+    if (redisAsyncCommandArgv(c->ac, on_reply, r, argc, argv, argvlen) != REDIS_OK)
+        return -1;
+    r->sent_ns = uv_hrtime();
+    fifo_push(c, r);
+    arm_tick(c);
+    return 0;
+}
+
+/* SCRIPT LOAD of the current source, unless one is already out. */
+static void send_load(redis_client_t *c)
+{
+    if (c->load_inflight || c->ac == NULL || !c->connected)
+        return;
+    req_t *r = req_get(c, REQ_LOAD);
+    if (r == NULL)
+        return;
+    r->script_gen = c->script_gen;
+    const char *argv[] = {"SCRIPT", "LOAD", c->script};
+    const size_t len[] = {6, 4, strlen(c->script)};
+    if (send_req(c, r, 3, argv, len) != 0) {
+        req_put(c, r);
+        return;
+    }
+    c->load_inflight = true;
+}
+
+/* ---- connection state ---- */
+
+static void schedule_reconnect(redis_client_t *c)
+{
+    if (c->closing)
+        return;
+    uv_timer_start(&c->reconnect_timer, on_reconnect_timer, c->backoff_ms, 0);
+    c->backoff_ms *= 2;
+    if (c->backoff_ms > BACKOFF_MAX_MS)
+        c->backoff_ms = BACKOFF_MAX_MS;
+}
+
+static void log_lost(redis_client_t *c, const char *why)
+{
+    if (c->was_ready)
+        fprintf(stderr, "redis: connection to %s:%d lost: %s\n", c->host, c->port, why);
+    c->was_ready = false;
+}
+
+static void log_connect_failed(redis_client_t *c, const char *why)
+{
+    c->connect_fails++;
+    if (c->connect_fails <= CONNECT_FAILS_LOGGED)
+        fprintf(stderr, "redis: cannot connect to %s:%d: %s%s\n", c->host, c->port, why,
+                c->connect_fails == CONNECT_FAILS_LOGGED ? " (retrying quietly)" : "");
+}
+
+/* Drops the connection now: every request in flight fails (those past their deadline with
+ * "timeout"), then a reconnection is scheduled. Not to be called from inside a hiredis callback
+ * of the same context (hiredis would defer the free; our callers are timers and close). */
+static void drop_connection(redis_client_t *c, const char *why)
+{
+    redisAsyncContext *ac = c->ac;
+    if (ac == NULL)
+        return;
+    log_lost(c, why);
+    c->ac = NULL;
+    c->connected = false;
+    c->sha_ok = false;
+    c->load_inflight = false;
+    redisAsyncFree(ac); /* runs on_reply(NULL) for each request; on_disconnect sees ac stale */
+    schedule_reconnect(c);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    redis_client_t *c = ac->data;
+    if (c == NULL || c->ac != ac)
+        return;
+    if (status != REDIS_OK) {
+        /* hiredis frees ac right after this returns. */
+        log_connect_failed(c, ac->c.errstr);
+        c->ac = NULL;
+        schedule_reconnect(c);
+        return;
+    }
+    c->connected = true;
+    send_load(c);
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    redis_client_t *c = ac->data;
+    if (c == NULL || c->ac != ac)
+        return; /* we dropped it ourselves and already moved on */
+    log_lost(c, status == REDIS_OK ? "closed" : ac->c.errstr);
+    c->ac = NULL;
+    c->connected = false;
+    c->sha_ok = false;
+    c->load_inflight = false;
+    schedule_reconnect(c);
+}
+
+static void connect_now(redis_client_t *c)
+{
+    if (c->closing || c->ac != NULL)
+        return;
+    redisAsyncContext *ac = redisAsyncConnect(c->host, c->port);
+    if (ac == NULL) {
+        log_connect_failed(c, "out of memory");
+        schedule_reconnect(c);
+        return;
+    }
+    if (ac->err) {
+        log_connect_failed(c, ac->c.errstr);
+        redisAsyncFree(ac);
+        schedule_reconnect(c);
+        return;
+    }
+    ac->data = c;
+    if (redisLibuvAttach(ac, c->loop) != REDIS_OK) {
+        log_connect_failed(c, "cannot attach to the loop");
+        redisAsyncFree(ac);
+        schedule_reconnect(c);
+        return;
+    }
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    c->ac = ac;
+}
+
+static void on_reconnect_timer(uv_timer_t *t)
+{
+    connect_now(container_of(t, redis_client_t, reconnect_timer));
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    redis_client_t *c = container_of(t, redis_client_t, tick_timer);
+    if (c->head == NULL) {
+        uv_timer_stop(t); /* re-armed by the next send: no wake-ups while idle */
+        return;
+    }
+    uint64_t now = uv_hrtime();
+    uint64_t limit = c->timeout_ms * 1000000u;
+    if (now - c->head->sent_ns < limit)
+        return;
+    for (req_t *r = c->head; r != NULL && now - r->sent_ns >= limit; r = r->next)
+        r->timed_out = true;
+    drop_connection(c, "command timed out");
+}
+
+/* ---- replies ---- */
+
+static const char *failure_reason(const redis_client_t *c, const req_t *r)
+{
+    if (r->timed_out)
+        return ERR_TIMEOUT;
+    return c->closing ? ERR_CLOSING : ERR_LOST;
+}
+
+static bool is_noscript(const redisReply *reply)
+{
+    return reply != NULL && reply->type == REDIS_REPLY_ERROR && reply->len >= 8 &&
+           memcmp(reply->str, "NOSCRIPT", 8) == 0;
+}
+
+static void adopt_sha(redis_client_t *c, const redisReply *reply)
+{
+    if (reply->type != REDIS_REPLY_STRING || reply->len != 40)
+        return;
+    memcpy(c->sha, reply->str, 40);
+    c->sha[40] = '\0';
+}
+
+static void load_done(redis_client_t *c, req_t *r, redisReply *reply)
+{
+    c->load_inflight = false;
+    if (reply == NULL)
+        return;
+    if (reply->type != REDIS_REPLY_STRING) {
+        fprintf(stderr, "redis: SCRIPT LOAD on %s:%d failed: %s\n", c->host, c->port,
+                reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
+        return;
+    }
+    if (r->script_gen == c->script_gen)
+        adopt_sha(c, reply);
+    if (!c->sha_ok) {
+        c->sha_ok = true;
+        c->backoff_ms = BACKOFF_MIN_MS;
+        c->connect_fails = 0;
+        if (!c->was_ready)
+            fprintf(stderr, "redis: connected to %s:%d\n", c->host, c->port);
+        c->was_ready = true;
+    }
+}
+
+static void set_script_done(redis_client_t *c, req_t *r, redisReply *reply, const char *err)
+{
+    if (reply == NULL) {
+        r->on_done(0, err, r->arg);
+        return;
+    }
+    if (reply->type != REDIS_REPLY_STRING || reply->len != 40) {
+        r->on_done(0, reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply", r->arg);
+        return;
+    }
+    free(c->script);
+    c->script = r->new_script;
+    r->new_script = NULL;
+    c->script_gen++;
+    adopt_sha(c, reply);
+    r->on_done(1, NULL, r->arg);
+}
+
+/* NOSCRIPT: resend the same arguments as EVAL <source>, and reload the script so the next
+ * calls go back to EVALSHA. The retry joins the end of the FIFO with a fresh deadline. */
+static int retry_as_eval(redis_client_t *c, req_t *r)
+{
+    r->retried = true;
+    r->argv[0] = "EVAL";
+    r->argvlen[0] = 4;
+    r->argv[1] = c->script;
+    r->argvlen[1] = strlen(c->script);
+    send_load(c);
+    return send_req(c, r, r->argc, r->argv, r->argvlen);
+}
+
+static void on_reply(redisAsyncContext *ac, void *reply_, void *privdata)
+{
+    (void)ac;
+    redisReply *reply = reply_;
+    req_t *r = privdata;
+    redis_client_t *c = r->c;
+    fifo_remove(c, r);
+    const char *err = NULL;
+    if (reply == NULL) {
+        /* hiredis is tearing the connection down: fail new commands from callbacks at once. */
+        c->connected = false;
+        c->sha_ok = false;
+        err = failure_reason(c, r);
+    } else {
+        metrics_redis_rtt((uv_hrtime() - r->sent_ns) / 1000);
+    }
+
+    switch (r->kind) {
+    case REQ_LOAD:
+        load_done(c, r, reply);
+        break;
+    case REQ_SET_SCRIPT:
+        set_script_done(c, r, reply, err);
+        break;
+    case REQ_EVAL:
+        if (is_noscript(reply) && !r->retried && c->connected) {
+            if (retry_as_eval(c, r) == 0)
+                return; /* r lives on in the FIFO */
+            reply = NULL;
+            err = ERR_LOST;
+        }
+        r->fn(reply, err, r->data);
+        break;
+    case REQ_COMMAND:
+        r->fn(reply, err, r->data);
+        break;
+    }
+    req_put(c, r);
+}
+
+/* ---- public API ---- */
+
+int redis_client_start(redis_client_t **out, uv_loop_t *loop, const char *host, int port,
+                       const char *script, uint64_t timeout_ms)
+{
+    unsigned char addr[sizeof(struct in6_addr)];
+    *out = NULL;
+    if (loop == NULL || host == NULL || script == NULL || port <= 0 || port > 65535)
+        return -EINVAL;
+    /* Numeric only: a name would make hiredis resolve it with a blocking getaddrinfo. */
+    if (inet_pton(AF_INET, host, addr) != 1 && inet_pton(AF_INET6, host, addr) != 1)
+        return -EINVAL;
+    redis_client_t *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return -ENOMEM;
+    c->script = strdup(script);
+    if (c->script == NULL) {
+        free(c);
+        return -ENOMEM;
+    }
+    c->loop = loop;
+    snprintf(c->host, sizeof(c->host), "%s", host);
+    c->port = port;
+    c->timeout_ms = timeout_ms;
+    c->backoff_ms = BACKOFF_MIN_MS;
+    uv_timer_init(loop, &c->reconnect_timer);
+    uv_timer_init(loop, &c->tick_timer);
+    c->open_handles = 2;
+    connect_now(c);
+    *out = c;
+    return 0;
+}
+
+bool redis_client_ready(const redis_client_t *c)
+{
+    return c != NULL && c->connected && c->sha_ok;
+}
+
+/* Commands that change the connection's reply protocol would break the in-order FIFO. */
+static bool unsupported(const char *cmd, size_t len)
+{
+    static const char *const names[] = {"subscribe",  "psubscribe",   "ssubscribe", "unsubscribe",
+                                        "punsubscribe", "sunsubscribe", "monitor"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (strlen(names[i]) == len && strncasecmp(cmd, names[i], len) == 0)
+            return true;
+    return false;
+}
+
+void redis_command(redis_client_t *c, redis_reply_fn fn, void *data, int argc, const char **argv,
+                   const size_t *argvlen)
+{
+    if (c->closing) {
+        fn(NULL, ERR_CLOSING, data);
+        return;
+    }
+    if (!c->connected || c->ac == NULL) {
+        fn(NULL, ERR_NOT_CONNECTED, data);
+        return;
+    }
+    if (argc < 1 || argv == NULL) {
+        fn(NULL, ERR_BAD_ARGS, data);
+        return;
+    }
+    if (unsupported(argv[0], argvlen ? argvlen[0] : strlen(argv[0]))) {
+        fn(NULL, ERR_UNSUPPORTED, data);
+        return;
+    }
+    req_t *r = req_get(c, REQ_COMMAND);
+    if (r == NULL) {
+        fn(NULL, ERR_NOMEM, data);
+        return;
+    }
+    r->fn = fn;
+    r->data = data;
+    if (send_req(c, r, argc, argv, argvlen) != 0) {
+        req_put(c, r);
+        fn(NULL, ERR_NOT_CONNECTED, data);
+    }
+}
+
+/* Copies EVALSHA sha numkeys + the caller's argv into r->buf (grown only when too small, kept
+ * across uses) so that a NOSCRIPT retry can resend it. Returns 0 or -1. */
+static int copy_eval_args(redis_client_t *c, req_t *r, int numkeys, int argc, const char **argv,
+                          const size_t *argvlen)
+{
+    size_t n = (size_t)argc + 3;
+    size_t data = 0;
+    for (int i = 0; i < argc; i++)
+        data += argvlen ? argvlen[i] : strlen(argv[i]);
+    size_t need = n * (sizeof(char *) + sizeof(size_t)) + data;
+    if (need > r->cap) {
+        char *nb = realloc(r->buf, need);
+        if (nb == NULL)
+            return -1;
+        r->buf = nb;
+        r->cap = need;
+    }
+    r->argc = (int)n;
+    r->argv = (const char **)(void *)r->buf;
+    r->argvlen = (size_t *)(void *)(r->buf + n * sizeof(char *));
+    char *p = r->buf + n * (sizeof(char *) + sizeof(size_t));
+    int nk = snprintf(r->numkeys, sizeof(r->numkeys), "%d", numkeys);
+    r->argv[0] = "EVALSHA";
+    r->argvlen[0] = 7;
+    r->argv[1] = c->sha;
+    r->argvlen[1] = 40;
+    r->argv[2] = r->numkeys;
+    r->argvlen[2] = (size_t)nk;
+    for (int i = 0; i < argc; i++) {
+        size_t len = argvlen ? argvlen[i] : strlen(argv[i]);
+        memcpy(p, argv[i], len);
+        r->argv[i + 3] = p;
+        r->argvlen[i + 3] = len;
+        p += len;
+    }
+    return 0;
+}
+
+void redis_eval(redis_client_t *c, redis_reply_fn fn, void *data, int numkeys, int argc,
+                const char **argv, const size_t *argvlen)
+{
+    if (c->closing) {
+        fn(NULL, ERR_CLOSING, data);
+        return;
+    }
+    if (!c->connected || c->ac == NULL) {
+        fn(NULL, ERR_NOT_CONNECTED, data);
+        return;
+    }
+    if (!c->sha_ok) {
+        fn(NULL, ERR_NO_SCRIPT, data);
+        return;
+    }
+    if (numkeys < 0 || argc < numkeys || (argc > 0 && argv == NULL)) {
+        fn(NULL, ERR_BAD_ARGS, data);
+        return;
+    }
+    req_t *r = req_get(c, REQ_EVAL);
+    if (r == NULL || copy_eval_args(c, r, numkeys, argc, argv, argvlen) != 0) {
+        if (r != NULL)
+            req_put(c, r);
+        fn(NULL, ERR_NOMEM, data);
+        return;
+    }
+    r->fn = fn;
+    r->data = data;
+    if (send_req(c, r, r->argc, r->argv, r->argvlen) != 0) {
+        req_put(c, r);
+        fn(NULL, ERR_NOT_CONNECTED, data);
+    }
+}
+
+/* Chosen behaviour while not connected: fail at once (on_done(0, "not connected")) rather than
+ * keep the source pending; the caller (SIGHUP) can simply retry. */
+void redis_client_set_script(redis_client_t *c, const char *script,
+                             void (*on_done)(int ok, const char *err, void *arg), void *arg)
+{
+    if (c->closing) {
+        on_done(0, ERR_CLOSING, arg);
+        return;
+    }
+    if (!c->connected || c->ac == NULL) {
+        on_done(0, ERR_NOT_CONNECTED, arg);
+        return;
+    }
+    req_t *r = req_get(c, REQ_SET_SCRIPT);
+    char *copy = strdup(script);
+    if (r == NULL || copy == NULL) {
+        free(copy);
+        if (r != NULL)
+            req_put(c, r);
+        on_done(0, ERR_NOMEM, arg);
+        return;
+    }
+    r->new_script = copy;
+    r->on_done = on_done;
+    r->arg = arg;
+    const char *argv[] = {"SCRIPT", "LOAD", copy};
+    const size_t len[] = {6, 4, strlen(copy)};
+    if (send_req(c, r, 3, argv, len) != 0) {
+        req_put(c, r);
+        on_done(0, ERR_NOT_CONNECTED, arg);
+    }
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    redis_client_t *c = h->data;
+    c->open_handles--;
+    maybe_free_client(c);
+}
+
+void redis_client_close(redis_client_t *c)
+{
+    if (c == NULL || c->closing)
+        return;
+    c->closing = true;
+    c->connected = false;
+    c->sha_ok = false;
+    redisAsyncContext *ac = c->ac;
+    c->ac = NULL;
+    /* Called from inside one of our hiredis callbacks, hiredis defers this free until that
+     * callback returns, still within the same read event: before the timers' close callbacks
+     * below can run, so the client outlives every request either way. */
+    if (ac != NULL)
+        redisAsyncFree(ac);
+    c->reconnect_timer.data = c;
+    c->tick_timer.data = c;
+    uv_close((uv_handle_t *)&c->reconnect_timer, on_timer_closed);
+    uv_close((uv_handle_t *)&c->tick_timer, on_timer_closed);
+}

@@ -1,1 +1,457 @@
+/* The sale path of one snatch request, on its loop thread. The order of the checks is the point:
+ * the cheap local ones first (validation, sold-out flag, local quota), so the sold-out flood costs
+ * no Redis round trip and no Lua call; then the policy; then the one atomic deduction in Redis;
+ * then the order is published and the buyer gets 200 only once JetStream has it.
+ *
+ * A local unit is taken right before the Redis call and given back whenever Redis does not sell
+ * (limit reached, sold out, error, timeout), so refusals never burn local stock. */
 #include "sale.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "metrics.h"
+#include "stock.h"
+#include "util.h"
+
+#define KEY_MAX (SNATCH_NAME_MAX + 16)
+
+typedef struct sale {
+    worker_t *w;
+    http_request_t *req;
+    stock_event_t *ev;
+    int64_t qty;
+    char event[SNATCH_NAME_MAX + 1];
+    char user[SNATCH_NAME_MAX + 1];
+    char order_id[SNATCH_ORDER_ID_MAX + 1];
+    int64_t created_ms;
+} sale_t;
+
+static const char BODY_SOLD_OUT[] = "{\"error\":\"sold_out\"}";
+static const char BODY_LIMIT[] = "{\"error\":\"limit_reached\"}";
+static const char BODY_INSUFFICIENT[] = "{\"error\":\"insufficient_stock\"}";
+static const char BODY_UNAVAILABLE[] = "{\"error\":\"unavailable\"}";
+static const char BODY_UNKNOWN[] = "{\"error\":\"unknown_event\"}";
+
+static void reply_static(http_request_t *req, int status, const char *body, size_t len)
+{
+    metrics_request(ROUTE_SNATCH, status);
+    http_respond(req, status, NULL, body, len);
+}
+#define REPLY(req, status, lit) reply_static((req), (status), (lit), sizeof(lit) - 1)
+
+static int event_key(char *out, const char *event, const char *suffix)
+{
+    return snprintf(out, KEY_MAX, "{%s}:%s", event, suffix);
+}
+
+/* Ends a sale: answers, frees, and lets shutdown know one fewer is in flight. */
+static void sale_finish(sale_t *s)
+{
+    s->w->inflight--;
+    free(s);
+}
+
+static void sale_fail(sale_t *s, int status, const char *body, size_t len, metrics_outcome_t oc)
+{
+    stock_release(s->ev, s->qty);
+    metrics_outcome(oc);
+    reply_static(s->req, status, body, len);
+    sale_finish(s);
+}
+
+static void reply_order(sale_t *s, int status)
+{
+    char body[512];
+    size_t pos = 0;
+    const char *head = status == 200 ? "{\"order_id\":" : "{\"status\":\"pending\",\"order_id\":";
+    size_t hl = strlen(head);
+    memcpy(body, head, hl);
+    pos = hl;
+    util_json_str(body, sizeof(body), &pos, s->order_id, strlen(s->order_id));
+    memcpy(body + pos, ",\"event\":", 9);
+    pos += 9;
+    util_json_str(body, sizeof(body), &pos, s->event, strlen(s->event));
+    memcpy(body + pos, ",\"user\":", 8);
+    pos += 8;
+    util_json_str(body, sizeof(body), &pos, s->user, strlen(s->user));
+    pos += (size_t)snprintf(body + pos, sizeof(body) - pos, ",\"qty\":%" PRId64 "}", s->qty);
+    metrics_outcome(status == 200 ? OUTCOME_SOLD : OUTCOME_PENDING);
+    metrics_request(ROUTE_SNATCH, status);
+    http_respond(s->req, status, NULL, body, pos);
+}
+
+static void on_pending_deleted(redisReply *reply, const char *err, void *data)
+{
+    /* Best effort: a pending entry left behind only makes reconciliation republish a message
+     * that JetStream and SQLite both de-duplicate. */
+    (void)reply;
+    (void)err;
+    (void)data;
+}
+
+static void on_order_acked(int status, void *data)
+{
+    sale_t *s = data;
+    if (status == 0) {
+        char key[KEY_MAX];
+        event_key(key, s->event, "pending");
+        const char *argv[] = {"HDEL", key, s->order_id};
+        size_t lens[] = {4, strlen(key), strlen(s->order_id)};
+        if (s->w->redis != NULL)
+            redis_command(s->w->redis, on_pending_deleted, NULL, 3, argv, lens);
+        reply_order(s, 200);
+    } else {
+        /* Deducted and recorded in Redis, not (yet) in JetStream: reconciliation republishes it
+         * from {event}:pending. The buyer holds the ticket; 202 says it is not durable yet. */
+        reply_order(s, 202);
+    }
+    sale_finish(s);
+}
+
+static void publish_order(sale_t *s)
+{
+    worker_t *w = s->w;
+    char payload[1024];
+    script_order_t o = {.order_id = s->order_id,
+                        .event = s->event,
+                        .user = s->user,
+                        .qty = s->qty,
+                        .host_id = w->host->cfg.host_id,
+                        .created_ms = s->created_ms};
+    int len = script_order(w->script, &o, payload, sizeof(payload));
+    if (len < 0)
+        len = script_order_default(&o, payload, sizeof(payload));
+    if (len < 0 || orders_publish(w->orders, s->event, s->order_id, payload, (size_t)len,
+                                  on_order_acked, s) != 0) {
+        reply_order(s, 202);
+        sale_finish(s);
+    }
+}
+
+static int reply_str(const redisReply *r, size_t i, char *out, size_t cap)
+{
+    if (r->elements <= i)
+        return -1;
+    const redisReply *e = r->element[i];
+    if (e->type == REDIS_REPLY_STRING || e->type == REDIS_REPLY_STATUS) {
+        if (e->len >= cap)
+            return -1;
+        memcpy(out, e->str, e->len);
+        out[e->len] = '\0';
+        return 0;
+    }
+    if (e->type == REDIS_REPLY_INTEGER) {
+        snprintf(out, cap, "%lld", e->integer);
+        return 0;
+    }
+    return -1;
+}
+
+static int64_t reply_int(const redisReply *r, size_t i)
+{
+    char buf[32];
+    int64_t v = -1;
+    if (reply_str(r, i, buf, sizeof(buf)) == 0)
+        util_parse_i64(buf, strlen(buf), INT64_MIN + 1, INT64_MAX, &v);
+    return v;
+}
+
+static void on_deducted(redisReply *r, const char *err, void *data)
+{
+    sale_t *s = data;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
+        if (r != NULL && r->type == REDIS_REPLY_ERROR)
+            fprintf(stderr, "sale: deduct script error: %s\n", r->str);
+        (void)err;
+        sale_fail(s, 503, BODY_UNAVAILABLE, sizeof(BODY_UNAVAILABLE) - 1, OUTCOME_UNAVAILABLE);
+        return;
+    }
+    char verdict[24];
+    if (reply_str(r, 0, verdict, sizeof(verdict)) != 0) {
+        sale_fail(s, 503, BODY_UNAVAILABLE, sizeof(BODY_UNAVAILABLE) - 1, OUTCOME_UNAVAILABLE);
+        return;
+    }
+    if (strcmp(verdict, "ok") == 0) {
+        if (reply_str(r, 1, s->order_id, sizeof(s->order_id)) != 0) {
+            sale_fail(s, 503, BODY_UNAVAILABLE, sizeof(BODY_UNAVAILABLE) - 1,
+                      OUTCOME_UNAVAILABLE);
+            return;
+        }
+        atomic_store(&s->ev->remaining_hint, reply_int(r, 2));
+        s->created_ms = reply_int(r, 4);
+        publish_order(s);
+        return;
+    }
+    if (strcmp(verdict, "sold_out") == 0) {
+        stock_mark_sold_out(s->ev);
+        sale_fail(s, 409, BODY_SOLD_OUT, sizeof(BODY_SOLD_OUT) - 1, OUTCOME_SOLD_OUT_REDIS);
+    } else if (strcmp(verdict, "insufficient") == 0) {
+        atomic_store(&s->ev->remaining_hint, reply_int(r, 1));
+        sale_fail(s, 409, BODY_INSUFFICIENT, sizeof(BODY_INSUFFICIENT) - 1,
+                  OUTCOME_SOLD_OUT_REDIS);
+    } else if (strcmp(verdict, "limit_reached") == 0) {
+        sale_fail(s, 409, BODY_LIMIT, sizeof(BODY_LIMIT) - 1, OUTCOME_LIMIT_REACHED);
+    } else if (strcmp(verdict, "unknown_event") == 0) {
+        sale_fail(s, 404, BODY_UNKNOWN, sizeof(BODY_UNKNOWN) - 1, OUTCOME_BAD_REQUEST);
+    } else {
+        fprintf(stderr, "sale: unexpected deduct verdict '%s'\n", verdict);
+        sale_fail(s, 503, BODY_UNAVAILABLE, sizeof(BODY_UNAVAILABLE) - 1, OUTCOME_UNAVAILABLE);
+    }
+}
+
+static void deduct(sale_t *s)
+{
+    char keys[5][KEY_MAX];
+    static const char *suffix[5] = {"meta", "users", "orders", "uorders", "pending"};
+    char qty[24];
+    const char *argv[9];
+    size_t lens[9];
+    for (int i = 0; i < 5; i++) {
+        int n = event_key(keys[i], s->event, suffix[i]);
+        argv[i] = keys[i];
+        lens[i] = (size_t)n;
+    }
+    int qn = snprintf(qty, sizeof(qty), "%" PRId64, s->qty);
+    const char *host_id = s->w->host->cfg.host_id;
+    argv[5] = s->event;
+    lens[5] = strlen(s->event);
+    argv[6] = s->user;
+    lens[6] = strlen(s->user);
+    argv[7] = qty;
+    lens[7] = (size_t)qn;
+    argv[8] = host_id;
+    lens[8] = strlen(host_id);
+    redis_eval(s->w->redis, on_deducted, s, 5, 9, argv, lens);
+}
+
+/* The event is known: local checks, policy, then Redis. */
+static void sale_continue(sale_t *s)
+{
+    worker_t *w = s->w;
+    stock_event_t *ev = s->ev;
+    if (atomic_load_explicit(&ev->sold_out, memory_order_relaxed) ||
+        atomic_load_explicit(&ev->local_left, memory_order_relaxed) < s->qty) {
+        bool any_left = !atomic_load(&ev->sold_out) && atomic_load(&ev->local_left) > 0;
+        metrics_outcome(OUTCOME_SOLD_OUT_LOCAL);
+        if (any_left)
+            REPLY(s->req, 409, BODY_INSUFFICIENT);
+        else
+            REPLY(s->req, 409, BODY_SOLD_OUT);
+        sale_finish(s);
+        return;
+    }
+    script_admit_req_t ar = {.event = s->event,
+                             .user = s->user,
+                             .qty = s->qty,
+                             .client = s->req->peer,
+                             .now_ms = util_now_ms()};
+    script_verdict_t v;
+    script_admit(w->script, &ar, &v);
+    if (v.status != 0) {
+        char body[320];
+        size_t pos = 0;
+        memcpy(body, "{\"error\":", 9);
+        pos = 9;
+        util_json_str(body, sizeof(body), &pos, v.reason, strlen(v.reason));
+        if (v.detail[0] != '\0') {
+            memcpy(body + pos, ",\"detail\":", 10);
+            pos += 10;
+            util_json_str(body, sizeof(body) - 1, &pos, v.detail, strlen(v.detail));
+        }
+        body[pos++] = '}';
+        metrics_outcome(OUTCOME_REJECTED);
+        reply_static(s->req, v.status, body, pos);
+        sale_finish(s);
+        return;
+    }
+    /* Fail closed: without Redis nothing can be deducted, without NATS nothing could be made
+     * durable, so nobody is sold anything. */
+    if (w->redis == NULL || !redis_client_ready(w->redis) || w->orders == NULL ||
+        !orders_publisher_ready(w->host->orders)) {
+        metrics_outcome(OUTCOME_UNAVAILABLE);
+        REPLY(s->req, 503, BODY_UNAVAILABLE);
+        sale_finish(s);
+        return;
+    }
+    if (stock_reserve(ev, s->qty) != 0) {
+        metrics_outcome(OUTCOME_SOLD_OUT_LOCAL);
+        REPLY(s->req, 409, BODY_SOLD_OUT);
+        sale_finish(s);
+        return;
+    }
+    deduct(s);
+}
+
+static void on_event_found(stock_event_t *ev, int err, void *data)
+{
+    sale_t *s = data;
+    if (ev == NULL) {
+        if (err != 0) {
+            metrics_outcome(OUTCOME_UNAVAILABLE);
+            REPLY(s->req, 503, BODY_UNAVAILABLE);
+        } else {
+            metrics_outcome(OUTCOME_BAD_REQUEST);
+            REPLY(s->req, 404, BODY_UNKNOWN);
+        }
+        sale_finish(s);
+        return;
+    }
+    s->ev = ev;
+    sale_continue(s);
+}
+
+void sale_snatch(worker_t *w, http_request_t *req, const char *event, size_t event_len)
+{
+    const script_settings_t *set = script_settings(w->script);
+    if (!util_valid_name(event, event_len, set->event_max_len)) {
+        metrics_outcome(OUTCOME_BAD_REQUEST);
+        api_error(req, ROUTE_SNATCH, 400, "bad_request", "invalid event name");
+        return;
+    }
+    const char *user = req->user_id;
+    size_t user_len = req->user_id_len;
+    if (user == NULL)
+        user = util_query_get(req->query, req->query_len, "user", &user_len);
+    if (user == NULL) {
+        metrics_outcome(OUTCOME_BAD_REQUEST);
+        api_error(req, ROUTE_SNATCH, 400, "bad_request", "missing buyer: X-User-Id or user=");
+        return;
+    }
+    if (!util_valid_name(user, user_len, set->user_max_len)) {
+        metrics_outcome(OUTCOME_BAD_REQUEST);
+        api_error(req, ROUTE_SNATCH, 400, "bad_request", "invalid buyer id");
+        return;
+    }
+    int64_t qty = 1;
+    size_t qlen;
+    const char *q = util_query_get(req->query, req->query_len, "qty", &qlen);
+    if (q != NULL && util_parse_i64(q, qlen, 1, set->max_qty, &qty) != 0) {
+        metrics_outcome(OUTCOME_BAD_REQUEST);
+        api_error(req, ROUTE_SNATCH, 400, "bad_request", "qty must be an integer from 1 to max_qty");
+        return;
+    }
+    sale_t *s = malloc(sizeof(*s));
+    if (s == NULL) {
+        REPLY(req, 503, BODY_UNAVAILABLE);
+        return;
+    }
+    s->w = w;
+    s->req = req;
+    s->qty = qty;
+    s->ev = NULL;
+    s->order_id[0] = '\0';
+    s->created_ms = 0;
+    memcpy(s->event, event, event_len);
+    s->event[event_len] = '\0';
+    memcpy(s->user, user, user_len);
+    s->user[user_len] = '\0';
+    w->inflight++;
+    stock_event_t *ev = stock_find(event, event_len);
+    if (ev != NULL)
+        on_event_found(ev, 0, s);
+    else
+        sale_lookup_event(w, s->event, event_len, on_event_found, s);
+}
+
+/* ---- Event discovery: what PUT /admin/events did on any host becomes known here. ---- */
+
+typedef struct lookup {
+    worker_t *w;
+    sale_event_fn cb;
+    void *data;
+    size_t len;
+    char event[SNATCH_NAME_MAX + 1];
+} lookup_t;
+
+static stock_event_t *install_from_meta(worker_t *w, const char *event, size_t len,
+                                        const redisReply *r)
+{
+    /* r: HMGET {E}:meta stock sold limit gen */
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 4 ||
+        r->element[0]->type != REDIS_REPLY_STRING)
+        return NULL;
+    int64_t stock = reply_int(r, 0), sold = reply_int(r, 1), limit = reply_int(r, 2);
+    int64_t gen = reply_int(r, 3);
+    if (stock < 0)
+        return NULL;
+    if (sold < 0)
+        sold = 0;
+    if (limit < 1)
+        limit = 1;
+    script_cluster_t cl = {.stock = stock,
+                           .per_user_limit = limit,
+                           .hosts = w->host->cfg.hosts,
+                           .host_id = w->host->cfg.host_id};
+    int64_t quota = script_allocate(w->script, event, &cl);
+    stock_event_t *ev = stock_install(event, len, stock, limit, quota, (uint64_t)(gen < 0 ? 0 : gen),
+                                      sold >= stock);
+    if (ev != NULL)
+        atomic_store(&ev->remaining_hint, stock - sold);
+    return ev;
+}
+
+static void on_meta(redisReply *r, const char *err, void *data)
+{
+    lookup_t *l = data;
+    (void)err;
+    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+        l->cb(NULL, -1, l->data);
+    } else {
+        stock_event_t *ev = install_from_meta(l->w, l->event, l->len, r);
+        l->cb(ev, 0, l->data);
+    }
+    free(l);
+}
+
+static void read_meta(worker_t *w, const char *event, redis_reply_fn fn, void *data)
+{
+    char key[KEY_MAX];
+    int n = event_key(key, event, "meta");
+    const char *argv[] = {"HMGET", key, "stock", "sold", "limit", "gen"};
+    size_t lens[] = {5, (size_t)n, 5, 4, 5, 3};
+    redis_command(w->redis, fn, data, 6, argv, lens);
+}
+
+void sale_lookup_event(worker_t *w, const char *event, size_t len, sale_event_fn cb, void *data)
+{
+    if (w->redis == NULL) {
+        cb(NULL, -1, data);
+        return;
+    }
+    lookup_t *l = malloc(sizeof(*l));
+    if (l == NULL) {
+        cb(NULL, -1, data);
+        return;
+    }
+    l->w = w;
+    l->cb = cb;
+    l->data = data;
+    l->len = len;
+    memcpy(l->event, event, len);
+    l->event[len] = '\0';
+    read_meta(w, l->event, on_meta, l);
+}
+
+static void on_refreshed(stock_event_t *ev, int err, void *data)
+{
+    (void)ev;
+    (void)err;
+    (void)data;
+}
+
+static void refresh_one(stock_event_t *ev, void *arg)
+{
+    worker_t *w = arg;
+    sale_lookup_event(w, ev->name, ev->name_len, on_refreshed, NULL);
+}
+
+void sale_refresh_events(worker_t *w)
+{
+    if (w->redis == NULL || !redis_client_ready(w->redis))
+        return;
+    stock_foreach(refresh_one, w);
+}

@@ -55,10 +55,12 @@ typedef struct script_admit_req {
     int64_t now_ms;
 } script_admit_req_t;
 
+/* reason holds only [A-Za-z0-9_] and detail only printable ASCII without '"' or '\\' (other
+ * bytes become '_'), so both may be written into JSON as they are. */
 typedef struct script_verdict {
     int status;        /* 0: admitted; else the HTTP status to answer (4xx) */
     char reason[48];   /* JSON "error" value, e.g. "rate_limited" */
-    char detail[160];  /* optional JSON "detail" value */
+    char detail[160];  /* optional JSON "detail" value ("" when none) */
 } script_verdict_t;
 
 /* admit(): fills v. A script error admits nothing: v->status = 500, reason "policy_error". */
@@ -73,11 +75,19 @@ typedef struct script_order {
     int64_t created_ms;
 } script_order_t;
 
-/* order(): writes the JSON payload into out (cap bytes). Returns its length, or -1 on a script
- * error or overflow; the caller then uses a built-in format (the order must not be lost). */
+/* order(): writes the JSON payload into out (cap bytes, NUL-terminated). Returns its length, or
+ * -1 on a script error or overflow; the caller then uses a built-in format (the order must not
+ * be lost). */
 int script_order(script_t *s, const script_order_t *o, char *out, size_t cap);
 
-/* Writes the built-in order payload (what the default policy produces). Returns length or -1. */
+/* Writes the built-in order payload (what the default policy produces), NUL-terminated:
+ * {"order_id":..,"event":..,"user":..,"qty":N,"host":..,"created_at":ms}. Returns length or -1. */
 int script_order_default(const script_order_t *o, char *out, size_t cap);
+
+/* For `snatch-host --test`: opens path, then calls allocate, admit and order once each with
+ * sample inputs (stock 1000 on 3 hosts; buyer "check_user"; order() must return a JSON object),
+ * and closes it. Returns 0, or -1 with "file:line: error" (and a traceback) in err. Takes tokens
+ * from the shared rate limiter under the sample keys. */
+int script_check(const char *path, const script_env_t *env, char *err, size_t errlen);
 
 #endif

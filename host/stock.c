@@ -1,1 +1,142 @@
+/* Local stock: a fixed open-addressing table of events. Readers (every request, every thread)
+ * never lock: slots are published with a release store and never change or go away afterwards.
+ * Writers (installing a new event, rare) serialise on one mutex. */
 #include "stock.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define STOCK_SLOTS 4096 /* power of two; far more events than one sale platform runs at once */
+
+static _Atomic(stock_event_t *) table[STOCK_SLOTS];
+static pthread_mutex_t install_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static uint32_t hash_name(const char *s, size_t len)
+{
+    uint32_t h = 2166136261u; /* FNV-1a: names are short, validated, not attacker-chosen keys */
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)s[i]) * 16777619u;
+    return h;
+}
+
+void stock_init(void)
+{
+    for (size_t i = 0; i < STOCK_SLOTS; i++)
+        atomic_store(&table[i], NULL);
+}
+
+void stock_shutdown(void)
+{
+    for (size_t i = 0; i < STOCK_SLOTS; i++) {
+        free(atomic_load(&table[i]));
+        atomic_store(&table[i], NULL);
+    }
+}
+
+static stock_event_t *find_slot(const char *name, size_t len, size_t *slot)
+{
+    uint32_t h = hash_name(name, len);
+    for (size_t i = 0; i < STOCK_SLOTS; i++) {
+        size_t s = (h + i) & (STOCK_SLOTS - 1);
+        stock_event_t *ev = atomic_load_explicit(&table[s], memory_order_acquire);
+        if (ev == NULL) {
+            *slot = s;
+            return NULL;
+        }
+        if (ev->name_len == len && memcmp(ev->name, name, len) == 0) {
+            *slot = s;
+            return ev;
+        }
+    }
+    *slot = STOCK_SLOTS;
+    return NULL;
+}
+
+stock_event_t *stock_find(const char *name, size_t len)
+{
+    size_t slot;
+    if (len > SNATCH_NAME_MAX)
+        return NULL;
+    return find_slot(name, len, &slot);
+}
+
+static void reset_event(stock_event_t *ev, int64_t total, int64_t limit, int64_t quota,
+                        uint64_t gen, bool sold_out)
+{
+    atomic_store(&ev->total, total);
+    atomic_store(&ev->per_user_limit, limit);
+    atomic_store(&ev->quota, quota);
+    atomic_store(&ev->local_left, quota);
+    atomic_store(&ev->remaining_hint, total);
+    atomic_store(&ev->sold_out, sold_out);
+    atomic_store(&ev->generation, gen);
+}
+
+stock_event_t *stock_install(const char *name, size_t len, int64_t total, int64_t per_user_limit,
+                             int64_t quota, uint64_t generation, bool sold_out)
+{
+    if (len == 0 || len > SNATCH_NAME_MAX)
+        return NULL;
+    pthread_mutex_lock(&install_lock);
+    size_t slot;
+    stock_event_t *ev = find_slot(name, len, &slot);
+    if (ev == NULL) {
+        if (slot == STOCK_SLOTS || (ev = calloc(1, sizeof(*ev))) == NULL) {
+            pthread_mutex_unlock(&install_lock);
+            return NULL;
+        }
+        memcpy(ev->name, name, len);
+        ev->name_len = len;
+        reset_event(ev, total, per_user_limit, quota, generation, sold_out);
+        atomic_store_explicit(&table[slot], ev, memory_order_release);
+    } else if (atomic_load(&ev->generation) != generation) {
+        reset_event(ev, total, per_user_limit, quota, generation, sold_out);
+    } else {
+        int64_t old = atomic_exchange(&ev->quota, quota);
+        if (old != quota) {
+            /* Policy reload changed the allocation mid-sale: move what is left by the difference. */
+            int64_t left = atomic_fetch_add(&ev->local_left, quota - old) + quota - old;
+            if (left < 0)
+                atomic_fetch_add(&ev->local_left, -left);
+        }
+        atomic_store(&ev->total, total);
+        atomic_store(&ev->per_user_limit, per_user_limit);
+        if (sold_out)
+            atomic_store(&ev->sold_out, true);
+    }
+    pthread_mutex_unlock(&install_lock);
+    return ev;
+}
+
+int stock_reserve(stock_event_t *ev, int64_t qty)
+{
+    if (atomic_load_explicit(&ev->sold_out, memory_order_relaxed))
+        return -1;
+    int64_t left = atomic_load_explicit(&ev->local_left, memory_order_relaxed);
+    while (left >= qty) {
+        if (atomic_compare_exchange_weak(&ev->local_left, &left, left - qty))
+            return 0;
+    }
+    return -1;
+}
+
+void stock_release(stock_event_t *ev, int64_t qty)
+{
+    atomic_fetch_add(&ev->local_left, qty);
+}
+
+void stock_mark_sold_out(stock_event_t *ev)
+{
+    atomic_store(&ev->sold_out, true);
+    atomic_store(&ev->remaining_hint, 0);
+}
+
+void stock_foreach(void (*fn)(stock_event_t *ev, void *arg), void *arg)
+{
+    for (size_t i = 0; i < STOCK_SLOTS; i++) {
+        stock_event_t *ev = atomic_load_explicit(&table[i], memory_order_acquire);
+        if (ev != NULL)
+            fn(ev, arg);
+    }
+}

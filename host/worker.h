@@ -51,13 +51,16 @@ typedef struct worker {
     redis_client_t *redis;
     script_t *script;
     orders_lane_t *orders;
+    uv_timer_t drain;       /* shutdown: waits for in-flight sales */
+    uint64_t drain_deadline;
+    int inflight;           /* sales between admit and answer (loop thread only) */
+    bool stopping;          /* loop thread only */
     /* Set by other threads, consumed on wakeup. */
     _Atomic int reload_pending;
     _Atomic int stop_pending;
-    char *pending_policy_path; /* unused: policy path is host->cfg.policy_path */
-    char *pending_deduct;      /* new Redis script source, handed over under reload_lock */
+    char *pending_deduct; /* new Redis script source, handed over under reload_lock */
     uv_mutex_t reload_lock;
-    _Atomic int ready;         /* listener up */
+    _Atomic int ready; /* 1 listener up, -1 setup failed */
     int exit_status;
 } worker_t;
 

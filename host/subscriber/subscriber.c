@@ -1,1 +1,348 @@
-int main(void) { return 1; }
+/* snatch-subscriber: persists the ORDERS stream into SQLite.
+ *
+ * One thread (plus cnats's own): fetch a batch from a durable pull consumer, write it in ONE
+ * transaction, commit, then acknowledge every message. A crash before the commit loses nothing
+ * (the messages are redelivered); a crash between commit and acks redelivers messages that the
+ * insert then ignores (ON CONFLICT DO NOTHING), so each order lands exactly once.
+ *
+ * Acknowledgement policy: explicit, one ack per message. AckAll would be one ack per batch, but
+ * it acknowledges every earlier delivered message too: after a crash, the consumer hands out new
+ * messages before redelivering the unacknowledged ones (those wait for AckWait), and acking the
+ * new batch would silently acknowledge the old, never committed one. Explicit acks are cheap
+ * (fire-and-forget publishes) and keep any interleaving safe, also with several subscribers on
+ * one durable.
+ *
+ * A message that is not an order goes to dead_letters (same transaction) and is acknowledged:
+ * it never blocks the stream. */
+#include <errno.h>
+#include <getopt.h>
+#include <nats/nats.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "store.h"
+
+#define FETCH_TIMEOUT_MS 200
+#define PROGRESS_EVERY_MS 5000
+#define ACK_WAIT_NS (30LL * 1000 * 1000 * 1000)
+#define ORDERS_SUBJECTS "orders.>"
+#define RESUBSCRIBE_AFTER_ERRORS 10
+
+typedef struct config {
+    const char *url;
+    const char *db;
+    const char *durable;
+    const char *stream;
+    int batch;
+    store_sync_t sync;
+} config_t;
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_requested = 1;
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL); /* a signal cuts it short, which is what we want */
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: snatch-subscriber --nats URL --db PATH [options]\n"
+            "Persists JetStream stream ORDERS into SQLite, exactly once per order id.\n"
+            "  --nats URL        NATS server (e.g. nats://127.0.0.1:4222)\n"
+            "  --db PATH         SQLite database (created with its schema when missing)\n"
+            "  --batch N         messages per fetch and per transaction (default 1000)\n"
+            "  --durable NAME    durable consumer name (default snatch-subscriber)\n"
+            "  --stream NAME     stream to consume (default ORDERS)\n"
+            "  --sync full|normal  SQLite synchronous mode (default full: a commit, and\n"
+            "                    so the ack that follows it, survives a power loss;\n"
+            "                    normal is faster but a power loss may drop acked orders,\n"
+            "                    which only reconciliation from Redis can then restore)\n"
+            "  -h, --help        this text\n"
+            "SIGTERM/SIGINT: finishes the current batch (commit + acks) and exits 0.\n");
+}
+
+static int parse_args(int argc, char **argv, config_t *c)
+{
+    static const struct option opts[] = {
+        {"nats", required_argument, NULL, 'n'},   {"db", required_argument, NULL, 'd'},
+        {"batch", required_argument, NULL, 'b'},  {"durable", required_argument, NULL, 'u'},
+        {"stream", required_argument, NULL, 's'}, {"sync", required_argument, NULL, 'y'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+    };
+    int ch;
+    char *end;
+    *c = (config_t){.durable = "snatch-subscriber", .stream = "ORDERS", .batch = 1000,
+                    .sync = STORE_SYNC_FULL};
+    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'n': c->url = optarg; break;
+        case 'd': c->db = optarg; break;
+        case 'u': c->durable = optarg; break;
+        case 's': c->stream = optarg; break;
+        case 'b':
+            errno = 0;
+            c->batch = (int)strtol(optarg, &end, 10);
+            if (errno != 0 || *end != '\0' || c->batch < 1 || c->batch > 100000) {
+                fprintf(stderr, "subscriber: --batch must be 1..100000\n");
+                return -1;
+            }
+            break;
+        case 'y':
+            if (strcmp(optarg, "full") == 0)
+                c->sync = STORE_SYNC_FULL;
+            else if (strcmp(optarg, "normal") == 0)
+                c->sync = STORE_SYNC_NORMAL;
+            else {
+                fprintf(stderr, "subscriber: --sync must be full or normal\n");
+                return -1;
+            }
+            break;
+        case 'h': usage(stdout); exit(0);
+        default: usage(stderr); return -1;
+        }
+    }
+    if (c->url == NULL || c->db == NULL || optind != argc) {
+        usage(stderr);
+        return -1;
+    }
+    return 0;
+}
+
+/* Blocks (retrying) until connected; NULL only when a stop was requested. */
+static natsConnection *connect_nats(const char *url)
+{
+    natsOptions *o = NULL;
+    natsConnection *nc = NULL;
+    bool logged = false;
+    if (natsOptions_Create(&o) != NATS_OK || natsOptions_SetURL(o, url) != NATS_OK ||
+        natsOptions_SetMaxReconnect(o, -1) != NATS_OK ||
+        natsOptions_SetReconnectWait(o, 250) != NATS_OK) {
+        fprintf(stderr, "subscriber: bad NATS url %s\n", url);
+        natsOptions_Destroy(o);
+        return NULL;
+    }
+    while (!stop_requested) {
+        natsStatus s = natsConnection_Connect(&nc, o);
+        if (s == NATS_OK)
+            break;
+        if (!logged)
+            fprintf(stderr, "subscriber: waiting for NATS at %s (%s)\n", url,
+                    natsStatus_GetText(s));
+        logged = true;
+        sleep_ms(500);
+    }
+    natsOptions_Destroy(o);
+    if (nc != NULL)
+        fprintf(stderr, "subscriber: connected to %s\n", url);
+    return nc;
+}
+
+/* Blocks (retrying) until the stream exists and the durable consumer is bound. */
+static natsSubscription *subscribe(jsCtx *js, const config_t *c)
+{
+    jsSubOptions so;
+    natsSubscription *sub = NULL;
+    bool logged = false;
+    jsSubOptions_Init(&so);
+    so.Stream = c->stream;
+    so.Config.Durable = c->durable;
+    so.Config.AckPolicy = js_AckExplicit;
+    so.Config.AckWait = ACK_WAIT_NS;
+    so.Config.DeliverPolicy = js_DeliverAll;
+    /* Room for a full batch plus the previous one's acks still in flight. */
+    so.Config.MaxAckPending = c->batch * 4 > 20000 ? c->batch * 4 : 20000;
+    while (!stop_requested) {
+        jsErrCode jerr = 0;
+        natsStatus s = js_PullSubscribe(&sub, js, ORDERS_SUBJECTS, c->durable, NULL, &so, &jerr);
+        if (s == NATS_OK)
+            return sub;
+        if (!logged)
+            fprintf(stderr, "subscriber: waiting for stream %s: %s (%d)\n", c->stream,
+                    natsStatus_GetText(s), (int)jerr);
+        logged = true;
+        sleep_ms(500);
+    }
+    return NULL;
+}
+
+typedef struct stats {
+    int64_t persisted;  /* rows inserted */
+    int64_t duplicates; /* already stored: redelivery or republish */
+    int64_t dead;       /* dead letters */
+} stats_t;
+
+static int write_batch(store_t *st, natsMsgList *list, stats_t *t)
+{
+    stats_t d = {0};
+    char reason[256];
+    if (store_begin(st) != 0)
+        goto fail;
+    for (int i = 0; i < list->Count; i++) {
+        natsMsg *m = list->Msgs[i];
+        const char *data = natsMsg_GetData(m);
+        size_t len = (size_t)natsMsg_GetDataLength(m);
+        store_order_t o;
+        json_t *doc = NULL;
+        int rc;
+        if (store_parse_order(data, len, &o, &doc, reason, sizeof(reason)) != 0) {
+            if (store_dead_letter(st, natsMsg_GetSubject(m), reason, data, len) != 0)
+                goto fail;
+            fprintf(stderr, "subscriber: dead letter on %s: %s\n", natsMsg_GetSubject(m), reason);
+            d.dead++;
+            continue;
+        }
+        rc = store_insert_order(st, &o);
+        json_decref(doc);
+        if (rc < 0)
+            goto fail;
+        if (rc == 1)
+            d.persisted++;
+        else
+            d.duplicates++;
+    }
+    if (store_commit(st) != 0)
+        goto fail;
+    t->persisted += d.persisted;
+    t->duplicates += d.duplicates;
+    t->dead += d.dead;
+    return 0;
+fail:
+    fprintf(stderr, "subscriber: SQLite: %s\n", store_errmsg(st));
+    store_rollback(st);
+    return -1;
+}
+
+/* Commits the batch (retrying while SQLite fails, e.g. disk full) then acknowledges it.
+ * Returns -1 when a stop interrupted the retries: nothing acked, the stream redelivers. */
+static int persist_batch(store_t *st, natsMsgList *list, stats_t *t)
+{
+    int delay = 100;
+    while (write_batch(st, list, t) != 0) {
+        if (stop_requested)
+            return -1;
+        sleep_ms(delay);
+        delay = delay < 5000 ? delay * 2 : 5000;
+    }
+    for (int i = 0; i < list->Count; i++)
+        natsMsg_Ack(list->Msgs[i], NULL); /* lost acks only mean harmless redelivery */
+    return 0;
+}
+
+static void progress(const stats_t *t, int64_t *last_n, int64_t *last_ms, bool force)
+{
+    int64_t now = now_ms();
+    int64_t n = t->persisted + t->duplicates + t->dead;
+    if (!force && now - *last_ms < PROGRESS_EVERY_MS)
+        return;
+    if (n != *last_n) {
+        double secs = (double)(now - *last_ms) / 1000.0;
+        fprintf(stderr, "subscriber: persisted %lld (+%.0f/s), duplicates %lld, dead letters %lld\n",
+                (long long)t->persisted, secs > 0 ? (double)(n - *last_n) / secs : 0.0,
+                (long long)t->duplicates, (long long)t->dead);
+    }
+    *last_n = n;
+    *last_ms = now;
+}
+
+static int consume(natsSubscription **sub, jsCtx *js, store_t *st, const config_t *c, stats_t *t)
+{
+    int64_t last_n = 0, last_ms = now_ms();
+    int errors = 0;
+    while (!stop_requested) {
+        natsMsgList list = {0};
+        jsErrCode jerr = 0;
+        natsStatus s = natsSubscription_Fetch(&list, *sub, c->batch, FETCH_TIMEOUT_MS, &jerr);
+        if (s == NATS_OK && list.Count > 0) {
+            errors = 0;
+            int rc = persist_batch(st, &list, t);
+            natsMsgList_Destroy(&list);
+            if (rc != 0)
+                return -1;
+        } else if (s != NATS_OK && s != NATS_TIMEOUT) {
+            natsMsgList_Destroy(&list);
+            if (errors++ == 0)
+                fprintf(stderr, "subscriber: fetch: %s (%d)\n", natsStatus_GetText(s), (int)jerr);
+            sleep_ms(FETCH_TIMEOUT_MS);
+            /* The consumer may be gone (server restarted on empty storage): bind again. */
+            if (errors >= RESUBSCRIBE_AFTER_ERRORS) {
+                natsSubscription_Destroy(*sub);
+                if ((*sub = subscribe(js, c)) == NULL)
+                    return 0;
+                errors = 0;
+            }
+        } else {
+            natsMsgList_Destroy(&list);
+        }
+        progress(t, &last_n, &last_ms, false);
+    }
+    progress(t, &last_n, &last_ms, true);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    config_t c;
+    store_t *st = NULL;
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    natsSubscription *sub = NULL;
+    stats_t t = {0};
+    char err[512];
+    int rc = 1;
+    struct sigaction sa;
+
+    if (parse_args(argc, argv, &c) != 0)
+        return 2;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal; /* no SA_RESTART: sleeps and waits return early */
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (store_open(&st, c.db, c.sync, err, sizeof(err)) != 0) {
+        fprintf(stderr, "subscriber: %s\n", err);
+        return 1;
+    }
+    if ((nc = connect_nats(c.url)) == NULL) {
+        rc = stop_requested ? 0 : 1;
+        goto out;
+    }
+    if (natsConnection_JetStream(&js, nc, NULL) != NATS_OK)
+        goto out;
+    if ((sub = subscribe(js, &c)) == NULL) {
+        rc = stop_requested ? 0 : 1;
+        goto out;
+    }
+    fprintf(stderr, "subscriber: consuming %s as durable %s, batch %d, db %s (sync %s)\n",
+            c.stream, c.durable, c.batch, c.db, c.sync == STORE_SYNC_FULL ? "full" : "normal");
+    rc = consume(&sub, js, st, &c, &t) == 0 ? 0 : 1;
+    /* Push the last acks out before closing, or they are redelivered (harmlessly) later. */
+    natsConnection_FlushTimeout(nc, 2000);
+    fprintf(stderr, "subscriber: stopped, persisted %lld\n", (long long)t.persisted);
+out:
+    natsSubscription_Destroy(sub); /* not Unsubscribe: that would delete the durable */
+    jsCtx_Destroy(js);
+    natsConnection_Close(nc);
+    natsConnection_Destroy(nc);
+    store_close(st);
+    nats_CloseAndWait(2000);
+    return rc;
+}

@@ -1,0 +1,90 @@
+-- policy.lua: the sale's business rules, run by snatch-host in LuaJIT (one copy per loop
+-- thread). Edit, check with `snatch-host --test`, then `kill -HUP` the host to reload it: a
+-- policy that fails to load is refused and the old one keeps running.
+--
+-- The host calls three functions:
+--   allocate(event, cluster)  how many tickets this host may sell from its local quota
+--   admit(req)                may this request try to buy? (every request not already sold out)
+--   order(o)                  the order's JSON payload, published to JetStream and stored
+-- and reads the settings below. From the host you get `host`:
+--   host.now_ms()                      wall clock, ms
+--   host.log(msg)                      one line on stderr: "policy: msg"
+--   host.counter(name, inc)            a counter in GET /metrics
+--   host.limit(key, rate, burst[, cost]) token bucket shared by all threads -> true if allowed
+--   host.id, host.hosts                this host's id, how many hosts sell the event
+--
+-- Keep it pure and small: admit() runs tens of thousands of times a second per thread, and a
+-- loop that never ends cannot be interrupted. The request table passed to admit() and the order
+-- table passed to order() are reused between calls: copy what you want to keep.
+--
+-- The host has already validated the input: event names and buyer ids are 1..64 characters of
+-- [A-Za-z0-9_.:@-] (or less, see user_max_len / event_max_len), qty is an integer <= max_qty.
+-- Redis, not this file, enforces stock and the per-buyer limit (set by PUT /admin/events/...).
+
+local M = {}
+
+-- Settings read by the host --------------------------------------------------------------------
+M.max_qty = 4         -- tickets per request; more is a 400 before admit() is called
+M.user_max_len = 64   -- longest buyer id accepted (at most 64)
+M.event_max_len = 64  -- longest event name accepted (at most 64)
+
+-- Settings of this policy ----------------------------------------------------------------------
+local USER_RATE, USER_BURST = 5, 10           -- requests/s per buyer id, and the burst allowed
+-- Per client address. Loose on purpose: load tests all come from 127.0.0.1, and real buyers
+-- behind one NAT share an address. Set CLIENT_RATE = nil to switch it off.
+local CLIENT_RATE, CLIENT_BURST = 2000, 4000
+
+-- allocate -----------------------------------------------------------------------------------
+-- Each host sells from a local quota so it can answer "sold out" without asking Redis. Quotas
+-- add up to more than the stock, so the sale survives `tolerate` dead hosts without unsold
+-- tickets; Redis still makes overselling impossible.
+local function tolerate(hosts)
+  if hosts > 1 then return 1 end
+  return 0
+end
+
+function M.allocate(_event, cluster)
+  local live = cluster.hosts - tolerate(cluster.hosts)
+  if live <= 0 then return cluster.stock end
+  return math.ceil(cluster.stock / live)
+end
+
+-- admit --------------------------------------------------------------------------------------
+-- Returns true, or false, HTTP status (4xx), reason (the JSON "error"), detail (optional).
+local limit = host.limit
+
+function M.admit(req)
+  local qty = req.qty
+  if qty < 1 or qty > M.max_qty then
+    return false, 400, 'bad_qty', 'qty must be between 1 and ' .. M.max_qty
+  end
+  if not limit('u:' .. req.user, USER_RATE, USER_BURST) then
+    return false, 429, 'rate_limited', 'too many requests for this buyer'
+  end
+  if CLIENT_RATE and not limit('ip:' .. req.client, CLIENT_RATE, CLIENT_BURST) then
+    return false, 429, 'rate_limited', 'too many requests from this address'
+  end
+  return true
+end
+
+-- order --------------------------------------------------------------------------------------
+-- The payload every consumer of the ORDERS stream reads. The fields are the host's built-in
+-- format; add fields here, but keep these. The values are already restricted to
+-- [A-Za-z0-9_.:@-], the escaper only guards against a future change of that rule.
+local escapes = { ['"'] = '\\"', ['\\'] = '\\\\' }
+local function json_str(s)
+  return '"' .. s:gsub('[%c"\\]', function(c)
+    return escapes[c] or string.format('\\u%04x', c:byte())
+  end) .. '"'
+end
+
+function M.order(o)
+  return '{"order_id":' .. json_str(o.order_id) ..
+    ',"event":' .. json_str(o.event) ..
+    ',"user":' .. json_str(o.user) ..
+    ',"qty":' .. string.format('%d', o.qty) ..
+    ',"host":' .. json_str(o.host) ..
+    ',"created_at":' .. string.format('%d', o.created_at) .. '}'
+end
+
+return M

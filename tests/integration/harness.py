@@ -1,0 +1,470 @@
+"""Test harness: real redis-server, nats-server, snatch-host and snatch-subscriber processes on
+free loopback ports in temp dirs, stopped by PID afterwards (also when a test fails).
+
+Every class is a context manager; `Stack` starts the whole thing. Only the Python standard library
+is used. Paths come from SNATCH_BUILD_DIR / SNATCH_SOURCE_DIR (set by ctest)."""
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+
+SOURCE_DIR = os.environ.get("SNATCH_SOURCE_DIR",
+                            os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+BUILD_DIR = os.environ.get("SNATCH_BUILD_DIR", os.path.join(SOURCE_DIR, "build"))
+ADMIN_TOKEN = "test-admin-token-0123456789"
+
+
+def binary(name):
+    return os.path.join(BUILD_DIR, name)
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10.0, proc=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("process exited with %s before listening on %d" % (proc.returncode, port))
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError("nothing listening on port %d after %.1fs" % (port, timeout))
+
+
+def wait_until(pred, timeout=10.0, step=0.05, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    raise AssertionError("timed out waiting for " + what)
+
+
+class Proc:
+    """A child process we started; stopped by PID only."""
+
+    def __init__(self, argv, log_path, env=None):
+        self.argv = argv
+        self.log_path = log_path
+        self.env = env
+        self.p = None
+
+    def start(self):
+        self.log = open(self.log_path, "ab")
+        self.p = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, env=self.env)
+        return self
+
+    @property
+    def pid(self):
+        return self.p.pid
+
+    def alive(self):
+        return self.p is not None and self.p.poll() is None
+
+    def send_signal(self, sig):
+        if self.alive():
+            os.kill(self.p.pid, sig)
+
+    def kill9(self):
+        if self.alive():
+            self.p.kill()
+            self.p.wait()
+
+    def stop(self, timeout=10.0, sig=signal.SIGTERM):
+        if self.p is None:
+            return None
+        if self.alive():
+            os.kill(self.p.pid, sig)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.log.close()
+        return self.p.returncode
+
+    def log_text(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+
+class TempDir:
+    def __init__(self, prefix="snatch-test-"):
+        self.path = tempfile.mkdtemp(prefix=prefix)
+
+    def cleanup(self):
+        if os.environ.get("SNATCH_KEEP_TMP"):
+            print("kept", self.path)
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+class RedisServer:
+    def __init__(self, workdir, port=None, aof_always=False):
+        self.port = port or free_port()
+        self.dir = os.path.join(workdir, "redis-%d" % self.port)
+        os.makedirs(self.dir, exist_ok=True)
+        self.aof_always = aof_always
+        self.proc = None
+
+    def start(self):
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+                "--save", "", "--daemonize", "no", "--protected-mode", "no"]
+        if self.aof_always:
+            argv += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            argv += ["--appendonly", "no"]
+        self.proc = Proc(argv, os.path.join(self.dir, "redis.log")).start()
+        wait_port(self.port, proc=self.proc.p)
+        wait_until(lambda: self._ping(), 10, what="redis PING")
+        return self
+
+    def _ping(self):
+        try:
+            return self.cmd("PING") == "PONG"
+        except (OSError, RuntimeError):
+            return False
+
+    def stop(self):
+        if self.proc:
+            self.proc.stop()
+
+    def kill9(self):
+        if self.proc:
+            self.proc.kill9()
+
+    def cmd(self, *args):
+        """One command over RESP2; returns str/int/list/None, raises RuntimeError on -ERR."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            out = b"*%d\r\n" % len(args)
+            for a in args:
+                a = a if isinstance(a, bytes) else str(a).encode()
+                out += b"$%d\r\n%s\r\n" % (len(a), a)
+            s.sendall(out)
+            f = s.makefile("rb")
+            return _read_resp(f)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _read_resp(f):
+    line = f.readline()
+    if not line:
+        raise OSError("redis closed the connection")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise RuntimeError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)[:-2]
+        return data.decode("utf-8", "replace")
+    if kind == b"*":
+        n = int(rest)
+        if n < 0:
+            return None
+        return [_read_resp(f) for _ in range(n)]
+    raise OSError("bad RESP line %r" % line)
+
+
+class NatsServer:
+    def __init__(self, workdir, port=None):
+        self.port = port or free_port()
+        self.store = os.path.join(workdir, "nats-%d" % self.port)
+        os.makedirs(self.store, exist_ok=True)
+        self.proc = None
+
+    @property
+    def url(self):
+        return "nats://127.0.0.1:%d" % self.port
+
+    def start(self):
+        argv = ["nats-server", "-js", "-sd", self.store, "-a", "127.0.0.1", "-p", str(self.port)]
+        self.proc = Proc(argv, os.path.join(self.store, "nats.log")).start()
+        wait_port(self.port, proc=self.proc.p)
+        return self
+
+    def stop(self):
+        if self.proc:
+            self.proc.stop()
+
+    def kill9(self):
+        if self.proc:
+            self.proc.kill9()
+
+    def restart(self, down_seconds=0.0):
+        self.stop()
+        time.sleep(down_seconds)
+        return self.start()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class Subscriber:
+    def __init__(self, workdir, nats_url, db_path=None, batch=None, extra=()):
+        self.db = db_path or os.path.join(workdir, "orders.db")
+        self.workdir = workdir
+        self.argv = [binary("snatch-subscriber"), "--nats", nats_url, "--db", self.db]
+        if batch:
+            self.argv += ["--batch", str(batch)]
+        self.argv += list(extra)
+        self.proc = None
+        self.n = 0
+
+    def start(self):
+        self.n += 1
+        self.proc = Proc(self.argv, os.path.join(self.workdir, "subscriber-%d.log" % self.n)).start()
+        return self
+
+    def stop(self, timeout=15.0):
+        return self.proc.stop(timeout) if self.proc else None
+
+    def kill9(self):
+        if self.proc:
+            self.proc.kill9()
+
+    def rows(self, event=None):
+        if not os.path.exists(self.db):
+            return 0
+        try:
+            con = sqlite3.connect("file:%s?mode=ro" % self.db, uri=True, timeout=5)
+            try:
+                if event is None:
+                    return con.execute("SELECT count(*) FROM orders").fetchone()[0]
+                return con.execute("SELECT count(*) FROM orders WHERE event=?", (event,)).fetchone()[0]
+            finally:
+                con.close()
+        except sqlite3.OperationalError:
+            return 0
+
+    def query(self, sql, args=()):
+        con = sqlite3.connect("file:%s?mode=ro" % self.db, uri=True, timeout=5)
+        try:
+            return con.execute(sql, args).fetchall()
+        finally:
+            con.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class Host:
+    def __init__(self, workdir, redis_port, nats_url, policy=None, threads=2, host_id="h1",
+                 hosts=1, port=None, extra=()):
+        self.port = port or free_port()
+        self.workdir = workdir
+        self.policy = policy or os.path.join(SOURCE_DIR, "lua", "policy.lua")
+        self.token_file = os.path.join(workdir, "admin.token")
+        with open(self.token_file, "w") as f:
+            f.write(ADMIN_TOKEN + "\n")
+        self.argv = [binary("snatch-host"), "--listen", "127.0.0.1:%d" % self.port,
+                     "--threads", str(threads), "--redis", "127.0.0.1:%d" % redis_port,
+                     "--nats", nats_url, "--host-id", host_id, "--hosts", str(hosts),
+                     "--admin-token-file", self.token_file] + list(extra) + [self.policy]
+        self.host_id = host_id
+        self.proc = None
+
+    @property
+    def base(self):
+        return "127.0.0.1:%d" % self.port
+
+    def start(self, wait_ready=True):
+        self.proc = Proc(self.argv, os.path.join(self.workdir, "host-%s.log" % self.host_id)).start()
+        wait_port(self.port, proc=self.proc.p)
+        if wait_ready:
+            wait_until(lambda: self.request("GET", "/healthz")[0] == 200, 15, what="host /healthz 200")
+        return self
+
+    def stop(self, timeout=15.0):
+        return self.proc.stop(timeout) if self.proc else None
+
+    def kill9(self):
+        if self.proc:
+            self.proc.kill9()
+
+    def hup(self):
+        self.proc.send_signal(signal.SIGHUP)
+
+    def request(self, method, path, body=None, headers=None, timeout=10.0):
+        """Returns (status, parsed JSON body or text)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            r = conn.getresponse()
+            data = r.read().decode("utf-8", "replace")
+            try:
+                return r.status, json.loads(data)
+            except ValueError:
+                return r.status, data
+        finally:
+            conn.close()
+
+    def create_event(self, event, stock, per_user_limit=1):
+        st, body = self.request("PUT", "/admin/events/" + event,
+                                body=json.dumps({"stock": stock, "per_user_limit": per_user_limit}),
+                                headers={"Authorization": "Bearer " + ADMIN_TOKEN,
+                                         "Content-Type": "application/json"})
+        if st != 200:
+            raise AssertionError("create_event %s: %s %r" % (event, st, body))
+        return body
+
+    def snatch(self, event, user, qty=None):
+        q = "?user=%s" % user + ("&qty=%d" % qty if qty is not None else "")
+        return self.request("POST", "/v1/events/%s/snatch%s" % (event, q))
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def bench(url, *args, timeout=300):
+    """Runs snatch-bench; returns (exit code, parsed --json result, stdout)."""
+    fd, jpath = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    try:
+        p = subprocess.run([binary("snatch-bench"), "--json", jpath, "--quiet"] + list(args) + [url],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+        out = p.stdout.decode("utf-8", "replace")
+        try:
+            with open(jpath) as f:
+                res = json.load(f)
+        except (OSError, ValueError):
+            res = None
+        return p.returncode, res, out
+    finally:
+        os.unlink(jpath)
+
+
+class Stack:
+    """redis + nats + subscriber + N hosts. Use as a context manager; everything is stopped
+    (by PID) on exit and the temp dir removed."""
+
+    def __init__(self, hosts=1, threads=2, policy=None, aof_always=False, subscriber=True,
+                 host_extra=()):
+        self.tmp = TempDir()
+        self.n_hosts = hosts
+        self.threads = threads
+        self.policy = policy
+        self.aof_always = aof_always
+        self.with_subscriber = subscriber
+        self.host_extra = host_extra
+        self.redis = self.nats = self.sub = None
+        self.hosts = []
+
+    def __enter__(self):
+        try:
+            self.redis = RedisServer(self.tmp.path, aof_always=self.aof_always).start()
+            self.nats = NatsServer(self.tmp.path).start()
+            if self.with_subscriber:
+                self.sub = Subscriber(self.tmp.path, self.nats.url).start()
+            for i in range(self.n_hosts):
+                h = Host(self.tmp.path, self.redis.port, self.nats.url, policy=self.policy,
+                         threads=self.threads, host_id="h%d" % (i + 1), hosts=self.n_hosts,
+                         extra=self.host_extra)
+                self.hosts.append(h.start())
+            return self
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
+
+    @property
+    def host(self):
+        return self.hosts[0]
+
+    def reconcile(self, *args, timeout=120):
+        argv = [binary("snatch-reconcile"), "--redis", "127.0.0.1:%d" % self.redis.port,
+                "--nats", self.nats.url, "--db", self.sub.db if self.sub else
+                os.path.join(self.tmp.path, "orders.db")] + list(args)
+        p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+        return p.returncode, p.stdout.decode("utf-8", "replace")
+
+    def dump_logs(self):
+        for h in self.hosts:
+            if h.proc:
+                print("---- host %s log (tail) ----" % h.host_id)
+                print(h.proc.log_text()[-4000:])
+        if self.sub and self.sub.proc:
+            print("---- subscriber log (tail) ----")
+            print(self.sub.proc.log_text()[-3000:])
+
+    def __exit__(self, etype, *exc):
+        if etype is not None:
+            self.dump_logs()
+        for h in self.hosts:
+            try:
+                h.stop()
+            except Exception:
+                h.kill9()
+        for part in (self.sub, self.nats, self.redis):
+            if part is not None:
+                try:
+                    part.stop()
+                except Exception:
+                    pass
+        self.tmp.cleanup()
+
+
+class Suite:
+    """Named test cases; prints 'N passed, N failed' and exits non-zero on a failure."""
+
+    def __init__(self):
+        self.cases = []
+
+    def case(self, fn):
+        self.cases.append(fn)
+        return fn
+
+    def run(self):
+        only = sys.argv[1:]
+        passed = failed = 0
+        for fn in self.cases:
+            if only and fn.__name__ not in only:
+                continue
+            t0 = time.time()
+            try:
+                fn()
+                passed += 1
+                print("PASS %s (%.1fs)" % (fn.__name__, time.time() - t0), flush=True)
+            except BaseException as e:  # noqa: B902 - report and go on with the next case
+                failed += 1
+                import traceback
+                traceback.print_exc()
+                print("FAIL %s: %s" % (fn.__name__, e), flush=True)
+        print("%d passed, %d failed" % (passed, failed))
+        sys.exit(1 if failed else 0)

@@ -1,0 +1,4 @@
+# The sale path end to end: snatch-host against real redis-server and nats-server.
+add_snatch_py_test(sale_path integration/test_sale.py TIMEOUT 300)
+add_snatch_py_test(sale_reload integration/test_reload.py TIMEOUT 300)
+add_snatch_py_test(sale_bad_input integration/test_bad_input.py TIMEOUT 300)

@@ -1,0 +1,271 @@
+/* host/orders.c against a real nats-server: a lane on a libuv loop (this thread) publishes and
+ * gets acknowledgements back on the loop; duplicates are stored once; a dead server yields -1
+ * (refused or timed out), never a hang; closing a lane fails what is pending. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+#include <fcntl.h>
+#include <nats/nats.h>
+#include <stdatomic.h>
+#include <uv.h>
+
+#include "nats_server.h"
+#include "orders.h"
+
+/* metrics.c belongs to the host; count here so the test can check the gauge returns to 0. */
+static _Atomic int64_t inflight_gauge;
+void metrics_orders_inflight(int64_t delta)
+{
+    atomic_fetch_add(&inflight_gauge, delta);
+}
+
+static test_nats_t srv;
+
+typedef struct driver {
+    orders_lane_t *lane;
+    int total, sent, acked, failed, refused;
+    unsigned window;
+} driver_t;
+
+static void drive(driver_t *d);
+
+static void on_ack(int status, void *data)
+{
+    driver_t *d = data;
+    if (status == 0)
+        d->acked++;
+    else
+        d->failed++;
+    drive(d);
+}
+
+static void drive(driver_t *d)
+{
+    char id[64], payload[160];
+    while (d->sent < d->total && orders_lane_inflight(d->lane) < d->window) {
+        int n = snprintf(id, sizeof(id), "1795596636082-%010d-e1", d->sent + 1);
+        int len = snprintf(payload, sizeof(payload),
+                           "{\"order_id\":\"%s\",\"event\":\"e1\",\"user\":\"u%d\",\"qty\":1}", id,
+                           d->sent);
+        (void)n;
+        if (orders_publish(d->lane, "e1", id, payload, (size_t)len, on_ack, d) != 0) {
+            d->refused++;
+            return;
+        }
+        d->sent++;
+    }
+}
+
+static uint64_t stream_msgs(const char *url)
+{
+    natsConnection *nc = NULL;
+    jsCtx *js = NULL;
+    jsStreamInfo *si = NULL;
+    uint64_t n = UINT64_MAX;
+    if (natsConnection_ConnectTo(&nc, url) != NATS_OK)
+        return n;
+    if (natsConnection_JetStream(&js, nc, NULL) == NATS_OK &&
+        js_GetStreamInfo(&si, js, ORDERS_STREAM, NULL, NULL) == NATS_OK)
+        n = si->State.Msgs;
+    jsStreamInfo_Destroy(si);
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+    return n;
+}
+
+static void wait_ready(orders_publisher_t *p, bool want)
+{
+    for (int i = 0; i < 400 && orders_publisher_ready(p) != want; i++)
+        test_sleep_ms(25);
+    assert_int_equal(orders_publisher_ready(p), want);
+}
+
+/* Runs the loop until cond holds or ms passed. */
+static void run_until(uv_loop_t *loop, driver_t *d, int expect_done, int ms)
+{
+    for (int i = 0; i < ms / 5 && d->acked + d->failed < expect_done; i++) {
+        uv_run(loop, UV_RUN_NOWAIT);
+        test_sleep_ms(d->acked + d->failed < expect_done ? 1 : 0);
+        if (d->refused > 0 && d->sent < d->total)
+            d->refused = 0, drive(d);
+    }
+}
+
+static void close_lane(uv_loop_t *loop, orders_lane_t *lane)
+{
+    orders_lane_close(lane);
+    uv_run(loop, UV_RUN_DEFAULT); /* the lane's handles close, nothing else is on the loop */
+}
+
+static void test_publish_10000(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    orders_publisher_t *p = NULL;
+    char err[256];
+    driver_t d = {.total = 10000, .window = 512};
+    uint64_t before;
+    uv_loop_init(&loop);
+    assert_int_equal(orders_publisher_start(&p, srv.url, err, sizeof(err)), 0);
+    wait_ready(p, true);
+    before = stream_msgs(srv.url);
+    assert_int_equal(orders_lane_start(&d.lane, p, &loop, 1024, 5000), 0);
+    drive(&d);
+    run_until(&loop, &d, d.total, 30000);
+    assert_int_equal(d.acked, 10000);
+    assert_int_equal(d.failed, 0);
+    assert_int_equal(orders_lane_inflight(d.lane), 0);
+    assert_int_equal(atomic_load(&inflight_gauge), 0);
+    assert_int_equal(stream_msgs(srv.url) - before, 10000);
+
+    /* The same ids again: every publish acknowledged, none stored twice. */
+    d.sent = 0;
+    d.acked = 0;
+    d.total = 100;
+    drive(&d);
+    run_until(&loop, &d, d.total, 10000);
+    assert_int_equal(d.acked, 100);
+    assert_int_equal(stream_msgs(srv.url) - before, 10000);
+
+    close_lane(&loop, d.lane);
+    orders_publisher_stop(p, 1000);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void test_same_id_twice(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    orders_publisher_t *p = NULL;
+    char err[256];
+    driver_t d = {.window = 16};
+    const char *id = "1795596636082-0000099999-dup";
+    const char *payload = "{\"order_id\":\"1795596636082-0000099999-dup\"}";
+    uint64_t before;
+    uv_loop_init(&loop);
+    assert_int_equal(orders_publisher_start(&p, srv.url, err, sizeof(err)), 0);
+    wait_ready(p, true);
+    before = stream_msgs(srv.url);
+    assert_int_equal(orders_lane_start(&d.lane, p, &loop, 16, 5000), 0);
+    /* Both in flight at once on one lane: each must get its own ack. */
+    assert_int_equal(orders_publish(d.lane, "dup", id, payload, strlen(payload), on_ack, &d), 0);
+    assert_int_equal(orders_publish(d.lane, "dup", id, payload, strlen(payload), on_ack, &d), 0);
+    run_until(&loop, &d, 2, 10000);
+    assert_int_equal(d.acked, 2);
+    assert_int_equal(stream_msgs(srv.url) - before, 1);
+    close_lane(&loop, d.lane);
+    orders_publisher_stop(p, 1000);
+    uv_loop_close(&loop);
+}
+
+static void test_close_fails_pending(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    orders_publisher_t *p = NULL;
+    char err[256];
+    driver_t d = {.total = 200, .window = 200};
+    uv_loop_init(&loop);
+    assert_int_equal(orders_publisher_start(&p, srv.url, err, sizeof(err)), 0);
+    wait_ready(p, true);
+    assert_int_equal(orders_lane_start(&d.lane, p, &loop, 100, 5000), 0);
+    drive(&d); /* 100 accepted, the 101st refused: the lane is full */
+    assert_int_equal(d.sent, 100);
+    assert_int_equal(d.refused, 1);
+    /* Acks cannot have been processed: they run on the loop, which has not run. */
+    orders_lane_close(d.lane);
+    assert_int_equal(d.failed, 100);
+    assert_int_equal(d.acked, 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(atomic_load(&inflight_gauge), 0);
+    test_sleep_ms(200); /* late acks reach a detached slot and are dropped */
+    orders_publisher_stop(p, 1000);
+    uv_loop_close(&loop);
+}
+
+static void test_server_down(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    orders_publisher_t *p = NULL;
+    char err[256];
+    driver_t d = {.total = 1000000, .window = 64};
+    uv_loop_init(&loop);
+    assert_int_equal(orders_publisher_start(&p, srv.url, err, sizeof(err)), 0);
+    wait_ready(p, true);
+    assert_int_equal(orders_lane_start(&d.lane, p, &loop, 64, 300), 0);
+    drive(&d);
+    test_nats_stop(&srv);
+    /* Every publish handed over ends with a callback (ack or -1) within the timeout, and
+     * publishing stops being accepted once the disconnection is seen. */
+    d.total = d.sent; /* stop feeding */
+    run_until(&loop, &d, d.sent, 5000);
+    assert_int_equal(d.acked + d.failed, d.sent);
+    wait_ready(p, false);
+    assert_int_equal(orders_publish(d.lane, "e1", "x-0-e1", "{}", 2, on_ack, &d), -1);
+    assert_int_equal(orders_lane_inflight(d.lane), 0);
+
+    /* Back up on the same storage: ready again, publishing works. */
+    assert_int_equal(test_nats_start(&srv), 0);
+    wait_ready(p, true);
+    d.acked = d.failed = 0;
+    d.total = d.sent + 50;
+    drive(&d);
+    run_until(&loop, &d, 50, 10000);
+    assert_int_equal(d.acked, 50);
+    close_lane(&loop, d.lane);
+    orders_publisher_stop(p, 1000);
+    uv_loop_close(&loop);
+}
+
+static void test_no_server(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    orders_publisher_t *p = NULL;
+    orders_lane_t *lane = NULL;
+    char err[256];
+    char url[64];
+    driver_t d = {0};
+    snprintf(url, sizeof(url), "nats://127.0.0.1:%d", test_free_port());
+    uv_loop_init(&loop);
+    assert_int_equal(orders_publisher_start(&p, url, err, sizeof(err)), 0);
+    assert_int_equal(orders_lane_start(&lane, p, &loop, 8, 100), 0);
+    test_sleep_ms(300);
+    assert_false(orders_publisher_ready(p));
+    assert_int_equal(orders_publish(lane, "e1", "x-1-e1", "{}", 2, on_ack, &d), -1);
+    close_lane(&loop, lane);
+    orders_publisher_stop(p, 100);
+    uv_loop_close(&loop);
+    assert_int_equal(d.acked + d.failed, 0);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    signal(SIGPIPE, SIG_IGN);
+    return test_nats_start(&srv);
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    test_nats_cleanup(&srv);
+    nats_Close();
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_no_server),
+        cmocka_unit_test(test_publish_10000),
+        cmocka_unit_test(test_same_id_twice),
+        cmocka_unit_test(test_close_fails_pending),
+        cmocka_unit_test(test_server_down),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

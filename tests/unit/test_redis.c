@@ -1,0 +1,770 @@
+/* Tests of host/redis.c against a real redis-server started per test on a free loopback port
+ * (killed by PID in teardown, and by the kernel if this process dies: PR_SET_PDEATHSIG). Each
+ * test drives its own libuv loop on this thread; every wait is bounded in time. Setup and
+ * inspection of Redis go through a separate blocking hiredis connection ("admin"). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <hiredis/hiredis.h>
+#include <uv.h>
+
+#include "redis.h"
+
+/* redis.c reports round trips to metrics; the test links redis.c alone and counts them. */
+static int rtt_samples;
+void metrics_redis_rtt(uint64_t usec)
+{
+    (void)usec;
+    rtt_samples++;
+}
+
+#define INCR_SCRIPT "return {tonumber(ARGV[1]), redis.call('INCR', KEYS[1])}"
+
+static uv_loop_t loop;
+static pid_t redis_pid = -1;
+static int redis_port;
+static char redis_dir[64];
+
+/* ---- redis-server ---- */
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sa);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
+        getsockname(fd, (struct sockaddr *)&sa, &len) != 0) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    close(fd);
+    return ntohs(sa.sin_port);
+}
+
+static redisContext *admin_connect(void)
+{
+    struct timeval tv = {1, 0};
+    redisContext *a = redisConnectWithTimeout("127.0.0.1", redis_port, tv);
+    if (a != NULL && a->err) {
+        redisFree(a);
+        return NULL;
+    }
+    return a;
+}
+
+static int start_redis(void)
+{
+    char port[16];
+    snprintf(port, sizeof(port), "%d", redis_port);
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        int devnull = open("/dev/null", O_WRONLY);
+        if (devnull >= 0) {
+            dup2(devnull, 1);
+            dup2(devnull, 2);
+        }
+        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
+               "--appendonly", "no", "--daemonize", "no", "--enable-debug-command", "yes",
+               "--dir", redis_dir, (char *)NULL);
+        _exit(127);
+    }
+    redis_pid = pid;
+    for (int i = 0; i < 200; i++) { /* up to ~10 s */
+        redisContext *a = admin_connect();
+        if (a != NULL) {
+            redisReply *r = redisCommand(a, "PING");
+            int ok = r != NULL && r->type == REDIS_REPLY_STATUS;
+            freeReplyObject(r);
+            redisFree(a);
+            if (ok)
+                return 0;
+        }
+        usleep(50 * 1000);
+    }
+    return -1;
+}
+
+static void stop_redis(void)
+{
+    if (redis_pid <= 0)
+        return;
+    kill(redis_pid, SIGKILL);
+    waitpid(redis_pid, NULL, 0);
+    redis_pid = -1;
+}
+
+static void at_exit_kill(void)
+{
+    stop_redis();
+}
+
+/* Runs one command on a fresh admin connection; returns the reply (caller frees) or NULL. */
+static redisReply *admin(const char *fmt, ...)
+{
+    redisContext *a = admin_connect();
+    if (a == NULL)
+        return NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(a, fmt, ap);
+    va_end(ap);
+    redisFree(a);
+    return r;
+}
+
+static void admin_ok(const char *fmt, ...)
+{
+    redisContext *a = admin_connect();
+    assert_non_null(a);
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(a, fmt, ap);
+    va_end(ap);
+    assert_non_null(r);
+    assert_int_not_equal(r->type, REDIS_REPLY_ERROR);
+    freeReplyObject(r);
+    redisFree(a);
+}
+
+/* Makes the server sleep for sec seconds, without waiting: returns the connection that carries
+ * the DEBUG SLEEP (free it when done). */
+static redisContext *admin_sleep(int sec)
+{
+    redisContext *a = admin_connect();
+    assert_non_null(a);
+    assert_int_equal(redisAppendCommand(a, "DEBUG SLEEP %d", sec), REDIS_OK);
+    int done = 0;
+    for (int i = 0; i < 100 && !done; i++)
+        assert_int_equal(redisBufferWrite(a, &done), REDIS_OK);
+    assert_true(done);
+    usleep(20 * 1000); /* let the server start sleeping before our client sends */
+    return a;
+}
+
+/* calls of the command name in INFO commandstats, e.g. "eval", "script|load"; 0 if none. */
+static long long cmd_calls(const char *name)
+{
+    redisReply *r = admin("INFO commandstats");
+    assert_non_null(r);
+    char key[64];
+    snprintf(key, sizeof(key), "cmdstat_%s:calls=", name);
+    const char *p = strstr(r->str, key);
+    long long n = p ? atoll(p + strlen(key)) : 0;
+    freeReplyObject(r);
+    return n;
+}
+
+/* ---- loop helpers ---- */
+
+static void on_guard(uv_timer_t *t)
+{
+    (void)t; /* only keeps uv_run from sleeping longer than a tick */
+}
+
+typedef bool (*cond_fn)(void *arg);
+
+/* Runs the loop until cond(arg) holds or ms elapse. Returns cond(arg). */
+static bool run_until(cond_fn cond, void *arg, int ms)
+{
+    uv_timer_t guard;
+    uv_timer_init(&loop, &guard);
+    uv_timer_start(&guard, on_guard, 5, 5);
+    uint64_t end = uv_hrtime() + (uint64_t)ms * 1000000u;
+    while (!(cond != NULL && cond(arg)) && uv_hrtime() < end)
+        uv_run(&loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&guard, NULL);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    return cond != NULL && cond(arg);
+}
+
+static void run_for(int ms)
+{
+    run_until(NULL, NULL, ms);
+}
+
+static bool is_ready(void *arg)
+{
+    return redis_client_ready(arg);
+}
+
+static bool count_reached(void *arg)
+{
+    int **pp = arg;
+    return *pp[0] >= *pp[1];
+}
+
+static bool wait_count(int *have, int want, int ms)
+{
+    int *pair[2] = {have, &want};
+    return run_until(count_reached, pair, ms);
+}
+
+/* Closes the client and runs the loop until every handle is gone (bounded). */
+static void close_and_drain(redis_client_t *c)
+{
+    redis_client_close(c);
+    for (int i = 0; i < 1000 && uv_loop_alive(&loop); i++)
+        uv_run(&loop, UV_RUN_NOWAIT);
+    assert_false(uv_loop_alive(&loop));
+}
+
+static redis_client_t *start_client(const char *script, uint64_t timeout_ms)
+{
+    redis_client_t *c = NULL;
+    assert_int_equal(redis_client_start(&c, &loop, "127.0.0.1", redis_port, script, timeout_ms),
+                     0);
+    assert_non_null(c);
+    assert_true(run_until(is_ready, c, 5000));
+    return c;
+}
+
+/* ---- reply capture ---- */
+
+typedef struct {
+    int calls;
+    bool null_reply;
+    int type;
+    long long integer;
+    char str[256];
+    char err[64];
+    size_t elements;
+    char el[6][96];
+    /* for ordering checks */
+    int index;
+    int *order_counter;
+    bool in_order;
+} result_t;
+
+static void copy_str(char *dst, size_t cap, const redisReply *r)
+{
+    if (r->type == REDIS_REPLY_INTEGER)
+        snprintf(dst, cap, "%lld", r->integer);
+    else if (r->str != NULL)
+        snprintf(dst, cap, "%.*s", (int)r->len, r->str);
+    else
+        dst[0] = '\0';
+}
+
+static void on_result(redisReply *r, const char *err, void *data)
+{
+    result_t *res = data;
+    res->calls++;
+    if (res->order_counter != NULL) {
+        res->in_order = *res->order_counter == res->index;
+        (*res->order_counter)++;
+    }
+    if (r == NULL) {
+        res->null_reply = true;
+        assert_non_null(err);
+        snprintf(res->err, sizeof(res->err), "%s", err);
+        return;
+    }
+    res->type = r->type;
+    res->integer = r->integer;
+    copy_str(res->str, sizeof(res->str), r);
+    res->elements = r->type == REDIS_REPLY_ARRAY ? r->elements : 0;
+    for (size_t i = 0; i < res->elements && i < 6; i++)
+        copy_str(res->el[i], sizeof(res->el[i]), r->element[i]);
+}
+
+static void cmd(redis_client_t *c, result_t *res, const char *a0, const char *a1, const char *a2)
+{
+    const char *argv[3] = {a0, a1, a2};
+    int argc = a2 ? 3 : a1 ? 2 : 1;
+    redis_command(c, on_result, res, argc, argv, NULL);
+}
+
+static void eval_incr(redis_client_t *c, result_t *res, const char *key, int n)
+{
+    char num[16];
+    snprintf(num, sizeof(num), "%d", n);
+    const char *argv[2] = {key, num};
+    const size_t len[2] = {strlen(key), strlen(num)};
+    redis_eval(c, on_result, res, 1, 2, argv, len);
+}
+
+/* ---- fixtures ---- */
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(redis_dir, sizeof(redis_dir), "/tmp/snatch-redis-XXXXXX");
+    if (mkdtemp(redis_dir) == NULL)
+        return -1;
+    redis_port = free_port();
+    if (redis_port <= 0 || uv_loop_init(&loop) != 0)
+        return -1;
+    return start_redis();
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    stop_redis();
+    rmdir(redis_dir);
+    /* A failed test may leave handles behind: drain what can be drained, then close. */
+    for (int i = 0; i < 100 && uv_loop_alive(&loop); i++)
+        uv_run(&loop, UV_RUN_NOWAIT);
+    uv_loop_close(&loop);
+    return 0;
+}
+
+/* ---- tests ---- */
+
+static void test_roundtrip(void **state)
+{
+    (void)state;
+    redis_client_t *c = NULL;
+    assert_int_equal(redis_client_start(&c, &loop, "127.0.0.1", redis_port, INCR_SCRIPT, 1000), 0);
+    /* Not yet connected: fails at once, before returning, instead of queueing. */
+    result_t early = {0};
+    cmd(c, &early, "PING", NULL, NULL);
+    assert_int_equal(early.calls, 1);
+    assert_true(early.null_reply);
+    assert_string_equal(early.err, "not connected");
+    assert_false(redis_client_ready(c));
+    assert_true(run_until(is_ready, c, 5000));
+
+    result_t set = {0}, get = {0}, bad = {0}, sub = {0};
+    rtt_samples = 0;
+    cmd(c, &set, "SET", "k", "v1");
+    cmd(c, &get, "GET", "k", NULL);
+    cmd(c, &bad, "NOSUCHCOMMAND", NULL, NULL);
+    cmd(c, &sub, "SUBSCRIBE", "ch", NULL); /* would break the reply order: refused */
+    assert_int_equal(sub.calls, 1);
+    assert_string_equal(sub.err, "unsupported command");
+    assert_true(wait_count(&bad.calls, 1, 3000));
+    assert_int_equal(set.calls, 1);
+    assert_int_equal(set.type, REDIS_REPLY_STATUS);
+    assert_string_equal(set.str, "OK");
+    assert_int_equal(get.calls, 1);
+    assert_int_equal(get.type, REDIS_REPLY_STRING);
+    assert_string_equal(get.str, "v1");
+    /* A Redis error is a reply, not a failure. */
+    assert_false(bad.null_reply);
+    assert_int_equal(bad.type, REDIS_REPLY_ERROR);
+    assert_true(rtt_samples >= 3);
+
+    /* Binary-safe arguments. */
+    const char *argv[] = {"SET", "bin", "a\0b"};
+    const size_t len[] = {3, 3, 3};
+    result_t bs = {0}, strlen_res = {0};
+    redis_command(c, on_result, &bs, 3, argv, len);
+    cmd(c, &strlen_res, "STRLEN", "bin", NULL);
+    assert_true(wait_count(&strlen_res.calls, 1, 3000));
+    assert_int_equal(strlen_res.integer, 3);
+    close_and_drain(c);
+}
+
+static void test_eval_many_in_order(void **state)
+{
+    (void)state;
+    enum { N = 1000 };
+    redis_client_t *c = start_client(INCR_SCRIPT, 5000);
+    static result_t res[N];
+    memset(res, 0, sizeof(res));
+    int order = 0, done = 0;
+    for (int i = 0; i < N; i++) {
+        res[i].index = i;
+        res[i].order_counter = &order;
+        eval_incr(c, &res[i], "counter", i);
+    }
+    assert_true(wait_count(&order, N, 10000));
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(res[i].calls, 1);
+        assert_true(res[i].in_order);
+        assert_false(res[i].null_reply);
+        assert_int_equal(res[i].type, REDIS_REPLY_ARRAY);
+        assert_int_equal(res[i].elements, 2);
+        assert_int_equal(atoi(res[i].el[0]), i);
+        assert_int_equal(atoll(res[i].el[1]), i + 1);
+        done++;
+    }
+    assert_int_equal(done, N);
+    close_and_drain(c);
+}
+
+static void test_noscript_recovery(void **state)
+{
+    (void)state;
+    enum { N = 10 };
+    redis_client_t *c = start_client(INCR_SCRIPT, 5000);
+    result_t first = {0};
+    eval_incr(c, &first, "n", 0);
+    assert_true(wait_count(&first.calls, 1, 3000));
+    assert_int_equal(atoll(first.el[1]), 1);
+
+    admin_ok("CONFIG RESETSTAT");
+    admin_ok("SCRIPT FLUSH");
+    result_t res[N] = {0};
+    int calls = 0, order = 0;
+    for (int i = 0; i < N; i++) {
+        res[i].index = i;
+        res[i].order_counter = &order;
+        eval_incr(c, &res[i], "n", i);
+    }
+    assert_true(wait_count(&order, N, 5000));
+    for (int i = 0; i < N; i++) {
+        calls += res[i].calls;
+        assert_false(res[i].null_reply);
+        assert_int_equal(res[i].type, REDIS_REPLY_ARRAY);
+        assert_int_equal(atoll(res[i].el[1]), i + 2);
+    }
+    assert_int_equal(calls, N);
+    long long evals = cmd_calls("eval");
+    assert_true(evals >= 1 && evals <= N);
+    assert_int_equal(cmd_calls("script|load"), 1);
+
+    /* The reload took: later calls are plain EVALSHA again. */
+    result_t again[N] = {0};
+    order = 0;
+    for (int i = 0; i < N; i++) {
+        again[i].index = i;
+        again[i].order_counter = &order;
+        eval_incr(c, &again[i], "n", i);
+    }
+    assert_true(wait_count(&order, N, 5000));
+    assert_int_equal(atoll(again[N - 1].el[1]), 2 * N + 1);
+    assert_int_equal(cmd_calls("eval"), evals);
+    close_and_drain(c);
+}
+
+static char *read_source(const char *rel)
+{
+    const char *dir = getenv("SNATCH_SOURCE_DIR");
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/%s", dir ? dir : SNATCH_SOURCE_DIR, rel);
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    static char buf[65536];
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return buf;
+}
+
+static void deduct(redis_client_t *c, result_t *res, const char *ev, const char *user,
+                   const char *qty)
+{
+    char keys[5][80];
+    static const char *const suffix[5] = {"meta", "users", "orders", "uorders", "pending"};
+    const char *argv[9];
+    for (int i = 0; i < 5; i++) {
+        snprintf(keys[i], sizeof(keys[i]), "{%s}:%s", ev, suffix[i]);
+        argv[i] = keys[i];
+    }
+    argv[5] = ev;
+    argv[6] = user;
+    argv[7] = qty;
+    argv[8] = "h1";
+    redis_eval(c, on_result, res, 5, 9, argv, NULL);
+}
+
+static void test_deduct_script(void **state)
+{
+    (void)state;
+    redis_client_t *c = start_client(read_source("lua/deduct.lua"), 5000);
+    admin_ok("HSET {e}:meta stock 3 sold 0 limit 1 gen 1");
+    result_t res[5] = {0};
+    const char *users[5] = {"u1", "u2", "u3", "u4", "u5"};
+    for (int i = 0; i < 5; i++)
+        deduct(c, &res[i], "e", users[i], "1");
+    assert_true(wait_count(&res[4].calls, 1, 5000));
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(res[i].type, REDIS_REPLY_ARRAY);
+        assert_string_equal(res[i].el[0], "ok");
+        /* <13-digit ms>-<10-digit seq>-e */
+        assert_int_equal(strlen(res[i].el[1]), 13 + 1 + 10 + 2);
+        assert_string_equal(res[i].el[1] + 24, "-e");
+        assert_int_equal(atoi(res[i].el[2]), 2 - i);
+        assert_string_equal(res[i].el[3], "1");
+    }
+    assert_string_not_equal(res[0].el[1], res[1].el[1]);
+    for (int i = 3; i < 5; i++) {
+        assert_string_equal(res[i].el[0], "sold_out");
+        assert_int_equal(atoi(res[i].el[1]), 0);
+    }
+    redisReply *sold = admin("HGET {e}:meta sold");
+    assert_non_null(sold);
+    assert_string_equal(sold->str, "3");
+    freeReplyObject(sold);
+    redisReply *pending = admin("HLEN {e}:pending");
+    assert_non_null(pending);
+    assert_int_equal(pending->integer, 3);
+    freeReplyObject(pending);
+
+    admin_ok("HSET {f}:meta stock 3 sold 0 limit 1 gen 1");
+    result_t twice[2] = {0}, badqty = {0}, unknown = {0};
+    deduct(c, &twice[0], "f", "u1", "1");
+    deduct(c, &twice[1], "f", "u1", "1");
+    deduct(c, &badqty, "f", "u2", "0");
+    deduct(c, &unknown, "nosuch", "u1", "1");
+    assert_true(wait_count(&unknown.calls, 1, 5000));
+    assert_string_equal(twice[0].el[0], "ok");
+    assert_string_equal(twice[1].el[0], "limit_reached");
+    assert_int_equal(atoi(twice[1].el[1]), 1);
+    assert_false(badqty.null_reply);
+    assert_int_equal(badqty.type, REDIS_REPLY_ERROR);
+    assert_string_equal(unknown.el[0], "unknown_event");
+    close_and_drain(c);
+}
+
+static void test_timeout_then_recovers(void **state)
+{
+    (void)state;
+    redis_client_t *c = start_client(INCR_SCRIPT, 100);
+    redisContext *sleeper = admin_sleep(1);
+    result_t a = {0}, b = {0};
+    cmd(c, &a, "PING", NULL, NULL);
+    eval_incr(c, &b, "t", 0);
+    assert_true(wait_count(&b.calls, 1, 3000));
+    assert_int_equal(a.calls, 1);
+    assert_true(a.null_reply);
+    assert_string_equal(a.err, "timeout");
+    assert_true(b.null_reply);
+    assert_true(strcmp(b.err, "timeout") == 0 || strcmp(b.err, "connection lost") == 0);
+    assert_false(redis_client_ready(c));
+
+    /* New commands fail fast until the client is back. */
+    result_t fast = {0};
+    cmd(c, &fast, "PING", NULL, NULL);
+    assert_int_equal(fast.calls, 1);
+    assert_true(fast.null_reply);
+
+    /* Reconnects by itself once Redis answers again. */
+    assert_true(run_until(is_ready, c, 10000));
+    result_t ok = {0}, ev = {0};
+    cmd(c, &ok, "PING", NULL, NULL);
+    eval_incr(c, &ev, "t", 7);
+    assert_true(wait_count(&ev.calls, 1, 3000));
+    assert_string_equal(ok.str, "PONG");
+    assert_int_equal(atoi(ev.el[0]), 7);
+    redisFree(sleeper);
+    close_and_drain(c);
+}
+
+static void test_redis_killed_and_restarted(void **state)
+{
+    (void)state;
+    enum { N = 10 };
+    redis_client_t *c = start_client(INCR_SCRIPT, 5000);
+    redisContext *sleeper = admin_sleep(2);
+    result_t res[N] = {0};
+    int done = 0;
+    for (int i = 0; i < N; i++)
+        cmd(c, &res[i], "PING", NULL, NULL);
+    run_for(100); /* written, waiting for replies */
+    stop_redis();
+    redisFree(sleeper);
+    system("ss -tanp | grep -v TIME >&2");
+    bool w = wait_count(&res[N - 1].calls, 1, 3000);
+    fprintf(stderr, "calls %d %d %s\n", res[0].calls, res[9].calls, res[0].err);
+    system("ss -tanp | grep -v TIME>&2");
+    assert_true(w);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(res[i].calls, 1);
+        assert_true(res[i].null_reply);
+        assert_string_equal(res[i].err, "connection lost");
+        done++;
+    }
+    assert_int_equal(done, N);
+
+    result_t fast = {0}, fast_eval = {0};
+    cmd(c, &fast, "PING", NULL, NULL);
+    eval_incr(c, &fast_eval, "x", 1);
+    assert_int_equal(fast.calls, 1);
+    assert_string_equal(fast.err, "not connected");
+    assert_int_equal(fast_eval.calls, 1);
+    assert_true(fast_eval.null_reply);
+    run_for(300); /* a few refused reconnection attempts */
+    assert_false(redis_client_ready(c));
+
+    assert_int_equal(start_redis(), 0);
+    assert_true(run_until(is_ready, c, 10000));
+    result_t ev = {0};
+    eval_incr(c, &ev, "x", 5);
+    assert_true(wait_count(&ev.calls, 1, 3000));
+    assert_false(ev.null_reply);
+    assert_int_equal(atoi(ev.el[0]), 5);
+    assert_int_equal(atoi(ev.el[1]), 1);
+    /* The new server got the script by SCRIPT LOAD, not by a NOSCRIPT fallback. */
+    assert_int_equal(cmd_calls("eval"), 0);
+    assert_int_equal(cmd_calls("script|load"), 1);
+    close_and_drain(c);
+}
+
+typedef struct {
+    int calls;
+    int ok;
+    char err[256];
+} done_t;
+
+static void on_script_done(int ok, const char *err, void *arg)
+{
+    done_t *d = arg;
+    d->calls++;
+    d->ok = ok;
+    snprintf(d->err, sizeof(d->err), "%s", err ? err : "");
+}
+
+static void eval_plain(redis_client_t *c, result_t *res)
+{
+    redis_eval(c, on_result, res, 0, 0, NULL, NULL);
+}
+
+static void test_set_script(void **state)
+{
+    (void)state;
+    redis_client_t *c = start_client("return 'A'", 5000);
+    done_t broken = {0};
+    redis_client_set_script(c, "return (", on_script_done, &broken);
+    assert_true(wait_count(&broken.calls, 1, 3000));
+    assert_int_equal(broken.ok, 0);
+    assert_true(strlen(broken.err) > 0);
+    result_t a = {0};
+    eval_plain(c, &a);
+    assert_true(wait_count(&a.calls, 1, 3000));
+    assert_string_equal(a.str, "A");
+
+    done_t good = {0};
+    redis_client_set_script(c, "return 'B'", on_script_done, &good);
+    assert_true(wait_count(&good.calls, 1, 3000));
+    assert_int_equal(good.ok, 1);
+    result_t b = {0};
+    eval_plain(c, &b);
+    assert_true(wait_count(&b.calls, 1, 3000));
+    assert_string_equal(b.str, "B");
+
+    /* NOSCRIPT falls back to the new source too. */
+    admin_ok("SCRIPT FLUSH");
+    result_t b2 = {0};
+    eval_plain(c, &b2);
+    assert_true(wait_count(&b2.calls, 1, 3000));
+    assert_string_equal(b2.str, "B");
+    close_and_drain(c);
+
+    /* Not connected: refused at once. */
+    redis_client_t *d = NULL;
+    assert_int_equal(redis_client_start(&d, &loop, "127.0.0.1", free_port(), "return 1", 100), 0);
+    done_t nc = {0};
+    redis_client_set_script(d, "return 2", on_script_done, &nc);
+    assert_int_equal(nc.calls, 1);
+    assert_int_equal(nc.ok, 0);
+    assert_string_equal(nc.err, "not connected");
+    close_and_drain(d);
+}
+
+static void test_close_with_pending(void **state)
+{
+    (void)state;
+    enum { N = 40 };
+    redis_client_t *c = start_client(INCR_SCRIPT, 5000);
+    redisContext *sleeper = admin_sleep(1);
+    result_t res[N] = {0};
+    for (int i = 0; i < N; i++) {
+        if (i % 2)
+            cmd(c, &res[i], "PING", NULL, NULL);
+        else
+            eval_incr(c, &res[i], "p", i);
+    }
+    run_for(50);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(res[i].calls, 0);
+    close_and_drain(c);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(res[i].calls, 1);
+        assert_true(res[i].null_reply);
+        assert_string_equal(res[i].err, "closing");
+    }
+    redisFree(sleeper);
+}
+
+static redis_client_t *closing_client;
+
+static void on_result_then_close(redisReply *r, const char *err, void *data)
+{
+    on_result(r, err, data);
+    redis_client_close(closing_client);
+}
+
+static void test_close_from_callback(void **state)
+{
+    (void)state;
+    enum { N = 10 };
+    closing_client = start_client(INCR_SCRIPT, 5000);
+    result_t first = {0}, res[N] = {0};
+    const char *ping[] = {"PING"};
+    redis_command(closing_client, on_result_then_close, &first, 1, ping, NULL);
+    for (int i = 0; i < N; i++)
+        eval_incr(closing_client, &res[i], "q", i);
+    assert_true(wait_count(&res[N - 1].calls, 1, 3000));
+    assert_int_equal(first.calls, 1);
+    assert_string_equal(first.str, "PONG");
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(res[i].calls, 1);
+        assert_true(res[i].null_reply);
+        assert_string_equal(res[i].err, "closing");
+    }
+    for (int i = 0; i < 1000 && uv_loop_alive(&loop); i++)
+        uv_run(&loop, UV_RUN_NOWAIT);
+    assert_false(uv_loop_alive(&loop));
+}
+
+static void test_no_server(void **state)
+{
+    (void)state;
+    redis_client_t *c = NULL;
+    assert_int_equal(redis_client_start(&c, &loop, "localhost", redis_port, "return 1", 100),
+                     -EINVAL);
+    assert_null(c);
+    assert_int_equal(redis_client_start(&c, &loop, "127.0.0.1", free_port(), "return 1", 100), 0);
+    run_for(300);
+    assert_false(redis_client_ready(c));
+    result_t r = {0};
+    eval_plain(c, &r);
+    assert_int_equal(r.calls, 1);
+    assert_string_equal(r.err, "not connected");
+    close_and_drain(c);
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN); /* as the host does: hiredis writes to sockets the server closed */
+    atexit(at_exit_kill);
+    if (getenv("TEST_FILTER") != NULL)
+        cmocka_set_test_filter(getenv("TEST_FILTER"));
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_roundtrip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_eval_many_in_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_noscript_recovery, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deduct_script, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_timeout_then_recovers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_redis_killed_and_restarted, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_set_script, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_with_pending, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_from_callback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_server, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,626 @@
+/* Unit tests for host/script.c: the default policy (lua/policy.lua), the example policies
+ * (examples/), refusal of broken scripts with a useful message, script errors at run time, and
+ * reload (two states side by side). Fixtures are written to a fresh temp directory. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "metrics.h"
+#include "ratelimit.h"
+#include "script.h"
+#include "util.h"
+
+/* metrics.c belongs to the whole host; the script only needs its Lua counter, recorded here. */
+static char last_counter[64];
+static double counter_total;
+
+void metrics_lua_counter(const char *name, size_t len, double inc)
+{
+    snprintf(last_counter, sizeof(last_counter), "%.*s", (int)len, name);
+    counter_total += inc;
+}
+
+static char tmpdir[] = "/tmp/snatch-test-script-XXXXXX";
+static const script_env_t env = {.host_id = "h1", .hosts = 3};
+
+static const char *source_dir(void)
+{
+    const char *dir = getenv("SNATCH_SOURCE_DIR");
+    return dir && *dir ? dir : SNATCH_SOURCE_DIR;
+}
+
+static void source_path(char *out, size_t cap, const char *rel)
+{
+    int n = snprintf(out, cap, "%s/%s", source_dir(), rel);
+    assert_true(n > 0 && (size_t)n < cap);
+}
+
+static void fixture(char *path, size_t cap, const char *name, const char *text)
+{
+    int n = snprintf(path, cap, "%s/%s", tmpdir, name);
+    assert_true(n > 0 && (size_t)n < cap);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    assert_int_equal(fputs(text, f) >= 0, 1);
+    assert_int_equal(fclose(f), 0);
+}
+
+/* A minimal valid policy body to build broken variants from. */
+#define OK_ORDER "function M.order(o) return '{\"order_id\":\"' .. o.order_id .. '\"}' end\n"
+#define OK_ADMIT "function M.admit(req) return true end\n"
+#define OK_ALLOCATE "function M.allocate(e, c) return c.stock end\n"
+
+static script_t *open_ok(const char *path)
+{
+    char err[2048] = "";
+    script_t *s = NULL;
+    if (script_open(&s, path, &env, err, sizeof(err)) != 0)
+        fail_msg("cannot open %s: %s", path, err);
+    return s;
+}
+
+static script_t *open_default(void)
+{
+    char path[1024];
+    source_path(path, sizeof(path), "lua/policy.lua");
+    return open_ok(path);
+}
+
+static void admit(script_t *s, const char *user, int64_t qty, script_verdict_t *v)
+{
+    script_admit_req_t req = {.event = "ev1", .user = user, .qty = qty, .client = "10.0.0.1",
+                              .now_ms = util_now_ms()};
+    memset(v, 0x5a, sizeof(*v));
+    script_admit(s, &req, v);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    if (!mkdtemp(tmpdir))
+        return -1;
+    return ratelimit_init(4096);
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+    ratelimit_shutdown();
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+/* ---- the default policy ---------------------------------------------------------------- */
+
+static void test_default_settings(void **state)
+{
+    (void)state;
+    script_t *s = open_default();
+    const script_settings_t *st = script_settings(s);
+    assert_int_equal(st->max_qty, 4);
+    assert_int_equal(st->user_max_len, 64);
+    assert_int_equal(st->event_max_len, 64);
+    script_close(s);
+}
+
+static void test_default_allocate(void **state)
+{
+    (void)state;
+    static const struct {
+        int hosts;
+        int64_t stock, want;
+    } cases[] = {
+        {1, 100, 100}, /* alone: no tolerance, everything */
+        {2, 100, 100}, /* survives one dead host: the other can sell it all */
+        {3, 100, 50},  {4, 10, 4}, {3, 1, 1}, {5, 0, 0}, {0, 7, 7}, {11, 1000000, 100000},
+    };
+    script_t *s = open_default();
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        script_cluster_t c = {.stock = cases[i].stock, .per_user_limit = 1,
+                              .hosts = cases[i].hosts, .host_id = "h1"};
+        int64_t got = script_allocate(s, "ev1", &c);
+        if (got != cases[i].want)
+            fail_msg("hosts %d stock %lld: got %lld, want %lld", cases[i].hosts,
+                     (long long)cases[i].stock, (long long)got, (long long)cases[i].want);
+    }
+    script_close(s);
+}
+
+static void test_default_admit_qty(void **state)
+{
+    (void)state;
+    script_verdict_t v;
+    script_t *s = open_default();
+
+    admit(s, "qty_user", 1, &v);
+    assert_int_equal(v.status, 0);
+    admit(s, "qty_user", 4, &v);
+    assert_int_equal(v.status, 0);
+    admit(s, "qty_user", 0, &v);
+    assert_int_equal(v.status, 400);
+    assert_string_equal(v.reason, "bad_qty");
+    assert_non_null(strstr(v.detail, "between 1 and 4"));
+    admit(s, "qty_user", 5, &v);
+    assert_int_equal(v.status, 400);
+    script_close(s);
+}
+
+static void test_default_admit_rate_limited(void **state)
+{
+    (void)state;
+    script_verdict_t v;
+    script_t *s = open_default();
+    int admitted = 0, limited = 0;
+
+    /* burst 10 at 5/s: the 20 calls take far less than the 200 ms one more token needs, but
+     * a slow machine may earn one. */
+    for (int i = 0; i < 20; i++) {
+        admit(s, "burst_user", 1, &v);
+        if (v.status == 0) {
+            admitted++;
+        } else {
+            assert_int_equal(v.status, 429);
+            assert_string_equal(v.reason, "rate_limited");
+            limited++;
+        }
+    }
+    assert_in_range(admitted, 10, 11);
+    assert_int_equal(admitted + limited, 20);
+    /* Another buyer is not affected. */
+    admit(s, "other_user", 1, &v);
+    assert_int_equal(v.status, 0);
+    script_close(s);
+}
+
+static void test_default_order(void **state)
+{
+    (void)state;
+    char lua[512], builtin[512];
+    script_order_t o = {.order_id = "1700000000123-0000000042-ev1", .event = "ev1",
+                        .user = "alice@x.io", .qty = 3, .host_id = "h1",
+                        .created_ms = 1700000000123};
+    script_t *s = open_default();
+
+    int n = script_order(s, &o, lua, sizeof(lua));
+    assert_true(n > 0);
+    assert_int_equal((size_t)n, strlen(lua));
+    json_error_t jerr;
+    json_t *doc = json_loads(lua, 0, &jerr);
+    assert_non_null(doc);
+    assert_string_equal(json_string_value(json_object_get(doc, "order_id")), o.order_id);
+    assert_string_equal(json_string_value(json_object_get(doc, "event")), "ev1");
+    assert_string_equal(json_string_value(json_object_get(doc, "user")), "alice@x.io");
+    assert_int_equal(json_integer_value(json_object_get(doc, "qty")), 3);
+    assert_string_equal(json_string_value(json_object_get(doc, "host")), "h1");
+    assert_int_equal(json_integer_value(json_object_get(doc, "created_at")), 1700000000123);
+    assert_int_equal(json_object_size(doc), 6);
+    json_decref(doc);
+
+    /* The default policy produces exactly the built-in format. */
+    assert_int_equal(script_order_default(&o, builtin, sizeof(builtin)), n);
+    assert_string_equal(lua, builtin);
+
+    /* Too small a buffer is an error, never a truncated payload. */
+    assert_int_equal(script_order(s, &o, lua, 20), -1);
+    assert_int_equal(script_order(s, &o, lua, (size_t)n), -1);
+    assert_int_equal(script_order(s, &o, lua, (size_t)n + 1), n);
+    script_close(s);
+}
+
+static void test_order_default_escapes(void **state)
+{
+    (void)state;
+    char buf[256];
+    script_order_t o = {.order_id = "id", .event = "e", .user = "a\"b\\c\n", .qty = 1,
+                        .host_id = "h", .created_ms = 5};
+    int n = script_order_default(&o, buf, sizeof(buf));
+    assert_true(n > 0);
+    json_t *doc = json_loads(buf, 0, NULL);
+    assert_non_null(doc);
+    assert_string_equal(json_string_value(json_object_get(doc, "user")), "a\"b\\c\n");
+    json_decref(doc);
+    assert_int_equal(script_order_default(&o, buf, (size_t)n), -1);
+    assert_int_equal(script_order_default(&o, buf, 10), -1);
+}
+
+/* ---- refusing broken scripts ----------------------------------------------------------- */
+
+static void expect_open_fails(const char *name, const char *text, const char *want1,
+                              const char *want2)
+{
+    char path[512], err[2048] = "";
+    script_t *s = (script_t *)1;
+    fixture(path, sizeof(path), name, text);
+    assert_int_equal(script_open(&s, path, &env, err, sizeof(err)), -1);
+    assert_null(s);
+    if (!strstr(err, want1) || (want2 && !strstr(err, want2)))
+        fail_msg("%s: message '%s' lacks '%s' / '%s'", name, err, want1, want2 ? want2 : "");
+    /* script_check refuses it the same way. */
+    char err2[2048] = "";
+    assert_int_equal(script_check(path, &env, err2, sizeof(err2)), -1);
+    assert_string_equal(err, err2);
+}
+
+static void test_refuses_broken_scripts(void **state)
+{
+    (void)state;
+    expect_open_fails("syntax.lua", "local M = {}\n\nfunction M.admit(req\n  return true\nend\n",
+                      "syntax.lua:4:", NULL);
+    expect_open_fails("number.lua", "return 42\n", "number.lua: must return a table",
+                      "returned number");
+    expect_open_fails("nothing.lua", "local x = 1\n", "must return a table", "nil");
+    expect_open_fails("noadmit.lua", "local M = {}\n" OK_ALLOCATE OK_ORDER "return M\n",
+                      "noadmit.lua: the returned table has no function 'admit'", NULL);
+    expect_open_fails("notfn.lua",
+                      "local M = {}\n" OK_ALLOCATE OK_ADMIT "M.order = 'x'\nreturn M\n",
+                      "no function 'order' (found string)", NULL);
+    expect_open_fails("mainerr.lua", "local M = {}\nerror('boom at load')\nreturn M\n",
+                      "mainerr.lua:2: boom at load", "stack traceback");
+    expect_open_fails("setting.lua",
+                      "local M = {}\n" OK_ALLOCATE OK_ADMIT OK_ORDER "M.max_qty = 1.5\nreturn M\n",
+                      "setting 'max_qty' must be a positive integer", NULL);
+    expect_open_fails("setting2.lua",
+                      "local M = {}\n" OK_ALLOCATE OK_ADMIT OK_ORDER
+                      "M.user_max_len = 'long'\nreturn M\n",
+                      "setting 'user_max_len'", NULL);
+    expect_open_fails("binary.lua", "\x1bLJ\x02\x00garbage", "binary.lua", NULL);
+
+    char err[512] = "";
+    script_t *s = NULL;
+    char missing[512];
+    snprintf(missing, sizeof(missing), "%s/does-not-exist.lua", tmpdir);
+    assert_int_equal(script_open(&s, missing, &env, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "does-not-exist.lua"));
+}
+
+static void expect_check_fails(const char *name, const char *text, const char *want1,
+                               const char *want2)
+{
+    char path[512], err[2048] = "";
+    fixture(path, sizeof(path), name, text);
+    script_t *s = open_ok(path); /* loads fine: the error is only at run time */
+    script_close(s);
+    assert_int_equal(script_check(path, &env, err, sizeof(err)), -1);
+    if (!strstr(err, want1) || (want2 && !strstr(err, want2)))
+        fail_msg("%s: message '%s' lacks '%s' / '%s'", name, err, want1, want2 ? want2 : "");
+}
+
+static void test_check_catches_runtime_errors(void **state)
+{
+    (void)state;
+    expect_check_fails("allocerr.lua",
+                       "local M = {}\n"
+                       "function M.allocate(e, c)\n  return c.stock / c.nothing.x\nend\n"
+                       OK_ADMIT OK_ORDER "return M\n",
+                       "allocate(): ", "allocerr.lua:3:");
+    expect_check_fails("allocstr.lua",
+                       "local M = {}\nfunction M.allocate() return 'lots' end\n" OK_ADMIT OK_ORDER
+                       "return M\n",
+                       "allocate(): must return a number", NULL);
+    expect_check_fails("admiterr.lua",
+                       "local M = {}\n" OK_ALLOCATE
+                       "function M.admit(req)\n  return req.qty + nil\nend\n" OK_ORDER
+                       "return M\n",
+                       "admit(): ", "admiterr.lua:4:");
+    expect_check_fails("admit200.lua",
+                       "local M = {}\n" OK_ALLOCATE
+                       "function M.admit() return false, 200, 'ok' end\n" OK_ORDER "return M\n",
+                       "4xx status", NULL);
+    expect_check_fails("sandbox.lua",
+                       "local M = {}\n" OK_ALLOCATE
+                       "function M.admit() return io.open('/etc/passwd') end\n" OK_ORDER
+                       "return M\n",
+                       "sandbox.lua:3:", "io");
+    expect_check_fails("ordernum.lua",
+                       "local M = {}\n" OK_ALLOCATE OK_ADMIT
+                       "function M.order() return 12 end\nreturn M\n",
+                       "order(): must return a string", NULL);
+    expect_check_fails("ordernotjson.lua",
+                       "local M = {}\n" OK_ALLOCATE OK_ADMIT
+                       "function M.order(o) return '{order_id=' .. o.order_id end\nreturn M\n",
+                       "not a JSON object", NULL);
+}
+
+static void test_check_accepts_good_policies(void **state)
+{
+    (void)state;
+    static const char *const files[] = {"lua/policy.lua", "examples/max4_per_buyer.lua",
+                                        "examples/opens_at.lua", "examples/suspicious_ids.lua"};
+    for (size_t i = 0; i < ARRAY_SIZE(files); i++) {
+        char path[1024], err[2048] = "";
+        source_path(path, sizeof(path), files[i]);
+        if (script_check(path, &env, err, sizeof(err)) != 0)
+            fail_msg("%s: %s", files[i], err);
+    }
+}
+
+/* The sandbox: only the safe libraries, no way to load code from files or bytecode. */
+static void test_sandbox(void **state)
+{
+    (void)state;
+    char path[512];
+    script_cluster_t c = {.stock = 100, .per_user_limit = 1, .hosts = 1, .host_id = "h1"};
+    fixture(path, sizeof(path), "probe.lua",
+            "local M = {}\n"
+            "function M.allocate()\n"
+            "  local bad = io or os or debug or package or require or ffi or dofile or loadfile\n"
+            "    or load or loadstring\n"
+            "  local good = string and table and math and bit and jit and coroutine and pairs\n"
+            "  if bad then return 1 end\n"
+            "  if not good then return 2 end\n"
+            "  if host.id ~= 'h1' or host.hosts ~= 3 then return 3 end\n"
+            "  if type(host.now_ms()) ~= 'number' or host.now_ms() < 1.6e12 then return 4 end\n"
+            "  host.log('probe', 1, true, nil)\n"
+            "  print('via print')\n"
+            "  host.counter('probe_counter', 2.5)\n"
+            "  return 42\n"
+            "end\n" OK_ADMIT OK_ORDER "return M\n");
+    script_t *s = open_ok(path);
+    counter_total = 0;
+    assert_int_equal(script_allocate(s, "ev1", &c), 42);
+    assert_string_equal(last_counter, "probe_counter");
+    assert_true(counter_total == 2.5);
+    script_close(s);
+}
+
+/* ---- script errors at run time --------------------------------------------------------- */
+
+static void test_runtime_errors(void **state)
+{
+    (void)state;
+    char path[512], buf[64];
+    script_verdict_t v;
+    script_cluster_t c = {.stock = 100, .per_user_limit = 1, .hosts = 2, .host_id = "h1"};
+    script_order_t o = {.order_id = "id1", .event = "ev1", .user = "u", .qty = 1,
+                        .host_id = "h1", .created_ms = 1};
+    fixture(path, sizeof(path), "errors.lua",
+            "local M = {}\n"
+            "local n = 0\n"
+            "function M.allocate(e, c)\n"
+            "  if e == 'neg' then return -5 end\n"
+            "  if e == 'big' then return 1e12 end\n"
+            "  if e == 'frac' then return 2.9 end\n"
+            "  if e == 'nan' then return 0/0 end\n"
+            "  error('no quota for ' .. e)\n"
+            "end\n"
+            "function M.admit(req)\n"
+            "  local u = req.user\n"
+            "  if u == 'err' then error('admit failed') end\n"
+            "  if u == 'obj' then error({}) end\n"
+            "  if u == 'num' then return 403 end\n"
+            "  if u == 'ok' then return false, 418, 'teapot!\"x', 'say \"hi\"\\\\ \\1' end\n"
+            "  if u == 'nores' then return false, 451 end\n"
+            "  if u == 'badreason' then return false, 400, {} end\n"
+            "  if u == 'yes' then return true end\n"
+            "  return nil, 499.5, 'x'\n"
+            "end\n"
+            "function M.order(o)\n"
+            "  if o.user == 'long' then return string.rep('x', 100) end\n"
+            "  if o.user == 'nil' then return nil end\n"
+            "  error('order broke')\n"
+            "end\n"
+            "return M\n");
+    script_t *s = open_ok(path);
+
+    assert_int_equal(script_allocate(s, "err", &c), 100); /* error: the whole stock */
+    assert_int_equal(script_allocate(s, "neg", &c), 0);
+    assert_int_equal(script_allocate(s, "big", &c), 100);
+    assert_int_equal(script_allocate(s, "frac", &c), 2);
+    assert_int_equal(script_allocate(s, "nan", &c), 100);
+
+    static const char *const errors[] = {"err", "obj", "num", "badreason", "other"};
+    for (size_t i = 0; i < ARRAY_SIZE(errors); i++) {
+        admit(s, errors[i], 1, &v);
+        assert_int_equal(v.status, 500);
+        assert_string_equal(v.reason, "policy_error");
+        assert_string_equal(v.detail, "");
+    }
+    admit(s, "ok", 1, &v);
+    assert_int_equal(v.status, 418);
+    assert_string_equal(v.reason, "teapot__x");
+    assert_string_equal(v.detail, "say _hi__ _");
+    admit(s, "nores", 1, &v);
+    assert_int_equal(v.status, 451);
+    assert_string_equal(v.reason, "rejected");
+    assert_string_equal(v.detail, "");
+    admit(s, "yes", 1, &v);
+    assert_int_equal(v.status, 0);
+    assert_string_equal(v.reason, "");
+
+    assert_int_equal(script_order(s, &o, buf, sizeof(buf)), -1);
+    o.user = "long";
+    assert_int_equal(script_order(s, &o, buf, sizeof(buf)), -1);
+    o.user = "nil";
+    assert_int_equal(script_order(s, &o, buf, sizeof(buf)), -1);
+
+    /* Many errors in a row: logging is throttled, the state stays usable. */
+    for (int i = 0; i < 1000; i++)
+        admit(s, "err", 1, &v);
+    admit(s, "yes", 1, &v);
+    assert_int_equal(v.status, 0);
+    script_close(s);
+}
+
+/* A script that puts a metatable on the reused request table cannot break the host. */
+static void test_reused_table_metatable(void **state)
+{
+    (void)state;
+    char path[512];
+    script_verdict_t v;
+    fixture(path, sizeof(path), "meta.lua",
+            "local M = {}\n" OK_ALLOCATE OK_ORDER
+            "function M.admit(req)\n"
+            "  local ok = req.user == 'a'\n"
+            "  rawset(req, 'user', nil)\n"
+            "  setmetatable(req, {__newindex = function() error('no') end})\n"
+            "  return ok, 403, 'not_a'\n"
+            "end\nreturn M\n");
+    script_t *s = open_ok(path);
+    admit(s, "a", 1, &v);
+    assert_int_equal(v.status, 0);
+    admit(s, "b", 1, &v);
+    assert_int_equal(v.status, 403);
+    admit(s, "a", 1, &v);
+    assert_int_equal(v.status, 0);
+    script_close(s);
+}
+
+/* ---- examples -------------------------------------------------------------------------- */
+
+static script_t *open_example(const char *name)
+{
+    char rel[256], path[1024];
+    snprintf(rel, sizeof(rel), "examples/%s", name);
+    source_path(path, sizeof(path), rel);
+    return open_ok(path);
+}
+
+static void test_example_max4(void **state)
+{
+    (void)state;
+    script_verdict_t v;
+    script_t *s = open_example("max4_per_buyer.lua");
+    assert_int_equal(script_settings(s)->max_qty, 4);
+    admit(s, "m4_user", 5, &v);
+    assert_int_equal(v.status, 400);
+    /* 8 tickets of burst: two requests for 4, then the buyer waits; the default policy would
+     * have let 10 requests through. */
+    admit(s, "m4_user", 4, &v);
+    assert_int_equal(v.status, 0);
+    admit(s, "m4_user", 4, &v);
+    assert_int_equal(v.status, 0);
+    admit(s, "m4_user", 4, &v);
+    assert_int_equal(v.status, 429);
+    assert_string_equal(v.reason, "rate_limited");
+    script_close(s);
+}
+
+static void test_example_opens_at(void **state)
+{
+    (void)state;
+    script_verdict_t v;
+    script_t *s = open_example("opens_at.lua");
+    admit(s, "early_bird", 1, &v);
+    assert_int_equal(v.status, 409);
+    assert_string_equal(v.reason, "not_started");
+    assert_string_equal(v.detail, "opens at 2030-01-01T09:00:00Z (1893488400000)");
+    script_close(s);
+
+    /* The same policy with an opening time in the past admits. */
+    char src[1024];
+    source_path(src, sizeof(src), "examples/opens_at.lua");
+    size_t len;
+    char *text = util_read_file(src, &len);
+    assert_non_null(text);
+    char *at = strstr(text, "local OPENS_AT_MS = 1893488400000");
+    assert_non_null(at);
+    memcpy(at + strlen("local OPENS_AT_MS = "), "1000000000000", 13); /* 2001-09-09T01:46:40Z */
+    char path[512];
+    fixture(path, sizeof(path), "opens_past.lua", text);
+    free(text);
+    s = open_ok(path);
+    admit(s, "late_bird", 1, &v);
+    assert_int_equal(v.status, 0);
+    script_admit_req_t req = {.event = "ev1", .user = "time_traveller", .qty = 1,
+                              .client = "10.0.0.1", .now_ms = 999999999999};
+    script_admit(s, &req, &v);
+    assert_int_equal(v.status, 409);
+    assert_string_equal(v.detail, "opens at 2001-09-09T01:46:40Z (1000000000000)");
+    script_close(s);
+}
+
+static void test_example_suspicious(void **state)
+{
+    (void)state;
+    script_verdict_t v;
+    script_t *s = open_example("suspicious_ids.lua");
+    static const char *const bots[] = {"bot_1", "BOTany", "1234567890123"};
+    for (size_t i = 0; i < ARRAY_SIZE(bots); i++) {
+        counter_total = 0;
+        admit(s, bots[i], 1, &v);
+        assert_int_equal(v.status, 0);
+        admit(s, bots[i], 1, &v);
+        assert_int_equal(v.status, 429);
+        assert_string_equal(last_counter, "suspicious_limited");
+        assert_true(counter_total == 1);
+    }
+    /* 12 digits, or digits with a letter, are ordinary buyers: burst 10. */
+    static const char *const humans[] = {"123456789012", "1234567890123a", "robot"};
+    for (size_t i = 0; i < ARRAY_SIZE(humans); i++) {
+        for (int j = 0; j < 5; j++) {
+            admit(s, humans[i], 1, &v);
+            assert_int_equal(v.status, 0);
+        }
+    }
+    script_close(s);
+}
+
+/* ---- reload ---------------------------------------------------------------------------- */
+
+static void test_reload_side_by_side(void **state)
+{
+    (void)state;
+    char path[512];
+    script_verdict_t v;
+    script_cluster_t c = {.stock = 90, .per_user_limit = 1, .hosts = 3, .host_id = "h1"};
+    fixture(path, sizeof(path), "v1.lua",
+            "local M = {}\nfunction M.allocate() return 1 end\n" OK_ADMIT OK_ORDER "return M\n");
+    script_t *old = open_ok(path);
+    /* The operator edits the file; the new state loads while the old one keeps serving. */
+    fixture(path, sizeof(path), "v1.lua",
+            "local M = {}\nfunction M.allocate() return 2 end\n"
+            "function M.admit() return false, 403, 'closed' end\n" OK_ORDER
+            "M.max_qty = 2\nreturn M\n");
+    script_t *fresh = open_ok(path);
+    assert_int_equal(script_allocate(old, "e", &c), 1);
+    assert_int_equal(script_allocate(fresh, "e", &c), 2);
+    admit(old, "x", 1, &v);
+    assert_int_equal(v.status, 0);
+    admit(fresh, "x", 1, &v);
+    assert_int_equal(v.status, 403);
+    assert_int_equal(script_settings(old)->max_qty, 10);
+    assert_int_equal(script_settings(fresh)->max_qty, 2);
+
+    /* A broken edit is refused and leaves the running state alone. */
+    script_t *broken = (script_t *)1;
+    char err[1024];
+    fixture(path, sizeof(path), "v1.lua", "return {}\n");
+    assert_int_equal(script_open(&broken, path, &env, err, sizeof(err)), -1);
+    assert_null(broken);
+    script_close(old);
+    assert_int_equal(script_allocate(fresh, "e", &c), 2);
+    script_close(fresh);
+    script_close(NULL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_default_settings),
+        cmocka_unit_test(test_default_allocate),
+        cmocka_unit_test(test_default_admit_qty),
+        cmocka_unit_test(test_default_admit_rate_limited),
+        cmocka_unit_test(test_default_order),
+        cmocka_unit_test(test_order_default_escapes),
+        cmocka_unit_test(test_refuses_broken_scripts),
+        cmocka_unit_test(test_check_catches_runtime_errors),
+        cmocka_unit_test(test_check_accepts_good_policies),
+        cmocka_unit_test(test_sandbox),
+        cmocka_unit_test(test_runtime_errors),
+        cmocka_unit_test(test_reused_table_metatable),
+        cmocka_unit_test(test_example_max4),
+        cmocka_unit_test(test_example_opens_at),
+        cmocka_unit_test(test_example_suspicious),
+        cmocka_unit_test(test_reload_side_by_side),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
