@@ -4,6 +4,8 @@
 #ifndef SNATCH_API_H
 #define SNATCH_API_H
 
+#include <stdint.h>
+
 #include "http.h"
 
 /* The http_handler_fn of every worker (req->server_data is the worker_t). */
@@ -11,5 +13,10 @@ void api_handle(http_request_t *req);
 
 /* Answers with a JSON error body {"error":reason[,"detail":detail]} and counts it. */
 void api_error(http_request_t *req, int route, int status, const char *reason, const char *detail);
+
+/* Parses an admin PUT body {"stock":N,"per_user_limit":K} (per_user_limit optional, default 1;
+ * no other field). Returns NULL and fills the outputs, or a static reason for a 400. Pure: the
+ * fuzz target drives it directly. */
+const char *api_parse_event_body(const char *body, size_t len, int64_t *stock, int64_t *limit);
 
 #endif

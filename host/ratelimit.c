@@ -33,9 +33,9 @@ typedef struct bucket {
     uint64_t hash;
     uint64_t last_us;
     double tokens;
-    double rate;  /* as last used: needed to tell whether the bucket is stale */
+    double rate; /* as last used: needed to tell whether the bucket is stale */
     double burst;
-    int32_t next; /* hash chain */
+    int32_t next;         /* hash chain */
     int32_t newer, older; /* LRU list */
     uint8_t keylen;
     bool hashed;

@@ -1,4 +1,4 @@
-/* Asynchronous Redis client, one per loop thread (hiredis 0.14 async API on its libuv adapter).
+/* Asynchronous Redis client, one per loop thread (hiredis 0.14 async API on libuv).
  * It sits on the hot path: every snatch that passes the local stock check is one EVALSHA here,
  * ~100k/s per process, all pipelined by hiredis on one connection. So a command costs no malloc
  * of ours in steady state (request records come from a per-client free list and keep their
@@ -14,12 +14,18 @@
  *    or flushed its cache) one transparent EVAL retry plus a new SCRIPT LOAD.
  * While not connected every command fails at once: nothing is queued while Redis is away.
  *
+ * hiredis's own libuv adapter is not used: it ignores a poll error status, so a connection reset
+ * by a killed Redis (EPOLLERR) was never reported to hiredis and requests hung until their
+ * timeout. Our hooks also coalesce writes: commands issued during one loop iteration are written
+ * by one write() just before the loop polls again (a uv_prepare), instead of arming EPOLLOUT
+ * and disarming it again for every batch; EPOLLOUT is used only while connecting or when the
+ * socket buffer is full.
+ *
  * Runs on its loop's thread only; every callback runs there. */
 #include "redis.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +40,8 @@
 /* Connection failures logged in a row before going quiet until the next success. */
 #define CONNECT_FAILS_LOGGED 3
 #define TICK_MIN_MS 5
+/* Connect deadline when commands have no timeout. */
+#define CONNECT_TIMEOUT_MS 1000
 /* Records kept for reuse beyond this many are freed: bounds memory after a burst. */
 #define FREE_LIST_MAX 8192
 
@@ -104,12 +112,16 @@ struct redis_client {
 
     uv_timer_t reconnect_timer;
     uv_timer_t tick_timer;
+    uv_prepare_t flush; /* writes what the iteration's commands queued in hiredis */
     int open_handles;
 };
 
 static void on_reply(redisAsyncContext *ac, void *r, void *privdata);
+static void on_flush(uv_prepare_t *h);
+static void on_poll(uv_poll_t *h, int status, int events);
 static void on_tick(uv_timer_t *t);
 static void on_reconnect_timer(uv_timer_t *t);
+static void on_connect_timeout(uv_timer_t *t);
 
 /* ---- request records ---- */
 
@@ -238,6 +250,117 @@ static void send_load(redis_client_t *c)
     c->load_inflight = true;
 }
 
+/* ---- hiredis event hooks ---- */
+
+/* One per connection, freed in its close callback (after hiredis has let go of it). */
+typedef struct {
+    uv_poll_t poll;
+    redisAsyncContext *ac; /* NULL once hiredis called cleanup */
+    redis_client_t *c;
+    int events;    /* what the poll handle is started with */
+    bool flushing; /* inside on_flush: a write hiredis could not finish needs EPOLLOUT */
+} poller_t;
+
+static void poll_set(poller_t *p, int events)
+{
+    if (events == p->events)
+        return;
+    p->events = events;
+    if (events)
+        uv_poll_start(&p->poll, events, on_poll);
+    else
+        uv_poll_stop(&p->poll);
+}
+
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+    poller_t *p = h->data;
+    if (status < 0) {
+        /* libuv stopped the handle; let hiredis find the socket error by reading/writing. */
+        events = p->events ? p->events : UV_READABLE;
+        p->events = 0;
+    }
+    if (p->ac != NULL && (events & UV_READABLE))
+        redisAsyncHandleRead(p->ac);
+    if (p->ac != NULL && (events & UV_WRITABLE))
+        redisAsyncHandleWrite(p->ac);
+}
+
+static void hook_add_read(void *privdata)
+{
+    poller_t *p = privdata;
+    poll_set(p, p->events | UV_READABLE);
+}
+
+static void hook_del_read(void *privdata)
+{
+    poller_t *p = privdata;
+    poll_set(p, p->events & ~UV_READABLE);
+}
+
+static void hook_add_write(void *privdata)
+{
+    poller_t *p = privdata;
+    if (p->events & UV_WRITABLE)
+        return;
+    if (p->flushing || !(p->ac->c.flags & REDIS_CONNECTED)) {
+        poll_set(p, p->events | UV_WRITABLE);
+        return;
+    }
+    uv_prepare_start(&p->c->flush, on_flush);
+}
+
+static void hook_del_write(void *privdata)
+{
+    poller_t *p = privdata;
+    poll_set(p, p->events & ~UV_WRITABLE);
+}
+
+static void on_poller_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void hook_cleanup(void *privdata)
+{
+    poller_t *p = privdata;
+    p->ac = NULL;
+    uv_close((uv_handle_t *)&p->poll, on_poller_closed);
+}
+
+static int attach(redis_client_t *c, redisAsyncContext *ac)
+{
+    poller_t *p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return -1;
+    if (uv_poll_init_socket(c->loop, &p->poll, ac->c.fd) != 0) {
+        free(p);
+        return -1;
+    }
+    p->poll.data = p;
+    p->ac = ac;
+    p->c = c;
+    ac->ev.data = p;
+    ac->ev.addRead = hook_add_read;
+    ac->ev.delRead = hook_del_read;
+    ac->ev.addWrite = hook_add_write;
+    ac->ev.delWrite = hook_del_write;
+    ac->ev.cleanup = hook_cleanup;
+    return 0;
+}
+
+static void on_flush(uv_prepare_t *h)
+{
+    redis_client_t *c = container_of(h, redis_client_t, flush);
+    uv_prepare_stop(h);
+    if (c->ac == NULL)
+        return;
+    poller_t *p = c->ac->ev.data; /* outlives a failed write: freed only in its close callback */
+    p->flushing = true;
+    redisAsyncHandleWrite(c->ac);
+    p->flushing = false;
+}
+
 /* ---- connection state ---- */
 
 static void schedule_reconnect(redis_client_t *c)
@@ -287,6 +410,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     redis_client_t *c = ac->data;
     if (c == NULL || c->ac != ac)
         return;
+    uv_timer_stop(&c->reconnect_timer); /* the connect deadline */
     if (status != REDIS_OK) {
         /* hiredis frees ac right after this returns. */
         log_connect_failed(c, ac->c.errstr);
@@ -328,7 +452,7 @@ static void connect_now(redis_client_t *c)
         return;
     }
     ac->data = c;
-    if (redisLibuvAttach(ac, c->loop) != REDIS_OK) {
+    if (attach(c, ac) != 0) {
         log_connect_failed(c, "cannot attach to the loop");
         redisAsyncFree(ac);
         schedule_reconnect(c);
@@ -337,6 +461,23 @@ static void connect_now(redis_client_t *c)
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     c->ac = ac;
+    /* A SYN into the void would otherwise wait for the kernel's retries (minutes). */
+    uint64_t deadline = c->timeout_ms ? c->timeout_ms : CONNECT_TIMEOUT_MS;
+    if (deadline < TICK_MIN_MS * 20)
+        deadline = TICK_MIN_MS * 20;
+    uv_timer_start(&c->reconnect_timer, on_connect_timeout, deadline, 0);
+}
+
+static void on_connect_timeout(uv_timer_t *t)
+{
+    redis_client_t *c = container_of(t, redis_client_t, reconnect_timer);
+    redisAsyncContext *ac = c->ac;
+    if (ac == NULL || c->connected)
+        return;
+    log_connect_failed(c, "connect timed out");
+    c->ac = NULL;
+    redisAsyncFree(ac); /* nothing was sent yet: no callbacks to run */
+    schedule_reconnect(c);
 }
 
 static void on_reconnect_timer(uv_timer_t *t)
@@ -383,6 +524,19 @@ static void adopt_sha(redis_client_t *c, const redisReply *reply)
     c->sha[40] = '\0';
 }
 
+/* The script is in this Redis: evals may go. */
+static void mark_ready(redis_client_t *c)
+{
+    if (c->sha_ok)
+        return;
+    c->sha_ok = true;
+    c->backoff_ms = BACKOFF_MIN_MS;
+    c->connect_fails = 0;
+    if (!c->was_ready)
+        fprintf(stderr, "redis: connected to %s:%d\n", c->host, c->port);
+    c->was_ready = true;
+}
+
 static void load_done(redis_client_t *c, req_t *r, redisReply *reply)
 {
     c->load_inflight = false;
@@ -395,14 +549,7 @@ static void load_done(redis_client_t *c, req_t *r, redisReply *reply)
     }
     if (r->script_gen == c->script_gen)
         adopt_sha(c, reply);
-    if (!c->sha_ok) {
-        c->sha_ok = true;
-        c->backoff_ms = BACKOFF_MIN_MS;
-        c->connect_fails = 0;
-        if (!c->was_ready)
-            fprintf(stderr, "redis: connected to %s:%d\n", c->host, c->port);
-        c->was_ready = true;
-    }
+    mark_ready(c);
 }
 
 static void set_script_done(redis_client_t *c, req_t *r, redisReply *reply, const char *err)
@@ -420,6 +567,7 @@ static void set_script_done(redis_client_t *c, req_t *r, redisReply *reply, cons
     r->new_script = NULL;
     c->script_gen++;
     adopt_sha(c, reply);
+    mark_ready(c); /* also recovers a client whose first script did not compile */
     r->on_done(1, NULL, r->arg);
 }
 
@@ -503,7 +651,8 @@ int redis_client_start(redis_client_t **out, uv_loop_t *loop, const char *host, 
     c->backoff_ms = BACKOFF_MIN_MS;
     uv_timer_init(loop, &c->reconnect_timer);
     uv_timer_init(loop, &c->tick_timer);
-    c->open_handles = 2;
+    uv_prepare_init(loop, &c->flush);
+    c->open_handles = 3;
     connect_now(c);
     *out = c;
     return 0;
@@ -662,7 +811,7 @@ void redis_client_set_script(redis_client_t *c, const char *script,
     }
 }
 
-static void on_timer_closed(uv_handle_t *h)
+static void on_handle_closed(uv_handle_t *h)
 {
     redis_client_t *c = h->data;
     c->open_handles--;
@@ -685,6 +834,8 @@ void redis_client_close(redis_client_t *c)
         redisAsyncFree(ac);
     c->reconnect_timer.data = c;
     c->tick_timer.data = c;
-    uv_close((uv_handle_t *)&c->reconnect_timer, on_timer_closed);
-    uv_close((uv_handle_t *)&c->tick_timer, on_timer_closed);
+    c->flush.data = c;
+    uv_close((uv_handle_t *)&c->reconnect_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&c->tick_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&c->flush, on_handle_closed);
 }

@@ -36,10 +36,10 @@ struct script {
     int ref_allocate;
     int ref_admit;
     int ref_order;
-    int ref_req;   /* the request table handed to every admit() call */
-    int ref_ord;   /* the order table handed to every order() call */
+    int ref_req; /* the request table handed to every admit() call */
+    int ref_ord; /* the order table handed to every order() call */
     script_settings_t settings;
-    bool quiet;    /* script_check: errors go to err only */
+    bool quiet; /* script_check: errors go to err only */
     int64_t log_window_ms;
     unsigned logged;
     unsigned long suppressed;
@@ -179,11 +179,8 @@ static int host_limit(lua_State *L)
 }
 
 static const luaL_Reg host_funcs[] = {
-    {"now_ms", host_now_ms},
-    {"log", host_log},
-    {"counter", host_counter},
-    {"limit", host_limit},
-    {NULL, NULL},
+    {"now_ms", host_now_ms}, {"log", host_log}, {"counter", host_counter},
+    {"limit", host_limit},   {NULL, NULL},
 };
 
 static const luaL_Reg safe_libs[] = {
@@ -217,28 +214,28 @@ static int setup_state(lua_State *L)
     lua_pushcfunction(L, host_log);
     lua_setglobal(L, "print");
 
-    lua_newtable(L);                   /* [env, host] */
+    lua_newtable(L); /* [env, host] */
     luaL_setfuncs(L, host_funcs, 0);
     lua_pushstring(L, env->host_id ? env->host_id : "");
     lua_setfield(L, -2, "id");
     lua_pushinteger(L, env->hosts);
     lua_setfield(L, -2, "hosts");
-    lua_setglobal(L, "host");          /* [env] */
+    lua_setglobal(L, "host"); /* [env] */
     return 0;
 }
 
 /* ---- loading --------------------------------------------------------------------------- */
 
 /* Stack: [.., module] -> [.., module]; refs module[name] when it is a function. */
-static int resolve_function(script_t *s, const char *path, const char *name, int *ref,
-                            char *err, size_t errlen)
+static int resolve_function(script_t *s, const char *path, const char *name, int *ref, char *err,
+                            size_t errlen)
 {
     lua_State *L = s->L;
     lua_pushstring(L, name);
-    lua_rawget(L, -2);                 /* [.., module, fn] */
+    lua_rawget(L, -2); /* [.., module, fn] */
     if (!lua_isfunction(L, -1)) {
-        snprintf(err, errlen, "%s: the returned table has no function '%s' (found %s)", path,
-                 name, luaL_typename(L, -1));
+        snprintf(err, errlen, "%s: the returned table has no function '%s' (found %s)", path, name,
+                 luaL_typename(L, -1));
         lua_pop(L, 1);
         return -1;
     }
@@ -253,7 +250,7 @@ static int read_setting(script_t *s, const char *path, const char *name, int64_t
     lua_State *L = s->L;
     int rc = 0;
     lua_pushstring(L, name);
-    lua_rawget(L, -2);                 /* [.., module, value] */
+    lua_rawget(L, -2); /* [.., module, value] */
     if (lua_isnil(L, -1))
         goto out;
     double d = lua_type(L, -1) == LUA_TNUMBER ? lua_tonumber(L, -1) : NAN;
@@ -264,7 +261,7 @@ static int read_setting(script_t *s, const char *path, const char *name, int64_t
     }
     *value = d > (double)max ? max : (int64_t)d;
 out:
-    lua_pop(L, 1);                     /* [.., module] */
+    lua_pop(L, 1); /* [.., module] */
     return rc;
 }
 
@@ -287,7 +284,7 @@ static int load_policy(script_t *s, const char *path, char *err, size_t errlen)
 {
     lua_State *L = s->L;
 
-    lua_pushcfunction(L, on_error);    /* [handler] */
+    lua_pushcfunction(L, on_error); /* [handler] */
     if (luaL_loadfilex(L, path, "t") != 0) {
         /* [handler, msg]: "cannot open <path>", "<path>:<line>: <syntax error>", or for a
          * binary chunk a message without the path. */
@@ -297,11 +294,11 @@ static int load_policy(script_t *s, const char *path, char *err, size_t errlen)
         else
             snprintf(err, errlen, "%s: %s (policies are loaded as text only)", path, msg);
         return -1;
-    }                                  /* [handler, chunk] */
-    if (lua_pcall(L, 0, 1, 1) != 0) {  /* [handler, msg+traceback] */
+    }                                 /* [handler, chunk] */
+    if (lua_pcall(L, 0, 1, 1) != 0) { /* [handler, msg+traceback] */
         snprintf(err, errlen, "%s", lua_tostring(L, -1));
         return -1;
-    }                                  /* [handler, module] */
+    } /* [handler, module] */
     if (!lua_istable(L, -1)) {
         snprintf(err, errlen, "%s: must return a table of functions (returned %s)", path,
                  luaL_typename(L, -1));
@@ -312,7 +309,7 @@ static int load_policy(script_t *s, const char *path, char *err, size_t errlen)
         resolve_function(s, path, "order", &s->ref_order, err, errlen) < 0 ||
         read_settings(s, path, err, errlen) < 0)
         return -1;
-    lua_pop(L, 1);                     /* [handler] */
+    lua_pop(L, 1);                                     /* [handler] */
     s->ref_traceback = luaL_ref(L, LUA_REGISTRYINDEX); /* [] */
     lua_createtable(L, 0, 5);
     s->ref_req = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -321,8 +318,7 @@ static int load_policy(script_t *s, const char *path, char *err, size_t errlen)
     return 0;
 }
 
-int script_open(script_t **out, const char *path, const script_env_t *env, char *err,
-                size_t errlen)
+int script_open(script_t **out, const char *path, const script_env_t *env, char *err, size_t errlen)
 {
     script_env_t dflt = {.host_id = "", .hosts = 1};
     script_t *s = calloc(1, sizeof(*s));
@@ -341,8 +337,7 @@ int script_open(script_t **out, const char *path, const script_env_t *env, char 
     }
     lua_atpanic(s->L, on_panic);
     if (lua_cpcall(s->L, setup_state, (void *)env) != 0) {
-        snprintf(err, errlen, "%s: cannot set up the Lua state: %s", path,
-                 lua_tostring(s->L, -1));
+        snprintf(err, errlen, "%s: cannot set up the Lua state: %s", path, lua_tostring(s->L, -1));
         goto fail;
     }
     if (load_policy(s, path, err, errlen) < 0)
@@ -397,8 +392,7 @@ static void set_num(lua_State *L, int t, const char *key, lua_Number value)
 }
 
 /* Calls allocate(event, cluster). Returns 0 and the clamped quota, or -1 on a script error. */
-static int call_allocate(script_t *s, const char *event, const script_cluster_t *c,
-                         int64_t *quota)
+static int call_allocate(script_t *s, const char *event, const script_cluster_t *c, int64_t *quota)
 {
     lua_State *L = s->L;
     int top = lua_gettop(L);
@@ -406,7 +400,7 @@ static int call_allocate(script_t *s, const char *event, const script_cluster_t 
     int rc = -1;
 
     lua_pushstring(L, event);
-    lua_createtable(L, 0, 4);          /* [handler, allocate, event, cluster]: rare, not reused */
+    lua_createtable(L, 0, 4); /* [handler, allocate, event, cluster]: rare, not reused */
     int t = lua_gettop(L);
     set_num(L, t, "stock", (lua_Number)c->stock);
     set_num(L, t, "per_user_limit", (lua_Number)c->per_user_limit);
@@ -415,7 +409,7 @@ static int call_allocate(script_t *s, const char *event, const script_cluster_t 
     if (lua_pcall(L, 2, 1, handler) != 0) { /* [handler, msg] */
         report(s, "allocate()", lua_tostring(L, -1));
         goto out;
-    }                                  /* [handler, quota] */
+    } /* [handler, quota] */
     double d = lua_type(L, -1) == LUA_TNUMBER ? lua_tonumber(L, -1) : NAN;
     if (isnan(d)) {
         const char *got = lua_type(L, -1) == LUA_TNUMBER ? "nan" : luaL_typename(L, -1);
@@ -509,18 +503,18 @@ static int call_admit(script_t *s, const script_admit_req_t *r, script_verdict_t
     int handler = push_call(L, s->ref_traceback, s->ref_admit); /* [handler, admit] */
     int rc = -1;
 
-    lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref_req);              /* [handler, admit, req] */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref_req); /* [handler, admit, req] */
     int t = handler + 2;
     set_str(L, t, "event", r->event);
     set_str(L, t, "user", r->user);
     set_num(L, t, "qty", (lua_Number)r->qty);
     set_str(L, t, "client", r->client);
     set_num(L, t, "now_ms", (lua_Number)r->now_ms);
-    if (lua_pcall(L, 1, 4, handler) != 0) {   /* [handler, msg] */
+    if (lua_pcall(L, 1, 4, handler) != 0) { /* [handler, msg] */
         report(s, "admit()", lua_tostring(L, -1));
         policy_error(v);
         goto out;
-    }                                         /* [handler, ok, status, reason, detail] */
+    }                                          /* [handler, ok, status, reason, detail] */
     if (read_verdict(L, handler + 1, v) < 0) { /* [handler, ok, status, reason, detail, why] */
         report(s, "admit()", lua_tostring(L, -1));
         policy_error(v);
@@ -544,7 +538,7 @@ int script_order(script_t *s, const script_order_t *o, char *out, size_t cap)
     int handler = push_call(L, s->ref_traceback, s->ref_order); /* [handler, order] */
     int rc = -1;
 
-    lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref_ord);              /* [handler, order, o] */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref_ord); /* [handler, order, o] */
     int t = handler + 2;
     set_str(L, t, "order_id", o->order_id);
     set_str(L, t, "event", o->event);
@@ -552,20 +546,20 @@ int script_order(script_t *s, const script_order_t *o, char *out, size_t cap)
     set_num(L, t, "qty", (lua_Number)o->qty);
     set_str(L, t, "host", o->host_id);
     set_num(L, t, "created_at", (lua_Number)o->created_ms);
-    if (lua_pcall(L, 1, 1, handler) != 0) {  /* [handler, msg] */
+    if (lua_pcall(L, 1, 1, handler) != 0) { /* [handler, msg] */
         report(s, "order()", lua_tostring(L, -1));
         goto out;
-    }                                        /* [handler, payload] */
+    } /* [handler, payload] */
     if (lua_type(L, -1) != LUA_TSTRING) {
-        report(s, "order()", lua_pushfstring(L, "must return a string, returned %s",
-                                             luaL_typename(L, -1)));
+        report(s, "order()",
+               lua_pushfstring(L, "must return a string, returned %s", luaL_typename(L, -1)));
         goto out;
     }
     size_t len;
     const char *p = lua_tolstring(L, -1, &len);
     if (len >= cap) {
-        report(s, "order()", lua_pushfstring(L, "payload of %d bytes does not fit in %d",
-                                             (int)len, (int)cap));
+        report(s, "order()",
+               lua_pushfstring(L, "payload of %d bytes does not fit in %d", (int)len, (int)cap));
         goto out;
     }
     memcpy(out, p, len);
@@ -602,11 +596,11 @@ int script_order_default(const script_order_t *o, char *out, size_t cap)
     snprintf(qty, sizeof(qty), "%lld", (long long)o->qty);
     snprintf(created, sizeof(created), "%lld", (long long)o->created_ms);
     if (append(out, cap, &pos, "{\"order_id\":") < 0 ||
-        append_str(out, cap, &pos, o->order_id) < 0 ||
-        append(out, cap, &pos, ",\"event\":") < 0 || append_str(out, cap, &pos, o->event) < 0 ||
-        append(out, cap, &pos, ",\"user\":") < 0 || append_str(out, cap, &pos, o->user) < 0 ||
-        append(out, cap, &pos, ",\"qty\":") < 0 || append(out, cap, &pos, qty) < 0 ||
-        append(out, cap, &pos, ",\"host\":") < 0 || append_str(out, cap, &pos, o->host_id) < 0 ||
+        append_str(out, cap, &pos, o->order_id) < 0 || append(out, cap, &pos, ",\"event\":") < 0 ||
+        append_str(out, cap, &pos, o->event) < 0 || append(out, cap, &pos, ",\"user\":") < 0 ||
+        append_str(out, cap, &pos, o->user) < 0 || append(out, cap, &pos, ",\"qty\":") < 0 ||
+        append(out, cap, &pos, qty) < 0 || append(out, cap, &pos, ",\"host\":") < 0 ||
+        append_str(out, cap, &pos, o->host_id) < 0 ||
         append(out, cap, &pos, ",\"created_at\":") < 0 || append(out, cap, &pos, created) < 0 ||
         append(out, cap, &pos, "}") < 0 || pos >= cap)
         return -1;
@@ -652,15 +646,20 @@ int script_check(const char *path, const script_env_t *env, char *err, size_t er
         return -1;
     s->quiet = true;
 
-    script_cluster_t cluster = {.stock = 1000, .per_user_limit = 1, .hosts = 3,
+    script_cluster_t cluster = {.stock = 1000,
+                                .per_user_limit = 1,
+                                .hosts = 3,
                                 .host_id = env && env->host_id ? env->host_id : ""};
     int64_t quota;
     if (call_allocate(s, "check", &cluster, &quota) < 0) {
         snprintf(err, errlen, "%s", s->err);
         goto out;
     }
-    script_admit_req_t req = {.event = "check", .user = "check_user", .qty = 1,
-                              .client = "127.0.0.1", .now_ms = util_now_ms()};
+    script_admit_req_t req = {.event = "check",
+                              .user = "check_user",
+                              .qty = 1,
+                              .client = "127.0.0.1",
+                              .now_ms = util_now_ms()};
     script_verdict_t v;
     if (call_admit(s, &req, &v) < 0) {
         snprintf(err, errlen, "%s", s->err);

@@ -9,3 +9,5 @@ target_include_directories(test_orders PRIVATE ${CMAKE_SOURCE_DIR}/host ${CMAKE_
 add_executable(orders-fill ${CMAKE_CURRENT_SOURCE_DIR}/unit/orders_fill.c)
 target_link_libraries(orders-fill PRIVATE PkgConfig::NATS)
 set_target_properties(orders-fill PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR})
+
+add_snatch_py_test(test_subscriber integration/test_subscriber.py TIMEOUT 300)

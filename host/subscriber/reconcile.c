@@ -1,1 +1,308 @@
+/* Reconciliation between Redis, JetStream and SQLite. Blocking, on the caller's thread (the
+ * host's reconciliation thread or snatch-reconcile's main thread).
+ *
+ * Redis is read with HSCAN so that a large {E}:orders hash never blocks Redis for long. Each
+ * republish waits for its JetStream ack before the {E}:pending entry goes: a crash in between
+ * leaves the entry, and the next pass republishes it again, which is harmless. */
 #include "reconcile.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#define SCAN_COUNT "1000"
+#define PUBLISH_WAIT_MS 5000
+
+typedef int (*scan_fn)(const char *field, size_t flen, const char *value, size_t vlen,
+                       void *data);
+
+static int64_t wall_ms(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int reconcile_list_events(redisContext *rc, char ***events, size_t *n)
+{
+    redisReply *r = redisCommand(rc, "SMEMBERS %s", RECONCILE_EVENTS_KEY);
+    char **v = NULL;
+    size_t k = 0;
+    *events = NULL;
+    *n = 0;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY)
+        goto fail;
+    if (r->elements > 0 && (v = calloc(r->elements, sizeof(*v))) == NULL)
+        goto fail;
+    for (; k < r->elements; k++) {
+        if (r->element[k]->type != REDIS_REPLY_STRING ||
+            (v[k] = strdup(r->element[k]->str)) == NULL)
+            goto fail;
+    }
+    if (k > 0)
+        qsort(v, k, sizeof(*v), cmp_str);
+    freeReplyObject(r);
+    *events = v;
+    *n = k;
+    return 0;
+fail:
+    reconcile_free_events(v, k);
+    if (r != NULL)
+        freeReplyObject(r);
+    return -1;
+}
+
+void reconcile_free_events(char **events, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(events[i]);
+    free(events);
+}
+
+/* HSCAN key, calling fn for each field/value; fn returning non-zero stops with that value.
+ * Returns 0, fn's value, or -1 on a Redis failure. */
+static int hscan(redisContext *rc, const char *key, scan_fn fn, void *data)
+{
+    char cursor[32] = "0";
+    do {
+        redisReply *r = redisCommand(rc, "HSCAN %s %s COUNT " SCAN_COUNT, key, cursor);
+        if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+            r->element[0]->type != REDIS_REPLY_STRING ||
+            r->element[1]->type != REDIS_REPLY_ARRAY) {
+            if (r != NULL)
+                freeReplyObject(r);
+            return -1;
+        }
+        snprintf(cursor, sizeof(cursor), "%s", r->element[0]->str);
+        redisReply *kv = r->element[1];
+        for (size_t i = 0; i + 1 < kv->elements; i += 2) {
+            redisReply *f = kv->element[i], *v = kv->element[i + 1];
+            int rc2 = fn(f->str, f->len, v->str, v->len, data);
+            if (rc2 != 0) {
+                freeReplyObject(r);
+                return rc2;
+            }
+        }
+        freeReplyObject(r);
+    } while (strcmp(cursor, "0") != 0);
+    return 0;
+}
+
+/* Blocking publish of one order; 0 once JetStream acknowledged it (stored or duplicate). */
+static int publish_order(jsCtx *js, const char *event, const char *id, const char *payload,
+                         size_t len)
+{
+    char subject[256];
+    natsMsg *m = NULL;
+    jsPubAck *pa = NULL;
+    jsPubOptions po;
+    natsStatus s;
+    if (snprintf(subject, sizeof(subject), "orders.%s", event) >= (int)sizeof(subject))
+        return -1;
+    jsPubOptions_Init(&po);
+    po.MsgId = id;
+    po.MaxWait = PUBLISH_WAIT_MS;
+    s = natsMsg_Create(&m, subject, NULL, payload, (int)len);
+    if (s == NATS_OK)
+        s = js_PublishMsg(&pa, js, m, &po, NULL);
+    jsPubAck_Destroy(pa);
+    natsMsg_Destroy(m);
+    return s == NATS_OK ? 0 : -1;
+}
+
+static int hdel(redisContext *rc, const char *key, const char *field)
+{
+    redisReply *r = redisCommand(rc, "HDEL %s %s", key, field);
+    int ok = r != NULL && r->type == REDIS_REPLY_INTEGER;
+    if (r != NULL)
+        freeReplyObject(r);
+    return ok ? 0 : -1;
+}
+
+typedef struct event_scan {
+    redisContext *rc;
+    jsCtx *js;
+    store_t *st;
+    const char *event;
+    char pending_key[160];
+    reconcile_row_t *row;
+    const char *why;
+} event_scan_t;
+
+static int on_order(const char *id, size_t idlen, const char *rec, size_t reclen, void *data)
+{
+    event_scan_t *e = data;
+    int has;
+    (void)idlen;
+    e->row->redis_orders++;
+    if ((has = store_has_order(e->st, id)) < 0) {
+        e->why = "SQLite lookup failed";
+        return -1;
+    }
+    if (has)
+        return 0;
+    e->row->missing++;
+    if (e->js == NULL)
+        return 0;
+    if (publish_order(e->js, e->event, id, rec, reclen) != 0) {
+        e->why = "JetStream publish failed";
+        return -1;
+    }
+    e->row->republished++;
+    if (hdel(e->rc, e->pending_key, id) != 0) {
+        e->why = "Redis HDEL failed";
+        return -1;
+    }
+    return 0;
+}
+
+/* A pending entry whose order SQLite already holds: the host died between the ack and HDEL. */
+static int on_pending_stored(const char *id, size_t idlen, const char *ms, size_t mslen,
+                             void *data)
+{
+    event_scan_t *e = data;
+    (void)idlen;
+    (void)ms;
+    (void)mslen;
+    int has = store_has_order(e->st, id);
+    if (has < 0) {
+        e->why = "SQLite lookup failed";
+        return -1;
+    }
+    if (has && hdel(e->rc, e->pending_key, id) != 0) {
+        e->why = "Redis HDEL failed";
+        return -1;
+    }
+    return 0;
+}
+
+static int read_meta(redisContext *rc, const char *event, reconcile_row_t *row)
+{
+    redisReply *r = redisCommand(rc, "HMGET {%s}:meta stock sold", event);
+    int ok = r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2;
+    if (ok) {
+        redisReply *stock = r->element[0], *sold = r->element[1];
+        row->stock = stock->type == REDIS_REPLY_STRING ? strtoll(stock->str, NULL, 10) : -1;
+        row->sold = sold->type == REDIS_REPLY_STRING ? strtoll(sold->str, NULL, 10) : 0;
+    }
+    if (r != NULL)
+        freeReplyObject(r);
+    return ok ? 0 : -1;
+}
+
+int reconcile_event(redisContext *rc, natsConnection *nc, store_t *st, const char *event,
+                    reconcile_row_t *row, char *err, size_t errlen)
+{
+    char orders_key[160];
+    event_scan_t e = {.rc = rc, .st = st, .event = event, .row = row};
+    int rc2 = -1;
+    memset(row, 0, sizeof(*row));
+    snprintf(row->event, sizeof(row->event), "%s", event);
+    snprintf(orders_key, sizeof(orders_key), "{%s}:orders", event);
+    snprintf(e.pending_key, sizeof(e.pending_key), "{%s}:pending", event);
+    if (nc != NULL && natsConnection_JetStream(&e.js, nc, NULL) != NATS_OK) {
+        snprintf(err, errlen, "%s: no JetStream context", event);
+        return -1;
+    }
+    if (read_meta(rc, event, row) != 0) {
+        snprintf(err, errlen, "%s: Redis: %s", event, rc->err ? rc->errstr : "bad reply");
+        goto out;
+    }
+    if (e.js != NULL && hscan(rc, e.pending_key, on_pending_stored, &e) != 0)
+        goto fail;
+    if (hscan(rc, orders_key, on_order, &e) != 0)
+        goto fail;
+    if (store_event_totals(st, event, &row->sqlite_rows, &row->sqlite_units) != 0) {
+        e.why = "SQLite totals failed";
+        goto fail;
+    }
+    /* Rows that matched a Redis order are (orders - missing); the rest exist only in SQLite. */
+    row->extra = row->sqlite_rows - (row->redis_orders - row->missing);
+    rc2 = 0;
+    goto out;
+fail:
+    snprintf(err, errlen, "%s: %s", event,
+             e.why ? e.why : (rc->err ? rc->errstr : "Redis scan failed"));
+out:
+    jsCtx_Destroy(e.js);
+    return rc2;
+}
+
+typedef struct pending_scan {
+    redisContext *rc;
+    jsCtx *js;
+    const char *event;
+    char orders_key[160];
+    char pending_key[160];
+    int64_t cutoff;
+    int64_t max;
+    int64_t done;
+} pending_scan_t;
+
+static int on_pending(const char *id, size_t idlen, const char *ms, size_t mslen, void *data)
+{
+    pending_scan_t *p = data;
+    redisReply *r;
+    (void)idlen;
+    (void)mslen;
+    if (strtoll(ms, NULL, 10) > p->cutoff)
+        return 0; /* young: the host is probably still waiting for its ack */
+    if (p->max > 0 && p->done >= p->max)
+        return 1;
+    r = redisCommand(p->rc, "HGET %s %s", p->orders_key, id);
+    if (r == NULL)
+        return -1;
+    if (r->type != REDIS_REPLY_STRING) {
+        /* No record to publish: nothing reconciliation can do but report it. */
+        fprintf(stderr, "reconcile: pending %s has no record in %s\n", id, p->orders_key);
+        freeReplyObject(r);
+        return 0;
+    }
+    int ok = publish_order(p->js, p->event, id, r->str, r->len) == 0;
+    freeReplyObject(r);
+    if (!ok || hdel(p->rc, p->pending_key, id) != 0)
+        return -1;
+    p->done++;
+    return 0;
+}
+
+int reconcile_pending(redisContext *rc, natsConnection *nc, int64_t older_than_ms,
+                      int64_t max_orders)
+{
+    char **events = NULL;
+    size_t n = 0;
+    jsCtx *js = NULL;
+    int64_t total = 0;
+    int result = -1;
+    if (reconcile_list_events(rc, &events, &n) != 0)
+        return -1;
+    if (natsConnection_JetStream(&js, nc, NULL) != NATS_OK)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        pending_scan_t p = {.rc = rc, .js = js, .event = events[i],
+                            .cutoff = wall_ms() - older_than_ms,
+                            .max = max_orders > 0 ? max_orders - total : 0};
+        snprintf(p.orders_key, sizeof(p.orders_key), "{%s}:orders", events[i]);
+        snprintf(p.pending_key, sizeof(p.pending_key), "{%s}:pending", events[i]);
+        int rc2 = hscan(rc, p.pending_key, on_pending, &p);
+        total += p.done;
+        if (rc2 < 0)
+            goto out;
+        if (rc2 > 0)
+            break; /* max_orders reached */
+    }
+    result = total > INT32_MAX ? INT32_MAX : (int)total;
+out:
+    jsCtx_Destroy(js);
+    reconcile_free_events(events, n);
+    if (result < 0 && total > 0)
+        fprintf(stderr, "reconcile: republished %lld pending orders before failing\n",
+                (long long)total);
+    return result;
+}

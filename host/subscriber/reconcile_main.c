@@ -1,1 +1,216 @@
-int main(void) { return 1; }
+/* snatch-reconcile: one-shot comparison of Redis with SQLite, republishing what the subscriber
+ * never persisted, with a table on stdout. Single-threaded, blocking.
+ *
+ * Exit status: 0 consistent; 1 orders still missing from SQLite (after --wait) or SQLite holds
+ * more units than Redis sold; 2 usage; 3 Redis, NATS or SQLite unreachable / failing. */
+#include <getopt.h>
+#include <hiredis/hiredis.h>
+#include <nats/nats.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "reconcile.h"
+#include "store.h"
+
+#define MAX_EVENTS 1024
+
+typedef struct config {
+    char redis_host[256];
+    int redis_port;
+    const char *nats;
+    const char *db;
+    const char *events[MAX_EVENTS];
+    size_t nevents;
+    bool dry_run;
+    int wait_s;
+} config_t;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: snatch-reconcile --redis HOST:PORT --db PATH [--nats URL] [options]\n"
+            "Compares Redis (sold, order records) with SQLite (persisted orders) per event and\n"
+            "republishes to JetStream every order that SQLite lacks (Nats-Msg-Id = order id, so\n"
+            "republishing is always safe), deleting its {E}:pending entry once acknowledged.\n"
+            "  --redis HOST:PORT  Redis with the sale's data\n"
+            "  --db PATH          the subscriber's SQLite database\n"
+            "  --nats URL         NATS server (required unless --dry-run)\n"
+            "  --event E          only this event (repeatable; default: all of snatch:events)\n"
+            "  --dry-run          only report, republish nothing\n"
+            "  --wait SECONDS     after republishing, poll SQLite up to SECONDS until the\n"
+            "                     subscriber persisted every missing order\n"
+            "  -h, --help         this text\n"
+            "Exit: 0 consistent, 1 orders missing or SQLite holds more than sold, 2 usage,\n"
+            "3 Redis/NATS/SQLite failure.\n");
+}
+
+static int parse_args(int argc, char **argv, config_t *c)
+{
+    static const struct option opts[] = {
+        {"redis", required_argument, NULL, 'r'}, {"nats", required_argument, NULL, 'n'},
+        {"db", required_argument, NULL, 'd'},    {"event", required_argument, NULL, 'e'},
+        {"dry-run", no_argument, NULL, 'x'},     {"wait", required_argument, NULL, 'w'},
+        {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
+    };
+    int ch;
+    const char *colon;
+    memset(c, 0, sizeof(*c));
+    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'r':
+            colon = strrchr(optarg, ':');
+            if (colon == NULL || (size_t)(colon - optarg) >= sizeof(c->redis_host) ||
+                (c->redis_port = atoi(colon + 1)) <= 0 || c->redis_port > 65535) {
+                fprintf(stderr, "reconcile: --redis wants HOST:PORT\n");
+                return -1;
+            }
+            memcpy(c->redis_host, optarg, (size_t)(colon - optarg));
+            break;
+        case 'n': c->nats = optarg; break;
+        case 'd': c->db = optarg; break;
+        case 'e':
+            if (c->nevents == MAX_EVENTS)
+                return -1;
+            c->events[c->nevents++] = optarg;
+            break;
+        case 'x': c->dry_run = true; break;
+        case 'w': c->wait_s = atoi(optarg); break;
+        case 'h': usage(stdout); exit(0);
+        default: usage(stderr); return -1;
+        }
+    }
+    if (c->redis_port == 0 || c->db == NULL || (!c->dry_run && c->nats == NULL) ||
+        optind != argc) {
+        usage(stderr);
+        return -1;
+    }
+    return 0;
+}
+
+static void print_table(const reconcile_row_t *rows, size_t n)
+{
+    printf("%-24s %10s %10s %12s %11s %8s %11s %6s\n", "event", "stock", "sold(redis)",
+           "orders(redis)", "rows(sqlite)", "missing", "republished", "extra");
+    for (size_t i = 0; i < n; i++) {
+        const reconcile_row_t *r = &rows[i];
+        printf("%-24s %10lld %10lld %12lld %11lld %8lld %11lld %6lld\n", r->event,
+               (long long)r->stock, (long long)r->sold, (long long)r->redis_orders,
+               (long long)r->sqlite_rows, (long long)r->missing, (long long)r->republished,
+               (long long)r->extra);
+    }
+    fflush(stdout);
+}
+
+/* Polls until no event has missing orders or the deadline passed. Updates rows' sqlite columns
+ * and sets missing to what is still missing. */
+static int wait_caught_up(redisContext *rc, store_t *st, reconcile_row_t *rows, size_t n,
+                          int wait_s)
+{
+    time_t deadline = time(NULL) + wait_s;
+    char err[256];
+    for (;;) {
+        int64_t missing = 0;
+        for (size_t i = 0; i < n; i++) {
+            reconcile_row_t now;
+            if (reconcile_event(rc, NULL, st, rows[i].event, &now, err, sizeof(err)) != 0) {
+                fprintf(stderr, "reconcile: %s\n", err);
+                return -1;
+            }
+            rows[i].sqlite_rows = now.sqlite_rows;
+            rows[i].sqlite_units = now.sqlite_units;
+            rows[i].extra = now.extra;
+            rows[i].missing = now.missing;
+            missing += now.missing;
+        }
+        if (missing == 0 || time(NULL) >= deadline)
+            return 0;
+        struct timespec ts = {0, 200 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    config_t c;
+    redisContext *rc = NULL;
+    natsConnection *nc = NULL;
+    store_t *st = NULL;
+    char **listed = NULL;
+    size_t nlisted = 0, n;
+    reconcile_row_t *rows = NULL;
+    char err[512];
+    int status = 3;
+
+    if (parse_args(argc, argv, &c) != 0)
+        return 2;
+    struct timeval tv = {10, 0};
+    rc = redisConnectWithTimeout(c.redis_host, c.redis_port, tv);
+    if (rc == NULL || rc->err) {
+        fprintf(stderr, "reconcile: Redis %s:%d: %s\n", c.redis_host, c.redis_port,
+                rc ? rc->errstr : "out of memory");
+        goto out;
+    }
+    redisSetTimeout(rc, tv);
+    if (!c.dry_run && natsConnection_ConnectTo(&nc, c.nats) != NATS_OK) {
+        fprintf(stderr, "reconcile: NATS %s: %s\n", c.nats, nats_GetLastError(NULL));
+        goto out;
+    }
+    if (store_open(&st, c.db, STORE_SYNC_NORMAL, err, sizeof(err)) != 0) {
+        fprintf(stderr, "reconcile: %s\n", err);
+        goto out;
+    }
+    if (c.nevents == 0) {
+        if (reconcile_list_events(rc, &listed, &nlisted) != 0) {
+            fprintf(stderr, "reconcile: cannot read %s\n", RECONCILE_EVENTS_KEY);
+            goto out;
+        }
+    }
+    n = c.nevents ? c.nevents : nlisted;
+    if (n > 0 && (rows = calloc(n, sizeof(*rows))) == NULL)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        const char *ev = c.nevents ? c.events[i] : listed[i];
+        if (reconcile_event(rc, nc, st, ev, &rows[i], err, sizeof(err)) != 0) {
+            fprintf(stderr, "reconcile: %s\n", err);
+            print_table(rows, i);
+            goto out;
+        }
+    }
+    print_table(rows, n);
+    status = 0;
+    bool any_missing = false;
+    for (size_t i = 0; i < n; i++)
+        any_missing |= rows[i].missing > 0;
+    if (any_missing && c.wait_s > 0) {
+        if (wait_caught_up(rc, st, rows, n, c.wait_s) != 0) {
+            status = 3;
+            goto out;
+        }
+        printf("after waiting up to %d s:\n", c.wait_s);
+        print_table(rows, n);
+    }
+    for (size_t i = 0; i < n; i++) {
+        const reconcile_row_t *r = &rows[i];
+        if (r->missing > 0) {
+            fprintf(stderr, "reconcile: %s: %lld orders missing from SQLite\n", r->event,
+                    (long long)r->missing);
+            status = 1;
+        }
+        if (r->sqlite_units > r->sold) {
+            fprintf(stderr, "reconcile: %s: SQLite holds %lld units, Redis sold %lld\n", r->event,
+                    (long long)r->sqlite_units, (long long)r->sold);
+            status = 1;
+        }
+    }
+out:
+    free(rows);
+    reconcile_free_events(listed, nlisted);
+    store_close(st);
+    natsConnection_Destroy(nc);
+    if (rc != NULL)
+        redisFree(rc);
+    nats_CloseAndWait(2000);
+    return status;
+}

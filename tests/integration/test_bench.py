@@ -77,8 +77,22 @@ class PatternServer:
         except OSError:
             pass
         finally:
-            f.close()
-            conn.close()
+            self.linger(conn, f)
+
+    @staticmethod
+    def linger(conn, f):
+        """Closes like nginx's lingering close: closing with unread pipelined requests would
+        send a reset that can destroy the answer sent just before."""
+        try:
+            conn.shutdown(socket.SHUT_WR)
+            conn.settimeout(2)
+            for _ in range(1000):
+                if not f.read1(65536):
+                    break
+        except OSError:
+            pass
+        f.close()
+        conn.close()
 
     def one_request(self, conn, f):
         line = f.readline(8192)

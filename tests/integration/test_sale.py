@@ -89,6 +89,9 @@ def qty_and_user_orders_lookup():
         s, _ = st.host.request("GET", "/v1/orders/not-an-id")
         assert s == 400
         s, b4 = st.host.snatch("q", "bob", qty=7)
+        assert s == 400 and b4["error"] == "bad_request", (s, b4)  # policy max_qty is 4
+        st.host.create_event("q2", 2, per_user_limit=4)
+        s, b4 = st.host.snatch("q2", "bob", qty=3)
         assert s == 409 and b4 == {"error": "insufficient_stock"}, (s, b4)
         s, b5 = st.host.snatch("q", "bob", qty=0)
         assert s == 400 and b5["error"] == "bad_request", (s, b5)

@@ -5,7 +5,8 @@
  *
  *   orders-fill --nats URL [--count N] [--first SEQ] [--event E] [--raw DATA] [--no-msg-id]
  *
- * --raw publishes DATA once on orders.<event> (no Nats-Msg-Id): a malformed message. */
+ * --no-msg-id publishes without Nats-Msg-Id, so JetStream stores repeats (the subscriber's
+ * upsert must absorb them). --raw publishes DATA once on orders.<event> (no Nats-Msg-Id): a malformed message. */
 #include <getopt.h>
 #include <nats/nats.h>
 #include <stdio.h>
@@ -49,7 +50,8 @@ int main(int argc, char **argv)
     static const struct option opts[] = {
         {"nats", required_argument, NULL, 'n'}, {"count", required_argument, NULL, 'c'},
         {"first", required_argument, NULL, 'f'}, {"event", required_argument, NULL, 'e'},
-        {"raw", required_argument, NULL, 'r'},   {NULL, 0, NULL, 0},
+        {"raw", required_argument, NULL, 'r'},   {"no-msg-id", no_argument, NULL, 'x'},
+        {NULL, 0, NULL, 0},
     };
     const char *url = NULL, *event = "e1", *raw = NULL;
     long long count = 0, first = 1;
@@ -59,6 +61,7 @@ int main(int argc, char **argv)
     jsPubOptions po;
     char subject[128], id[128], payload[512];
     int ch, rc = 1;
+    bool msg_id = true;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (ch) {
         case 'n': url = optarg; break;
@@ -66,6 +69,7 @@ int main(int argc, char **argv)
         case 'f': first = atoll(optarg); break;
         case 'e': event = optarg; break;
         case 'r': raw = optarg; break;
+        case 'x': msg_id = false; break;
         default: return 2;
         }
     }
@@ -93,7 +97,7 @@ int main(int argc, char **argv)
                        "\"host\":\"fill\",\"created_at\":%lld}",
                        id, event, i, FILL_MS);
         jsPubOptions_Init(&po);
-        po.MsgId = id;
+        po.MsgId = msg_id ? id : NULL;
         if (natsMsg_Create(&m, subject, NULL, payload, len) != NATS_OK ||
             js_PublishMsgAsync(js, &m, &po) != NATS_OK) {
             natsMsg_Destroy(m);

@@ -76,8 +76,8 @@ static script_t *open_default(void)
 
 static void admit(script_t *s, const char *user, int64_t qty, script_verdict_t *v)
 {
-    script_admit_req_t req = {.event = "ev1", .user = user, .qty = qty, .client = "10.0.0.1",
-                              .now_ms = util_now_ms()};
+    script_admit_req_t req = {
+        .event = "ev1", .user = user, .qty = qty, .client = "10.0.0.1", .now_ms = util_now_ms()};
     memset(v, 0x5a, sizeof(*v));
     script_admit(s, &req, v);
 }
@@ -125,8 +125,8 @@ static void test_default_allocate(void **state)
     };
     script_t *s = open_default();
     for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
-        script_cluster_t c = {.stock = cases[i].stock, .per_user_limit = 1,
-                              .hosts = cases[i].hosts, .host_id = "h1"};
+        script_cluster_t c = {
+            .stock = cases[i].stock, .per_user_limit = 1, .hosts = cases[i].hosts, .host_id = "h1"};
         int64_t got = script_allocate(s, "ev1", &c);
         if (got != cases[i].want)
             fail_msg("hosts %d stock %lld: got %lld, want %lld", cases[i].hosts,
@@ -181,12 +181,53 @@ static void test_default_admit_rate_limited(void **state)
     script_close(s);
 }
 
+/* Per client address: 2000/s with a burst of 4000, loopback exempt. Distinct buyers, so the
+ * per-buyer limit never interferes. */
+static void test_default_admit_client_limit(void **state)
+{
+    (void)state;
+    char user[32];
+    script_verdict_t v;
+    script_t *s = open_default();
+    int admitted = 0, limited = 0;
+
+    for (int i = 0; i < 6000; i++) {
+        snprintf(user, sizeof(user), "c%d", i);
+        script_admit_req_t req = {
+            .event = "ev1", .user = user, .qty = 1, .client = "10.9.9.9", .now_ms = 0};
+        script_admit(s, &req, &v);
+        if (v.status == 0) {
+            admitted++;
+            continue;
+        }
+        assert_int_equal(v.status, 429);
+        assert_non_null(strstr(v.detail, "address"));
+        limited++;
+    }
+    /* 4000 of burst, plus what 2000/s earned while the loop ran. */
+    assert_true(admitted >= 4000 && limited > 0);
+    for (int i = 0; i < 6000; i++) {
+        snprintf(user, sizeof(user), "l%d", i);
+        script_admit_req_t req = {.event = "ev1",
+                                  .user = user,
+                                  .qty = 1,
+                                  .client = i % 2 ? "127.0.0.1" : "::1",
+                                  .now_ms = 0};
+        script_admit(s, &req, &v);
+        assert_int_equal(v.status, 0);
+    }
+    script_close(s);
+}
+
 static void test_default_order(void **state)
 {
     (void)state;
     char lua[512], builtin[512];
-    script_order_t o = {.order_id = "1700000000123-0000000042-ev1", .event = "ev1",
-                        .user = "alice@x.io", .qty = 3, .host_id = "h1",
+    script_order_t o = {.order_id = "1700000000123-0000000042-ev1",
+                        .event = "ev1",
+                        .user = "alice@x.io",
+                        .qty = 3,
+                        .host_id = "h1",
                         .created_ms = 1700000000123};
     script_t *s = open_default();
 
@@ -209,6 +250,17 @@ static void test_default_order(void **state)
     assert_int_equal(script_order_default(&o, builtin, sizeof(builtin)), n);
     assert_string_equal(lua, builtin);
 
+    /* Even for bytes the host never lets through, the two escape alike. */
+    o.user = "q\"b\\s\n\x01\x1f\x7f\xc3\xa9";
+    n = script_order(s, &o, lua, sizeof(lua));
+    assert_true(n > 0);
+    assert_int_equal(script_order_default(&o, builtin, sizeof(builtin)), n);
+    assert_string_equal(lua, builtin);
+    doc = json_loads(lua, 0, &jerr);
+    assert_non_null(doc);
+    assert_string_equal(json_string_value(json_object_get(doc, "user")), o.user);
+    json_decref(doc);
+
     /* Too small a buffer is an error, never a truncated payload. */
     assert_int_equal(script_order(s, &o, lua, 20), -1);
     assert_int_equal(script_order(s, &o, lua, (size_t)n), -1);
@@ -220,8 +272,12 @@ static void test_order_default_escapes(void **state)
 {
     (void)state;
     char buf[256];
-    script_order_t o = {.order_id = "id", .event = "e", .user = "a\"b\\c\n", .qty = 1,
-                        .host_id = "h", .created_ms = 5};
+    script_order_t o = {.order_id = "id",
+                        .event = "e",
+                        .user = "a\"b\\c\n",
+                        .qty = 1,
+                        .host_id = "h",
+                        .created_ms = 5};
     int n = script_order_default(&o, buf, sizeof(buf));
     assert_true(n > 0);
     json_t *doc = json_loads(buf, 0, NULL);
@@ -297,19 +353,19 @@ static void expect_check_fails(const char *name, const char *text, const char *w
 static void test_check_catches_runtime_errors(void **state)
 {
     (void)state;
-    expect_check_fails("allocerr.lua",
-                       "local M = {}\n"
-                       "function M.allocate(e, c)\n  return c.stock / c.nothing.x\nend\n"
-                       OK_ADMIT OK_ORDER "return M\n",
-                       "allocate(): ", "allocerr.lua:3:");
+    expect_check_fails(
+        "allocerr.lua",
+        "local M = {}\n"
+        "function M.allocate(e, c)\n  return c.stock / c.nothing.x\nend\n" OK_ADMIT OK_ORDER
+        "return M\n",
+        "allocate(): ", "allocerr.lua:3:");
     expect_check_fails("allocstr.lua",
                        "local M = {}\nfunction M.allocate() return 'lots' end\n" OK_ADMIT OK_ORDER
                        "return M\n",
                        "allocate(): must return a number", NULL);
     expect_check_fails("admiterr.lua",
                        "local M = {}\n" OK_ALLOCATE
-                       "function M.admit(req)\n  return req.qty + nil\nend\n" OK_ORDER
-                       "return M\n",
+                       "function M.admit(req)\n  return req.qty + nil\nend\n" OK_ORDER "return M\n",
                        "admit(): ", "admiterr.lua:4:");
     expect_check_fails("admit200.lua",
                        "local M = {}\n" OK_ALLOCATE
@@ -380,8 +436,8 @@ static void test_runtime_errors(void **state)
     char path[512], buf[64];
     script_verdict_t v;
     script_cluster_t c = {.stock = 100, .per_user_limit = 1, .hosts = 2, .host_id = "h1"};
-    script_order_t o = {.order_id = "id1", .event = "ev1", .user = "u", .qty = 1,
-                        .host_id = "h1", .created_ms = 1};
+    script_order_t o = {
+        .order_id = "id1", .event = "ev1", .user = "u", .qty = 1, .host_id = "h1", .created_ms = 1};
     fixture(path, sizeof(path), "errors.lua",
             "local M = {}\n"
             "local n = 0\n"
@@ -457,8 +513,7 @@ static void test_reused_table_metatable(void **state)
     char path[512];
     script_verdict_t v;
     fixture(path, sizeof(path), "meta.lua",
-            "local M = {}\n" OK_ALLOCATE OK_ORDER
-            "function M.admit(req)\n"
+            "local M = {}\n" OK_ALLOCATE OK_ORDER "function M.admit(req)\n"
             "  local ok = req.user == 'a'\n"
             "  rawset(req, 'user', nil)\n"
             "  setmetatable(req, {__newindex = function() error('no') end})\n"
@@ -530,8 +585,11 @@ static void test_example_opens_at(void **state)
     s = open_ok(path);
     admit(s, "late_bird", 1, &v);
     assert_int_equal(v.status, 0);
-    script_admit_req_t req = {.event = "ev1", .user = "time_traveller", .qty = 1,
-                              .client = "10.0.0.1", .now_ms = 999999999999};
+    script_admit_req_t req = {.event = "ev1",
+                              .user = "time_traveller",
+                              .qty = 1,
+                              .client = "10.0.0.1",
+                              .now_ms = 999999999999};
     script_admit(s, &req, &v);
     assert_int_equal(v.status, 409);
     assert_string_equal(v.detail, "opens at 2001-09-09T01:46:40Z (1000000000000)");
@@ -609,6 +667,7 @@ int main(void)
         cmocka_unit_test(test_default_allocate),
         cmocka_unit_test(test_default_admit_qty),
         cmocka_unit_test(test_default_admit_rate_limited),
+        cmocka_unit_test(test_default_admit_client_limit),
         cmocka_unit_test(test_default_order),
         cmocka_unit_test(test_order_default_escapes),
         cmocka_unit_test(test_refuses_broken_scripts),

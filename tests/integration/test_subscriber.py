@@ -1,0 +1,150 @@
+"""snatch-subscriber against a real nats-server: the stream is pre-filled with orders-fill (a test
+helper publishing host-shaped orders), and SQLite must end up holding each order exactly once
+whatever happens: duplicates, malformed messages, kill -9, SIGTERM, NATS starting late."""
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import NatsServer, Subscriber, TempDir, binary, free_port, wait_until  # noqa: E402
+
+
+def fill(url, count, first=1, event="e1", *extra):
+    argv = [binary("orders-fill"), "--nats", url, "--count", str(count), "--first", str(first),
+            "--event", event] + list(extra)
+    subprocess.run(argv, check=True, timeout=120)
+
+
+def count(db, table="orders", where="", args=()):
+    con = sqlite3.connect("file:%s?mode=ro" % db, uri=True, timeout=5)
+    try:
+        return con.execute("SELECT count(*) FROM %s %s" % (table, where), args).fetchone()[0]
+    finally:
+        con.close()
+
+
+class SubscriberTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = TempDir()
+        self.nats = NatsServer(self.tmp.path).start()
+        self.subs = []
+
+    def tearDown(self):
+        for s in self.subs:
+            s.kill9()
+        self.nats.stop()
+        self.tmp.cleanup()
+
+    def subscriber(self, batch=None, extra=()):
+        s = Subscriber(self.tmp.path, self.nats.url, batch=batch, extra=extra)
+        self.subs.append(s)
+        return s
+
+    def test_persists_each_order_once(self):
+        fill(self.nats.url, 20000)
+        fill(self.nats.url, 500, 1)  # same ids, inside the dedup window: not stored again
+        fill(self.nats.url, 300, 1, "e1", "--no-msg-id")  # stored again: SQLite must ignore
+        s = self.subscriber(batch=700).start()
+        wait_until(lambda: s.rows() >= 20000, 60, what="20000 rows")
+        time.sleep(0.5)
+        self.assertEqual(s.stop(), 0)
+        self.assertEqual(s.rows(), 20000)
+        self.assertEqual(count(s.db, "orders", "WHERE event=?", ("e1",)), 20000)
+        row = s.query("SELECT order_id, event, user, qty, host, created_at, payload FROM orders "
+                      "WHERE order_id='1795596636082-0000000007-e1'")[0]
+        self.assertEqual(row[1:6], ("e1", "u7", 1, "fill", 1795596636082))
+        self.assertIn('"order_id":"1795596636082-0000000007-e1"', row[6])
+        self.assertIn("duplicates 300", s.proc.log_text())
+
+    def test_malformed_goes_to_dead_letters(self):
+        fill(self.nats.url, 100, 1)
+        for bad in ["not json", "[1,2]", '{"order_id":"x","event":"e1","user":"u","qty":"1"}',
+                    '{"order_id":"","event":"e1","user":"u","qty":1}',
+                    '{"order_id":"y","event":"e1","user":"u","qty":0}']:
+            fill(self.nats.url, 0, 1, "e1", "--raw", bad)
+        fill(self.nats.url, 100, 101)
+        s = self.subscriber().start()
+        wait_until(lambda: s.rows() >= 200, 30, what="200 rows")
+        wait_until(lambda: count(s.db, "dead_letters") >= 5, 10, what="5 dead letters")
+        self.assertEqual(s.stop(), 0)
+        self.assertEqual(s.rows(), 200)
+        dl = s.query("SELECT subject, reason, data FROM dead_letters ORDER BY id")
+        self.assertEqual(len(dl), 5)
+        self.assertEqual(dl[0][0], "orders.e1")
+        self.assertIn("not JSON", dl[0][1])
+        self.assertEqual(bytes(dl[0][2]), b"not json")
+        self.assertIn("qty", dl[2][1])
+        # Acknowledged: a restart does not dead-letter them again.
+        s2 = self.subscriber().start()
+        time.sleep(1.5)
+        self.assertEqual(s2.stop(), 0)
+        self.assertEqual(count(s.db, "dead_letters"), 5)
+
+    def test_kill9_and_restart(self):
+        n = 200000
+        fill(self.nats.url, n)
+        s = self.subscriber(batch=500).start()
+        wait_until(lambda: s.rows() > 0, 30, what="first rows")
+        s.kill9()
+        before = s.rows()
+        s2 = self.subscriber(batch=500).start()
+        wait_until(lambda: s2.rows() >= n, 90, what="all rows after restart")
+        time.sleep(0.5)
+        self.assertEqual(s2.stop(), 0)
+        self.assertEqual(s2.rows(), n)
+        self.assertLessEqual(before, n)
+        distinct = s2.query("SELECT count(DISTINCT order_id) FROM orders")[0][0]
+        self.assertEqual(distinct, n)
+
+    def test_sigterm_commits_and_acks(self):
+        n = 100000
+        fill(self.nats.url, n)
+        s = self.subscriber(batch=1000).start()
+        wait_until(lambda: s.rows() > 0, 30, what="first rows")
+        self.assertEqual(s.stop(), 0)  # SIGTERM in the middle
+        mid = s.rows()
+        self.assertIn("stopped, persisted %d" % mid, s.proc.log_text())
+        s2 = self.subscriber(batch=1000).start()
+        wait_until(lambda: s2.rows() >= n, 60, what="all rows")
+        time.sleep(0.5)
+        self.assertEqual(s2.stop(), 0)
+        self.assertEqual(s2.rows(), n)
+        # Everything the first run committed was acknowledged: nothing came back as a duplicate.
+        self.assertNotRegex(s2.proc.log_text(), r"duplicates [1-9]")
+
+    def test_waits_for_nats_and_stream(self):
+        port = free_port()
+        url = "nats://127.0.0.1:%d" % port
+        s = Subscriber(self.tmp.path, url, db_path=os.path.join(self.tmp.path, "late.db"))
+        self.subs.append(s)
+        s.start()
+        time.sleep(1.0)
+        self.assertTrue(s.proc.alive())
+        late = NatsServer(self.tmp.path, port=port).start()
+        try:
+            time.sleep(1.0)  # connected, the stream does not exist yet
+            self.assertTrue(s.proc.alive())
+            fill(url, 1000)
+            wait_until(lambda: s.rows() >= 1000, 30, what="rows once NATS is up")
+            self.assertEqual(s.stop(), 0)
+            self.assertEqual(s.rows(), 1000)
+        finally:
+            late.stop()
+
+    def test_help_and_bad_flags(self):
+        out = subprocess.run([binary("snatch-subscriber"), "--help"], stdout=subprocess.PIPE,
+                             timeout=10)
+        self.assertEqual(out.returncode, 0)
+        self.assertIn(b"--batch", out.stdout)
+        self.assertIn(b"--sync", out.stdout)
+        bad = subprocess.run([binary("snatch-subscriber"), "--nats", "x"], stderr=subprocess.PIPE,
+                             timeout=10)
+        self.assertEqual(bad.returncode, 2)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
