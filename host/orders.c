@@ -25,7 +25,6 @@
 #include "util.h"
 
 #define MAX_LANES 256
-#define ORDERS_DUPLICATE_WINDOW_NS (2LL * 60 * 1000 * 1000 * 1000)
 #define RECONNECT_WAIT_MS 250
 #define ENSURE_BACKOFF_MIN_MS 100
 #define ENSURE_BACKOFF_MAX_MS 2000
@@ -150,7 +149,7 @@ static int ensure_stream(natsConnection *nc)
         cfg.Subjects = subjects;
         cfg.SubjectsLen = 1;
         cfg.Storage = js_FileStorage;
-        cfg.Duplicates = ORDERS_DUPLICATE_WINDOW_NS;
+        cfg.Duplicates = (int64_t)ORDERS_DUPLICATES_WINDOW_MS * 1000000;
         s = js_AddStream(&si, js, &cfg, NULL, &jerr);
         if (s == NATS_OK)
             fprintf(stderr, "orders: created stream %s\n", ORDERS_STREAM);

@@ -221,8 +221,7 @@ static void arm_tick(redis_client_t *c)
 }
 
 /* Hands r to hiredis and tracks it. Returns 0, or -1 (r untouched, not queued). */
-static int send_req(redis_client_t *c, req_t *r, int argc, const char **argv,
-                    const size_t *argvlen)
+static int send_req(redis_client_t *c, req_t *r, int argc, const char **argv, const size_t *argvlen)
 {
     if (redisAsyncCommandArgv(c->ac, on_reply, r, argc, argv, argvlen) != REDIS_OK)
         return -1;
@@ -396,7 +395,10 @@ static void drop_connection(redis_client_t *c, const char *why)
     redisAsyncContext *ac = c->ac;
     if (ac == NULL)
         return;
-    log_lost(c, why);
+    if (c->was_ready)
+        log_lost(c, why);
+    else
+        log_connect_failed(c, why); /* e.g. a peer that accepts but never answers */
     c->ac = NULL;
     c->connected = false;
     c->sha_ok = false;
@@ -666,7 +668,7 @@ bool redis_client_ready(const redis_client_t *c)
 /* Commands that change the connection's reply protocol would break the in-order FIFO. */
 static bool unsupported(const char *cmd, size_t len)
 {
-    static const char *const names[] = {"subscribe",  "psubscribe",   "ssubscribe", "unsubscribe",
+    static const char *const names[] = {"subscribe",    "psubscribe",   "ssubscribe", "unsubscribe",
                                         "punsubscribe", "sunsubscribe", "monitor"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (strlen(names[i]) == len && strncasecmp(cmd, names[i], len) == 0)

@@ -38,9 +38,15 @@ fi
 
 [ "$build" -eq 1 ] || exit 0
 jobs=$(nproc 2>/dev/null || echo 2)
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build -j"$jobs"
-if [ "$asan" -eq 1 ]; then
-  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DSANITIZE=ON >/dev/null
-  cmake --build build-asan -j"$jobs"
-fi
+build_dir() { # dir cmake-args...
+  local dir=$1; shift
+  mkdir -p "$dir"
+  if ! { cmake -S . -B "$dir" "$@" && cmake --build "$dir" -j"$jobs"; } >"$dir/setup.log" 2>&1; then
+    tail -n 60 "$dir/setup.log" >&2
+    echo "setup: build in $dir failed (full log: $dir/setup.log)" >&2
+    exit 1
+  fi
+  echo "setup: built $dir"
+}
+build_dir build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+[ "$asan" -eq 0 ] || build_dir build-asan -DCMAKE_BUILD_TYPE=Debug -DSANITIZE=ON

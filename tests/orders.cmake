@@ -11,3 +11,4 @@ target_link_libraries(orders-fill PRIVATE PkgConfig::NATS)
 set_target_properties(orders-fill PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR})
 
 add_snatch_py_test(test_subscriber integration/test_subscriber.py TIMEOUT 300)
+add_snatch_py_test(test_reconcile integration/test_reconcile.py TIMEOUT 240)

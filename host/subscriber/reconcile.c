@@ -6,6 +6,8 @@
  * leaves the entry, and the next pass republishes it again, which is harmless. */
 #include "reconcile.h"
 
+#include "orders.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,6 +94,29 @@ static int hscan(redisContext *rc, const char *key, scan_fn fn, void *data)
         freeReplyObject(r);
     } while (strcmp(cursor, "0") != 0);
     return 0;
+}
+
+/* The same stream the host creates (orders.c): reconciliation may run before any host did. */
+static int ensure_stream(jsCtx *js)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetStreamInfo(&si, js, ORDERS_STREAM, NULL, &jerr);
+    if (s == NATS_NOT_FOUND) {
+        jsStreamConfig cfg;
+        const char *subjects[] = {ORDERS_SUBJECT_PREFIX ">"};
+        jsStreamConfig_Init(&cfg);
+        cfg.Name = ORDERS_STREAM;
+        cfg.Subjects = subjects;
+        cfg.SubjectsLen = 1;
+        cfg.Storage = js_FileStorage;
+        cfg.Duplicates = (int64_t)ORDERS_DUPLICATES_WINDOW_MS * 1000000;
+        s = js_AddStream(&si, js, &cfg, NULL, &jerr);
+        if (s != NATS_OK && jerr == JSStreamNameExistErr)
+            s = NATS_OK;
+    }
+    jsStreamInfo_Destroy(si);
+    return s == NATS_OK ? 0 : -1;
 }
 
 /* Blocking publish of one order; 0 once JetStream acknowledged it (stored or duplicate). */
@@ -206,8 +231,10 @@ int reconcile_event(redisContext *rc, natsConnection *nc, store_t *st, const cha
     snprintf(row->event, sizeof(row->event), "%s", event);
     snprintf(orders_key, sizeof(orders_key), "{%s}:orders", event);
     snprintf(e.pending_key, sizeof(e.pending_key), "{%s}:pending", event);
-    if (nc != NULL && natsConnection_JetStream(&e.js, nc, NULL) != NATS_OK) {
-        snprintf(err, errlen, "%s: no JetStream context", event);
+    if (nc != NULL &&
+        (natsConnection_JetStream(&e.js, nc, NULL) != NATS_OK || ensure_stream(e.js) != 0)) {
+        snprintf(err, errlen, "%s: JetStream stream %s unavailable", event, ORDERS_STREAM);
+        jsCtx_Destroy(e.js);
         return -1;
     }
     if (read_meta(rc, event, row) != 0) {
@@ -282,7 +309,7 @@ int reconcile_pending(redisContext *rc, natsConnection *nc, int64_t older_than_m
     int result = -1;
     if (reconcile_list_events(rc, &events, &n) != 0)
         return -1;
-    if (natsConnection_JetStream(&js, nc, NULL) != NATS_OK)
+    if (natsConnection_JetStream(&js, nc, NULL) != NATS_OK || ensure_stream(js) != 0)
         goto out;
     for (size_t i = 0; i < n; i++) {
         pending_scan_t p = {.rc = rc, .js = js, .event = events[i],

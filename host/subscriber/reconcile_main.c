@@ -25,6 +25,7 @@ typedef struct config {
     size_t nevents;
     bool dry_run;
     int wait_s;
+    long long pending_ms; /* >= 0: only run reconcile_pending with this age */
 } config_t;
 
 static void usage(FILE *f)
@@ -41,6 +42,8 @@ static void usage(FILE *f)
             "  --dry-run          only report, republish nothing\n"
             "  --wait SECONDS     after republishing, poll SQLite up to SECONDS until the\n"
             "                     subscriber persisted every missing order\n"
+            "  --pending MS       only republish {E}:pending entries older than MS ms (what\n"
+            "                     the host's reconciliation thread does), print the count\n"
             "  -h, --help         this text\n"
             "Exit: 0 consistent, 1 orders missing or SQLite holds more than sold, 2 usage,\n"
             "3 Redis/NATS/SQLite failure.\n");
@@ -52,11 +55,13 @@ static int parse_args(int argc, char **argv, config_t *c)
         {"redis", required_argument, NULL, 'r'}, {"nats", required_argument, NULL, 'n'},
         {"db", required_argument, NULL, 'd'},    {"event", required_argument, NULL, 'e'},
         {"dry-run", no_argument, NULL, 'x'},     {"wait", required_argument, NULL, 'w'},
-        {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
+        {"pending", required_argument, NULL, 'p'}, {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     int ch;
     const char *colon;
     memset(c, 0, sizeof(*c));
+    c->pending_ms = -1;
     while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (ch) {
         case 'r':
@@ -77,12 +82,13 @@ static int parse_args(int argc, char **argv, config_t *c)
             break;
         case 'x': c->dry_run = true; break;
         case 'w': c->wait_s = atoi(optarg); break;
+        case 'p': c->pending_ms = atoll(optarg); break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return -1;
         }
     }
-    if (c->redis_port == 0 || c->db == NULL || (!c->dry_run && c->nats == NULL) ||
-        optind != argc) {
+    if (c->redis_port == 0 || (c->db == NULL && c->pending_ms < 0) ||
+        (!c->dry_run && c->nats == NULL) || (c->dry_run && c->pending_ms >= 0) || optind != argc) {
         usage(stderr);
         return -1;
     }
@@ -155,6 +161,12 @@ int main(int argc, char **argv)
     redisSetTimeout(rc, tv);
     if (!c.dry_run && natsConnection_ConnectTo(&nc, c.nats) != NATS_OK) {
         fprintf(stderr, "reconcile: NATS %s: %s\n", c.nats, nats_GetLastError(NULL));
+        goto out;
+    }
+    if (c.pending_ms >= 0) {
+        int done = reconcile_pending(rc, nc, c.pending_ms, 0);
+        printf("republished %d pending orders\n", done < 0 ? 0 : done);
+        status = done < 0 ? 3 : 0;
         goto out;
     }
     if (store_open(&st, c.db, STORE_SYNC_NORMAL, err, sizeof(err)) != 0) {

@@ -85,8 +85,8 @@ static int start_redis(void)
             dup2(devnull, 2);
         }
         execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "no", "--daemonize", "no", "--enable-debug-command", "yes",
-               "--dir", redis_dir, (char *)NULL);
+               "--appendonly", "no", "--daemonize", "no", "--enable-debug-command", "yes", "--dir",
+               redis_dir, (char *)NULL);
         _exit(127);
     }
     redis_pid = pid;
@@ -232,8 +232,7 @@ static void close_and_drain(redis_client_t *c)
 static redis_client_t *start_client(const char *script, uint64_t timeout_ms)
 {
     redis_client_t *c = NULL;
-    assert_int_equal(redis_client_start(&c, &loop, "127.0.0.1", redis_port, script, timeout_ms),
-                     0);
+    assert_int_equal(redis_client_start(&c, &loop, "127.0.0.1", redis_port, script, timeout_ms), 0);
     assert_non_null(c);
     assert_true(run_until(is_ready, c, 5000));
     return c;
@@ -751,7 +750,8 @@ static void test_silent_server(void **state)
     (void)state;
     int port = free_port();
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)port),
                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     assert_true(fd >= 0);
     assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);

@@ -1,0 +1,137 @@
+"""snatch-reconcile against real redis-server, nats-server and snatch-subscriber. Orders are
+minted by lua/deduct.lua itself (EVAL), as the host would, but never published: reconciliation
+must find them missing, republish them so that they land in SQLite exactly once, clear their
+pending entries, and report with the right exit status."""
+import os
+import subprocess
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (SOURCE_DIR, NatsServer, RedisServer, Subscriber, TempDir, binary,  # noqa: E402
+                     wait_until)
+
+with open(os.path.join(SOURCE_DIR, "lua", "deduct.lua")) as f:
+    DEDUCT = f.read()
+
+
+class ReconcileTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = TempDir()
+        self.redis = RedisServer(self.tmp.path).start()
+        self.nats = NatsServer(self.tmp.path).start()
+        self.sub = Subscriber(self.tmp.path, self.nats.url).start()
+        # The subscriber creates the schema; reconcile may run before the first order arrives.
+        wait_until(lambda: os.path.exists(self.sub.db), 10, what="database file")
+
+    def tearDown(self):
+        self.sub.kill9()
+        self.nats.stop()
+        self.redis.stop()
+        self.tmp.cleanup()
+
+    def create_event(self, event, stock):
+        r = self.redis
+        r.cmd("HSET", "{%s}:meta" % event, "stock", stock, "sold", 0, "limit", 5, "gen", 1,
+              "seq", 0)
+        r.cmd("SADD", "snatch:events", event)
+
+    def sell(self, event, user, qty=1):
+        keys = ["{%s}:%s" % (event, k) for k in ("meta", "users", "orders", "uorders", "pending")]
+        reply = self.redis.cmd("EVAL", DEDUCT, 5, *keys, event, user, qty, "h1")
+        self.assertEqual(reply[0], "ok", reply)
+        return reply[1]
+
+    def reconcile(self, *args):
+        argv = [binary("snatch-reconcile"), "--redis", "127.0.0.1:%d" % self.redis.port,
+                "--nats", self.nats.url, "--db", self.sub.db] + list(args)
+        p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        return p.returncode, p.stdout.decode()
+
+    def row(self, out, event):
+        for line in out.splitlines():
+            f = line.split()
+            if f and f[0] == event:
+                return dict(zip(["stock", "sold", "orders", "rows", "missing", "republished",
+                                 "extra"], map(int, f[1:8])))
+        self.fail("no row for %s in:\n%s" % (event, out))
+
+    def test_republishes_missing_once(self):
+        self.create_event("ev1", 50)
+        self.create_event("ev2", 10)
+        ids = [self.sell("ev1", "u%d" % i) for i in range(30)]
+        self.sell("ev2", "a", 2)
+        self.assertEqual(self.redis.cmd("HLEN", "{ev1}:pending"), 30)
+
+        code, out = self.reconcile("--dry-run")
+        self.assertEqual(code, 1, out)
+        self.assertEqual(self.row(out, "ev1"),
+                         dict(stock=50, sold=30, orders=30, rows=0, missing=30, republished=0,
+                              extra=0))
+        self.assertEqual(self.row(out, "ev2")["sold"], 2)
+        self.assertEqual(self.redis.cmd("HLEN", "{ev1}:pending"), 30)
+
+        code, out = self.reconcile("--event", "ev1", "--wait", "30")
+        self.assertEqual(code, 0, out)
+        self.assertEqual(self.row(out, "ev1")["republished"], 30)
+        self.assertNotIn("ev2", out)
+        self.assertEqual(self.redis.cmd("HLEN", "{ev1}:pending"), 0)
+        self.assertEqual(self.sub.rows("ev1"), 30)
+        stored = [r[0] for r in self.sub.query("SELECT order_id FROM orders WHERE event='ev1' "
+                                               "ORDER BY order_id")]
+        self.assertEqual(stored, sorted(ids))
+
+        # Everything, twice: nothing missing for ev1, ev2 republished; still one row per order.
+        code, out = self.reconcile("--wait", "30")
+        self.assertEqual(code, 0, out)
+        self.assertEqual(self.row(out, "ev1")["republished"], 0)
+        self.assertEqual(self.row(out, "ev2")["republished"], 1)
+        code, out = self.reconcile("--wait", "30")
+        self.assertEqual(code, 0, out)
+        self.assertEqual(self.sub.rows(), 31)
+        self.assertEqual(self.sub.query("SELECT count(DISTINCT order_id) FROM orders")[0][0], 31)
+
+    def test_oversold_sqlite_fails(self):
+        self.create_event("ev3", 5)
+        self.sell("ev3", "u1")
+        code, out = self.reconcile("--wait", "30")
+        self.assertEqual(code, 0, out)
+        self.sub.stop()
+        import sqlite3
+        con = sqlite3.connect(self.sub.db)
+        con.execute("INSERT INTO orders VALUES('9999999999999-0000000099-ev3','ev3','x',3,"
+                    "'h9',0,'{}')")
+        con.commit()
+        con.close()
+        code, out = self.reconcile("--dry-run")
+        self.assertEqual(code, 1, out)
+        self.assertEqual(self.row(out, "ev3")["extra"], 1)
+
+    def test_pending_pass(self):
+        self.create_event("ev4", 20)
+        ids = [self.sell("ev4", "u%d" % i) for i in range(5)]
+        code, out = self.reconcile("--pending", "3600000")  # all younger than an hour: skipped
+        self.assertEqual(code, 0, out)
+        self.assertIn("republished 0 pending", out)
+        self.assertEqual(self.redis.cmd("HLEN", "{ev4}:pending"), 5)
+        time.sleep(0.05)
+        code, out = self.reconcile("--pending", "0")
+        self.assertEqual(code, 0, out)
+        self.assertIn("republished 5 pending", out)
+        self.assertEqual(self.redis.cmd("HLEN", "{ev4}:pending"), 0)
+        wait_until(lambda: self.sub.rows("ev4") == 5, 20, what="5 rows")
+        self.assertEqual(sorted(r[0] for r in self.sub.query("SELECT order_id FROM orders")),
+                         sorted(ids))
+
+    def test_unreachable_and_usage(self):
+        code, _ = self.reconcile("--dry-run", "--bogus")
+        self.assertEqual(code, 2)
+        p = subprocess.run([binary("snatch-reconcile"), "--redis", "127.0.0.1:1", "--dry-run",
+                            "--db", self.sub.db], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=30)
+        self.assertEqual(p.returncode, 3)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
