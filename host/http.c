@@ -437,7 +437,6 @@ void http_respond(http_request_t *req, int status, const char *content_type, con
     size_t cap = resp_size(content_type, text, r->is_head ? 0 : len);
     if (r == c->head) {
         /* The common case: no earlier answer outstanding, so build in place. */
-        fifo_drain(c);
         if (out_reserve(c, cap) != 0) {
             c->err_status = -1;
         } else {

@@ -128,7 +128,7 @@ static int publish_order(jsCtx *js, const char *event, const char *id, const cha
     jsPubAck *pa = NULL;
     jsPubOptions po;
     natsStatus s;
-    if (snprintf(subject, sizeof(subject), "orders.%s", event) >= (int)sizeof(subject))
+    if (snprintf(subject, sizeof(subject), ORDERS_SUBJECT_PREFIX "%s", event) >= (int)sizeof(subject))
         return -1;
     jsPubOptions_Init(&po);
     po.MsgId = id;

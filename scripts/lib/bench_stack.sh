@@ -8,11 +8,11 @@
 #   bench_stack_stop                  stops what bench_stack_start started (by PID), removes the dir
 #   bench_event NAME STOCK [LIMIT]    creates or resets an event through the admin API
 # When scripts/lib/stack.sh (the project's starter) exists and defines stack_start, it is used
-# instead of the built-in starter, expected to export STACK_HTTP, STACK_TOKEN and STACK_DB.
+# instead of the built-in starter (its STACK_URL, STACK_TOKEN, STACK_DB are mapped to BENCH_*).
 # Binaries come from $BUILD_DIR (default build/, built with scripts/setup.sh when missing).
 
 BENCH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-BUILD_DIR="${BUILD_DIR:-$BENCH_ROOT/build}"
+BUILD_DIR="${BUILD_DIR:-${SNATCH_BUILD_DIR:-$BENCH_ROOT/build}}"
 BENCH_PIDS=()
 
 bench_free_port() {
@@ -51,8 +51,10 @@ bench_stack_start() {
         # shellcheck source=/dev/null
         source "$BENCH_ROOT/scripts/lib/stack.sh"
         if declare -F stack_start >/dev/null; then
-            stack_start
-            BENCH_HTTP="${STACK_HTTP:?stack.sh must export STACK_HTTP}"
+            STACK_BUILD="$BUILD_DIR"
+            bench_build
+            stack_start --threads "$threads" || return 1
+            BENCH_HTTP="${STACK_URL:?stack.sh must set STACK_URL}"
             BENCH_TOKEN="${STACK_TOKEN:?stack.sh must export STACK_TOKEN}"
             BENCH_DB="${STACK_DB:-}"
             BENCH_USES_STACK_SH=1
