@@ -82,12 +82,15 @@ struct conn {
     req_t *head, *tail; /* dispatched requests, oldest first */
     req_t *cur;         /* request being received */
     unsigned nfifo;
-    unsigned writes;    /* uv_write requests in flight */
-    char *out;          /* answers not yet handed to the kernel or to a uv_write */
+    unsigned writes; /* uv_write requests in flight */
+    char *out;       /* answers not yet handed to the kernel or to a uv_write */
     size_t out_len, out_cap;
     char *stash; /* unparsed input while paused */
     size_t stash_len;
-    const char *vexpect; /* where a header value's next piece must start, else it is folded */
+    /* Input being parsed, and whether a header value reached its end (so may go on at the start
+     * of the next input): any other further piece of the same value is an obs-fold. */
+    const char *feed_start, *feed_end;
+    bool vopen_now, vopen_next;
     size_t head_bytes;
     size_t body_bytes;
     int err_status; /* error answer to send once earlier answers are out, then close */
@@ -159,35 +162,64 @@ static void on_idle(uv_idle_t *h);
 const char *http_status_text(int status)
 {
     switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 304: return "Not Modified";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 410: return "Gone";
-    case 411: return "Length Required";
-    case 413: return "Payload Too Large";
-    case 415: return "Unsupported Media Type";
-    case 422: return "Unprocessable Entity";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Unknown";
+    case 100:
+        return "Continue";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 304:
+        return "Not Modified";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 410:
+        return "Gone";
+    case 411:
+        return "Length Required";
+    case 413:
+        return "Payload Too Large";
+    case 415:
+        return "Unsupported Media Type";
+    case 422:
+        return "Unprocessable Entity";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "Unknown";
     }
 }
 
@@ -454,8 +486,8 @@ void http_respond(http_request_t *req, int status, const char *content_type, con
         if (!r->resp) {
             c->err_status = -1;
         } else {
-            r->resp_len = resp_build(r->resp, status, text, content_type, body, len, r->is_head,
-                                     close, ka10);
+            r->resp_len =
+                resp_build(r->resp, status, text, content_type, body, len, r->is_head, close, ka10);
         }
         r->answered = true;
     }
@@ -487,17 +519,27 @@ static int conn_flush(conn_t *c)
         const char *body = ERR_400;
         size_t len = sizeof(ERR_400) - 1;
         switch (c->err_status) {
-        case 408: body = ERR_408, len = sizeof(ERR_408) - 1; break;
-        case 413: body = ERR_413, len = sizeof(ERR_413) - 1; break;
-        case 431: body = ERR_431, len = sizeof(ERR_431) - 1; break;
-        case 500: body = ERR_500, len = sizeof(ERR_500) - 1; break;
-        case 505: body = ERR_505, len = sizeof(ERR_505) - 1; break;
+        case 408:
+            body = ERR_408, len = sizeof(ERR_408) - 1;
+            break;
+        case 413:
+            body = ERR_413, len = sizeof(ERR_413) - 1;
+            break;
+        case 431:
+            body = ERR_431, len = sizeof(ERR_431) - 1;
+            break;
+        case 500:
+            body = ERR_500, len = sizeof(ERR_500) - 1;
+            break;
+        case 505:
+            body = ERR_505, len = sizeof(ERR_505) - 1;
+            break;
         }
         const char *text = http_status_text(c->err_status);
         if (out_reserve(c, resp_size("application/json", text, len)) != 0)
             return -1;
-        c->out_len += resp_build(c->out + c->out_len, c->err_status, text, "application/json",
-                                 body, len, false, true, false);
+        c->out_len += resp_build(c->out + c->out_len, c->err_status, text, "application/json", body,
+                                 len, false, true, false);
         c->err_sent = true;
     }
     if (c->out_len == 0)
@@ -896,10 +938,11 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
         if (resolve_name(c) != 0)
             return -1;
         c->hstate = HS_VALUE;
-    } else if (at != c->vexpect) {
+    } else if (!c->vopen_now || at != c->feed_start) {
         return bad(c); /* obsolete line folding: refused, as RFC 9112 allows */
     }
-    c->vexpect = at + len;
+    c->vopen_now = false;
+    c->vopen_next = at + len == c->feed_end;
     if (head_add(c, len) != 0)
         return -1;
     if (c->field == FIELD_SKIP)
@@ -914,12 +957,18 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
 static http_method_t map_method(unsigned m)
 {
     switch (m) {
-    case HTTP_GET: return HTTP_M_GET;
-    case HTTP_HEAD: return HTTP_M_HEAD;
-    case HTTP_POST: return HTTP_M_POST;
-    case HTTP_PUT: return HTTP_M_PUT;
-    case HTTP_DELETE: return HTTP_M_DELETE;
-    default: return HTTP_M_OTHER;
+    case HTTP_GET:
+        return HTTP_M_GET;
+    case HTTP_HEAD:
+        return HTTP_M_HEAD;
+    case HTTP_POST:
+        return HTTP_M_POST;
+    case HTTP_PUT:
+        return HTTP_M_PUT;
+    case HTTP_DELETE:
+        return HTTP_M_DELETE;
+    default:
+        return HTTP_M_OTHER;
     }
 }
 
@@ -1036,7 +1085,10 @@ static void conn_feed(conn_t *c, const char *data, size_t len)
             stash(c, data, len);
             break;
         }
-        c->vexpect = data;
+        c->feed_start = data;
+        c->feed_end = data + len;
+        c->vopen_now = c->vopen_next;
+        c->vopen_next = false;
         size_t n = http_parser_execute(&c->parser, &parser_settings, data, len);
         data += n;
         len -= n;

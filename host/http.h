@@ -45,7 +45,7 @@ typedef void (*http_handler_fn)(http_request_t *req);
 typedef struct http_config {
     size_t max_head_bytes;        /* request line + headers; beyond: 431 and close (default 8 KiB) */
     size_t max_body_bytes;        /* beyond: 413 and close (default 64 KiB) */
-    uint64_t header_timeout_ms;   /* a started request head must complete in time: 408 (10 s) */
+    uint64_t header_timeout_ms;   /* a started request (body too) must arrive in time: 408 (10 s) */
     uint64_t idle_timeout_ms;     /* keep-alive connection with nothing pending: close (60 s) */
     unsigned max_pipeline;        /* unanswered requests per connection before reading pauses (64) */
 } http_config_t;

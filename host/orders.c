@@ -36,18 +36,26 @@ typedef struct lane_slot {
     bool used;
 } lane_slot_t;
 
+/* What cnats's connection callbacks touch. cnats runs them on its own thread, possibly after
+ * natsConnection_Close returned, so this lives apart from the publisher and is freed by the
+ * closed callback, the last one cnats invokes for a connection. */
+typedef struct conn_state {
+    _Atomic bool connected;
+    _Atomic bool stream_ok;
+    _Atomic bool recheck; /* a (re)connect happened: verify the stream before accepting */
+    _Atomic bool stopping;
+} conn_state_t;
+
 struct orders_publisher {
     char *url;
     natsOptions *opts;
-    natsConnection *nc; /* written once by the thread, read after `ready` is seen */
-    _Atomic bool connected;
-    _Atomic bool stream_ok;
-    _Atomic bool stopping;
+    natsConnection *nc; /* written once by the thread, read after `have_nc` is seen */
+    conn_state_t *cs;
     _Atomic bool have_nc;
-    bool recheck; /* under mu: a reconnect happened, verify the stream again */
     uv_thread_t thread;
     uv_mutex_t mu;
     uv_cond_t cond;
+    bool stop; /* under mu */
     lane_slot_t slots[MAX_LANES];
 };
 
@@ -97,20 +105,17 @@ struct orders_lane {
 static void on_connected(natsConnection *nc, void *closure)
 {
     (void)nc;
-    orders_publisher_t *p = closure;
-    atomic_store(&p->connected, true);
-    uv_mutex_lock(&p->mu);
-    p->recheck = true;
-    uv_cond_signal(&p->cond);
-    uv_mutex_unlock(&p->mu);
+    conn_state_t *cs = closure;
+    atomic_store(&cs->connected, true);
+    atomic_store(&cs->recheck, true);
 }
 
 static void on_disconnected(natsConnection *nc, void *closure)
 {
     (void)nc;
-    orders_publisher_t *p = closure;
-    atomic_store(&p->connected, false);
-    if (!atomic_load(&p->stopping))
+    conn_state_t *cs = closure;
+    atomic_store(&cs->connected, false);
+    if (!atomic_load(&cs->stopping))
         fprintf(stderr, "orders: disconnected from NATS\n");
 }
 
@@ -118,8 +123,8 @@ static void on_reconnected(natsConnection *nc, void *closure)
 {
     /* The server may have come back with empty storage: the stream is checked again before
      * publishes are accepted, so none is lost to "no responders". */
-    orders_publisher_t *p = closure;
-    atomic_store(&p->stream_ok, false);
+    conn_state_t *cs = closure;
+    atomic_store(&cs->stream_ok, false);
     fprintf(stderr, "orders: reconnected to NATS\n");
     on_connected(nc, closure);
 }
@@ -127,8 +132,7 @@ static void on_reconnected(natsConnection *nc, void *closure)
 static void on_closed(natsConnection *nc, void *closure)
 {
     (void)nc;
-    orders_publisher_t *p = closure;
-    atomic_store(&p->connected, false);
+    free(closure);
 }
 
 /* Blocking: the publisher thread only. */
@@ -164,41 +168,45 @@ static int ensure_stream(natsConnection *nc)
     return s == NATS_OK ? 0 : -1;
 }
 
+/* Sleeps up to ms, less when a stop is requested or a reconnect asks for a stream check (the
+ * callbacks cannot signal us: they must not touch the publisher, so we poll their flag). */
 static void wait_ms(orders_publisher_t *p, uint64_t ms)
 {
-    uv_mutex_lock(&p->mu);
-    if (!atomic_load(&p->stopping) && !p->recheck)
-        uv_cond_timedwait(&p->cond, &p->mu, ms * 1000000ULL);
-    uv_mutex_unlock(&p->mu);
+    for (uint64_t waited = 0; waited < ms && !atomic_load(&p->cs->recheck); waited += 50) {
+        uv_mutex_lock(&p->mu);
+        if (!p->stop)
+            uv_cond_timedwait(&p->cond, &p->mu, 50 * 1000000ULL);
+        bool stop = p->stop;
+        uv_mutex_unlock(&p->mu);
+        if (stop)
+            return;
+    }
 }
 
 static void publisher_thread(void *arg)
 {
     orders_publisher_t *p = arg;
+    conn_state_t *cs = p->cs;
     uint64_t backoff = ENSURE_BACKOFF_MIN_MS;
     natsStatus s = natsConnection_Connect(&p->nc, p->opts);
-    if (s == NATS_OK) {
-        atomic_store(&p->connected, true);
-    } else if (s != NATS_NOT_YET_CONNECTED) {
+    if (s != NATS_OK && s != NATS_NOT_YET_CONNECTED) {
         fprintf(stderr, "orders: cannot connect to %s: %s\n", p->url, natsStatus_GetText(s));
         goto out;
     }
     atomic_store(&p->have_nc, true);
-    while (!atomic_load(&p->stopping)) {
-        uv_mutex_lock(&p->mu);
-        p->recheck = false;
-        uv_mutex_unlock(&p->mu);
+    while (!atomic_load(&cs->stopping)) {
+        atomic_store(&cs->recheck, false);
         /* Callbacks can race with the initial connect: the library's status is the truth. */
-        atomic_store(&p->connected, natsConnection_Status(p->nc) == NATS_CONN_STATUS_CONNECTED);
-        if (atomic_load(&p->connected) && !atomic_load(&p->stream_ok)) {
-            if (ensure_stream(p->nc) == 0) {
-                atomic_store(&p->stream_ok, true);
-                backoff = ENSURE_BACKOFF_MIN_MS;
-            } else {
+        atomic_store(&cs->connected,
+                     natsConnection_Status(p->nc) == NATS_CONN_STATUS_CONNECTED);
+        if (atomic_load(&cs->connected) && !atomic_load(&cs->stream_ok)) {
+            if (ensure_stream(p->nc) != 0) {
                 wait_ms(p, backoff);
                 backoff = backoff * 2 > ENSURE_BACKOFF_MAX_MS ? ENSURE_BACKOFF_MAX_MS : backoff * 2;
                 continue;
             }
+            atomic_store(&cs->stream_ok, true);
+            backoff = ENSURE_BACKOFF_MIN_MS;
         }
         wait_ms(p, RESYNC_MS);
     }
@@ -217,13 +225,13 @@ static int set_options(orders_publisher_t *p)
     if (s == NATS_OK)
         s = natsOptions_SetReconnectWait(o, RECONNECT_WAIT_MS);
     if (s == NATS_OK)
-        s = natsOptions_SetRetryOnFailedConnect(o, true, on_connected, p);
+        s = natsOptions_SetRetryOnFailedConnect(o, true, on_connected, p->cs);
     if (s == NATS_OK)
-        s = natsOptions_SetDisconnectedCB(o, on_disconnected, p);
+        s = natsOptions_SetDisconnectedCB(o, on_disconnected, p->cs);
     if (s == NATS_OK)
-        s = natsOptions_SetReconnectedCB(o, on_reconnected, p);
+        s = natsOptions_SetReconnectedCB(o, on_reconnected, p->cs);
     if (s == NATS_OK)
-        s = natsOptions_SetClosedCB(o, on_closed, p);
+        s = natsOptions_SetClosedCB(o, on_closed, p->cs);
     if (s != NATS_OK) {
         natsOptions_Destroy(o);
         return -1;
@@ -237,7 +245,7 @@ int orders_publisher_start(orders_publisher_t **out, const char *url, char *err,
     orders_publisher_t *p = calloc(1, sizeof(*p));
     int slots = 0;
     *out = NULL;
-    if (p == NULL || (p->url = strdup(url)) == NULL) {
+    if (p == NULL || (p->url = strdup(url)) == NULL || (p->cs = calloc(1, sizeof(*p->cs))) == NULL) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
@@ -264,6 +272,7 @@ fail:
     if (p != NULL) {
         natsOptions_Destroy(p->opts);
         free(p->url);
+        free(p->cs);
     }
     free(p);
     return -1;
@@ -272,24 +281,28 @@ fail:
 bool orders_publisher_ready(const orders_publisher_t *p)
 {
     orders_publisher_t *q = (orders_publisher_t *)p;
-    return p != NULL && atomic_load(&q->have_nc) && atomic_load(&q->connected) &&
-           atomic_load(&q->stream_ok);
+    return p != NULL && atomic_load(&q->have_nc) && atomic_load(&q->cs->connected) &&
+           atomic_load(&q->cs->stream_ok);
 }
 
 void orders_publisher_stop(orders_publisher_t *p, int64_t timeout_ms)
 {
     if (p == NULL)
         return;
+    atomic_store(&p->cs->stopping, true);
     uv_mutex_lock(&p->mu);
-    atomic_store(&p->stopping, true);
+    p->stop = true;
     uv_cond_signal(&p->cond);
     uv_mutex_unlock(&p->mu);
     uv_thread_join(&p->thread);
     if (p->nc != NULL) {
-        if (atomic_load(&p->connected) && timeout_ms > 0)
+        if (atomic_load(&p->cs->connected) && timeout_ms > 0)
             natsConnection_FlushTimeout(p->nc, timeout_ms);
+        /* From here on cs belongs to the callbacks: on_closed frees it. */
         natsConnection_Close(p->nc);
         natsConnection_Destroy(p->nc);
+    } else {
+        free(p->cs); /* no connection, no callbacks */
     }
     natsOptions_Destroy(p->opts);
     for (int i = 0; i < MAX_LANES; i++)

@@ -29,6 +29,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
@@ -47,6 +48,7 @@
 #define MAX_CODES 64        /* distinct error codes counted per thread */
 #define CODE_LEN 48
 #define SWEEP_MS 20
+#define TICK_NS 200000 /* open-loop scheduling step: adds at most this to measured latency */
 #define RECONNECT_BACKOFF_NS (100 * 1000000ull)
 
 /* ---- configuration --------------------------------------------------------------------- */
@@ -144,7 +146,9 @@ typedef struct conn {
 
 typedef struct worker {
     uv_loop_t loop;
-    uv_timer_t sweep, tick;
+    uv_timer_t sweep;
+    uv_poll_t tick;     /* on a timerfd: libuv timers only have millisecond steps */
+    int tick_fd;
     uv_thread_t thread;
     unsigned id;
     bool loop_ok;
@@ -733,14 +737,20 @@ static void on_sweep(uv_timer_t *t)
 }
 
 /* Open loop: schedules every request whose time has come, then hands them to free conns. */
-static void on_tick(uv_timer_t *t)
+static void on_tick(uv_poll_t *t, int status, int events)
 {
+    (void)status;
+    (void)events;
     worker_t *w = container_of(t, worker_t, tick);
+    uint64_t expirations;
+    if (read(w->tick_fd, &expirations, sizeof(expirations)) < 0 && errno != EAGAIN)
+        return;
     uint64_t now = ns_now();
     if (cfg.duration_s > 0 && now >= w->end_ns)
         set_stopping(w, now, true);
     if (!w->stopping) {
-        uint64_t due = (uint64_t)((double)(now - g_start_ns) * w->rate / 1e9);
+        /* Request k is due at start + k / rate: at time t, floor(t * rate) + 1 are due. */
+        uint64_t due = (uint64_t)((double)(now - g_start_ns) * w->rate / 1e9) + 1;
         while (w->scheduled < due) {
             if (cfg.requests && atomic_fetch_add(&g_claimed, 1) >= cfg.requests) {
                 set_stopping(w, now, false);
@@ -769,8 +779,10 @@ static void worker_main(void *arg)
     uv_timer_init(&w->loop, &w->sweep);
     uv_timer_start(&w->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
     if (cfg.rate > 0) {
-        uv_timer_init(&w->loop, &w->tick);
-        uv_timer_start(&w->tick, on_tick, 1, 1);
+        struct itimerspec its = {{0, TICK_NS}, {0, TICK_NS}};
+        timerfd_settime(w->tick_fd, 0, &its, NULL);
+        uv_poll_init(&w->loop, &w->tick, w->tick_fd);
+        uv_poll_start(&w->tick, UV_READABLE, on_tick);
     }
     for (unsigned i = 0; i < w->nconns; i++)
         conn_connect(&w->conns[i]);
@@ -786,6 +798,9 @@ static int worker_init(worker_t *w, unsigned id, unsigned first, unsigned n)
     if (!w->rng)
         w->rng = 1;
     w->rate = cfg.rate / cfg.threads;
+    w->tick_fd = -1;
+    if (cfg.rate > 0 && (w->tick_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK)) < 0)
+        return -errno;
     if (uv_loop_init(&w->loop) < 0)
         return -ENOMEM;
     w->loop_ok = true;
@@ -819,6 +834,8 @@ static void worker_free(worker_t *w)
     oracle_free(w->oracle);
     if (w->loop_ok)
         uv_loop_close(&w->loop);
+    if (w->tick_fd >= 0)
+        close(w->tick_fd);
 }
 
 /* ---- URLs and the request template ------------------------------------------------------- */

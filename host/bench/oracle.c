@@ -109,7 +109,8 @@ int oracle_merge(oracle_t *dst, oracle_t *src)
     if (reserve(dst, src->n, src->used) < 0)
         return -ENOMEM;
     size_t base = dst->used;
-    memcpy(dst->arena + base, src->arena, src->used);
+    if (src->used > 0) /* an empty recorder has no arena: memcpy(NULL) is undefined */
+        memcpy(dst->arena + base, src->arena, src->used);
     dst->used += src->used;
     for (size_t i = 0; i < src->n; i++) {
         entry_t e = src->v[i];

@@ -33,6 +33,7 @@ class PatternServer:
         self.count = 0
         self.sold = 0
         self.users = []
+        self.peers = set()
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -59,7 +60,8 @@ class PatternServer:
 
     def accept_loop(self):
         while self.running:
-            conn, _ = self.sock.accept()
+            conn, peer = self.sock.accept()
+            self.peers.add(peer[0])
             if not self.running:
                 conn.close()
                 break
@@ -204,6 +206,16 @@ class BenchTest(unittest.TestCase):
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertEqual(sorted(s.users), sorted("u%d" % i for i in range(1000, 1030)))
 
+    def test_open_loop_and_sources(self):
+        s = self.server()
+        p, r = run_bench(["-c", "6", "-n", "200", "--rate", "2000", "--pipeline", "2",
+                          "--source", "1-3", "-m", "POST", s.url()])
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertEqual(r["answers"], 200)
+        self.assertEqual(r["status"], {"200": 134, "409": 66})
+        self.assertEqual(r["unsent"], 0)
+        self.assertEqual(s.peers, {"127.0.0.1", "127.0.0.2", "127.0.0.3"})
+
     def test_duplicate_order_ids_fail(self):
         s = self.server(duplicate_ids=True)
         p, r = run_bench(["-c", "2", "-n", "30", "--check", s.url()])
@@ -215,7 +227,7 @@ class BenchTest(unittest.TestCase):
         s = self.server(close_every=0)
         p, r = run_bench(["-c", "2", "-n", "60", "--users", "3", "--check", s.url()])
         self.assertEqual(p.returncode, 1, p.stdout)
-        self.assertRegex(p.stdout, r"oracle: FAIL buyers over limit: [1-3]\n")
+        self.assertRegex(p.stdout, r"oracle: FAIL buyers over limit: [1-3]\n", p.stderr)
         self.assertEqual(r["oracle"]["distinct_ids"], 40)
 
     def test_event_url(self):

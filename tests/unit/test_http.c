@@ -91,12 +91,11 @@ static void handler(http_request_t *req)
     }
     if (strcmp(req->path, "/echo") == 0) {
         /* %s on every field checks that each is NUL-terminated at its length. */
-        bool terminated = strlen(req->path) == req->path_len &&
-                          strlen(req->query) == req->query_len &&
-                          (!req->user_id || strlen(req->user_id) == req->user_id_len) &&
-                          (!req->authorization ||
-                           strlen(req->authorization) == req->authorization_len) &&
-                          req->body[req->body_len] == '\0';
+        bool terminated =
+            strlen(req->path) == req->path_len && strlen(req->query) == req->query_len &&
+            (!req->user_id || strlen(req->user_id) == req->user_id_len) &&
+            (!req->authorization || strlen(req->authorization) == req->authorization_len) &&
+            req->body[req->body_len] == '\0';
         char buf[2048];
         int n = snprintf(buf, sizeof(buf), "m=%d|p=%s|q=%s|u=%s|a=%s|b=%.*s|peer=%s",
                          (int)req->method, req->path, req->query, or_null(req->user_id),
@@ -352,101 +351,241 @@ typedef struct {
 #define ECHO_PEER "|peer=127.0.0.1"
 
 static const http_case_t cases[] = {
-    {"simple GET", "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n", false, false, 0,
+    {"simple GET",
+     "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n",
+     false,
+     false,
+     0,
      {{200, "/hello", "Content-Type: text/plain\r\nContent-Length: 6\r\n\r\n"}}},
-    {"leading CRLF and bare LF", "\r\nGET /lf HTTP/1.1\nHost: x\n\n", false, false, 0,
+    {"leading CRLF and bare LF",
+     "\r\nGET /lf HTTP/1.1\nHost: x\n\n",
+     false,
+     false,
+     0,
      {{200, "/lf"}}},
-    {"pipelined, delayed answers first", "GET /delay/150 HTTP/1.1\r\n\r\nGET /a HTTP/1.1\r\n\r\n"
+    {"pipelined, delayed answers first",
+     "GET /delay/150 HTTP/1.1\r\n\r\nGET /a HTTP/1.1\r\n\r\n"
      "GET /delay/40 HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\nGET /delay/1 HTTP/1.1\r\n\r\n",
-     false, false, 0,
+     false,
+     false,
+     0,
      {{200, "/delay/150"}, {200, "/a"}, {200, "/delay/40"}, {200, "/b"}, {200, "/delay/1"}}},
-    {"byte by byte", "POST /echo?x=1&y=2 HTTP/1.1\r\nX-User-Id: u-17\r\nAuthorization: Bearer t\r\n"
-     "Content-Length: 5\r\n\r\nhello", true, false, 0,
+    {"byte by byte",
+     "POST /echo?x=1&y=2 HTTP/1.1\r\nX-User-Id: u-17\r\nAuthorization: Bearer t\r\n"
+     "Content-Length: 5\r\n\r\nhello",
+     true,
+     false,
+     0,
      {{200, "m=3|p=/echo|q=x=1&y=2|u=u-17|a=Bearer t|b=hello" ECHO_PEER}}},
     {"fields, case-insensitive names, trailing spaces",
      "PUT /echo HTTP/1.1\r\nx-USER-id:   bob  \r\nAUTHORIZATION:Basic YQ==\r\nContent-Length: 3"
-     "\r\n\r\nabc", false, false, 0,
+     "\r\n\r\nabc",
+     false,
+     false,
+     0,
      {{200, "m=4|p=/echo|q=|u=bob|a=Basic YQ==|b=abc" ECHO_PEER}}},
-    {"absent fields", "GET /echo HTTP/1.1\r\n\r\n", false, false, 0,
+    {"absent fields",
+     "GET /echo HTTP/1.1\r\n\r\n",
+     false,
+     false,
+     0,
      {{200, "m=1|p=/echo|q=|u=(null)|a=(null)|b=" ECHO_PEER}}},
-    {"empty query and fragment", "DELETE /echo?#frag HTTP/1.1\r\n\r\n", false, false, 0,
+    {"empty query and fragment",
+     "DELETE /echo?#frag HTTP/1.1\r\n\r\n",
+     false,
+     false,
+     0,
      {{200, "m=5|p=/echo|q=|u=(null)|a=(null)|b=" ECHO_PEER}}},
-    {"chunked body", "POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
-     "2\r\nde\r\n0\r\nX-Trailer: 1\r\n\r\n", false, false, 0,
+    {"chunked body",
+     "POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+     "2\r\nde\r\n0\r\nX-Trailer: 1\r\n\r\n",
+     false,
+     false,
+     0,
      {{200, "m=3|p=/echo|q=|u=(null)|a=(null)|b=abcde" ECHO_PEER}}},
-    {"HEAD has no body", "HEAD /xyz HTTP/1.1\r\n\r\nGET /after HTTP/1.1\r\n\r\n", false, false, 0,
+    {"HEAD has no body",
+     "HEAD /xyz HTTP/1.1\r\n\r\nGET /after HTTP/1.1\r\n\r\n",
+     false,
+     false,
+     0,
      {{200, NULL, "Content-Length: 4\r\n", true}, {200, "/after"}}},
-    {"other method", "OPTIONS /echo HTTP/1.1\r\n\r\n", false, false, 0,
+    {"other method",
+     "OPTIONS /echo HTTP/1.1\r\n\r\n",
+     false,
+     false,
+     0,
      {{200, "m=0|p=/echo|q=|u=(null)|a=(null)|b=" ECHO_PEER}}},
-    {"HTTP/1.0 closes", "GET /x HTTP/1.0\r\n\r\nGET /never HTTP/1.0\r\n\r\n", false, true, 0,
+    {"HTTP/1.0 closes",
+     "GET /x HTTP/1.0\r\n\r\nGET /never HTTP/1.0\r\n\r\n",
+     false,
+     true,
+     0,
      {{200, "/x", "Connection: close"}}},
-    {"HTTP/1.0 keep-alive", "GET /x HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
-     "GET /y HTTP/1.0\r\n\r\n", false, true, 0,
+    {"HTTP/1.0 keep-alive",
+     "GET /x HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+     "GET /y HTTP/1.0\r\n\r\n",
+     false,
+     true,
+     0,
      {{200, "/x", "Connection: keep-alive"}, {200, "/y", "Connection: close"}}},
-    {"Connection: close", "GET /a HTTP/1.1\r\nConnection: close\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
-     false, true, 0, {{200, "/a", "Connection: close"}}},
-    {"pipelined then garbage", "GET /delay/30 HTTP/1.1\r\n\r\nGET /a HTTP/1.1\r\n\r\n\x01garbage",
-     false, true, 400, {{200, "/delay/30"}, {200, "/a"}, {400, NULL, "Connection: close"}}},
-    {"garbage", "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", false, true, 400,
+    {"Connection: close",
+     "GET /a HTTP/1.1\r\nConnection: close\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+     false,
+     true,
+     0,
+     {{200, "/a", "Connection: close"}}},
+    {"pipelined then garbage",
+     "GET /delay/30 HTTP/1.1\r\n\r\nGET /a HTTP/1.1\r\n\r\n\x01garbage",
+     false,
+     true,
+     400,
+     {{200, "/delay/30"}, {200, "/a"}, {400, NULL, "Connection: close"}}},
+    {"garbage",
+     "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+     false,
+     true,
+     400,
      {{400, "{\"error\":\"bad_request\",\"detail\":\"malformed request\"}"}}},
     {"unknown method", "FROB / HTTP/1.1\r\n\r\n", false, true, 400, {{400, NULL}}},
     {"bad version syntax", "GET / HTTP/1.x\r\n\r\n", false, true, 400, {{400, NULL}}},
-    {"431 long header", "GET / HTTP/1.1\r\nX-Long: "
+    {"431 long header",
+     "GET / HTTP/1.1\r\nX-Long: "
      "0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567"
      "0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567"
      "0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567"
      "0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567"
      "0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567"
      "0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567"
-     "\r\n\r\n", false, true, 431, {{431, "{\"error\":\"header_too_large\"}"}}},
-    {"413 content-length", "POST /echo HTTP/1.1\r\nContent-Length: 1000\r\n\r\n", false, true,
-     413, {{413, "{\"error\":\"body_too_large\"}"}}},
-    {"413 chunked", "POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nc8\r\n" D100 D100
-     "\r\n64\r\n" D100 "\r\n0\r\n\r\n", false, true, 413, {{413, NULL}}},
-    {"chunked at the limit", "POST /delay/1 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nc8\r\n"
-     D100 D100 "\r\n38\r\n" D10 D10 D10 D10 D10 "012345\r\n0\r\n\r\n", false, false, 0,
+     "\r\n\r\n",
+     false,
+     true,
+     431,
+     {{431, "{\"error\":\"header_too_large\"}"}}},
+    {"413 content-length",
+     "POST /echo HTTP/1.1\r\nContent-Length: 1000\r\n\r\n",
+     false,
+     true,
+     413,
+     {{413, "{\"error\":\"body_too_large\"}"}}},
+    {"413 chunked",
+     "POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nc8\r\n" D100 D100 "\r\n64\r\n" D100
+     "\r\n0\r\n\r\n",
+     false,
+     true,
+     413,
+     {{413, NULL}}},
+    {"chunked at the limit",
+     "POST /delay/1 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nc8\r\n" D100 D100
+     "\r\n38\r\n" D10 D10 D10 D10 D10 "012345\r\n0\r\n\r\n",
+     false,
+     false,
+     0,
      {{200, "/delay/1"}}},
-    {"body at the limit", "POST /echo HTTP/1.1\r\nContent-Length: 0\r\n\r\n", false, false, 0,
+    {"body at the limit",
+     "POST /echo HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+     false,
+     false,
+     0,
      {{200, "m=3|p=/echo|q=|u=(null)|a=(null)|b=" ECHO_PEER}}},
-    {"CL + TE", "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
-     "0\r\n\r\n", false, true, 400, {{400, NULL}}},
-    {"TE + CL", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
-     "0\r\n\r\n", false, true, 400, {{400, NULL}}},
-    {"two Content-Lengths", "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
-     "ab", false, true, 400, {{400, NULL}}},
-    {"two equal Content-Lengths", "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n"
-     "\r\na", false, true, 400, {{400, NULL}}},
-    {"two Transfer-Encodings", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
-     "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", false, true, 400, {{400, NULL}}},
-    {"TE not plain chunked", "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
-     "0\r\n\r\n", false, true, 400, {{400, NULL}}},
-    {"TE identity", "POST / HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n", false, true, 400,
+    {"CL + TE",
+     "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+     "0\r\n\r\n",
+     false,
+     true,
+     400,
      {{400, NULL}}},
-    {"space before colon", "POST / HTTP/1.1\r\nContent-Length : 1\r\n\r\na", false, true, 400,
+    {"TE + CL",
+     "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+     "0\r\n\r\n",
+     false,
+     true,
+     400,
      {{400, NULL}}},
-    {"obs-fold", "GET / HTTP/1.1\r\nX-User-Id: a\r\n b\r\n\r\n", false, true, 400,
+    {"two Content-Lengths",
+     "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+     "ab",
+     false,
+     true,
+     400,
      {{400, NULL}}},
-    {"two user ids", "GET / HTTP/1.1\r\nX-User-Id: a\r\nX-User-Id: b\r\n\r\n", false, true, 400,
+    {"two equal Content-Lengths",
+     "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n"
+     "\r\na",
+     false,
+     true,
+     400,
      {{400, NULL}}},
-    {"negative Content-Length", "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", false, true,
-     400, {{400, NULL}}},
-    {"HTTP/2.0", "GET / HTTP/2.0\r\n\r\n", false, true, 505,
+    {"two Transfer-Encodings",
+     "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
+     "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+     false,
+     true,
+     400,
+     {{400, NULL}}},
+    {"TE not plain chunked",
+     "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+     "0\r\n\r\n",
+     false,
+     true,
+     400,
+     {{400, NULL}}},
+    {"TE identity",
+     "POST / HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n",
+     false,
+     true,
+     400,
+     {{400, NULL}}},
+    {"space before colon",
+     "POST / HTTP/1.1\r\nContent-Length : 1\r\n\r\na",
+     false,
+     true,
+     400,
+     {{400, NULL}}},
+    {"obs-fold", "GET / HTTP/1.1\r\nX-User-Id: a\r\n b\r\n\r\n", false, true, 400, {{400, NULL}}},
+    {"two user ids",
+     "GET / HTTP/1.1\r\nX-User-Id: a\r\nX-User-Id: b\r\n\r\n",
+     false,
+     true,
+     400,
+     {{400, NULL}}},
+    {"negative Content-Length",
+     "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+     false,
+     true,
+     400,
+     {{400, NULL}}},
+    {"HTTP/2.0",
+     "GET / HTTP/2.0\r\n\r\n",
+     false,
+     true,
+     505,
      {{505, "{\"error\":\"http_version_not_supported\"}"}}},
     {"HTTP/1.2", "GET / HTTP/1.2\r\n\r\n", false, true, 505, {{505, NULL}}},
     {"HTTP/0.9", "GET / HTTP/0.9\r\n\r\n", false, true, 505, {{505, NULL}}},
-    {"upgrade answered, then closed", "GET /up HTTP/1.1\r\nUpgrade: websocket\r\n"
-     "Connection: Upgrade\r\n\r\nGET /never HTTP/1.1\r\n\r\n", false, true, 0,
+    {"upgrade answered, then closed",
+     "GET /up HTTP/1.1\r\nUpgrade: websocket\r\n"
+     "Connection: Upgrade\r\n\r\nGET /never HTTP/1.1\r\n\r\n",
+     false,
+     true,
+     0,
      {{200, "/up", "Connection: close"}}},
 };
 
-static void run_case(fixture_t *fx, const http_case_t *tc)
+/* Sends the request whole, byte by byte, or (split > 0) in two writes cut at split. */
+static void run_case_split(fixture_t *fx, const http_case_t *tc, size_t split)
 {
     int before = tc->metric ? atomic_load(&http_errors[tc->metric]) : 0;
     client_t *cl = client_open(fx->port);
-    if (tc->bytewise)
-        send_bytewise(cl, tc->request, strlen(tc->request));
-    else
-        send_all(cl, tc->request, strlen(tc->request));
+    size_t len = strlen(tc->request);
+    if (tc->bytewise) {
+        send_bytewise(cl, tc->request, len);
+    } else if (split > 0 && split < len) {
+        send_all(cl, tc->request, split);
+        usleep(2000);
+        send_all(cl, tc->request + split, len - split);
+    } else {
+        send_all(cl, tc->request, len);
+    }
     for (size_t i = 0; i < ARRAY_LEN(tc->resp) && tc->resp[i].status; i++) {
         const expect_t *e = &tc->resp[i];
         response_t r;
@@ -474,6 +613,11 @@ static void run_case(fixture_t *fx, const http_case_t *tc)
     if (tc->metric && atomic_load(&http_errors[tc->metric]) != before + 1)
         fail_msg("%s: metrics_http_error(%d) not counted once", tc->name, tc->metric);
     client_close(cl);
+}
+
+static void run_case(fixture_t *fx, const http_case_t *tc)
+{
+    run_case_split(fx, tc, 0);
 }
 
 static const http_config_t test_cfg = {
@@ -511,6 +655,19 @@ static void test_cases_bytewise(void **state)
         http_case_t tc = cases[i];
         tc.bytewise = true;
         run_case(fx, &tc);
+    }
+}
+
+/* Every case without delayed answers, cut in two at every position. */
+static void test_cases_split_everywhere(void **state)
+{
+    fixture_t *fx = *state;
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        size_t len = strlen(cases[i].request);
+        if (strstr(cases[i].request, "/delay/") || len > 300)
+            continue;
+        for (size_t split = 1; split < len; split++)
+            run_case_split(fx, &cases[i], split);
     }
 }
 
@@ -805,6 +962,7 @@ int main(void)
         cmocka_unit_test(test_reuseport),
         cmocka_unit_test_setup_teardown(test_cases, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cases_bytewise, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cases_split_everywhere, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keep_alive_many, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pipeline_deep, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_backpressure, setup, teardown),
