@@ -1343,7 +1343,9 @@ void http_server_close(http_server_t *srv, void (*on_closed)(void *arg), void *a
         next = c->next;
         if (c->closing)
             continue;
-        if (!c->head && c->writes == 0 && !c->in_feed) {
+        /* Idle only if nothing is waiting to be written either: answers built in c->out are
+         * flushed by the idle handler one loop phase later, and must not be lost. */
+        if (!c->head && c->writes == 0 && !c->in_feed && c->out_len == 0 && !c->dirty) {
             conn_close(c);
             continue;
         }

@@ -35,6 +35,9 @@ static const char BODY_LIMIT[] = "{\"error\":\"limit_reached\"}";
 static const char BODY_INSUFFICIENT[] = "{\"error\":\"insufficient_stock\"}";
 static const char BODY_UNAVAILABLE[] = "{\"error\":\"unavailable\"}";
 static const char BODY_UNKNOWN[] = "{\"error\":\"unknown_event\"}";
+static const char BODY_UNKNOWN_OUTCOME[] =
+    "{\"error\":\"unavailable\",\"detail\":\"Redis connection lost mid-request: the purchase may "
+    "have gone through; see GET /v1/events/{event}/users/{user}/orders\"}";
 
 static void reply_static(http_request_t *req, int status, const char *body, size_t len)
 {
@@ -163,10 +166,16 @@ static int64_t reply_int(const redisReply *r, size_t i)
 static void on_deducted(redisReply *r, const char *err, void *data)
 {
     sale_t *s = data;
+    if (r == NULL && err != NULL && strcmp(err, "connection lost") == 0) {
+        /* The script may have run and its reply died with the connection: the sale may exist.
+         * If it does, it is pending in Redis and reconciliation persists it. */
+        sale_fail(s, 503, BODY_UNKNOWN_OUTCOME, sizeof(BODY_UNKNOWN_OUTCOME) - 1,
+                  OUTCOME_UNAVAILABLE);
+        return;
+    }
     if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
         if (r != NULL && r->type == REDIS_REPLY_ERROR)
             fprintf(stderr, "sale: deduct script error: %s\n", r->str);
-        (void)err;
         sale_fail(s, 503, BODY_UNAVAILABLE, sizeof(BODY_UNAVAILABLE) - 1, OUTCOME_UNAVAILABLE);
         return;
     }
@@ -195,6 +204,8 @@ static void on_deducted(redisReply *r, const char *err, void *data)
                   OUTCOME_SOLD_OUT_REDIS);
     } else if (strcmp(verdict, "limit_reached") == 0) {
         sale_fail(s, 409, BODY_LIMIT, sizeof(BODY_LIMIT) - 1, OUTCOME_LIMIT_REACHED);
+    } else if (strcmp(verdict, "expired") == 0) {
+        sale_fail(s, 503, BODY_UNAVAILABLE, sizeof(BODY_UNAVAILABLE) - 1, OUTCOME_UNAVAILABLE);
     } else if (strcmp(verdict, "unknown_event") == 0) {
         sale_fail(s, 404, BODY_UNKNOWN, sizeof(BODY_UNKNOWN) - 1, OUTCOME_BAD_REQUEST);
     } else {
@@ -207,9 +218,9 @@ static void deduct(sale_t *s)
 {
     char keys[5][KEY_MAX];
     static const char *suffix[5] = {"meta", "users", "orders", "uorders", "pending"};
-    char qty[24];
-    const char *argv[9];
-    size_t lens[9];
+    char qty[24], deadline[24];
+    const char *argv[10];
+    size_t lens[10];
     for (int i = 0; i < 5; i++) {
         int n = event_key(keys[i], s->event, suffix[i]);
         argv[i] = keys[i];
@@ -225,7 +236,11 @@ static void deduct(sale_t *s)
     lens[7] = (size_t)qn;
     argv[8] = host_id;
     lens[8] = strlen(host_id);
-    redis_eval(s->w->redis, on_deducted, s, 5, 9, argv, lens);
+    /* After this instant the host has answered 503 "nothing deducted": the script must not sell. */
+    int64_t until = util_now_ms() + (int64_t)s->w->host->cfg.redis_timeout_ms;
+    argv[9] = deadline;
+    lens[9] = (size_t)snprintf(deadline, sizeof(deadline), "%" PRId64, until);
+    redis_eval(s->w->redis, on_deducted, s, 5, 10, argv, lens);
 }
 
 /* The event is known: local checks, policy, then Redis. */

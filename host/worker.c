@@ -24,10 +24,11 @@ static void on_closed_handle(uv_handle_t *h)
     (void)h;
 }
 
-static void on_http_closed(void *arg)
+/* Last step of a stop: HTTP is closed and no sale is in flight (or the deadline passed), so
+ * the order lane and Redis can go, and with the timers the loop runs dry. */
+static void finish_stop(worker_t *w)
 {
-    worker_t *w = arg;
-    w->http = NULL;
+    uv_timer_stop(&w->drain);
     if (w->orders) {
         orders_lane_close(w->orders);
         w->orders = NULL;
@@ -41,28 +42,37 @@ static void on_http_closed(void *arg)
     uv_close((uv_handle_t *)&w->drain, on_closed_handle);
 }
 
+static void on_http_closed(void *arg)
+{
+    worker_t *w = arg;
+    w->http = NULL;
+    w->http_closed = true;
+}
+
 static void on_drain_tick(uv_timer_t *t)
 {
     worker_t *w = container_of(t, worker_t, drain);
     bool timed_out = uv_now(&w->loop) >= w->drain_deadline;
-    if (w->inflight > 0 && !timed_out)
+    if ((w->inflight > 0 || !w->http_closed) && !timed_out)
         return;
     if (w->inflight > 0)
-        fprintf(stderr, "worker %d: %d requests still in flight at shutdown deadline\n", w->id,
+        fprintf(stderr, "worker %d: %d sales still in flight at the shutdown deadline\n", w->id,
                 w->inflight);
-    uv_timer_stop(t);
-    http_server_close(w->http, on_http_closed, w);
+    finish_stop(w);
 }
 
+/* Stop: no new connections, no new requests on open ones (http_server_close stops reading and
+ * closes each connection once its pending answers are out), while sales already in flight keep
+ * Redis and the order lane until they are answered. */
 static void begin_stop(worker_t *w)
 {
     if (w->stopping)
         return;
     w->stopping = true;
     uv_timer_stop(&w->refresh);
-    http_server_stop_accepting(w->http);
     w->drain_deadline = uv_now(&w->loop) + DRAIN_MAX_MS;
-    uv_timer_start(&w->drain, on_drain_tick, 0, DRAIN_TICK_MS);
+    uv_timer_start(&w->drain, on_drain_tick, DRAIN_TICK_MS, DRAIN_TICK_MS);
+    http_server_close(w->http, on_http_closed, w);
 }
 
 static void on_script_loaded(int ok, const char *err, void *arg)

@@ -55,6 +55,7 @@ typedef struct worker {
     uint64_t drain_deadline;
     int inflight;           /* sales between admit and answer (loop thread only) */
     bool stopping;          /* loop thread only */
+    bool http_closed;       /* every connection closed (loop thread only) */
     /* Set by other threads, consumed on wakeup. */
     _Atomic int reload_pending;
     _Atomic int stop_pending;

@@ -7,7 +7,11 @@
 --   KEYS[4] {E}:uorders  hash  user -> order ids, comma separated
 --   KEYS[5] {E}:pending  hash  order_id -> ms; deleted once JetStream acknowledged the order,
 --                              so what is left is what reconciliation must republish
--- ARGV: event, user, qty, host_id
+-- ARGV: event, user, qty, host_id, deadline_ms
+--   deadline_ms: the host's clock when it stops waiting for this reply (it then answers 503
+--   "nothing deducted"). A script that only gets to run later, e.g. after Redis was paused,
+--   refuses, so that 503 stays true. Host and Redis clocks must agree to well within the
+--   host's --redis-timeout-ms (NTP does); 0 disables the check.
 --
 -- Replies (the host maps them to HTTP):
 --   {"ok", order_id, remaining, gen, created_ms}
@@ -15,10 +19,18 @@
 --   {"insufficient", remaining, gen}    fewer left than qty
 --   {"limit_reached", held, gen}        the buyer would exceed per_user_limit
 --   {"unknown_event"}
+--   {"expired"}                         the host gave up waiting before this ran: no change
 --
 -- The order id is minted here, once: "<13-digit ms>-<10-digit seq>-<event>". It increases with
 -- time (Redis's clock, the same for every host), so SQLite appends; it is unique because seq
 -- only grows (a reset keeps it); and it names its event, so GET /v1/orders/{id} finds it.
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local deadline = tonumber(ARGV[5]) or 0
+if deadline > 0 and ms > deadline then
+  return {'expired'}
+end
+
 local meta = redis.call('HMGET', KEYS[1], 'stock', 'sold', 'limit', 'gen')
 if not meta[1] then
   return {'unknown_event'}
@@ -45,8 +57,6 @@ end
 redis.call('HINCRBY', KEYS[1], 'sold', qty)
 redis.call('HINCRBY', KEYS[2], user, qty)
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local t = redis.call('TIME')
-local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id = string.format('%013d-%010d-%s', ms, seq, event)
 redis.call('HSET', KEYS[3], id, cjson.encode({
   order_id = id, event = event, user = user, qty = qty, host = host, created_at = ms }))

@@ -6,7 +6,7 @@
 #   scripts/faults.sh --asan [--build DIR] ASan+UBSan build (default build-asan); the table is
 #                                          left alone, sanitizer reports fail the cases
 #   scripts/faults.sh --no-docs            do not touch docs/RELIABILITY.md
-#   scripts/faults.sh --bugs               also run the known-bug reproductions (they fail)
+#   scripts/faults.sh --bugs               also run the regression tests of fixed bugs
 # Every server is started by the tests on free loopback ports and stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +42,7 @@ trap 'rm -f "$report"' EXIT
 export SNATCH_BUILD_DIR="$PWD/$build" SNATCH_SOURCE_DIR="$PWD" SNATCH_FAULTS_REPORT="$report"
 export PYTHONDONTWRITEBYTECODE=1
 files=(tests/integration/test_faults.py tests/integration/test_faults_infra.py)
-[ "$bugs" -eq 1 ] && files+=(tests/integration/test_faults_bugs.py)
+[ "$bugs" -eq 1 ] && files+=(tests/integration/test_faults_regressions.py)
 
 status=0
 start=$(date +%s)

@@ -4,7 +4,6 @@
 # has the last table; scripts/faults.sh rewrites it.
 add_snatch_py_test(faults integration/test_faults.py TIMEOUT 600)
 add_snatch_py_test(faults_infra integration/test_faults_infra.py TIMEOUT 600)
-# Reproductions of known bugs: they fail until fixed, so they are listed but not run
-# (ctest: "Not Run (Disabled)"). Run by hand: python3 tests/integration/test_faults_bugs.py
-add_snatch_py_test(faults_known_bugs integration/test_faults_bugs.py TIMEOUT 120)
-set_tests_properties(faults_known_bugs PROPERTIES DISABLED TRUE)
+# Regression tests of two bugs this suite found (a Redis timeout answered 503 while the script
+# still sold later; SIGTERM dropped the answers of the last sales), both fixed.
+add_snatch_py_test(faults_regressions integration/test_faults_regressions.py TIMEOUT 120)

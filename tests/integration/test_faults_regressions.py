@@ -1,24 +1,17 @@
-"""KNOWN BUGS found by the fault suite, one reproduction each. These cases FAIL until the bug is
-fixed; they are registered in tests/faults.cmake as DISABLED (ctest lists them as "Not Run",
-so nobody is blocked) - run them by hand:
-    SNATCH_BUILD_DIR=build python3 tests/integration/test_faults_bugs.py
-When one passes, the bug is fixed: drop DISABLED (or move the case into test_faults*.py).
+"""Regression tests for two bugs the fault suite found, one reproduction each (both fixed).
 
-BUG 1 (sale.c / redis.c / deduct.lua): a deduction that times out is answered 503
-"unavailable" - documented as "nothing deducted" - but the EVALSHA already sits in Redis's socket
-buffer; when Redis resumes (after a GC-like stall, SIGSTOP, a slow fsync, a long script) it runs
-it: the buyer holds a ticket (sold +1, {E}:users, {E}:orders, {E}:pending), reconciliation
-persists it, and the buyer was told he has nothing (a retry then says 409 limit_reached).
+BUG 1 (fixed in deduct.lua + sale.c): a deduction that timed out was answered 503 "unavailable"
+- documented as "nothing deducted" - but the EVALSHA already sat in Redis's socket buffer; when
+Redis resumed (after a stall, SIGSTOP, a slow fsync) it ran it: the buyer held a ticket he was
+told he did not get. Now the host passes its deadline (its clock + --redis-timeout-ms) and the
+script refuses ('expired') once Redis's clock is past it.
 
-BUG 2 (http.c http_server_close, with worker.c on_drain_tick): on SIGTERM the drain timer sees
-inflight == 0 and calls http_server_close, whose fast path closes every connection with
-`!c->head && c->writes == 0 && !c->in_feed` - but an answer built in place by http_respond sits
-in c->out (out_len > 0) until the idle handler flushes it, one loop phase later. Timers run
-before idle, so the answers of the last sales (their orders already acknowledged by JetStream,
-HDEL'd from {E}:pending right after) are freed unsent and the client reads EOF
-(RemoteDisconnected). strace shows: async wakeup (acks) -> close(fd) of each connection with no
-write() -> the HDELs. Fix: also require c->out_len == 0 (and not dirty) in that fast path, or
-flush before closing."""
+BUG 2 (fixed in http.c http_server_close, and worker.c now closes HTTP before draining): on
+SIGTERM the fast path closed every connection with no write pending, ignoring answers built in
+place in c->out that the idle handler flushes one loop phase later: the answers of the last
+sales (orders already acknowledged) were dropped and the client read EOF.
+
+Run: SNATCH_BUILD_DIR=build python3 tests/integration/test_faults_regressions.py"""
 import os
 import signal
 import sys
