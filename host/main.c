@@ -12,11 +12,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <nats/nats.h>
 #include <uv.h>
 
 #include "metrics.h"
 #include "orders.h"
 #include "ratelimit.h"
+#include "reconciler.h"
 #include "script.h"
 #include "stock.h"
 #include "util.h"
@@ -31,6 +33,8 @@ static int n_workers;
 static uv_signal_t sig_hup, sig_term, sig_int;
 static char host_id_buf[SNATCH_NAME_MAX + 1];
 static char deduct_buf[4096];
+static uint64_t reconcile_interval_ms = 5000;
+static int64_t reconcile_after_ms = 30000;
 
 static void usage(FILE *out)
 {
@@ -54,6 +58,8 @@ static void usage(FILE *out)
             "  --max-body BYTES          request body cap, 413 beyond (default 65536)\n"
             "  --idle-timeout-ms MS      keep-alive idle close (default 60000)\n"
             "  --header-timeout-ms MS    request head must arrive within (default 10000)\n"
+            "  --reconcile-interval-ms MS  republish lost orders every MS (default 5000, 0: off)\n"
+            "  --reconcile-after-ms MS   an unacknowledged order counts as lost after (30000)\n"
             "  --test                    load and validate POLICY, print the verdict, exit\n"
             "  --version, --help\n"
             "\nSignals: HUP reloads the policy and deduct script (a broken one is refused and the\n"
@@ -155,6 +161,8 @@ enum {
     OPT_HEADER_TIMEOUT,
     OPT_TEST,
     OPT_VERSION,
+    OPT_RECONCILE_INTERVAL,
+    OPT_RECONCILE_AFTER,
 };
 
 static int parse_int_opt(const char *name, const char *v, int64_t min, int64_t max, int64_t *out)
@@ -187,6 +195,8 @@ static int parse_args(int argc, char **argv, bool *test_only)
         {"idle-timeout-ms", required_argument, NULL, OPT_IDLE},
         {"header-timeout-ms", required_argument, NULL, OPT_HEADER_TIMEOUT},
         {"test", no_argument, NULL, OPT_TEST},
+        {"reconcile-interval-ms", required_argument, NULL, OPT_RECONCILE_INTERVAL},
+        {"reconcile-after-ms", required_argument, NULL, OPT_RECONCILE_AFTER},
         {"version", no_argument, NULL, OPT_VERSION},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
@@ -289,6 +299,16 @@ static int parse_args(int argc, char **argv, bool *test_only)
         case OPT_TEST:
             *test_only = true;
             break;
+        case OPT_RECONCILE_INTERVAL:
+            if (parse_int_opt("--reconcile-interval-ms", optarg, 0, 3600000, &v))
+                return -1;
+            reconcile_interval_ms = (uint64_t)v;
+            break;
+        case OPT_RECONCILE_AFTER:
+            if (parse_int_opt("--reconcile-after-ms", optarg, 1, 86400000, &v))
+                return -1;
+            reconcile_after_ms = v;
+            break;
         case OPT_VERSION:
             printf("snatch-host %s\n", SNATCH_VERSION);
             exit(0);
@@ -345,6 +365,18 @@ int main(int argc, char **argv)
         fprintf(stderr, "snatch-host: nats: %s\n", err);
         return 1;
     }
+    if ((int64_t)host.cfg.ack_timeout_ms >= reconcile_after_ms)
+        fprintf(stderr, "snatch-host: warning: --reconcile-after-ms (%lld) should exceed "
+                        "--ack-timeout-ms (%llu), or orders still awaiting their ack get "
+                        "republished (harmless: de-duplicated, but wasted)\n",
+                (long long)reconcile_after_ms, (unsigned long long)host.cfg.ack_timeout_ms);
+    reconciler_t *reconciler = NULL;
+    if (reconcile_interval_ms > 0 &&
+        reconciler_start(&reconciler, host.cfg.redis_host, host.cfg.redis_port,
+                         host.cfg.nats_url, reconcile_interval_ms, reconcile_after_ms) != 0) {
+        fprintf(stderr, "snatch-host: cannot start the reconciliation thread\n");
+        return 1;
+    }
     int status = 0;
     for (n_workers = 0; n_workers < host.cfg.threads; n_workers++) {
         if (worker_start(&workers[n_workers], &host, n_workers) != 0) {
@@ -379,6 +411,8 @@ int main(int argc, char **argv)
         worker_join(&workers[i]);
     /* Workers are gone: wait briefly for acks still on the wire, then close NATS. */
     orders_publisher_stop(host.orders, 2000);
+    reconciler_stop(reconciler);
+    nats_Close();
     uv_loop_close(loop);
     ratelimit_shutdown();
     stock_shutdown();

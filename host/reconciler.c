@@ -1,0 +1,158 @@
+/* Periodic pending-order republisher of snatch-host; see reconciler.h. One thread, woken by its
+ * interval or by stop; connections are made lazily and dropped on any error, so an outage of
+ * Redis or NATS costs one failed pass, not a stuck thread. */
+#include "reconciler.h"
+
+#include <hiredis/hiredis.h>
+#include <nats/nats.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "reconcile.h"
+
+#define CONNECT_TIMEOUT_MS 2000
+#define MAX_PER_PASS 10000
+
+struct reconciler {
+    uv_thread_t thread;
+    uv_mutex_t mu;
+    uv_cond_t cond;
+    bool stop;
+    char *redis_host;
+    int redis_port;
+    char *nats_url;
+    uint64_t interval_ms;
+    int64_t older_than_ms;
+    redisContext *rc;
+    natsConnection *nc;
+};
+
+static void drop_connections(reconciler_t *r)
+{
+    if (r->rc != NULL)
+        redisFree(r->rc);
+    r->rc = NULL;
+    if (r->nc != NULL) {
+        natsConnection_Close(r->nc);
+        natsConnection_Destroy(r->nc);
+    }
+    r->nc = NULL;
+}
+
+static int connect_all(reconciler_t *r)
+{
+    if (r->rc == NULL) {
+        struct timeval tv = {CONNECT_TIMEOUT_MS / 1000, (CONNECT_TIMEOUT_MS % 1000) * 1000};
+        r->rc = redisConnectWithTimeout(r->redis_host, r->redis_port, tv);
+        if (r->rc == NULL || r->rc->err) {
+            if (r->rc)
+                redisFree(r->rc);
+            r->rc = NULL;
+            return -1;
+        }
+        redisSetTimeout(r->rc, tv);
+    }
+    if (r->nc == NULL) {
+        natsOptions *opts = NULL;
+        natsStatus s = natsOptions_Create(&opts);
+        if (s == NATS_OK)
+            s = natsOptions_SetURL(opts, r->nats_url);
+        if (s == NATS_OK)
+            s = natsOptions_SetTimeout(opts, CONNECT_TIMEOUT_MS);
+        if (s == NATS_OK)
+            s = natsOptions_SetAllowReconnect(opts, false);
+        if (s == NATS_OK)
+            s = natsConnection_Connect(&r->nc, opts);
+        natsOptions_Destroy(opts);
+        if (s != NATS_OK) {
+            r->nc = NULL;
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void pass(reconciler_t *r)
+{
+    if (connect_all(r) != 0) {
+        drop_connections(r);
+        return;
+    }
+    int n = reconcile_pending(r->rc, r->nc, r->older_than_ms, MAX_PER_PASS);
+    if (n < 0) {
+        fprintf(stderr, "reconciler: pass failed (Redis or NATS); retrying next interval\n");
+        drop_connections(r);
+    } else if (n > 0) {
+        fprintf(stderr, "reconciler: republished %d pending orders older than %lld ms\n", n,
+                (long long)r->older_than_ms);
+    }
+}
+
+static void run(void *arg)
+{
+    reconciler_t *r = arg;
+    uv_mutex_lock(&r->mu);
+    while (!r->stop) {
+        uv_cond_timedwait(&r->cond, &r->mu, r->interval_ms * 1000000u);
+        if (r->stop)
+            break;
+        uv_mutex_unlock(&r->mu);
+        pass(r);
+        uv_mutex_lock(&r->mu);
+    }
+    uv_mutex_unlock(&r->mu);
+    drop_connections(r);
+    nats_ReleaseThreadMemory();
+}
+
+int reconciler_start(reconciler_t **out, const char *redis_host, int redis_port,
+                     const char *nats_url, uint64_t interval_ms, int64_t older_than_ms)
+{
+    reconciler_t *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return -1;
+    r->redis_host = strdup(redis_host);
+    r->nats_url = strdup(nats_url);
+    r->redis_port = redis_port;
+    r->interval_ms = interval_ms;
+    r->older_than_ms = older_than_ms;
+    if (r->redis_host == NULL || r->nats_url == NULL)
+        goto fail;
+    if (uv_mutex_init(&r->mu) != 0)
+        goto fail;
+    if (uv_cond_init(&r->cond) != 0) {
+        uv_mutex_destroy(&r->mu);
+        goto fail;
+    }
+    if (uv_thread_create(&r->thread, run, r) != 0) {
+        uv_cond_destroy(&r->cond);
+        uv_mutex_destroy(&r->mu);
+        goto fail;
+    }
+    *out = r;
+    return 0;
+fail:
+    free(r->redis_host);
+    free(r->nats_url);
+    free(r);
+    return -1;
+}
+
+void reconciler_stop(reconciler_t *r)
+{
+    if (r == NULL)
+        return;
+    uv_mutex_lock(&r->mu);
+    r->stop = true;
+    uv_cond_signal(&r->cond);
+    uv_mutex_unlock(&r->mu);
+    uv_thread_join(&r->thread);
+    uv_cond_destroy(&r->cond);
+    uv_mutex_destroy(&r->mu);
+    free(r->redis_host);
+    free(r->nats_url);
+    free(r);
+}
