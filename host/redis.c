@@ -6,9 +6,12 @@
  *
  * What hiredis 0.14 lacks is added here:
  *  - timeouts: replies arrive in send order, so the requests in flight form a FIFO and one
- *    repeating timer looks only at the oldest. On expiry the connection is freed (hiredis then
- *    calls every pending callback with a NULL reply) and a new one is made. redisAsyncDisconnect
- *    would not do: in 0.14 it waits for the pending replies, which is what a timeout cannot do.
+ *    repeating timer walks it from the oldest. A command past its deadline is answered
+ *    "timeout" at once and its late reply, if any, swallowed; the connection stays, so younger
+ *    commands keep their own deadlines (see on_tick). When Redis stops answering altogether the
+ *    connection is freed once every command has been answered (hiredis then calls the pending
+ *    callbacks with NULL) and a new one is made. redisAsyncDisconnect would not do: in 0.14 it
+ *    waits for the pending replies, which is what a timeout cannot do.
  *  - reconnection with exponential backoff, logging once per state change rather than per try;
  *  - the script: SCRIPT LOAD on every (re)connection, EVALSHA, and on NOSCRIPT (Redis restarted
  *    or flushed its cache) one transparent EVAL retry plus a new SCRIPT LOAD.
@@ -68,6 +71,7 @@ struct req {
     req_kind_t kind;
     bool timed_out;
     bool retried;
+    bool answered; /* the caller already got "timeout": the late reply is swallowed */
     uint64_t sent_ns;
     redis_reply_fn fn;
     void *data;
@@ -98,6 +102,7 @@ struct redis_client {
     bool load_inflight;    /* a REQ_LOAD is out: do not send another */
     bool was_ready;        /* for logging state changes only */
     bool closing;
+    bool stalled; /* oldest command far past its deadline: take no new ones, then drop */
     int connect_fails;
     uint64_t backoff_ms;
 
@@ -139,7 +144,7 @@ static req_t *req_get(redis_client_t *c, req_kind_t kind)
     r->next = r->prev = NULL;
     r->c = c;
     r->kind = kind;
-    r->timed_out = r->retried = false;
+    r->timed_out = r->retried = r->answered = false;
     r->fn = NULL;
     r->data = NULL;
     r->new_script = NULL;
@@ -403,6 +408,7 @@ static void drop_connection(redis_client_t *c, const char *why)
     c->connected = false;
     c->sha_ok = false;
     c->load_inflight = false;
+    c->stalled = false;
     redisAsyncFree(ac); /* runs on_reply(NULL) for each request; on_disconnect sees ac stale */
     schedule_reconnect(c);
 }
@@ -487,6 +493,20 @@ static void on_reconnect_timer(uv_timer_t *t)
     connect_now(container_of(t, redis_client_t, reconnect_timer));
 }
 
+/* A command past its deadline is answered "timeout" at once, but the connection stays: if it
+ * were dropped, every younger command would end as "connection lost" with an unknown outcome
+ * (Redis may still run what it already received). Kept, each command times out at its own
+ * deadline, which callers can make certain (deduct.lua refuses after the deadline it is given).
+ * Only when the oldest command is STALL_FACTOR deadlines old does the client stop taking new
+ * commands; once every outstanding one has been answered, the connection is dropped and made
+ * anew. */
+#define STALL_FACTOR 3
+
+static bool user_kind(const req_t *r)
+{
+    return r->kind == REQ_EVAL || r->kind == REQ_COMMAND;
+}
+
 static void on_tick(uv_timer_t *t)
 {
     redis_client_t *c = container_of(t, redis_client_t, tick_timer);
@@ -498,9 +518,23 @@ static void on_tick(uv_timer_t *t)
     uint64_t limit = c->timeout_ms * 1000000u;
     if (now - c->head->sent_ns < limit)
         return;
-    for (req_t *r = c->head; r != NULL && now - r->sent_ns >= limit; r = r->next)
+    for (req_t *r = c->head; r != NULL && now - r->sent_ns >= limit; r = r->next) {
         r->timed_out = true;
-    drop_connection(c, "command timed out");
+        if (r->answered || !user_kind(r))
+            continue;
+        r->answered = true;
+        r->fn(NULL, ERR_TIMEOUT, r->data);
+        if (c->closing)
+            return; /* the callback closed the client: close failed the rest */
+    }
+    if (c->head != NULL && now - c->head->sent_ns >= STALL_FACTOR * limit)
+        c->stalled = true;
+    if (!c->stalled)
+        return;
+    for (req_t *r = c->head; r != NULL; r = r->next)
+        if (user_kind(r) && !r->answered)
+            return; /* younger commands still have time left: let them run out first */
+    drop_connection(c, "commands timed out");
 }
 
 /* ---- replies ---- */
@@ -593,6 +627,11 @@ static void on_reply(redisAsyncContext *ac, void *reply_, void *privdata)
     req_t *r = privdata;
     redis_client_t *c = r->c;
     fifo_remove(c, r);
+    if (r->answered) {
+        /* Its caller was told "timeout" already; this late reply is dropped. */
+        req_put(c, r);
+        return;
+    }
     const char *err = NULL;
     if (reply == NULL) {
         /* hiredis is tearing the connection down: fail new commands from callbacks at once. */
@@ -662,7 +701,7 @@ int redis_client_start(redis_client_t **out, uv_loop_t *loop, const char *host, 
 
 bool redis_client_ready(const redis_client_t *c)
 {
-    return c != NULL && c->connected && c->sha_ok;
+    return c != NULL && c->connected && c->sha_ok && !c->stalled;
 }
 
 /* Commands that change the connection's reply protocol would break the in-order FIFO. */
@@ -683,7 +722,7 @@ void redis_command(redis_client_t *c, redis_reply_fn fn, void *data, int argc, c
         fn(NULL, ERR_CLOSING, data);
         return;
     }
-    if (!c->connected || c->ac == NULL) {
+    if (!c->connected || c->ac == NULL || c->stalled) {
         fn(NULL, ERR_NOT_CONNECTED, data);
         return;
     }
@@ -753,7 +792,7 @@ void redis_eval(redis_client_t *c, redis_reply_fn fn, void *data, int numkeys, i
         fn(NULL, ERR_CLOSING, data);
         return;
     }
-    if (!c->connected || c->ac == NULL) {
+    if (!c->connected || c->ac == NULL || c->stalled) {
         fn(NULL, ERR_NOT_CONNECTED, data);
         return;
     }

@@ -96,16 +96,95 @@ static void on_pending_deleted(redisReply *reply, const char *err, void *data)
     (void)data;
 }
 
+/* Acknowledged orders leave {event}:pending in batches: one HDEL per event per loop turn
+ * instead of one per sale, which halves the Redis commands of the selling path. */
+#define ACK_BATCH_MAX 512
+
+struct sale_acks {
+    uv_timer_t flush;
+    worker_t *owner;
+    size_t n;
+    char ids[ACK_BATCH_MAX][SNATCH_ORDER_ID_MAX + 1];
+};
+
+static void flush_acks(worker_t *w)
+{
+    sale_acks_t *a = w->acks;
+    if (a == NULL || a->n == 0)
+        return;
+    const char *argv[ACK_BATCH_MAX + 2];
+    size_t lens[ACK_BATCH_MAX + 2];
+    char key[KEY_MAX];
+    bool *done = calloc(a->n, sizeof(bool));
+    for (size_t i = 0; i < a->n && done != NULL; i++) {
+        if (done[i])
+            continue;
+        /* The id ends with its event ("<ms>-<seq>-<event>"): group the batch by event. */
+        const char *ev = a->ids[i] + 25;
+        event_key(key, ev, "pending");
+        int argc = 0;
+        argv[argc] = "HDEL";
+        lens[argc++] = 4;
+        argv[argc] = key;
+        lens[argc++] = strlen(key);
+        for (size_t j = i; j < a->n; j++) {
+            if (done[j] || strcmp(a->ids[j] + 25, ev) != 0)
+                continue;
+            done[j] = true;
+            argv[argc] = a->ids[j];
+            lens[argc++] = strlen(a->ids[j]);
+        }
+        if (w->redis != NULL)
+            redis_command(w->redis, on_pending_deleted, NULL, argc, argv, lens);
+    }
+    free(done);
+    a->n = 0;
+}
+
+static void on_flush_acks(uv_timer_t *t)
+{
+    flush_acks(((sale_acks_t *)container_of(t, sale_acks_t, flush))->owner);
+}
+
+static void queue_ack(worker_t *w, const char *order_id)
+{
+    sale_acks_t *a = w->acks;
+    if (a == NULL) {
+        a = calloc(1, sizeof(*a));
+        if (a == NULL)
+            return; /* reconciliation will clean the entry up */
+        a->owner = w;
+        uv_timer_init(&w->loop, &a->flush);
+        w->acks = a;
+    }
+    if (strlen(order_id) < 26)
+        return;
+    if (a->n == ACK_BATCH_MAX)
+        flush_acks(w);
+    snprintf(a->ids[a->n++], sizeof(a->ids[0]), "%s", order_id);
+    if (!uv_is_active((uv_handle_t *)&a->flush))
+        uv_timer_start(&a->flush, on_flush_acks, 1, 0);
+}
+
+static void on_acks_closed(uv_handle_t *h)
+{
+    free(container_of((uv_timer_t *)h, sale_acks_t, flush));
+}
+
+void sale_close(worker_t *w)
+{
+    if (w->acks == NULL)
+        return;
+    flush_acks(w);
+    uv_close((uv_handle_t *)&w->acks->flush, on_acks_closed);
+    w->acks = NULL;
+}
+
 static void on_order_acked(int status, void *data)
 {
     sale_t *s = data;
     if (status == 0) {
-        char key[KEY_MAX];
-        event_key(key, s->event, "pending");
-        const char *argv[] = {"HDEL", key, s->order_id};
-        size_t lens[] = {4, strlen(key), strlen(s->order_id)};
-        if (s->w->redis != NULL)
-            redis_command(s->w->redis, on_pending_deleted, NULL, 3, argv, lens);
+        queue_ack(s->w, s->order_id);
         reply_order(s, 200);
     } else {
         /* Deducted and recorded in Redis, not (yet) in JetStream: reconciliation republishes it

@@ -18,6 +18,10 @@ struct stock_event;
 typedef void (*sale_event_fn)(struct stock_event *ev, int err, void *data);
 void sale_lookup_event(worker_t *w, const char *event, size_t len, sale_event_fn cb, void *data);
 
+/* Flushes what the sale path batches (acknowledged orders leaving {event}:pending) and closes
+ * its handles. Call on the loop thread before closing Redis. */
+void sale_close(worker_t *w);
+
 /* Timer body: re-reads every known event's meta (generation, stock, sold) and reinstalls. */
 void sale_refresh_events(worker_t *w);
 

@@ -30,9 +30,11 @@ static void finish_stop(worker_t *w)
 {
     uv_timer_stop(&w->drain);
     if (w->orders) {
+        /* Fails (202) what still waits for an ack, before the batch of acks is flushed. */
         orders_lane_close(w->orders);
         w->orders = NULL;
     }
+    sale_close(w);
     if (w->redis) {
         redis_client_close(w->redis);
         w->redis = NULL;

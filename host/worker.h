@@ -34,6 +34,8 @@ typedef struct host_config {
     http_config_t http;
 } host_config_t;
 
+typedef struct sale_acks sale_acks_t;
+
 typedef struct host {
     host_config_t cfg;
     orders_publisher_t *orders;
@@ -51,6 +53,7 @@ typedef struct worker {
     redis_client_t *redis;
     script_t *script;
     orders_lane_t *orders;
+    sale_acks_t *acks;      /* owned by sale.c: acknowledged orders batched for HDEL */
     uv_timer_t drain;       /* shutdown: waits for in-flight sales */
     uint64_t drain_deadline;
     int inflight;           /* sales between admit and answer (loop thread only) */

@@ -39,7 +39,7 @@ if(FUZZ)
     add_test(NAME fuzz_${short}_smoke COMMAND ${target}
       -max_total_time=${FUZZ_SMOKE_SECONDS} -max_len=${max_len} -dict=${FUZZ_DIR}/${short}.dict
       -artifact_prefix=${work}/crashes/ -print_final_stats=1 ${dirs})
-    set_tests_properties(fuzz_${short}_smoke PROPERTIES TIMEOUT 150 ENVIRONMENT
+    set_tests_properties(fuzz_${short}_smoke PROPERTIES LABELS fuzz TIMEOUT 150 ENVIRONMENT
       "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1;UBSAN_OPTIONS=print_stacktrace=1")
   endfunction()
 
@@ -47,11 +47,11 @@ if(FUZZ)
     LIBS PkgConfig::UV ${HTTP_PARSER_LIB})
   fuzz_smoke(fuzz_http http 4096)
 
-  # api.c needs the rest of the host to link; only api.c itself is instrumented, the other objects
-  # come from snatch_core as they are (built by the same clang).
+  # api.c needs the rest of the host (and snatch_store, as snatch-host does) to link; only api.c
+  # itself is instrumented, the other objects come from snatch_core as they are.
   fuzz_target(fuzz_admin_body ${FUZZ_DIR}/fuzz_admin_body.c ${CMAKE_SOURCE_DIR}/host/api.c
     "$<FILTER:$<TARGET_OBJECTS:snatch_core>,EXCLUDE,/api\\.c\\.o$>"
-    LIBS $<TARGET_PROPERTY:snatch_core,INTERFACE_LINK_LIBRARIES>)
+    LIBS snatch_store $<TARGET_PROPERTY:snatch_core,INTERFACE_LINK_LIBRARIES>)
   target_include_directories(fuzz_admin_body PRIVATE
     $<TARGET_PROPERTY:snatch_core,INTERFACE_INCLUDE_DIRECTORIES>)
   target_compile_definitions(fuzz_admin_body PRIVATE

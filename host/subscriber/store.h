@@ -58,6 +58,17 @@ const char *store_errmsg(store_t *s);
 int store_parse_order(const char *data, size_t len, store_order_t *o, json_t **doc, char *reason,
                       size_t reasonlen);
 
+/* The fast path in front of store_parse_order: a strict scanner for the flat shape the host
+ * publishes (an object whose values are plain ASCII strings without escapes or integers, no
+ * repeated key). Returns 1 when data is such an object and a valid order: o is filled, its
+ * strings are NUL-terminated copies in scratch (which must outlive o), o->payload is data.
+ * Returns 0 for anything else, valid or not (escapes, UTF-8, nesting, floats, missing fields,
+ * scratch too small...): the caller then calls store_parse_order, which decides and gives the
+ * dead-letter reason. It never accepts what store_parse_order would reject, and stores the same
+ * values for what both accept. Allocates nothing. */
+int store_scan_order(const char *data, size_t len, store_order_t *o, char *scratch,
+                     size_t scratchlen);
+
 /* INSERT ... ON CONFLICT(order_id) DO NOTHING. Returns 1 inserted, 0 already stored, -1 error. */
 int store_insert_order(store_t *s, const store_order_t *o);
 

@@ -13,10 +13,19 @@
  * one durable.
  *
  * A message that is not an order goes to dead_letters (same transaction) and is acknowledged:
- * it never blocks the stream. */
+ * it never blocks the stream.
+ *
+ * Two threads of ours: a fetcher that only pulls batches from JetStream, and the main thread
+ * that writes, commits and acknowledges them, so that the server delivers the next batch while
+ * SQLite works and waits for fsync (done one after the other, each side idled half the time).
+ * Between them a queue of at most QUEUE_DEPTH batches; a batch leaves it only once acknowledged,
+ * so the queue being empty means that nothing fetched is waiting for an ack. On stop the fetcher
+ * ends after its current fetch and the main thread still writes what was fetched: every
+ * delivered message is committed and acknowledged before exit (none waits for AckWait). */
 #include <errno.h>
 #include <getopt.h>
 #include <nats/nats.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +39,9 @@
 #define ACK_WAIT_NS (30LL * 1000 * 1000 * 1000)
 #define ORDERS_SUBJECTS "orders.>"
 #define RESUBSCRIBE_AFTER_ERRORS 10
+#define DEFAULT_BATCH 1000
+#define QUEUE_DEPTH 2      /* batches fetched and not yet acknowledged: one written, one ahead */
+#define SCRATCH_BYTES 1024 /* room for one order's strings; bigger orders take the slow path */
 
 typedef struct config {
     const char *url;
@@ -68,7 +80,7 @@ static void usage(FILE *f)
             "Persists JetStream stream ORDERS into SQLite, exactly once per order id.\n"
             "  --nats URL        NATS server (e.g. nats://127.0.0.1:4222)\n"
             "  --db PATH         SQLite database (created with its schema when missing)\n"
-            "  --batch N         messages per fetch and per transaction (default 1000)\n"
+            "  --batch N         messages per fetch and per transaction (default %d)\n"
             "  --durable NAME    durable consumer name (default snatch-subscriber)\n"
             "  --stream NAME     stream to consume (default ORDERS)\n"
             "  --sync full|normal  SQLite synchronous mode (default full: a commit, and\n"
@@ -76,7 +88,8 @@ static void usage(FILE *f)
             "                    normal is faster but a power loss may drop acked orders,\n"
             "                    which only reconciliation from Redis can then restore)\n"
             "  -h, --help        this text\n"
-            "SIGTERM/SIGINT: finishes the current batch (commit + acks) and exits 0.\n");
+            "SIGTERM/SIGINT: finishes the batches already fetched (commit + acks) and exits 0.\n",
+            DEFAULT_BATCH);
 }
 
 static int parse_args(int argc, char **argv, config_t *c)
@@ -89,7 +102,7 @@ static int parse_args(int argc, char **argv, config_t *c)
     };
     int ch;
     char *end;
-    *c = (config_t){.durable = "snatch-subscriber", .stream = "ORDERS", .batch = 1000,
+    *c = (config_t){.durable = "snatch-subscriber", .stream = "ORDERS", .batch = DEFAULT_BATCH,
                     .sync = STORE_SYNC_FULL};
     while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (ch) {
@@ -189,34 +202,59 @@ typedef struct stats {
     int64_t dead;       /* dead letters */
 } stats_t;
 
+/* Fetched batches on their way from the fetcher thread to the main thread. */
+typedef struct queue {
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* signalled on every change below */
+    natsMsgList lists[QUEUE_DEPTH];
+    int head;     /* lists[head] is the oldest batch, being written */
+    int count;    /* batches fetched and not yet acknowledged */
+    bool done;    /* the fetcher has ended: nothing more comes */
+    bool aborted; /* the writer gave up: the fetcher must not wait for room */
+} queue_t;
+
+typedef struct fetcher {
+    queue_t q;
+    natsSubscription *sub; /* replaced only when q is empty: no message of the old one is held */
+    jsCtx *js;
+    const config_t *c;
+} fetcher_t;
+
+/* Persists one message inside the open transaction: 1 inserted, 0 duplicate, 2 dead letter,
+ * -1 SQLite error. */
+static int write_msg(store_t *st, natsMsg *m)
+{
+    const char *data = natsMsg_GetData(m);
+    size_t len = (size_t)natsMsg_GetDataLength(m);
+    char scratch[SCRATCH_BYTES], reason[256];
+    store_order_t o;
+    json_t *doc = NULL;
+    int rc;
+    if (store_scan_order(data, len, &o, scratch, sizeof(scratch)) == 1)
+        return store_insert_order(st, &o);
+    if (store_parse_order(data, len, &o, &doc, reason, sizeof(reason)) != 0) {
+        if (store_dead_letter(st, natsMsg_GetSubject(m), reason, data, len) != 0)
+            return -1;
+        fprintf(stderr, "subscriber: dead letter on %s: %s\n", natsMsg_GetSubject(m), reason);
+        return 2;
+    }
+    rc = store_insert_order(st, &o);
+    json_decref(doc);
+    return rc;
+}
+
 static int write_batch(store_t *st, natsMsgList *list, stats_t *t)
 {
     stats_t d = {0};
-    char reason[256];
     if (store_begin(st) != 0)
         goto fail;
     for (int i = 0; i < list->Count; i++) {
-        natsMsg *m = list->Msgs[i];
-        const char *data = natsMsg_GetData(m);
-        size_t len = (size_t)natsMsg_GetDataLength(m);
-        store_order_t o;
-        json_t *doc = NULL;
-        int rc;
-        if (store_parse_order(data, len, &o, &doc, reason, sizeof(reason)) != 0) {
-            if (store_dead_letter(st, natsMsg_GetSubject(m), reason, data, len) != 0)
-                goto fail;
-            fprintf(stderr, "subscriber: dead letter on %s: %s\n", natsMsg_GetSubject(m), reason);
-            d.dead++;
-            continue;
+        switch (write_msg(st, list->Msgs[i])) {
+        case 0: d.duplicates++; break;
+        case 1: d.persisted++; break;
+        case 2: d.dead++; break;
+        default: goto fail;
         }
-        rc = store_insert_order(st, &o);
-        json_decref(doc);
-        if (rc < 0)
-            goto fail;
-        if (rc == 1)
-            d.persisted++;
-        else
-            d.duplicates++;
     }
     if (store_commit(st) != 0)
         goto fail;
@@ -241,8 +279,10 @@ static int persist_batch(store_t *st, natsMsgList *list, stats_t *t)
         sleep_ms(delay);
         delay = delay < 5000 ? delay * 2 : 5000;
     }
+    /* Each ack is an asynchronous publish into the connection's buffer (flushed by cnats's
+     * flusher thread), not a round trip. Lost acks only mean harmless redelivery. */
     for (int i = 0; i < list->Count; i++)
-        natsMsg_Ack(list->Msgs[i], NULL); /* lost acks only mean harmless redelivery */
+        natsMsg_Ack(list->Msgs[i], NULL);
     return 0;
 }
 
@@ -262,39 +302,204 @@ static void progress(const stats_t *t, int64_t *last_n, int64_t *last_ms, bool f
     *last_ms = now;
 }
 
-static int consume(natsSubscription **sub, jsCtx *js, store_t *st, const config_t *c, stats_t *t)
+static int queue_init(queue_t *q)
 {
-    int64_t last_n = 0, last_ms = now_ms();
+    pthread_condattr_t ca;
+    int rc;
+    memset(q, 0, sizeof(*q));
+    if (pthread_condattr_init(&ca) != 0)
+        return -1;
+    /* Monotonic: the writer's periodic wake-up must not jump with the wall clock. */
+    rc = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) == 0 &&
+                 pthread_cond_init(&q->cv, &ca) == 0
+             ? 0
+             : -1;
+    pthread_condattr_destroy(&ca);
+    if (rc == 0 && pthread_mutex_init(&q->mu, NULL) != 0) {
+        pthread_cond_destroy(&q->cv);
+        rc = -1;
+    }
+    return rc;
+}
+
+/* Frees the batches still queued (after an abort: unacknowledged, so redelivered later). */
+static void queue_destroy(queue_t *q)
+{
+    for (; q->count > 0; q->count--, q->head = (q->head + 1) % QUEUE_DEPTH)
+        natsMsgList_Destroy(&q->lists[q->head]);
+    pthread_cond_destroy(&q->cv);
+    pthread_mutex_destroy(&q->mu);
+}
+
+/* Fetcher side: hands a batch over, waiting for room. Takes ownership of list. */
+static void queue_push(queue_t *q, natsMsgList *list)
+{
+    pthread_mutex_lock(&q->mu);
+    while (q->count == QUEUE_DEPTH && !q->aborted)
+        pthread_cond_wait(&q->cv, &q->mu);
+    if (q->aborted) {
+        pthread_mutex_unlock(&q->mu);
+        natsMsgList_Destroy(list);
+        return;
+    }
+    q->lists[(q->head + q->count) % QUEUE_DEPTH] = *list;
+    q->count++;
+    pthread_cond_broadcast(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+    memset(list, 0, sizeof(*list));
+}
+
+/* Fetcher side: waits until every batch handed over is acknowledged (before resubscribing). */
+static void queue_drain(queue_t *q)
+{
+    pthread_mutex_lock(&q->mu);
+    while (q->count > 0 && !q->aborted)
+        pthread_cond_wait(&q->cv, &q->mu);
+    pthread_mutex_unlock(&q->mu);
+}
+
+static void queue_finish(queue_t *q)
+{
+    pthread_mutex_lock(&q->mu);
+    q->done = true;
+    pthread_cond_broadcast(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+}
+
+/* Writer side: the oldest batch (still queued: it leaves with queue_pop once acknowledged), or
+ * NULL after up to FETCH_TIMEOUT_MS without one; *done is set when none will ever come. */
+static natsMsgList *queue_peek(queue_t *q, bool *done)
+{
+    struct timespec until;
+    natsMsgList *list = NULL;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_nsec += FETCH_TIMEOUT_MS * 1000000L;
+    until.tv_sec += until.tv_nsec / 1000000000L;
+    until.tv_nsec %= 1000000000L;
+    pthread_mutex_lock(&q->mu);
+    while (q->count == 0 && !q->done)
+        if (pthread_cond_timedwait(&q->cv, &q->mu, &until) != 0)
+            break;
+    if (q->count > 0)
+        list = &q->lists[q->head];
+    *done = q->count == 0 && q->done;
+    pthread_mutex_unlock(&q->mu);
+    return list;
+}
+
+static void queue_pop(queue_t *q)
+{
+    natsMsgList done;
+    pthread_mutex_lock(&q->mu);
+    done = q->lists[q->head];
+    q->head = (q->head + 1) % QUEUE_DEPTH;
+    q->count--;
+    pthread_cond_broadcast(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+    natsMsgList_Destroy(&done); /* outside the lock: a thousand frees */
+}
+
+static void queue_abort(queue_t *q)
+{
+    pthread_mutex_lock(&q->mu);
+    q->aborted = true;
+    pthread_cond_broadcast(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+}
+
+static bool queue_aborted(queue_t *q)
+{
+    bool aborted;
+    pthread_mutex_lock(&q->mu);
+    aborted = q->aborted;
+    pthread_mutex_unlock(&q->mu);
+    return aborted;
+}
+
+/* After repeated fetch errors the consumer may be gone (server restarted on empty storage):
+ * bind again, once nothing of the old subscription is held. False when a stop came first. */
+static bool resubscribe(fetcher_t *f)
+{
+    queue_drain(&f->q);
+    natsSubscription_Destroy(f->sub);
+    f->sub = subscribe(f->js, f->c);
+    return f->sub != NULL;
+}
+
+/* The fetcher thread: pulls batches until a stop, then ends the queue. */
+static void *fetch_main(void *arg)
+{
+    fetcher_t *f = arg;
     int errors = 0;
-    while (!stop_requested) {
+    while (!stop_requested && !queue_aborted(&f->q)) {
         natsMsgList list = {0};
         jsErrCode jerr = 0;
-        natsStatus s = natsSubscription_Fetch(&list, *sub, c->batch, FETCH_TIMEOUT_MS, &jerr);
+        natsStatus s = natsSubscription_Fetch(&list, f->sub, f->c->batch, FETCH_TIMEOUT_MS, &jerr);
         if (s == NATS_OK && list.Count > 0) {
             errors = 0;
-            int rc = persist_batch(st, &list, t);
-            natsMsgList_Destroy(&list);
-            if (rc != 0)
+            queue_push(&f->q, &list); /* even when stopping: the writer still persists it */
+            continue;
+        }
+        natsMsgList_Destroy(&list);
+        if (s == NATS_OK || s == NATS_TIMEOUT)
+            continue;
+        if (errors++ == 0)
+            fprintf(stderr, "subscriber: fetch: %s (%d)\n", natsStatus_GetText(s), (int)jerr);
+        sleep_ms(FETCH_TIMEOUT_MS);
+        if (errors >= RESUBSCRIBE_AFTER_ERRORS) {
+            if (!resubscribe(f))
+                break;
+            errors = 0;
+        }
+    }
+    queue_finish(&f->q);
+    nats_ReleaseThreadMemory();
+    return NULL;
+}
+
+/* The main thread's side: writes and acknowledges batches until the fetcher has ended and the
+ * queue is empty. Returns -1 when a stop interrupted SQLite retries. */
+static int consume(fetcher_t *f, store_t *st, stats_t *t)
+{
+    int64_t last_n = 0, last_ms = now_ms();
+    for (;;) {
+        bool done = false;
+        natsMsgList *list = queue_peek(&f->q, &done);
+        if (done)
+            break;
+        if (list != NULL) {
+            if (persist_batch(st, list, t) != 0) {
+                queue_abort(&f->q);
                 return -1;
-        } else if (s != NATS_OK && s != NATS_TIMEOUT) {
-            natsMsgList_Destroy(&list);
-            if (errors++ == 0)
-                fprintf(stderr, "subscriber: fetch: %s (%d)\n", natsStatus_GetText(s), (int)jerr);
-            sleep_ms(FETCH_TIMEOUT_MS);
-            /* The consumer may be gone (server restarted on empty storage): bind again. */
-            if (errors >= RESUBSCRIBE_AFTER_ERRORS) {
-                natsSubscription_Destroy(*sub);
-                if ((*sub = subscribe(js, c)) == NULL)
-                    return 0;
-                errors = 0;
             }
-        } else {
-            natsMsgList_Destroy(&list);
+            queue_pop(&f->q);
         }
         progress(t, &last_n, &last_ms, false);
     }
     progress(t, &last_n, &last_ms, true);
     return 0;
+}
+
+/* Runs the fetcher thread next to consume(). */
+static int run(natsSubscription **sub, jsCtx *js, store_t *st, const config_t *c, stats_t *t)
+{
+    fetcher_t f = {.sub = *sub, .js = js, .c = c};
+    pthread_t tid;
+    int rc;
+    if (queue_init(&f.q) != 0) {
+        fprintf(stderr, "subscriber: cannot create the batch queue\n");
+        return -1;
+    }
+    if (pthread_create(&tid, NULL, fetch_main, &f) != 0) {
+        fprintf(stderr, "subscriber: cannot start the fetcher thread\n");
+        queue_destroy(&f.q);
+        return -1;
+    }
+    rc = consume(&f, st, t);
+    pthread_join(tid, NULL);
+    queue_destroy(&f.q);
+    *sub = f.sub; /* the fetcher may have bound a new one (or NULL after a stop) */
+    return rc;
 }
 
 int main(int argc, char **argv)
@@ -333,7 +538,7 @@ int main(int argc, char **argv)
     }
     fprintf(stderr, "subscriber: consuming %s as durable %s, batch %d, db %s (sync %s)\n",
             c.stream, c.durable, c.batch, c.db, c.sync == STORE_SYNC_FULL ? "full" : "normal");
-    rc = consume(&sub, js, st, &c, &t) == 0 ? 0 : 1;
+    rc = run(&sub, js, st, &c, &t) == 0 ? 0 : 1;
     /* Push the last acks out before closing, or they are redelivered (harmlessly) later. */
     natsConnection_FlushTimeout(nc, 2000);
     fprintf(stderr, "subscriber: stopped, persisted %lld\n", (long long)t.persisted);
