@@ -19,6 +19,7 @@ SOURCE_DIR = os.environ.get("SNATCH_SOURCE_DIR",
                             os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 BUILD_DIR = os.environ.get("SNATCH_BUILD_DIR", os.path.join(SOURCE_DIR, "build"))
 ADMIN_TOKEN = "test-admin-token-0123456789"
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
 
 
 def binary(name):
@@ -437,7 +438,20 @@ class Stack:
                     part.stop()
                 except Exception:
                     pass
+        # In the ASan+UBSan pass every integration test is also a memory check: a report in any
+        # of our processes' logs (leaks are reported at exit) fails the test.
+        reports = []
+        for name, proc in [("host " + h.host_id, h.proc) for h in self.hosts] + [
+                ("subscriber", self.sub.proc if self.sub else None)]:
+            text = proc.log_text() if proc is not None else ""
+            for marker in SANITIZER_MARKERS:
+                if marker in text:
+                    i = text.index(marker)
+                    reports.append("%s: %s" % (name, text[max(0, i - 200):i + 3000]))
+                    break
         self.tmp.cleanup()
+        if reports and etype is None:
+            raise AssertionError("sanitizer report:\n" + "\n".join(reports))
 
 
 class Suite:

@@ -136,5 +136,22 @@ def pipelined_requests_answered_in_order():
         assert all(p > 0 for p in pos) and pos == sorted(pos), pos
 
 
+@suite.case
+def bot_hammering_one_id_gets_429_and_at_most_the_limit():
+    from loadgen import crowd, by_status
+    with Stack(hosts=1, threads=2, subscriber=False) as st:
+        h = st.host
+        h.create_event("bot", 1000, per_user_limit=2)
+        res = crowd(h.port, "bot", ["bot-7"] * 300, threads=8)
+        counts = by_status(res)
+        assert counts.get(200) == 2, counts                 # never more than the limit
+        assert counts.get(429, 0) >= 250, counts            # the token bucket (burst 10, 5/s)
+        assert set(counts) <= {200, 409, 429}, counts
+        assert st.redis.cmd("HGET", "{bot}:users", "bot-7") == "2"
+        assert st.redis.cmd("HGET", "{bot}:meta", "sold") == "2"
+        # Other buyers are not affected by the bot's bucket.
+        assert h.snatch("bot", "human-1")[0] == 200
+
+
 if __name__ == "__main__":
     suite.run()
