@@ -28,6 +28,7 @@ typedef struct sale {
     char user[SNATCH_NAME_MAX + 1];
     char order_id[SNATCH_ORDER_ID_MAX + 1];
     int64_t created_ms;
+    bool admitted; /* admit() already ran (before the look-up of an unknown event) */
 } sale_t;
 
 static const char BODY_SOLD_OUT[] = "{\"error\":\"sold_out\"}";
@@ -322,6 +323,36 @@ static void deduct(sale_t *s)
     redis_eval(s->w->redis, on_deducted, s, 5, 10, argv, lens);
 }
 
+/* The policy's admit(): 0 admitted, or -1 when it refused (answered and finished then). */
+static int admit(sale_t *s)
+{
+    script_admit_req_t ar = {.event = s->event,
+                             .user = s->user,
+                             .qty = s->qty,
+                             .client = s->req->peer,
+                             .now_ms = util_now_ms()};
+    script_verdict_t v;
+    script_admit(s->w->script, &ar, &v);
+    s->admitted = true;
+    if (v.status == 0)
+        return 0;
+    char body[320];
+    size_t pos = 0;
+    memcpy(body, "{\"error\":", 9);
+    pos = 9;
+    util_json_str(body, sizeof(body), &pos, v.reason, strlen(v.reason));
+    if (v.detail[0] != '\0') {
+        memcpy(body + pos, ",\"detail\":", 10);
+        pos += 10;
+        util_json_str(body, sizeof(body) - 1, &pos, v.detail, strlen(v.detail));
+    }
+    body[pos++] = '}';
+    metrics_outcome(OUTCOME_REJECTED);
+    reply_static(s->req, v.status, body, pos);
+    sale_finish(s);
+    return -1;
+}
+
 /* The event is known: local checks, policy, then Redis. */
 static void sale_continue(sale_t *s)
 {
@@ -338,30 +369,8 @@ static void sale_continue(sale_t *s)
         sale_finish(s);
         return;
     }
-    script_admit_req_t ar = {.event = s->event,
-                             .user = s->user,
-                             .qty = s->qty,
-                             .client = s->req->peer,
-                             .now_ms = util_now_ms()};
-    script_verdict_t v;
-    script_admit(w->script, &ar, &v);
-    if (v.status != 0) {
-        char body[320];
-        size_t pos = 0;
-        memcpy(body, "{\"error\":", 9);
-        pos = 9;
-        util_json_str(body, sizeof(body), &pos, v.reason, strlen(v.reason));
-        if (v.detail[0] != '\0') {
-            memcpy(body + pos, ",\"detail\":", 10);
-            pos += 10;
-            util_json_str(body, sizeof(body) - 1, &pos, v.detail, strlen(v.detail));
-        }
-        body[pos++] = '}';
-        metrics_outcome(OUTCOME_REJECTED);
-        reply_static(s->req, v.status, body, pos);
-        sale_finish(s);
+    if (!s->admitted && admit(s) != 0)
         return;
-    }
     /* Fail closed: without Redis nothing can be deducted, without NATS nothing could be made
      * durable, so nobody is sold anything. */
     if (w->redis == NULL || !redis_client_ready(w->redis) || w->orders == NULL ||
@@ -443,12 +452,18 @@ void sale_snatch(worker_t *w, http_request_t *req, const char *event, size_t eve
     s->event[event_len] = '\0';
     memcpy(s->user, user, user_len);
     s->user[user_len] = '\0';
+    s->admitted = false;
     w->inflight++;
     stock_event_t *ev = stock_find(event, event_len);
-    if (ev != NULL)
+    if (ev != NULL) {
         on_event_found(ev, 0, s);
-    else
-        sale_lookup_event(w, s->event, event_len, on_event_found, s);
+        return;
+    }
+    /* An event this host does not know costs a Redis look-up: the policy's rate limits go
+     * first, so a flood of made-up event names is throttled like any other. */
+    if (admit(s) != 0)
+        return;
+    sale_lookup_event(w, s->event, event_len, on_event_found, s);
 }
 
 /* ---- Event discovery: what PUT /admin/events did on any host becomes known here. ---- */
