@@ -60,7 +60,7 @@ for t in "${targets[@]}"; do
   ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" UBSAN_OPTIONS="print_stacktrace=1" \
     "$dir/tests/$bin" "${args[@]}" "${dirs[@]}" >"$log" 2>&1 || rc=$?
   # The last status line and the final figures.
-  grep -E '^#[0-9]+ +(DONE|pulse)|^stat::(number_of_executed_units|average_exec_per_sec)' "$log" |
+  grep -E '^#[0-9]+[[:space:]]+(DONE|pulse)|^stat::(number_of_executed_units|average_exec_per_sec)' "$log" |
     tail -n 3 || true
   echo "fuzz: corpus $corpus: $(find "$corpus" -type f | wc -l) inputs"
   found=$(find "$crashes" -type f -newer "$dir/fuzz-$t.start" \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' \
