@@ -312,8 +312,7 @@ int store_scan_order(const char *data, size_t len, store_order_t *o, char *scrat
     int64_t num[2] = {0, -1}; /* qty, created_at */
     unsigned seen = 0;
     int nother = 0;
-    const unsigned required =
-        1u << F_ORDER_ID | 1u << F_EVENT | 1u << F_USER | 1u << F_QTY;
+    const unsigned required = 1u << F_ORDER_ID | 1u << F_EVENT | 1u << F_USER | 1u << F_QTY;
 
     memset(o, 0, sizeof(*o));
     if (!eat(&s, '{'))

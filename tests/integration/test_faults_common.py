@@ -215,12 +215,18 @@ def rss_kb(pid):
 
 
 def freeze(proc, seconds):
-    """SIGSTOP a server for `seconds`, then SIGCONT: it is unreachable but keeps its sockets."""
+    """SIGSTOP a server for `seconds`, then SIGCONT: it is unreachable but keeps its sockets.
+    Returns (stopped, resumed): from a little after the stop surely took effect (all threads
+    of a process stop asynchronously, and an answer the server produced just before may still
+    be on its way) to right before SIGCONT."""
     os.kill(proc.pid, signal.SIGSTOP)
+    stopped = time.time() + 0.05
     try:
         time.sleep(seconds)
     finally:
+        resumed = time.time()
         os.kill(proc.pid, signal.SIGCONT)
+    return stopped, resumed
 
 
 def policy_with_tolerate(path, tolerate):

@@ -84,6 +84,65 @@ class SubscriberTest(unittest.TestCase):
         self.assertEqual(s2.stop(), 0)
         self.assertEqual(count(s.db, "dead_letters"), 5)
 
+    def test_fast_scanner_agrees_with_json_parser(self):
+        # The subscriber reads the host's flat orders with its own scanner and leaves anything
+        # unusual to jansson: each case pins what must be stored (and how) or dead-lettered.
+        good = {
+            "v1": ('{"order_id":"v1","event":"e1","user":"u1","qty":2,"host":"h","created_at":5}',
+                   ("e1", "u1", 2, "h", 5)),
+            "v2": (' { "order_id" : "v2" ,\n"event":"e1",\t"user":"u2","qty":1 }\r\n',
+                   ("e1", "u2", 1, None, None)),
+            "v3": ('{"order_id":"v3","event":"e1","user":"a\\"b\\u0041","qty":1}',
+                   ("e1", 'a"bA', 1, None, None)),
+            "v4": ('{"order_id":"v4","event":"e1","user":"\u00e9t\u00e9","qty":1}',
+                   ("e1", "\u00e9t\u00e9", 1, None, None)),
+            "v5": ('{"order_id":"v5","event":"e1","user":"u","qty":1,"tier":"gold","n":-3}',
+                   ("e1", "u", 1, None, None)),
+            "v6": ('{"order_id":"v6","event":"e1","user":"u","qty":1,"host":null,'
+                   '"created_at":null}', ("e1", "u", 1, None, None)),
+            "v7": ('{"order_id":"v7","event":"e1","user":"u","qty":1,"created_at":-7}',
+                   ("e1", "u", 1, None, None)),
+            "v8": ('{"qty":3,"user":"u","created_at":0,"event":"e1","order_id":"v8"}',
+                   ("e1", "u", 3, None, 0)),
+            "v9": ('{"order_id":"v9","event":"e1","user":"u","qty":1,"meta":{"a":[1,2.5]}}',
+                   ("e1", "u", 1, None, None)),
+        }
+        bad = [
+            '{"order_id":"d1","event":"e1","user":"u","qty":1,"qty":2}',
+            '{"order_id":"d2","event":"e1","user":"u","qty":1,"x":1,"x":"2"}',
+            '{"order_id":"d3","event":"e1","user":"u","qty":01}',
+            '{"order_id":"d4","event":"e1","user":"u","qty":1.0}',
+            '{"order_id":"d5","event":"e1","user":"u","qty":1,}',
+            '{"order_id":"d6","event":"e1","user":"u","qty":1} x',
+            '{"order_id":"d7","event":"e1","user":"u","qty":1,"host":""}',
+            '{"order_id":"d8","event":"e1","user":"u","qty":99999999999999999999}',
+            '{"order_id":"d9","event":"e1","user":"u","qty":1,"created_at":"5"}',
+            '{"order_id":"d10","event":"e1","qty":1}',
+            '{"order_id":"d11","event":"e1"',
+            '{"order_id":"d12","event":"e1","user":"u","qty":-1}',
+            '{"order_id":"d13","event":"e1","user":"u\\u0000v","qty":1}',
+            '{"order_id":"d14","event":"e1","user":"u","qty":1e0}',
+        ]
+        for data, _ in good.values():
+            fill(self.nats.url, 0, 1, "e1", "--raw", data)
+        for data in bad:
+            fill(self.nats.url, 0, 1, "e1", "--raw", data)
+        s = self.subscriber().start()
+        wait_until(lambda: s.rows() >= len(good) and count(s.db, "dead_letters") >= len(bad),
+                   30, what="every case handled")
+        self.assertEqual(s.stop(), 0)
+        rows = {r[0]: r[1:] for r in s.query(
+            "SELECT order_id, event, user, qty, host, created_at FROM orders")}
+        self.assertEqual(set(rows), set(good))
+        for oid, (data, want) in good.items():
+            self.assertEqual(rows[oid], want, oid)
+        payload = s.query("SELECT payload FROM orders WHERE order_id='v2'")[0][0]
+        self.assertEqual(payload, good["v2"][0])  # stored verbatim, white space included
+        dl = s.query("SELECT reason, data FROM dead_letters ORDER BY id")
+        self.assertEqual([bytes(d[1]).decode() for d in dl], bad)
+        self.assertIn("duplicate", dl[0][0])
+        self.assertIn("qty", dl[3][0])
+
     def test_kill9_and_restart(self):
         n = 200000
         fill(self.nats.url, n)
