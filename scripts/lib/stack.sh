@@ -109,5 +109,7 @@ stack_stop() {
     wait "$pid" 2>/dev/null || true
   done
   STACK_PIDS=()
+  STACK_HOST_PIDS=()
+  STACK_HOST_PORTS=()
   if [ -n "${STACK_DIR:-}" ] && [ -z "${STACK_KEEP_DIR:-}" ]; then rm -rf "$STACK_DIR"; fi
 }
