@@ -40,6 +40,24 @@ static const char BODY_UNKNOWN_OUTCOME[] =
     "{\"error\":\"unavailable\",\"detail\":\"Redis connection lost mid-request: the purchase may "
     "have gone through; see GET /v1/events/{event}/users/{user}/orders\"}";
 
+/* Errors that would repeat for every request (a broken deduct script) are logged at most once a
+ * second per thread, with the count of what was left out. */
+static void log_limited(const char *fmt, const char *arg)
+{
+    static _Thread_local uint64_t last_us;
+    static _Thread_local unsigned dropped;
+    uint64_t now = util_mono_us();
+    if (last_us != 0 && now - last_us < 1000000u) {
+        dropped++;
+        return;
+    }
+    if (dropped > 0)
+        fprintf(stderr, "sale: (%u similar errors not logged)\n", dropped);
+    dropped = 0;
+    last_us = now;
+    fprintf(stderr, fmt, arg);
+}
+
 static void reply_static(http_request_t *req, int status, const char *body, size_t len)
 {
     metrics_request(ROUTE_SNATCH, status);
@@ -255,7 +273,7 @@ static void on_deducted(redisReply *r, const char *err, void *data)
     }
     if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
         if (r != NULL && r->type == REDIS_REPLY_ERROR)
-            fprintf(stderr, "sale: deduct script error: %s\n", r->str);
+            log_limited("sale: deduct script error: %s\n", r->str);
         sale_fail(s, 503, BODY_UNAVAILABLE, sizeof(BODY_UNAVAILABLE) - 1, OUTCOME_UNAVAILABLE);
         return;
     }
@@ -289,7 +307,7 @@ static void on_deducted(redisReply *r, const char *err, void *data)
     } else if (strcmp(verdict, "unknown_event") == 0) {
         sale_fail(s, 404, BODY_UNKNOWN, sizeof(BODY_UNKNOWN) - 1, OUTCOME_BAD_REQUEST);
     } else {
-        fprintf(stderr, "sale: unexpected deduct verdict '%s'\n", verdict);
+        log_limited("sale: unexpected deduct verdict '%s'\n", verdict);
         sale_fail(s, 503, BODY_UNAVAILABLE, sizeof(BODY_UNAVAILABLE) - 1, OUTCOME_UNAVAILABLE);
     }
 }

@@ -137,6 +137,6 @@ if [ "$keep" -eq 1 ]; then
   echo "  curl -s -X POST '$STACK_URL/v1/events/$event/snatch?user=me'"
   echo "  curl -s $STACK_URL/metrics | head"
   echo "  sqlite3 $STACK_DB 'select * from orders limit 5'"
-  echo "stop it with: kill ${STACK_PIDS[*]}   (then rm -rf $STACK_DIR)"
+  echo "stop it with: kill ${STACK_HOST_PIDS[*]}; sleep 1; kill $STACK_SUB_PID $STACK_NATS_PID $STACK_REDIS_PID   (then rm -rf $STACK_DIR)"
 fi
 exit $result
