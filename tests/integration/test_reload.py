@@ -127,5 +127,32 @@ def broken_policy_is_refused_old_keeps_serving():
         wait_until(lambda: h.snatch("b", "vip-3")[0] == 200, 5, what="good policy after broken")
 
 
+@suite.case
+def broken_deduct_script_is_refused_by_redis_old_keeps_selling():
+    import shutil
+    from harness import SOURCE_DIR
+    st = ReloadStack(threads=2)
+    deduct = os.path.join(st.tmp.path, "deduct.lua")
+    shutil.copy(os.path.join(SOURCE_DIR, "lua", "deduct.lua"), deduct)
+    st.host_extra = ("--deduct", deduct)
+    with st:
+        h = st.host
+        h.create_event("d", 100)
+        assert h.snatch("d", "one")[0] == 200
+        write(deduct, "this is not lua (\n")
+        h.hup()
+        wait_until(lambda: "Redis refused the new deduct script" in h.proc.log_text(), 5,
+                   what="the refusal in the log")
+        s, b = h.snatch("d", "two")
+        assert s == 200, (s, b)  # the old script still sells
+        # A good new script (here: the same with a comment) is taken and sells too.
+        with open(os.path.join(SOURCE_DIR, "lua", "deduct.lua")) as f:
+            write(deduct, "-- reloaded\n" + f.read())
+        h.hup()
+        time.sleep(0.5)
+        assert h.snatch("d", "three")[0] == 200
+        assert st.redis.cmd("HGET", "{d}:meta", "sold") == "3"
+
+
 if __name__ == "__main__":
     suite.run()
