@@ -15,8 +15,6 @@
 #include "util.h"
 #include "worker.h"
 
-#define KEY_MAX (SNATCH_NAME_MAX + 16)
-
 /* Resets an event: refused while orders wait to be published (they would be lost). The seq
  * field survives, so order ids never repeat for one event name. */
 static const char RESET_SCRIPT[] =
@@ -51,11 +49,6 @@ static void respond_json(http_request_t *req, metrics_route_t route, int status,
 {
     metrics_request(route, status);
     http_respond(req, status, NULL, body, len);
-}
-
-static int event_key(char *out, const char *event, size_t len, const char *suffix)
-{
-    return snprintf(out, KEY_MAX, "{%.*s}:%s", (int)len, event, suffix);
 }
 
 static worker_t *worker_of(http_request_t *req)
@@ -141,8 +134,8 @@ static void get_event(http_request_t *req, const char *event, size_t len)
     v->len = len;
     memcpy(v->event, event, len);
     v->event[len] = '\0';
-    char key[KEY_MAX];
-    int n = event_key(key, event, len, "meta");
+    char key[UTIL_KEY_MAX];
+    int n = util_event_key(key, event, len, "meta");
     const char *argv[] = {"HMGET", key, "stock", "sold", "limit", "gen"};
     size_t lens[] = {5, (size_t)n, 5, 4, 5, 3};
     redis_command(w->redis, on_event_meta, v, 6, argv, lens);
@@ -287,7 +280,7 @@ static void put_event(http_request_t *req, const char *event, size_t len)
     memcpy(a->event, event, len);
     a->event[len] = '\0';
     static const char *suffix[5] = {"meta", "users", "orders", "uorders", "pending"};
-    char keys[5][KEY_MAX], sstock[24], slimit[24];
+    char keys[5][UTIL_KEY_MAX], sstock[24], slimit[24];
     const char *argv[12];
     size_t lens[12];
     argv[0] = "EVAL";
@@ -297,7 +290,7 @@ static void put_event(http_request_t *req, const char *event, size_t len)
     argv[2] = "6";
     lens[2] = 1;
     for (int i = 0; i < 5; i++) {
-        lens[3 + i] = (size_t)event_key(keys[i], event, len, suffix[i]);
+        lens[3 + i] = (size_t)util_event_key(keys[i], event, len, suffix[i]);
         argv[3 + i] = keys[i];
     }
     argv[8] = "snatch:events";
@@ -367,8 +360,8 @@ static void get_order(http_request_t *req, const char *id, size_t len)
     }
     v->req = req;
     v->w = w;
-    char key[KEY_MAX];
-    int n = event_key(key, event, elen, "orders");
+    char key[UTIL_KEY_MAX];
+    int n = util_event_key(key, event, elen, "orders");
     const char *argv[] = {"HGET", key, id};
     size_t lens[] = {4, (size_t)n, len};
     redis_command(w->redis, on_order, v, 3, argv, lens);
@@ -451,7 +444,7 @@ static void on_user_ids(redisReply *r, const char *err, void *data)
         count += r->str[i] == ',';
     const char **argv = malloc((count + 2) * sizeof(*argv));
     size_t *lens = malloc((count + 2) * sizeof(*lens));
-    char key[KEY_MAX];
+    char key[UTIL_KEY_MAX];
     if (argv == NULL || lens == NULL) {
         free(argv);
         free(lens);
@@ -461,7 +454,7 @@ static void on_user_ids(redisReply *r, const char *err, void *data)
     }
     argv[0] = "HMGET";
     lens[0] = 5;
-    lens[1] = (size_t)event_key(key, v->event, strlen(v->event), "orders");
+    lens[1] = (size_t)util_event_key(key, v->event, strlen(v->event), "orders");
     argv[1] = key;
     size_t n = 2, start = 0;
     for (size_t i = 0; i <= r->len; i++) {
@@ -499,8 +492,8 @@ static void get_user_orders(http_request_t *req, const char *event, size_t elen,
     v->w = w;
     memcpy(v->event, event, elen);
     memcpy(v->user, user, ulen);
-    char key[KEY_MAX];
-    int n = event_key(key, event, elen, "uorders");
+    char key[UTIL_KEY_MAX];
+    int n = util_event_key(key, event, elen, "uorders");
     const char *argv[] = {"HGET", key, v->user};
     size_t lens[] = {4, (size_t)n, ulen};
     redis_command(w->redis, on_user_ids, v, 3, argv, lens);

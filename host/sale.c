@@ -17,7 +17,6 @@
 #include "stock.h"
 #include "util.h"
 
-#define KEY_MAX (SNATCH_NAME_MAX + 16)
 
 typedef struct sale {
     worker_t *w;
@@ -67,7 +66,7 @@ static void reply_static(http_request_t *req, int status, const char *body, size
 
 static int event_key(char *out, const char *event, const char *suffix)
 {
-    return snprintf(out, KEY_MAX, "{%s}:%s", event, suffix);
+    return util_event_key(out, event, strlen(event), suffix);
 }
 
 /* Ends a sale: answers, frees, and lets shutdown know one fewer is in flight. */
@@ -133,7 +132,7 @@ static void flush_acks(worker_t *w)
         return;
     const char *argv[ACK_BATCH_MAX + 2];
     size_t lens[ACK_BATCH_MAX + 2];
-    char key[KEY_MAX];
+    char key[UTIL_KEY_MAX];
     bool *done = calloc(a->n, sizeof(bool));
     for (size_t i = 0; i < a->n && done != NULL; i++) {
         if (done[i])
@@ -314,7 +313,7 @@ static void on_deducted(redisReply *r, const char *err, void *data)
 
 static void deduct(sale_t *s)
 {
-    char keys[5][KEY_MAX];
+    char keys[5][UTIL_KEY_MAX];
     static const char *suffix[5] = {"meta", "users", "orders", "uorders", "pending"};
     char qty[24], deadline[24];
     const char *argv[10];
@@ -354,19 +353,8 @@ static int admit(sale_t *s)
     s->admitted = true;
     if (v.status == 0)
         return 0;
-    char body[320];
-    size_t pos = 0;
-    memcpy(body, "{\"error\":", 9);
-    pos = 9;
-    util_json_str(body, sizeof(body), &pos, v.reason, strlen(v.reason));
-    if (v.detail[0] != '\0') {
-        memcpy(body + pos, ",\"detail\":", 10);
-        pos += 10;
-        util_json_str(body, sizeof(body) - 1, &pos, v.detail, strlen(v.detail));
-    }
-    body[pos++] = '}';
     metrics_outcome(OUTCOME_REJECTED);
-    reply_static(s->req, v.status, body, pos);
+    api_error(s->req, ROUTE_SNATCH, v.status, v.reason, v.detail[0] != '\0' ? v.detail : NULL);
     sale_finish(s);
     return -1;
 }
@@ -536,7 +524,7 @@ static void on_meta(redisReply *r, const char *err, void *data)
 
 static void read_meta(worker_t *w, const char *event, redis_reply_fn fn, void *data)
 {
-    char key[KEY_MAX];
+    char key[UTIL_KEY_MAX];
     int n = event_key(key, event, "meta");
     const char *argv[] = {"HMGET", key, "stock", "sold", "limit", "gen"};
     size_t lens[] = {5, (size_t)n, 5, 4, 5, 3};

@@ -20,6 +20,11 @@
 int64_t util_now_ms(void);
 uint64_t util_mono_us(void);
 
+/* Redis key of an event: "{event}:suffix" (the hash tag keeps an event's keys on one Cluster
+ * slot). out must hold UTIL_KEY_MAX bytes. Returns the key's length. */
+#define UTIL_KEY_MAX (SNATCH_NAME_MAX + 16)
+int util_event_key(char *out, const char *event, size_t len, const char *suffix);
+
 /* Parses a whole decimal integer in [min, max]; rejects sign tricks, spaces and overflow.
  * Returns 0 and stores *out, or -1. */
 int util_parse_i64(const char *s, size_t len, int64_t min, int64_t max, int64_t *out);
