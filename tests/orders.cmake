@@ -12,3 +12,6 @@ set_target_properties(orders-fill PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BI
 
 add_snatch_py_test(test_subscriber integration/test_subscriber.py TIMEOUT 300)
 add_snatch_py_test(test_reconcile integration/test_reconcile.py TIMEOUT 240)
+
+# store.c: the fast order scanner against the JSON parser (differential), idempotent inserts.
+add_snatch_unit_test(test_store ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_store.c LIBS snatch_store)
