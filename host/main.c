@@ -35,6 +35,7 @@ static char host_id_buf[SNATCH_NAME_MAX + 1];
 static char deduct_buf[4096];
 static uint64_t reconcile_interval_ms = 5000;
 static int64_t reconcile_after_ms = 30000;
+static int64_t rate_limit_keys = 1 << 18;
 
 static void usage(FILE *out)
 {
@@ -60,6 +61,8 @@ static void usage(FILE *out)
             "  --header-timeout-ms MS    request head must arrive within (default 10000)\n"
             "  --reconcile-interval-ms MS  republish lost orders every MS (default 5000, 0: off)\n"
             "  --reconcile-after-ms MS   an unacknowledged order counts as lost after (30000)\n"
+            "  --rate-limit-keys N       buckets of the policy's host.limit() (default 262144,\n"
+            "                            ~190 bytes each; when full the least recent is reused)\n"
             "  --test                    load and validate POLICY, print the verdict, exit\n"
             "  --version, --help\n"
             "\nSignals: HUP reloads the policy and deduct script (a broken one is refused and the\n"
@@ -163,6 +166,7 @@ enum {
     OPT_VERSION,
     OPT_RECONCILE_INTERVAL,
     OPT_RECONCILE_AFTER,
+    OPT_RATE_LIMIT_KEYS,
 };
 
 static int parse_int_opt(const char *name, const char *v, int64_t min, int64_t max, int64_t *out)
@@ -197,6 +201,7 @@ static int parse_args(int argc, char **argv, bool *test_only)
         {"test", no_argument, NULL, OPT_TEST},
         {"reconcile-interval-ms", required_argument, NULL, OPT_RECONCILE_INTERVAL},
         {"reconcile-after-ms", required_argument, NULL, OPT_RECONCILE_AFTER},
+        {"rate-limit-keys", required_argument, NULL, OPT_RATE_LIMIT_KEYS},
         {"version", no_argument, NULL, OPT_VERSION},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
@@ -304,6 +309,10 @@ static int parse_args(int argc, char **argv, bool *test_only)
                 return -1;
             reconcile_interval_ms = (uint64_t)v;
             break;
+        case OPT_RATE_LIMIT_KEYS:
+            if (parse_int_opt("--rate-limit-keys", optarg, 64, 1 << 26, &rate_limit_keys))
+                return -1;
+            break;
         case OPT_RECONCILE_AFTER:
             if (parse_int_opt("--reconcile-after-ms", optarg, 1, 86400000, &v))
                 return -1;
@@ -345,7 +354,7 @@ int main(int argc, char **argv)
     if (parse_args(argc, argv, &test_only) != 0)
         return 2;
     /* Before the first policy call: host.limit() would otherwise size the table by default. */
-    if (ratelimit_init(1 << 18) != 0) {
+    if (ratelimit_init((size_t)rate_limit_keys) != 0) {
         fprintf(stderr, "snatch-host: cannot allocate the rate limiter\n");
         return 1;
     }
