@@ -62,6 +62,35 @@ def kill9_two_hosts_tolerate2_sells_out():
     kill_mid_burst(2, tolerate=2, label="kill -9 2 of 3 (tolerate=2)")
 
 
+@suite.case
+def kill9_two_hosts_then_operator_raises_tolerate_live():
+    """The remedy for more dead hosts than the policy tolerates, without a restart: raise
+    tolerate in policy.lua and SIGHUP the survivor; its quota is recomputed (the difference is
+    added to what it has left) and the rest of the stock sells."""
+    from test_faults_common import policy_with_tolerate
+    with FaultStack(hosts=3, threads=2, tolerate=1) as st:
+        ev = "op"
+        survivor = st.hosts[0]
+        survivor.create_event(ev, STOCK)
+        crowd = MultiCrowd(st.hosts, ev, users("o"), threads=12, stop_at=time.time() + 60).start()
+        wait_sold(st, ev, STOCK // 10)
+        for h in st.hosts[1:]:
+            h.kill9()
+        answers = crowd.join()
+        stuck = STOCK - sold(st, ev)
+        assert stuck > 0, "two dead hosts with tolerate=1 left nothing unsold: case tested nothing"
+        policy_with_tolerate(st.policy, 2)
+        survivor.hup()
+        # The refresh (every 0.5 s) recomputes the quota with the new allocate().
+        wait_until(lambda: survivor.request("GET", "/v1/events/" + ev)[1]["local_quota"] == STOCK,
+                   10, what="quota recomputed after SIGHUP")
+        more = MultiCrowd([survivor], ev, users("p"), threads=8,
+                          stop_at=time.time() + 60).start().join()
+        res = verify(st, ev, STOCK, answers + more, "kill -9 2 of 3, then tolerate=2 + SIGHUP",
+                     note="unsold_before_reload=%d" % stuck)
+        assert res["unsold"] == 0, res
+
+
 def sigterm_case(label, acks_in_flight, strict=False):
     """SIGTERM one of three hosts mid-burst. With acks_in_flight, NATS is stopped (SIGSTOP) for
     a moment around the signal, so the victim holds requests that wait for their JetStream ack
