@@ -1,7 +1,8 @@
 /* A loop thread: owns its loop, listener, Redis connection, policy state and order lane, and
  * reacts to other threads only through its uv_async_t (reload, stop). Shutdown order matters:
- * stop accepting, let in-flight sales finish (their orders get acknowledged), then close the
- * HTTP connections, the lane and Redis, and let the loop run dry. */
+ * stop accepting and reading (each connection closes once its pending answers are written), let
+ * in-flight sales finish (their orders get acknowledged), then close the lane and Redis, and let
+ * the loop run dry. */
 #include "worker.h"
 
 #include <stdio.h>
