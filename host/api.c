@@ -186,8 +186,9 @@ static void on_event_reset(redisReply *r, const char *err, void *data)
                            .host_id = a->w->host->cfg.host_id};
     int64_t quota = script_allocate(a->w->script, a->event, &cl);
     stock_install(a->event, a->len, a->stock, a->limit, quota, (uint64_t)gen, a->stock == 0);
-    fprintf(stderr, "admin: event %s reset: stock %" PRId64 ", per_user_limit %" PRId64
-                    ", generation %" PRId64 ", local quota %" PRId64 "\n",
+    fprintf(stderr,
+            "admin: event %s reset: stock %" PRId64 ", per_user_limit %" PRId64
+            ", generation %" PRId64 ", local quota %" PRId64 "\n",
             a->event, a->stock, a->limit, gen, quota);
     char body[384];
     size_t pos = 0;
@@ -246,7 +247,8 @@ static void put_event(http_request_t *req, const char *event, size_t len)
 {
     worker_t *w = worker_of(req);
     if (w->host->cfg.admin_token_len == 0) {
-        api_error(req, ROUTE_ADMIN_EVENT, 403, "forbidden", "admin disabled: no --admin-token-file");
+        api_error(req, ROUTE_ADMIN_EVENT, 403, "forbidden",
+                  "admin disabled: no --admin-token-file");
         return;
     }
     if (!authorized(w, req)) {

@@ -35,19 +35,19 @@ typedef struct http_request {
     size_t authorization_len;
     const char *body; /* "" when absent */
     size_t body_len;
-    const char *peer; /* client IP address as text */
-    void *server_data; /* the data given to http_server_start */
+    const char *peer;   /* client IP address as text */
+    void *server_data;  /* the data given to http_server_start */
     void *handler_data; /* free for the handler's use */
 } http_request_t;
 
 typedef void (*http_handler_fn)(http_request_t *req);
 
 typedef struct http_config {
-    size_t max_head_bytes;        /* request line + headers; beyond: 431 and close (default 8 KiB) */
-    size_t max_body_bytes;        /* beyond: 413 and close (default 64 KiB) */
-    uint64_t header_timeout_ms;   /* a started request (body too) must arrive in time: 408 (10 s) */
-    uint64_t idle_timeout_ms;     /* keep-alive connection with nothing pending: close (60 s) */
-    unsigned max_pipeline;        /* unanswered requests per connection before reading pauses (64) */
+    size_t max_head_bytes;      /* request line + headers; beyond: 431 and close (default 8 KiB) */
+    size_t max_body_bytes;      /* beyond: 413 and close (default 64 KiB) */
+    uint64_t header_timeout_ms; /* a started request (body too) must arrive in time: 408 (10 s) */
+    uint64_t idle_timeout_ms;   /* keep-alive connection with nothing pending: close (60 s) */
+    unsigned max_pipeline;      /* unanswered requests per connection before reading pauses (64) */
 } http_config_t;
 
 typedef struct http_server http_server_t;

@@ -7,12 +7,12 @@
  * sales finish, close, exit 0. */
 #include <errno.h>
 #include <getopt.h>
+#include <nats/nats.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <nats/nats.h>
 #include <uv.h>
 
 #include "metrics.h"
@@ -375,14 +375,15 @@ int main(int argc, char **argv)
         return 1;
     }
     if ((int64_t)host.cfg.ack_timeout_ms >= reconcile_after_ms)
-        fprintf(stderr, "snatch-host: warning: --reconcile-after-ms (%lld) should exceed "
-                        "--ack-timeout-ms (%llu), or orders still awaiting their ack get "
-                        "republished (harmless: de-duplicated, but wasted)\n",
+        fprintf(stderr,
+                "snatch-host: warning: --reconcile-after-ms (%lld) should exceed "
+                "--ack-timeout-ms (%llu), or orders still awaiting their ack get "
+                "republished (harmless: de-duplicated, but wasted)\n",
                 (long long)reconcile_after_ms, (unsigned long long)host.cfg.ack_timeout_ms);
     reconciler_t *reconciler = NULL;
     if (reconcile_interval_ms > 0 &&
-        reconciler_start(&reconciler, host.cfg.redis_host, host.cfg.redis_port,
-                         host.cfg.nats_url, reconcile_interval_ms, reconcile_after_ms) != 0) {
+        reconciler_start(&reconciler, host.cfg.redis_host, host.cfg.redis_port, host.cfg.nats_url,
+                         reconcile_interval_ms, reconcile_after_ms) != 0) {
         fprintf(stderr, "snatch-host: cannot start the reconciliation thread\n");
         return 1;
     }

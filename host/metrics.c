@@ -20,8 +20,8 @@ static const int status_codes[] = {200, 202, 400, 401, 403, 404, 405, 408,
 #define N_STATUS (ARRAY_SIZE(status_codes) + 1) /* last: any other */
 
 /* Redis round trip buckets, microseconds. */
-static const uint64_t rtt_bounds[] = {100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000,
-                                      100000, 250000, 1000000};
+static const uint64_t rtt_bounds[] = {100,   250,   500,   1000,   2500,   5000,
+                                      10000, 25000, 50000, 100000, 250000, 1000000};
 #define N_RTT (ARRAY_SIZE(rtt_bounds) + 1)
 
 typedef struct slot {
@@ -47,11 +47,11 @@ static struct {
 } lua_counters[LUA_COUNTERS];
 static int n_lua_counters;
 
-static const char *route_names[ROUTE__COUNT] = {
-    "snatch", "event", "admin_event", "order", "user_orders", "metrics", "healthz", "other"};
+static const char *route_names[ROUTE__COUNT] = {"snatch",      "event",   "admin_event", "order",
+                                                "user_orders", "metrics", "healthz",     "other"};
 static const char *outcome_names[OUTCOME__COUNT] = {
-    "sold", "pending", "sold_out_local", "sold_out_redis", "limit_reached",
-    "rejected", "bad_request", "unavailable"};
+    "sold",          "pending",  "sold_out_local", "sold_out_redis",
+    "limit_reached", "rejected", "bad_request",    "unavailable"};
 
 void metrics_init(void)
 {
@@ -237,8 +237,8 @@ char *metrics_render(size_t *len)
     for (size_t i = 0; i < N_RTT; i++) {
         cum += SUM(rtt[i]);
         if (i < ARRAY_SIZE(rtt_bounds))
-            out_printf(&o, "snatch_redis_rtt_seconds_bucket{le=\"%g\"} %llu\n",
-                       rtt_bounds[i] / 1e6, (unsigned long long)cum);
+            out_printf(&o, "snatch_redis_rtt_seconds_bucket{le=\"%g\"} %llu\n", rtt_bounds[i] / 1e6,
+                       (unsigned long long)cum);
         else
             out_printf(&o, "snatch_redis_rtt_seconds_bucket{le=\"+Inf\"} %llu\n",
                        (unsigned long long)cum);

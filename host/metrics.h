@@ -20,14 +20,14 @@ typedef enum {
 } metrics_route_t;
 
 typedef enum {
-    OUTCOME_SOLD,            /* 200: deducted in Redis, order acknowledged by JetStream */
-    OUTCOME_PENDING,         /* 202: deducted, order publish not yet acknowledged */
-    OUTCOME_SOLD_OUT_LOCAL,  /* 409 answered from local stock, Redis never asked */
-    OUTCOME_SOLD_OUT_REDIS,  /* 409 from Redis */
-    OUTCOME_LIMIT_REACHED,   /* 409 per-user limit */
-    OUTCOME_REJECTED,        /* policy admit() refused (4xx) */
-    OUTCOME_BAD_REQUEST,     /* 400/404 before policy */
-    OUTCOME_UNAVAILABLE,     /* 503: Redis or NATS unreachable, nothing deducted */
+    OUTCOME_SOLD,           /* 200: deducted in Redis, order acknowledged by JetStream */
+    OUTCOME_PENDING,        /* 202: deducted, order publish not yet acknowledged */
+    OUTCOME_SOLD_OUT_LOCAL, /* 409 answered from local stock, Redis never asked */
+    OUTCOME_SOLD_OUT_REDIS, /* 409 from Redis */
+    OUTCOME_LIMIT_REACHED,  /* 409 per-user limit */
+    OUTCOME_REJECTED,       /* policy admit() refused (4xx) */
+    OUTCOME_BAD_REQUEST,    /* 400/404 before policy */
+    OUTCOME_UNAVAILABLE,    /* 503: Redis or NATS unreachable, nothing deducted */
     OUTCOME__COUNT
 } metrics_outcome_t;
 

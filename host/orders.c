@@ -197,8 +197,7 @@ static void publisher_thread(void *arg)
     while (!atomic_load(&cs->stopping)) {
         atomic_store(&cs->recheck, false);
         /* Callbacks can race with the initial connect: the library's status is the truth. */
-        atomic_store(&cs->connected,
-                     natsConnection_Status(p->nc) == NATS_CONN_STATUS_CONNECTED);
+        atomic_store(&cs->connected, natsConnection_Status(p->nc) == NATS_CONN_STATUS_CONNECTED);
         if (atomic_load(&cs->connected) && !atomic_load(&cs->stream_ok)) {
             if (ensure_stream(p->nc) != 0) {
                 wait_ms(p, backoff);
@@ -245,7 +244,8 @@ int orders_publisher_start(orders_publisher_t **out, const char *url, char *err,
     orders_publisher_t *p = calloc(1, sizeof(*p));
     int slots = 0;
     *out = NULL;
-    if (p == NULL || (p->url = strdup(url)) == NULL || (p->cs = calloc(1, sizeof(*p->cs))) == NULL) {
+    if (p == NULL || (p->url = strdup(url)) == NULL ||
+        (p->cs = calloc(1, sizeof(*p->cs))) == NULL) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
@@ -452,7 +452,8 @@ static void on_timer(uv_timer_t *t)
         pending_finish(l, l->oldest, -1);
 }
 
-/* ---- lane: public ------------------------------------------------------------------------------- */
+/* ---- lane: public -------------------------------------------------------------------------------
+ */
 
 static void lane_free(orders_lane_t *l)
 {

@@ -17,7 +17,6 @@
 #include "stock.h"
 #include "util.h"
 
-
 typedef struct sale {
     worker_t *w;
     http_request_t *req;
@@ -283,8 +282,7 @@ static void on_deducted(redisReply *r, const char *err, void *data)
     }
     if (strcmp(verdict, "ok") == 0) {
         if (reply_str(r, 1, s->order_id, sizeof(s->order_id)) != 0) {
-            sale_fail(s, 503, BODY_UNAVAILABLE, sizeof(BODY_UNAVAILABLE) - 1,
-                      OUTCOME_UNAVAILABLE);
+            sale_fail(s, 503, BODY_UNAVAILABLE, sizeof(BODY_UNAVAILABLE) - 1, OUTCOME_UNAVAILABLE);
             return;
         }
         atomic_store(&s->ev->remaining_hint, reply_int(r, 2));
@@ -297,8 +295,7 @@ static void on_deducted(redisReply *r, const char *err, void *data)
         sale_fail(s, 409, BODY_SOLD_OUT, sizeof(BODY_SOLD_OUT) - 1, OUTCOME_SOLD_OUT_REDIS);
     } else if (strcmp(verdict, "insufficient") == 0) {
         atomic_store(&s->ev->remaining_hint, reply_int(r, 1));
-        sale_fail(s, 409, BODY_INSUFFICIENT, sizeof(BODY_INSUFFICIENT) - 1,
-                  OUTCOME_SOLD_OUT_REDIS);
+        sale_fail(s, 409, BODY_INSUFFICIENT, sizeof(BODY_INSUFFICIENT) - 1, OUTCOME_SOLD_OUT_REDIS);
     } else if (strcmp(verdict, "limit_reached") == 0) {
         sale_fail(s, 409, BODY_LIMIT, sizeof(BODY_LIMIT) - 1, OUTCOME_LIMIT_REACHED);
     } else if (strcmp(verdict, "expired") == 0) {
@@ -440,7 +437,8 @@ void sale_snatch(worker_t *w, http_request_t *req, const char *event, size_t eve
     const char *q = util_query_get(req->query, req->query_len, "qty", &qlen);
     if (q != NULL && util_parse_i64(q, qlen, 1, set->max_qty, &qty) != 0) {
         metrics_outcome(OUTCOME_BAD_REQUEST);
-        api_error(req, ROUTE_SNATCH, 400, "bad_request", "qty must be an integer from 1 to max_qty");
+        api_error(req, ROUTE_SNATCH, 400, "bad_request",
+                  "qty must be an integer from 1 to max_qty");
         return;
     }
     sale_t *s = malloc(sizeof(*s));
@@ -502,8 +500,8 @@ static stock_event_t *install_from_meta(worker_t *w, const char *event, size_t l
                            .hosts = w->host->cfg.hosts,
                            .host_id = w->host->cfg.host_id};
     int64_t quota = script_allocate(w->script, event, &cl);
-    stock_event_t *ev = stock_install(event, len, stock, limit, quota, (uint64_t)(gen < 0 ? 0 : gen),
-                                      sold >= stock);
+    stock_event_t *ev = stock_install(event, len, stock, limit, quota,
+                                      (uint64_t)(gen < 0 ? 0 : gen), sold >= stock);
     if (ev != NULL)
         atomic_store(&ev->remaining_hint, stock - sold);
     return ev;

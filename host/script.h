@@ -58,9 +58,9 @@ typedef struct script_admit_req {
 /* reason holds only [A-Za-z0-9_] and detail only printable ASCII without '"' or '\\' (other
  * bytes become '_'), so both may be written into JSON as they are. */
 typedef struct script_verdict {
-    int status;        /* 0: admitted; else the HTTP status to answer (4xx) */
-    char reason[48];   /* JSON "error" value, e.g. "rate_limited" */
-    char detail[160];  /* optional JSON "detail" value ("" when none) */
+    int status;       /* 0: admitted; else the HTTP status to answer (4xx) */
+    char reason[48];  /* JSON "error" value, e.g. "rate_limited" */
+    char detail[160]; /* optional JSON "detail" value ("" when none) */
 } script_verdict_t;
 
 /* admit(): fills v. A script error admits nothing: v->status = 500, reason "policy_error". */

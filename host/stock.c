@@ -95,7 +95,8 @@ stock_event_t *stock_install(const char *name, size_t len, int64_t total, int64_
     } else {
         int64_t old = atomic_exchange(&ev->quota, quota);
         if (old != quota) {
-            /* Policy reload changed the allocation mid-sale: move what is left by the difference. */
+            /* Policy reload changed the allocation mid-sale: move what is left by the difference.
+             */
             int64_t left = atomic_fetch_add(&ev->local_left, quota - old) + quota - old;
             if (left < 0)
                 atomic_fetch_add(&ev->local_left, -left);

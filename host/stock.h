@@ -24,8 +24,8 @@ typedef struct stock_event {
     _Atomic int64_t quota;          /* this host's allocation, from the policy */
     _Atomic uint64_t generation;    /* Redis "gen": bumped by every admin reset */
     /* Hot path. */
-    _Atomic int64_t local_left; /* units of the quota not yet reserved */
-    _Atomic bool sold_out;      /* Redis said there is nothing left */
+    _Atomic int64_t local_left;     /* units of the quota not yet reserved */
+    _Atomic bool sold_out;          /* Redis said there is nothing left */
     _Atomic int64_t remaining_hint; /* last remaining count Redis reported (display only) */
 } stock_event_t;
 

@@ -160,8 +160,8 @@ static int setup(worker_t *w)
     rc = http_server_start(&w->http, &w->loop, cfg->listen_addr, cfg->listen_port, &cfg->http,
                            api_handle, w);
     if (rc != 0) {
-        fprintf(stderr, "worker %d: listen %s:%d: %s\n", w->id, cfg->listen_addr,
-                cfg->listen_port, uv_strerror(rc));
+        fprintf(stderr, "worker %d: listen %s:%d: %s\n", w->id, cfg->listen_addr, cfg->listen_port,
+                uv_strerror(rc));
         return -1;
     }
     /* Every worker refreshes its view; staggered so Redis sees an even trickle. */

@@ -48,17 +48,17 @@ typedef struct worker {
     uv_thread_t thread;
     uv_loop_t loop;
     uv_async_t wakeup;
-    uv_timer_t refresh;     /* re-reads known events from Redis (admin resets, sold-out) */
+    uv_timer_t refresh; /* re-reads known events from Redis (admin resets, sold-out) */
     http_server_t *http;
     redis_client_t *redis;
     script_t *script;
     orders_lane_t *orders;
-    sale_acks_t *acks;      /* owned by sale.c: acknowledged orders batched for HDEL */
-    uv_timer_t drain;       /* shutdown: waits for in-flight sales */
+    sale_acks_t *acks; /* owned by sale.c: acknowledged orders batched for HDEL */
+    uv_timer_t drain;  /* shutdown: waits for in-flight sales */
     uint64_t drain_deadline;
-    int inflight;           /* sales between admit and answer (loop thread only) */
-    bool stopping;          /* loop thread only */
-    bool http_closed;       /* every connection closed (loop thread only) */
+    int inflight;     /* sales between admit and answer (loop thread only) */
+    bool stopping;    /* loop thread only */
+    bool http_closed; /* every connection closed (loop thread only) */
     /* Set by other threads, consumed on wakeup. */
     _Atomic int reload_pending;
     _Atomic int stop_pending;

@@ -41,11 +41,11 @@
 #define IP_BIND_ADDRESS_NO_PORT 24
 #endif
 
-#define container_of(p, type, member) ((type *)((char *)(p) - offsetof(type, member)))
+#define container_of(p, type, member) ((type *)((char *)(p)-offsetof(type, member)))
 
 #define READ_BUF (64 * 1024)
-#define BODY_CAP 1024       /* enough for an order or an error body; longer ones are cut */
-#define MAX_CODES 64        /* distinct error codes counted per thread */
+#define BODY_CAP 1024 /* enough for an order or an error body; longer ones are cut */
+#define MAX_CODES 64  /* distinct error codes counted per thread */
 #define CODE_LEN 48
 #define SWEEP_MS 20
 #define TICK_NS 200000 /* open-loop scheduling step: adds at most this to measured latency */
@@ -55,14 +55,14 @@
 
 typedef struct config {
     unsigned connections, threads, pipeline;
-    uint64_t requests;   /* -n; 0 when running for a duration */
-    double duration_s;   /* -d */
-    uint64_t users;      /* 0: every request a new buyer */
+    uint64_t requests; /* -n; 0 when running for a duration */
+    double duration_s; /* -d */
+    uint64_t users;    /* 0: every request a new buyer */
     uint64_t user_offset;
-    double rate;         /* --rate; 0 = closed loop */
+    double rate; /* --rate; 0 = closed loop */
     const char *method;
     const char *body;
-    char headers[8192];  /* extra -H lines, each ending in CRLF */
+    char headers[8192]; /* extra -H lines, each ending in CRLF */
     size_t headers_len;
     bool user_header, no_user, quiet, check;
     unsigned src_lo, src_hi; /* --source; 0 = no binding */
@@ -89,10 +89,10 @@ static config_t cfg = {
 
 /* ---- shared counters --------------------------------------------------------------------- */
 
-static atomic_uint_fast64_t g_claimed;      /* requests taken from the -n budget */
-static atomic_uint_fast64_t g_next_user;    /* next new buyer id (--users 0) */
+static atomic_uint_fast64_t g_claimed;   /* requests taken from the -n budget */
+static atomic_uint_fast64_t g_next_user; /* next new buyer id (--users 0) */
 static atomic_uint_fast64_t g_connect_fail_streak;
-static atomic_int g_stop;                   /* SIGINT or a hopeless run: stop now */
+static atomic_int g_stop; /* SIGINT or a hopeless run: stop now */
 static atomic_int g_threads_done;
 static atomic_int g_aborted;
 static uint64_t g_start_ns;
@@ -117,7 +117,7 @@ typedef struct slot {
     uint64_t sched_ns; /* latency counts from here */
     uint64_t sent_ns;  /* timeouts count from here */
     uint64_t user;
-    bool retry;        /* already sent once (the server closed before answering it) */
+    bool retry; /* already sent once (the server closed before answering it) */
 } slot_t;
 
 enum { C_IDLE, C_CONNECTING, C_OPEN, C_CLOSING };
@@ -130,15 +130,15 @@ typedef struct conn {
     uv_write_t wreq;
     http_parser parser;
     struct worker *w;
-    unsigned gidx;        /* global index: picks the source address */
+    unsigned gidx; /* global index: picks the source address */
     int state;
     bool writing, in_ready, close_after;
-    bool write_failed;    /* the peer went away: read what it still sent, then close */
+    bool write_failed; /* the peer went away: read what it still sent, then close */
     uint64_t connect_ns, reconnect_at;
-    slot_t *slots;        /* ring of pipeline entries: inflight (written) then pending */
+    slot_t *slots; /* ring of pipeline entries: inflight (written) then pending */
     unsigned head, inflight, pending;
     char *wbuf;
-    char *body;           /* BODY_CAP bytes, allocated on first need */
+    char *body; /* BODY_CAP bytes, allocated on first need */
     size_t body_len;
     bool keep_body;
     struct conn *next_ready;
@@ -147,7 +147,7 @@ typedef struct conn {
 typedef struct worker {
     uv_loop_t loop;
     uv_timer_t sweep;
-    uv_poll_t tick;     /* on a timerfd: libuv timers only have millisecond steps */
+    uv_poll_t tick; /* on a timerfd: libuv timers only have millisecond steps */
     int tick_fd;
     uv_thread_t thread;
     unsigned id;
@@ -158,7 +158,7 @@ typedef struct worker {
     hist_t *hist;
     oracle_t *oracle;
     uint64_t rng;
-    uint64_t outstanding;  /* requests in conn rings */
+    uint64_t outstanding; /* requests in conn rings */
     bool stopping, shutting_down;
     uint64_t stop_ns, end_ns;
     /* open loop */
@@ -566,8 +566,8 @@ static int bind_source(conn_t *c)
 static void conn_connect(conn_t *c)
 {
     worker_t *w = c->w;
-    int r = cfg.src_lo ? uv_tcp_init_ex(&w->loop, &c->tcp, AF_INET)
-                       : uv_tcp_init(&w->loop, &c->tcp);
+    int r =
+        cfg.src_lo ? uv_tcp_init_ex(&w->loop, &c->tcp, AF_INET) : uv_tcp_init(&w->loop, &c->tcp);
     if (r < 0) {
         w->st.connect_errors++;
         c->reconnect_at = ns_now() + RECONNECT_BACKOFF_NS;
@@ -915,8 +915,8 @@ static int build_template(const url_t *u)
                  cfg.body ? cfg.body : "");
     } else {
         n = snprintf(pre, cap, "%s %s%suser=u", cfg.method, u->path, u->has_query ? "&" : "?");
-        snprintf(post, cap, " HTTP/1.1\r\nHost: %s%s%s\r\n%.*s%s\r\n%s", u->host, hostport,
-                 portstr, (int)cfg.headers_len, cfg.headers, clen, cfg.body ? cfg.body : "");
+        snprintf(post, cap, " HTTP/1.1\r\nHost: %s%s%s\r\n%.*s%s\r\n%s", u->host, hostport, portstr,
+                 (int)cfg.headers_len, cfg.headers, clen, cfg.body ? cfg.body : "");
     }
     if (n < 0)
         goto fail;
@@ -982,9 +982,9 @@ static json_t *http_get_json(const char *url)
     if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0)
         goto out;
     char req[4600];
-    int n = snprintf(req, sizeof(req),
-                     "GET %s HTTP/1.1\r\nHost: %s:%s\r\nConnection: close\r\n\r\n", u.path,
-                     u.host, u.port);
+    int n =
+        snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s:%s\r\nConnection: close\r\n\r\n",
+                 u.path, u.host, u.port);
     if (n < 0 || (size_t)n >= sizeof(req) || send(fd, req, (size_t)n, MSG_NOSIGNAL) != n)
         goto out;
     http_parser p;
@@ -1026,7 +1026,8 @@ static int event_counters(long long *stock, long long *sold)
 
 static void usage(FILE *out)
 {
-    fprintf(out,
+    fprintf(
+        out,
         "usage: snatch-bench [options] URL\n"
         "HTTP/1.1 keep-alive load generator for flash sales, with a correctness oracle.\n"
         "\n"
@@ -1071,25 +1072,50 @@ static void usage(FILE *out)
 }
 
 enum {
-    O_USERS = 256, O_OFFSET, O_PIPELINE, O_RATE, O_BODY, O_USER_HEADER, O_NO_USER, O_SOURCE,
-    O_TIMEOUT, O_JSON, O_QUIET, O_CHECK, O_LIMIT, O_EVENT_URL, O_DB, O_WAIT_DB, O_EVENT,
+    O_USERS = 256,
+    O_OFFSET,
+    O_PIPELINE,
+    O_RATE,
+    O_BODY,
+    O_USER_HEADER,
+    O_NO_USER,
+    O_SOURCE,
+    O_TIMEOUT,
+    O_JSON,
+    O_QUIET,
+    O_CHECK,
+    O_LIMIT,
+    O_EVENT_URL,
+    O_DB,
+    O_WAIT_DB,
+    O_EVENT,
 };
 
 static const struct option long_opts[] = {
-    {"connections", required_argument, NULL, 'c'}, {"requests", required_argument, NULL, 'n'},
-    {"duration", required_argument, NULL, 'd'}, {"threads", required_argument, NULL, 't'},
-    {"method", required_argument, NULL, 'm'}, {"header", required_argument, NULL, 'H'},
-    {"help", no_argument, NULL, 'h'}, {"users", required_argument, NULL, O_USERS},
+    {"connections", required_argument, NULL, 'c'},
+    {"requests", required_argument, NULL, 'n'},
+    {"duration", required_argument, NULL, 'd'},
+    {"threads", required_argument, NULL, 't'},
+    {"method", required_argument, NULL, 'm'},
+    {"header", required_argument, NULL, 'H'},
+    {"help", no_argument, NULL, 'h'},
+    {"users", required_argument, NULL, O_USERS},
     {"user-offset", required_argument, NULL, O_OFFSET},
-    {"pipeline", required_argument, NULL, O_PIPELINE}, {"rate", required_argument, NULL, O_RATE},
+    {"pipeline", required_argument, NULL, O_PIPELINE},
+    {"rate", required_argument, NULL, O_RATE},
     {"body", required_argument, NULL, O_BODY},
-    {"user-header", no_argument, NULL, O_USER_HEADER}, {"no-user", no_argument, NULL, O_NO_USER},
+    {"user-header", no_argument, NULL, O_USER_HEADER},
+    {"no-user", no_argument, NULL, O_NO_USER},
     {"source", required_argument, NULL, O_SOURCE},
-    {"timeout", required_argument, NULL, O_TIMEOUT}, {"json", required_argument, NULL, O_JSON},
-    {"quiet", no_argument, NULL, O_QUIET}, {"check", no_argument, NULL, O_CHECK},
+    {"timeout", required_argument, NULL, O_TIMEOUT},
+    {"json", required_argument, NULL, O_JSON},
+    {"quiet", no_argument, NULL, O_QUIET},
+    {"check", no_argument, NULL, O_CHECK},
     {"per-user-limit", required_argument, NULL, O_LIMIT},
-    {"event-url", required_argument, NULL, O_EVENT_URL}, {"db", required_argument, NULL, O_DB},
-    {"wait-db", required_argument, NULL, O_WAIT_DB}, {"event", required_argument, NULL, O_EVENT},
+    {"event-url", required_argument, NULL, O_EVENT_URL},
+    {"db", required_argument, NULL, O_DB},
+    {"wait-db", required_argument, NULL, O_WAIT_DB},
+    {"event", required_argument, NULL, O_EVENT},
     {NULL, 0, NULL, 0},
 };
 
@@ -1128,20 +1154,58 @@ static int parse_args(int argc, char **argv)
     while ((o = getopt_long(argc, argv, "c:n:d:t:m:H:h", long_opts, NULL)) != -1) {
         int rc = 0;
         switch (o) {
-        case 'c': rc = num(optarg, "-c", 1, 10000000, &v); cfg.connections = (unsigned)v; break;
-        case 'n': rc = num(optarg, "-n", 1, 1e15, &v); cfg.requests = (uint64_t)v; have_n = true; break;
-        case 'd': rc = num(optarg, "-d", 0.001, 1e7, &v); cfg.duration_s = v; have_d = true; break;
-        case 't': rc = num(optarg, "-t", 1, 1024, &v); cfg.threads = (unsigned)v; break;
-        case 'm': cfg.method = optarg; break;
-        case 'H': rc = add_header(optarg); break;
-        case 'h': usage(stdout); return 1;
-        case O_USERS: rc = num(optarg, "--users", 0, 1e15, &v); cfg.users = (uint64_t)v; break;
-        case O_OFFSET: rc = num(optarg, "--user-offset", 0, 1e18, &v); cfg.user_offset = (uint64_t)v; break;
-        case O_PIPELINE: rc = num(optarg, "--pipeline", 1, 4096, &v); cfg.pipeline = (unsigned)v; break;
-        case O_RATE: rc = num(optarg, "--rate", 0.001, 1e9, &v); cfg.rate = v; break;
-        case O_BODY: cfg.body = optarg; break;
-        case O_USER_HEADER: cfg.user_header = true; break;
-        case O_NO_USER: cfg.no_user = true; break;
+        case 'c':
+            rc = num(optarg, "-c", 1, 10000000, &v);
+            cfg.connections = (unsigned)v;
+            break;
+        case 'n':
+            rc = num(optarg, "-n", 1, 1e15, &v);
+            cfg.requests = (uint64_t)v;
+            have_n = true;
+            break;
+        case 'd':
+            rc = num(optarg, "-d", 0.001, 1e7, &v);
+            cfg.duration_s = v;
+            have_d = true;
+            break;
+        case 't':
+            rc = num(optarg, "-t", 1, 1024, &v);
+            cfg.threads = (unsigned)v;
+            break;
+        case 'm':
+            cfg.method = optarg;
+            break;
+        case 'H':
+            rc = add_header(optarg);
+            break;
+        case 'h':
+            usage(stdout);
+            return 1;
+        case O_USERS:
+            rc = num(optarg, "--users", 0, 1e15, &v);
+            cfg.users = (uint64_t)v;
+            break;
+        case O_OFFSET:
+            rc = num(optarg, "--user-offset", 0, 1e18, &v);
+            cfg.user_offset = (uint64_t)v;
+            break;
+        case O_PIPELINE:
+            rc = num(optarg, "--pipeline", 1, 4096, &v);
+            cfg.pipeline = (unsigned)v;
+            break;
+        case O_RATE:
+            rc = num(optarg, "--rate", 0.001, 1e9, &v);
+            cfg.rate = v;
+            break;
+        case O_BODY:
+            cfg.body = optarg;
+            break;
+        case O_USER_HEADER:
+            cfg.user_header = true;
+            break;
+        case O_NO_USER:
+            cfg.no_user = true;
+            break;
         case O_SOURCE: {
             unsigned a, b;
             if (sscanf(optarg, "%u-%u", &a, &b) != 2 || a < 1 || b > 254 || a > b) {
@@ -1152,16 +1216,41 @@ static int parse_args(int argc, char **argv)
             cfg.src_hi = b;
             break;
         }
-        case O_TIMEOUT: rc = num(optarg, "--timeout", 1, 1e9, &v); cfg.timeout_ms = (uint64_t)v; break;
-        case O_JSON: cfg.json_path = optarg; break;
-        case O_QUIET: cfg.quiet = true; break;
-        case O_CHECK: cfg.check = true; break;
-        case O_LIMIT: rc = num(optarg, "--per-user-limit", 1, 1e9, &v); cfg.per_user_limit = (long)v; break;
-        case O_EVENT_URL: cfg.event_url = optarg; cfg.check = true; break;
-        case O_DB: cfg.db_path = optarg; cfg.check = true; break;
-        case O_WAIT_DB: rc = num(optarg, "--wait-db", 0, 86400, &v); cfg.wait_db_s = v; break;
-        case O_EVENT: cfg.event = optarg; break;
-        default: usage(stderr); return -1;
+        case O_TIMEOUT:
+            rc = num(optarg, "--timeout", 1, 1e9, &v);
+            cfg.timeout_ms = (uint64_t)v;
+            break;
+        case O_JSON:
+            cfg.json_path = optarg;
+            break;
+        case O_QUIET:
+            cfg.quiet = true;
+            break;
+        case O_CHECK:
+            cfg.check = true;
+            break;
+        case O_LIMIT:
+            rc = num(optarg, "--per-user-limit", 1, 1e9, &v);
+            cfg.per_user_limit = (long)v;
+            break;
+        case O_EVENT_URL:
+            cfg.event_url = optarg;
+            cfg.check = true;
+            break;
+        case O_DB:
+            cfg.db_path = optarg;
+            cfg.check = true;
+            break;
+        case O_WAIT_DB:
+            rc = num(optarg, "--wait-db", 0, 86400, &v);
+            cfg.wait_db_s = v;
+            break;
+        case O_EVENT:
+            cfg.event = optarg;
+            break;
+        default:
+            usage(stderr);
+            return -1;
         }
         if (rc < 0)
             return -1;
@@ -1215,8 +1304,8 @@ static void merge_stats(stats_t *dst, const stats_t *src)
 static void print_report(const totals_t *t)
 {
     const stats_t *st = &t->st;
-    printf("snatch-bench %s: %u connections, %u threads, pipeline %u%s\n", cfg.url,
-           cfg.connections, cfg.threads, cfg.pipeline, cfg.rate > 0 ? ", open loop" : "");
+    printf("snatch-bench %s: %u connections, %u threads, pipeline %u%s\n", cfg.url, cfg.connections,
+           cfg.threads, cfg.pipeline, cfg.rate > 0 ? ", open loop" : "");
     printf("requests: %llu sent, %llu answered in %.3f s: %.1f answers/s\n",
            (unsigned long long)st->sent, (unsigned long long)st->answered, t->duration_s, t->rps);
     for (unsigned i = 0; i < 600; i++)
@@ -1254,22 +1343,22 @@ static json_t *report_json(const totals_t *t, json_t *oracle)
     }
     for (unsigned i = 0; i < st->ncodes; i++)
         json_object_set_new(errors, st->codes[i].code, json_integer((json_int_t)st->codes[i].n));
-    json_t *lat = json_pack("{sI sI sI sI sI sI sf}",
-        "p50", (json_int_t)hist_percentile(h, 50), "p90", (json_int_t)hist_percentile(h, 90),
-        "p99", (json_int_t)hist_percentile(h, 99), "p999", (json_int_t)hist_percentile(h, 99.9),
-        "max", (json_int_t)hist_max(h), "min", (json_int_t)hist_min(h), "mean", hist_mean(h));
+    json_t *lat =
+        json_pack("{sI sI sI sI sI sI sf}", "p50", (json_int_t)hist_percentile(h, 50), "p90",
+                  (json_int_t)hist_percentile(h, 90), "p99", (json_int_t)hist_percentile(h, 99),
+                  "p999", (json_int_t)hist_percentile(h, 99.9), "max", (json_int_t)hist_max(h),
+                  "min", (json_int_t)hist_min(h), "mean", hist_mean(h));
     json_t *j = json_pack(
-        "{ss sI sI sI so so sI sI sI sI sI sI sI sI sI sI sf sf so sI sI sI sf sb}",
-        "url", cfg.url, "requests", (json_int_t)st->sent, "answers", (json_int_t)st->answered,
-        "resent", (json_int_t)st->retried, "status", status, "errors", errors,
-        "conn_errors", (json_int_t)t->conn_errors, "connect_errors",
-        (json_int_t)st->connect_errors, "resets", (json_int_t)st->resets, "closed",
-        (json_int_t)st->closed, "parse_errors", (json_int_t)st->parse_errors, "write_errors",
-        (json_int_t)st->write_errors, "timeouts", (json_int_t)st->timeouts, "unanswered",
-        (json_int_t)st->unanswered, "unsent", (json_int_t)st->unsent, "users",
-        (json_int_t)cfg.users, "duration_s", t->duration_s, "rps", t->rps, "latency_us", lat,
-        "connections", (json_int_t)cfg.connections, "threads", (json_int_t)cfg.threads,
-        "pipeline", (json_int_t)cfg.pipeline, "rate", cfg.rate, "aborted",
+        "{ss sI sI sI so so sI sI sI sI sI sI sI sI sI sI sf sf so sI sI sI sf sb}", "url", cfg.url,
+        "requests", (json_int_t)st->sent, "answers", (json_int_t)st->answered, "resent",
+        (json_int_t)st->retried, "status", status, "errors", errors, "conn_errors",
+        (json_int_t)t->conn_errors, "connect_errors", (json_int_t)st->connect_errors, "resets",
+        (json_int_t)st->resets, "closed", (json_int_t)st->closed, "parse_errors",
+        (json_int_t)st->parse_errors, "write_errors", (json_int_t)st->write_errors, "timeouts",
+        (json_int_t)st->timeouts, "unanswered", (json_int_t)st->unanswered, "unsent",
+        (json_int_t)st->unsent, "users", (json_int_t)cfg.users, "duration_s", t->duration_s, "rps",
+        t->rps, "latency_us", lat, "connections", (json_int_t)cfg.connections, "threads",
+        (json_int_t)cfg.threads, "pipeline", (json_int_t)cfg.pipeline, "rate", cfg.rate, "aborted",
         atomic_load(&g_aborted) != 0);
     if (j && oracle)
         json_object_set_new(j, "oracle", oracle);
@@ -1417,8 +1506,8 @@ int main(int argc, char **argv)
     uint64_t end = t.st.last_answer_ns ? t.st.last_answer_ns : ns_now();
     t.duration_s = (double)(end - g_start_ns) / 1e9;
     t.rps = t.duration_s > 0 ? (double)t.st.answered / t.duration_s : 0;
-    t.conn_errors = t.st.connect_errors + t.st.resets + t.st.closed + t.st.parse_errors +
-                    t.st.write_errors;
+    t.conn_errors =
+        t.st.connect_errors + t.st.resets + t.st.closed + t.st.parse_errors + t.st.write_errors;
     print_report(&t);
     int failures = 0;
     if (cfg.check)

@@ -13,7 +13,7 @@
 #include <time.h>
 
 typedef struct entry {
-    size_t id;    /* offsets of NUL-terminated strings in the arena */
+    size_t id; /* offsets of NUL-terminated strings in the arena */
     size_t user;
     size_t event; /* SIZE_MAX when unknown */
     long qty;
@@ -137,8 +137,7 @@ static int by_id(const void *a, const void *b)
 
 static int by_user(const void *a, const void *b)
 {
-    return strcmp(sort_arena + ((const entry_t *)a)->user,
-                  sort_arena + ((const entry_t *)b)->user);
+    return strcmp(sort_arena + ((const entry_t *)a)->user, sort_arena + ((const entry_t *)b)->user);
 }
 
 static void check_ids(oracle_t *o, oracle_report_t *r)
@@ -164,8 +163,8 @@ static void check_users(oracle_t *o, long limit, oracle_report_t *r)
         sum += o->v[i].qty;
         if (sum > r->max_user_units)
             r->max_user_units = sum;
-        int last = i + 1 == o->n ||
-                   strcmp(o->arena + o->v[i].user, o->arena + o->v[i + 1].user) != 0;
+        int last =
+            i + 1 == o->n || strcmp(o->arena + o->v[i].user, o->arena + o->v[i + 1].user) != 0;
         if (last && sum > limit)
             r->over_limit_users++;
     }
@@ -348,7 +347,8 @@ static void line(FILE *out, int fail, const char *what, long long n)
 
 void oracle_print(const oracle_report_t *r, FILE *out)
 {
-    fprintf(out, "oracle: 200s %lld, units %lld, distinct order ids %lld, max units per buyer %lld\n",
+    fprintf(out,
+            "oracle: 200s %lld, units %lld, distinct order ids %lld, max units per buyer %lld\n",
             r->ok, r->units, r->distinct_ids, r->max_user_units);
     line(out, r->bad_bodies > 0, "order bodies", r->bad_bodies);
     line(out, r->duplicate_ids > 0, "duplicate order ids", r->duplicate_ids);
@@ -377,21 +377,21 @@ void oracle_print(const oracle_report_t *r, FILE *out)
 
 json_t *oracle_report_json(const oracle_report_t *r)
 {
-    json_t *j = json_pack("{sI sI sI sI sI sI sI sb}", "ok", (json_int_t)r->ok, "units",
-                          (json_int_t)r->units, "bad_bodies", (json_int_t)r->bad_bodies,
-                          "distinct_ids", (json_int_t)r->distinct_ids, "duplicate_ids",
-                          (json_int_t)r->duplicate_ids, "over_limit_users",
-                          (json_int_t)r->over_limit_users, "failures", (json_int_t)r->failures,
-                          "passed", r->failures == 0);
+    json_t *j =
+        json_pack("{sI sI sI sI sI sI sI sb}", "ok", (json_int_t)r->ok, "units",
+                  (json_int_t)r->units, "bad_bodies", (json_int_t)r->bad_bodies, "distinct_ids",
+                  (json_int_t)r->distinct_ids, "duplicate_ids", (json_int_t)r->duplicate_ids,
+                  "over_limit_users", (json_int_t)r->over_limit_users, "failures",
+                  (json_int_t)r->failures, "passed", r->failures == 0);
     if (!j)
         return NULL;
     if (r->event_checked)
         json_object_set_new(j, "event",
-                            json_pack("{sI sI sI sb sI sI}", "stock", (json_int_t)r->stock,
-                                      "sold", (json_int_t)r->sold, "sold_delta",
-                                      (json_int_t)r->sold_delta, "oversell", r->oversell,
-                                      "lost_sales", (json_int_t)r->lost_sales,
-                                      "unconfirmed_sales", (json_int_t)r->unconfirmed_sales));
+                            json_pack("{sI sI sI sb sI sI}", "stock", (json_int_t)r->stock, "sold",
+                                      (json_int_t)r->sold, "sold_delta", (json_int_t)r->sold_delta,
+                                      "oversell", r->oversell, "lost_sales",
+                                      (json_int_t)r->lost_sales, "unconfirmed_sales",
+                                      (json_int_t)r->unconfirmed_sales));
     if (r->db_checked)
         json_object_set_new(j, "db",
                             json_pack("{sb sI sI sI sI sb}", "error", r->db_error, "rows",

@@ -47,31 +47,31 @@ typedef struct oracle_opts {
     long long unanswered;
     /* SQLite file of the subscriber; NULL skips the database checks. */
     const char *db_path;
-    const char *event;   /* rows to look at; NULL: the event named by the recorded orders */
-    double wait_db_s;    /* poll the database this long for the rows to arrive */
+    const char *event; /* rows to look at; NULL: the event named by the recorded orders */
+    double wait_db_s;  /* poll the database this long for the rows to arrive */
 } oracle_opts_t;
 
 typedef struct oracle_report {
-    long long ok;               /* 200s recorded */
-    long long units;            /* sum of their qty */
-    long long bad_bodies;       /* 200s whose body was not an order */
+    long long ok;         /* 200s recorded */
+    long long units;      /* sum of their qty */
+    long long bad_bodies; /* 200s whose body was not an order */
     long long distinct_ids;
     long long duplicate_ids;    /* records beyond the first of each order id */
     long long over_limit_users; /* buyers holding more units than the limit */
     long long max_user_units;
     int event_checked;
     long long stock, sold, sold_delta;
-    int oversell;               /* sold > stock */
+    int oversell;                /* sold > stock */
     long long unconfirmed_sales; /* units sold beyond the 200s and the tolerated unanswered */
-    long long lost_sales;       /* units confirmed by 200s but not counted as sold */
+    long long lost_sales;        /* units confirmed by 200s but not counted as sold */
     int db_checked;
-    int db_error;               /* could not open or query the database */
+    int db_error; /* could not open or query the database */
     long long db_rows, db_units;
-    long long db_missing;       /* confirmed order ids without a row */
-    long long db_extra;         /* rows of the event that no 200 of this run explains */
-    int db_extra_checked;       /* db_extra is a violation only when the prior sales are known */
-    int db_oversell;            /* db_units > stock */
-    int failures;               /* number of violated checks */
+    long long db_missing; /* confirmed order ids without a row */
+    long long db_extra;   /* rows of the event that no 200 of this run explains */
+    int db_extra_checked; /* db_extra is a violation only when the prior sales are known */
+    int db_oversell;      /* db_units > stock */
+    int failures;         /* number of violated checks */
 } oracle_report_t;
 
 /* Runs every check that opts allows; sorts o's records. Returns the number of violated checks

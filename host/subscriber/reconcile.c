@@ -16,8 +16,7 @@
 #define SCAN_COUNT "1000"
 #define PUBLISH_WAIT_MS 5000
 
-typedef int (*scan_fn)(const char *field, size_t flen, const char *value, size_t vlen,
-                       void *data);
+typedef int (*scan_fn)(const char *field, size_t flen, const char *value, size_t vlen, void *data);
 
 static int64_t wall_ms(void)
 {
@@ -75,8 +74,7 @@ static int hscan(redisContext *rc, const char *key, scan_fn fn, void *data)
     do {
         redisReply *r = redisCommand(rc, "HSCAN %s %s COUNT " SCAN_COUNT, key, cursor);
         if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-            r->element[0]->type != REDIS_REPLY_STRING ||
-            r->element[1]->type != REDIS_REPLY_ARRAY) {
+            r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_ARRAY) {
             if (r != NULL)
                 freeReplyObject(r);
             return -1;
@@ -128,7 +126,8 @@ static int publish_order(jsCtx *js, const char *event, const char *id, const cha
     jsPubAck *pa = NULL;
     jsPubOptions po;
     natsStatus s;
-    if (snprintf(subject, sizeof(subject), ORDERS_SUBJECT_PREFIX "%s", event) >= (int)sizeof(subject))
+    if (snprintf(subject, sizeof(subject), ORDERS_SUBJECT_PREFIX "%s", event) >=
+        (int)sizeof(subject))
         return -1;
     jsPubOptions_Init(&po);
     po.MsgId = id;
@@ -188,8 +187,7 @@ static int on_order(const char *id, size_t idlen, const char *rec, size_t reclen
 }
 
 /* A pending entry whose order SQLite already holds: the host died between the ack and HDEL. */
-static int on_pending_stored(const char *id, size_t idlen, const char *ms, size_t mslen,
-                             void *data)
+static int on_pending_stored(const char *id, size_t idlen, const char *ms, size_t mslen, void *data)
 {
     event_scan_t *e = data;
     (void)idlen;
@@ -312,7 +310,9 @@ int reconcile_pending(redisContext *rc, natsConnection *nc, int64_t older_than_m
     if (natsConnection_JetStream(&js, nc, NULL) != NATS_OK || ensure_stream(js) != 0)
         goto out;
     for (size_t i = 0; i < n; i++) {
-        pending_scan_t p = {.rc = rc, .js = js, .event = events[i],
+        pending_scan_t p = {.rc = rc,
+                            .js = js,
+                            .event = events[i],
                             .cutoff = wall_ms() - older_than_ms,
                             .max = max_orders > 0 ? max_orders - total : 0};
         snprintf(p.orders_key, sizeof(p.orders_key), "{%s}:orders", events[i]);

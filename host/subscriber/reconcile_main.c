@@ -52,10 +52,14 @@ static void usage(FILE *f)
 static int parse_args(int argc, char **argv, config_t *c)
 {
     static const struct option opts[] = {
-        {"redis", required_argument, NULL, 'r'}, {"nats", required_argument, NULL, 'n'},
-        {"db", required_argument, NULL, 'd'},    {"event", required_argument, NULL, 'e'},
-        {"dry-run", no_argument, NULL, 'x'},     {"wait", required_argument, NULL, 'w'},
-        {"pending", required_argument, NULL, 'p'}, {"help", no_argument, NULL, 'h'},
+        {"redis", required_argument, NULL, 'r'},
+        {"nats", required_argument, NULL, 'n'},
+        {"db", required_argument, NULL, 'd'},
+        {"event", required_argument, NULL, 'e'},
+        {"dry-run", no_argument, NULL, 'x'},
+        {"wait", required_argument, NULL, 'w'},
+        {"pending", required_argument, NULL, 'p'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     int ch;
@@ -73,18 +77,32 @@ static int parse_args(int argc, char **argv, config_t *c)
             }
             memcpy(c->redis_host, optarg, (size_t)(colon - optarg));
             break;
-        case 'n': c->nats = optarg; break;
-        case 'd': c->db = optarg; break;
+        case 'n':
+            c->nats = optarg;
+            break;
+        case 'd':
+            c->db = optarg;
+            break;
         case 'e':
             if (c->nevents == MAX_EVENTS)
                 return -1;
             c->events[c->nevents++] = optarg;
             break;
-        case 'x': c->dry_run = true; break;
-        case 'w': c->wait_s = atoi(optarg); break;
-        case 'p': c->pending_ms = atoll(optarg); break;
-        case 'h': usage(stdout); exit(0);
-        default: usage(stderr); return -1;
+        case 'x':
+            c->dry_run = true;
+            break;
+        case 'w':
+            c->wait_s = atoi(optarg);
+            break;
+        case 'p':
+            c->pending_ms = atoll(optarg);
+            break;
+        case 'h':
+            usage(stdout);
+            exit(0);
+        default:
+            usage(stderr);
+            return -1;
         }
     }
     if (c->redis_port == 0 || (c->db == NULL && c->pending_ms < 0) ||

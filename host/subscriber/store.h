@@ -77,7 +77,7 @@ int store_dead_letter(store_t *s, const char *subject, const char *reason, const
                       size_t len);
 
 /* Reconciliation look-ups. */
-int store_has_order(store_t *s, const char *order_id);                       /* 1, 0 or -1 */
+int store_has_order(store_t *s, const char *order_id); /* 1, 0 or -1 */
 int store_event_totals(store_t *s, const char *event, int64_t *rows, int64_t *units);
 int store_count(store_t *s, const char *table, int64_t *n); /* "orders" or "dead_letters" */
 

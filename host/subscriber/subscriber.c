@@ -104,14 +104,24 @@ static int parse_args(int argc, char **argv, config_t *c)
     };
     int ch;
     char *end;
-    *c = (config_t){.durable = "snatch-subscriber", .stream = "ORDERS", .batch = DEFAULT_BATCH,
+    *c = (config_t){.durable = "snatch-subscriber",
+                    .stream = "ORDERS",
+                    .batch = DEFAULT_BATCH,
                     .sync = STORE_SYNC_FULL};
     while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (ch) {
-        case 'n': c->url = optarg; break;
-        case 'd': c->db = optarg; break;
-        case 'u': c->durable = optarg; break;
-        case 's': c->stream = optarg; break;
+        case 'n':
+            c->url = optarg;
+            break;
+        case 'd':
+            c->db = optarg;
+            break;
+        case 'u':
+            c->durable = optarg;
+            break;
+        case 's':
+            c->stream = optarg;
+            break;
         case 'b':
             errno = 0;
             c->batch = (int)strtol(optarg, &end, 10);
@@ -130,8 +140,12 @@ static int parse_args(int argc, char **argv, config_t *c)
                 return -1;
             }
             break;
-        case 'h': usage(stdout); exit(0);
-        default: usage(stderr); return -1;
+        case 'h':
+            usage(stdout);
+            exit(0);
+        default:
+            usage(stderr);
+            return -1;
         }
     }
     if (c->url == NULL || c->db == NULL || optind != argc) {
@@ -252,10 +266,17 @@ static int write_batch(store_t *st, natsMsgList *list, stats_t *t)
         goto fail;
     for (int i = 0; i < list->Count; i++) {
         switch (write_msg(st, list->Msgs[i])) {
-        case 0: d.duplicates++; break;
-        case 1: d.persisted++; break;
-        case 2: d.dead++; break;
-        default: goto fail;
+        case 0:
+            d.duplicates++;
+            break;
+        case 1:
+            d.persisted++;
+            break;
+        case 2:
+            d.dead++;
+            break;
+        default:
+            goto fail;
         }
     }
     if (store_commit(st) != 0)
@@ -313,8 +334,7 @@ static int queue_init(queue_t *q)
     if (pthread_condattr_init(&ca) != 0)
         return -1;
     /* Monotonic: the writer's periodic wake-up must not jump with the wall clock. */
-    rc = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) == 0 &&
-                 pthread_cond_init(&q->cv, &ca) == 0
+    rc = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) == 0 && pthread_cond_init(&q->cv, &ca) == 0
              ? 0
              : -1;
     pthread_condattr_destroy(&ca);
@@ -539,8 +559,8 @@ int main(int argc, char **argv)
         rc = stop_requested ? 0 : 1;
         goto out;
     }
-    fprintf(stderr, "subscriber: consuming %s as durable %s, batch %d, db %s (sync %s)\n",
-            c.stream, c.durable, c.batch, c.db, c.sync == STORE_SYNC_FULL ? "full" : "normal");
+    fprintf(stderr, "subscriber: consuming %s as durable %s, batch %d, db %s (sync %s)\n", c.stream,
+            c.durable, c.batch, c.db, c.sync == STORE_SYNC_FULL ? "full" : "normal");
     rc = run(&sub, js, st, &c, &t) == 0 ? 0 : 1;
     /* Push the last acks out before closing, or they are redelivered (harmlessly) later. */
     natsConnection_FlushTimeout(nc, 2000);

@@ -6,7 +6,8 @@
  *   orders-fill --nats URL [--count N] [--first SEQ] [--event E] [--raw DATA] [--no-msg-id]
  *
  * --no-msg-id publishes without Nats-Msg-Id, so JetStream stores repeats (the subscriber's
- * upsert must absorb them). --raw publishes DATA once on orders.<event> (no Nats-Msg-Id): a malformed message. */
+ * upsert must absorb them). --raw publishes DATA once on orders.<event> (no Nats-Msg-Id): a
+ * malformed message. */
 #include <getopt.h>
 #include <nats/nats.h>
 #include <stdio.h>
@@ -53,9 +54,12 @@ static int ensure_stream(jsCtx *js)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"nats", required_argument, NULL, 'n'}, {"count", required_argument, NULL, 'c'},
-        {"first", required_argument, NULL, 'f'}, {"event", required_argument, NULL, 'e'},
-        {"raw", required_argument, NULL, 'r'},   {"no-msg-id", no_argument, NULL, 'x'},
+        {"nats", required_argument, NULL, 'n'},
+        {"count", required_argument, NULL, 'c'},
+        {"first", required_argument, NULL, 'f'},
+        {"event", required_argument, NULL, 'e'},
+        {"raw", required_argument, NULL, 'r'},
+        {"no-msg-id", no_argument, NULL, 'x'},
         {NULL, 0, NULL, 0},
     };
     const char *url = NULL, *event = "e1", *raw = NULL;
@@ -69,13 +73,26 @@ int main(int argc, char **argv)
     bool msg_id = true;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (ch) {
-        case 'n': url = optarg; break;
-        case 'c': count = atoll(optarg); break;
-        case 'f': first = atoll(optarg); break;
-        case 'e': event = optarg; break;
-        case 'r': raw = optarg; break;
-        case 'x': msg_id = false; break;
-        default: return 2;
+        case 'n':
+            url = optarg;
+            break;
+        case 'c':
+            count = atoll(optarg);
+            break;
+        case 'f':
+            first = atoll(optarg);
+            break;
+        case 'e':
+            event = optarg;
+            break;
+        case 'r':
+            raw = optarg;
+            break;
+        case 'x':
+            msg_id = false;
+            break;
+        default:
+            return 2;
         }
     }
     if (url == NULL)

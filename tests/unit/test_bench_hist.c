@@ -95,7 +95,7 @@ static void test_clamps(void **state)
     (void)state;
     hist_t *h = hist_new();
     hist_record(h, 0);
-    hist_record(h, 120000000ull); /* 120 s: counted in the last bucket, max stays exact */
+    hist_record(h, 120000000ull);     /* 120 s: counted in the last bucket, max stays exact */
     assert_int_equal(hist_min(h), 1); /* 0 counts as 1 us: the clock's resolution here */
     assert_int_equal(hist_max(h), 120000000ull);
     assert_true(hist_percentile(h, 100) >= HIST_MAX_US * (1 - hist_relative_error()));

@@ -42,8 +42,8 @@ static void test_clean(void **state)
 {
     (void)state;
     oracle_t *o = clean_orders();
-    oracle_opts_t opts = {.per_user_limit = 1, .have_event = 1, .stock = 10, .sold_before = 0,
-                          .sold_after = 10};
+    oracle_opts_t opts = {
+        .per_user_limit = 1, .have_event = 1, .stock = 10, .sold_before = 0, .sold_after = 10};
     oracle_report_t r;
     assert_int_equal(oracle_check(o, &opts, &r), 0);
     assert_int_equal(r.ok, 10);
@@ -154,7 +154,7 @@ static void test_db(void **state)
     assert_int_equal(r.db_missing, 0);
     assert_int_equal(r.db_extra, 0);
 
-    make_db(path, 6, 0); /* order 6 was confirmed but never persisted */
+    make_db(path, 6, 0);  /* order 6 was confirmed but never persisted */
     opts.wait_db_s = 0.3; /* the wait gives up, the check still runs */
     assert_int_equal(oracle_check(o, &opts, &r), 1);
     assert_int_equal(r.db_missing, 1);
@@ -179,10 +179,8 @@ static void test_db(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_clean),
-        cmocka_unit_test(test_double_sale),
-        cmocka_unit_test(test_duplicate_id),
-        cmocka_unit_test(test_bad_body_and_oversell),
+        cmocka_unit_test(test_clean),        cmocka_unit_test(test_double_sale),
+        cmocka_unit_test(test_duplicate_id), cmocka_unit_test(test_bad_body_and_oversell),
         cmocka_unit_test(test_db),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

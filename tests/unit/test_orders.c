@@ -264,10 +264,8 @@ static int teardown(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_no_server),
-        cmocka_unit_test(test_publish_10000),
-        cmocka_unit_test(test_same_id_twice),
-        cmocka_unit_test(test_close_fails_pending),
+        cmocka_unit_test(test_no_server),     cmocka_unit_test(test_publish_10000),
+        cmocka_unit_test(test_same_id_twice), cmocka_unit_test(test_close_fails_pending),
         cmocka_unit_test(test_server_down),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -133,8 +133,8 @@ static void test_util_parse_i64(void **state)
     int64_t v;
     assert_int_equal(util_parse_i64("42", 2, 1, 100, &v), 0);
     assert_int_equal(v, 42);
-    static const char *bad[] = {"", "+1", " 1", "1 ", "1e3", "0x10", "--1", "-", "99999999999999999999",
-                                "101", "0"};
+    static const char *bad[] = {
+        "", "+1", " 1", "1 ", "1e3", "0x10", "--1", "-", "99999999999999999999", "101", "0"};
     for (size_t i = 0; i < ARRAY_SIZE(bad); i++)
         assert_int_equal(util_parse_i64(bad[i], strlen(bad[i]), 1, 100, &v), -1);
     assert_int_equal(util_parse_i64("-5", 2, -10, 10, &v), 0);

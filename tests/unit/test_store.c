@@ -14,8 +14,9 @@
 
 #include "store.h"
 
-static const char ORDER[] = "{\"order_id\":\"1795596636082-0000000001-e1\",\"event\":\"e1\","
-                            "\"user\":\"u1\",\"qty\":1,\"host\":\"h1\",\"created_at\":1795596636082}";
+static const char ORDER[] =
+    "{\"order_id\":\"1795596636082-0000000001-e1\",\"event\":\"e1\","
+    "\"user\":\"u1\",\"qty\":1,\"host\":\"h1\",\"created_at\":1795596636082}";
 
 static int same_str(const char *a, const char *b)
 {
@@ -36,8 +37,8 @@ static int check_agreement(const char *data, size_t len)
     char reason[256];
     int parsed = store_parse_order(data, len, &slow, &doc, reason, sizeof(reason));
     if (parsed != 0) {
-        fprintf(stderr, "scanner accepted what the parser rejects (%s): %.*s\n", reason,
-                (int)len, data);
+        fprintf(stderr, "scanner accepted what the parser rejects (%s): %.*s\n", reason, (int)len,
+                data);
         fail();
     }
     assert_true(same_str(fast.order_id, slow.order_id));
