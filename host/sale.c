@@ -107,10 +107,11 @@ static void reply_order(sale_t *s, int status)
 static void on_pending_deleted(redisReply *reply, const char *err, void *data)
 {
     /* Best effort: a pending entry left behind only makes reconciliation republish a message
-     * that JetStream and SQLite both de-duplicate. */
+     * that JetStream and SQLite both de-duplicate. Counted so that shutdown can wait for it. */
     (void)reply;
     (void)err;
-    (void)data;
+    worker_t *w = data;
+    w->hdel_inflight--;
 }
 
 /* Acknowledged orders leave {event}:pending in batches: one HDEL per event per loop turn
@@ -151,8 +152,10 @@ static void flush_acks(worker_t *w)
             argv[argc] = a->ids[j];
             lens[argc++] = strlen(a->ids[j]);
         }
-        if (w->redis != NULL)
-            redis_command(w->redis, on_pending_deleted, NULL, argc, argv, lens);
+        if (w->redis != NULL) {
+            w->hdel_inflight++;
+            redis_command(w->redis, on_pending_deleted, w, argc, argv, lens);
+        }
     }
     free(done);
     a->n = 0;
@@ -186,6 +189,11 @@ static void queue_ack(worker_t *w, const char *order_id)
 static void on_acks_closed(uv_handle_t *h)
 {
     free(container_of((uv_timer_t *)h, sale_acks_t, flush));
+}
+
+void sale_flush(worker_t *w)
+{
+    flush_acks(w);
 }
 
 void sale_close(worker_t *w)
@@ -502,8 +510,18 @@ static stock_event_t *install_from_meta(worker_t *w, const char *event, size_t l
     int64_t quota = script_allocate(w->script, event, &cl);
     stock_event_t *ev = stock_install(event, len, stock, limit, quota,
                                       (uint64_t)(gen < 0 ? 0 : gen), sold >= stock);
-    if (ev != NULL)
-        atomic_store(&ev->remaining_hint, stock - sold);
+    if (ev == NULL)
+        return NULL;
+    atomic_store(&ev->remaining_hint, stock - sold);
+    /* Quotas are sized to survive `tolerate` dead hosts; past that, or with uneven traffic, a
+     * host can spend its quota while Redis still has stock. Topping it up (at most what Redis
+     * has left, at most one quota, once per refresh) means the sale still sells out: Redis
+     * keeps it from overselling, and the sold-out flood is still stopped by the sold_out flag. */
+    int64_t remaining = stock - sold;
+    int64_t grant = remaining < quota ? remaining : quota;
+    if (script_settings(w->script)->refill && remaining > 0 && stock_refill(ev, grant))
+        fprintf(stderr, "stock: %s: local quota spent while Redis has %lld left: refilled %lld\n",
+                event, (long long)remaining, (long long)grant);
     return ev;
 }
 

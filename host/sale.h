@@ -18,8 +18,11 @@ struct stock_event;
 typedef void (*sale_event_fn)(struct stock_event *ev, int err, void *data);
 void sale_lookup_event(worker_t *w, const char *event, size_t len, sale_event_fn cb, void *data);
 
-/* Flushes what the sale path batches (acknowledged orders leaving {event}:pending) and closes
- * its handles. Call on the loop thread before closing Redis. */
+/* Sends what the sale path batches (acknowledged orders leaving {event}:pending) now;
+ * w->hdel_inflight counts the replies still to come. */
+void sale_flush(worker_t *w);
+
+/* Flushes and closes the sale path's handles. Call on the loop thread before closing Redis. */
 void sale_close(worker_t *w);
 
 /* Timer body: re-reads every known event's meta (generation, stock, sold) and reinstalls. */

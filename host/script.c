@@ -265,14 +265,35 @@ out:
     return rc;
 }
 
+/* Stack: [.., module] -> [.., module]; reads an optional boolean setting. */
+static int read_flag(script_t *s, const char *path, const char *name, bool *value, char *err,
+                     size_t errlen)
+{
+    lua_State *L = s->L;
+    int rc = 0;
+    lua_pushstring(L, name);
+    lua_rawget(L, -2); /* [.., module, value] */
+    if (lua_isboolean(L, -1)) {
+        *value = lua_toboolean(L, -1);
+    } else if (!lua_isnil(L, -1)) {
+        snprintf(err, errlen, "%s: setting '%s' must be true or false", path, name);
+        rc = -1;
+    }
+    lua_pop(L, 1); /* [.., module] */
+    return rc;
+}
+
 static int read_settings(script_t *s, const char *path, char *err, size_t errlen)
 {
+    bool refill = true;
     int64_t user = SNATCH_NAME_MAX, event = SNATCH_NAME_MAX, qty = DEFAULT_MAX_QTY;
 
     if (read_setting(s, path, "user_max_len", SNATCH_NAME_MAX, &user, err, errlen) < 0 ||
         read_setting(s, path, "event_max_len", SNATCH_NAME_MAX, &event, err, errlen) < 0 ||
-        read_setting(s, path, "max_qty", MAX_QTY_CAP, &qty, err, errlen) < 0)
+        read_setting(s, path, "max_qty", MAX_QTY_CAP, &qty, err, errlen) < 0 ||
+        read_flag(s, path, "refill", &refill, err, errlen) < 0)
         return -1;
+    s->settings.refill = refill;
     s->settings.user_max_len = (size_t)user;
     s->settings.event_max_len = (size_t)event;
     s->settings.max_qty = qty;

@@ -32,6 +32,7 @@ typedef struct script_settings {
     size_t user_max_len;  /* <= SNATCH_NAME_MAX */
     size_t event_max_len; /* <= SNATCH_NAME_MAX */
     int64_t max_qty;      /* qty above this is a 400 before admit() */
+    bool refill;          /* top up a spent local quota while Redis still has stock (default) */
 } script_settings_t;
 
 const script_settings_t *script_settings(const script_t *s);

@@ -127,6 +127,14 @@ void stock_release(stock_event_t *ev, int64_t qty)
     atomic_fetch_add(&ev->local_left, qty);
 }
 
+bool stock_refill(stock_event_t *ev, int64_t units)
+{
+    int64_t zero = 0;
+    if (units <= 0 || atomic_load(&ev->sold_out))
+        return false;
+    return atomic_compare_exchange_strong(&ev->local_left, &zero, units);
+}
+
 void stock_mark_sold_out(stock_event_t *ev)
 {
     atomic_store(&ev->sold_out, true);

@@ -49,6 +49,11 @@ int stock_reserve(stock_event_t *ev, int64_t qty);
 /* Gives back qty units taken by stock_reserve (Redis refused, or failed). */
 void stock_release(stock_event_t *ev, int64_t qty);
 
+/* The local quota is spent but Redis still has stock (hosts died, or traffic was uneven):
+ * grants units more, only if nothing is left locally right now (so concurrent refreshes do not
+ * stack). Returns true when it granted. */
+bool stock_refill(stock_event_t *ev, int64_t units);
+
 /* Redis said sold out: every thread answers 409 from now on, until a reset. */
 void stock_mark_sold_out(stock_event_t *ev);
 

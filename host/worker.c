@@ -17,6 +17,7 @@
 #define REFRESH_MS 500
 #define DRAIN_TICK_MS 20
 #define DRAIN_MAX_MS 10000
+#define DRAIN_ACKS_MS 2000
 
 static uv_sem_t *start_sem; /* signalled by each worker once its listener is up (or failed) */
 
@@ -25,16 +26,24 @@ static void on_closed_handle(uv_handle_t *h)
     (void)h;
 }
 
-/* Last step of a stop: HTTP is closed and no sale is in flight (or the deadline passed), so
- * the order lane and Redis can go, and with the timers the loop runs dry. */
-static void finish_stop(worker_t *w)
+/* Second to last step of a stop: HTTP is closed and no sale is in flight (or the deadline
+ * passed): the order lane goes (failing, 202, what still waits for an ack) and the batch of
+ * acknowledged orders is sent to Redis, whose replies the drain timer then waits for. */
+static void close_lane(worker_t *w)
 {
-    uv_timer_stop(&w->drain);
     if (w->orders) {
-        /* Fails (202) what still waits for an ack, before the batch of acks is flushed. */
         orders_lane_close(w->orders);
         w->orders = NULL;
     }
+    sale_flush(w);
+    w->lane_closed = true;
+    w->drain_deadline = uv_now(&w->loop) + DRAIN_ACKS_MS;
+}
+
+/* Last step: Redis and the timers go, and the loop runs dry. */
+static void finish_stop(worker_t *w)
+{
+    uv_timer_stop(&w->drain);
     sale_close(w);
     if (w->redis) {
         redis_client_close(w->redis);
@@ -56,11 +65,16 @@ static void on_drain_tick(uv_timer_t *t)
 {
     worker_t *w = container_of(t, worker_t, drain);
     bool timed_out = uv_now(&w->loop) >= w->drain_deadline;
-    if ((w->inflight > 0 || !w->http_closed) && !timed_out)
+    if (!w->lane_closed) {
+        if ((w->inflight > 0 || !w->http_closed) && !timed_out)
+            return;
+        if (w->inflight > 0)
+            fprintf(stderr, "worker %d: %d sales still in flight at the shutdown deadline\n", w->id,
+                    w->inflight);
+        close_lane(w);
+    }
+    if (w->hdel_inflight > 0 && uv_now(&w->loop) < w->drain_deadline)
         return;
-    if (w->inflight > 0)
-        fprintf(stderr, "worker %d: %d sales still in flight at the shutdown deadline\n", w->id,
-                w->inflight);
     finish_stop(w);
 }
 

@@ -56,9 +56,11 @@ typedef struct worker {
     sale_acks_t *acks; /* owned by sale.c: acknowledged orders batched for HDEL */
     uv_timer_t drain;  /* shutdown: waits for in-flight sales */
     uint64_t drain_deadline;
-    int inflight;     /* sales between admit and answer (loop thread only) */
-    bool stopping;    /* loop thread only */
-    bool http_closed; /* every connection closed (loop thread only) */
+    int inflight;      /* sales between admit and answer (loop thread only) */
+    int hdel_inflight; /* batched {event}:pending deletions awaiting Redis (loop thread only) */
+    bool lane_closed;  /* shutdown: the order lane is gone, the acks flushed */
+    bool stopping;     /* loop thread only */
+    bool http_closed;  /* every connection closed (loop thread only) */
     /* Set by other threads, consumed on wakeup. */
     _Atomic int reload_pending;
     _Atomic int stop_pending;

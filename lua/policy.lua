@@ -27,6 +27,11 @@ local M = {}
 M.max_qty = 4         -- tickets per request; more is a 400 before admit() is called
 M.user_max_len = 64   -- longest buyer id accepted (at most 64)
 M.event_max_len = 64  -- longest event name accepted (at most 64)
+-- When this host has sold its whole quota but Redis still has stock (more hosts died than
+-- `tolerate` covers, or the load balancer sent it more than its share), top the quota up from
+-- what Redis has left (checked twice a second). Redis still makes overselling impossible.
+-- false: a host sells at most its allocate() quota, the leftover needs an operator.
+M.refill = true
 
 -- Settings of this policy ----------------------------------------------------------------------
 local USER_RATE, USER_BURST = 5, 10           -- requests/s per buyer id, and the burst allowed

@@ -229,14 +229,18 @@ def freeze(proc, seconds):
     return stopped, resumed
 
 
-def policy_with_tolerate(path, tolerate):
-    """Writes the default policy with allocate() surviving `tolerate` dead hosts."""
+def policy_with_tolerate(path, tolerate, refill=True):
+    """Writes the default policy with allocate() surviving `tolerate` dead hosts; refill=False
+    switches off the top-up of a spent quota (so the quota alone decides what a host sells)."""
     with open(os.path.join(SOURCE_DIR, "lua", "policy.lua")) as f:
         src = f.read()
     new, n = re.subn(r"local function tolerate\(hosts\).*?\nend\n",
                      "local function tolerate(hosts)\n  return math.max(0, math.min(%d, hosts - 1))"
                      "\nend\n" % tolerate, src, count=1, flags=re.S)
     assert n == 1, "lua/policy.lua has no tolerate(hosts) function any more: update the test"
+    if not refill:
+        new, n = re.subn(r"\nM\.refill = true", "\nM.refill = false", new, count=1)
+        assert n == 1, "lua/policy.lua has no M.refill = true any more: update the test"
     with open(path, "w") as f:
         f.write(new)
     return path
@@ -268,10 +272,11 @@ class FaultStack(Stack):
     subscriber logs are searched for sanitizer reports (ASan/UBSan/LSan builds) once everything
     stopped: a report fails the case."""
 
-    def __init__(self, tolerate=None, **kw):
+    def __init__(self, tolerate=None, refill=True, **kw):
         super().__init__(**kw)
-        if tolerate is not None:
-            self.policy = policy_with_tolerate(os.path.join(self.tmp.path, "policy.lua"), tolerate)
+        if tolerate is not None or not refill:
+            self.policy = policy_with_tolerate(os.path.join(self.tmp.path, "policy.lua"),
+                                               1 if tolerate is None else tolerate, refill)
 
     def __exit__(self, etype, *exc):
         for h in self.hosts:

@@ -109,6 +109,23 @@ static void test_quota_change_moves_what_is_left(void **state)
     stock_shutdown();
 }
 
+static void test_refill_only_when_spent(void **state)
+{
+    (void)state;
+    stock_init();
+    stock_event_t *ev = stock_install("r", 1, 100, 1, 2, 1, false);
+    assert_false(stock_refill(ev, 5)); /* 2 still left: nothing granted */
+    assert_int_equal(stock_reserve(ev, 2), 0);
+    assert_true(stock_refill(ev, 5));
+    assert_int_equal(atomic_load(&ev->local_left), 5);
+    assert_false(stock_refill(ev, 5)); /* a second refresh does not stack */
+    assert_int_equal(stock_reserve(ev, 5), 0);
+    stock_mark_sold_out(ev);
+    assert_false(stock_refill(ev, 5)); /* Redis said sold out: nothing to top up */
+    assert_false(stock_refill(ev, 0));
+    stock_shutdown();
+}
+
 static void test_many_events(void **state)
 {
     (void)state;
@@ -186,6 +203,7 @@ int main(void)
         cmocka_unit_test(test_reserve_qty_and_release),
         cmocka_unit_test(test_sold_out_flag_and_generation_reset),
         cmocka_unit_test(test_quota_change_moves_what_is_left),
+        cmocka_unit_test(test_refill_only_when_spent),
         cmocka_unit_test(test_many_events),
         cmocka_unit_test(test_util_parse_i64),
         cmocka_unit_test(test_util_valid_name),
