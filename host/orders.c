@@ -139,31 +139,17 @@ static void on_closed(natsConnection *nc, void *closure)
 static int ensure_stream(natsConnection *nc)
 {
     jsCtx *js = NULL;
-    jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
+    int created = 0;
     natsStatus s = natsConnection_JetStream(&js, nc, NULL);
     if (s != NATS_OK)
         return -1;
-    s = js_GetStreamInfo(&si, js, ORDERS_STREAM, NULL, &jerr);
-    if (s == NATS_NOT_FOUND) {
-        jsStreamConfig cfg;
-        const char *subjects[] = {ORDERS_SUBJECT_PREFIX ">"};
-        jsStreamConfig_Init(&cfg);
-        cfg.Name = ORDERS_STREAM;
-        cfg.Subjects = subjects;
-        cfg.SubjectsLen = 1;
-        cfg.Storage = js_FileStorage;
-        cfg.Duplicates = (int64_t)ORDERS_DUPLICATES_WINDOW_MS * 1000000;
-        s = js_AddStream(&si, js, &cfg, NULL, &jerr);
-        if (s == NATS_OK)
-            fprintf(stderr, "orders: created stream %s\n", ORDERS_STREAM);
-        else if (jerr == JSStreamNameExistErr)
-            s = NATS_OK; /* another host created it meanwhile */
-    }
+    s = orders_stream_ensure(js, &jerr, &created);
+    if (created)
+        fprintf(stderr, "orders: created stream %s\n", ORDERS_STREAM);
     if (s != NATS_OK)
         fprintf(stderr, "orders: stream %s not ready: %s (%d)\n", ORDERS_STREAM,
                 natsStatus_GetText(s), (int)jerr);
-    jsStreamInfo_Destroy(si);
     jsCtx_Destroy(js);
     return s == NATS_OK ? 0 : -1;
 }

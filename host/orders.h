@@ -16,14 +16,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#define ORDERS_STREAM "ORDERS"
-#define ORDERS_SUBJECT_PREFIX "orders."
-/* JetStream's de-duplication window for Nats-Msg-Id. Correctness does not depend on it (SQLite
- * keeps one row per order id whatever the stream holds); it spares the stream and the subscriber
- * the repeats of a republish done within it. The server keeps every id of the window in memory
- * (rate x window: 12 M ids at 100k orders/s), which is why it is not hours. Reconciliation of
- * pending orders should run well inside it (the host's pass: orders older than ~30 s). */
-#define ORDERS_DUPLICATES_WINDOW_MS (2 * 60 * 1000)
+#include "orders_stream.h" /* ORDERS_STREAM, ORDERS_SUBJECT_PREFIX, the window */
 
 typedef struct orders_publisher orders_publisher_t;
 typedef struct orders_lane orders_lane_t;

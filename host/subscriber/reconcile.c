@@ -6,7 +6,7 @@
  * leaves the entry, and the next pass republishes it again, which is harmless. */
 #include "reconcile.h"
 
-#include "orders.h"
+#include "orders_stream.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -94,27 +94,10 @@ static int hscan(redisContext *rc, const char *key, scan_fn fn, void *data)
     return 0;
 }
 
-/* The same stream the host creates (orders.c): reconciliation may run before any host did. */
+/* Reconciliation may run before any host created the stream. */
 static int ensure_stream(jsCtx *js)
 {
-    jsStreamInfo *si = NULL;
-    jsErrCode jerr = 0;
-    natsStatus s = js_GetStreamInfo(&si, js, ORDERS_STREAM, NULL, &jerr);
-    if (s == NATS_NOT_FOUND) {
-        jsStreamConfig cfg;
-        const char *subjects[] = {ORDERS_SUBJECT_PREFIX ">"};
-        jsStreamConfig_Init(&cfg);
-        cfg.Name = ORDERS_STREAM;
-        cfg.Subjects = subjects;
-        cfg.SubjectsLen = 1;
-        cfg.Storage = js_FileStorage;
-        cfg.Duplicates = (int64_t)ORDERS_DUPLICATES_WINDOW_MS * 1000000;
-        s = js_AddStream(&si, js, &cfg, NULL, &jerr);
-        if (s != NATS_OK && jerr == JSStreamNameExistErr)
-            s = NATS_OK;
-    }
-    jsStreamInfo_Destroy(si);
-    return s == NATS_OK ? 0 : -1;
+    return orders_stream_ensure(js, NULL, NULL) == NATS_OK ? 0 : -1;
 }
 
 /* Blocking publish of one order; 0 once JetStream acknowledged it (stored or duplicate). */

@@ -15,6 +15,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "orders_stream.h"
+
 #define FILL_MS 1795596636082LL
 
 static volatile int pub_errors; /* written by one cnats thread, read after completion */
@@ -33,22 +35,7 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
 
 static int ensure_stream(jsCtx *js)
 {
-    jsStreamInfo *si = NULL;
-    jsStreamConfig cfg;
-    const char *subjects[] = {"orders.>"};
-    jsErrCode jerr = 0;
-    natsStatus s = js_GetStreamInfo(&si, js, "ORDERS", NULL, &jerr);
-    if (s == NATS_NOT_FOUND) {
-        jsStreamConfig_Init(&cfg);
-        cfg.Name = "ORDERS";
-        cfg.Subjects = subjects;
-        cfg.SubjectsLen = 1;
-        cfg.Storage = js_FileStorage;
-        cfg.Duplicates = 2LL * 60 * 1000 * 1000 * 1000;
-        s = js_AddStream(&si, js, &cfg, NULL, &jerr);
-    }
-    jsStreamInfo_Destroy(si);
-    return s == NATS_OK ? 0 : -1;
+    return orders_stream_ensure(js, NULL, NULL) == NATS_OK ? 0 : -1;
 }
 
 int main(int argc, char **argv)
