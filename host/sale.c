@@ -133,8 +133,8 @@ static void flush_acks(worker_t *w)
     const char *argv[ACK_BATCH_MAX + 2];
     size_t lens[ACK_BATCH_MAX + 2];
     char key[UTIL_KEY_MAX];
-    bool *done = calloc(a->n, sizeof(bool));
-    for (size_t i = 0; i < a->n && done != NULL; i++) {
+    bool done[ACK_BATCH_MAX] = {false};
+    for (size_t i = 0; i < a->n; i++) {
         if (done[i])
             continue;
         /* The id ends with its event ("<ms>-<seq>-<event>"): group the batch by event. */
@@ -157,7 +157,6 @@ static void flush_acks(worker_t *w)
             redis_command(w->redis, on_pending_deleted, w, argc, argv, lens);
         }
     }
-    free(done);
     a->n = 0;
 }
 

@@ -64,7 +64,8 @@ trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 bench_stack_start "$host_threads"
-[ "$nginx" = 1 ] && nginx_ref_start 1
+# Same number of workers as snatch-host has loop threads: the comparison is per machine.
+[ "$nginx" = 1 ] && nginx_ref_start "$host_threads"
 
 # Appends one CSV line from snatch-bench's JSON.
 record() {

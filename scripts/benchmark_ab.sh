@@ -53,5 +53,5 @@ ev="ab$(date +%s)"
 bench_event "$ev" 1
 curl -sf -o /dev/null -X POST "$BENCH_HTTP/v1/events/$ev/snatch?user=first" || true
 run "snatch sold-out" "$BENCH_HTTP/v1/events/$ev/snatch?user=ab"
-nginx_ref_start 1
+nginx_ref_start 2 # as many workers as snatch-host has threads (bench_stack_start 2)
 run "nginx reference" "$NGINX_REF_URL"

@@ -43,10 +43,18 @@ def burst_sells_exactly_the_stock():
         assert len(rows) == S, len(rows)
         assert {r[0] for r in rows} == set(ids), "rows differ from the 200s"
         # The flood after sell-out is answered locally: Redis sees no more deductions.
-        _, before = st.host.request("GET", "/metrics")
+        def local_sold_out():
+            _, text = st.host.request("GET", "/metrics")
+            line = [l for l in text.splitlines()
+                    if l.startswith('snatch_snatch_outcomes_total{outcome="sold_out_local"}')]
+            return int(float(line[0].split()[-1]))
+
+        before = local_sold_out()
         res2 = crowd(st.host.port, "burst", ["late%d" % i for i in range(400)], threads=8)
         assert by_status(res2) == {409: 400}, by_status(res2)
         assert all(b == {"error": "sold_out"} for _, _, b in res2)
+        assert local_sold_out() - before == 400, "the sold-out flood reached Redis"
+        assert int(st.redis.cmd("HGET", "{burst}:meta", "sold")) == S
 
 
 @suite.case
