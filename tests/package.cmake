@@ -10,3 +10,5 @@ if(DPKG_DEB AND SYSTEMD_ANALYZE)
 else()
   message(STATUS "package test skipped: dpkg-deb or systemd-analyze missing (scripts/setup.sh)")
 endif()
+# docs/openapi.yaml against a running host (python3-jsonschema, python3-yaml).
+add_snatch_py_test(openapi integration/test_openapi.py TIMEOUT 180)
