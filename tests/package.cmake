@@ -12,3 +12,5 @@ else()
 endif()
 # docs/openapi.yaml against a running host (python3-jsonschema, python3-yaml).
 add_snatch_py_test(openapi integration/test_openapi.py TIMEOUT 180)
+# scripts/quickstart.sh, the README recipe, end to end on free ports.
+add_snatch_py_test(quickstart integration/test_quickstart.py TIMEOUT 180)
