@@ -23,7 +23,7 @@ SPEC_PATH = os.path.join(SOURCE_DIR, "docs", "openapi.yaml")
 # Responses that only a fault inside the host produces; everything else must be exercised.
 SKIPPED = {
     **{(op, "500"): "out of memory in the host" for op in (
-        "snatch", "getEvent", "putEvent", "getOrder", "getUserOrders", "getMetrics",
+        "getEvent", "putEvent", "getOrder", "getUserOrders", "getMetrics",
         "getHealth")},
     ("getMetrics", "503"): "out of memory while rendering the metrics",
 }
@@ -40,8 +40,10 @@ WRONG_METHOD = {"snatch": "GET", "getEvent": "POST", "putEvent": "POST", "getOrd
                 "getUserOrders": "POST", "getMetrics": "PUT", "getHealth": "POST"}
 MAX_HEAD = 1024
 MAX_BODY = 1024
-# The policy used: the default one, plus a refusal of its own choosing (451) for one buyer.
-BLOCKED = "  if req.user == 'blocked' then return false, 451, 'blocked', 'test policy' end\n"
+# The policy used: the default one, plus a refusal of its own choosing (451) for one buyer and
+# a failing admit() for another (500 policy_error).
+BLOCKED = ("  if req.user == 'blocked' then return false, 451, 'blocked', 'test policy' end\n"
+           "  if req.user == 'crash' then error('test policy fails') end\n")
 
 
 def raw(port, data, timeout=10.0):
@@ -198,6 +200,8 @@ class OpenApiTest(unittest.TestCase):
                   error="unknown_event")
         self.call("snatch", "POST", "/v1/events/big/snatch?user=blocked", status=451,
                   error="blocked")
+        self.call("snatch", "POST", "/v1/events/big/snatch?user=crash", status=500,
+                  error="policy_error")
         statuses = [self.call("snatch", "POST", "/v1/events/big/snatch?user=bot")
                     for _ in range(30)]
         self.assertIn("rate_limited", [d.get("error") for d in statuses])
