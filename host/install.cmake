@@ -5,8 +5,15 @@ set(SNATCH_BINDIR ${CMAKE_INSTALL_FULL_BINDIR})
 set(SNATCH_DATADIR ${CMAKE_INSTALL_FULL_DATADIR}/snatch)
 set(SNATCH_DOCDIR ${CMAKE_INSTALL_FULL_DATADIR}/doc/snatch)
 set(SNATCH_SYSCONFDIR ${CMAKE_INSTALL_FULL_SYSCONFDIR})
-# systemd looks in <prefix>/lib/systemd/system for /usr and /usr/local alike.
-set(SNATCH_UNITDIR ${CMAKE_INSTALL_PREFIX}/lib/systemd/system)
+# Install destinations stay relative to the prefix (so --prefix and DESTDIR are honoured),
+# except the configuration of a /usr install, which belongs in the system's /etc (GNUInstallDirs
+# says so for that prefix, and Debian packages do it).
+set(SNATCH_UNIT_DEST lib/systemd/system) # systemd reads <prefix>/lib/systemd/system for both
+if(CMAKE_INSTALL_FULL_SYSCONFDIR STREQUAL "/etc")
+  set(SNATCH_DEFAULT_DEST /etc/default)
+else()
+  set(SNATCH_DEFAULT_DEST ${CMAKE_INSTALL_SYSCONFDIR}/default)
+endif()
 
 install(TARGETS snatch-host snatch-subscriber snatch-reconcile snatch-bench
   RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
@@ -21,11 +28,11 @@ foreach(f snatch-host@.service snatch-subscriber.service snatch-host-main.defaul
   configure_file(examples/systemd/${f}.in ${SNATCH_PKG_DIR}/${f} @ONLY)
 endforeach()
 install(FILES ${SNATCH_PKG_DIR}/snatch-host@.service ${SNATCH_PKG_DIR}/snatch-subscriber.service
-  DESTINATION ${SNATCH_UNITDIR})
-install(FILES ${SNATCH_PKG_DIR}/snatch-host-main.default DESTINATION ${SNATCH_SYSCONFDIR}/default
+  DESTINATION ${SNATCH_UNIT_DEST})
+install(FILES ${SNATCH_PKG_DIR}/snatch-host-main.default DESTINATION ${SNATCH_DEFAULT_DEST}
   RENAME snatch-host-main)
-install(FILES ${SNATCH_PKG_DIR}/snatch-subscriber.default
-  DESTINATION ${SNATCH_SYSCONFDIR}/default RENAME snatch-subscriber)
+install(FILES ${SNATCH_PKG_DIR}/snatch-subscriber.default DESTINATION ${SNATCH_DEFAULT_DEST}
+  RENAME snatch-subscriber)
 # dpkg keeps an administrator's edits of these across upgrades.
 file(WRITE ${SNATCH_PKG_DIR}/conffiles
   "${SNATCH_SYSCONFDIR}/default/snatch-host-main\n${SNATCH_SYSCONFDIR}/default/snatch-subscriber\n")

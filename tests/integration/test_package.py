@@ -95,6 +95,22 @@ class PackageTest(unittest.TestCase):
         self.assertIn("/usr/share/snatch/deduct.lua",
                       sh(os.path.join(self.root, "usr/bin/snatch-host"), "--help"))
 
+    def test_install_prefix(self):
+        """cmake --install --prefix of the test's build tree writes only under that prefix."""
+        build = os.environ.get("SNATCH_BUILD_DIR", os.path.join(SOURCE_DIR, "build"))
+        with open(os.path.join(build, "CMakeCache.txt")) as f:
+            prefix = re.search(r"^CMAKE_INSTALL_PREFIX:PATH=(.*)$", f.read(), re.M).group(1)
+        if prefix == "/usr":  # its configuration would go to the system's /etc
+            self.skipTest("build tree configured for /usr")
+        inst = os.path.join(self.tmp, "inst")
+        out = sh("cmake", "--install", build, "--prefix", inst)
+        installed = re.findall(r"^-- (?:Installing|Up-to-date): (.*)$", out, re.M)
+        self.assertGreater(len(installed), 10, out)
+        self.assertEqual([p for p in installed if not p.startswith(inst + "/")], [])
+        for f in ("bin/snatch-host", "share/snatch/deduct.lua", "share/doc/snatch/LICENSE",
+                  "lib/systemd/system/snatch-host@.service", "etc/default/snatch-host-main"):
+            self.assertTrue(os.path.exists(os.path.join(inst, f)), f)
+
     def test_units(self):
         units = {}
         for u in UNITS:
