@@ -16,8 +16,8 @@ import jsonschema
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (ADMIN_TOKEN, SOURCE_DIR, Host, NatsServer, RedisServer, TempDir,  # noqa: E402
-                     wait_until)
+from harness import (ADMIN_TOKEN, SANITIZER_MARKERS, SOURCE_DIR, Host, NatsServer,  # noqa: E402
+                     RedisServer, TempDir, wait_until)
 
 SPEC_PATH = os.path.join(SOURCE_DIR, "docs", "openapi.yaml")
 # Responses that only a fault inside the host produces; everything else must be exercised.
@@ -115,9 +115,12 @@ class OpenApiTest(unittest.TestCase):
             pass
         for p in (cls.noadmin, cls.host):
             p.stop()
+        logs = [p.proc.log_text() for p in (cls.noadmin, cls.host) if p.proc is not None]
         cls.nats.stop()
         cls.redis.stop()
         cls.tmp.cleanup()
+        reports = [t for t in logs if any(m in t for m in SANITIZER_MARKERS)]
+        assert not reports, "sanitizer report:\n" + "\n".join(reports)
 
     # ---- checking one answer against the spec ----
 

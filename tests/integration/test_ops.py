@@ -8,8 +8,8 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (SOURCE_DIR, Host, NatsServer, RedisServer, TempDir, binary,  # noqa: E402
-                     wait_until)
+from harness import (SANITIZER_MARKERS, SOURCE_DIR, Host, NatsServer, RedisServer,  # noqa: E402
+                     TempDir, binary, wait_until)
 
 PROGRAMS = ("snatch-host", "snatch-subscriber", "snatch-reconcile", "snatch-bench")
 DAY_MS = 24 * 3600 * 1000
@@ -98,9 +98,12 @@ class RetentionTest(unittest.TestCase):
     def tearDown(self):
         for h in self.hosts:
             h.stop()
+        logs = [h.proc.log_text() for h in self.hosts]
         self.nats.stop()
         self.redis.stop()
         self.tmp.cleanup()
+        reports = [t for t in logs if any(m in t for m in SANITIZER_MARKERS)]
+        self.assertEqual(reports, [], "sanitizer report")
 
     def host(self, host_id, *extra):
         h = Host(self.tmp.path, self.redis.port, self.nats.url, host_id=host_id, threads=1,

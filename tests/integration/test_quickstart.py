@@ -10,7 +10,7 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import BUILD_DIR, SOURCE_DIR, free_port  # noqa: E402
+from harness import BUILD_DIR, SANITIZER_MARKERS, SOURCE_DIR, free_port  # noqa: E402
 
 SCRIPT = os.path.join(SOURCE_DIR, "scripts", "quickstart.sh")
 
@@ -67,6 +67,10 @@ class QuickstartTest(unittest.TestCase):
             self.assertTrue(os.path.isdir(os.path.join(workdir, "appendonlydir")), out)
             with open(os.path.join(workdir, "host.log")) as f:
                 self.assertIn("snatch-host: stopped", f.read())
+            for log in ("host.log", "subscriber.log"):
+                with open(os.path.join(workdir, log), errors="replace") as f:
+                    text = f.read()
+                self.assertFalse([m for m in SANITIZER_MARKERS if m in text], text[-3000:])
             if before is not None:
                 self.assertEqual(checkout_state(), before, "the recipe wrote into the checkout")
         finally:
