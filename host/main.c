@@ -15,8 +15,10 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "cli.h"
 #include "metrics.h"
 #include "orders.h"
+#include "orders_stream.h"
 #include "ratelimit.h"
 #include "reconciler.h"
 #include "script.h"
@@ -25,7 +27,6 @@
 #include "worker.h"
 
 #define MAX_THREADS 32
-#define SNATCH_VERSION "0.1.0"
 
 static host_t host;
 static worker_t workers[MAX_THREADS];
@@ -54,7 +55,7 @@ static void usage(FILE *out)
             "  --hosts N                 hosts sharing the sale, for allocate() (default 1)\n"
             "  --admin-token-file PATH   bearer token for /admin (absent: admin disabled)\n"
             "  --deduct PATH             Redis deduction script (default: deduct.lua next to\n"
-            "                            the policy)\n"
+            "                            the policy, else " SNATCH_DATA_DIR "/deduct.lua)\n"
             "  --max-head BYTES          request head cap, 431 beyond (default 8192)\n"
             "  --max-body BYTES          request body cap, 413 beyond (default 65536)\n"
             "  --idle-timeout-ms MS      keep-alive idle close (default 60000)\n"
@@ -63,8 +64,12 @@ static void usage(FILE *out)
             "  --reconcile-after-ms MS   an unacknowledged order counts as lost after (30000)\n"
             "  --rate-limit-keys N       buckets of the policy's host.limit() (default 262144,\n"
             "                            ~190 bytes each; when full the least recent is reused)\n"
+            "  --orders-max-age-ms MS    retention of stream ORDERS when this host creates it\n"
+            "                            (default 604800000 = 7 days, 0: unlimited)\n"
+            "  --orders-max-bytes BYTES  idem, size (default 2147483648, 0: unlimited)\n"
             "  --test                    load and validate POLICY, print the verdict, exit\n"
-            "  --version, --help\n"
+            "  --version                 print the version and exit\n"
+            "  -h, --help                this text\n"
             "\nSignals: HUP reloads the policy and deduct script (a broken one is refused and the\n"
             "old one keeps serving); TERM/INT stop accepting, finish in-flight sales, exit 0.\n");
 }
@@ -167,13 +172,15 @@ enum {
     OPT_RECONCILE_INTERVAL,
     OPT_RECONCILE_AFTER,
     OPT_RATE_LIMIT_KEYS,
+    OPT_ORDERS_MAX_AGE,
+    OPT_ORDERS_MAX_BYTES,
 };
 
 static int parse_int_opt(const char *name, const char *v, int64_t min, int64_t max, int64_t *out)
 {
     if (util_parse_i64(v, strlen(v), min, max, out) != 0) {
-        fprintf(stderr, "snatch-host: %s must be an integer from %lld to %lld\n", name,
-                (long long)min, (long long)max);
+        cli_usage_error("snatch-host", "%s must be an integer from %lld to %lld", name,
+                        (long long)min, (long long)max);
         return -1;
     }
     return 0;
@@ -202,6 +209,8 @@ static int parse_args(int argc, char **argv, bool *test_only)
         {"reconcile-interval-ms", required_argument, NULL, OPT_RECONCILE_INTERVAL},
         {"reconcile-after-ms", required_argument, NULL, OPT_RECONCILE_AFTER},
         {"rate-limit-keys", required_argument, NULL, OPT_RATE_LIMIT_KEYS},
+        {ORDERS_MAX_AGE_FLAG, required_argument, NULL, OPT_ORDERS_MAX_AGE},
+        {ORDERS_MAX_BYTES_FLAG, required_argument, NULL, OPT_ORDERS_MAX_BYTES},
         {"version", no_argument, NULL, OPT_VERSION},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
@@ -224,7 +233,9 @@ static int parse_args(int argc, char **argv, bool *test_only)
     const char *token_path = NULL;
     int c;
     int64_t v;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    char err[256];
+    cli_init();
+    while ((c = getopt_long(argc, argv, CLI_OPTSTRING "h", opts, NULL)) != -1) {
         switch (c) {
         case OPT_LISTEN:
             if (parse_hostport(optarg, &cfg->listen_addr, &cfg->listen_port, listen_buf,
@@ -318,19 +329,34 @@ static int parse_args(int argc, char **argv, bool *test_only)
                 return -1;
             reconcile_after_ms = v;
             break;
+        case OPT_ORDERS_MAX_AGE:
+            if (orders_stream_set_max_age_ms(optarg, err, sizeof(err)) != 0) {
+                cli_usage_error("snatch-host", "%s", err);
+                return -1;
+            }
+            break;
+        case OPT_ORDERS_MAX_BYTES:
+            if (orders_stream_set_max_bytes(optarg, err, sizeof(err)) != 0) {
+                cli_usage_error("snatch-host", "%s", err);
+                return -1;
+            }
+            break;
         case OPT_VERSION:
-            printf("snatch-host %s\n", SNATCH_VERSION);
+            cli_print_version("snatch-host");
             exit(0);
         case 'h':
             usage(stdout);
             exit(0);
         default:
-            usage(stderr);
+            cli_bad_option("snatch-host", c, argv);
             return -1;
         }
     }
     if (optind != argc - 1) {
-        usage(stderr);
+        if (optind == argc)
+            cli_usage_error("snatch-host", "missing POLICY.lua");
+        else
+            cli_usage_error("snatch-host", "one POLICY.lua expected, got %d", argc - optind);
         return -1;
     }
     cfg->policy_path = argv[optind];
@@ -338,6 +364,10 @@ static int parse_args(int argc, char **argv, bool *test_only)
         const char *slash = strrchr(cfg->policy_path, '/');
         size_t dir = slash ? (size_t)(slash - cfg->policy_path + 1) : 0;
         snprintf(deduct_buf, sizeof(deduct_buf), "%.*sdeduct.lua", (int)dir, cfg->policy_path);
+        /* A policy kept elsewhere (/etc/snatch/policy.lua) still finds the installed script;
+         * the source tree is the last resort of a binary run from its build directory. */
+        if (access(deduct_buf, R_OK) != 0)
+            snprintf(deduct_buf, sizeof(deduct_buf), "%s/deduct.lua", SNATCH_DATA_DIR);
         if (access(deduct_buf, R_OK) != 0)
             snprintf(deduct_buf, sizeof(deduct_buf), "%s/lua/deduct.lua", SNATCH_SOURCE_DIR);
         cfg->deduct_path = deduct_buf;

@@ -34,6 +34,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "cli.h"
 #include "hist.h"
 #include "oracle.h"
 
@@ -1064,7 +1065,8 @@ static void usage(FILE *out)
         "      --json FILE       all figures as JSON (requests, status, errors, conn_errors,\n"
         "                        duration_s, rps, latency_us{p50,p90,p99,p999,max}, oracle)\n"
         "      --quiet           no progress line, only the summary\n"
-        "  -h, --help\n"
+        "      --version         print the version and exit\n"
+        "  -h, --help            this text\n"
         "\n"
         "A progress line goes to stderr once a second when stderr is a terminal.\n"
         "Exit status: 0 ok; 1 an oracle check failed or nothing was answered; 2 usage or setup\n"
@@ -1072,6 +1074,7 @@ static void usage(FILE *out)
 }
 
 enum {
+    O_VERSION = 255,
     O_USERS = 256,
     O_OFFSET,
     O_PIPELINE,
@@ -1099,6 +1102,7 @@ static const struct option long_opts[] = {
     {"method", required_argument, NULL, 'm'},
     {"header", required_argument, NULL, 'H'},
     {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, O_VERSION},
     {"users", required_argument, NULL, O_USERS},
     {"user-offset", required_argument, NULL, O_OFFSET},
     {"pipeline", required_argument, NULL, O_PIPELINE},
@@ -1145,13 +1149,14 @@ static int add_header(const char *h)
     return 0;
 }
 
-/* Returns 0, 1 after --help, -1 on a usage error. */
+/* Returns 0, 1 after --help or --version, -1 on a usage error. */
 static int parse_args(int argc, char **argv)
 {
     int o;
     double v;
     bool have_n = false, have_d = false;
-    while ((o = getopt_long(argc, argv, "c:n:d:t:m:H:h", long_opts, NULL)) != -1) {
+    cli_init();
+    while ((o = getopt_long(argc, argv, CLI_OPTSTRING "c:n:d:t:m:H:h", long_opts, NULL)) != -1) {
         int rc = 0;
         switch (o) {
         case 'c':
@@ -1180,6 +1185,9 @@ static int parse_args(int argc, char **argv)
             break;
         case 'h':
             usage(stdout);
+            return 1;
+        case O_VERSION:
+            cli_print_version("snatch-bench");
             return 1;
         case O_USERS:
             rc = num(optarg, "--users", 0, 1e15, &v);
@@ -1249,14 +1257,17 @@ static int parse_args(int argc, char **argv)
             cfg.event = optarg;
             break;
         default:
-            usage(stderr);
+            cli_bad_option("snatch-bench", o, argv);
             return -1;
         }
         if (rc < 0)
             return -1;
     }
     if (optind != argc - 1) {
-        usage(stderr);
+        if (optind == argc)
+            cli_usage_error("snatch-bench", "missing URL");
+        else
+            cli_usage_error("snatch-bench", "one URL expected, got %d", argc - optind);
         return -1;
     }
     if (have_n && have_d) {

@@ -2,19 +2,25 @@
  * never persisted, with a table on stdout. Single-threaded, blocking.
  *
  * Exit status: 0 consistent; 1 orders still missing from SQLite (after --wait) or SQLite holds
- * more units than Redis sold; 2 usage; 3 Redis, NATS or SQLite unreachable / failing. */
+ * more units than Redis sold; 2 usage (a --db that does not exist included); 3 Redis, NATS or
+ * SQLite unreachable / failing. */
+#include <errno.h>
 #include <getopt.h>
 #include <hiredis/hiredis.h>
 #include <nats/nats.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
+#include "cli.h"
+#include "orders_stream.h"
 #include "reconcile.h"
 #include "store.h"
 
 #define MAX_EVENTS 1024
+#define PROG "snatch-reconcile"
 
 typedef struct config {
     char redis_host[256];
@@ -36,7 +42,8 @@ static void usage(FILE *f)
             "republishes to JetStream every order that SQLite lacks (Nats-Msg-Id = order id, so\n"
             "republishing is always safe), deleting its {E}:pending entry once acknowledged.\n"
             "  --redis HOST:PORT  Redis with the sale's data\n"
-            "  --db PATH          the subscriber's SQLite database\n"
+            "  --db PATH          the subscriber's SQLite database (must exist: a mistyped\n"
+            "                     path would make every order look missing)\n"
             "  --nats URL         NATS server (required unless --dry-run)\n"
             "  --event E          only this event (repeatable; default: all of snatch:events)\n"
             "  --dry-run          only report, republish nothing\n"
@@ -44,8 +51,13 @@ static void usage(FILE *f)
             "                     subscriber persisted every missing order\n"
             "  --pending MS       only republish {E}:pending entries older than MS ms (what\n"
             "                     the host's reconciliation thread does), print the count\n"
+            "  --orders-max-age-ms MS, --orders-max-bytes BYTES\n"
+            "                     retention of stream ORDERS if this run creates it (defaults\n"
+            "                     7 days and 2 GiB, as snatch-host; 0: unlimited)\n"
+            "  --version          print the version and exit\n"
             "  -h, --help         this text\n"
-            "Exit: 0 consistent, 1 orders missing or SQLite holds more than sold, 2 usage,\n"
+            "Exit: 0 consistent, 1 orders missing or SQLite holds more than sold, 2 usage or\n"
+            "no such --db, "
             "3 Redis/NATS/SQLite failure.\n");
 }
 
@@ -59,14 +71,19 @@ static int parse_args(int argc, char **argv, config_t *c)
         {"dry-run", no_argument, NULL, 'x'},
         {"wait", required_argument, NULL, 'w'},
         {"pending", required_argument, NULL, 'p'},
+        {ORDERS_MAX_AGE_FLAG, required_argument, NULL, 'A'},
+        {ORDERS_MAX_BYTES_FLAG, required_argument, NULL, 'B'},
+        {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     int ch;
     const char *colon;
+    char err[256];
     memset(c, 0, sizeof(*c));
     c->pending_ms = -1;
-    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    cli_init();
+    while ((ch = getopt_long(argc, argv, CLI_OPTSTRING "h", opts, NULL)) != -1) {
         switch (ch) {
         case 'r':
             colon = strrchr(optarg, ':');
@@ -97,17 +114,39 @@ static int parse_args(int argc, char **argv, config_t *c)
         case 'p':
             c->pending_ms = atoll(optarg);
             break;
+        case 'A':
+        case 'B':
+            if ((ch == 'A' ? orders_stream_set_max_age_ms(optarg, err, sizeof(err))
+                           : orders_stream_set_max_bytes(optarg, err, sizeof(err))) != 0) {
+                cli_usage_error(PROG, "%s", err);
+                return -1;
+            }
+            break;
+        case 'V':
+            cli_print_version(PROG);
+            exit(0);
         case 'h':
             usage(stdout);
             exit(0);
         default:
-            usage(stderr);
+            cli_bad_option(PROG, ch, argv);
             return -1;
         }
     }
-    if (c->redis_port == 0 || (c->db == NULL && c->pending_ms < 0) ||
-        (!c->dry_run && c->nats == NULL) || (c->dry_run && c->pending_ms >= 0) || optind != argc) {
-        usage(stderr);
+    const char *missing = c->redis_port == 0                   ? "--redis"
+                          : c->db == NULL && c->pending_ms < 0 ? "--db"
+                          : !c->dry_run && c->nats == NULL     ? "--nats (or --dry-run)"
+                                                               : NULL;
+    if (missing != NULL) {
+        cli_usage_error(PROG, "missing %s", missing);
+        return -1;
+    }
+    if (c->dry_run && c->pending_ms >= 0) {
+        cli_usage_error(PROG, "--dry-run and --pending exclude each other");
+        return -1;
+    }
+    if (optind != argc) {
+        cli_usage_error(PROG, "unexpected argument %s", argv[optind]);
         return -1;
     }
     return 0;
@@ -169,6 +208,15 @@ int main(int argc, char **argv)
 
     if (parse_args(argc, argv, &c) != 0)
         return 2;
+    /* SQLite would create a missing file, and an empty database makes every order "missing":
+     * a typo in --db must not republish a whole sale. */
+    struct stat sb;
+    if (c.pending_ms < 0 && (stat(c.db, &sb) != 0 || !S_ISREG(sb.st_mode))) {
+        fprintf(stderr, PROG ": --db %s: %s (the subscriber's database must exist)\n", c.db,
+                stat(c.db, &sb) != 0 ? strerror(errno) : "not a regular file");
+        status = 2;
+        goto out;
+    }
     struct timeval tv = {10, 0};
     rc = redisConnectWithTimeout(c.redis_host, c.redis_port, tv);
     if (rc == NULL || rc->err) {

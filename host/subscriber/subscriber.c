@@ -32,6 +32,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cli.h"
 #include "store.h"
 
 #define FETCH_TIMEOUT_MS 200
@@ -89,6 +90,7 @@ static void usage(FILE *f)
             "                    so the ack that follows it, survives a power loss;\n"
             "                    normal is faster but a power loss may drop acked orders,\n"
             "                    which only reconciliation from Redis can then restore)\n"
+            "  --version         print the version and exit\n"
             "  -h, --help        this text\n"
             "SIGTERM/SIGINT: finishes the batches already fetched (commit + acks) and exits 0.\n",
             DEFAULT_BATCH);
@@ -97,10 +99,15 @@ static void usage(FILE *f)
 static int parse_args(int argc, char **argv, config_t *c)
 {
     static const struct option opts[] = {
-        {"nats", required_argument, NULL, 'n'},   {"db", required_argument, NULL, 'd'},
-        {"batch", required_argument, NULL, 'b'},  {"durable", required_argument, NULL, 'u'},
-        {"stream", required_argument, NULL, 's'}, {"sync", required_argument, NULL, 'y'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+        {"nats", required_argument, NULL, 'n'},
+        {"db", required_argument, NULL, 'd'},
+        {"batch", required_argument, NULL, 'b'},
+        {"durable", required_argument, NULL, 'u'},
+        {"stream", required_argument, NULL, 's'},
+        {"sync", required_argument, NULL, 'y'},
+        {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     int ch;
     char *end;
@@ -108,7 +115,8 @@ static int parse_args(int argc, char **argv, config_t *c)
                     .stream = "ORDERS",
                     .batch = DEFAULT_BATCH,
                     .sync = STORE_SYNC_FULL};
-    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    cli_init();
+    while ((ch = getopt_long(argc, argv, CLI_OPTSTRING "h", opts, NULL)) != -1) {
         switch (ch) {
         case 'n':
             c->url = optarg;
@@ -140,16 +148,23 @@ static int parse_args(int argc, char **argv, config_t *c)
                 return -1;
             }
             break;
+        case 'V':
+            cli_print_version("snatch-subscriber");
+            exit(0);
         case 'h':
             usage(stdout);
             exit(0);
         default:
-            usage(stderr);
+            cli_bad_option("snatch-subscriber", ch, argv);
             return -1;
         }
     }
-    if (c->url == NULL || c->db == NULL || optind != argc) {
-        usage(stderr);
+    if (c->url == NULL || c->db == NULL) {
+        cli_usage_error("snatch-subscriber", "missing %s", c->url == NULL ? "--nats" : "--db");
+        return -1;
+    }
+    if (optind != argc) {
+        cli_usage_error("snatch-subscriber", "unexpected argument %s", argv[optind]);
         return -1;
     }
     return 0;

@@ -225,6 +225,33 @@ class NatsServer:
         time.sleep(down_seconds)
         return self.start()
 
+    def request(self, subject, payload=b"", timeout=5.0):
+        """One NATS request (core protocol over a socket, no client library); returns the reply
+        payload. Used for JetStream's API, e.g. request("$JS.API.STREAM.INFO.ORDERS")."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            f = s.makefile("rb")
+            f.readline()  # INFO
+            inbox = "_INBOX.snatch-test"
+            s.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB %s 1\r\n'
+                      b"PUB %s %s %d\r\n%s\r\nPING\r\n"
+                      % (inbox.encode(), subject.encode(), inbox.encode(), len(payload), payload))
+            while True:
+                line = f.readline()
+                if not line:
+                    raise OSError("NATS closed the connection")
+                if line.startswith(b"PING"):
+                    s.sendall(b"PONG\r\n")
+                elif line.startswith(b"MSG "):
+                    n = int(line.split()[-1])
+                    data = f.read(n + 2)[:n]
+                    return data
+                elif line.startswith(b"-ERR"):
+                    raise OSError(line.decode().strip())
+
+    def stream_info(self, stream="ORDERS"):
+        """JetStream's stream info as a dict ("error" in it when the stream does not exist)."""
+        return json.loads(self.request("$JS.API.STREAM.INFO." + stream))
+
     def __enter__(self):
         return self.start()
 
