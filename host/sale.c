@@ -14,6 +14,7 @@
 
 #include "api.h"
 #include "metrics.h"
+#include "ratelimit.h"
 #include "stock.h"
 #include "util.h"
 
@@ -26,8 +27,14 @@ typedef struct sale {
     char user[SNATCH_NAME_MAX + 1];
     char order_id[SNATCH_ORDER_ID_MAX + 1];
     int64_t created_ms;
-    bool admitted; /* admit() already ran (before the look-up of an unknown event) */
+    bool admitted;               /* admit() already ran */
+    char client[TRUST_ADDR_MAX]; /* api_client(): the peer, or the X-Forwarded-For client */
 } sale_t;
+
+/* Look-ups of events this host does not know, per client address: each costs a Redis round
+ * trip, and they must not spend the named buyer's bucket (anyone can name any buyer). */
+#define UNKNOWN_RATE 50.0
+#define UNKNOWN_BURST 100.0
 
 static const char BODY_SOLD_OUT[] = "{\"error\":\"sold_out\"}";
 static const char BODY_LIMIT[] = "{\"error\":\"limit_reached\"}";
@@ -350,7 +357,7 @@ static int admit(sale_t *s)
     script_admit_req_t ar = {.event = s->event,
                              .user = s->user,
                              .qty = s->qty,
-                             .client = s->req->peer,
+                             .client = s->client,
                              .now_ms = util_now_ms()};
     script_verdict_t v;
     script_admit(s->w->script, &ar, &v);
@@ -425,13 +432,12 @@ void sale_snatch(worker_t *w, http_request_t *req, const char *event, size_t eve
         api_error(req, ROUTE_SNATCH, 400, "bad_request", "invalid event name");
         return;
     }
-    const char *user = req->user_id;
-    size_t user_len = req->user_id_len;
-    if (user == NULL)
-        user = util_query_get(req->query, req->query_len, "user", &user_len);
-    if (user == NULL) {
+    const char *user = NULL;
+    size_t user_len = 0;
+    api_buyer_t bv = api_buyer(req, &user, &user_len);
+    if (bv != API_BUYER_OK) {
         metrics_outcome(OUTCOME_BAD_REQUEST);
-        api_error(req, ROUTE_SNATCH, 400, "bad_request", "missing buyer: X-User-Id or user=");
+        api_buyer_error(req, ROUTE_SNATCH, bv);
         return;
     }
     if (!util_valid_name(user, user_len, set->user_max_len)) {
@@ -464,16 +470,25 @@ void sale_snatch(worker_t *w, http_request_t *req, const char *event, size_t eve
     memcpy(s->user, user, user_len);
     s->user[user_len] = '\0';
     s->admitted = false;
+    api_client(req, s->client);
     w->inflight++;
     stock_event_t *ev = stock_find(event, event_len);
     if (ev != NULL) {
         on_event_found(ev, 0, s);
         return;
     }
-    /* An event this host does not know costs a Redis look-up: the policy's rate limits go
-     * first, so a flood of made-up event names is throttled like any other. */
-    if (admit(s) != 0)
+    /* An event this host does not know costs a Redis look-up: throttled per client address
+     * before it, by a bucket of its own, so made-up names never spend a buyer's bucket. The
+     * policy's admit() runs once the event is known to exist (sale_continue). */
+    char key[32 + TRUST_ADDR_MAX];
+    int kn = snprintf(key, sizeof(key), "snatch.unknown:%s", s->client);
+    if (!ratelimit_take(key, (size_t)kn, UNKNOWN_RATE, UNKNOWN_BURST, 1, util_mono_us())) {
+        metrics_outcome(OUTCOME_REJECTED);
+        api_error(req, ROUTE_SNATCH, 429, "rate_limited",
+                  "too many requests for events this host does not know, from this address");
+        sale_finish(s);
         return;
+    }
     sale_lookup_event(w, s->event, event_len, on_event_found, s);
 }
 
