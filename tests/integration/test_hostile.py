@@ -13,7 +13,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import ADMIN_TOKEN, Stack, Suite, TempDir, binary, wait_until  # noqa: E402
+from harness import (ADMIN_TOKEN, SOURCE_DIR, Stack, Suite, TempDir, binary,  # noqa: E402
+                     wait_until)
 
 suite = Suite()
 AUTH = {"Authorization": "Bearer " + ADMIN_TOKEN, "Content-Type": "application/json"}
@@ -270,8 +271,7 @@ def x_user_id_from_an_untrusted_peer_is_ignored():
             f.write(ADMIN_TOKEN)
         for bad in ["10.0.0.1/8", "nonsense", "10.0.0.0/40"]:
             p = subprocess.run([binary("snatch-host"), "--trusted-proxy", bad, "--test",
-                                os.path.join(os.environ.get("SNATCH_SOURCE_DIR", "."),
-                                             "lua", "policy.lua")],
+                                os.path.join(SOURCE_DIR, "lua", "policy.lua")],
                                capture_output=True, timeout=30)
             assert p.returncode != 0 and b"--trusted-proxy" in p.stderr, (bad, p)
     finally:
@@ -285,9 +285,9 @@ def admin_token_is_long_and_guessing_is_slowed():
         tok = os.path.join(tmp.path, "tok")
         with open(tok, "w") as f:
             f.write("short-token\n")  # 11 bytes
-        p = subprocess.run([binary("snatch-host"), "--admin-token-file", tok, "--listen",
-                            "127.0.0.1:1", os.path.join(os.environ.get("SNATCH_SOURCE_DIR", "."),
-                                                        "lua", "policy.lua")],
+        # --test: the flags are checked, nothing is started.
+        p = subprocess.run([binary("snatch-host"), "--admin-token-file", tok, "--test",
+                            os.path.join(SOURCE_DIR, "lua", "policy.lua")],
                            capture_output=True, timeout=30)
         assert p.returncode != 0 and b"16" in p.stderr, p
     finally:
