@@ -76,10 +76,10 @@ def per_user_limit_holds_under_repeats():
         assert ev["local_left"] == ev["local_quota"] - 20, ev
 
 
-@suite.case
 ALICE = {"X-User-Id": "alice"}  # order look-ups answer only to the buyer (loopback is trusted)
 
 
+@suite.case
 def qty_and_user_orders_lookup():
     with Stack(hosts=1, threads=1) as st:
         st.host.create_event("q", 10, per_user_limit=4)
