@@ -13,6 +13,7 @@
 
 #include "reconcile.h"
 #include "store.h"
+#include "util.h"
 
 #define MAX_EVENTS 1024
 
@@ -203,6 +204,12 @@ int main(int argc, char **argv)
     bool failed = false;
     for (size_t i = 0; i < n; i++) {
         const char *ev = c.nevents ? c.events[i] : listed[i];
+        if (!util_valid_name(ev, strlen(ev), SNATCH_NAME_MAX)) {
+            fprintf(stderr, "reconcile: %s: not a valid event name, skipped\n", ev);
+            snprintf(rows[i].event, sizeof(rows[i].event), "%s", ev);
+            failed = true;
+            continue;
+        }
         /* One event that cannot be reconciled must not keep the others from it. */
         if (reconcile_event(rc, nc, st, ev, &rows[i], err, sizeof(err)) != 0) {
             fprintf(stderr, "reconcile: %s (the other events go on)\n", err);

@@ -171,6 +171,14 @@ def reads_are_rate_limited_per_buyer_and_per_address():
         s, _ = c.request("GET", "/v1/events/rd", headers={"X-Forwarded-For": "198.51.100.8"})
         assert s == 200, s
         c.close()
+        # Two X-Forwarded-For lines: which hop wrote which is unknowable, so it is refused.
+        raw = http.client.HTTPConnection("127.0.0.1", h.port, timeout=10)
+        raw.putrequest("GET", "/v1/events/rd")
+        raw.putheader("X-Forwarded-For", "198.51.100.9")
+        raw.putheader("X-Forwarded-For", "10.0.0.1")
+        raw.endheaders()
+        assert raw.getresponse().status == 400
+        raw.close()
 
 
 @suite.case
