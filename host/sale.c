@@ -28,7 +28,7 @@ typedef struct sale {
     char order_id[SNATCH_ORDER_ID_MAX + 1];
     int64_t created_ms;
     bool admitted;               /* admit() already ran */
-    char client[TRUST_ADDR_MAX]; /* api_client(): the peer, or the X-Forwarded-For client */
+    char client[TRUST_ADDR_MAX]; /* api_client(), "" until needed (the sold-out path never is) */
 } sale_t;
 
 /* Look-ups of events this host does not know, per client address: each costs a Redis round
@@ -351,13 +351,20 @@ static void deduct(sale_t *s)
     redis_eval(s->w->redis, on_deducted, s, 5, 10, argv, lens);
 }
 
+static const char *sale_client(sale_t *s)
+{
+    if (s->client[0] == '\0')
+        api_client(s->req, s->client);
+    return s->client;
+}
+
 /* The policy's admit(): 0 admitted, or -1 when it refused (answered and finished then). */
 static int admit(sale_t *s)
 {
     script_admit_req_t ar = {.event = s->event,
                              .user = s->user,
                              .qty = s->qty,
-                             .client = s->client,
+                             .client = sale_client(s),
                              .now_ms = util_now_ms()};
     script_verdict_t v;
     script_admit(s->w->script, &ar, &v);
@@ -470,7 +477,7 @@ void sale_snatch(worker_t *w, http_request_t *req, const char *event, size_t eve
     memcpy(s->user, user, user_len);
     s->user[user_len] = '\0';
     s->admitted = false;
-    api_client(req, s->client);
+    s->client[0] = '\0';
     w->inflight++;
     stock_event_t *ev = stock_find(event, event_len);
     if (ev != NULL) {
@@ -481,7 +488,7 @@ void sale_snatch(worker_t *w, http_request_t *req, const char *event, size_t eve
      * before it, by a bucket of its own, so made-up names never spend a buyer's bucket. The
      * policy's admit() runs once the event is known to exist (sale_continue). */
     char key[32 + TRUST_ADDR_MAX];
-    int kn = snprintf(key, sizeof(key), "snatch.unknown:%s", s->client);
+    int kn = snprintf(key, sizeof(key), "snatch.unknown:%s", sale_client(s));
     if (!ratelimit_take(key, (size_t)kn, UNKNOWN_RATE, UNKNOWN_BURST, 1, util_mono_us())) {
         metrics_outcome(OUTCOME_REJECTED);
         api_error(req, ROUTE_SNATCH, 429, "rate_limited",
