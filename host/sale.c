@@ -486,10 +486,14 @@ void sale_snatch(worker_t *w, http_request_t *req, const char *event, size_t eve
     }
     /* An event this host does not know costs a Redis look-up: throttled per client address
      * before it, by a bucket of its own, so made-up names never spend a buyer's bucket. The
-     * policy's admit() runs once the event is known to exist (sale_continue). */
+     * policy's admit() runs once the event is known to exist (sale_continue). A trusted proxy
+     * speaking for everyone without X-Forwarded-For is exempt, as from every per-address limit:
+     * the opening wave of a sale another host announced arrives here as "unknown" too. */
     char key[32 + TRUST_ADDR_MAX];
-    int kn = snprintf(key, sizeof(key), "snatch.unknown:%s", sale_client(s));
-    if (!ratelimit_take(key, (size_t)kn, UNKNOWN_RATE, UNKNOWN_BURST, 1, util_mono_us())) {
+    const char *client = sale_client(s);
+    int kn = snprintf(key, sizeof(key), "snatch.unknown:%s", client);
+    if (!api_client_is_proxy(req, client) &&
+        !ratelimit_take(key, (size_t)kn, UNKNOWN_RATE, UNKNOWN_BURST, 1, util_mono_us())) {
         metrics_outcome(OUTCOME_REJECTED);
         api_error(req, ROUTE_SNATCH, 429, "rate_limited",
                   "too many requests for events this host does not know, from this address");
