@@ -126,6 +126,25 @@ static void format_addr(int family, const uint8_t addr[16], char *out)
         out[0] = '\0';
 }
 
+/* An X-Forwarded-For entry: an address, or as some proxies write it, "1.2.3.4:port" or
+ * "[2001:db8::1]:port" (the port says nothing about who the client is). */
+static int parse_hop(const char *s, size_t len, int *family, uint8_t addr[16])
+{
+    if (len > 0 && s[0] == '[') {
+        const char *close = memchr(s, ']', len);
+        if (close == NULL)
+            return -1;
+        size_t rest = len - (size_t)(close - s) - 1;
+        if (rest > 0 && close[1] != ':')
+            return -1;
+        return parse_addr(s + 1, (size_t)(close - s) - 1, family, addr);
+    }
+    const char *colon = memchr(s, ':', len);
+    if (colon != NULL && memchr(colon + 1, ':', len - (size_t)(colon - s) - 1) == NULL)
+        len = (size_t)(colon - s); /* one colon: IPv4 with a port (IPv6 has at least two) */
+    return parse_addr(s, len, family, addr);
+}
+
 void trust_client(const trust_list_t *l, const char *peer, const char *xff, size_t xff_len,
                   char *out)
 {
@@ -149,7 +168,7 @@ void trust_client(const trust_list_t *l, const char *peer, const char *xff, size
             s++;
         while (e > s && is_space(xff[e - 1]))
             e--;
-        if (parse_addr(xff + s, e - s, &family, a) != 0)
+        if (parse_hop(xff + s, e - s, &family, a) != 0)
             return;
         format_addr(family, a, out);
         if (!contains_parsed(l, family, a) || start == 0)

@@ -38,7 +38,8 @@ bool trust_contains(const trust_list_t *l, const char *addr, size_t len);
  * address that is not trusted is the client (each proxy appends the address it received from,
  * so only the part appended by trusted proxies can be believed). An entry that is not an
  * address ends the walk at the hop before it; when every entry is trusted, the leftmost one is
- * the client. Writes the normalised text into out (TRUST_ADDR_MAX bytes). */
+ * the client. Entries may carry a port ("1.2.3.4:80", "[::1]:80"), which is dropped. Writes the
+ * normalised text into out (TRUST_ADDR_MAX bytes). */
 void trust_client(const trust_list_t *l, const char *peer, const char *xff, size_t xff_len,
                   char *out);
 

@@ -94,6 +94,15 @@ static void test_forwarded_for(void **state)
     /* Normalised text: one bucket per address, however it was spelt. */
     assert_string_equal(client(&l, "127.0.0.1", " 2001:DB8:0:0::1 ", out), "2001:db8::1");
     assert_string_equal(client(&l, "::ffff:127.0.0.1", "::ffff:198.51.100.7", out), "198.51.100.7");
+    /* Ports, as some proxies write them, are dropped; anything else odd stops the walk. */
+    assert_string_equal(client(&l, "127.0.0.1", "198.51.100.7:5555", out), "198.51.100.7");
+    assert_string_equal(client(&l, "127.0.0.1", "[2001:db8::7]:443", out), "2001:db8::7");
+    assert_string_equal(client(&l, "127.0.0.1", "[2001:db8::7]", out), "2001:db8::7");
+    assert_string_equal(client(&l, "127.0.0.1", "198.51.100.7, 10.0.0.5:80", out), "198.51.100.7");
+    assert_string_equal(client(&l, "127.0.0.1", "[2001:db8::7", out), "127.0.0.1");
+    assert_string_equal(client(&l, "127.0.0.1", "[2001:db8::7]x", out), "127.0.0.1");
+    assert_string_equal(client(&l, "127.0.0.1", "1.2.3.4:5:6", out), "127.0.0.1");
+    assert_string_equal(client(&l, "127.0.0.1", "fe80::1%eth0", out), "127.0.0.1");
     /* Longest address text fits. */
     assert_string_equal(
         client(&l, "127.0.0.1", "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255", out),
