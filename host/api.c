@@ -10,14 +10,21 @@
 #include <string.h>
 
 #include "metrics.h"
+#include "ratelimit.h"
 #include "sale.h"
 #include "stock.h"
 #include "util.h"
 #include "worker.h"
 
 /* Resets an event: refused while orders wait to be published (they would be lost). The seq
- * field survives, so order ids never repeat for one event name. */
+ * field survives, so order ids never repeat for one event name. A new event is refused when the
+ * sale already has --max-events events (ARGV[4]): every host started with the same flag can then
+ * hold every event, so none is created that some host would answer 404 for. */
 static const char RESET_SCRIPT[] =
+    "if redis.call('SISMEMBER', KEYS[6], ARGV[1]) == 0 and\n"
+    "   redis.call('SCARD', KEYS[6]) >= tonumber(ARGV[4]) then\n"
+    "  return redis.error_reply('FULL')\n"
+    "end\n"
     "if redis.call('HLEN', KEYS[5]) > 0 then return redis.error_reply('PENDING') end\n"
     "redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])\n"
     "local gen = redis.call('HINCRBY', KEYS[1], 'gen', 1)\n"
@@ -54,6 +61,114 @@ static void respond_json(http_request_t *req, metrics_route_t route, int status,
 static worker_t *worker_of(http_request_t *req)
 {
     return req->server_data;
+}
+
+/* ---- who is asking ---- */
+
+/* Read endpoints, per client address and per buyer. Generous next to the sale's own limits
+ * (policy.lua): a buyer polls their order, nobody needs more. */
+#define READ_ADDR_RATE 100.0
+#define READ_ADDR_BURST 200.0
+#define READ_USER_RATE 5.0
+#define READ_USER_BURST 20.0
+/* Failed admin authentications per client address: 10 at once, then one per 5 s. */
+#define AUTH_FAIL_RATE 0.2
+#define AUTH_FAIL_BURST 10.0
+
+static bool peer_trusted(http_request_t *req)
+{
+    const trust_list_t *l = &worker_of(req)->host->cfg.trusted_proxies;
+    return trust_contains(l, req->peer, strlen(req->peer));
+}
+
+api_buyer_t api_buyer(http_request_t *req, const char **user, size_t *len)
+{
+    size_t qlen;
+    const char *q = util_query_get(req->query, req->query_len, "user", &qlen);
+    if (q != NULL && !worker_of(req)->host->cfg.allow_query_user)
+        return API_BUYER_QUERY_REFUSED;
+    if (req->user_id != NULL && peer_trusted(req)) {
+        *user = req->user_id;
+        *len = req->user_id_len;
+        return API_BUYER_OK;
+    }
+    if (q == NULL)
+        return API_BUYER_NONE;
+    *user = q;
+    *len = qlen;
+    return API_BUYER_OK;
+}
+
+void api_buyer_error(http_request_t *req, int route, api_buyer_t verdict)
+{
+    if (verdict == API_BUYER_QUERY_REFUSED)
+        api_error(req, route, 400, "bad_request",
+                  "?user= is not accepted by this host (start it with --allow-query-user for "
+                  "load tools); send X-User-Id through a trusted proxy");
+    else
+        api_error(req, route, 400, "bad_request",
+                  "missing buyer: X-User-Id (from a --trusted-proxy peer) or user=");
+}
+
+void api_client(http_request_t *req, char *out)
+{
+    const trust_list_t *l = &worker_of(req)->host->cfg.trusted_proxies;
+    trust_client(l, req->peer, req->forwarded_for, req->forwarded_for_len, out);
+}
+
+bool api_client_is_proxy(http_request_t *req, const char *client)
+{
+    const trust_list_t *l = &worker_of(req)->host->cfg.trusted_proxies;
+    return trust_contains(l, client, strlen(client));
+}
+
+/* Takes a token of key prefix+name. cost < 0 gives tokens back. */
+static bool take(const char *prefix, const char *name, size_t nlen, double rate, double burst,
+                 double cost)
+{
+    char key[32 + TRUST_ADDR_MAX + SNATCH_NAME_MAX];
+    int n = snprintf(key, sizeof(key), "%s%.*s", prefix, (int)nlen, name);
+    if (n < 0 || (size_t)n >= sizeof(key))
+        return true;
+    return ratelimit_take(key, (size_t)n, rate, burst, cost, util_mono_us());
+}
+
+/* Answers 429 and returns true when this read is over the client's or the buyer's rate. */
+static bool read_limited(http_request_t *req, int route, const char *user, size_t ulen)
+{
+    char client[TRUST_ADDR_MAX];
+    api_client(req, client);
+    if ((!api_client_is_proxy(req, client) &&
+         !take("snatch.read.ip:", client, strlen(client), READ_ADDR_RATE, READ_ADDR_BURST, 1)) ||
+        (user != NULL && !take("snatch.read.u:", user, ulen, READ_USER_RATE, READ_USER_BURST, 1))) {
+        api_error(req, route, 429, "rate_limited", "too many reads; slow down");
+        return true;
+    }
+    return false;
+}
+
+static bool authorized(worker_t *w, http_request_t *req);
+
+/* The admin token, with failures slowed down per client address: each attempt takes a token
+ * of the address's bucket and a success gives it back, so only failures stay counted and a
+ * guesser gets 429 (without the token being compared) once the bucket is empty.
+ * Returns true when authorized; otherwise the request has been answered (401 or 429). */
+static bool admin_gate(http_request_t *req, int route)
+{
+    char client[TRUST_ADDR_MAX];
+    api_client(req, client);
+    size_t clen = strlen(client);
+    if (!take("snatch.auth:", client, clen, AUTH_FAIL_RATE, AUTH_FAIL_BURST, 1)) {
+        api_error(req, route, 429, "rate_limited",
+                  "too many failed authentications from this address; retry later");
+        return false;
+    }
+    if (authorized(worker_of(req), req)) {
+        take("snatch.auth:", client, clen, AUTH_FAIL_RATE, AUTH_FAIL_BURST, -1);
+        return true;
+    }
+    api_error(req, route, 401, "unauthorized", NULL);
+    return false;
 }
 
 static bool redis_usable(worker_t *w)
@@ -120,6 +235,8 @@ static void get_event(http_request_t *req, const char *event, size_t len)
         api_error(req, ROUTE_EVENT, 400, "bad_request", "invalid event name");
         return;
     }
+    if (read_limited(req, ROUTE_EVENT, NULL, 0))
+        return;
     if (!redis_usable(w)) {
         api_error(req, ROUTE_EVENT, 503, "unavailable", NULL);
         return;
@@ -161,6 +278,7 @@ typedef struct admin_put {
     int64_t stock, limit;
     size_t len;
     char event[SNATCH_NAME_MAX + 1];
+    bool reserved; /* holds room in the local table (stock_reserve_room) */
 } admin_put_t;
 
 static void on_event_reset(redisReply *r, const char *err, void *data)
@@ -172,7 +290,10 @@ static void on_event_reset(redisReply *r, const char *err, void *data)
         goto out;
     }
     if (r->type == REDIS_REPLY_ERROR) {
-        if (strstr(r->str, "PENDING") != NULL)
+        if (strstr(r->str, "FULL") != NULL)
+            api_error(a->req, ROUTE_ADMIN_EVENT, 409, "too_many_events",
+                      "the sale already has --max-events events");
+        else if (strstr(r->str, "PENDING") != NULL)
             api_error(a->req, ROUTE_ADMIN_EVENT, 409, "orders_pending",
                       "orders of this event are not yet published; run snatch-reconcile first");
         else
@@ -185,7 +306,12 @@ static void on_event_reset(redisReply *r, const char *err, void *data)
                            .hosts = a->w->host->cfg.hosts,
                            .host_id = a->w->host->cfg.host_id};
     int64_t quota = script_allocate(a->w->script, a->event, &cl);
-    stock_install(a->event, a->len, a->stock, a->limit, quota, (uint64_t)gen, a->stock == 0);
+    if (a->reserved)
+        stock_install_reserved(a->event, a->len, a->stock, a->limit, quota, (uint64_t)gen,
+                               a->stock == 0);
+    else
+        stock_install(a->event, a->len, a->stock, a->limit, quota, (uint64_t)gen, a->stock == 0);
+    a->reserved = false;
     fprintf(stderr,
             "admin: event %s reset: stock %" PRId64 ", per_user_limit %" PRId64
             ", generation %" PRId64 ", local quota %" PRId64 "\n",
@@ -201,6 +327,8 @@ static void on_event_reset(redisReply *r, const char *err, void *data)
                             a->stock, a->limit, gen, quota);
     respond_json(a->req, ROUTE_ADMIN_EVENT, 200, body, pos);
 out:
+    if (a->reserved)
+        stock_unreserve();
     free(a);
 }
 
@@ -251,10 +379,8 @@ static void put_event(http_request_t *req, const char *event, size_t len)
                   "admin disabled: no --admin-token-file");
         return;
     }
-    if (!authorized(w, req)) {
-        api_error(req, ROUTE_ADMIN_EVENT, 401, "unauthorized", NULL);
+    if (!admin_gate(req, ROUTE_ADMIN_EVENT))
         return;
-    }
     if (!util_valid_name(event, len, SNATCH_NAME_MAX)) {
         api_error(req, ROUTE_ADMIN_EVENT, 400, "bad_request", "invalid event name");
         return;
@@ -269,11 +395,21 @@ static void put_event(http_request_t *req, const char *event, size_t len)
         api_error(req, ROUTE_ADMIN_EVENT, 503, "unavailable", NULL);
         return;
     }
+    /* Room first: an event this host could not hold is refused before Redis knows it. */
+    int room = stock_reserve_room(event, len);
+    if (room < 0) {
+        api_error(req, ROUTE_ADMIN_EVENT, 409, "too_many_events",
+                  "this host holds no more events (--max-events)");
+        return;
+    }
     admin_put_t *a = malloc(sizeof(*a));
     if (a == NULL) {
+        if (room > 0)
+            stock_unreserve();
         api_error(req, ROUTE_ADMIN_EVENT, 503, "unavailable", NULL);
         return;
     }
+    a->reserved = room > 0;
     a->req = req;
     a->w = w;
     a->stock = stock;
@@ -282,9 +418,9 @@ static void put_event(http_request_t *req, const char *event, size_t len)
     memcpy(a->event, event, len);
     a->event[len] = '\0';
     static const char *suffix[5] = {"meta", "users", "orders", "uorders", "pending"};
-    char keys[5][UTIL_KEY_MAX], sstock[24], slimit[24];
-    const char *argv[12];
-    size_t lens[12];
+    char keys[5][UTIL_KEY_MAX], sstock[24], slimit[24], smax[24];
+    const char *argv[13];
+    size_t lens[13];
     argv[0] = "EVAL";
     lens[0] = 4;
     argv[1] = RESET_SCRIPT;
@@ -303,7 +439,9 @@ static void put_event(http_request_t *req, const char *event, size_t len)
     argv[10] = sstock;
     lens[11] = (size_t)snprintf(slimit, sizeof(slimit), "%" PRId64, limit);
     argv[11] = slimit;
-    redis_command(w->redis, on_event_reset, a, 12, argv, lens);
+    lens[12] = (size_t)snprintf(smax, sizeof(smax), "%zu", stock_max_events());
+    argv[12] = smax;
+    redis_command(w->redis, on_event_reset, a, 13, argv, lens);
 }
 
 /* ---- GET /v1/orders/{id} and GET /v1/events/{e}/users/{u}/orders ---- */
@@ -313,8 +451,55 @@ typedef struct order_view {
     worker_t *w;
     metrics_route_t route;
     char event[SNATCH_NAME_MAX + 1];
-    char user[SNATCH_NAME_MAX + 1];
+    char user[SNATCH_NAME_MAX + 1]; /* GET /v1/orders/{id}: the buyer asking ("" for admin) */
 } order_view_t;
+
+/* Order data answers only to its buyer or the admin token. Sets *admin and fills buyer (the
+ * validated buyer id, NUL-terminated) or answers (400, 401, 403, 429) and returns false. */
+static bool order_reader(http_request_t *req, int route, bool *admin, char *buyer)
+{
+    const host_config_t *cfg = &worker_of(req)->host->cfg;
+    *admin = false;
+    buyer[0] = '\0';
+    if (req->authorization != NULL && cfg->admin_token_len > 0) {
+        if (!admin_gate(req, route))
+            return false;
+        *admin = true;
+        return !read_limited(req, route, NULL, 0);
+    }
+    const char *user;
+    size_t ulen;
+    api_buyer_t bv = api_buyer(req, &user, &ulen);
+    if (bv == API_BUYER_QUERY_REFUSED) {
+        api_buyer_error(req, route, bv);
+        return false;
+    }
+    if (bv == API_BUYER_NONE) {
+        api_error(req, route, 403, "forbidden",
+                  "orders answer only to their buyer (X-User-Id from a trusted proxy) or the "
+                  "admin token");
+        return false;
+    }
+    if (!util_valid_name(user, ulen, SNATCH_NAME_MAX)) {
+        api_error(req, route, 400, "bad_request", "invalid buyer id");
+        return false;
+    }
+    if (read_limited(req, route, user, ulen))
+        return false;
+    memcpy(buyer, user, ulen);
+    buyer[ulen] = '\0';
+    return true;
+}
+
+/* True when the stored order record (JSON, "user" field) belongs to buyer. */
+static bool record_of(const char *rec, size_t len, const char *buyer)
+{
+    json_t *root = json_loadb(rec, len, 0, NULL);
+    const char *u = json_string_value(json_object_get(root, "user"));
+    bool mine = u != NULL && strcmp(u, buyer) == 0;
+    json_decref(root);
+    return mine;
+}
 
 static void on_order(redisReply *r, const char *err, void *data)
 {
@@ -322,7 +507,10 @@ static void on_order(redisReply *r, const char *err, void *data)
     (void)err;
     if (r == NULL || r->type == REDIS_REPLY_ERROR)
         api_error(v->req, ROUTE_ORDER, 503, "unavailable", NULL);
-    else if (r->type != REDIS_REPLY_STRING)
+    /* Someone else's order is answered exactly like a missing one: ids are sequential, and a
+     * 403 would confirm to a prober that the neighbouring id exists. */
+    else if (r->type != REDIS_REPLY_STRING ||
+             (v->user[0] != '\0' && !record_of(r->str, r->len, v->user)))
         api_error(v->req, ROUTE_ORDER, 404, "unknown_order", NULL);
     else
         respond_json(v->req, ROUTE_ORDER, 200, r->str, r->len);
@@ -351,6 +539,10 @@ static void get_order(http_request_t *req, const char *id, size_t len)
         api_error(req, ROUTE_ORDER, 400, "bad_request", "invalid order id");
         return;
     }
+    bool admin;
+    char buyer[SNATCH_NAME_MAX + 1];
+    if (!order_reader(req, ROUTE_ORDER, &admin, buyer))
+        return;
     if (!redis_usable(w)) {
         api_error(req, ROUTE_ORDER, 503, "unavailable", NULL);
         return;
@@ -362,6 +554,7 @@ static void get_order(http_request_t *req, const char *id, size_t len)
     }
     v->req = req;
     v->w = w;
+    memcpy(v->user, buyer, sizeof(v->user));
     char key[UTIL_KEY_MAX];
     int n = util_event_key(key, event, elen, "orders");
     const char *argv[] = {"HGET", key, id};
@@ -479,6 +672,15 @@ static void get_user_orders(http_request_t *req, const char *event, size_t elen,
     if (!util_valid_name(event, elen, SNATCH_NAME_MAX) ||
         !util_valid_name(user, ulen, SNATCH_NAME_MAX)) {
         api_error(req, ROUTE_USER_ORDERS, 400, "bad_request", "invalid event or user");
+        return;
+    }
+    bool admin;
+    char buyer[SNATCH_NAME_MAX + 1];
+    if (!order_reader(req, ROUTE_USER_ORDERS, &admin, buyer))
+        return;
+    if (!admin && (strlen(buyer) != ulen || memcmp(buyer, user, ulen) != 0)) {
+        /* The path names the buyer, so refusing tells a prober nothing it did not send. */
+        api_error(req, ROUTE_USER_ORDERS, 403, "forbidden", "orders answer only to their buyer");
         return;
     }
     if (!redis_usable(w)) {

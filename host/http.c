@@ -48,7 +48,16 @@
 
 typedef struct conn conn_t;
 
-enum field { FIELD_NONE, FIELD_URL, FIELD_UID, FIELD_AUTH, FIELD_TE, FIELD_BODY, FIELD_SKIP };
+enum field {
+    FIELD_NONE,
+    FIELD_URL,
+    FIELD_UID,
+    FIELD_AUTH,
+    FIELD_TE,
+    FIELD_BODY,
+    FIELD_SKIP,
+    FIELD_XFF
+};
 enum hstate { HS_URL, HS_NAME, HS_VALUE, HS_BODY };
 enum tlist_id { TL_NONE, TL_IDLE, TL_HEAD, TL_LINGER, TL__COUNT };
 
@@ -65,6 +74,8 @@ typedef struct req {
     /* Fields as offsets into buf (which moves when it grows), NUL-terminated. */
     size_t url_off, url_len, uid_off, uid_len, auth_off, auth_len, body_off, body_len, peer_off;
     bool has_uid, has_auth, has_body;
+    size_t xff_off, xff_len;
+    bool has_xff;
     char *buf;
     size_t len, cap;
     char inline_buf[REQ_INLINE];
@@ -345,6 +356,8 @@ static void req_finish(req_t *r)
     q->body = r->has_body ? r->buf + r->body_off : empty;
     q->body_len = r->body_len;
     q->peer = r->buf + r->peer_off;
+    q->forwarded_for = r->has_xff ? r->buf + r->xff_off : NULL;
+    q->forwarded_for_len = r->xff_len;
 }
 
 /* ---- output ---- */
@@ -818,8 +831,12 @@ static int close_field(conn_t *c)
         break;
     case FIELD_UID:
     case FIELD_AUTH:
-    case FIELD_TE: {
-        size_t off = f == FIELD_UID ? r->uid_off : f == FIELD_AUTH ? r->auth_off : c->te_off;
+    case FIELD_TE:
+    case FIELD_XFF: {
+        size_t off = f == FIELD_UID    ? r->uid_off
+                     : f == FIELD_AUTH ? r->auth_off
+                     : f == FIELD_XFF  ? r->xff_off
+                                       : c->te_off;
         while (r->len > off && is_ows(r->buf[r->len - 1]))
             r->len--;
         size_t n = r->len - off;
@@ -832,6 +849,8 @@ static int close_field(conn_t *c)
         }
         if (f == FIELD_UID)
             r->uid_len = n;
+        else if (f == FIELD_XFF)
+            r->xff_len = n;
         else
             r->auth_len = n;
         break;
@@ -868,6 +887,13 @@ static int resolve_name(conn_t *c)
         r->has_auth = true;
         r->auth_off = r->len;
         c->field = FIELD_AUTH;
+    } else if (name_is(c, "x-forwarded-for", 15)) {
+        /* One list, as proxies append to it: two would leave us guessing which hop wrote which. */
+        if (r->has_xff)
+            return bad(c);
+        r->has_xff = true;
+        r->xff_off = r->len;
+        c->field = FIELD_XFF;
     } else if (name_is(c, "content-length", 14)) {
         c->n_cl++;
     } else if (name_is(c, "transfer-encoding", 17)) {

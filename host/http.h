@@ -38,6 +38,9 @@ typedef struct http_request {
     const char *peer;   /* client IP address as text */
     void *server_data;  /* the data given to http_server_start */
     void *handler_data; /* free for the handler's use */
+    /* X-Forwarded-For header, NULL when absent (a second one is a 400). */
+    const char *forwarded_for;
+    size_t forwarded_for_len;
 } http_request_t;
 
 typedef void (*http_handler_fn)(http_request_t *req);

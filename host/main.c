@@ -37,6 +37,8 @@ static char deduct_buf[4096];
 static uint64_t reconcile_interval_ms = 5000;
 static int64_t reconcile_after_ms = 30000;
 static int64_t rate_limit_keys = 1 << 18;
+static int64_t max_events = STOCK_EVENTS_DEFAULT;
+#define ADMIN_TOKEN_MIN 16
 
 static void usage(FILE *out)
 {
@@ -53,7 +55,7 @@ static void usage(FILE *out)
             "  --max-inflight N          unacknowledged orders per thread (default 4096)\n"
             "  --host-id ID              this host's name in orders (default: hostname)\n"
             "  --hosts N                 hosts sharing the sale, for allocate() (default 1)\n"
-            "  --admin-token-file PATH   bearer token for /admin (absent: admin disabled)\n"
+            "  --admin-token-file PATH   bearer token for /admin, 16+ bytes (absent: disabled)\n"
             "  --deduct PATH             Redis deduction script (default: deduct.lua next to\n"
             "                            the policy, else " SNATCH_DATA_DIR "/deduct.lua)\n"
             "  --max-head BYTES          request head cap, 431 beyond (default 8192)\n"
@@ -68,6 +70,12 @@ static void usage(FILE *out)
             "                            (default 604800000 = 7 days, 0: unlimited)\n"
             "  --orders-max-bytes BYTES  idem, size (default 2147483648, 0: unlimited)\n"
             "  --test                    load and validate POLICY, print the verdict, exit\n"
+            "  --trusted-proxy CIDR[,CIDR...]  peers whose X-User-Id and X-Forwarded-For are\n"
+            "                            believed; repeatable (default 127.0.0.0/8,::1)\n"
+            "  --allow-query-user        ?user= names the buyer (load tools, demo); without it\n"
+            "                            a request with ?user= is 400\n"
+            "  --max-events N            events this host holds (default 4096); PUT\n"
+            "                            /admin/events of one more is refused (409)\n"
             "  --version                 print the version and exit\n"
             "  -h, --help                this text\n"
             "\nSignals: HUP reloads the policy and deduct script (a broken one is refused and the\n"
@@ -99,8 +107,11 @@ static int read_token(const char *path, host_config_t *cfg)
     }
     while (len > 0 && (tok[len - 1] == '\n' || tok[len - 1] == '\r' || tok[len - 1] == ' '))
         len--;
-    if (len == 0 || len >= sizeof(cfg->admin_token)) {
-        fprintf(stderr, "snatch-host: admin token in %s must be 1..255 bytes\n", path);
+    if (len < ADMIN_TOKEN_MIN || len >= sizeof(cfg->admin_token)) {
+        fprintf(stderr,
+                "snatch-host: admin token in %s must be %d..255 bytes (it has %zu): a short "
+                "token can be guessed; e.g. head -c 24 /dev/urandom | base64 > %s\n",
+                path, ADMIN_TOKEN_MIN, len, path);
         free(tok);
         return -1;
     }
@@ -174,6 +185,9 @@ enum {
     OPT_RATE_LIMIT_KEYS,
     OPT_ORDERS_MAX_AGE,
     OPT_ORDERS_MAX_BYTES,
+    OPT_TRUSTED_PROXY,
+    OPT_ALLOW_QUERY_USER,
+    OPT_MAX_EVENTS,
 };
 
 static int parse_int_opt(const char *name, const char *v, int64_t min, int64_t max, int64_t *out)
@@ -213,6 +227,9 @@ static int parse_args(int argc, char **argv, bool *test_only)
         {ORDERS_MAX_BYTES_FLAG, required_argument, NULL, OPT_ORDERS_MAX_BYTES},
         {"version", no_argument, NULL, OPT_VERSION},
         {"help", no_argument, NULL, 'h'},
+        {"trusted-proxy", required_argument, NULL, OPT_TRUSTED_PROXY},
+        {"allow-query-user", no_argument, NULL, OPT_ALLOW_QUERY_USER},
+        {"max-events", required_argument, NULL, OPT_MAX_EVENTS},
         {NULL, 0, NULL, 0}};
     host_config_t *cfg = &host.cfg;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -230,7 +247,9 @@ static int parse_args(int argc, char **argv, bool *test_only)
         !util_valid_name(host_id_buf, strlen(host_id_buf), SNATCH_NAME_MAX))
         strcpy(host_id_buf, "host");
     cfg->host_id = host_id_buf;
+    trust_default(&cfg->trusted_proxies);
     const char *token_path = NULL;
+    bool trusted_given = false;
     int c;
     int64_t v;
     char err[256];
@@ -341,6 +360,25 @@ static int parse_args(int argc, char **argv, bool *test_only)
                 return -1;
             }
             break;
+        case OPT_TRUSTED_PROXY:
+            if (!trusted_given)
+                cfg->trusted_proxies.n = 0; /* the first one replaces the loopback default */
+            trusted_given = true;
+            if (trust_parse(&cfg->trusted_proxies, optarg) != 0) {
+                fprintf(stderr,
+                        "snatch-host: --trusted-proxy %s: want CIDRs or addresses, comma "
+                        "separated (10.0.0.0/8,::1), no host bits set, at most %d in all\n",
+                        optarg, TRUST_MAX);
+                return -1;
+            }
+            break;
+        case OPT_ALLOW_QUERY_USER:
+            cfg->allow_query_user = true;
+            break;
+        case OPT_MAX_EVENTS:
+            if (parse_int_opt("--max-events", optarg, 1, STOCK_EVENTS_LIMIT, &max_events))
+                return -1;
+            break;
         case OPT_VERSION:
             cli_print_version("snatch-host");
             exit(0);
@@ -397,7 +435,10 @@ int main(int argc, char **argv)
         return 0;
     }
     signal(SIGPIPE, SIG_IGN);
-    stock_init();
+    if (stock_init_max((size_t)max_events) != 0) {
+        fprintf(stderr, "snatch-host: cannot allocate the event table\n");
+        return 1;
+    }
     metrics_init();
     metrics_thread_register();
     if (orders_publisher_start(&host.orders, host.cfg.nats_url, err, sizeof(err)) != 0) {

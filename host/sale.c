@@ -14,6 +14,7 @@
 
 #include "api.h"
 #include "metrics.h"
+#include "ratelimit.h"
 #include "stock.h"
 #include "util.h"
 
@@ -26,8 +27,14 @@ typedef struct sale {
     char user[SNATCH_NAME_MAX + 1];
     char order_id[SNATCH_ORDER_ID_MAX + 1];
     int64_t created_ms;
-    bool admitted; /* admit() already ran (before the look-up of an unknown event) */
+    bool admitted;               /* admit() already ran */
+    char client[TRUST_ADDR_MAX]; /* api_client(), "" until needed (the sold-out path never is) */
 } sale_t;
+
+/* Look-ups of events this host does not know, per client address: each costs a Redis round
+ * trip, and they must not spend the named buyer's bucket (anyone can name any buyer). */
+#define UNKNOWN_RATE 50.0
+#define UNKNOWN_BURST 100.0
 
 static const char BODY_SOLD_OUT[] = "{\"error\":\"sold_out\"}";
 static const char BODY_LIMIT[] = "{\"error\":\"limit_reached\"}";
@@ -344,13 +351,20 @@ static void deduct(sale_t *s)
     redis_eval(s->w->redis, on_deducted, s, 5, 10, argv, lens);
 }
 
+static const char *sale_client(sale_t *s)
+{
+    if (s->client[0] == '\0')
+        api_client(s->req, s->client);
+    return s->client;
+}
+
 /* The policy's admit(): 0 admitted, or -1 when it refused (answered and finished then). */
 static int admit(sale_t *s)
 {
     script_admit_req_t ar = {.event = s->event,
                              .user = s->user,
                              .qty = s->qty,
-                             .client = s->req->peer,
+                             .client = sale_client(s),
                              .now_ms = util_now_ms()};
     script_verdict_t v;
     script_admit(s->w->script, &ar, &v);
@@ -425,13 +439,12 @@ void sale_snatch(worker_t *w, http_request_t *req, const char *event, size_t eve
         api_error(req, ROUTE_SNATCH, 400, "bad_request", "invalid event name");
         return;
     }
-    const char *user = req->user_id;
-    size_t user_len = req->user_id_len;
-    if (user == NULL)
-        user = util_query_get(req->query, req->query_len, "user", &user_len);
-    if (user == NULL) {
+    const char *user = NULL;
+    size_t user_len = 0;
+    api_buyer_t bv = api_buyer(req, &user, &user_len);
+    if (bv != API_BUYER_OK) {
         metrics_outcome(OUTCOME_BAD_REQUEST);
-        api_error(req, ROUTE_SNATCH, 400, "bad_request", "missing buyer: X-User-Id or user=");
+        api_buyer_error(req, ROUTE_SNATCH, bv);
         return;
     }
     if (!util_valid_name(user, user_len, set->user_max_len)) {
@@ -464,16 +477,29 @@ void sale_snatch(worker_t *w, http_request_t *req, const char *event, size_t eve
     memcpy(s->user, user, user_len);
     s->user[user_len] = '\0';
     s->admitted = false;
+    s->client[0] = '\0';
     w->inflight++;
     stock_event_t *ev = stock_find(event, event_len);
     if (ev != NULL) {
         on_event_found(ev, 0, s);
         return;
     }
-    /* An event this host does not know costs a Redis look-up: the policy's rate limits go
-     * first, so a flood of made-up event names is throttled like any other. */
-    if (admit(s) != 0)
+    /* An event this host does not know costs a Redis look-up: throttled per client address
+     * before it, by a bucket of its own, so made-up names never spend a buyer's bucket. The
+     * policy's admit() runs once the event is known to exist (sale_continue). A trusted proxy
+     * speaking for everyone without X-Forwarded-For is exempt, as from every per-address limit:
+     * the opening wave of a sale another host announced arrives here as "unknown" too. */
+    char key[32 + TRUST_ADDR_MAX];
+    const char *client = sale_client(s);
+    int kn = snprintf(key, sizeof(key), "snatch.unknown:%s", client);
+    if (!api_client_is_proxy(req, client) &&
+        !ratelimit_take(key, (size_t)kn, UNKNOWN_RATE, UNKNOWN_BURST, 1, util_mono_us())) {
+        metrics_outcome(OUTCOME_REJECTED);
+        api_error(req, ROUTE_SNATCH, 429, "rate_limited",
+                  "too many requests for events this host does not know, from this address");
+        sale_finish(s);
         return;
+    }
     sale_lookup_event(w, s->event, event_len, on_event_found, s);
 }
 

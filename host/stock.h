@@ -3,8 +3,10 @@
  * The local quota is what lets a host answer "sold out" without asking Redis: once it is used up,
  * or once Redis said the event is sold out, every thread rejects at once.
  *
- * Thread-safety: all functions may be called from any thread. Events are never freed before
- * stock_shutdown(), so a stock_event_t pointer stays valid for the life of the process. */
+ * Thread-safety: all functions but init/shutdown may be called from any thread. Events are never
+ * freed before stock_shutdown(), so a stock_event_t pointer stays valid for the life of the
+ * process. The table holds at most stock_max_events() events (--max-events); there is no way to
+ * delete an event (the API has none), so nothing is reclaimed. */
 #ifndef SNATCH_STOCK_H
 #define SNATCH_STOCK_H
 
@@ -29,8 +31,15 @@ typedef struct stock_event {
     _Atomic int64_t remaining_hint; /* last remaining count Redis reported (display only) */
 } stock_event_t;
 
+#define STOCK_EVENTS_DEFAULT 4096
+#define STOCK_EVENTS_LIMIT (1u << 22)
+
+/* Sizes the table for max events (1..STOCK_EVENTS_LIMIT). Returns 0, or -1 (bad size, no
+ * memory). Before any other call, once. stock_init(): the default size. */
+int stock_init_max(size_t max);
 void stock_init(void);
 void stock_shutdown(void);
+size_t stock_max_events(void);
 
 /* Looks up an event by name. NULL when this host does not know it (yet). */
 stock_event_t *stock_find(const char *name, size_t len);
@@ -56,6 +65,19 @@ bool stock_refill(stock_event_t *ev, int64_t units);
 
 /* Redis said sold out: every thread answers 409 from now on, until a reset. */
 void stock_mark_sold_out(stock_event_t *ev);
+
+/* Holds room for one more event before it is created in Redis (admin PUT), so that an event the
+ * host cannot hold is refused up front instead of half-created. Returns 1 (room held: follow with
+ * exactly one stock_install_reserved() or stock_unreserve()), 0 (the event is known: nothing
+ * held), or -1 (the table is full). The count is held, not a slot: nothing half-made is ever
+ * visible to readers, and a refused creation leaves no trace. */
+int stock_reserve_room(const char *name, size_t len);
+void stock_unreserve(void);
+/* stock_install() that spends the room held by stock_reserve_room() (never NULL then, unless
+ * calloc fails). */
+stock_event_t *stock_install_reserved(const char *name, size_t len, int64_t total,
+                                      int64_t per_user_limit, int64_t quota, uint64_t generation,
+                                      bool sold_out);
 
 /* Calls fn for each known event (for metrics, the refresher). fn must not call stock_install. */
 void stock_foreach(void (*fn)(stock_event_t *ev, void *arg), void *arg);

@@ -53,20 +53,6 @@ int util_parse_i64(const char *s, size_t len, int64_t min, int64_t max, int64_t 
     return 0;
 }
 
-bool util_valid_name(const char *s, size_t len, size_t max_len)
-{
-    if (s == NULL || len == 0 || len > max_len || len > SNATCH_NAME_MAX)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  c == '_' || c == '.' || c == ':' || c == '@' || c == '-';
-        if (!ok)
-            return false;
-    }
-    return true;
-}
-
 int util_json_str(char *buf, size_t cap, size_t *pos, const char *s, size_t len)
 {
     static const char hex[] = "0123456789abcdef";

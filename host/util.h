@@ -30,8 +30,26 @@ int util_event_key(char *out, const char *event, size_t len, const char *suffix)
 int util_parse_i64(const char *s, size_t len, int64_t min, int64_t max, int64_t *out);
 
 /* True when s (len bytes) is a name snatch accepts as an event name or buyer id: 1..max_len bytes
- * of [A-Za-z0-9_.:@-]. Nothing else reaches Redis, NATS or SQL. */
-bool util_valid_name(const char *s, size_t len, size_t max_len);
+ * of [A-Za-z0-9_.:@-], not starting or ending with '.', no "..". The one name rule: a name that
+ * passes is a valid Redis hash tag, a valid NATS subject token sequence (orders.<event>: no empty
+ * token, no wildcard, no whitespace), an SQLite text value and a JSON string without escapes.
+ * Nothing else reaches Redis, NATS or SQL. Inline so that snatch-reconcile (which does not link
+ * the host's code) applies the very same rule. */
+static inline bool util_valid_name(const char *s, size_t len, size_t max_len)
+{
+    if (s == NULL || len == 0 || len > max_len || len > SNATCH_NAME_MAX)
+        return false;
+    if (s[0] == '.' || s[len - 1] == '.')
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '_' || c == '.' || c == ':' || c == '@' || c == '-';
+        if (!ok || (c == '.' && i + 1 < len && s[i + 1] == '.'))
+            return false;
+    }
+    return true;
+}
 
 /* Appends s as a JSON string literal (quotes included) to buf at *pos, never past cap.
  * Returns 0, or -1 when it does not fit (*pos then unspecified). */

@@ -13,6 +13,7 @@
 #include "orders.h"
 #include "redis.h"
 #include "script.h"
+#include "trust.h"
 
 /* Process-wide settings and shared services, set up by main before the workers start. */
 typedef struct host_config {
@@ -32,6 +33,9 @@ typedef struct host_config {
     uint64_t ack_timeout_ms;
     unsigned max_inflight; /* per worker */
     http_config_t http;
+    /* Peers whose X-User-Id and X-Forwarded-For are believed (--trusted-proxy). */
+    trust_list_t trusted_proxies;
+    bool allow_query_user; /* ?user= names the buyer (--allow-query-user), for load tools */
 } host_config_t;
 
 typedef struct sale_acks sale_acks_t;

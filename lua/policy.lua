@@ -36,8 +36,10 @@ M.refill = true
 -- Settings of this policy ----------------------------------------------------------------------
 local USER_RATE, USER_BURST = 5, 10           -- requests/s per buyer id, and the burst allowed
 -- Per client address. Loose on purpose: real buyers behind one NAT share an address. Set
--- CLIENT_RATE = nil to switch it off. Loopback clients are exempt: there it is the load tool or
--- a local reverse proxy speaking for everyone, so a per-address limit would throttle the sale.
+-- CLIENT_RATE = nil to switch it off. req.client is the TCP peer or, from a --trusted-proxy
+-- peer, the client it names in X-Forwarded-For. Loopback clients are exempt: there it is the
+-- load tool or a local reverse proxy speaking for everyone (without X-Forwarded-For), so a
+-- per-address limit would throttle the sale. List other trusted proxies here too.
 local CLIENT_RATE, CLIENT_BURST = 2000, 4000
 local CLIENT_EXEMPT = { ['127.0.0.1'] = true, ['::1'] = true }
 

@@ -60,7 +60,7 @@ echo
 curl -fsS -X PUT -H "Authorization: Bearer $(cat admin.token)" \
     -d '{"stock":10000,"per_user_limit":1}' "http://127.0.0.1:$HTTP_PORT/admin/events/concert"
 echo
-curl -sS -X POST "http://127.0.0.1:$HTTP_PORT/v1/events/concert/snatch?user=alice"
+curl -sS -X POST -H 'X-User-Id: alice' "http://127.0.0.1:$HTTP_PORT/v1/events/concert/snatch"
 echo
 # 6. The order as the subscriber persisted it.
 for _ in $(seq 100); do

@@ -7,7 +7,11 @@
 #include "reconcile.h"
 
 #include "orders_stream.h"
+#include "util.h"
 
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +27,41 @@ static int64_t wall_ms(void)
     struct timeval tv;
     gettimeofday(&tv, NULL);
     return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+static _Atomic uint64_t skipped;
+
+uint64_t reconcile_skipped(void)
+{
+    return atomic_load(&skipped);
+}
+
+/* One bad order or event must not stop the others: it is skipped, counted and logged, at most
+ * one line per 10 s (with how many were left out), so a poisoned entry cannot flood the log. */
+static void skip(const char *fmt, ...)
+{
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    static int64_t last_ms;
+    static uint64_t quiet;
+    atomic_fetch_add(&skipped, 1);
+    pthread_mutex_lock(&lock);
+    int64_t now = wall_ms();
+    if (last_ms != 0 && now - last_ms < 10000) {
+        quiet++;
+        pthread_mutex_unlock(&lock);
+        return;
+    }
+    if (quiet > 0)
+        fprintf(stderr, "reconcile: (%llu more skipped, not logged)\n", (unsigned long long)quiet);
+    quiet = 0;
+    last_ms = now;
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "reconcile: skipped: ");
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    pthread_mutex_unlock(&lock);
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -41,10 +80,18 @@ int reconcile_list_events(redisContext *rc, char ***events, size_t *n)
         goto fail;
     if (r->elements > 0 && (v = calloc(r->elements, sizeof(*v))) == NULL)
         goto fail;
-    for (; k < r->elements; k++) {
-        if (r->element[k]->type != REDIS_REPLY_STRING ||
-            (v[k] = strdup(r->element[k]->str)) == NULL)
+    for (size_t i = 0; i < r->elements; i++) {
+        const redisReply *e = r->element[i];
+        /* A name the host would refuse today (written before the name rule was tightened, or by
+         * hand) cannot be a NATS subject: skipped, never fatal to the whole pass. */
+        if (e->type != REDIS_REPLY_STRING || !util_valid_name(e->str, e->len, SNATCH_NAME_MAX)) {
+            skip("event name %.*s is not valid", e->type == REDIS_REPLY_STRING ? (int)e->len : 0,
+                 e->type == REDIS_REPLY_STRING ? e->str : "");
+            continue;
+        }
+        if ((v[k] = strdup(e->str)) == NULL)
             goto fail;
+        k++;
     }
     if (k > 0)
         qsort(v, k, sizeof(*v), cmp_str);
@@ -158,8 +205,8 @@ static int on_order(const char *id, size_t idlen, const char *rec, size_t reclen
     if (e->js == NULL)
         return 0;
     if (publish_order(e->js, e->event, id, rec, reclen) != 0) {
-        e->why = "JetStream publish failed";
-        return -1;
+        skip("%s: order %s: JetStream publish failed", e->event, id);
+        return 0; /* still counted as missing */
     }
     e->row->republished++;
     if (hdel(e->rc, e->pending_key, id) != 0) {
@@ -251,6 +298,7 @@ typedef struct pending_scan {
     int64_t cutoff;
     int64_t max;
     int64_t done;
+    bool publish_failed;
 } pending_scan_t;
 
 static int on_pending(const char *id, size_t idlen, const char *ms, size_t mslen, void *data)
@@ -274,7 +322,14 @@ static int on_pending(const char *id, size_t idlen, const char *ms, size_t mslen
     }
     int ok = publish_order(p->js, p->event, id, r->str, r->len) == 0;
     freeReplyObject(r);
-    if (!ok || hdel(p->rc, p->pending_key, id) != 0)
+    if (!ok) {
+        /* This order (or the whole event) cannot be published now: the next event may be fine.
+         * If NATS itself is gone, every event fails the same way and the pass ends there. */
+        skip("%s: pending order %s: JetStream publish failed", p->event, id);
+        p->publish_failed = true;
+        return 2;
+    }
+    if (hdel(p->rc, p->pending_key, id) != 0)
         return -1;
     p->done++;
     return 0;
@@ -304,6 +359,11 @@ int reconcile_pending(redisContext *rc, natsConnection *nc, int64_t older_than_m
         total += p.done;
         if (rc2 < 0)
             goto out;
+        if (rc2 == 2) {
+            if (natsConnection_Status(nc) != NATS_CONN_STATUS_CONNECTED)
+                goto out;
+            continue; /* this event is skipped (counted, logged); the others go on */
+        }
         if (rc2 > 0)
             break; /* max_orders reached */
     }

@@ -49,4 +49,8 @@ int reconcile_event(redisContext *rc, natsConnection *nc, store_t *st, const cha
 int reconcile_pending(redisContext *rc, natsConnection *nc, int64_t older_than_ms,
                       int64_t max_orders);
 
+/* Orders and events skipped so far by this process (bad name, publish refused): each is logged
+ * (rate-limited) and the rest of the pass goes on. */
+uint64_t reconcile_skipped(void);
+
 #endif

@@ -18,6 +18,7 @@
 #include "orders_stream.h"
 #include "reconcile.h"
 #include "store.h"
+#include "util.h"
 
 #define MAX_EVENTS 1024
 #define PROG "snatch-reconcile"
@@ -248,16 +249,28 @@ int main(int argc, char **argv)
     n = c.nevents ? c.nevents : nlisted;
     if (n > 0 && (rows = calloc(n, sizeof(*rows))) == NULL)
         goto out;
+    bool failed = false;
     for (size_t i = 0; i < n; i++) {
         const char *ev = c.nevents ? c.events[i] : listed[i];
+        if (!util_valid_name(ev, strlen(ev), SNATCH_NAME_MAX)) {
+            fprintf(stderr, "reconcile: %s: not a valid event name, skipped\n", ev);
+            snprintf(rows[i].event, sizeof(rows[i].event), "%s", ev);
+            failed = true;
+            continue;
+        }
+        /* One event that cannot be reconciled must not keep the others from it. */
         if (reconcile_event(rc, nc, st, ev, &rows[i], err, sizeof(err)) != 0) {
-            fprintf(stderr, "reconcile: %s\n", err);
-            print_table(rows, i);
-            goto out;
+            fprintf(stderr, "reconcile: %s (the other events go on)\n", err);
+            failed = true;
+            if (rc->err)
+                break; /* the Redis connection is gone: nothing else can be read */
         }
     }
     print_table(rows, n);
     status = 0;
+    if (reconcile_skipped() > 0)
+        fprintf(stderr, "reconcile: %llu orders or events skipped (see above)\n",
+                (unsigned long long)reconcile_skipped());
     bool any_missing = false;
     for (size_t i = 0; i < n; i++)
         any_missing |= rows[i].missing > 0;
@@ -282,6 +295,8 @@ int main(int argc, char **argv)
             status = 1;
         }
     }
+    if (failed)
+        status = 3;
 out:
     free(rows);
     reconcile_free_events(listed, nlisted);

@@ -80,7 +80,8 @@ bench_stack_start() {
     BENCH_DB="$d/orders.db"
     "$BUILD_DIR/snatch-host" --listen "127.0.0.1:$hport" --threads "$threads" \
         --redis "127.0.0.1:$rport" --nats "nats://127.0.0.1:$nport" --host-id h1 --hosts 1 \
-        --admin-token-file "$d/token" "$BENCH_ROOT/lua/policy.lua" >"$d/host.log" 2>&1 &
+        --admin-token-file "$d/token" --allow-query-user "$BENCH_ROOT/lua/policy.lua" \
+        >"$d/host.log" 2>&1 &
     BENCH_PIDS+=($!)
     bench_wait_port "$hport" || { tail -20 "$d/host.log" >&2; return 1; }
     "$BUILD_DIR/snatch-subscriber" --nats "nats://127.0.0.1:$nport" --db "$BENCH_DB" \

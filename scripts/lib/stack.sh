@@ -75,7 +75,7 @@ stack_start() {
     port=$(stack_free_port)
     "$STACK_BUILD/snatch-host" --listen "127.0.0.1:$port" --threads "$threads" \
       --redis "127.0.0.1:$STACK_REDIS_PORT" --nats "$STACK_NATS_URL" --host-id "h$i" \
-      --hosts "$hosts" --admin-token-file "$STACK_DIR/admin.token" "$policy" \
+      --hosts "$hosts" --admin-token-file "$STACK_DIR/admin.token" --allow-query-user "$policy" \
       >"$STACK_DIR/host-h$i.log" 2>&1 &
     local pid=$!
     STACK_PIDS+=("$pid")

@@ -312,7 +312,7 @@ class Subscriber:
 
 class Host:
     def __init__(self, workdir, redis_port, nats_url, policy=None, threads=2, host_id="h1",
-                 hosts=1, port=None, extra=()):
+                 hosts=1, port=None, extra=(), query_user=True):
         self.port = port or free_port()
         self.workdir = workdir
         self.policy = policy or os.path.join(SOURCE_DIR, "lua", "policy.lua")
@@ -323,6 +323,9 @@ class Host:
                      "--threads", str(threads), "--redis", "127.0.0.1:%d" % redis_port,
                      "--nats", nats_url, "--host-id", host_id, "--hosts", str(hosts),
                      "--admin-token-file", self.token_file] + list(extra) + [self.policy]
+        if query_user:
+            # The tests name buyers with ?user= (like a load tool): opt in, as they must.
+            self.argv[1:1] = ["--allow-query-user"]
         self.host_id = host_id
         self.proc = None
 
@@ -404,7 +407,7 @@ class Stack:
     (by PID) on exit and the temp dir removed."""
 
     def __init__(self, hosts=1, threads=2, policy=None, aof_always=False, subscriber=True,
-                 host_extra=()):
+                 host_extra=(), query_user=True):
         self.tmp = TempDir()
         self.n_hosts = hosts
         self.threads = threads
@@ -412,6 +415,7 @@ class Stack:
         self.aof_always = aof_always
         self.with_subscriber = subscriber
         self.host_extra = host_extra
+        self.query_user = query_user
         self.redis = self.nats = self.sub = None
         self.hosts = []
 
@@ -424,7 +428,7 @@ class Stack:
             for i in range(self.n_hosts):
                 h = Host(self.tmp.path, self.redis.port, self.nats.url, policy=self.policy,
                          threads=self.threads, host_id="h%d" % (i + 1), hosts=self.n_hosts,
-                         extra=self.host_extra)
+                         extra=self.host_extra, query_user=self.query_user)
                 self.hosts.append(h.start())
             return self
         except BaseException:

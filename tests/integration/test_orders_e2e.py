@@ -42,7 +42,8 @@ def stalled_nats_gives_202_then_the_order_lands_once():
         time.sleep(1.5)  # another reconciliation pass must not add anything
         assert rows_for(st, oid) == 1
         assert st.sub.rows("stall") == 2
-        s, lst = st.host.request("GET", "/v1/events/stall/users/during/orders")
+        s, lst = st.host.request("GET", "/v1/events/stall/users/during/orders",
+                                  headers={"X-User-Id": "during"})
         assert [o["order_id"] for o in lst["orders"]] == [oid], lst
 
 

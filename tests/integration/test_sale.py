@@ -76,6 +76,9 @@ def per_user_limit_holds_under_repeats():
         assert ev["local_left"] == ev["local_quota"] - 20, ev
 
 
+ALICE = {"X-User-Id": "alice"}  # order look-ups answer only to the buyer (loopback is trusted)
+
+
 @suite.case
 def qty_and_user_orders_lookup():
     with Stack(hosts=1, threads=1) as st:
@@ -86,15 +89,16 @@ def qty_and_user_orders_lookup():
         assert s == 409 and b2 == {"error": "limit_reached"}, (s, b2)
         s, b3 = st.host.snatch("q", "alice", qty=1)
         assert s == 200, (s, b3)
-        s, o = st.host.request("GET", "/v1/orders/" + b["order_id"])
+        s, o = st.host.request("GET", "/v1/orders/" + b["order_id"], headers=ALICE)
         assert s == 200 and o["order_id"] == b["order_id"] and o["user"] == "alice", (s, o)
-        s, lst = st.host.request("GET", "/v1/events/q/users/alice/orders")
+        s, lst = st.host.request("GET", "/v1/events/q/users/alice/orders", headers=ALICE)
         assert s == 200 and [x["order_id"] for x in lst["orders"]] == [b["order_id"], b3["order_id"]], lst
-        s, lst = st.host.request("GET", "/v1/events/q/users/nobody/orders")
+        s, lst = st.host.request("GET", "/v1/events/q/users/nobody/orders",
+                                  headers={"X-User-Id": "nobody"})
         assert s == 200 and lst["orders"] == [], lst
-        s, _ = st.host.request("GET", "/v1/orders/0000000000000-0000000000-q")
+        s, _ = st.host.request("GET", "/v1/orders/0000000000000-0000000000-q", headers=ALICE)
         assert s == 404
-        s, _ = st.host.request("GET", "/v1/orders/not-an-id")
+        s, _ = st.host.request("GET", "/v1/orders/not-an-id", headers=ALICE)
         assert s == 400
         s, b4 = st.host.snatch("q", "bob", qty=7)
         assert s == 400 and b4["error"] == "bad_request", (s, b4)  # policy max_qty is 4

@@ -144,6 +144,28 @@ static void test_many_events(void **state)
     stock_shutdown();
 }
 
+/* --max-events: the count is the limit; room held for an admin PUT is counted until spent. */
+static void test_max_events_and_reserved_room(void **state)
+{
+    (void)state;
+    assert_int_equal(stock_init_max(0), -1);
+    assert_int_equal(stock_init_max(3), 0);
+    assert_int_equal(stock_max_events(), 3);
+    assert_non_null(stock_install("a", 1, 1, 1, 1, 1, false));
+    assert_int_equal(stock_reserve_room("a", 1), 0); /* known: no room needed */
+    assert_int_equal(stock_reserve_room("b", 1), 1);
+    assert_int_equal(stock_reserve_room("c", 1), 1);
+    assert_int_equal(stock_reserve_room("d", 1), -1); /* a, and room held for b and c */
+    assert_null(stock_install("d", 1, 1, 1, 1, 1, false));
+    stock_unreserve(); /* c's creation failed in Redis: its room comes back */
+    assert_non_null(stock_install_reserved("b", 1, 5, 1, 5, 1, false));
+    assert_non_null(stock_install("d", 1, 1, 1, 1, 1, false));
+    assert_null(stock_install("e", 1, 1, 1, 1, 1, false));
+    assert_int_equal(atomic_load(&stock_find("b", 1)->local_left), 5);
+    assert_non_null(stock_install("a", 1, 9, 1, 9, 2, false)); /* a reset still works */
+    stock_shutdown();
+}
+
 static void test_util_parse_i64(void **state)
 {
     (void)state;
@@ -171,6 +193,23 @@ static void test_util_valid_name(void **state)
     char long_name[80];
     memset(long_name, 'x', sizeof(long_name));
     assert_false(util_valid_name(long_name, 65, 1000)); /* never past SNATCH_NAME_MAX */
+    assert_true(util_valid_name(long_name, 64, 64));
+}
+
+/* orders.<event> must be a NATS subject: no empty token, no wildcard, no whitespace. */
+static void test_util_valid_name_nats_edges(void **state)
+{
+    (void)state;
+    static const char *bad[] = {"a..b", ".a", "a.",   ".",   "..",   "a...b", "a.*", "a.>",
+                                "*",    ">",  "a\tb", "a\r", "a\nb", "a/b",   "a,b"};
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++)
+        assert_false(util_valid_name(bad[i], strlen(bad[i]), 64));
+    static const char *good[] = {"a.b", "a.b.c", "_a", "a_", "-a", "a-",         ":a",
+                                 "a:",  "@a",    "a@", "0",  "9z", "A.B-c:d@e_f"};
+    for (size_t i = 0; i < ARRAY_SIZE(good); i++)
+        assert_true(util_valid_name(good[i], strlen(good[i]), 64));
+    /* The length check covers the whole name: a dot at byte 65 of a longer buffer is not read. */
+    assert_true(util_valid_name("ab.", 2, 64));
 }
 
 static void test_util_json_and_query(void **state)
@@ -205,8 +244,10 @@ int main(void)
         cmocka_unit_test(test_quota_change_moves_what_is_left),
         cmocka_unit_test(test_refill_only_when_spent),
         cmocka_unit_test(test_many_events),
+        cmocka_unit_test(test_max_events_and_reserved_room),
         cmocka_unit_test(test_util_parse_i64),
         cmocka_unit_test(test_util_valid_name),
+        cmocka_unit_test(test_util_valid_name_nats_edges),
         cmocka_unit_test(test_util_json_and_query),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
