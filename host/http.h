@@ -35,9 +35,10 @@ typedef struct http_request {
     size_t authorization_len;
     const char *body; /* "" when absent */
     size_t body_len;
-    const char *peer;   /* client IP address as text */
-    void *server_data;  /* the data given to http_server_start */
-    void *handler_data; /* free for the handler's use */
+    const char *peer;    /* client IP address as text */
+    void *server_data;   /* the data given to http_server_start */
+    void *handler_data;  /* free for the handler's use */
+    bool admin_listener; /* arrived on a server started with http_config_t.admin_listener */
 } http_request_t;
 
 typedef void (*http_handler_fn)(http_request_t *req);
@@ -48,7 +49,19 @@ typedef struct http_config {
     uint64_t header_timeout_ms; /* a started request (body too) must arrive in time: 408 (10 s) */
     uint64_t idle_timeout_ms;   /* keep-alive connection with nothing pending: close (60 s) */
     unsigned max_pipeline;      /* unanswered requests per connection before reading pauses (64) */
+    bool admin_listener;        /* copied into every request's admin_listener */
+    /* Connection caps shared by every server of the process; NULL: no cap. */
+    struct http_limits *limits;
 } http_config_t;
+
+/* Connection caps, shared by the servers of all loop threads (the counts are atomic or under a
+ * mutex, touched on accept and close only). max_conns: open connections of the process; near it
+ * the accepting server closes its longest-idle keep-alive connection to make room, and when it
+ * has none the new connection gets a 503 and is closed. per_client: open connections of one
+ * client address (0: no cap); beyond it the new connection gets the 503. */
+typedef struct http_limits http_limits_t;
+http_limits_t *http_limits_new(size_t max_conns, unsigned per_client);
+void http_limits_free(http_limits_t *l);
 
 typedef struct http_server http_server_t;
 
