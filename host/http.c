@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "metrics.h"
 #include "util.h"
@@ -311,6 +312,7 @@ static req_t *req_new(conn_t *c)
     r->buf = r->inline_buf;
     r->cap = sizeof(r->inline_buf);
     r->pub.server_data = c->srv->data;
+    r->pub.admin_listener = c->srv->cfg.admin_listener;
     return r;
 }
 
@@ -1527,6 +1529,29 @@ int http_server_start(http_server_t **out, uv_loop_t *loop, const char *addr, in
     srv->accepting = true;
     *out = srv;
     return 0;
+}
+
+int http_probe_port(const char *addr, int port)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(struct sockaddr_in);
+    if (uv_ip4_addr(addr, port, (struct sockaddr_in *)&ss) != 0) {
+        if (uv_ip6_addr(addr, port, (struct sockaddr_in6 *)&ss) != 0)
+            return UV_EINVAL;
+        len = sizeof(struct sockaddr_in6);
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    /* SO_REUSEADDR, as libuv sets on listeners: a port with connections in TIME_WAIT from a
+     * previous run is free, one with a listener is not. */
+    int one = 1;
+    int rc = 0;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        bind(fd, (struct sockaddr *)&ss, len) != 0)
+        rc = -errno;
+    close(fd);
+    return rc;
 }
 
 void http_server_stop_accepting(http_server_t *srv)

@@ -70,6 +70,12 @@ typedef struct http_server http_server_t;
 int http_server_start(http_server_t **out, uv_loop_t *loop, const char *addr, int port,
                       const http_config_t *cfg, http_handler_fn handler, void *data);
 
+/* Whether addr:port is free for a new server: binds a socket without SO_REUSEPORT (which
+ * http_server_start sets, so a second process would otherwise silently share the port) and closes
+ * it. Returns 0, or a negative libuv error (UV_EADDRINUSE when something listens there). Not for
+ * a loop thread: it makes blocking system calls. */
+int http_probe_port(const char *addr, int port);
+
 /* Stops accepting new connections; open ones keep being served. */
 void http_server_stop_accepting(http_server_t *srv);
 

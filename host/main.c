@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -36,6 +37,11 @@ static char deduct_buf[4096];
 static uint64_t reconcile_interval_ms = 5000;
 static int64_t reconcile_after_ms = 30000;
 static int64_t rate_limit_keys = 1 << 18;
+static int64_t max_conns;      /* 0: from the descriptor limit */
+static int64_t max_per_client; /* 0: no cap */
+/* Descriptors kept for everything but client connections: Redis and NATS connections, the
+ * reconciler, files, libuv's internals. */
+#define FD_RESERVE 256
 
 static void usage(FILE *out)
 {
@@ -63,6 +69,11 @@ static void usage(FILE *out)
             "  --reconcile-after-ms MS   an unacknowledged order counts as lost after (30000)\n"
             "  --rate-limit-keys N       buckets of the policy's host.limit() (default 262144,\n"
             "                            ~190 bytes each; when full the least recent is reused)\n"
+            "  --admin-listen ADDR:PORT  serve /admin/* and /metrics only there (the public\n"
+            "                            listener then answers 404 for them)\n"
+            "  --max-connections N       open connections of this host (default: descriptor\n"
+            "                            limit - 256); near it idle keep-alive ones are shed\n"
+            "  --max-connections-per-client N  per client address (default 0: no cap)\n"
             "  --test                    load and validate POLICY, print the verdict, exit\n"
             "  --version, --help\n"
             "\nSignals: HUP reloads the policy and deduct script (a broken one is refused and the\n"
@@ -167,6 +178,9 @@ enum {
     OPT_RECONCILE_INTERVAL,
     OPT_RECONCILE_AFTER,
     OPT_RATE_LIMIT_KEYS,
+    OPT_ADMIN_LISTEN,
+    OPT_MAX_CONNS,
+    OPT_MAX_CONNS_CLIENT,
 };
 
 static int parse_int_opt(const char *name, const char *v, int64_t min, int64_t max, int64_t *out)
@@ -181,7 +195,7 @@ static int parse_int_opt(const char *name, const char *v, int64_t min, int64_t m
 
 static int parse_args(int argc, char **argv, bool *test_only)
 {
-    static char listen_buf[256], redis_buf[256];
+    static char listen_buf[256], redis_buf[256], admin_buf[256];
     static const struct option opts[] = {
         {"listen", required_argument, NULL, OPT_LISTEN},
         {"threads", required_argument, NULL, OPT_THREADS},
@@ -204,6 +218,9 @@ static int parse_args(int argc, char **argv, bool *test_only)
         {"rate-limit-keys", required_argument, NULL, OPT_RATE_LIMIT_KEYS},
         {"version", no_argument, NULL, OPT_VERSION},
         {"help", no_argument, NULL, 'h'},
+        {"admin-listen", required_argument, NULL, OPT_ADMIN_LISTEN},
+        {"max-connections", required_argument, NULL, OPT_MAX_CONNS},
+        {"max-connections-per-client", required_argument, NULL, OPT_MAX_CONNS_CLIENT},
         {NULL, 0, NULL, 0}};
     host_config_t *cfg = &host.cfg;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -318,6 +335,21 @@ static int parse_args(int argc, char **argv, bool *test_only)
                 return -1;
             reconcile_after_ms = v;
             break;
+        case OPT_ADMIN_LISTEN:
+            if (parse_hostport(optarg, &cfg->admin_listen_addr, &cfg->admin_listen_port, admin_buf,
+                               sizeof(admin_buf)) != 0) {
+                fprintf(stderr, "snatch-host: --admin-listen wants ADDR:PORT\n");
+                return -1;
+            }
+            break;
+        case OPT_MAX_CONNS:
+            if (parse_int_opt("--max-connections", optarg, 1, 1 << 24, &max_conns))
+                return -1;
+            break;
+        case OPT_MAX_CONNS_CLIENT:
+            if (parse_int_opt("--max-connections-per-client", optarg, 0, 1 << 24, &max_per_client))
+                return -1;
+            break;
         case OPT_VERSION:
             printf("snatch-host %s\n", SNATCH_VERSION);
             exit(0);
@@ -347,6 +379,60 @@ static int parse_args(int argc, char **argv, bool *test_only)
     return 0;
 }
 
+/* Refuses a port another process serves: the workers bind with SO_REUSEPORT, which would
+ * silently share it with a second snatch-host (and split its buyers between two hosts). */
+static int check_port_free(const char *what, const char *addr, int port)
+{
+    int rc = http_probe_port(addr, port);
+    if (rc == 0)
+        return 0;
+    fprintf(stderr, "snatch-host: %s %s:%d: %s%s\n", what, addr, port, uv_strerror(rc),
+            rc == UV_EADDRINUSE ? " (another process, perhaps a snatch-host, serves it)" : "");
+    return -1;
+}
+
+/* Raises the soft descriptor limit to the hard one (each connection is a descriptor) and sets
+ * the connection caps under it. */
+static int setup_connections(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rlim_t was = rl.rlim_cur;
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+            fprintf(stderr, "snatch-host: descriptor limit raised from %llu to %llu\n",
+                    (unsigned long long)was, (unsigned long long)rl.rlim_max);
+        else
+            getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (max_conns == 0) {
+        rlim_t n = rl.rlim_cur > 2 * FD_RESERVE ? rl.rlim_cur - FD_RESERVE : rl.rlim_cur / 2;
+        max_conns = n > (1 << 24) ? (1 << 24) : (int64_t)n;
+    } else if ((rlim_t)max_conns + FD_RESERVE > rl.rlim_cur) {
+        fprintf(stderr,
+                "snatch-host: warning: --max-connections %lld is above the descriptor limit "
+                "%llu less %d reserved: accepts may fail before the cap\n",
+                (long long)max_conns, (unsigned long long)rl.rlim_cur, FD_RESERVE);
+    }
+    host.cfg.http.limits = http_limits_new((size_t)max_conns, (unsigned)max_per_client);
+    if (!host.cfg.http.limits) {
+        fprintf(stderr, "snatch-host: out of memory\n");
+        return -1;
+    }
+    fprintf(stderr, "snatch-host: at most %lld connections, %lld per client address%s\n",
+            (long long)max_conns, (long long)max_per_client, max_per_client ? "" : " (no cap)");
+    if (check_port_free("listen", host.cfg.listen_addr, host.cfg.listen_port) != 0)
+        return -1;
+    if (host.cfg.admin_listen_addr && host.cfg.admin_listen_port == host.cfg.listen_port) {
+        fprintf(stderr, "snatch-host: --admin-listen needs a port of its own\n");
+        return -1;
+    }
+    if (host.cfg.admin_listen_addr && check_port_free("admin listen", host.cfg.admin_listen_addr,
+                                                      host.cfg.admin_listen_port) != 0)
+        return -1;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     bool test_only = false;
@@ -367,6 +453,8 @@ int main(int argc, char **argv)
         return 0;
     }
     signal(SIGPIPE, SIG_IGN);
+    if (setup_connections() != 0)
+        return 1;
     stock_init();
     metrics_init();
     metrics_thread_register();
@@ -426,6 +514,7 @@ int main(int argc, char **argv)
     uv_loop_close(loop);
     ratelimit_shutdown();
     stock_shutdown();
+    http_limits_free(host.cfg.http.limits);
     fprintf(stderr, "snatch-host: stopped\n");
     return status;
 }

@@ -32,6 +32,8 @@ typedef struct host_config {
     uint64_t ack_timeout_ms;
     unsigned max_inflight; /* per worker */
     http_config_t http;
+    const char *admin_listen_addr; /* NULL: admin API and /metrics on the public listener */
+    int admin_listen_port;
 } host_config_t;
 
 typedef struct sale_acks sale_acks_t;
@@ -68,6 +70,8 @@ typedef struct worker {
     uv_mutex_t reload_lock;
     _Atomic int ready; /* 1 listener up, -1 setup failed */
     int exit_status;
+    http_server_t *admin_http; /* --admin-listen, on worker 0 only */
+    int http_open;             /* servers not yet closed during a stop */
 } worker_t;
 
 /* Starts the worker's thread: loop, Redis, policy, lane, listener. Returns 0 once the listener
