@@ -1324,6 +1324,18 @@ static void limits_release(conn_t *c)
     c->counted = c->client_counted = false;
 }
 
+/* The longest-idle connection with nothing in flight: one whose last answers still wait in the
+ * kernel's queue is passed over, since closing it could destroy them. The walk is bounded. */
+static conn_t *shed_candidate(http_server_t *srv)
+{
+    int budget = 64;
+    for (conn_t *c = srv->tl[TL_IDLE].first; c && budget-- > 0; c = c->tnext) {
+        if (c->writes == 0 && c->out_len == 0 && !c->dirty && !c->in_feed)
+            return c;
+    }
+    return NULL;
+}
+
 /* Takes c's slots under the caps. Over the process cap, the longest-idle keep-alive connection of
  * this server makes room (other threads' connections are not ours to close); without one, or
  * over the client's cap, the new connection is refused. */
@@ -1339,7 +1351,7 @@ static bool limits_admit(conn_t *c)
     }
     if (n <= l->max_conns)
         return true;
-    conn_t *idle = c->srv->tl[TL_IDLE].first;
+    conn_t *idle = shed_candidate(c->srv);
     if (!idle)
         return false;
     conn_close(idle);

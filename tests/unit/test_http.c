@@ -976,6 +976,89 @@ static void test_server_close_drains(void **state)
     free(fx);
 }
 
+static void roundtrip(client_t *cl, const char *path)
+{
+    char req[128];
+    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\n\r\n", path);
+    send_all(cl, req, (size_t)n);
+    response_t r;
+    assert_int_equal(read_response(cl, &r, false), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, path);
+    free(r.body);
+}
+
+/* A new connection is answered 503 and closed at once. */
+static void assert_refused(int port)
+{
+    client_t *cl = client_open(port);
+    response_t r;
+    assert_int_equal(read_response(cl, &r, false), 0);
+    assert_int_equal(r.status, 503);
+    assert_true(r.close);
+    free(r.body);
+    assert_true(sees_eof(cl));
+    client_close(cl);
+}
+
+/* At the cap an idle keep-alive connection makes room for a new one; with only busy ones (a head
+ * half received) the new one is refused at once. */
+static void test_connection_cap(void **state)
+{
+    (void)state;
+    http_config_t cfg = test_cfg;
+    cfg.limits = http_limits_new(2, 0);
+    fixture_t *fx = fixture_start(&cfg);
+    client_t *idle1 = client_open(fx->port);
+    client_t *idle2 = client_open(fx->port);
+    roundtrip(idle1, "/a");
+    roundtrip(idle2, "/b");
+    client_t *buyer = client_open(fx->port);
+    roundtrip(buyer, "/buy");
+    assert_true(sees_eof(idle1)); /* the longest idle went */
+    roundtrip(idle2, "/still");
+    send_all(buyer, "GET /half HTTP/1.1\r\n", 20);
+    send_all(idle2, "GET /half HTTP/1.1\r\n", 20);
+    usleep(20000);
+    int before = atomic_load(&http_errors[503]);
+    assert_refused(fx->port);
+    assert_int_equal(atomic_load(&http_errors[503]), before + 1);
+    client_close(idle1);
+    client_close(idle2);
+    client_close(buyer);
+    double deadline = now_ms() + 2000;
+    while (connections(fx) > 0 && now_ms() < deadline)
+        usleep(5000);
+    client_t *after = client_open(fx->port);
+    roundtrip(after, "/after");
+    client_close(after);
+    fixture_stop(fx);
+    http_limits_free(cfg.limits);
+}
+
+static void test_connection_cap_per_client(void **state)
+{
+    (void)state;
+    http_config_t cfg = test_cfg;
+    cfg.limits = http_limits_new(100, 2);
+    fixture_t *fx = fixture_start(&cfg);
+    client_t *a = client_open(fx->port);
+    client_t *b = client_open(fx->port);
+    roundtrip(a, "/a");
+    roundtrip(b, "/b");
+    assert_refused(fx->port);
+    client_close(a);
+    double deadline = now_ms() + 2000;
+    while (connections(fx) > 1 && now_ms() < deadline)
+        usleep(5000);
+    client_t *c = client_open(fx->port);
+    roundtrip(c, "/c");
+    client_close(b);
+    client_close(c);
+    fixture_stop(fx);
+    http_limits_free(cfg.limits);
+}
+
 /* Several servers on one port (one per loop thread, as the host runs them). */
 static void test_reuseport(void **state)
 {
@@ -987,6 +1070,8 @@ static void test_reuseport(void **state)
     int port = http_server_port(a);
     assert_int_equal(http_server_start(&b, &loop, "127.0.0.1", port, NULL, handler, NULL), 0);
     assert_int_equal(http_server_port(b), port);
+    /* A second process would share it silently: the probe says it is taken. */
+    assert_int_equal(http_probe_port("127.0.0.1", port), UV_EADDRINUSE);
     http_server_t *c = NULL;
     assert_int_equal(http_server_start(&c, &loop, "not an address", 0, NULL, handler, NULL),
                      UV_EINVAL);
@@ -1025,6 +1110,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_big_response, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_connections, setup, teardown),
         cmocka_unit_test(test_server_close_drains),
+        cmocka_unit_test(test_connection_cap),
+        cmocka_unit_test(test_connection_cap_per_client),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
