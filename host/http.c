@@ -1122,29 +1122,46 @@ static void stash(conn_t *c, const char *data, size_t len)
 static int head_scan(conn_t *c, const char *p, size_t len)
 {
     size_t max = c->srv->cfg.max_head_bytes;
-    for (size_t i = 0; i < len && c->sc_active; i++) {
-        char ch = p[i];
-        if (++c->sc_bytes > max)
-            return 431;
-        if (c->sc_cr) {
-            if (ch != '\n')
+    const char *end = p + len;
+    /* Line by line with memchr: this runs on every request of the hot path. */
+    while (p < end && c->sc_active) {
+        size_t line;
+        if (c->sc_cr) { /* the previous input ended in CR */
+            if (*p != '\n')
                 return 400;
             c->sc_cr = false;
-            if (c->sc_line > 0)
-                c->sc_lines++;
-            else if (c->sc_lines > 0)
-                c->sc_active = false; /* blank line: the head is complete */
-            /* else an empty line before the request line, which RFC 9112 lets us skip */
-            c->sc_line = 0;
-            continue;
+            line = c->sc_line;
+            p++;
+            if (++c->sc_bytes > max)
+                return 431;
+        } else {
+            if (c->sc_line == 0 && c->sc_lines > 0 && is_ows(*p))
+                return 400;
+            const char *lf = memchr(p, '\n', (size_t)(end - p));
+            const char *stop = lf ? lf : end;
+            size_t n = (size_t)(stop - p);
+            c->sc_bytes += n + (lf != NULL);
+            if (c->sc_bytes > max)
+                return 431;
+            const char *cr = memchr(p, '\r', n);
+            if (cr && cr != stop - 1)
+                return 400; /* a CR not followed by LF */
+            p = lf ? lf + 1 : end;
+            if (!lf) {
+                c->sc_cr = cr != NULL;
+                c->sc_line += n - (cr != NULL);
+                continue;
+            }
+            if (!cr)
+                return 400; /* bare LF */
+            line = c->sc_line + n - 1;
         }
-        if (ch == '\r') {
-            c->sc_cr = true;
-            continue;
-        }
-        if (ch == '\n' || (c->sc_line == 0 && c->sc_lines > 0 && is_ows(ch)))
-            return 400;
-        c->sc_line++;
+        c->sc_line = 0;
+        if (line > 0)
+            c->sc_lines++;
+        else if (c->sc_lines > 0)
+            c->sc_active = false; /* blank line: the head is complete */
+        /* else an empty line before the request line, which RFC 9112 lets us skip */
     }
     return 0;
 }
