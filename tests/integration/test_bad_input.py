@@ -272,6 +272,32 @@ def hold(port, n, data=b""):
     return socks
 
 
+def hold_busy(port, n):
+    """n connections, each admitted (answered once) and then mid-request: none can be shed."""
+    socks = []
+    deadline = time.time() + 10
+    while len(socks) < n and time.time() < deadline:
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+        out = b""
+        try:
+            while not complete(out):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                out += chunk
+        except OSError:
+            pass
+        if status_of(out) == 200:
+            s.sendall(b"GET /healthz HTTP/1.1\r\n")
+            socks.append(s)
+        else:  # refused while earlier connections were still closing: try again
+            s.close()
+            time.sleep(0.05)
+    assert len(socks) == n, len(socks)
+    return socks
+
+
 def refused(port):
     """True when a new connection is answered 503 or closed at once, without a request."""
     s = socket.create_connection(("127.0.0.1", port), timeout=3)
@@ -303,11 +329,7 @@ def connection_cap_sheds_idle_connections_for_new_buyers():
         # once, never left waiting.
         busy = []
         try:
-            wait_until_ok = time.time() + 5
-            while h.request("GET", "/healthz")[0] != 200 and time.time() < wait_until_ok:
-                time.sleep(0.05)
-            busy = hold(h.port, 20, b"GET /healthz HTTP/1.1\r\n")
-            time.sleep(0.2)
+            busy = hold_busy(h.port, 20)
             assert refused(h.port)
         finally:
             for s in busy:
@@ -321,9 +343,8 @@ def connection_cap_per_client_address():
     with Stack(hosts=1, threads=2, subscriber=False,
                host_extra=("--max-connections-per-client", "6")) as st:
         h = st.host
-        held = hold(h.port, 6, b"GET /healthz HTTP/1.1\r\n")
+        held = hold_busy(h.port, 6)
         try:
-            time.sleep(0.2)
             assert refused(h.port)
         finally:
             for s in held:
