@@ -770,6 +770,14 @@ void api_handle(http_request_t *req)
     size_t sl[6];
     int n = split_path(req->path, req->path_len, seg, sl, 6);
     bool get = req->method == HTTP_M_GET || req->method == HTTP_M_HEAD;
+    /* With --admin-listen, the admin API and /metrics live only there, and buyers' routes only on
+     * the public listener; /healthz answers on both. */
+    bool admin_route =
+        n >= 1 && (seg_is(seg[0], sl[0], "admin") || (n == 1 && seg_is(seg[0], sl[0], "metrics")));
+    bool health = n == 1 && seg_is(seg[0], sl[0], "healthz");
+    if (worker_of(req)->host->cfg.admin_listen_addr && !health &&
+        admin_route != req->admin_listener)
+        return api_error(req, ROUTE_OTHER, 404, "not_found", NULL);
     if (n == 4 && seg_is(seg[0], sl[0], "v1") && seg_is(seg[1], sl[1], "events") &&
         seg_is(seg[3], sl[3], "snatch")) {
         if (req->method != HTTP_M_POST)

@@ -23,10 +23,12 @@
 #include <http_parser.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "metrics.h"
 #include "util.h"
@@ -36,6 +38,10 @@
 /* Pause reading while this much written output is still queued: a client that pipelines without
  * reading its answers must not make us buffer without bound. */
 #define WRITE_QUEUE_MAX (256 * 1024)
+/* Answers built while parsing one read before parsing pauses and the loop serves others: cheap
+ * pipelined requests (GET /metrics) must neither buffer without bound nor hold the thread. */
+#define OUT_SLICE_MAX (64 * 1024)
+#define CLIENT_BUCKETS 4096
 /* How long a closing connection keeps discarding input after our FIN, so that unread request
  * bytes do not make the kernel reset the connection and destroy the last answer in flight. */
 #define LINGER_MS 2000
@@ -122,6 +128,29 @@ struct conn {
     bool closing;
     char hname[HNAME_MAX];
     char peer[INET6_ADDRSTRLEN];
+    /* Raw head check ahead of the parser (see head_scan): bytes of this head, of its current
+     * line, lines ended, and whether the last byte was CR. */
+    size_t sc_bytes;
+    size_t sc_line;
+    unsigned sc_lines;
+    bool sc_active;
+    bool sc_cr;
+    bool counted;        /* holds a slot of srv->cfg.limits */
+    bool client_counted; /* holds a slot of its client address */
+};
+
+typedef struct client_count {
+    struct client_count *next;
+    unsigned n;
+    char addr[INET6_ADDRSTRLEN];
+} client_count_t;
+
+struct http_limits {
+    atomic_size_t conns;
+    size_t max_conns;
+    unsigned per_client;
+    uv_mutex_t lock; /* guards buckets */
+    client_count_t *buckets[CLIENT_BUCKETS];
 };
 
 typedef struct {
@@ -152,6 +181,7 @@ struct http_server {
     bool closing;
     bool finishing;
     bool emfile_logged;
+    bool limit_logged;
     void (*on_closed)(void *arg);
     void *closed_arg;
     char rbuf[READ_BUF_SIZE];
@@ -169,6 +199,7 @@ static void conn_settle(conn_t *c);
 static void conn_feed(conn_t *c, const char *data, size_t len);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void on_idle(uv_idle_t *h);
+static void limits_release(conn_t *c);
 
 const char *http_status_text(int status)
 {
@@ -292,6 +323,7 @@ static req_t *req_new(conn_t *c)
     r->buf = r->inline_buf;
     r->cap = sizeof(r->inline_buf);
     r->pub.server_data = c->srv->data;
+    r->pub.admin_listener = c->srv->cfg.admin_listener;
     return r;
 }
 
@@ -602,6 +634,8 @@ static void on_conn_closed(uv_handle_t *h)
     if (c->next)
         c->next->prev = c->prev;
     srv->nconns--;
+    if (srv->cfg.limits)
+        limits_release(c);
     free(c);
     srv_maybe_finish(srv);
 }
@@ -708,7 +742,7 @@ static void conn_fail(conn_t *c, int status)
 
 static bool must_pause(const conn_t *c)
 {
-    return c->nfifo >= c->srv->cfg.max_pipeline ||
+    return c->nfifo >= c->srv->cfg.max_pipeline || c->out_len >= OUT_SLICE_MAX ||
            uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp) > WRITE_QUEUE_MAX;
 }
 
@@ -1052,6 +1086,10 @@ static int on_message_complete(http_parser *p)
     }
     r->keep_alive = r->keep_alive && http_should_keep_alive(p) != 0;
     req_finish(r);
+    c->sc_active = true;
+    c->sc_bytes = c->sc_line = 0;
+    c->sc_lines = 0;
+    c->sc_cr = false;
     /* Dispatch happens outside the parser, one request at a time, so that the handler may do
      * anything (even close the server) and reading can pause between requests. */
     http_parser_pause(p, 1);
@@ -1101,6 +1139,59 @@ static void stash(conn_t *c, const char *data, size_t len)
     uv_read_stop((uv_stream_t *)&c->tcp);
 }
 
+/* Checks the raw bytes of a head before the parser sees them, because Debian's http-parser 2.9
+ * accepts what RFC 9112 lets a server refuse and a proxy in front may read differently: a line
+ * starting with SP/HT (obs-fold, even after an empty value) continues the previous header, and a
+ * bare LF ends a line. Both are 400 here, and so is a bare CR. The whole head counts against
+ * max_head_bytes, including the whitespace the parser skips. Stops at the head's blank line (the
+ * body is the parser's); incremental across reads. Returns 0 or the status to fail with. */
+static int head_scan(conn_t *c, const char *p, size_t len)
+{
+    size_t max = c->srv->cfg.max_head_bytes;
+    const char *end = p + len;
+    /* Line by line with memchr: this runs on every request of the hot path. */
+    while (p < end && c->sc_active) {
+        size_t line;
+        if (c->sc_cr) { /* the previous input ended in CR */
+            if (*p != '\n')
+                return 400;
+            c->sc_cr = false;
+            line = c->sc_line;
+            p++;
+            if (++c->sc_bytes > max)
+                return 431;
+        } else {
+            if (c->sc_line == 0 && c->sc_lines > 0 && is_ows(*p))
+                return 400;
+            const char *lf = memchr(p, '\n', (size_t)(end - p));
+            const char *stop = lf ? lf : end;
+            size_t n = (size_t)(stop - p);
+            c->sc_bytes += n + (lf != NULL);
+            if (c->sc_bytes > max)
+                return 431;
+            const char *cr = memchr(p, '\r', n);
+            if (cr && cr != stop - 1)
+                return 400; /* a CR not followed by LF */
+            p = lf ? lf + 1 : end;
+            if (!lf) {
+                c->sc_cr = cr != NULL;
+                c->sc_line += n - (cr != NULL);
+                continue;
+            }
+            if (!cr)
+                return 400; /* bare LF */
+            line = c->sc_line + n - 1;
+        }
+        c->sc_line = 0;
+        if (line > 0)
+            c->sc_lines++;
+        else if (c->sc_lines > 0)
+            c->sc_active = false; /* blank line: the head is complete */
+        /* else an empty line before the request line, which RFC 9112 lets us skip */
+    }
+    return 0;
+}
+
 /* Parses input, dispatching every complete request in order, then settles the connection: all
  * answers given meanwhile leave in one write. */
 static void conn_feed(conn_t *c, const char *data, size_t len)
@@ -1109,6 +1200,11 @@ static void conn_feed(conn_t *c, const char *data, size_t len)
     while (len > 0 && !c->no_more && c->err_status >= 0) {
         if (must_pause(c)) {
             stash(c, data, len);
+            break;
+        }
+        int bad_head = c->sc_active ? head_scan(c, data, len) : 0;
+        if (bad_head) {
+            conn_fail(c, bad_head);
             break;
         }
         c->feed_start = data;
@@ -1186,6 +1282,142 @@ static void on_sweep(uv_timer_t *t)
     }
 }
 
+/* ---- connection caps ---- */
+
+http_limits_t *http_limits_new(size_t max_conns, unsigned per_client)
+{
+    http_limits_t *l = calloc(1, sizeof(*l));
+    if (!l)
+        return NULL;
+    if (uv_mutex_init(&l->lock) != 0) {
+        free(l);
+        return NULL;
+    }
+    atomic_init(&l->conns, 0);
+    l->max_conns = max_conns;
+    l->per_client = per_client;
+    return l;
+}
+
+void http_limits_free(http_limits_t *l)
+{
+    if (!l)
+        return;
+    for (size_t i = 0; i < CLIENT_BUCKETS; i++) {
+        for (client_count_t *e = l->buckets[i], *next; e; e = next) {
+            next = e->next;
+            free(e);
+        }
+    }
+    uv_mutex_destroy(&l->lock);
+    free(l);
+}
+
+static client_count_t **client_slot(http_limits_t *l, const char *addr)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (const char *p = addr; *p; p++)
+        h = (h ^ (uint8_t)*p) * 16777619u;
+    client_count_t **pp = &l->buckets[h % CLIENT_BUCKETS];
+    while (*pp && strcmp((*pp)->addr, addr) != 0)
+        pp = &(*pp)->next;
+    return pp;
+}
+
+/* Takes a slot for c's client address; false when the client is at its cap. */
+static bool client_take(http_limits_t *l, const conn_t *c)
+{
+    bool ok = true;
+    uv_mutex_lock(&l->lock);
+    client_count_t **pp = client_slot(l, c->peer);
+    if (!*pp) {
+        client_count_t *e = calloc(1, sizeof(*e));
+        if (e) {
+            memcpy(e->addr, c->peer, sizeof(e->addr));
+            *pp = e;
+        }
+    }
+    if (!*pp || (*pp)->n >= l->per_client)
+        ok = false;
+    else
+        (*pp)->n++;
+    uv_mutex_unlock(&l->lock);
+    return ok;
+}
+
+static void client_release(http_limits_t *l, const conn_t *c)
+{
+    uv_mutex_lock(&l->lock);
+    client_count_t **pp = client_slot(l, c->peer);
+    client_count_t *e = *pp;
+    if (e && --e->n == 0) {
+        *pp = e->next;
+        free(e);
+    }
+    uv_mutex_unlock(&l->lock);
+}
+
+static void limits_release(conn_t *c)
+{
+    http_limits_t *l = c->srv->cfg.limits;
+    if (c->counted)
+        atomic_fetch_sub(&l->conns, 1);
+    if (c->client_counted)
+        client_release(l, c);
+    c->counted = c->client_counted = false;
+}
+
+/* The longest-idle connection with nothing in flight: one whose last answers still wait in the
+ * kernel's queue is passed over, since closing it could destroy them. The walk is bounded. */
+static conn_t *shed_candidate(http_server_t *srv)
+{
+    int budget = 64;
+    for (conn_t *c = srv->tl[TL_IDLE].first; c && budget-- > 0; c = c->tnext) {
+        if (c->writes == 0 && c->out_len == 0 && !c->dirty && !c->in_feed)
+            return c;
+    }
+    return NULL;
+}
+
+/* Takes c's slots under the caps. Over the process cap, the longest-idle keep-alive connection of
+ * this server makes room (other threads' connections are not ours to close); without one, or
+ * over the client's cap, the new connection is refused. */
+static bool limits_admit(conn_t *c)
+{
+    http_limits_t *l = c->srv->cfg.limits;
+    size_t n = atomic_fetch_add(&l->conns, 1) + 1;
+    c->counted = true;
+    if (l->per_client) {
+        if (!client_take(l, c))
+            return false;
+        c->client_counted = true;
+    }
+    if (n <= l->max_conns)
+        return true;
+    conn_t *idle = shed_candidate(c->srv);
+    if (!idle)
+        return false;
+    conn_close(idle);
+    return true;
+}
+
+static void refuse(conn_t *c)
+{
+    static const char resp[] = "HTTP/1.1 503 Service Unavailable\r\n"
+                               "Content-Type: application/json\r\n"
+                               "Content-Length: 32\r\n"
+                               "Connection: close\r\n\r\n"
+                               "{\"error\":\"too_many_connections\"}";
+    if (!c->srv->limit_logged) {
+        fprintf(stderr, "http: connection cap reached, refusing connections (logged once)\n");
+        c->srv->limit_logged = true;
+    }
+    metrics_http_error(503);
+    uv_buf_t b = uv_buf_init((char *)resp, sizeof(resp) - 1);
+    (void)uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    conn_close(c);
+}
+
 /* ---- accepting ---- */
 
 static void on_connection(uv_stream_t *l, int status)
@@ -1225,6 +1457,11 @@ static void on_connection(uv_stream_t *l, int status)
         else
             uv_ip4_name((struct sockaddr_in *)&ss, c->peer, sizeof(c->peer));
     }
+    if (srv->cfg.limits && !limits_admit(c)) {
+        refuse(c);
+        return;
+    }
+    c->sc_active = true;
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
     if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
@@ -1347,6 +1584,29 @@ int http_server_start(http_server_t **out, uv_loop_t *loop, const char *addr, in
     srv->accepting = true;
     *out = srv;
     return 0;
+}
+
+int http_probe_port(const char *addr, int port)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(struct sockaddr_in);
+    if (uv_ip4_addr(addr, port, (struct sockaddr_in *)&ss) != 0) {
+        if (uv_ip6_addr(addr, port, (struct sockaddr_in6 *)&ss) != 0)
+            return UV_EINVAL;
+        len = sizeof(struct sockaddr_in6);
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    /* SO_REUSEADDR, as libuv sets on listeners: a port with connections in TIME_WAIT from a
+     * previous run is free, one with a listener is not. */
+    int one = 1;
+    int rc = 0;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        bind(fd, (struct sockaddr *)&ss, len) != 0)
+        rc = -errno;
+    close(fd);
+    return rc;
 }
 
 void http_server_stop_accepting(http_server_t *srv)

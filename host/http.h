@@ -41,6 +41,7 @@ typedef struct http_request {
     /* X-Forwarded-For header, NULL when absent (a second one is a 400). */
     const char *forwarded_for;
     size_t forwarded_for_len;
+    bool admin_listener; /* arrived on a server started with http_config_t.admin_listener */
 } http_request_t;
 
 typedef void (*http_handler_fn)(http_request_t *req);
@@ -51,7 +52,19 @@ typedef struct http_config {
     uint64_t header_timeout_ms; /* a started request (body too) must arrive in time: 408 (10 s) */
     uint64_t idle_timeout_ms;   /* keep-alive connection with nothing pending: close (60 s) */
     unsigned max_pipeline;      /* unanswered requests per connection before reading pauses (64) */
+    bool admin_listener;        /* copied into every request's admin_listener */
+    /* Connection caps shared by every server of the process; NULL: no cap. */
+    struct http_limits *limits;
 } http_config_t;
+
+/* Connection caps, shared by the servers of all loop threads (the counts are atomic or under a
+ * mutex, touched on accept and close only). max_conns: open connections of the process; near it
+ * the accepting server closes its longest-idle keep-alive connection to make room, and when it
+ * has none the new connection gets a 503 and is closed. per_client: open connections of one
+ * client address (0: no cap); beyond it the new connection gets the 503. */
+typedef struct http_limits http_limits_t;
+http_limits_t *http_limits_new(size_t max_conns, unsigned per_client);
+void http_limits_free(http_limits_t *l);
 
 typedef struct http_server http_server_t;
 
@@ -59,6 +72,12 @@ typedef struct http_server http_server_t;
  * zero fields take defaults. Returns 0 or a negative libuv error. */
 int http_server_start(http_server_t **out, uv_loop_t *loop, const char *addr, int port,
                       const http_config_t *cfg, http_handler_fn handler, void *data);
+
+/* Whether addr:port is free for a new server: binds a socket without SO_REUSEPORT (which
+ * http_server_start sets, so a second process would otherwise silently share the port) and closes
+ * it. Returns 0, or a negative libuv error (UV_EADDRINUSE when something listens there). Not for
+ * a loop thread: it makes blocking system calls. */
+int http_probe_port(const char *addr, int port);
 
 /* Stops accepting new connections; open ones keep being served. */
 void http_server_stop_accepting(http_server_t *srv);

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -39,6 +40,11 @@ static int64_t reconcile_after_ms = 30000;
 static int64_t rate_limit_keys = 1 << 18;
 static int64_t max_events = STOCK_EVENTS_DEFAULT;
 #define ADMIN_TOKEN_MIN 16
+static int64_t max_conns;      /* 0: from the descriptor limit */
+static int64_t max_per_client; /* 0: no cap */
+/* Descriptors kept for everything but client connections: Redis and NATS connections, the
+ * reconciler, files, libuv's internals. */
+#define FD_RESERVE 256
 
 static void usage(FILE *out)
 {
@@ -69,6 +75,11 @@ static void usage(FILE *out)
             "  --orders-max-age-ms MS    retention of stream ORDERS when this host creates it\n"
             "                            (default 604800000 = 7 days, 0: unlimited)\n"
             "  --orders-max-bytes BYTES  idem, size (default 2147483648, 0: unlimited)\n"
+            "  --admin-listen ADDR:PORT  serve /admin/* and /metrics only there (the public\n"
+            "                            listener then answers 404 for them)\n"
+            "  --max-connections N       open connections of this host (default: descriptor\n"
+            "                            limit - 256); near it idle keep-alive ones are shed\n"
+            "  --max-connections-per-client N  per client address (default 0: no cap)\n"
             "  --test                    load and validate POLICY, print the verdict, exit\n"
             "  --trusted-proxy CIDR[,CIDR...]  peers whose X-User-Id and X-Forwarded-For are\n"
             "                            believed; repeatable (default 127.0.0.0/8,::1)\n"
@@ -188,6 +199,9 @@ enum {
     OPT_TRUSTED_PROXY,
     OPT_ALLOW_QUERY_USER,
     OPT_MAX_EVENTS,
+    OPT_ADMIN_LISTEN,
+    OPT_MAX_CONNS,
+    OPT_MAX_CONNS_CLIENT,
 };
 
 static int parse_int_opt(const char *name, const char *v, int64_t min, int64_t max, int64_t *out)
@@ -202,7 +216,7 @@ static int parse_int_opt(const char *name, const char *v, int64_t min, int64_t m
 
 static int parse_args(int argc, char **argv, bool *test_only)
 {
-    static char listen_buf[256], redis_buf[256];
+    static char listen_buf[256], redis_buf[256], admin_buf[256];
     static const struct option opts[] = {
         {"listen", required_argument, NULL, OPT_LISTEN},
         {"threads", required_argument, NULL, OPT_THREADS},
@@ -230,6 +244,9 @@ static int parse_args(int argc, char **argv, bool *test_only)
         {"trusted-proxy", required_argument, NULL, OPT_TRUSTED_PROXY},
         {"allow-query-user", no_argument, NULL, OPT_ALLOW_QUERY_USER},
         {"max-events", required_argument, NULL, OPT_MAX_EVENTS},
+        {"admin-listen", required_argument, NULL, OPT_ADMIN_LISTEN},
+        {"max-connections", required_argument, NULL, OPT_MAX_CONNS},
+        {"max-connections-per-client", required_argument, NULL, OPT_MAX_CONNS_CLIENT},
         {NULL, 0, NULL, 0}};
     host_config_t *cfg = &host.cfg;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -379,6 +396,21 @@ static int parse_args(int argc, char **argv, bool *test_only)
             if (parse_int_opt("--max-events", optarg, 1, STOCK_EVENTS_LIMIT, &max_events))
                 return -1;
             break;
+        case OPT_ADMIN_LISTEN:
+            if (parse_hostport(optarg, &cfg->admin_listen_addr, &cfg->admin_listen_port, admin_buf,
+                               sizeof(admin_buf)) != 0) {
+                fprintf(stderr, "snatch-host: --admin-listen wants ADDR:PORT\n");
+                return -1;
+            }
+            break;
+        case OPT_MAX_CONNS:
+            if (parse_int_opt("--max-connections", optarg, 1, 1 << 24, &max_conns))
+                return -1;
+            break;
+        case OPT_MAX_CONNS_CLIENT:
+            if (parse_int_opt("--max-connections-per-client", optarg, 0, 1 << 24, &max_per_client))
+                return -1;
+            break;
         case OPT_VERSION:
             cli_print_version("snatch-host");
             exit(0);
@@ -415,6 +447,60 @@ static int parse_args(int argc, char **argv, bool *test_only)
     return 0;
 }
 
+/* Refuses a port another process serves: the workers bind with SO_REUSEPORT, which would
+ * silently share it with a second snatch-host (and split its buyers between two hosts). */
+static int check_port_free(const char *what, const char *addr, int port)
+{
+    int rc = http_probe_port(addr, port);
+    if (rc == 0)
+        return 0;
+    fprintf(stderr, "snatch-host: %s %s:%d: %s%s\n", what, addr, port, uv_strerror(rc),
+            rc == UV_EADDRINUSE ? " (another process, perhaps a snatch-host, serves it)" : "");
+    return -1;
+}
+
+/* Raises the soft descriptor limit to the hard one (each connection is a descriptor) and sets
+ * the connection caps under it. */
+static int setup_connections(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rlim_t was = rl.rlim_cur;
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+            fprintf(stderr, "snatch-host: descriptor limit raised from %llu to %llu\n",
+                    (unsigned long long)was, (unsigned long long)rl.rlim_max);
+        else
+            getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (max_conns == 0) {
+        rlim_t n = rl.rlim_cur > 2 * FD_RESERVE ? rl.rlim_cur - FD_RESERVE : rl.rlim_cur / 2;
+        max_conns = n > (1 << 24) ? (1 << 24) : (int64_t)n;
+    } else if ((rlim_t)max_conns + FD_RESERVE > rl.rlim_cur) {
+        fprintf(stderr,
+                "snatch-host: warning: --max-connections %lld is above the descriptor limit "
+                "%llu less %d reserved: accepts may fail before the cap\n",
+                (long long)max_conns, (unsigned long long)rl.rlim_cur, FD_RESERVE);
+    }
+    host.cfg.http.limits = http_limits_new((size_t)max_conns, (unsigned)max_per_client);
+    if (!host.cfg.http.limits) {
+        fprintf(stderr, "snatch-host: out of memory\n");
+        return -1;
+    }
+    fprintf(stderr, "snatch-host: at most %lld connections, %lld per client address%s\n",
+            (long long)max_conns, (long long)max_per_client, max_per_client ? "" : " (no cap)");
+    if (check_port_free("listen", host.cfg.listen_addr, host.cfg.listen_port) != 0)
+        return -1;
+    if (host.cfg.admin_listen_addr && host.cfg.admin_listen_port == host.cfg.listen_port) {
+        fprintf(stderr, "snatch-host: --admin-listen needs a port of its own\n");
+        return -1;
+    }
+    if (host.cfg.admin_listen_addr && check_port_free("admin listen", host.cfg.admin_listen_addr,
+                                                      host.cfg.admin_listen_port) != 0)
+        return -1;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     bool test_only = false;
@@ -435,6 +521,8 @@ int main(int argc, char **argv)
         return 0;
     }
     signal(SIGPIPE, SIG_IGN);
+    if (setup_connections() != 0)
+        return 1;
     if (stock_init_max((size_t)max_events) != 0) {
         fprintf(stderr, "snatch-host: cannot allocate the event table\n");
         return 1;
@@ -497,6 +585,7 @@ int main(int argc, char **argv)
     uv_loop_close(loop);
     ratelimit_shutdown();
     stock_shutdown();
+    http_limits_free(host.cfg.http.limits);
     fprintf(stderr, "snatch-host: stopped\n");
     return status;
 }

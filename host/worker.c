@@ -58,7 +58,14 @@ static void on_http_closed(void *arg)
 {
     worker_t *w = arg;
     w->http = NULL;
-    w->http_closed = true;
+    w->http_closed = --w->http_open == 0;
+}
+
+static void on_admin_http_closed(void *arg)
+{
+    worker_t *w = arg;
+    w->admin_http = NULL;
+    w->http_closed = --w->http_open == 0;
 }
 
 static void on_drain_tick(uv_timer_t *t)
@@ -89,7 +96,9 @@ static void begin_stop(worker_t *w)
     uv_timer_stop(&w->refresh);
     w->drain_deadline = uv_now(&w->loop) + DRAIN_MAX_MS;
     uv_timer_start(&w->drain, on_drain_tick, DRAIN_TICK_MS, DRAIN_TICK_MS);
+    w->http_open = 1 + (w->admin_http != NULL);
     http_server_close(w->http, on_http_closed, w);
+    http_server_close(w->admin_http, on_admin_http_closed, w);
 }
 
 static void on_script_loaded(int ok, const char *err, void *arg)
@@ -136,8 +145,30 @@ static void on_wakeup(uv_async_t *a)
 static void on_refresh(uv_timer_t *t)
 {
     worker_t *w = container_of(t, worker_t, refresh);
-    metrics_set_connections(w->id, (int64_t)http_server_connections(w->http));
+    metrics_set_connections(w->id, (int64_t)(http_server_connections(w->http) +
+                                             http_server_connections(w->admin_http)));
     sale_refresh_events(w);
+}
+
+/* The admin listener is one server on worker 0's loop: operators' traffic is light, and the
+ * public connection caps do not apply to it, so a flood of buyers cannot lock the operator out. */
+static int start_admin(worker_t *w)
+{
+    host_config_t *cfg = &w->host->cfg;
+    if (!cfg->admin_listen_addr)
+        return 0;
+    http_config_t acfg = cfg->http;
+    acfg.admin_listener = true;
+    acfg.limits = NULL;
+    int rc = http_server_start(&w->admin_http, &w->loop, cfg->admin_listen_addr,
+                               cfg->admin_listen_port, &acfg, api_handle, w);
+    if (rc == 0)
+        return 0;
+    fprintf(stderr, "worker %d: admin listen %s:%d: %s\n", w->id, cfg->admin_listen_addr,
+            cfg->admin_listen_port, uv_strerror(rc));
+    http_server_close(w->http, NULL, NULL);
+    w->http = NULL;
+    return -1;
 }
 
 static int setup(worker_t *w)
@@ -178,6 +209,8 @@ static int setup(worker_t *w)
                 uv_strerror(rc));
         return -1;
     }
+    if (w->id == 0 && start_admin(w) != 0)
+        return -1;
     /* Every worker refreshes its view; staggered so Redis sees an even trickle. */
     uv_timer_start(&w->refresh, on_refresh, REFRESH_MS + (uint64_t)w->id * 37, REFRESH_MS);
     return 0;

@@ -35,7 +35,9 @@ typedef struct host_config {
     http_config_t http;
     /* Peers whose X-User-Id and X-Forwarded-For are believed (--trusted-proxy). */
     trust_list_t trusted_proxies;
-    bool allow_query_user; /* ?user= names the buyer (--allow-query-user), for load tools */
+    bool allow_query_user;         /* ?user= names the buyer (--allow-query-user), for load tools */
+    const char *admin_listen_addr; /* NULL: admin API and /metrics on the public listener */
+    int admin_listen_port;
 } host_config_t;
 
 typedef struct sale_acks sale_acks_t;
@@ -72,6 +74,8 @@ typedef struct worker {
     uv_mutex_t reload_lock;
     _Atomic int ready; /* 1 listener up, -1 setup failed */
     int exit_status;
+    http_server_t *admin_http; /* --admin-listen, on worker 0 only */
+    int http_open;             /* servers not yet closed during a stop */
 } worker_t;
 
 /* Starts the worker's thread: loop, Redis, policy, lane, listener. Returns 0 once the listener

@@ -3,11 +3,13 @@ a clear 4xx or a close, nothing changes in Redis, and the host keeps serving eve
 import os
 import re
 import socket
+import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Stack, Suite  # noqa: E402
+from harness import Host, Stack, Suite  # noqa: E402
 
 suite = Suite()
 
@@ -69,6 +71,13 @@ CASES = [
     ("neg qty", b"POST /v1/events/sm/snatch?user=q2&qty=-1 HTTP/1.1\r\n\r\n", {400}),
     ("long event", b"POST /v1/events/" + b"e" * 300 + b"/snatch?user=x HTTP/1.1\r\n\r\n", {400}),
     ("traversal", b"GET /v1/events/../../etc/passwd HTTP/1.1\r\n\r\n", {400, 404}),
+    # Framing a proxy in front may read differently (http-parser 2.9 honours them): refused.
+    ("fold after empty user id", b"POST /v1/events/sm/snatch?user=f1 HTTP/1.1\r\nX-User-Id:\r\n victim\r\n\r\n", {400}),
+    ("fold after empty TE", b"POST /v1/events/sm/snatch?user=f2 HTTP/1.1\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n", {400}),
+    ("fold after empty CL", b"POST /v1/events/sm/snatch?user=f3 HTTP/1.1\r\nContent-Length:\r\n 2\r\n\r\n{}", {400}),
+    ("bare LF in head", b"POST /v1/events/sm/snatch?user=f4 HTTP/1.1\r\nX-Foo: a\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", {400}),
+    ("bare LF lines", b"POST /v1/events/sm/snatch?user=f5 HTTP/1.1\nHost: a\n\n", {400}),
+    ("blank value padding", b"POST /v1/events/sm/snatch?user=f6 HTTP/1.1\r\nX-Pad:" + b" " * 9000 + b"a\r\n\r\n", {431}),
 ]
 
 
@@ -155,6 +164,230 @@ def bot_hammering_one_id_gets_429_and_at_most_the_limit():
         assert st.redis.cmd("HGET", "{bot}:meta", "sold") == "2"
         # Other buyers are not affected by the bot's bucket.
         assert h.snatch("bot", "human-1")[0] == 200
+
+
+
+def rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def flood_unread(port, data, stop):
+    """Sends data as fast as the host takes it and never reads an answer."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setblocking(False)
+    sent = 0
+    try:
+        while not stop.is_set() and sent < len(data):
+            try:
+                sent += s.send(data[sent:sent + 65536])
+            except BlockingIOError:
+                time.sleep(0.01)
+            except OSError:
+                break
+        stop.wait(30)
+    finally:
+        s.close()
+
+
+@suite.case
+def pipelined_cheap_requests_do_not_buffer_without_bound():
+    """Clients pipelining GET /metrics by the thousand and never reading: parsing pauses once a
+    connection's unsent answers pass a cap, so the host's memory stays bounded and its loop
+    threads keep answering other clients."""
+    # Under ASan, freed blocks sit in its quarantine (256 MiB by default) and would count as RSS.
+    old_asan = os.environ.get("ASAN_OPTIONS")
+    os.environ["ASAN_OPTIONS"] = (old_asan + ":" if old_asan else "") + "quarantine_size_mb=1"
+    try:
+        pipelined_metrics_flood()
+    finally:
+        if old_asan is None:
+            del os.environ["ASAN_OPTIONS"]
+        else:
+            os.environ["ASAN_OPTIONS"] = old_asan
+
+
+def pipelined_metrics_flood():
+    with Stack(hosts=1, threads=2, subscriber=False) as st:
+        h = st.host
+        for i in range(40):  # a bigger /metrics answer, as a real sale has
+            h.create_event("m%02d" % i, 10)
+        metrics_len = len(raw(h.port, b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n"))
+        pid = h.proc.pid
+        base = rss_kib(pid)
+        data = b"GET /metrics HTTP/1.1\r\n\r\n" * 40000  # ~1 MiB each
+        stop = threading.Event()
+        floods = [threading.Thread(target=flood_unread, args=(h.port, data, stop))
+                  for _ in range(16)]
+        try:
+            for t in floods:
+                t.start()
+            peak = base
+            worst = 0.0
+            t_end = time.time() + 4
+            while time.time() < t_end:
+                t0 = time.time()
+                code = h.request("GET", "/healthz", timeout=5)[0]
+                worst = max(worst, time.time() - t0)
+                assert code == 200, code
+                peak = max(peak, rss_kib(pid))
+                time.sleep(0.1)
+        finally:
+            stop.set()
+            for t in floods:
+                t.join(40)
+        grown_mib = (peak - base) / 1024
+        print("metrics answer %d bytes, RSS %d -> peak %d KiB, worst /healthz %.3f s" %
+              (metrics_len, base, peak, worst))
+        # Unbounded, each connection buffers ~2500 answers per 64 KiB read it gets parsed.
+        assert grown_mib < 64, grown_mib
+        assert worst < 2.0, worst
+        assert h.request("GET", "/healthz")[0] == 200
+
+
+@suite.case
+def strict_framing_closes_the_connection():
+    with Stack(hosts=1, threads=1, subscriber=False) as st:
+        h = st.host
+        h.create_event("fr", 10)
+        # The second request, folded, must not run; the first is answered, then the close.
+        resp = raw(h.port, b"GET /healthz HTTP/1.1\r\n\r\n"
+                   b"POST /v1/events/fr/snatch?user=u1 HTTP/1.1\r\nX-User-Id:\r\n victim\r\n\r\n"
+                   b"POST /v1/events/fr/snatch?user=u2 HTTP/1.1\r\n\r\n", timeout=5)
+        codes = [int(c) for c in re.findall(rb"HTTP/1\.1 (\d{3}) ", resp)]
+        assert codes == [200, 400], codes
+        assert st.redis.cmd("HLEN", "{fr}:users") == 0
+
+
+def hold(port, n, data=b""):
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        if data:
+            s.sendall(data)
+        socks.append(s)
+    return socks
+
+
+def hold_busy(port, n):
+    """n connections, each admitted (answered once) and then mid-request: none can be shed."""
+    socks = []
+    deadline = time.time() + 10
+    while len(socks) < n and time.time() < deadline:
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+        out = b""
+        try:
+            while not complete(out):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                out += chunk
+        except OSError:
+            pass
+        if status_of(out) == 200:
+            s.sendall(b"GET /healthz HTTP/1.1\r\n")
+            socks.append(s)
+        else:  # refused while earlier connections were still closing: try again
+            s.close()
+            time.sleep(0.05)
+    assert len(socks) == n, len(socks)
+    return socks
+
+
+def refused(port):
+    """True when a new connection is answered 503 or closed at once, without a request."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=3)
+    try:
+        data = s.recv(4096)
+        return data == b"" or status_of(data) == 503
+    except socket.timeout:
+        return False
+    except OSError:
+        return True
+    finally:
+        s.close()
+
+
+@suite.case
+def connection_cap_sheds_idle_connections_for_new_buyers():
+    with Stack(hosts=1, threads=2, subscriber=False,
+               host_extra=("--max-connections", "20", "--max-connections-per-client", "0")) as st:
+        h = st.host
+        h.create_event("cap", 100)
+        idle = hold(h.port, 40)  # idle keep-alive holders, twice the cap
+        try:
+            for i in range(5):
+                assert h.snatch("cap", "buyer%d" % i)[0] == 200, i
+        finally:
+            for s in idle:
+                s.close()
+        # Nothing idle to shed (every holder is mid-request): new connections are refused at
+        # once, never left waiting.
+        busy = []
+        try:
+            busy = hold_busy(h.port, 20)
+            assert refused(h.port)
+        finally:
+            for s in busy:
+                s.close()
+        time.sleep(0.3)
+        assert h.snatch("cap", "after")[0] == 200
+
+
+@suite.case
+def connection_cap_per_client_address():
+    with Stack(hosts=1, threads=2, subscriber=False,
+               host_extra=("--max-connections-per-client", "6")) as st:
+        h = st.host
+        held = hold_busy(h.port, 6)
+        try:
+            assert refused(h.port)
+        finally:
+            for s in held:
+                s.close()
+        time.sleep(0.3)
+        assert h.request("GET", "/healthz")[0] == 200
+
+
+@suite.case
+def second_host_on_a_served_port_refuses_to_start():
+    with Stack(hosts=1, threads=2, subscriber=False) as st:
+        h = st.host
+        argv = list(h.argv)
+        argv[argv.index("--host-id") + 1] = "h2"
+        try:
+            p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=15)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("a second host started on port %d" % h.port)
+        out = p.stdout.decode("utf-8", "replace")
+        assert p.returncode != 0 and "address already in use" in out, (p.returncode, out)
+        assert h.request("GET", "/healthz")[0] == 200
+
+
+@suite.case
+def admin_listener_serves_admin_and_metrics_only_there():
+    from harness import ADMIN_TOKEN, free_port
+    aport = free_port()
+    with Stack(hosts=1, threads=2, subscriber=False,
+               host_extra=("--admin-listen", "127.0.0.1:%d" % aport)) as st:
+        h = st.host
+        admin = Host.__new__(Host)
+        admin.port = aport
+        auth = {"Authorization": "Bearer " + ADMIN_TOKEN}
+        body = '{"stock": 5}'
+        assert h.request("PUT", "/admin/events/al", body=body, headers=auth)[0] == 404
+        assert h.request("GET", "/metrics")[0] == 404
+        assert admin.request("PUT", "/admin/events/al", body=body, headers=auth)[0] == 200
+        st_, text = admin.request("GET", "/metrics")
+        assert st_ == 200 and "snatch" in text, (st_, text[:200])
+        assert h.snatch("al", "buyer1")[0] == 200
+        assert admin.snatch("al", "buyer2")[0] == 404  # buyers belong on the public port
+        assert h.request("GET", "/healthz")[0] == 200
+        assert admin.request("GET", "/healthz")[0] == 200
 
 
 if __name__ == "__main__":

@@ -348,6 +348,8 @@ typedef struct {
 
 #define D10 "0123456789"
 #define D100 D10 D10 D10 D10 D10 D10 D10 D10 D10 D10
+#define S10 "          "
+#define S100 S10 S10 S10 S10 S10 S10 S10 S10 S10 S10
 #define ECHO_PEER "|peer=127.0.0.1"
 
 static const http_case_t cases[] = {
@@ -357,12 +359,7 @@ static const http_case_t cases[] = {
      false,
      0,
      {{200, "/hello", "Content-Type: text/plain\r\nContent-Length: 6\r\n\r\n"}}},
-    {"leading CRLF and bare LF",
-     "\r\nGET /lf HTTP/1.1\nHost: x\n\n",
-     false,
-     false,
-     0,
-     {{200, "/lf"}}},
+    {"leading CRLF", "\r\nGET /lf HTTP/1.1\r\nHost: x\r\n\r\n", false, false, 0, {{200, "/lf"}}},
     {"pipelined, delayed answers first",
      "GET /delay/150 HTTP/1.1\r\n\r\nGET /a HTTP/1.1\r\n\r\n"
      "GET /delay/40 HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\nGET /delay/1 HTTP/1.1\r\n\r\n",
@@ -542,6 +539,62 @@ static const http_case_t cases[] = {
      400,
      {{400, NULL}}},
     {"obs-fold", "GET / HTTP/1.1\r\nX-User-Id: a\r\n b\r\n\r\n", false, true, 400, {{400, NULL}}},
+    /* RFC 9112 lets a server refuse these; http-parser 2.9 reads them, a proxy may not. */
+    {"obs-fold after an empty TE",
+     "POST / HTTP/1.1\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n",
+     false,
+     true,
+     400,
+     {{400, NULL}}},
+    {"obs-fold after an empty user id",
+     "GET / HTTP/1.1\r\nX-User-Id:\r\n victim\r\n\r\n",
+     false,
+     true,
+     400,
+     {{400, NULL}}},
+    {"obs-fold after an empty Content-Length",
+     "POST / HTTP/1.1\r\nContent-Length:\r\n 5\r\n\r\nhello",
+     false,
+     true,
+     400,
+     {{400, NULL}}},
+    {"obs-fold by a tab",
+     "GET / HTTP/1.1\r\nX-Foo: a\r\n\tb\r\n\r\n",
+     false,
+     true,
+     400,
+     {{400, NULL}}},
+    {"bare LF ends a header",
+     "POST / HTTP/1.1\r\nX-Foo: a\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+     false,
+     true,
+     400,
+     {{400, NULL}}},
+    {"bare LF after the request line",
+     "GET /lf HTTP/1.1\nHost: x\r\n\r\n",
+     false,
+     true,
+     400,
+     {{400, NULL}}},
+    {"bare LF ends the head", "GET /lf HTTP/1.1\r\nHost: x\r\n\n", false, true, 400, {{400, NULL}}},
+    {"bare CR in a header",
+     "GET / HTTP/1.1\r\nX-Foo: a\rb\r\n\r\n",
+     false,
+     true,
+     400,
+     {{400, NULL}}},
+    {"bare LF in the second pipelined request",
+     "GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\nX: y\r\n\r\n",
+     false,
+     true,
+     400,
+     {{200, "/a"}, {400, NULL}}},
+    {"leading whitespace of a value counts against max-head",
+     "GET / HTTP/1.1\r\nX-Pad: " S100 S100 S100 S100 S100 "x\r\n\r\n",
+     false,
+     true,
+     431,
+     {{431, NULL}}},
     {"two user ids",
      "GET / HTTP/1.1\r\nX-User-Id: a\r\nX-User-Id: b\r\n\r\n",
      false,
@@ -923,6 +976,89 @@ static void test_server_close_drains(void **state)
     free(fx);
 }
 
+static void roundtrip(client_t *cl, const char *path)
+{
+    char req[128];
+    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\n\r\n", path);
+    send_all(cl, req, (size_t)n);
+    response_t r;
+    assert_int_equal(read_response(cl, &r, false), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, path);
+    free(r.body);
+}
+
+/* A new connection is answered 503 and closed at once. */
+static void assert_refused(int port)
+{
+    client_t *cl = client_open(port);
+    response_t r;
+    assert_int_equal(read_response(cl, &r, false), 0);
+    assert_int_equal(r.status, 503);
+    assert_true(r.close);
+    free(r.body);
+    assert_true(sees_eof(cl));
+    client_close(cl);
+}
+
+/* At the cap an idle keep-alive connection makes room for a new one; with only busy ones (a head
+ * half received) the new one is refused at once. */
+static void test_connection_cap(void **state)
+{
+    (void)state;
+    http_config_t cfg = test_cfg;
+    cfg.limits = http_limits_new(2, 0);
+    fixture_t *fx = fixture_start(&cfg);
+    client_t *idle1 = client_open(fx->port);
+    client_t *idle2 = client_open(fx->port);
+    roundtrip(idle1, "/a");
+    roundtrip(idle2, "/b");
+    client_t *buyer = client_open(fx->port);
+    roundtrip(buyer, "/buy");
+    assert_true(sees_eof(idle1)); /* the longest idle went */
+    roundtrip(idle2, "/still");
+    send_all(buyer, "GET /half HTTP/1.1\r\n", 20);
+    send_all(idle2, "GET /half HTTP/1.1\r\n", 20);
+    usleep(20000);
+    int before = atomic_load(&http_errors[503]);
+    assert_refused(fx->port);
+    assert_int_equal(atomic_load(&http_errors[503]), before + 1);
+    client_close(idle1);
+    client_close(idle2);
+    client_close(buyer);
+    double deadline = now_ms() + 2000;
+    while (connections(fx) > 0 && now_ms() < deadline)
+        usleep(5000);
+    client_t *after = client_open(fx->port);
+    roundtrip(after, "/after");
+    client_close(after);
+    fixture_stop(fx);
+    http_limits_free(cfg.limits);
+}
+
+static void test_connection_cap_per_client(void **state)
+{
+    (void)state;
+    http_config_t cfg = test_cfg;
+    cfg.limits = http_limits_new(100, 2);
+    fixture_t *fx = fixture_start(&cfg);
+    client_t *a = client_open(fx->port);
+    client_t *b = client_open(fx->port);
+    roundtrip(a, "/a");
+    roundtrip(b, "/b");
+    assert_refused(fx->port);
+    client_close(a);
+    double deadline = now_ms() + 2000;
+    while (connections(fx) > 1 && now_ms() < deadline)
+        usleep(5000);
+    client_t *c = client_open(fx->port);
+    roundtrip(c, "/c");
+    client_close(b);
+    client_close(c);
+    fixture_stop(fx);
+    http_limits_free(cfg.limits);
+}
+
 /* Several servers on one port (one per loop thread, as the host runs them). */
 static void test_reuseport(void **state)
 {
@@ -934,6 +1070,8 @@ static void test_reuseport(void **state)
     int port = http_server_port(a);
     assert_int_equal(http_server_start(&b, &loop, "127.0.0.1", port, NULL, handler, NULL), 0);
     assert_int_equal(http_server_port(b), port);
+    /* A second process would share it silently: the probe says it is taken. */
+    assert_int_equal(http_probe_port("127.0.0.1", port), UV_EADDRINUSE);
     http_server_t *c = NULL;
     assert_int_equal(http_server_start(&c, &loop, "not an address", 0, NULL, handler, NULL),
                      UV_EINVAL);
@@ -972,6 +1110,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_big_response, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_connections, setup, teardown),
         cmocka_unit_test(test_server_close_drains),
+        cmocka_unit_test(test_connection_cap),
+        cmocka_unit_test(test_connection_cap_per_client),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
