@@ -546,6 +546,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "snatch-host: cannot start the reconciliation thread\n");
         return 1;
     }
+    /* Handlers before the first listener: a HUP sent as soon as the port answers must reload,
+     * not kill (its default action). They run once the loop below runs. */
+    uv_loop_t *loop = uv_default_loop();
+    uv_signal_init(loop, &sig_hup);
+    uv_signal_init(loop, &sig_term);
+    uv_signal_init(loop, &sig_int);
+    uv_signal_start(&sig_hup, on_hup, SIGHUP);
+    uv_signal_start(&sig_term, on_stop_signal, SIGTERM);
+    uv_signal_start(&sig_int, on_stop_signal, SIGINT);
     int status = 0;
     for (n_workers = 0; n_workers < host.cfg.threads; n_workers++) {
         if (worker_start(&workers[n_workers], &host, n_workers) != 0) {
@@ -553,14 +562,7 @@ int main(int argc, char **argv)
             break;
         }
     }
-    uv_loop_t *loop = uv_default_loop();
-    uv_signal_init(loop, &sig_hup);
-    uv_signal_init(loop, &sig_term);
-    uv_signal_init(loop, &sig_int);
     if (status == 0) {
-        uv_signal_start(&sig_hup, on_hup, SIGHUP);
-        uv_signal_start(&sig_term, on_stop_signal, SIGTERM);
-        uv_signal_start(&sig_int, on_stop_signal, SIGINT);
         fprintf(stderr,
                 "snatch-host %s: serving http://%s:%d with %d threads, host %s of %d, "
                 "redis %s:%d, nats %s, policy %s\n",
