@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "auth.h"
 #include "metrics.h"
 #include "orders.h"
 #include "ratelimit.h"
@@ -64,7 +65,7 @@ static void usage(FILE *out)
             "  --rate-limit-keys N       buckets of the policy's host.limit() (default 262144,\n"
             "                            ~190 bytes each; when full the least recent is reused)\n"
             "  --test                    load and validate POLICY, print the verdict, exit\n"
-            "  --version, --help\n"
+            "  --version, --help\n" AUTH_USAGE
             "\nSignals: HUP reloads the policy and deduct script (a broken one is refused and the\n"
             "old one keeps serving); TERM/INT stop accepting, finish in-flight sales, exit 0.\n");
 }
@@ -204,6 +205,7 @@ static int parse_args(int argc, char **argv, bool *test_only)
         {"rate-limit-keys", required_argument, NULL, OPT_RATE_LIMIT_KEYS},
         {"version", no_argument, NULL, OPT_VERSION},
         {"help", no_argument, NULL, 'h'},
+        AUTH_OPTIONS,
         {NULL, 0, NULL, 0}};
     host_config_t *cfg = &host.cfg;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -325,10 +327,14 @@ static int parse_args(int argc, char **argv, bool *test_only)
             usage(stdout);
             exit(0);
         default:
+            if (auth_parse_opt(&cfg->auth, c, optarg, "snatch-host") == 0)
+                break;
             usage(stderr);
             return -1;
         }
     }
+    if (auth_check(&cfg->auth, "snatch-host") != 0)
+        return -1;
     if (optind != argc - 1) {
         usage(stderr);
         return -1;
@@ -370,7 +376,8 @@ int main(int argc, char **argv)
     stock_init();
     metrics_init();
     metrics_thread_register();
-    if (orders_publisher_start(&host.orders, host.cfg.nats_url, err, sizeof(err)) != 0) {
+    if (orders_publisher_start_auth(&host.orders, host.cfg.nats_url, &host.cfg.auth, err,
+                                    sizeof(err)) != 0) {
         fprintf(stderr, "snatch-host: nats: %s\n", err);
         return 1;
     }
@@ -383,7 +390,7 @@ int main(int argc, char **argv)
     reconciler_t *reconciler = NULL;
     if (reconcile_interval_ms > 0 &&
         reconciler_start(&reconciler, host.cfg.redis_host, host.cfg.redis_port, host.cfg.nats_url,
-                         reconcile_interval_ms, reconcile_after_ms) != 0) {
+                         reconcile_interval_ms, reconcile_after_ms, &host.cfg.auth) != 0) {
         fprintf(stderr, "snatch-host: cannot start the reconciliation thread\n");
         return 1;
     }
@@ -426,6 +433,7 @@ int main(int argc, char **argv)
     uv_loop_close(loop);
     ratelimit_shutdown();
     stock_shutdown();
+    auth_free(&host.cfg.auth);
     fprintf(stderr, "snatch-host: stopped\n");
     return status;
 }

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth.h"
 #include "metrics.h"
 #include "util.h"
 
@@ -44,6 +45,7 @@ typedef struct conn_state {
     _Atomic bool stream_ok;
     _Atomic bool recheck; /* a (re)connect happened: verify the stream before accepting */
     _Atomic bool stopping;
+    _Atomic uint64_t err_logged_ms; /* rate limit of on_error's log line */
 } conn_state_t;
 
 struct orders_publisher {
@@ -57,6 +59,7 @@ struct orders_publisher {
     uv_cond_t cond;
     bool stop; /* under mu */
     lane_slot_t slots[MAX_LANES];
+    const auth_config_t *auth; /* NULL: none; read only while the options are built */
 };
 
 /* One publish waiting for its ack. Linked in publish order (oldest first, which is also deadline
@@ -129,6 +132,24 @@ static void on_reconnected(natsConnection *nc, void *closure)
     on_connected(nc, closure);
 }
 
+/* Asynchronous errors (a refused password while reconnecting, a TLS failure): counted, logged at
+ * most every 5 s. cnats never puts credentials in these texts. */
+static void on_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
+{
+    (void)sub;
+    conn_state_t *cs = closure;
+    metrics_backend_error(METRICS_NATS_CONNECT);
+    uint64_t now = (uint64_t)nats_Now();
+    uint64_t last = atomic_load(&cs->err_logged_ms);
+    if (last != 0 && now - last < 5000)
+        return;
+    atomic_store(&cs->err_logged_ms, now);
+    const char *txt = NULL;
+    natsConnection_GetLastError(nc, &txt);
+    fprintf(stderr, "orders: NATS error: %s%s%s\n", natsStatus_GetText(err),
+            txt != NULL && *txt ? ": " : "", txt != NULL ? txt : "");
+}
+
 static void on_closed(natsConnection *nc, void *closure)
 {
     (void)nc;
@@ -147,9 +168,11 @@ static int ensure_stream(natsConnection *nc)
     s = orders_stream_ensure(js, &jerr, &created);
     if (created)
         fprintf(stderr, "orders: created stream %s\n", ORDERS_STREAM);
-    if (s != NATS_OK)
-        fprintf(stderr, "orders: stream %s not ready: %s (%d)\n", ORDERS_STREAM,
+    if (s != NATS_OK) {
+        metrics_backend_error(METRICS_NATS_STREAM);
+        fprintf(stderr, "orders: stream %s not ready: %s (%d); retrying\n", ORDERS_STREAM,
                 natsStatus_GetText(s), (int)jerr);
+    }
     jsCtx_Destroy(js);
     return s == NATS_OK ? 0 : -1;
 }
@@ -176,8 +199,16 @@ static void publisher_thread(void *arg)
     uint64_t backoff = ENSURE_BACKOFF_MIN_MS;
     natsStatus s = natsConnection_Connect(&p->nc, p->opts);
     if (s != NATS_OK && s != NATS_NOT_YET_CONNECTED) {
-        fprintf(stderr, "orders: cannot connect to %s: %s\n", p->url, natsStatus_GetText(s));
+        metrics_backend_error(METRICS_NATS_CONNECT);
+        fprintf(stderr, "orders: cannot connect to %s: %s (%s); orders cannot be published\n",
+                p->url, natsStatus_GetText(s), nats_GetLastError(NULL));
         goto out;
+    }
+    if (s == NATS_NOT_YET_CONNECTED) {
+        /* Said at once: until it connects every sale answers 503. */
+        metrics_backend_error(METRICS_NATS_CONNECT);
+        fprintf(stderr, "orders: cannot reach NATS at %s yet; retrying in the background\n",
+                p->url);
     }
     atomic_store(&p->have_nc, true);
     while (!atomic_load(&cs->stopping)) {
@@ -217,6 +248,10 @@ static int set_options(orders_publisher_t *p)
         s = natsOptions_SetReconnectedCB(o, on_reconnected, p->cs);
     if (s == NATS_OK)
         s = natsOptions_SetClosedCB(o, on_closed, p->cs);
+    if (s == NATS_OK)
+        s = natsOptions_SetErrorHandler(o, on_error, p->cs);
+    if (s == NATS_OK && p->auth != NULL)
+        s = auth_nats_apply(o, p->auth);
     if (s != NATS_OK) {
         natsOptions_Destroy(o);
         return -1;
@@ -227,6 +262,12 @@ static int set_options(orders_publisher_t *p)
 
 int orders_publisher_start(orders_publisher_t **out, const char *url, char *err, size_t errlen)
 {
+    return orders_publisher_start_auth(out, url, NULL, err, errlen);
+}
+
+int orders_publisher_start_auth(orders_publisher_t **out, const char *url,
+                                const auth_config_t *auth, char *err, size_t errlen)
+{
     orders_publisher_t *p = calloc(1, sizeof(*p));
     int slots = 0;
     *out = NULL;
@@ -235,6 +276,7 @@ int orders_publisher_start(orders_publisher_t **out, const char *url, char *err,
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
+    p->auth = auth;
     if (set_options(p) != 0) {
         snprintf(err, errlen, "bad NATS url or options: %s", nats_GetLastError(NULL));
         goto fail;

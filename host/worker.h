@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "auth.h"
 #include "http.h"
 #include "orders.h"
 #include "redis.h"
@@ -32,6 +33,7 @@ typedef struct host_config {
     uint64_t ack_timeout_ms;
     unsigned max_inflight; /* per worker */
     http_config_t http;
+    auth_config_t auth; /* Redis and NATS credentials (auth.h) */
 } host_config_t;
 
 typedef struct sale_acks sale_acks_t;

@@ -2,8 +2,8 @@
 # The orders test builds host/orders.c on its own (with a metrics stub in the test) so that it
 # does not depend on the rest of the host.
 add_snatch_unit_test(test_orders ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_orders.c ${CMAKE_SOURCE_DIR}/host/orders.c
-  ${CMAKE_SOURCE_DIR}/host/orders_stream.c
-  LIBS PkgConfig::UV PkgConfig::NATS Threads::Threads)
+  ${CMAKE_SOURCE_DIR}/host/orders_stream.c ${CMAKE_SOURCE_DIR}/host/auth.c
+  LIBS PkgConfig::UV PkgConfig::NATS PkgConfig::HIREDIS Threads::Threads)
 target_include_directories(test_orders PRIVATE ${CMAKE_SOURCE_DIR}/host ${CMAKE_SOURCE_DIR}/tests/unit)
 
 # Test and benchmark helper (not a test): fills stream ORDERS with host-shaped orders.
