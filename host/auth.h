@@ -20,21 +20,25 @@ typedef struct auth_config {
 } auth_config_t;
 
 /* getopt_long entries for the flags above, values from AUTH_OPT_BASE up; callers append them at
- * the end of their own table. AUTH_USAGE is the matching help text. */
+ * the end of their own table (the subscriber only the NATS ones). AUTH_*_USAGE: the help text. */
 #define AUTH_OPT_BASE 0x4100
-#define AUTH_OPTIONS                                                                               \
+#define AUTH_REDIS_OPTIONS                                                                         \
     {"redis-password-file", required_argument, NULL, AUTH_OPT_BASE + 0},                           \
-        {"redis-user", required_argument, NULL, AUTH_OPT_BASE + 1},                                \
-        {"nats-user", required_argument, NULL, AUTH_OPT_BASE + 2},                                 \
+    {                                                                                              \
+        "redis-user", required_argument, NULL, AUTH_OPT_BASE + 1                                   \
+    }
+#define AUTH_NATS_OPTIONS                                                                          \
+    {"nats-user", required_argument, NULL, AUTH_OPT_BASE + 2},                                     \
         {"nats-password-file", required_argument, NULL, AUTH_OPT_BASE + 3},                        \
         {"nats-token-file", required_argument, NULL, AUTH_OPT_BASE + 4},                           \
         {"nats-creds", required_argument, NULL, AUTH_OPT_BASE + 5},                                \
     {                                                                                              \
         "nats-ca-file", required_argument, NULL, AUTH_OPT_BASE + 6                                 \
     }
-#define AUTH_USAGE                                                                                 \
+#define AUTH_REDIS_USAGE                                                                           \
     "  --redis-password-file PATH  AUTH to Redis with the password in PATH\n"                      \
-    "  --redis-user NAME         Redis ACL user for AUTH (default: the default user)\n"            \
+    "  --redis-user NAME         Redis ACL user for AUTH (default: the default user)\n"
+#define AUTH_NATS_USAGE                                                                            \
     "  --nats-user NAME          NATS user (with --nats-password-file)\n"                          \
     "  --nats-password-file PATH NATS password\n"                                                  \
     "  --nats-token-file PATH    NATS token\n"                                                     \

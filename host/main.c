@@ -65,7 +65,7 @@ static void usage(FILE *out)
             "  --rate-limit-keys N       buckets of the policy's host.limit() (default 262144,\n"
             "                            ~190 bytes each; when full the least recent is reused)\n"
             "  --test                    load and validate POLICY, print the verdict, exit\n"
-            "  --version, --help\n" AUTH_USAGE
+            "  --version, --help\n" AUTH_REDIS_USAGE AUTH_NATS_USAGE
             "\nSignals: HUP reloads the policy and deduct script (a broken one is refused and the\n"
             "old one keeps serving); TERM/INT stop accepting, finish in-flight sales, exit 0.\n");
 }
@@ -205,7 +205,8 @@ static int parse_args(int argc, char **argv, bool *test_only)
         {"rate-limit-keys", required_argument, NULL, OPT_RATE_LIMIT_KEYS},
         {"version", no_argument, NULL, OPT_VERSION},
         {"help", no_argument, NULL, 'h'},
-        AUTH_OPTIONS,
+        AUTH_REDIS_OPTIONS,
+        AUTH_NATS_OPTIONS,
         {NULL, 0, NULL, 0}};
     host_config_t *cfg = &host.cfg;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);

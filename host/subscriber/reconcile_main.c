@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "auth.h"
 #include "reconcile.h"
 #include "store.h"
 
@@ -26,6 +27,7 @@ typedef struct config {
     bool dry_run;
     int wait_s;
     long long pending_ms; /* >= 0: only run reconcile_pending with this age */
+    auth_config_t auth;
 } config_t;
 
 static void usage(FILE *f)
@@ -44,7 +46,7 @@ static void usage(FILE *f)
             "                     subscriber persisted every missing order\n"
             "  --pending MS       only republish {E}:pending entries older than MS ms (what\n"
             "                     the host's reconciliation thread does), print the count\n"
-            "  -h, --help         this text\n"
+            "  -h, --help         this text\n" AUTH_REDIS_USAGE AUTH_NATS_USAGE
             "Exit: 0 consistent, 1 orders missing or SQLite holds more than sold, 2 usage,\n"
             "3 Redis/NATS/SQLite failure.\n");
 }
@@ -60,6 +62,8 @@ static int parse_args(int argc, char **argv, config_t *c)
         {"wait", required_argument, NULL, 'w'},
         {"pending", required_argument, NULL, 'p'},
         {"help", no_argument, NULL, 'h'},
+        AUTH_REDIS_OPTIONS,
+        AUTH_NATS_OPTIONS,
         {NULL, 0, NULL, 0},
     };
     int ch;
@@ -101,10 +105,14 @@ static int parse_args(int argc, char **argv, config_t *c)
             usage(stdout);
             exit(0);
         default:
+            if (auth_parse_opt(&c->auth, ch, optarg, "reconcile") == 0)
+                break;
             usage(stderr);
             return -1;
         }
     }
+    if (auth_check(&c->auth, "reconcile") != 0)
+        return -1;
     if (c->redis_port == 0 || (c->db == NULL && c->pending_ms < 0) ||
         (!c->dry_run && c->nats == NULL) || (c->dry_run && c->pending_ms >= 0) || optind != argc) {
         usage(stderr);
@@ -155,6 +163,20 @@ static int wait_caught_up(redisContext *rc, store_t *st, reconcile_row_t *rows, 
     }
 }
 
+static natsStatus connect_nats(natsConnection **nc, const config_t *c)
+{
+    natsOptions *o = NULL;
+    natsStatus s = natsOptions_Create(&o);
+    if (s == NATS_OK)
+        s = natsOptions_SetURL(o, c->nats);
+    if (s == NATS_OK)
+        s = auth_nats_apply(o, &c->auth);
+    if (s == NATS_OK)
+        s = natsConnection_Connect(nc, o);
+    natsOptions_Destroy(o);
+    return s;
+}
+
 int main(int argc, char **argv)
 {
     config_t c;
@@ -177,7 +199,11 @@ int main(int argc, char **argv)
         goto out;
     }
     redisSetTimeout(rc, tv);
-    if (!c.dry_run && natsConnection_ConnectTo(&nc, c.nats) != NATS_OK) {
+    if (auth_redis_sync(rc, &c.auth, err, sizeof(err)) != 0) {
+        fprintf(stderr, "reconcile: Redis %s:%d: %s\n", c.redis_host, c.redis_port, err);
+        goto out;
+    }
+    if (!c.dry_run && connect_nats(&nc, &c) != NATS_OK) {
         fprintf(stderr, "reconcile: NATS %s: %s\n", c.nats, nats_GetLastError(NULL));
         goto out;
     }
@@ -242,5 +268,6 @@ out:
     if (rc != NULL)
         redisFree(rc);
     nats_CloseAndWait(2000);
+    auth_free(&c.auth);
     return status;
 }

@@ -32,6 +32,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "auth.h"
 #include "store.h"
 
 #define FETCH_TIMEOUT_MS 200
@@ -52,6 +53,7 @@ typedef struct config {
     const char *stream;
     int batch;
     store_sync_t sync;
+    auth_config_t auth;
 } config_t;
 
 static volatile sig_atomic_t stop_requested;
@@ -89,7 +91,7 @@ static void usage(FILE *f)
             "                    so the ack that follows it, survives a power loss;\n"
             "                    normal is faster but a power loss may drop acked orders,\n"
             "                    which only reconciliation from Redis can then restore)\n"
-            "  -h, --help        this text\n"
+            "  -h, --help        this text\n" AUTH_NATS_USAGE
             "SIGTERM/SIGINT: finishes the batches already fetched (commit + acks) and exits 0.\n",
             DEFAULT_BATCH);
 }
@@ -97,10 +99,15 @@ static void usage(FILE *f)
 static int parse_args(int argc, char **argv, config_t *c)
 {
     static const struct option opts[] = {
-        {"nats", required_argument, NULL, 'n'},   {"db", required_argument, NULL, 'd'},
-        {"batch", required_argument, NULL, 'b'},  {"durable", required_argument, NULL, 'u'},
-        {"stream", required_argument, NULL, 's'}, {"sync", required_argument, NULL, 'y'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+        {"nats", required_argument, NULL, 'n'},
+        {"db", required_argument, NULL, 'd'},
+        {"batch", required_argument, NULL, 'b'},
+        {"durable", required_argument, NULL, 'u'},
+        {"stream", required_argument, NULL, 's'},
+        {"sync", required_argument, NULL, 'y'},
+        {"help", no_argument, NULL, 'h'},
+        AUTH_NATS_OPTIONS,
+        {NULL, 0, NULL, 0},
     };
     int ch;
     char *end;
@@ -144,10 +151,14 @@ static int parse_args(int argc, char **argv, config_t *c)
             usage(stdout);
             exit(0);
         default:
+            if (auth_parse_opt(&c->auth, ch, optarg, "subscriber") == 0)
+                break;
             usage(stderr);
             return -1;
         }
     }
+    if (auth_check(&c->auth, "subscriber") != 0)
+        return -1;
     if (c->url == NULL || c->db == NULL || optind != argc) {
         usage(stderr);
         return -1;
@@ -156,15 +167,16 @@ static int parse_args(int argc, char **argv, config_t *c)
 }
 
 /* Blocks (retrying) until connected; NULL only when a stop was requested. */
-static natsConnection *connect_nats(const char *url)
+static natsConnection *connect_nats(const char *url, const auth_config_t *auth)
 {
     natsOptions *o = NULL;
     natsConnection *nc = NULL;
     bool logged = false;
     if (natsOptions_Create(&o) != NATS_OK || natsOptions_SetURL(o, url) != NATS_OK ||
         natsOptions_SetMaxReconnect(o, -1) != NATS_OK ||
-        natsOptions_SetReconnectWait(o, 250) != NATS_OK) {
-        fprintf(stderr, "subscriber: bad NATS url %s\n", url);
+        natsOptions_SetReconnectWait(o, 250) != NATS_OK || auth_nats_apply(o, auth) != NATS_OK) {
+        fprintf(stderr, "subscriber: bad NATS url or options %s: %s\n", url,
+                nats_GetLastError(NULL));
         natsOptions_Destroy(o);
         return NULL;
     }
@@ -173,8 +185,8 @@ static natsConnection *connect_nats(const char *url)
         if (s == NATS_OK)
             break;
         if (!logged)
-            fprintf(stderr, "subscriber: waiting for NATS at %s (%s)\n", url,
-                    natsStatus_GetText(s));
+            fprintf(stderr, "subscriber: waiting for NATS at %s (%s: %s)\n", url,
+                    natsStatus_GetText(s), nats_GetLastError(NULL));
         logged = true;
         sleep_ms(500);
     }
@@ -547,9 +559,10 @@ int main(int argc, char **argv)
 
     if (store_open(&st, c.db, c.sync, err, sizeof(err)) != 0) {
         fprintf(stderr, "subscriber: %s\n", err);
+        auth_free(&c.auth);
         return 1;
     }
-    if ((nc = connect_nats(c.url)) == NULL) {
+    if ((nc = connect_nats(c.url, &c.auth)) == NULL) {
         rc = stop_requested ? 0 : 1;
         goto out;
     }
@@ -572,5 +585,6 @@ out:
     natsConnection_Destroy(nc);
     store_close(st);
     nats_CloseAndWait(2000);
+    auth_free(&c.auth);
     return rc;
 }
