@@ -46,7 +46,17 @@ typedef struct conn_state {
     _Atomic bool recheck; /* a (re)connect happened: verify the stream before accepting */
     _Atomic bool stopping;
     _Atomic uint64_t err_logged_ms; /* rate limit of on_error's log line */
+    /* Two owners: the publisher (until it closed the connection) and the closed callback, which
+     * cnats also runs on its own, before any stop, when it gives up (e.g. after an
+     * authorization violation). The second to let go frees. */
+    _Atomic int released;
 } conn_state_t;
+
+static void conn_state_release(conn_state_t *cs)
+{
+    if (atomic_fetch_add(&cs->released, 1) == 1)
+        free(cs);
+}
 
 struct orders_publisher {
     char *url;
@@ -152,8 +162,19 @@ static void on_error(natsConnection *nc, natsSubscription *sub, natsStatus err, 
 
 static void on_closed(natsConnection *nc, void *closure)
 {
-    (void)nc;
-    free(closure);
+    conn_state_t *cs = closure;
+    if (!atomic_load(&cs->stopping)) {
+        /* cnats closed it by itself: it will not reconnect. Said once, clearly. */
+        const char *txt = NULL;
+        natsConnection_GetLastError(nc, &txt);
+        atomic_store(&cs->connected, false);
+        metrics_backend_error(METRICS_NATS_CONNECT);
+        fprintf(stderr,
+                "orders: NATS closed the connection%s%s; sales answer 503 until snatch-host "
+                "is restarted\n",
+                txt != NULL && *txt ? ": " : "", txt != NULL ? txt : "");
+    }
+    conn_state_release(cs);
 }
 
 /* Blocking: the publisher thread only. */
@@ -326,9 +347,9 @@ void orders_publisher_stop(orders_publisher_t *p, int64_t timeout_ms)
     if (p->nc != NULL) {
         if (atomic_load(&p->cs->connected) && timeout_ms > 0)
             natsConnection_FlushTimeout(p->nc, timeout_ms);
-        /* From here on cs belongs to the callbacks: on_closed frees it. */
         natsConnection_Close(p->nc);
         natsConnection_Destroy(p->nc);
+        conn_state_release(p->cs); /* on_closed may still run (and free it) after this */
     } else {
         free(p->cs); /* no connection, no callbacks */
     }
