@@ -150,6 +150,30 @@ def nats_user_password():
 
 
 @suite.case
+def nats_credentials_fixed_on_the_server():
+    """cnats gives a connection up after an authorization violation; the host makes a new one
+    with backoff, so once the server accepts its credentials it sells without a restart."""
+    tmp = TempDir()
+    with Servers(nats_extra=("--user", "snatch", "--pass", SECRET), tmp=tmp) as s:
+        h = s.host(["--nats-user", "snatch", "--nats-password-file",
+                    secret_file(tmp, "nats.pw", SECRET)], host_id="seed")
+        h.create_event("fx", 5)
+        bad = secret_file(tmp, "new.pw", "rotated-" + WRONG)
+        h2 = refused(s, ["--nats-user", "snatch", "--nats-password-file", bad],
+                     ["NATS closed", "uthorization"], "rot", "fx")
+        s.nats.stop()
+        s.nats.extra = ["--user", "snatch", "--pass", "rotated-" + WRONG]
+        s.nats.start()
+        t0 = time.time()
+        wait_until(lambda: h2.request("GET", "/healthz")[0] == 200, 20, 0.1,
+                   "host ready with the server's new password")
+        took = time.time() - t0
+        st, body = h2.snatch("fx", "after")
+        assert st == 200, (st, body)
+        print("  ready %.1fs after the server took the new password" % took, flush=True)
+
+
+@suite.case
 def nats_token():
     tmp = TempDir()
     with Servers(nats_extra=("--auth", SECRET), tmp=tmp,
