@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "auth.h"
 #include "cli.h"
 #include "metrics.h"
 #include "orders.h"
@@ -88,7 +89,7 @@ static void usage(FILE *out)
             "  --max-events N            events this host holds (default 4096); PUT\n"
             "                            /admin/events of one more is refused (409)\n"
             "  --version                 print the version and exit\n"
-            "  -h, --help                this text\n"
+            "  -h, --help                this text\n" AUTH_REDIS_USAGE AUTH_NATS_USAGE
             "\nSignals: HUP reloads the policy and deduct script (a broken one is refused and the\n"
             "old one keeps serving); TERM/INT stop accepting, finish in-flight sales, exit 0.\n");
 }
@@ -247,6 +248,8 @@ static int parse_args(int argc, char **argv, bool *test_only)
         {"admin-listen", required_argument, NULL, OPT_ADMIN_LISTEN},
         {"max-connections", required_argument, NULL, OPT_MAX_CONNS},
         {"max-connections-per-client", required_argument, NULL, OPT_MAX_CONNS_CLIENT},
+        AUTH_REDIS_OPTIONS,
+        AUTH_NATS_OPTIONS,
         {NULL, 0, NULL, 0}};
     host_config_t *cfg = &host.cfg;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -418,10 +421,21 @@ static int parse_args(int argc, char **argv, bool *test_only)
             usage(stdout);
             exit(0);
         default:
-            cli_bad_option("snatch-host", c, argv);
+            switch (auth_parse_opt(&cfg->auth, c, optarg, "snatch-host")) {
+            case 0:
+                break;
+            case 1:
+                cli_bad_option("snatch-host", c, argv);
+                return -1;
+            default:
+                return -1;
+            }
+            break;
             return -1;
         }
     }
+    if (auth_check(&cfg->auth, "snatch-host") != 0)
+        return -1;
     if (optind != argc - 1) {
         if (optind == argc)
             cli_usage_error("snatch-host", "missing POLICY.lua");
@@ -529,7 +543,8 @@ int main(int argc, char **argv)
     }
     metrics_init();
     metrics_thread_register();
-    if (orders_publisher_start(&host.orders, host.cfg.nats_url, err, sizeof(err)) != 0) {
+    if (orders_publisher_start_auth(&host.orders, host.cfg.nats_url, &host.cfg.auth, err,
+                                    sizeof(err)) != 0) {
         fprintf(stderr, "snatch-host: nats: %s\n", err);
         return 1;
     }
@@ -542,7 +557,7 @@ int main(int argc, char **argv)
     reconciler_t *reconciler = NULL;
     if (reconcile_interval_ms > 0 &&
         reconciler_start(&reconciler, host.cfg.redis_host, host.cfg.redis_port, host.cfg.nats_url,
-                         reconcile_interval_ms, reconcile_after_ms) != 0) {
+                         reconcile_interval_ms, reconcile_after_ms, &host.cfg.auth) != 0) {
         fprintf(stderr, "snatch-host: cannot start the reconciliation thread\n");
         return 1;
     }
@@ -588,6 +603,7 @@ int main(int argc, char **argv)
     ratelimit_shutdown();
     stock_shutdown();
     http_limits_free(host.cfg.http.limits);
+    auth_free(&host.cfg.auth);
     fprintf(stderr, "snatch-host: stopped\n");
     return status;
 }

@@ -202,6 +202,32 @@ static void render_stock(stock_event_t *ev, void *arg)
                atomic_load(&ev->sold_out) ? 1 : 0);
 }
 
+/* Backend setup errors: rare, written from loop threads and the NATS and reconciler threads. */
+static _Atomic uint64_t backend_errors[METRICS_BACKEND__COUNT];
+static const struct {
+    const char *backend, *step;
+} backend_steps[METRICS_BACKEND__COUNT] = {{"redis", "connect"},      {"redis", "auth"},
+                                           {"redis", "script_load"},  {"redis", "event_refresh"},
+                                           {"redis", "pending_hdel"}, {"nats", "connect"},
+                                           {"nats", "stream"}};
+
+void metrics_backend_error(metrics_backend_step_t step)
+{
+    if ((unsigned)step < METRICS_BACKEND__COUNT)
+        atomic_fetch_add_explicit(&backend_errors[step], 1, memory_order_relaxed);
+}
+
+static void render_backend_errors(out_t *o)
+{
+    out_printf(o, "# HELP snatch_backend_errors_total Failed attempts to set up or use a Redis "
+                  "or NATS connection, each retried.\n");
+    out_printf(o, "# TYPE snatch_backend_errors_total counter\n");
+    for (int i = 0; i < METRICS_BACKEND__COUNT; i++)
+        out_printf(o, "snatch_backend_errors_total{backend=\"%s\",step=\"%s\"} %llu\n",
+                   backend_steps[i].backend, backend_steps[i].step,
+                   (unsigned long long)atomic_load(&backend_errors[i]));
+}
+
 char *metrics_render(size_t *len)
 {
     out_t o = {.cap = 16384};
@@ -265,6 +291,7 @@ char *metrics_render(size_t *len)
         out_printf(&o, "snatch_policy_counter_total{name=\"%s\"} %g\n", lua_counters[i].name,
                    lua_counters[i].value);
     pthread_mutex_unlock(&lua_lock);
+    render_backend_errors(&o);
     if (o.failed) {
         free(o.buf);
         return NULL;

@@ -45,6 +45,19 @@ void metrics_lua_counter(const char *name, size_t len, double inc);
 void metrics_set_connections(int worker, int64_t n);
 void metrics_orders_inflight(int64_t delta);
 
+/* Failed attempts to set up or use a backend connection, by step: snatch_backend_errors_total. */
+typedef enum {
+    METRICS_REDIS_CONNECT,
+    METRICS_REDIS_AUTH,
+    METRICS_REDIS_SCRIPT_LOAD,
+    METRICS_REDIS_EVENT_REFRESH,
+    METRICS_REDIS_PENDING_HDEL,
+    METRICS_NATS_CONNECT,
+    METRICS_NATS_STREAM,
+    METRICS_BACKEND__COUNT
+} metrics_backend_step_t;
+void metrics_backend_error(metrics_backend_step_t step);
+
 /* Renders everything (plus stock gauges) into a malloc'd buffer. Caller frees. */
 char *metrics_render(size_t *len);
 

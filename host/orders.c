@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth.h"
 #include "metrics.h"
 #include "util.h"
 
@@ -29,6 +30,8 @@
 #define ENSURE_BACKOFF_MIN_MS 100
 #define ENSURE_BACKOFF_MAX_MS 2000
 #define RESYNC_MS 1000
+#define REOPEN_BACKOFF_MIN_MS 500
+#define REOPEN_BACKOFF_MAX_MS 5000
 
 typedef struct lane_slot {
     uv_mutex_t mu;
@@ -37,19 +40,33 @@ typedef struct lane_slot {
 } lane_slot_t;
 
 /* What cnats's connection callbacks touch. cnats runs them on its own thread, possibly after
- * natsConnection_Close returned, so this lives apart from the publisher and is freed by the
- * closed callback, the last one cnats invokes for a connection. */
+ * natsConnection_Close returned, so this lives apart from the publisher, shared by the
+ * publisher's successive connections, and freed by the last of its owners to let go. */
 typedef struct conn_state {
     _Atomic bool connected;
     _Atomic bool stream_ok;
     _Atomic bool recheck; /* a (re)connect happened: verify the stream before accepting */
     _Atomic bool stopping;
+    _Atomic uint64_t err_logged_ms;    /* rate limit of on_error's log line */
+    _Atomic uint64_t closed_logged_ms; /* and of on_closed's */
+    /* cnats closed the connection by itself (it does after an authorization violation or a
+     * failed TLS handshake) and will not reconnect it: the publisher makes a new one. */
+    _Atomic bool given_up;
+    /* Owners: the publisher, plus each connection until its closed callback ran (cnats runs it
+     * once per connection, on a close of ours or on its own). The last to let go frees. */
+    _Atomic int refs;
 } conn_state_t;
+
+static void conn_state_release(conn_state_t *cs)
+{
+    if (atomic_fetch_sub(&cs->refs, 1) == 1)
+        free(cs);
+}
 
 struct orders_publisher {
     char *url;
     natsOptions *opts;
-    natsConnection *nc; /* written once by the thread, read after `have_nc` is seen */
+    natsConnection *nc; /* written by the thread under nc_mu, read after `have_nc` is seen */
     conn_state_t *cs;
     _Atomic bool have_nc;
     uv_thread_t thread;
@@ -57,6 +74,11 @@ struct orders_publisher {
     uv_cond_t cond;
     bool stop; /* under mu */
     lane_slot_t slots[MAX_LANES];
+    const auth_config_t *auth; /* NULL: none; read only while the options are built */
+    /* A connection cnats gave up is replaced: lanes take nc under nc_mu (their jsCtx keeps it
+     * alive) and compare nc_gen to see that theirs is stale. */
+    uv_mutex_t nc_mu;
+    _Atomic uint64_t nc_gen;
 };
 
 /* One publish waiting for its ack. Linked in publish order (oldest first, which is also deadline
@@ -98,6 +120,7 @@ struct orders_lane {
     uv_timer_t timer;
     int open_handles;
     bool closing;
+    uint64_t js_gen; /* the publisher's nc_gen when js was made */
 };
 
 /* ---- publisher ---------------------------------------------------------------------------- */
@@ -129,10 +152,45 @@ static void on_reconnected(natsConnection *nc, void *closure)
     on_connected(nc, closure);
 }
 
+/* Asynchronous errors (a refused password while reconnecting, a TLS failure): counted, logged at
+ * most every 5 s. cnats never puts credentials in these texts. */
+static void on_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
+{
+    (void)sub;
+    conn_state_t *cs = closure;
+    metrics_backend_error(METRICS_NATS_CONNECT);
+    uint64_t now = (uint64_t)nats_Now();
+    uint64_t last = atomic_load(&cs->err_logged_ms);
+    if (last != 0 && now - last < 5000)
+        return;
+    atomic_store(&cs->err_logged_ms, now);
+    const char *txt = NULL;
+    natsConnection_GetLastError(nc, &txt);
+    fprintf(stderr, "orders: NATS error: %s%s%s\n", natsStatus_GetText(err),
+            txt != NULL && *txt ? ": " : "", txt != NULL ? txt : "");
+}
+
 static void on_closed(natsConnection *nc, void *closure)
 {
-    (void)nc;
-    free(closure);
+    conn_state_t *cs = closure;
+    if (!atomic_load(&cs->stopping)) {
+        atomic_store(&cs->connected, false);
+        atomic_store(&cs->given_up, true);
+        metrics_backend_error(METRICS_NATS_CONNECT);
+        uint64_t now = (uint64_t)nats_Now();
+        uint64_t last = atomic_load(&cs->closed_logged_ms);
+        if (last == 0 || now - last >= 30000) {
+            atomic_store(&cs->closed_logged_ms, now);
+            const char *txt = NULL;
+            natsConnection_GetLastError(nc, &txt);
+            fprintf(stderr,
+                    "orders: NATS closed the connection%s%s; sales answer 503 while a new one is "
+                    "tried every %d s at most (logged every 30 s)\n",
+                    txt != NULL && *txt ? ": " : "", txt != NULL ? txt : "",
+                    REOPEN_BACKOFF_MAX_MS / 1000);
+        }
+    }
+    conn_state_release(cs);
 }
 
 /* Blocking: the publisher thread only. */
@@ -147,9 +205,11 @@ static int ensure_stream(natsConnection *nc)
     s = orders_stream_ensure(js, &jerr, &created);
     if (created)
         fprintf(stderr, "orders: created stream %s\n", ORDERS_STREAM);
-    if (s != NATS_OK)
-        fprintf(stderr, "orders: stream %s not ready: %s (%d)\n", ORDERS_STREAM,
+    if (s != NATS_OK) {
+        metrics_backend_error(METRICS_NATS_STREAM);
+        fprintf(stderr, "orders: stream %s not ready: %s (%d); retrying\n", ORDERS_STREAM,
                 natsStatus_GetText(s), (int)jerr);
+    }
     jsCtx_Destroy(js);
     return s == NATS_OK ? 0 : -1;
 }
@@ -169,18 +229,63 @@ static void wait_ms(orders_publisher_t *p, uint64_t ms)
     }
 }
 
+/* Makes the publisher's connection: the first one, or a new one after cnats gave the last one
+ * up. Returns 0, or -1 when cnats refused at once (bad options). */
+static int open_connection(orders_publisher_t *p, bool first)
+{
+    conn_state_t *cs = p->cs;
+    natsConnection *nc = NULL;
+    atomic_store(&cs->given_up, false);
+    atomic_fetch_add(&cs->refs, 1); /* the new connection's closed callback lets go of it */
+    natsStatus s = natsConnection_Connect(&nc, p->opts);
+    if (s != NATS_OK && s != NATS_NOT_YET_CONNECTED) {
+        conn_state_release(cs); /* no connection: no callback */
+        atomic_store(&cs->given_up, true);
+        metrics_backend_error(METRICS_NATS_CONNECT);
+        if (first)
+            fprintf(stderr, "orders: cannot connect to %s: %s (%s); retrying\n", p->url,
+                    natsStatus_GetText(s), nats_GetLastError(NULL));
+        return -1;
+    }
+    if (s == NATS_NOT_YET_CONNECTED && first) {
+        /* Said at once: until it connects every sale answers 503. */
+        metrics_backend_error(METRICS_NATS_CONNECT);
+        fprintf(stderr, "orders: cannot reach NATS at %s yet; retrying in the background\n",
+                p->url);
+    }
+    natsConnection *old = p->nc;
+    uv_mutex_lock(&p->nc_mu);
+    p->nc = nc;
+    atomic_fetch_add(&p->nc_gen, 1);
+    uv_mutex_unlock(&p->nc_mu);
+    atomic_store(&cs->stream_ok, false);
+    if (old != NULL)
+        natsConnection_Destroy(old); /* closed already; lanes' jsCtx may still hold it */
+    atomic_store(&p->have_nc, true);
+    return 0;
+}
+
 static void publisher_thread(void *arg)
 {
     orders_publisher_t *p = arg;
     conn_state_t *cs = p->cs;
     uint64_t backoff = ENSURE_BACKOFF_MIN_MS;
-    natsStatus s = natsConnection_Connect(&p->nc, p->opts);
-    if (s != NATS_OK && s != NATS_NOT_YET_CONNECTED) {
-        fprintf(stderr, "orders: cannot connect to %s: %s\n", p->url, natsStatus_GetText(s));
-        goto out;
-    }
-    atomic_store(&p->have_nc, true);
+    uint64_t reopen = REOPEN_BACKOFF_MIN_MS;
+    bool first = true;
     while (!atomic_load(&cs->stopping)) {
+        if (p->nc == NULL || atomic_load(&cs->given_up)) {
+            if (!first) {
+                atomic_store(&cs->recheck, false); /* else wait_ms would not wait */
+                wait_ms(p, reopen);
+                reopen = reopen * 2 > REOPEN_BACKOFF_MAX_MS ? REOPEN_BACKOFF_MAX_MS : reopen * 2;
+                if (atomic_load(&cs->stopping))
+                    break;
+            }
+            int rc = open_connection(p, first);
+            first = false;
+            if (rc != 0)
+                continue;
+        }
         atomic_store(&cs->recheck, false);
         /* Callbacks can race with the initial connect: the library's status is the truth. */
         atomic_store(&cs->connected, natsConnection_Status(p->nc) == NATS_CONN_STATUS_CONNECTED);
@@ -192,10 +297,10 @@ static void publisher_thread(void *arg)
             }
             atomic_store(&cs->stream_ok, true);
             backoff = ENSURE_BACKOFF_MIN_MS;
+            reopen = REOPEN_BACKOFF_MIN_MS;
         }
         wait_ms(p, RESYNC_MS);
     }
-out:
     nats_ReleaseThreadMemory();
 }
 
@@ -217,6 +322,10 @@ static int set_options(orders_publisher_t *p)
         s = natsOptions_SetReconnectedCB(o, on_reconnected, p->cs);
     if (s == NATS_OK)
         s = natsOptions_SetClosedCB(o, on_closed, p->cs);
+    if (s == NATS_OK)
+        s = natsOptions_SetErrorHandler(o, on_error, p->cs);
+    if (s == NATS_OK && p->auth != NULL)
+        s = auth_nats_apply(o, p->auth);
     if (s != NATS_OK) {
         natsOptions_Destroy(o);
         return -1;
@@ -227,6 +336,12 @@ static int set_options(orders_publisher_t *p)
 
 int orders_publisher_start(orders_publisher_t **out, const char *url, char *err, size_t errlen)
 {
+    return orders_publisher_start_auth(out, url, NULL, err, errlen);
+}
+
+int orders_publisher_start_auth(orders_publisher_t **out, const char *url,
+                                const auth_config_t *auth, char *err, size_t errlen)
+{
     orders_publisher_t *p = calloc(1, sizeof(*p));
     int slots = 0;
     *out = NULL;
@@ -235,11 +350,14 @@ int orders_publisher_start(orders_publisher_t **out, const char *url, char *err,
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
+    p->auth = auth;
+    atomic_store(&p->cs->refs, 1); /* the publisher's */
     if (set_options(p) != 0) {
         snprintf(err, errlen, "bad NATS url or options: %s", nats_GetLastError(NULL));
         goto fail;
     }
     uv_mutex_init(&p->mu);
+    uv_mutex_init(&p->nc_mu);
     uv_cond_init(&p->cond);
     for (; slots < MAX_LANES; slots++)
         uv_mutex_init(&p->slots[slots].mu);
@@ -253,6 +371,7 @@ fail_sync:
     while (slots > 0)
         uv_mutex_destroy(&p->slots[--slots].mu);
     uv_cond_destroy(&p->cond);
+    uv_mutex_destroy(&p->nc_mu);
     uv_mutex_destroy(&p->mu);
 fail:
     if (p != NULL) {
@@ -284,16 +403,15 @@ void orders_publisher_stop(orders_publisher_t *p, int64_t timeout_ms)
     if (p->nc != NULL) {
         if (atomic_load(&p->cs->connected) && timeout_ms > 0)
             natsConnection_FlushTimeout(p->nc, timeout_ms);
-        /* From here on cs belongs to the callbacks: on_closed frees it. */
         natsConnection_Close(p->nc);
         natsConnection_Destroy(p->nc);
-    } else {
-        free(p->cs); /* no connection, no callbacks */
     }
+    conn_state_release(p->cs); /* on_closed may still run (and free it) after this */
     natsOptions_Destroy(p->opts);
     for (int i = 0; i < MAX_LANES; i++)
         uv_mutex_destroy(&p->slots[i].mu);
     uv_cond_destroy(&p->cond);
+    uv_mutex_destroy(&p->nc_mu);
     uv_mutex_destroy(&p->mu);
     free(p->url);
     free(p);
@@ -529,6 +647,10 @@ int orders_publish(orders_lane_t *lane, const char *event, const char *order_id,
     if (snprintf(subject, sizeof(subject), ORDERS_SUBJECT_PREFIX "%s", event) >=
         (int)sizeof(subject))
         return -1;
+    if (l->js != NULL && l->js_gen != atomic_load(&l->p->nc_gen)) {
+        jsCtx_Destroy(l->js); /* of a connection cnats gave up: it lets go of that one */
+        l->js = NULL;
+    }
     if (l->js == NULL) {
         jsOptions o;
         jsOptions_Init(&o);
@@ -538,7 +660,11 @@ int orders_publish(orders_lane_t *lane, const char *event, const char *order_id,
         o.PublishAsync.AckHandler = on_pub_ack;
         o.PublishAsync.AckHandlerClosure = l->slot;
         o.PublishAsync.StallWait = 1;
-        if (natsConnection_JetStream(&l->js, l->p->nc, &o) != NATS_OK)
+        uv_mutex_lock(&l->p->nc_mu);
+        natsStatus s = natsConnection_JetStream(&l->js, l->p->nc, &o);
+        l->js_gen = atomic_load(&l->p->nc_gen);
+        uv_mutex_unlock(&l->p->nc_mu);
+        if (s != NATS_OK)
             return -1;
     }
     if (natsMsg_Create(&msg, subject, NULL, payload, (int)len) != NATS_OK)

@@ -24,6 +24,10 @@ typedef struct orders_lane orders_lane_t;
 /* Starts connecting to url in the background (never blocks for long). Returns 0 or -1 (bad url,
  * out of memory) with err filled. */
 int orders_publisher_start(orders_publisher_t **out, const char *url, char *err, size_t errlen);
+/* The same with credentials and TLS for NATS (auth may be NULL; read only during the call). */
+typedef struct auth_config auth_config_t;
+int orders_publisher_start_auth(orders_publisher_t **out, const char *url,
+                                const auth_config_t *auth, char *err, size_t errlen);
 
 /* Connected and the stream exists: a publish now has a chance to be acknowledged. */
 bool orders_publisher_ready(const orders_publisher_t *p);

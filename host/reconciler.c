@@ -11,6 +11,7 @@
 #include <string.h>
 #include <uv.h>
 
+#include "auth.h"
 #include "reconcile.h"
 
 #define CONNECT_TIMEOUT_MS 2000
@@ -28,6 +29,8 @@ struct reconciler {
     int64_t older_than_ms;
     redisContext *rc;
     natsConnection *nc;
+    const auth_config_t *auth; /* the host's, lives as long as the process */
+    bool failing;              /* the last pass failed: log the next failure only on change */
 };
 
 static void drop_connections(reconciler_t *r)
@@ -42,18 +45,30 @@ static void drop_connections(reconciler_t *r)
     r->nc = NULL;
 }
 
+/* Failures are logged when a run of them starts (r->failing says one is under way). */
 static int connect_all(reconciler_t *r)
 {
     if (r->rc == NULL) {
         struct timeval tv = {CONNECT_TIMEOUT_MS / 1000, (CONNECT_TIMEOUT_MS % 1000) * 1000};
         r->rc = redisConnectWithTimeout(r->redis_host, r->redis_port, tv);
         if (r->rc == NULL || r->rc->err) {
+            if (!r->failing)
+                fprintf(stderr, "reconciler: cannot connect to redis %s:%d: %s\n", r->redis_host,
+                        r->redis_port, r->rc ? r->rc->errstr : "out of memory");
             if (r->rc)
                 redisFree(r->rc);
             r->rc = NULL;
             return -1;
         }
         redisSetTimeout(r->rc, tv);
+        char err[256];
+        if (auth_redis_sync(r->rc, r->auth, err, sizeof(err)) != 0) {
+            if (!r->failing)
+                fprintf(stderr, "reconciler: redis %s:%d: %s\n", r->redis_host, r->redis_port, err);
+            redisFree(r->rc);
+            r->rc = NULL;
+            return -1;
+        }
     }
     if (r->nc == NULL) {
         natsOptions *opts = NULL;
@@ -64,8 +79,13 @@ static int connect_all(reconciler_t *r)
             s = natsOptions_SetTimeout(opts, CONNECT_TIMEOUT_MS);
         if (s == NATS_OK)
             s = natsOptions_SetAllowReconnect(opts, false);
+        if (s == NATS_OK && r->auth != NULL)
+            s = auth_nats_apply(opts, r->auth);
         if (s == NATS_OK)
             s = natsConnection_Connect(&r->nc, opts);
+        if (s != NATS_OK && !r->failing)
+            fprintf(stderr, "reconciler: nats %s: %s (%s)\n", r->nats_url, natsStatus_GetText(s),
+                    nats_GetLastError(NULL));
         natsOptions_Destroy(opts);
         if (s != NATS_OK) {
             r->nc = NULL;
@@ -78,10 +98,12 @@ static int connect_all(reconciler_t *r)
 static void pass(reconciler_t *r)
 {
     if (connect_all(r) != 0) {
+        r->failing = true;
         drop_connections(r);
         return;
     }
     int n = reconcile_pending(r->rc, r->nc, r->older_than_ms, MAX_PER_PASS);
+    r->failing = n < 0;
     if (n < 0) {
         fprintf(stderr, "reconciler: pass failed (Redis or NATS); retrying next interval\n");
         drop_connections(r);
@@ -109,11 +131,13 @@ static void run(void *arg)
 }
 
 int reconciler_start(reconciler_t **out, const char *redis_host, int redis_port,
-                     const char *nats_url, uint64_t interval_ms, int64_t older_than_ms)
+                     const char *nats_url, uint64_t interval_ms, int64_t older_than_ms,
+                     const auth_config_t *auth)
 {
     reconciler_t *r = calloc(1, sizeof(*r));
     if (r == NULL)
         return -1;
+    r->auth = auth;
     r->redis_host = strdup(redis_host);
     r->nats_url = strdup(nats_url);
     r->redis_port = redis_port;

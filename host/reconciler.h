@@ -14,8 +14,11 @@ typedef struct reconciler reconciler_t;
 
 /* Starts the thread. interval_ms between passes; older_than_ms: the grace period before a
  * pending order counts as lost (must exceed the host's ack timeout). Returns 0 or -1. */
+typedef struct auth_config auth_config_t;
+/* auth (may be NULL) must outlive the reconciler. */
 int reconciler_start(reconciler_t **out, const char *redis_host, int redis_port,
-                     const char *nats_url, uint64_t interval_ms, int64_t older_than_ms);
+                     const char *nats_url, uint64_t interval_ms, int64_t older_than_ms,
+                     const auth_config_t *auth);
 
 /* Stops the thread (waits for a pass in progress) and frees r. r may be NULL. */
 void reconciler_stop(reconciler_t *r);

@@ -47,6 +47,13 @@
 #define CONNECT_TIMEOUT_MS 1000
 /* Records kept for reuse beyond this many are freed: bounds memory after a burst. */
 #define FREE_LIST_MAX 8192
+/* Retries of a setup command (AUTH, SCRIPT LOAD) refused on a live connection, e.g. LOADING while
+ * Redis reads its AOF or BUSY while a script runs: short, because the first success after the
+ * load decides when the host sells again. */
+#define SETUP_BACKOFF_MIN_MS 50
+#define SETUP_BACKOFF_MAX_MS 500
+/* Refused setup commands are logged at most this often per client. */
+#define SETUP_LOG_EVERY_US 5000000u
 
 static const char ERR_NOT_CONNECTED[] = "not connected";
 static const char ERR_TIMEOUT[] = "timeout";
@@ -56,12 +63,14 @@ static const char ERR_NO_SCRIPT[] = "script not loaded";
 static const char ERR_BAD_ARGS[] = "bad arguments";
 static const char ERR_UNSUPPORTED[] = "unsupported command";
 static const char ERR_NOMEM[] = "out of memory";
+static const char ERR_NOT_READY[] = "not authenticated";
 
 typedef enum {
     REQ_COMMAND,    /* the caller's command, reply passed through */
     REQ_EVAL,       /* EVALSHA; argv kept for the EVAL retry on NOSCRIPT */
     REQ_LOAD,       /* our SCRIPT LOAD of the current source (connect, NOSCRIPT) */
     REQ_SET_SCRIPT, /* SCRIPT LOAD of a candidate source (redis_client_set_script) */
+    REQ_AUTH,       /* AUTH [user] password, the first command of every connection */
 } req_kind_t;
 
 typedef struct req req_t;
@@ -119,6 +128,15 @@ struct redis_client {
     uv_timer_t tick_timer;
     uv_prepare_t flush; /* writes what the iteration's commands queued in hiredis */
     int open_handles;
+
+    char *user;     /* ACL user, NULL: "default" */
+    char *password; /* NULL: no AUTH */
+    bool authed;    /* AUTH accepted on this connection (or none needed) */
+    bool auth_inflight;
+    uv_timer_t setup_timer; /* retries a refused AUTH or SCRIPT LOAD on the same connection */
+    uint64_t setup_backoff_ms;
+    uint64_t setup_logged_us;
+    unsigned setup_unlogged;
 };
 
 static void on_reply(redisAsyncContext *ac, void *r, void *privdata);
@@ -127,6 +145,7 @@ static void on_poll(uv_poll_t *h, int status, int events);
 static void on_tick(uv_timer_t *t);
 static void on_reconnect_timer(uv_timer_t *t);
 static void on_connect_timeout(uv_timer_t *t);
+static void on_setup_timer(uv_timer_t *t);
 
 /* ---- request records ---- */
 
@@ -162,6 +181,8 @@ static void client_free(redis_client_t *c)
         free(r);
     }
     free(c->script);
+    free(c->user);
+    free(c->password);
     free(c);
 }
 
@@ -239,7 +260,7 @@ static int send_req(redis_client_t *c, req_t *r, int argc, const char **argv, co
 /* SCRIPT LOAD of the current source, unless one is already out. */
 static void send_load(redis_client_t *c)
 {
-    if (c->load_inflight || c->ac == NULL || !c->connected)
+    if (c->load_inflight || c->ac == NULL || !c->connected || !c->authed)
         return;
     req_t *r = req_get(c, REQ_LOAD);
     if (r == NULL)
@@ -252,6 +273,30 @@ static void send_load(redis_client_t *c)
         return;
     }
     c->load_inflight = true;
+}
+
+/* AUTH before anything else on a new connection; the password never reaches a log. */
+static void send_auth(redis_client_t *c)
+{
+    if (c->auth_inflight || c->ac == NULL || !c->connected)
+        return;
+    req_t *r = req_get(c, REQ_AUTH);
+    if (r == NULL)
+        return;
+    const char *argv[3] = {"AUTH"};
+    size_t len[3] = {4};
+    int argc = 1;
+    if (c->user != NULL) {
+        argv[argc] = c->user;
+        len[argc++] = strlen(c->user);
+    }
+    argv[argc] = c->password;
+    len[argc++] = strlen(c->password);
+    if (send_req(c, r, argc, argv, len) != 0) {
+        req_put(c, r);
+        return;
+    }
+    c->auth_inflight = true;
 }
 
 /* ---- hiredis event hooks ---- */
@@ -387,6 +432,7 @@ static void log_lost(redis_client_t *c, const char *why)
 static void log_connect_failed(redis_client_t *c, const char *why)
 {
     c->connect_fails++;
+    metrics_backend_error(METRICS_REDIS_CONNECT);
     if (c->connect_fails <= CONNECT_FAILS_LOGGED)
         fprintf(stderr, "redis: cannot connect to %s:%d: %s%s\n", c->host, c->port, why,
                 c->connect_fails == CONNECT_FAILS_LOGGED ? " (retrying quietly)" : "");
@@ -408,7 +454,10 @@ static void drop_connection(redis_client_t *c, const char *why)
     c->connected = false;
     c->sha_ok = false;
     c->load_inflight = false;
+    c->authed = false;
+    c->auth_inflight = false;
     c->stalled = false;
+    uv_timer_stop(&c->setup_timer);
     redisAsyncFree(ac); /* runs on_reply(NULL) for each request; on_disconnect sees ac stale */
     schedule_reconnect(c);
 }
@@ -427,7 +476,12 @@ static void on_connect(const redisAsyncContext *ac, int status)
         return;
     }
     c->connected = true;
-    send_load(c);
+    c->authed = c->password == NULL;
+    c->setup_backoff_ms = SETUP_BACKOFF_MIN_MS;
+    if (c->authed)
+        send_load(c);
+    else
+        send_auth(c);
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
@@ -440,6 +494,9 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     c->connected = false;
     c->sha_ok = false;
     c->load_inflight = false;
+    c->authed = false;
+    c->auth_inflight = false;
+    uv_timer_stop(&c->setup_timer);
     schedule_reconnect(c);
 }
 
@@ -567,10 +624,62 @@ static void mark_ready(redis_client_t *c)
         return;
     c->sha_ok = true;
     c->backoff_ms = BACKOFF_MIN_MS;
+    c->setup_backoff_ms = SETUP_BACKOFF_MIN_MS;
     c->connect_fails = 0;
     if (!c->was_ready)
         fprintf(stderr, "redis: connected to %s:%d\n", c->host, c->port);
     c->was_ready = true;
+}
+
+/* A setup command was refused on a live connection. Without a retry the connection would stay
+ * up and never become ready (issue: LOADING after a restart meant 503 until SIGHUP), so it is
+ * sent again on the same connection with backoff; each refusal is counted, and logged at most
+ * every SETUP_LOG_EVERY_US. */
+static void setup_refused(redis_client_t *c, metrics_backend_step_t step, const char *what,
+                          const redisReply *reply)
+{
+    metrics_backend_error(step);
+    uint64_t now = uv_hrtime() / 1000;
+    if (c->setup_logged_us == 0 || now - c->setup_logged_us >= SETUP_LOG_EVERY_US) {
+        fprintf(stderr, "redis: %s on %s:%d failed: %s (retrying; %u refusals not logged)\n", what,
+                c->host, c->port,
+                reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply",
+                c->setup_unlogged);
+        c->setup_logged_us = now;
+        c->setup_unlogged = 0;
+    } else {
+        c->setup_unlogged++;
+    }
+    if (c->closing || !c->connected || uv_is_active((uv_handle_t *)&c->setup_timer))
+        return;
+    uv_timer_start(&c->setup_timer, on_setup_timer, c->setup_backoff_ms, 0);
+    c->setup_backoff_ms *= 2;
+    if (c->setup_backoff_ms > SETUP_BACKOFF_MAX_MS)
+        c->setup_backoff_ms = SETUP_BACKOFF_MAX_MS;
+}
+
+static void on_setup_timer(uv_timer_t *t)
+{
+    redis_client_t *c = container_of(t, redis_client_t, setup_timer);
+    if (c->closing || !c->connected)
+        return;
+    if (!c->authed)
+        send_auth(c);
+    else if (!c->sha_ok)
+        send_load(c);
+}
+
+static void auth_done(redis_client_t *c, redisReply *reply)
+{
+    c->auth_inflight = false;
+    if (reply == NULL)
+        return;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        setup_refused(c, METRICS_REDIS_AUTH, "AUTH", reply);
+        return;
+    }
+    c->authed = true;
+    send_load(c);
 }
 
 static void load_done(redis_client_t *c, req_t *r, redisReply *reply)
@@ -579,8 +688,7 @@ static void load_done(redis_client_t *c, req_t *r, redisReply *reply)
     if (reply == NULL)
         return;
     if (reply->type != REDIS_REPLY_STRING) {
-        fprintf(stderr, "redis: SCRIPT LOAD on %s:%d failed: %s\n", c->host, c->port,
-                reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply");
+        setup_refused(c, METRICS_REDIS_SCRIPT_LOAD, "SCRIPT LOAD", reply);
         return;
     }
     if (r->script_gen == c->script_gen)
@@ -646,6 +754,9 @@ static void on_reply(redisAsyncContext *ac, void *reply_, void *privdata)
     case REQ_LOAD:
         load_done(c, r, reply);
         break;
+    case REQ_AUTH:
+        auth_done(c, reply);
+        break;
     case REQ_SET_SCRIPT:
         set_script_done(c, r, reply, err);
         break;
@@ -670,6 +781,13 @@ static void on_reply(redisAsyncContext *ac, void *reply_, void *privdata)
 int redis_client_start(redis_client_t **out, uv_loop_t *loop, const char *host, int port,
                        const char *script, uint64_t timeout_ms)
 {
+    return redis_client_start_auth(out, loop, host, port, script, timeout_ms, NULL, NULL);
+}
+
+int redis_client_start_auth(redis_client_t **out, uv_loop_t *loop, const char *host, int port,
+                            const char *script, uint64_t timeout_ms, const char *user,
+                            const char *password)
+{
     unsigned char addr[sizeof(struct in6_addr)];
     *out = NULL;
     if (loop == NULL || host == NULL || script == NULL || port <= 0 || port > 65535)
@@ -681,7 +799,13 @@ int redis_client_start(redis_client_t **out, uv_loop_t *loop, const char *host, 
     if (c == NULL)
         return -ENOMEM;
     c->script = strdup(script);
-    if (c->script == NULL) {
+    c->user = user != NULL ? strdup(user) : NULL;
+    c->password = password != NULL ? strdup(password) : NULL;
+    if (c->script == NULL || (user != NULL && c->user == NULL) ||
+        (password != NULL && c->password == NULL)) {
+        free(c->script);
+        free(c->user);
+        free(c->password);
         free(c);
         return -ENOMEM;
     }
@@ -693,7 +817,9 @@ int redis_client_start(redis_client_t **out, uv_loop_t *loop, const char *host, 
     uv_timer_init(loop, &c->reconnect_timer);
     uv_timer_init(loop, &c->tick_timer);
     uv_prepare_init(loop, &c->flush);
-    c->open_handles = 3;
+    uv_timer_init(loop, &c->setup_timer);
+    c->open_handles = 4;
+    c->setup_backoff_ms = SETUP_BACKOFF_MIN_MS;
     connect_now(c);
     *out = c;
     return 0;
@@ -701,7 +827,7 @@ int redis_client_start(redis_client_t **out, uv_loop_t *loop, const char *host, 
 
 bool redis_client_ready(const redis_client_t *c)
 {
-    return c != NULL && c->connected && c->sha_ok && !c->stalled;
+    return c != NULL && c->connected && c->authed && c->sha_ok && !c->stalled;
 }
 
 /* Commands that change the connection's reply protocol would break the in-order FIFO. */
@@ -724,6 +850,10 @@ void redis_command(redis_client_t *c, redis_reply_fn fn, void *data, int argc, c
     }
     if (!c->connected || c->ac == NULL || c->stalled) {
         fn(NULL, ERR_NOT_CONNECTED, data);
+        return;
+    }
+    if (!c->authed) {
+        fn(NULL, ERR_NOT_READY, data);
         return;
     }
     if (argc < 1 || argv == NULL) {
@@ -828,7 +958,7 @@ void redis_client_set_script(redis_client_t *c, const char *script,
         on_done(0, ERR_CLOSING, arg);
         return;
     }
-    if (!c->connected || c->ac == NULL) {
+    if (!c->connected || c->ac == NULL || !c->authed) {
         on_done(0, ERR_NOT_CONNECTED, arg);
         return;
     }
@@ -876,7 +1006,9 @@ void redis_client_close(redis_client_t *c)
     c->reconnect_timer.data = c;
     c->tick_timer.data = c;
     c->flush.data = c;
+    c->setup_timer.data = c;
     uv_close((uv_handle_t *)&c->reconnect_timer, on_handle_closed);
     uv_close((uv_handle_t *)&c->tick_timer, on_handle_closed);
     uv_close((uv_handle_t *)&c->flush, on_handle_closed);
+    uv_close((uv_handle_t *)&c->setup_timer, on_handle_closed);
 }

@@ -27,7 +27,14 @@ typedef void (*redis_reply_fn)(redisReply *reply, const char *err, void *data);
 int redis_client_start(redis_client_t **out, uv_loop_t *loop, const char *host, int port,
                        const char *script, uint64_t timeout_ms);
 
-/* Connected and the script loaded: commands have a chance to succeed. */
+/* Like redis_client_start, and every connection first sends AUTH [user] password (password NULL:
+ * no AUTH; user NULL: the default user). A refused AUTH or SCRIPT LOAD (wrong password, LOADING,
+ * BUSY) is retried on the same connection with backoff, counted and logged (rate-limited). */
+int redis_client_start_auth(redis_client_t **out, uv_loop_t *loop, const char *host, int port,
+                            const char *script, uint64_t timeout_ms, const char *user,
+                            const char *password);
+
+/* Connected, authenticated and the script loaded: commands have a chance to succeed. */
 bool redis_client_ready(const redis_client_t *c);
 
 /* Sends a command given as argv. Always calls fn exactly once (possibly before returning, with

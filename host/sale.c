@@ -115,10 +115,14 @@ static void on_pending_deleted(redisReply *reply, const char *err, void *data)
 {
     /* Best effort: a pending entry left behind only makes reconciliation republish a message
      * that JetStream and SQLite both de-duplicate. Counted so that shutdown can wait for it. */
-    (void)reply;
-    (void)err;
     worker_t *w = data;
     w->hdel_inflight--;
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        metrics_backend_error(METRICS_REDIS_PENDING_HDEL);
+        log_limited("sale: deleting acknowledged orders from pending failed (%s): left to "
+                    "reconciliation\n",
+                    reply != NULL ? reply->str : err);
+    }
 }
 
 /* Acknowledged orders leave {event}:pending in batches: one HDEL per event per loop turn
@@ -592,11 +596,13 @@ void sale_lookup_event(worker_t *w, const char *event, size_t len, sale_event_fn
     read_meta(w, l->event, on_meta, l);
 }
 
+/* A failed refresh is tried again at the next tick of the worker's repeating refresh timer. */
 static void on_refreshed(stock_event_t *ev, int err, void *data)
 {
     (void)ev;
-    (void)err;
     (void)data;
+    if (err != 0)
+        metrics_backend_error(METRICS_REDIS_EVENT_REFRESH);
 }
 
 static void refresh_one(stock_event_t *ev, void *arg)

@@ -186,8 +186,9 @@ static int setup(worker_t *w)
         fprintf(stderr, "worker %d: cannot read %s\n", w->id, cfg->deduct_path);
         return -1;
     }
-    rc = redis_client_start(&w->redis, &w->loop, cfg->redis_host, cfg->redis_port, deduct,
-                            cfg->redis_timeout_ms);
+    rc = redis_client_start_auth(&w->redis, &w->loop, cfg->redis_host, cfg->redis_port, deduct,
+                                 cfg->redis_timeout_ms, cfg->auth.redis_user,
+                                 cfg->auth.redis_password);
     free(deduct);
     if (rc != 0) {
         fprintf(stderr, "worker %d: redis client: %s\n", w->id, uv_strerror(rc));

@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "auth.h"
 #include "http.h"
 #include "orders.h"
 #include "redis.h"
@@ -38,6 +39,7 @@ typedef struct host_config {
     bool allow_query_user;         /* ?user= names the buyer (--allow-query-user), for load tools */
     const char *admin_listen_addr; /* NULL: admin API and /metrics on the public listener */
     int admin_listen_port;
+    auth_config_t auth; /* Redis and NATS credentials (auth.h) */
 } host_config_t;
 
 typedef struct sale_acks sale_acks_t;

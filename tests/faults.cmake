@@ -7,3 +7,6 @@ add_snatch_py_test(faults_infra integration/test_faults_infra.py TIMEOUT 600)
 # Regression tests of two bugs this suite found (a Redis timeout answered 503 while the script
 # still sold later; SIGTERM dropped the answers of the last sales), both fixed.
 add_snatch_py_test(faults_regressions integration/test_faults_regressions.py TIMEOUT 120)
+# Issue 8: a Redis that is up but refuses the host's setup commands (LOADING after kill -9 with a
+# slow AOF reload, BUSY in a long script while a host connects): the hosts must recover alone.
+add_snatch_py_test(faults_redis_setup integration/test_faults_redis_setup.py TIMEOUT 300)

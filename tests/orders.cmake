@@ -2,8 +2,8 @@
 # The orders test builds host/orders.c on its own (with a metrics stub in the test) so that it
 # does not depend on the rest of the host.
 add_snatch_unit_test(test_orders ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_orders.c ${CMAKE_SOURCE_DIR}/host/orders.c
-  ${CMAKE_SOURCE_DIR}/host/orders_stream.c
-  LIBS PkgConfig::UV PkgConfig::NATS Threads::Threads)
+  ${CMAKE_SOURCE_DIR}/host/orders_stream.c ${CMAKE_SOURCE_DIR}/host/auth.c
+  LIBS PkgConfig::UV PkgConfig::NATS PkgConfig::HIREDIS Threads::Threads)
 target_include_directories(test_orders PRIVATE ${CMAKE_SOURCE_DIR}/host ${CMAKE_SOURCE_DIR}/tests/unit)
 
 # Test and benchmark helper (not a test): fills stream ORDERS with host-shaped orders.
@@ -18,3 +18,7 @@ add_snatch_py_test(test_reconcile integration/test_reconcile.py TIMEOUT 240)
 
 # store.c: the fast order scanner against the JSON parser (differential), idempotent inserts.
 add_snatch_unit_test(test_store ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_store.c LIBS snatch_store)
+
+# Credentials for Redis (requirepass, ACL user) and NATS (user/password, token, TLS with a CA):
+# host, subscriber and snatch-reconcile against servers started with them; wrong ones -> 503.
+add_snatch_py_test(test_auth integration/test_auth.py TIMEOUT 180)

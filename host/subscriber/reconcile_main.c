@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "auth.h"
 #include "cli.h"
 #include "orders_stream.h"
 #include "reconcile.h"
@@ -33,6 +34,7 @@ typedef struct config {
     bool dry_run;
     int wait_s;
     long long pending_ms; /* >= 0: only run reconcile_pending with this age */
+    auth_config_t auth;
 } config_t;
 
 static void usage(FILE *f)
@@ -56,7 +58,7 @@ static void usage(FILE *f)
             "                     retention of stream ORDERS if this run creates it (defaults\n"
             "                     7 days and 2 GiB, as snatch-host; 0: unlimited)\n"
             "  --version          print the version and exit\n"
-            "  -h, --help         this text\n"
+            "  -h, --help         this text\n" AUTH_REDIS_USAGE AUTH_NATS_USAGE
             "Exit: 0 consistent, 1 orders missing or SQLite holds more than sold, 2 usage or\n"
             "no such --db, "
             "3 Redis/NATS/SQLite failure.\n");
@@ -76,6 +78,8 @@ static int parse_args(int argc, char **argv, config_t *c)
         {ORDERS_MAX_BYTES_FLAG, required_argument, NULL, 'B'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
+        AUTH_REDIS_OPTIONS,
+        AUTH_NATS_OPTIONS,
         {NULL, 0, NULL, 0},
     };
     int ch;
@@ -130,10 +134,20 @@ static int parse_args(int argc, char **argv, config_t *c)
             usage(stdout);
             exit(0);
         default:
-            cli_bad_option(PROG, ch, argv);
-            return -1;
+            switch (auth_parse_opt(&c->auth, ch, optarg, PROG)) {
+            case 0:
+                break;
+            case 1:
+                cli_bad_option(PROG, ch, argv);
+                return -1;
+            default:
+                return -1;
+            }
+            break;
         }
     }
+    if (auth_check(&c->auth, PROG) != 0)
+        return -1;
     const char *missing = c->redis_port == 0                   ? "--redis"
                           : c->db == NULL && c->pending_ms < 0 ? "--db"
                           : !c->dry_run && c->nats == NULL     ? "--nats (or --dry-run)"
@@ -195,6 +209,20 @@ static int wait_caught_up(redisContext *rc, store_t *st, reconcile_row_t *rows, 
     }
 }
 
+static natsStatus connect_nats(natsConnection **nc, const config_t *c)
+{
+    natsOptions *o = NULL;
+    natsStatus s = natsOptions_Create(&o);
+    if (s == NATS_OK)
+        s = natsOptions_SetURL(o, c->nats);
+    if (s == NATS_OK)
+        s = auth_nats_apply(o, &c->auth);
+    if (s == NATS_OK)
+        s = natsConnection_Connect(nc, o);
+    natsOptions_Destroy(o);
+    return s;
+}
+
 int main(int argc, char **argv)
 {
     config_t c;
@@ -226,7 +254,11 @@ int main(int argc, char **argv)
         goto out;
     }
     redisSetTimeout(rc, tv);
-    if (!c.dry_run && natsConnection_ConnectTo(&nc, c.nats) != NATS_OK) {
+    if (auth_redis_sync(rc, &c.auth, err, sizeof(err)) != 0) {
+        fprintf(stderr, "reconcile: Redis %s:%d: %s\n", c.redis_host, c.redis_port, err);
+        goto out;
+    }
+    if (!c.dry_run && connect_nats(&nc, &c) != NATS_OK) {
         fprintf(stderr, "reconcile: NATS %s: %s\n", c.nats, nats_GetLastError(NULL));
         goto out;
     }
@@ -305,5 +337,6 @@ out:
     if (rc != NULL)
         redisFree(rc);
     nats_CloseAndWait(2000);
+    auth_free(&c.auth);
     return status;
 }

@@ -32,6 +32,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "auth.h"
 #include "cli.h"
 #include "store.h"
 
@@ -53,6 +54,7 @@ typedef struct config {
     const char *stream;
     int batch;
     store_sync_t sync;
+    auth_config_t auth;
 } config_t;
 
 static volatile sig_atomic_t stop_requested;
@@ -91,7 +93,7 @@ static void usage(FILE *f)
             "                    normal is faster but a power loss may drop acked orders,\n"
             "                    which only reconciliation from Redis can then restore)\n"
             "  --version         print the version and exit\n"
-            "  -h, --help        this text\n"
+            "  -h, --help        this text\n" AUTH_NATS_USAGE
             "SIGTERM/SIGINT: finishes the batches already fetched (commit + acks) and exits 0.\n",
             DEFAULT_BATCH);
 }
@@ -107,6 +109,7 @@ static int parse_args(int argc, char **argv, config_t *c)
         {"sync", required_argument, NULL, 'y'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
+        AUTH_NATS_OPTIONS,
         {NULL, 0, NULL, 0},
     };
     int ch;
@@ -155,10 +158,20 @@ static int parse_args(int argc, char **argv, config_t *c)
             usage(stdout);
             exit(0);
         default:
-            cli_bad_option("snatch-subscriber", ch, argv);
-            return -1;
+            switch (auth_parse_opt(&c->auth, ch, optarg, "snatch-subscriber")) {
+            case 0:
+                break;
+            case 1:
+                cli_bad_option("snatch-subscriber", ch, argv);
+                return -1;
+            default:
+                return -1;
+            }
+            break;
         }
     }
+    if (auth_check(&c->auth, "subscriber") != 0)
+        return -1;
     if (c->url == NULL || c->db == NULL) {
         cli_usage_error("snatch-subscriber", "missing %s", c->url == NULL ? "--nats" : "--db");
         return -1;
@@ -171,15 +184,16 @@ static int parse_args(int argc, char **argv, config_t *c)
 }
 
 /* Blocks (retrying) until connected; NULL only when a stop was requested. */
-static natsConnection *connect_nats(const char *url)
+static natsConnection *connect_nats(const char *url, const auth_config_t *auth)
 {
     natsOptions *o = NULL;
     natsConnection *nc = NULL;
     bool logged = false;
     if (natsOptions_Create(&o) != NATS_OK || natsOptions_SetURL(o, url) != NATS_OK ||
         natsOptions_SetMaxReconnect(o, -1) != NATS_OK ||
-        natsOptions_SetReconnectWait(o, 250) != NATS_OK) {
-        fprintf(stderr, "subscriber: bad NATS url %s\n", url);
+        natsOptions_SetReconnectWait(o, 250) != NATS_OK || auth_nats_apply(o, auth) != NATS_OK) {
+        fprintf(stderr, "subscriber: bad NATS url or options %s: %s\n", url,
+                nats_GetLastError(NULL));
         natsOptions_Destroy(o);
         return NULL;
     }
@@ -188,8 +202,8 @@ static natsConnection *connect_nats(const char *url)
         if (s == NATS_OK)
             break;
         if (!logged)
-            fprintf(stderr, "subscriber: waiting for NATS at %s (%s)\n", url,
-                    natsStatus_GetText(s));
+            fprintf(stderr, "subscriber: waiting for NATS at %s (%s: %s)\n", url,
+                    natsStatus_GetText(s), nats_GetLastError(NULL));
         logged = true;
         sleep_ms(500);
     }
@@ -562,9 +576,10 @@ int main(int argc, char **argv)
 
     if (store_open(&st, c.db, c.sync, err, sizeof(err)) != 0) {
         fprintf(stderr, "subscriber: %s\n", err);
+        auth_free(&c.auth);
         return 1;
     }
-    if ((nc = connect_nats(c.url)) == NULL) {
+    if ((nc = connect_nats(c.url, &c.auth)) == NULL) {
         rc = stop_requested ? 0 : 1;
         goto out;
     }
@@ -587,5 +602,6 @@ out:
     natsConnection_Destroy(nc);
     store_close(st);
     nats_CloseAndWait(2000);
+    auth_free(&c.auth);
     return rc;
 }

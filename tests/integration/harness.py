@@ -119,11 +119,16 @@ class TempDir:
 
 
 class RedisServer:
-    def __init__(self, workdir, port=None, aof_always=False):
+    """extra: more redis-server arguments. auth: the AUTH arguments ((password,) or (user,
+    password)) that cmd() sends first, for a server started with requirepass or ACL users."""
+
+    def __init__(self, workdir, port=None, aof_always=False, extra=(), auth=()):
         self.port = port or free_port()
         self.dir = os.path.join(workdir, "redis-%d" % self.port)
         os.makedirs(self.dir, exist_ok=True)
         self.aof_always = aof_always
+        self.extra = list(extra)
+        self.auth = tuple(auth)
         self.proc = None
 
     def start(self):
@@ -133,6 +138,7 @@ class RedisServer:
             argv += ["--appendonly", "yes", "--appendfsync", "always"]
         else:
             argv += ["--appendonly", "no"]
+        argv += self.extra
         self.proc = Proc(argv, os.path.join(self.dir, "redis.log")).start()
         wait_port(self.port, proc=self.proc.p)
         wait_until(lambda: self._ping(), 10, what="redis PING")
@@ -155,12 +161,16 @@ class RedisServer:
     def cmd(self, *args):
         """One command over RESP2; returns str/int/list/None, raises RuntimeError on -ERR."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
-            out = b"*%d\r\n" % len(args)
-            for a in args:
-                a = a if isinstance(a, bytes) else str(a).encode()
-                out += b"$%d\r\n%s\r\n" % (len(a), a)
+            out = b""
+            for command in ([("AUTH",) + self.auth] if self.auth else []) + [args]:
+                out += b"*%d\r\n" % len(command)
+                for a in command:
+                    a = a if isinstance(a, bytes) else str(a).encode()
+                    out += b"$%d\r\n%s\r\n" % (len(a), a)
             s.sendall(out)
             f = s.makefile("rb")
+            if self.auth:
+                _read_resp(f)
             return _read_resp(f)
 
     def __enter__(self):
@@ -196,18 +206,23 @@ def _read_resp(f):
 
 
 class NatsServer:
-    def __init__(self, workdir, port=None):
+    """extra: more nats-server arguments (auth, TLS); scheme: of url ("tls" with TLS)."""
+
+    def __init__(self, workdir, port=None, extra=(), scheme="nats"):
         self.port = port or free_port()
         self.store = os.path.join(workdir, "nats-%d" % self.port)
         os.makedirs(self.store, exist_ok=True)
+        self.extra = list(extra)
+        self.scheme = scheme
         self.proc = None
 
     @property
     def url(self):
-        return "nats://127.0.0.1:%d" % self.port
+        return "%s://127.0.0.1:%d" % (self.scheme, self.port)
 
     def start(self):
         argv = ["nats-server", "-js", "-sd", self.store, "-a", "127.0.0.1", "-p", str(self.port)]
+        argv += self.extra
         self.proc = Proc(argv, os.path.join(self.store, "nats.log")).start()
         wait_port(self.port, proc=self.proc.p)
         return self
@@ -407,7 +422,7 @@ class Stack:
     (by PID) on exit and the temp dir removed."""
 
     def __init__(self, hosts=1, threads=2, policy=None, aof_always=False, subscriber=True,
-                 host_extra=(), query_user=True):
+                 host_extra=(), query_user=True, redis_extra=()):
         self.tmp = TempDir()
         self.n_hosts = hosts
         self.threads = threads
@@ -416,12 +431,14 @@ class Stack:
         self.with_subscriber = subscriber
         self.host_extra = host_extra
         self.query_user = query_user
+        self.redis_extra = redis_extra
         self.redis = self.nats = self.sub = None
         self.hosts = []
 
     def __enter__(self):
         try:
-            self.redis = RedisServer(self.tmp.path, aof_always=self.aof_always).start()
+            self.redis = RedisServer(self.tmp.path, aof_always=self.aof_always,
+                                     extra=self.redis_extra).start()
             self.nats = NatsServer(self.tmp.path).start()
             if self.with_subscriber:
                 self.sub = Subscriber(self.tmp.path, self.nats.url).start()

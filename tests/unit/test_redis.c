@@ -25,6 +25,7 @@
 #include <hiredis/hiredis.h>
 #include <uv.h>
 
+#include "metrics.h"
 #include "redis.h"
 
 /* redis.c reports round trips to metrics; the test links redis.c alone and counts them. */
@@ -33,6 +34,11 @@ void metrics_redis_rtt(uint64_t usec)
 {
     (void)usec;
     rtt_samples++;
+}
+
+void metrics_backend_error(metrics_backend_step_t step)
+{
+    (void)step;
 }
 
 #define INCR_SCRIPT "return {tonumber(ARGV[1]), redis.call('INCR', KEYS[1])}"
@@ -809,6 +815,57 @@ static void test_broken_initial_script(void **state)
     close_and_drain(c);
 }
 
+/* A refused AUTH (wrong password) is retried on the same connection: once the server accepts
+ * the password, the client becomes ready by itself. */
+static void test_auth_refused_then_accepted(void **state)
+{
+    (void)state;
+    admin_ok("CONFIG SET requirepass %s", "other-secret");
+    redis_client_t *c = NULL;
+    assert_int_equal(redis_client_start_auth(&c, &loop, "127.0.0.1", redis_port, "return 1", 1000,
+                                             NULL, "my-secret"),
+                     0);
+    run_for(400);
+    assert_false(redis_client_ready(c));
+    result_t ping = {0};
+    cmd(c, &ping, "PING", NULL, NULL);
+    assert_int_equal(ping.calls, 1);
+    assert_true(ping.null_reply); /* nothing but AUTH goes out before AUTH succeeded */
+    redisContext *a = admin_connect();
+    assert_non_null(a);
+    redisReply *r = redisCommand(a, "AUTH %s", "other-secret");
+    freeReplyObject(r);
+    r = redisCommand(a, "CONFIG SET requirepass %s", "my-secret");
+    assert_non_null(r);
+    assert_int_not_equal(r->type, REDIS_REPLY_ERROR);
+    freeReplyObject(r);
+    redisFree(a);
+    assert_true(run_until(is_ready, c, 3000));
+    close_and_drain(c);
+}
+
+/* SCRIPT LOAD refused with BUSY (a long script runs) is retried until the script is killed. */
+static void test_busy_then_ready(void **state)
+{
+    (void)state;
+    admin_ok("CONFIG SET busy-reply-threshold 50");
+    redisContext *busy = admin_connect();
+    assert_non_null(busy);
+    redisAppendCommand(busy, "EVAL %s 0", "while true do end");
+    int done = 0;
+    while (!done)
+        assert_int_equal(redisBufferWrite(busy, &done), REDIS_OK);
+    usleep(200 * 1000); /* past busy-reply-threshold: Redis now answers BUSY */
+    redis_client_t *c = NULL;
+    assert_int_equal(redis_client_start(&c, &loop, "127.0.0.1", redis_port, "return 1", 1000), 0);
+    run_for(600);
+    assert_false(redis_client_ready(c));
+    admin_ok("SCRIPT KILL");
+    assert_true(run_until(is_ready, c, 3000));
+    redisFree(busy);
+    close_and_drain(c);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN); /* as the host does: hiredis writes to sockets the server closed */
@@ -828,6 +885,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_no_server, setup, teardown),
         cmocka_unit_test_setup_teardown(test_silent_server, setup, teardown),
         cmocka_unit_test_setup_teardown(test_broken_initial_script, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_auth_refused_then_accepted, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_busy_then_ready, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
