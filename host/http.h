@@ -35,9 +35,10 @@ typedef struct http_request {
     size_t authorization_len;
     const char *body; /* "" when absent */
     size_t body_len;
-    const char *peer;   /* client IP address as text */
-    void *server_data;  /* the data given to http_server_start */
-    void *handler_data; /* free for the handler's use */
+    const char *peer;     /* client IP address as text */
+    void *server_data;    /* the data given to http_server_start */
+    void *handler_data;   /* free for the handler's use */
+    uint64_t received_ns; /* uv_hrtime() when handed to the handler (request latency) */
 } http_request_t;
 
 typedef void (*http_handler_fn)(http_request_t *req);

@@ -182,7 +182,7 @@ int main(int argc, char **argv)
         goto out;
     }
     if (c.pending_ms >= 0) {
-        int done = reconcile_pending(rc, nc, c.pending_ms, 0);
+        int done = reconcile_pending(rc, nc, c.pending_ms, 0, NULL);
         printf("republished %d pending orders\n", done < 0 ? 0 : done);
         status = done < 0 ? 3 : 0;
         goto out;
