@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "log.h"
 #include "metrics.h"
 #include "orders.h"
 #include "ratelimit.h"
@@ -36,6 +37,7 @@ static char deduct_buf[4096];
 static uint64_t reconcile_interval_ms = 5000;
 static int64_t reconcile_after_ms = 30000;
 static int64_t rate_limit_keys = 1 << 18;
+static log_format_t log_format = LOG_FORMAT_TEXT;
 
 static void usage(FILE *out)
 {
@@ -61,6 +63,7 @@ static void usage(FILE *out)
             "  --header-timeout-ms MS    request head must arrive within (default 10000)\n"
             "  --reconcile-interval-ms MS  republish lost orders every MS (default 5000, 0: off)\n"
             "  --reconcile-after-ms MS   an unacknowledged order counts as lost after (30000)\n"
+            "  --log-format text|json    log lines on stderr (default text)\n"
             "  --rate-limit-keys N       buckets of the policy's host.limit() (default 262144,\n"
             "                            ~190 bytes each; when full the least recent is reused)\n"
             "  --test                    load and validate POLICY, print the verdict, exit\n"
@@ -164,6 +167,7 @@ enum {
     OPT_HEADER_TIMEOUT,
     OPT_TEST,
     OPT_VERSION,
+    OPT_LOG_FORMAT,
     OPT_RECONCILE_INTERVAL,
     OPT_RECONCILE_AFTER,
     OPT_RATE_LIMIT_KEYS,
@@ -203,6 +207,7 @@ static int parse_args(int argc, char **argv, bool *test_only)
         {"reconcile-after-ms", required_argument, NULL, OPT_RECONCILE_AFTER},
         {"rate-limit-keys", required_argument, NULL, OPT_RATE_LIMIT_KEYS},
         {"version", no_argument, NULL, OPT_VERSION},
+        {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     host_config_t *cfg = &host.cfg;
@@ -318,6 +323,12 @@ static int parse_args(int argc, char **argv, bool *test_only)
                 return -1;
             reconcile_after_ms = v;
             break;
+        case OPT_LOG_FORMAT:
+            if (log_parse_format(optarg, &log_format) != 0) {
+                fprintf(stderr, "snatch-host: --log-format must be text or json\n");
+                return -1;
+            }
+            break;
         case OPT_VERSION:
             printf("snatch-host %s\n", SNATCH_VERSION);
             exit(0);
@@ -351,8 +362,10 @@ int main(int argc, char **argv)
 {
     bool test_only = false;
     char err[1024];
+    log_init("snatch-host", LOG_FORMAT_TEXT);
     if (parse_args(argc, argv, &test_only) != 0)
         return 2;
+    log_init("snatch-host", log_format);
     /* Before the first policy call: host.limit() would otherwise size the table by default. */
     if (ratelimit_init((size_t)rate_limit_keys) != 0) {
         fprintf(stderr, "snatch-host: cannot allocate the rate limiter\n");

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "log.h"
 #include "reconcile.h"
 #include "store.h"
 
@@ -26,6 +27,7 @@ typedef struct config {
     bool dry_run;
     int wait_s;
     long long pending_ms; /* >= 0: only run reconcile_pending with this age */
+    log_format_t log_format;
 } config_t;
 
 static void usage(FILE *f)
@@ -44,6 +46,8 @@ static void usage(FILE *f)
             "                     subscriber persisted every missing order\n"
             "  --pending MS       only republish {E}:pending entries older than MS ms (what\n"
             "                     the host's reconciliation thread does), print the count\n"
+            "  --log-format text|json  log lines on stderr (default text; the table\n"
+            "                     stays on stdout)\n"
             "  -h, --help         this text\n"
             "Exit: 0 consistent, 1 orders missing or SQLite holds more than sold, 2 usage,\n"
             "3 Redis/NATS/SQLite failure.\n");
@@ -52,15 +56,11 @@ static void usage(FILE *f)
 static int parse_args(int argc, char **argv, config_t *c)
 {
     static const struct option opts[] = {
-        {"redis", required_argument, NULL, 'r'},
-        {"nats", required_argument, NULL, 'n'},
-        {"db", required_argument, NULL, 'd'},
-        {"event", required_argument, NULL, 'e'},
-        {"dry-run", no_argument, NULL, 'x'},
-        {"wait", required_argument, NULL, 'w'},
-        {"pending", required_argument, NULL, 'p'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"redis", required_argument, NULL, 'r'},   {"nats", required_argument, NULL, 'n'},
+        {"db", required_argument, NULL, 'd'},      {"event", required_argument, NULL, 'e'},
+        {"dry-run", no_argument, NULL, 'x'},       {"wait", required_argument, NULL, 'w'},
+        {"pending", required_argument, NULL, 'p'}, {"log-format", required_argument, NULL, 'l'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
     int ch;
     const char *colon;
@@ -96,6 +96,12 @@ static int parse_args(int argc, char **argv, config_t *c)
             break;
         case 'p':
             c->pending_ms = atoll(optarg);
+            break;
+        case 'l':
+            if (log_parse_format(optarg, &c->log_format) != 0) {
+                fprintf(stderr, "reconcile: --log-format must be text or json\n");
+                return -1;
+            }
             break;
         case 'h':
             usage(stdout);
@@ -167,8 +173,10 @@ int main(int argc, char **argv)
     char err[512];
     int status = 3;
 
+    log_init("snatch-reconcile", LOG_FORMAT_TEXT);
     if (parse_args(argc, argv, &c) != 0)
         return 2;
+    log_init("snatch-reconcile", c.log_format);
     struct timeval tv = {10, 0};
     rc = redisConnectWithTimeout(c.redis_host, c.redis_port, tv);
     if (rc == NULL || rc->err) {

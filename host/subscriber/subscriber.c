@@ -37,6 +37,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "log.h"
 #include "metrics_http.h"
 #include "promtext.h"
 #include "store.h"
@@ -60,6 +61,7 @@ typedef struct config {
     int batch;
     store_sync_t sync;
     const char *metrics_listen;
+    log_format_t log_format;
 } config_t;
 
 static volatile sig_atomic_t stop_requested;
@@ -94,6 +96,7 @@ static void usage(FILE *f)
             "  --durable NAME    durable consumer name (default snatch-subscriber)\n"
             "  --stream NAME     stream to consume (default ORDERS)\n"
             "  --metrics-listen ADDR:PORT  serve Prometheus metrics at GET /metrics\n"
+            "  --log-format text|json  log lines on stderr (default text)\n"
             "  --sync full|normal  SQLite synchronous mode (default full: a commit, and\n"
             "                    so the ack that follows it, survives a power loss;\n"
             "                    normal is faster but a power loss may drop acked orders,\n"
@@ -113,6 +116,7 @@ static int parse_args(int argc, char **argv, config_t *c)
         {"stream", required_argument, NULL, 's'},
         {"sync", required_argument, NULL, 'y'},
         {"metrics-listen", required_argument, NULL, 'm'},
+        {"log-format", required_argument, NULL, 'l'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -138,6 +142,12 @@ static int parse_args(int argc, char **argv, config_t *c)
             break;
         case 'm':
             c->metrics_listen = optarg;
+            break;
+        case 'l':
+            if (log_parse_format(optarg, &c->log_format) != 0) {
+                fprintf(stderr, "subscriber: --log-format must be text or json\n");
+                return -1;
+            }
             break;
         case 'b':
             errno = 0;
@@ -674,8 +684,10 @@ int main(int argc, char **argv)
     int rc = 1;
     struct sigaction sa;
 
+    log_init("snatch-subscriber", LOG_FORMAT_TEXT);
     if (parse_args(argc, argv, &c) != 0)
         return 2;
+    log_init("snatch-subscriber", c.log_format);
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_signal; /* no SA_RESTART: sleeps and waits return early */
     sigaction(SIGTERM, &sa, NULL);
