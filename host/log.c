@@ -79,7 +79,7 @@ static void append_msg(char *line, size_t cap, size_t *pos, const char *msg, int
 void log_msg(log_level_t level, const char *fmt, ...)
 {
     int saved = errno; /* callers may log between a failure and reading errno */
-    char msg[LOG_LINE_MAX], line[LOG_LINE_MAX], ts[40];
+    char msg[SNATCH_LOG_LINE_MAX], line[SNATCH_LOG_LINE_MAX], ts[40];
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(msg, sizeof(msg), fmt, ap);

@@ -2,13 +2,13 @@
  *   text: 2026-11-30T11:05:00.123Z snatch-host warn redis: connection lost: ...
  *   json: {"ts":"2026-11-30T11:05:00.123Z","level":"warn","program":"snatch-host","msg":"..."}
  * Time is UTC with milliseconds (RFC 3339). Each line is formatted on the caller's stack and
- * written with one write(2) (at most LOG_LINE_MAX bytes, longer messages are cut), so lines of
- * several threads never interleave and no lock is taken. Usage and help texts are not log lines
+ * written with one write(2) (at most SNATCH_LOG_LINE_MAX bytes, longer messages are cut), so lines
+ * of several threads never interleave and no lock is taken. Usage and help texts are not log lines
  * and do not go through here. */
 #ifndef SNATCH_LOG_H
 #define SNATCH_LOG_H
 
-#define LOG_LINE_MAX 4096 /* <= PIPE_BUF: a write to a pipe is atomic */
+#define SNATCH_LOG_LINE_MAX 4096 /* <= PIPE_BUF: a write to a pipe is atomic */
 
 typedef enum { LOG_LEVEL_DEBUG, LOG_LEVEL_INFO, LOG_LEVEL_WARN, LOG_LEVEL_ERROR } log_level_t;
 typedef enum { LOG_FORMAT_TEXT, LOG_FORMAT_JSON } log_format_t;

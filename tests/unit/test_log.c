@@ -110,20 +110,20 @@ static void test_json_round_trip(void **state)
 static void test_long_message_is_cut_whole(void **state)
 {
     (void)state;
-    char *big = malloc(3 * LOG_LINE_MAX);
+    char *big = malloc(3 * SNATCH_LOG_LINE_MAX);
     assert_non_null(big);
     /* Quotes double in JSON: the cut must not split an escape. */
-    for (size_t i = 0; i < 3 * LOG_LINE_MAX - 1; i++)
+    for (size_t i = 0; i < 3 * SNATCH_LOG_LINE_MAX - 1; i++)
         big[i] = i % 2 ? '"' : 'x';
-    big[3 * LOG_LINE_MAX - 1] = '\0';
+    big[3 * SNATCH_LOG_LINE_MAX - 1] = '\0';
     for (int json = 0; json <= 1; json++) {
         size_t len;
         log_init("test-prog", json ? LOG_FORMAT_JSON : LOG_FORMAT_TEXT);
         capture_start();
         log_info("%s", big);
         char *out = capture_end(&len);
-        assert_true(len <= LOG_LINE_MAX);
-        assert_true(len > LOG_LINE_MAX / 2);
+        assert_true(len <= SNATCH_LOG_LINE_MAX);
+        assert_true(len > SNATCH_LOG_LINE_MAX / 2);
         assert_true(out[len - 1] == '\n');
         assert_null(memchr(out, '\n', len - 1));
         if (json) {
