@@ -112,7 +112,7 @@ static void *run(void *arg)
         struct pollfd p = {.fd = m->fd, .events = POLLIN};
         if (poll(&p, 1, 200) <= 0)
             continue;
-        int c = accept(m->fd, NULL, NULL);
+        int c = accept4(m->fd, NULL, NULL, SOCK_CLOEXEC);
         if (c < 0)
             continue;
         serve(m, c);
@@ -157,7 +157,9 @@ int metrics_http_start(metrics_http_t **out, const char *addr, metrics_http_rend
     m->render = render;
     m->tick = tick;
     m->arg = arg;
-    m->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    /* Non-blocking: a connection reset between poll and accept must not block the thread (and
+     * so stop); accepted sockets are blocking, bounded by their timeouts. */
+    m->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (m->fd < 0)
         goto fail;
     /* No SO_REUSEPORT: a second process on the same port must fail, not share it. */

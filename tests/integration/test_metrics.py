@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -151,11 +152,20 @@ def metrics_valid_under_load_and_counting():
         assert stypes["snatch_subscriber_commit_duration_seconds"] == "histogram"
         assert value(ss, "snatch_subscriber_dead_letters_total") == 0
         assert 'program="snatch-subscriber"' in ss["snatch_build_info"][0][0]
-        # Anything but GET /metrics is a 404, and the responder survives a silent client.
+        # Anything but GET /metrics is a 404; a silent client or an endless head only holds the
+        # responder for its read timeout.
         conn = http.client.HTTPConnection("127.0.0.1", mport, timeout=10)
         conn.request("GET", "/nope")
         assert conn.getresponse().status == 404
         conn.close()
+        with socket.create_connection(("127.0.0.1", mport), timeout=10) as silent, \
+                socket.create_connection(("127.0.0.1", mport), timeout=10) as flood:
+            try:
+                flood.sendall(b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 100000)
+            except OSError:
+                pass  # the responder stopped reading and closed: what we want
+            assert "snatch_subscriber_rows_persisted_total" in scrape(mport)
+            silent.sendall(b"")
         with open(os.path.join(st.tmp.path, "scrape-names.json"), "w") as f:
             json.dump(sorted(set(hs) | set(ss)), f)
         check_examples(set(hs) | set(ss))
