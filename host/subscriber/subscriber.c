@@ -264,7 +264,7 @@ static struct {
 } m = {.lag = -1, .ack_pending = -1};
 
 typedef struct metrics_ctx {
-    jsCtx *js;
+    _Atomic(jsCtx *) js; /* NULL until connected */
     const config_t *c;
 } metrics_ctx_t;
 
@@ -293,12 +293,15 @@ static void count_batch(const stats_t *d, int msgs, int64_t commit_ns)
 static void metrics_tick(void *arg)
 {
     metrics_ctx_t *x = arg;
+    jsCtx *js = atomic_load(&x->js);
     jsOptions o;
     jsConsumerInfo *ci = NULL;
     jsErrCode jerr = 0;
+    if (js == NULL)
+        return;
     jsOptions_Init(&o);
     o.Wait = 1000;
-    if (js_GetConsumerInfo(&ci, x->js, x->c->stream, x->c->durable, &o, &jerr) != NATS_OK) {
+    if (js_GetConsumerInfo(&ci, js, x->c->stream, x->c->durable, &o, &jerr) != NATS_OK) {
         atomic_fetch_add(&m.lag_errors, 1);
         return;
     }
@@ -698,19 +701,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "subscriber: %s\n", err);
         return 1;
     }
-    if ((nc = connect_nats(c.url)) == NULL) {
-        rc = stop_requested ? 0 : 1;
-        goto out;
-    }
-    if (natsConnection_JetStream(&js, nc, NULL) != NATS_OK)
-        goto out;
-    mctx.js = js;
-    if ((sub = subscribe(js, &c)) == NULL) {
-        rc = stop_requested ? 0 : 1;
-        goto out;
-    }
-    fprintf(stderr, "subscriber: consuming %s as durable %s, batch %d, db %s (sync %s)\n", c.stream,
-            c.durable, c.batch, c.db, c.sync == STORE_SYNC_FULL ? "full" : "normal");
+    /* Served from the start, so that a subscriber waiting for NATS is seen (no lag sample yet)
+     * and a taken port is an error now, not after connecting. */
     if (c.metrics_listen != NULL) {
         if (metrics_http_start(&mh, c.metrics_listen, metrics_render, metrics_tick, &mctx, err,
                                sizeof(err)) != 0) {
@@ -719,6 +711,19 @@ int main(int argc, char **argv)
         }
         fprintf(stderr, "subscriber: metrics on %s\n", c.metrics_listen);
     }
+    if ((nc = connect_nats(c.url)) == NULL) {
+        rc = stop_requested ? 0 : 1;
+        goto out;
+    }
+    if (natsConnection_JetStream(&js, nc, NULL) != NATS_OK)
+        goto out;
+    atomic_store(&mctx.js, js);
+    if ((sub = subscribe(js, &c)) == NULL) {
+        rc = stop_requested ? 0 : 1;
+        goto out;
+    }
+    fprintf(stderr, "subscriber: consuming %s as durable %s, batch %d, db %s (sync %s)\n", c.stream,
+            c.durable, c.batch, c.db, c.sync == STORE_SYNC_FULL ? "full" : "normal");
     rc = run(&sub, js, st, &c, &t) == 0 ? 0 : 1;
     /* Push the last acks out before closing, or they are redelivered (harmlessly) later. */
     natsConnection_FlushTimeout(nc, 2000);

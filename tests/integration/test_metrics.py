@@ -15,7 +15,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import SOURCE_DIR, Stack, Suite, bench, free_port, wait_until  # noqa: E402
+from harness import (SOURCE_DIR, Stack, Subscriber, Suite, TempDir, bench,  # noqa: E402
+                     free_port, wait_until)
 
 suite = Suite()
 PROMTOOL = shutil.which("promtool")
@@ -169,6 +170,33 @@ def metrics_valid_under_load_and_counting():
         with open(os.path.join(st.tmp.path, "scrape-names.json"), "w") as f:
             json.dump(sorted(set(hs) | set(ss)), f)
         check_examples(set(hs) | set(ss))
+
+
+@suite.case
+def subscriber_metrics_served_while_waiting_for_nats():
+    """Before NATS answers, /metrics is up (no lag sample yet); a second subscriber asking for
+    the same metrics port fails at start."""
+    tmp = TempDir()
+    mport = free_port()
+    dead_nats = "nats://127.0.0.1:%d" % free_port()
+    extra = ("--metrics-listen", "127.0.0.1:%d" % mport)
+    a = Subscriber(tmp.path, dead_nats, extra=extra)
+    b = Subscriber(tmp.path, dead_nats, db_path=os.path.join(tmp.path, "b.db"), extra=extra)
+    try:
+        a.start()
+        wait_until(lambda: "snatch_build_info" in try_scrape(mport), 15, what="metrics up")
+        text = scrape(mport)
+        promtool_metrics(text, "subscriber waiting for NATS")
+        _, samples = families(text)
+        assert "snatch_subscriber_lag_messages" not in samples, samples
+        b.start()
+        rc = b.proc.p.wait(15)
+        assert rc == 1 and "cannot listen" in b.proc.log_text(), (rc, b.proc.log_text())
+        assert a.proc.alive()
+    finally:
+        b.stop()
+        a.stop()
+        tmp.cleanup()
 
 
 def promql_names(expr):
