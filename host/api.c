@@ -47,14 +47,14 @@ void api_error(http_request_t *req, int route, int status, const char *reason, c
             pos = save;
     }
     body[pos++] = '}';
-    metrics_request((metrics_route_t)route, status);
+    metrics_request((metrics_route_t)route, status, req->received_ns);
     http_respond(req, status, NULL, body, pos);
 }
 
 static void respond_json(http_request_t *req, metrics_route_t route, int status, const char *body,
                          size_t len)
 {
-    metrics_request(route, status);
+    metrics_request(route, status, req->received_ns);
     http_respond(req, status, NULL, body, len);
 }
 
@@ -713,7 +713,7 @@ static void get_metrics(http_request_t *req)
         api_error(req, ROUTE_METRICS, 503, "unavailable", NULL);
         return;
     }
-    metrics_request(ROUTE_METRICS, 200);
+    metrics_request(ROUTE_METRICS, 200, req->received_ns);
     http_respond(req, 200, "text/plain; version=0.0.4", text, len);
     free(text);
 }

@@ -1118,6 +1118,7 @@ static void dispatch(conn_t *c)
         c->head = r;
     c->tail = r;
     c->nfifo++;
+    r->pub.received_ns = uv_hrtime();
     if (!r->keep_alive || c->parser.upgrade || c->srv->closing) {
         /* Last request (or an upgrade we do not speak): what follows is not read. */
         c->no_more = true;

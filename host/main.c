@@ -18,6 +18,7 @@
 
 #include "auth.h"
 #include "cli.h"
+#include "log.h"
 #include "metrics.h"
 #include "orders.h"
 #include "orders_stream.h"
@@ -46,6 +47,7 @@ static int64_t max_per_client; /* 0: no cap */
 /* Descriptors kept for everything but client connections: Redis and NATS connections, the
  * reconciler, files, libuv's internals. */
 #define FD_RESERVE 256
+static log_format_t log_format = LOG_FORMAT_TEXT;
 
 static void usage(FILE *out)
 {
@@ -71,6 +73,7 @@ static void usage(FILE *out)
             "  --header-timeout-ms MS    request head must arrive within (default 10000)\n"
             "  --reconcile-interval-ms MS  republish lost orders every MS (default 5000, 0: off)\n"
             "  --reconcile-after-ms MS   an unacknowledged order counts as lost after (30000)\n"
+            "  --log-format text|json    log lines on stderr (default text)\n"
             "  --rate-limit-keys N       buckets of the policy's host.limit() (default 262144,\n"
             "                            ~190 bytes each; when full the least recent is reused)\n"
             "  --orders-max-age-ms MS    retention of stream ORDERS when this host creates it\n"
@@ -192,6 +195,7 @@ enum {
     OPT_HEADER_TIMEOUT,
     OPT_TEST,
     OPT_VERSION,
+    OPT_LOG_FORMAT,
     OPT_RECONCILE_INTERVAL,
     OPT_RECONCILE_AFTER,
     OPT_RATE_LIMIT_KEYS,
@@ -241,6 +245,7 @@ static int parse_args(int argc, char **argv, bool *test_only)
         {ORDERS_MAX_AGE_FLAG, required_argument, NULL, OPT_ORDERS_MAX_AGE},
         {ORDERS_MAX_BYTES_FLAG, required_argument, NULL, OPT_ORDERS_MAX_BYTES},
         {"version", no_argument, NULL, OPT_VERSION},
+        {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
         {"help", no_argument, NULL, 'h'},
         {"trusted-proxy", required_argument, NULL, OPT_TRUSTED_PROXY},
         {"allow-query-user", no_argument, NULL, OPT_ALLOW_QUERY_USER},
@@ -414,6 +419,12 @@ static int parse_args(int argc, char **argv, bool *test_only)
             if (parse_int_opt("--max-connections-per-client", optarg, 0, 1 << 24, &max_per_client))
                 return -1;
             break;
+        case OPT_LOG_FORMAT:
+            if (log_parse_format(optarg, &log_format) != 0) {
+                fprintf(stderr, "snatch-host: --log-format must be text or json\n");
+                return -1;
+            }
+            break;
         case OPT_VERSION:
             cli_print_version("snatch-host");
             exit(0);
@@ -519,8 +530,10 @@ int main(int argc, char **argv)
 {
     bool test_only = false;
     char err[1024];
+    log_init("snatch-host", LOG_FORMAT_TEXT);
     if (parse_args(argc, argv, &test_only) != 0)
         return 2;
+    log_init("snatch-host", log_format);
     /* Before the first policy call: host.limit() would otherwise size the table by default. */
     if (ratelimit_init((size_t)rate_limit_keys) != 0) {
         fprintf(stderr, "snatch-host: cannot allocate the rate limiter\n");

@@ -1,15 +1,17 @@
 /* Metrics: per-thread slots of relaxed atomic counters (a thread writes only its own slot, so the
  * cache line never bounces; atomics only so that the renderer and an unregistered thread sharing
- * slot 0 read and write safely). Rendered on demand in Prometheus text format. */
+ * slot 0 read and write safely). Rendered on demand in Prometheus text format, every family with
+ * HELP and TYPE and its lines together. */
 #include "metrics.h"
 
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <uv.h>
 
+#include "promtext.h"
 #include "stock.h"
 
 #define METRICS_SLOTS 64
@@ -19,16 +21,26 @@ static const int status_codes[] = {200, 202, 400, 401, 403, 404, 405, 408,
                                    409, 413, 425, 429, 431, 500, 503, 505};
 #define N_STATUS (ARRAY_SIZE(status_codes) + 1) /* last: any other */
 
-/* Redis round trip buckets, microseconds. */
-static const uint64_t rtt_bounds[] = {100,   250,   500,   1000,   2500,   5000,
-                                      10000, 25000, 50000, 100000, 250000, 1000000};
-#define N_RTT (ARRAY_SIZE(rtt_bounds) + 1)
+/* Latency buckets (request, Redis round trip, JetStream ack), nanoseconds: from the sold-out
+ * path's microseconds to the ack timeout's seconds. */
+static const uint64_t lat_bounds[] = {10000,      25000,      50000,     100000,    250000,
+                                      500000,     1000000,    2500000,   5000000,   10000000,
+                                      25000000,   50000000,   100000000, 250000000, 500000000,
+                                      1000000000, 2500000000, 5000000000};
+#define N_LAT ARRAY_SIZE(lat_bounds)
+
+typedef struct hist {
+    _Atomic uint64_t b[N_LAT + 1];
+    _Atomic uint64_t sum_ns;
+} hist_t;
 
 typedef struct slot {
     _Atomic uint64_t requests[ROUTE__COUNT][N_STATUS];
+    hist_t latency[ROUTE__COUNT];
     _Atomic uint64_t outcomes[OUTCOME__COUNT];
-    _Atomic uint64_t rtt[N_RTT];
-    _Atomic uint64_t rtt_sum_us;
+    hist_t rtt;
+    hist_t ack;
+    _Atomic uint64_t ack_failed;
     _Atomic uint64_t http_errors[N_STATUS];
 } __attribute__((aligned(64))) slot_t;
 
@@ -39,6 +51,8 @@ static _Thread_local int my_slot;
 static _Atomic uint64_t reloads_ok, reloads_failed;
 static _Atomic int64_t orders_inflight;
 static _Atomic int64_t connections[METRICS_SLOTS];
+static _Atomic uint64_t rec_passes_ok, rec_passes_failed, rec_stale_seen, rec_republished;
+static _Atomic int64_t rec_stale_last;
 
 static pthread_mutex_t lua_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct {
@@ -74,11 +88,20 @@ static size_t status_index(int status)
 
 #define BUMP(field) atomic_fetch_add_explicit(&(field), 1, memory_order_relaxed)
 
-void metrics_request(metrics_route_t route, int status)
+static void observe(hist_t *h, uint64_t ns)
+{
+    BUMP(h->b[prom_bucket(lat_bounds, N_LAT, ns)]);
+    atomic_fetch_add_explicit(&h->sum_ns, ns, memory_order_relaxed);
+}
+
+void metrics_request(metrics_route_t route, int status, uint64_t received_ns)
 {
     if ((unsigned)route >= ROUTE__COUNT)
         route = ROUTE_OTHER;
-    BUMP(slots[my_slot].requests[route][status_index(status)]);
+    slot_t *s = &slots[my_slot];
+    BUMP(s->requests[route][status_index(status)]);
+    if (received_ns != 0)
+        observe(&s->latency[route], uv_hrtime() - received_ns);
 }
 
 void metrics_outcome(metrics_outcome_t outcome)
@@ -89,11 +112,26 @@ void metrics_outcome(metrics_outcome_t outcome)
 
 void metrics_redis_rtt(uint64_t usec)
 {
-    size_t i = 0;
-    while (i < ARRAY_SIZE(rtt_bounds) && usec > rtt_bounds[i])
-        i++;
-    BUMP(slots[my_slot].rtt[i]);
-    atomic_fetch_add_explicit(&slots[my_slot].rtt_sum_us, usec, memory_order_relaxed);
+    observe(&slots[my_slot].rtt, usec * 1000);
+}
+
+void metrics_orders_ack(int ok, uint64_t sent_ns)
+{
+    if (ok)
+        observe(&slots[my_slot].ack, uv_hrtime() - sent_ns);
+    else
+        BUMP(slots[my_slot].ack_failed);
+}
+
+void metrics_reconcile_pass(int ok, int64_t stale, int64_t republished)
+{
+    atomic_fetch_add(ok ? &rec_passes_ok : &rec_passes_failed, 1);
+    if (stale > 0)
+        atomic_fetch_add(&rec_stale_seen, (uint64_t)stale);
+    if (republished > 0)
+        atomic_fetch_add(&rec_republished, (uint64_t)republished);
+    if (ok) /* a failed pass saw only part of the backlog: keep the last full count */
+        atomic_store(&rec_stale_last, stale);
 }
 
 void metrics_policy_reload(int ok)
@@ -145,40 +183,7 @@ void metrics_orders_inflight(int64_t delta)
     atomic_fetch_add(&orders_inflight, delta);
 }
 
-/* A growable text buffer for the renderer (not the hot path). */
-typedef struct {
-    char *buf;
-    size_t len, cap;
-    int failed;
-} out_t;
-
-static void out_printf(out_t *o, const char *fmt, ...)
-{
-    if (o->failed)
-        return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(o->buf + o->len, o->cap - o->len, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            o->failed = 1;
-            return;
-        }
-        if ((size_t)n < o->cap - o->len) {
-            o->len += (size_t)n;
-            return;
-        }
-        size_t ncap = (o->cap + (size_t)n) * 2;
-        char *nb = realloc(o->buf, ncap);
-        if (nb == NULL) {
-            o->failed = 1;
-            return;
-        }
-        o->buf = nb;
-        o->cap = ncap;
-    }
-}
+/* ---- rendering (not the hot path) ---- */
 
 static uint64_t sum_field(size_t offset)
 {
@@ -191,15 +196,13 @@ static uint64_t sum_field(size_t offset)
 
 #define SUM(member) sum_field(offsetof(slot_t, member))
 
-static void render_stock(stock_event_t *ev, void *arg)
+static void render_hist(prom_buf_t *o, const char *name, const char *labels, size_t offset)
 {
-    out_t *o = arg;
-    out_printf(o, "snatch_local_stock_left{event=\"%s\"} %lld\n", ev->name,
-               (long long)atomic_load(&ev->local_left));
-    out_printf(o, "snatch_local_quota{event=\"%s\"} %lld\n", ev->name,
-               (long long)atomic_load(&ev->quota));
-    out_printf(o, "snatch_event_sold_out{event=\"%s\"} %d\n", ev->name,
-               atomic_load(&ev->sold_out) ? 1 : 0);
+    uint64_t counts[N_LAT + 1];
+    for (size_t i = 0; i <= N_LAT; i++)
+        counts[i] = sum_field(offset + offsetof(hist_t, b) + i * sizeof(_Atomic uint64_t));
+    prom_histogram_ns(o, name, labels, lat_bounds, N_LAT, counts,
+                      sum_field(offset + offsetof(hist_t, sum_ns)));
 }
 
 /* Backend setup errors: rare, written from loop threads and the NATS and reconciler threads. */
@@ -217,85 +220,147 @@ void metrics_backend_error(metrics_backend_step_t step)
         atomic_fetch_add_explicit(&backend_errors[step], 1, memory_order_relaxed);
 }
 
-static void render_backend_errors(out_t *o)
+static void render_backend_errors(prom_buf_t *o)
 {
-    out_printf(o, "# HELP snatch_backend_errors_total Failed attempts to set up or use a Redis "
-                  "or NATS connection, each retried.\n");
-    out_printf(o, "# TYPE snatch_backend_errors_total counter\n");
+    prom_family(o, "snatch_backend_errors_total", "counter",
+                "Failed attempts to set up or use a Redis or NATS connection, each retried.");
     for (int i = 0; i < METRICS_BACKEND__COUNT; i++)
-        out_printf(o, "snatch_backend_errors_total{backend=\"%s\",step=\"%s\"} %llu\n",
-                   backend_steps[i].backend, backend_steps[i].step,
-                   (unsigned long long)atomic_load(&backend_errors[i]));
+        prom_printf(o, "snatch_backend_errors_total{backend=\"%s\",step=\"%s\"} %llu\n",
+                    backend_steps[i].backend, backend_steps[i].step,
+                    (unsigned long long)atomic_load(&backend_errors[i]));
 }
 
-char *metrics_render(size_t *len)
+static void render_requests(prom_buf_t *o)
 {
-    out_t o = {.cap = 16384};
-    o.buf = malloc(o.cap);
-    if (o.buf == NULL)
-        return NULL;
-    out_printf(&o, "# TYPE snatch_http_requests_total counter\n");
+    prom_family(o, "snatch_http_requests_total", "counter",
+                "HTTP requests answered, by route and status.");
     for (int r = 0; r < ROUTE__COUNT; r++)
         for (size_t s = 0; s < N_STATUS; s++) {
             uint64_t v = SUM(requests[r][s]);
             if (v == 0)
                 continue;
             if (s < ARRAY_SIZE(status_codes))
-                out_printf(&o, "snatch_http_requests_total{route=\"%s\",status=\"%d\"} %llu\n",
-                           route_names[r], status_codes[s], (unsigned long long)v);
+                prom_printf(o, "snatch_http_requests_total{route=\"%s\",status=\"%d\"} %llu\n",
+                            route_names[r], status_codes[s], (unsigned long long)v);
             else
-                out_printf(&o, "snatch_http_requests_total{route=\"%s\",status=\"other\"} %llu\n",
-                           route_names[r], (unsigned long long)v);
+                prom_printf(o, "snatch_http_requests_total{route=\"%s\",status=\"other\"} %llu\n",
+                            route_names[r], (unsigned long long)v);
         }
-    out_printf(&o, "# TYPE snatch_http_errors_total counter\n");
+    prom_family(o, "snatch_http_request_duration_seconds", "histogram",
+                "Time from a complete request to its answer, by route.");
+    for (int r = 0; r < ROUTE__COUNT; r++) {
+        char labels[64];
+        snprintf(labels, sizeof(labels), "route=\"%s\"", route_names[r]);
+        render_hist(o, "snatch_http_request_duration_seconds", labels,
+                    offsetof(slot_t, latency) + (size_t)r * sizeof(hist_t));
+    }
+    prom_family(o, "snatch_http_errors_total", "counter",
+                "Requests refused while parsing (400, 408, 413, 431), by status.");
     for (size_t s = 0; s < ARRAY_SIZE(status_codes); s++) {
         uint64_t v = SUM(http_errors[s]);
         if (v)
-            out_printf(&o, "snatch_http_errors_total{status=\"%d\"} %llu\n", status_codes[s],
-                       (unsigned long long)v);
+            prom_printf(o, "snatch_http_errors_total{status=\"%d\"} %llu\n", status_codes[s],
+                        (unsigned long long)v);
     }
-    out_printf(&o, "# TYPE snatch_snatch_outcomes_total counter\n");
-    for (int i = 0; i < OUTCOME__COUNT; i++)
-        out_printf(&o, "snatch_snatch_outcomes_total{outcome=\"%s\"} %llu\n", outcome_names[i],
-                   (unsigned long long)SUM(outcomes[i]));
-    out_printf(&o, "# TYPE snatch_redis_rtt_seconds histogram\n");
-    uint64_t cum = 0;
-    for (size_t i = 0; i < N_RTT; i++) {
-        cum += SUM(rtt[i]);
-        if (i < ARRAY_SIZE(rtt_bounds))
-            out_printf(&o, "snatch_redis_rtt_seconds_bucket{le=\"%g\"} %llu\n", rtt_bounds[i] / 1e6,
-                       (unsigned long long)cum);
-        else
-            out_printf(&o, "snatch_redis_rtt_seconds_bucket{le=\"+Inf\"} %llu\n",
-                       (unsigned long long)cum);
-    }
-    out_printf(&o, "snatch_redis_rtt_seconds_sum %g\n", SUM(rtt_sum_us) / 1e6);
-    out_printf(&o, "snatch_redis_rtt_seconds_count %llu\n", (unsigned long long)cum);
-    out_printf(&o, "# TYPE snatch_policy_reloads_total counter\n");
-    out_printf(&o, "snatch_policy_reloads_total{result=\"ok\"} %llu\n",
-               (unsigned long long)atomic_load(&reloads_ok));
-    out_printf(&o, "snatch_policy_reloads_total{result=\"error\"} %llu\n",
-               (unsigned long long)atomic_load(&reloads_failed));
     int64_t conns = 0;
     for (int i = 0; i < METRICS_SLOTS; i++)
         conns += atomic_load(&connections[i]);
-    out_printf(&o, "# TYPE snatch_connections gauge\nsnatch_connections %lld\n", (long long)conns);
-    out_printf(&o, "# TYPE snatch_orders_inflight gauge\nsnatch_orders_inflight %lld\n",
-               (long long)atomic_load(&orders_inflight));
-    out_printf(&o, "# TYPE snatch_local_stock_left gauge\n");
-    stock_foreach(render_stock, &o);
+    prom_family(o, "snatch_connections", "gauge", "Open HTTP connections.");
+    prom_printf(o, "snatch_connections %lld\n", (long long)conns);
+}
+
+static void render_orders(prom_buf_t *o)
+{
+    prom_family(o, "snatch_snatch_outcomes_total", "counter", "POST /snatch results, by outcome.");
+    for (int i = 0; i < OUTCOME__COUNT; i++)
+        prom_printf(o, "snatch_snatch_outcomes_total{outcome=\"%s\"} %llu\n", outcome_names[i],
+                    (unsigned long long)SUM(outcomes[i]));
+    prom_family(o, "snatch_redis_rtt_seconds", "histogram", "Redis command round trip.");
+    render_hist(o, "snatch_redis_rtt_seconds", "", offsetof(slot_t, rtt));
+    prom_family(o, "snatch_jetstream_ack_duration_seconds", "histogram",
+                "Order publish to its JetStream acknowledgement.");
+    render_hist(o, "snatch_jetstream_ack_duration_seconds", "", offsetof(slot_t, ack));
+    prom_family(o, "snatch_jetstream_publish_failures_total", "counter",
+                "Order publishes not acknowledged in time (left to reconciliation).");
+    prom_printf(o, "snatch_jetstream_publish_failures_total %llu\n",
+                (unsigned long long)SUM(ack_failed));
+    prom_family(o, "snatch_orders_inflight", "gauge", "Order publishes waiting for their ack.");
+    prom_printf(o, "snatch_orders_inflight %lld\n", (long long)atomic_load(&orders_inflight));
+    prom_family(o, "snatch_reconciler_passes_total", "counter",
+                "Passes of the pending-order reconciler, by result.");
+    prom_printf(o, "snatch_reconciler_passes_total{result=\"ok\"} %llu\n",
+                (unsigned long long)atomic_load(&rec_passes_ok));
+    prom_printf(o, "snatch_reconciler_passes_total{result=\"error\"} %llu\n",
+                (unsigned long long)atomic_load(&rec_passes_failed));
+    prom_family(o, "snatch_reconciler_pending_seen_total", "counter",
+                "Pending orders older than the grace period found by the reconciler.");
+    prom_printf(o, "snatch_reconciler_pending_seen_total %llu\n",
+                (unsigned long long)atomic_load(&rec_stale_seen));
+    prom_family(o, "snatch_reconciler_republished_total", "counter",
+                "Pending orders the reconciler republished and JetStream acknowledged.");
+    prom_printf(o, "snatch_reconciler_republished_total %llu\n",
+                (unsigned long long)atomic_load(&rec_republished));
+    prom_family(o, "snatch_reconciler_pending_orders", "gauge",
+                "Pending orders older than the grace period found by the last pass.");
+    prom_printf(o, "snatch_reconciler_pending_orders %lld\n",
+                (long long)atomic_load(&rec_stale_last));
+}
+
+typedef struct {
+    prom_buf_t *o;
+    int which;
+} stock_render_t;
+
+static void render_stock(stock_event_t *ev, void *arg)
+{
+    stock_render_t *sr = arg;
+    if (sr->which == 0)
+        prom_printf(sr->o, "snatch_local_stock_left{event=\"%s\"} %lld\n", ev->name,
+                    (long long)atomic_load(&ev->local_left));
+    else if (sr->which == 1)
+        prom_printf(sr->o, "snatch_local_quota{event=\"%s\"} %lld\n", ev->name,
+                    (long long)atomic_load(&ev->quota));
+    else
+        prom_printf(sr->o, "snatch_event_sold_out{event=\"%s\"} %d\n", ev->name,
+                    atomic_load(&ev->sold_out) ? 1 : 0);
+}
+
+static void render_stock_families(prom_buf_t *o)
+{
+    static const char *const fam[][2] = {
+        {"snatch_local_stock_left", "Units this host may still sell from its local quota."},
+        {"snatch_local_quota", "Units of the event's stock this host holds as its quota."},
+        {"snatch_event_sold_out", "1 once this host knows the event is sold out."},
+    };
+    for (int i = 0; i < 3; i++) {
+        stock_render_t sr = {o, i};
+        prom_family(o, fam[i][0], "gauge", fam[i][1]);
+        stock_foreach(render_stock, &sr);
+    }
+}
+
+char *metrics_render(size_t *len)
+{
+    prom_buf_t o;
+    prom_init(&o);
+    prom_family(&o, "snatch_build_info", "gauge", "Always 1; the version as a label.");
+    prom_printf(&o, "snatch_build_info{program=\"snatch-host\",version=\"%s\"} 1\n",
+                SNATCH_VERSION);
+    render_requests(&o);
+    render_orders(&o);
+    prom_family(&o, "snatch_policy_reloads_total", "counter", "Policy script reloads, by result.");
+    prom_printf(&o, "snatch_policy_reloads_total{result=\"ok\"} %llu\n",
+                (unsigned long long)atomic_load(&reloads_ok));
+    prom_printf(&o, "snatch_policy_reloads_total{result=\"error\"} %llu\n",
+                (unsigned long long)atomic_load(&reloads_failed));
+    render_stock_families(&o);
     pthread_mutex_lock(&lua_lock);
-    if (n_lua_counters)
-        out_printf(&o, "# TYPE snatch_policy_counter_total counter\n");
+    prom_family(&o, "snatch_policy_counter_total", "counter",
+                "Counters bumped by the policy script (host.counter), by name.");
     for (int i = 0; i < n_lua_counters; i++)
-        out_printf(&o, "snatch_policy_counter_total{name=\"%s\"} %g\n", lua_counters[i].name,
-                   lua_counters[i].value);
+        prom_printf(&o, "snatch_policy_counter_total{name=\"%s\"} %.17g\n", lua_counters[i].name,
+                    lua_counters[i].value);
     pthread_mutex_unlock(&lua_lock);
     render_backend_errors(&o);
-    if (o.failed) {
-        free(o.buf);
-        return NULL;
-    }
-    *len = o.len;
-    return o.buf;
+    return prom_finish(&o, len);
 }

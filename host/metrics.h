@@ -1,6 +1,6 @@
 /* Counters and histograms for GET /metrics (Prometheus text format). Updated from every loop
  * thread without locks: each thread writes its own slot (metrics_thread_register), and the
- * renderer sums the slots. */
+ * renderer sums the slots. The names are listed in README.md (Metrics). */
 #ifndef SNATCH_METRICS_H
 #define SNATCH_METRICS_H
 
@@ -35,7 +35,9 @@ void metrics_init(void);
 /* Called once by each thread that records metrics, before it records any. */
 void metrics_thread_register(void);
 
-void metrics_request(metrics_route_t route, int status);
+/* An answered request; received_ns: uv_hrtime() when it reached the handler (0: unknown, no
+ * latency recorded). */
+void metrics_request(metrics_route_t route, int status, uint64_t received_ns);
 void metrics_outcome(metrics_outcome_t outcome);
 void metrics_redis_rtt(uint64_t usec);
 void metrics_policy_reload(int ok);
@@ -44,6 +46,12 @@ void metrics_http_error(int status); /* parse-level errors: 400, 408, 413, 431 *
 void metrics_lua_counter(const char *name, size_t len, double inc);
 void metrics_set_connections(int worker, int64_t n);
 void metrics_orders_inflight(int64_t delta);
+/* A JetStream publish finished: acknowledged (ok) or failed/timed out; sent_ns: uv_hrtime() at
+ * publish. */
+void metrics_orders_ack(int ok, uint64_t sent_ns);
+/* One pass of the host's reconciler: ok, stale pending entries it found, how many of them it
+ * republished. */
+void metrics_reconcile_pass(int ok, int64_t stale, int64_t republished);
 
 /* Failed attempts to set up or use a backend connection, by step: snatch_backend_errors_total. */
 typedef enum {

@@ -88,7 +88,8 @@ typedef struct pending {
     orders_ack_fn cb;
     void *data;
     uint64_t deadline;
-    int prev, next; /* publish order; next doubles as the free list link */
+    uint64_t sent_ns; /* uv_hrtime() at publish: ack latency */
+    int prev, next;   /* publish order; next doubles as the free list link */
     int hnext;
     bool used;
 } pending_t;
@@ -446,6 +447,7 @@ static int pending_add(orders_lane_t *l, const char *id, orders_ack_fn cb, void 
     e->cb = cb;
     e->data = data;
     e->deadline = uv_now(l->loop) + l->ack_timeout_ms;
+    e->sent_ns = uv_hrtime();
     e->used = true;
     e->hnext = l->buckets[b];
     l->buckets[b] = i;
@@ -486,6 +488,7 @@ static void pending_finish(orders_lane_t *l, int i, int status)
 {
     orders_ack_fn cb = l->pend[i].cb;
     void *data = l->pend[i].data;
+    metrics_orders_ack(status == 0, l->pend[i].sent_ns);
     pending_unlink(l, i);
     metrics_orders_inflight(-1);
     cb(status, data);

@@ -12,6 +12,7 @@
 #include <uv.h>
 
 #include "auth.h"
+#include "metrics.h"
 #include "reconcile.h"
 
 #define CONNECT_TIMEOUT_MS 2000
@@ -97,12 +98,15 @@ static int connect_all(reconciler_t *r)
 
 static void pass(reconciler_t *r)
 {
+    int64_t stale = 0;
     if (connect_all(r) != 0) {
         r->failing = true;
         drop_connections(r);
+        metrics_reconcile_pass(0, 0, 0);
         return;
     }
-    int n = reconcile_pending(r->rc, r->nc, r->older_than_ms, MAX_PER_PASS);
+    int n = reconcile_pending(r->rc, r->nc, r->older_than_ms, MAX_PER_PASS, &stale);
+    metrics_reconcile_pass(n >= 0, stale, n);
     r->failing = n < 0;
     if (n < 0) {
         fprintf(stderr, "reconciler: pass failed (Redis or NATS); retrying next interval\n");

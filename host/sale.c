@@ -65,7 +65,7 @@ static void log_limited(const char *fmt, const char *arg)
 
 static void reply_static(http_request_t *req, int status, const char *body, size_t len)
 {
-    metrics_request(ROUTE_SNATCH, status);
+    metrics_request(ROUTE_SNATCH, status, req->received_ns);
     http_respond(req, status, NULL, body, len);
 }
 #define REPLY(req, status, lit) reply_static((req), (status), (lit), sizeof(lit) - 1)
@@ -107,7 +107,7 @@ static void reply_order(sale_t *s, int status)
     util_json_str(body, sizeof(body), &pos, s->user, strlen(s->user));
     pos += (size_t)snprintf(body + pos, sizeof(body) - pos, ",\"qty\":%" PRId64 "}", s->qty);
     metrics_outcome(status == 200 ? OUTCOME_SOLD : OUTCOME_PENDING);
-    metrics_request(ROUTE_SNATCH, status);
+    metrics_request(ROUTE_SNATCH, status, s->req->received_ns);
     http_respond(s->req, status, NULL, body, pos);
 }
 

@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 PKGS=(build-essential cmake pkg-config libuv1-dev libluajit2-5.1-dev libhiredis-dev libnats-dev
       libsqlite3-dev libhttp-parser-dev libjansson-dev libcmocka-dev redis-server nats-server
       python3 sqlite3 curl lua-check clang libclang-rt-14-dev clang-format
-      dpkg-dev systemd python3-jsonschema python3-yaml openssl)
+      dpkg-dev systemd python3-jsonschema python3-yaml openssl
+      prometheus)
 
 asan=0 build=1
 for a in "$@"; do

@@ -4,3 +4,5 @@ add_snatch_py_test(sale_reload integration/test_reload.py TIMEOUT 300)
 add_snatch_py_test(sale_bad_input integration/test_bad_input.py TIMEOUT 300)
 add_snatch_py_test(orders_e2e integration/test_orders_e2e.py TIMEOUT 300)
 add_snatch_py_test(sale_hostile integration/test_hostile.py TIMEOUT 400)
+# /metrics of host and subscriber under load (promtool), examples/prometheus checked against them.
+add_snatch_py_test(metrics integration/test_metrics.py TIMEOUT 180)

@@ -299,6 +299,7 @@ typedef struct pending_scan {
     int64_t max;
     int64_t done;
     bool publish_failed;
+    int64_t stale;
 } pending_scan_t;
 
 static int on_pending(const char *id, size_t idlen, const char *ms, size_t mslen, void *data)
@@ -311,6 +312,7 @@ static int on_pending(const char *id, size_t idlen, const char *ms, size_t mslen
         return 0; /* young: the host is probably still waiting for its ack */
     if (p->max > 0 && p->done >= p->max)
         return 1;
+    p->stale++;
     r = redisCommand(p->rc, "HGET %s %s", p->orders_key, id);
     if (r == NULL)
         return -1;
@@ -336,13 +338,15 @@ static int on_pending(const char *id, size_t idlen, const char *ms, size_t mslen
 }
 
 int reconcile_pending(redisContext *rc, natsConnection *nc, int64_t older_than_ms,
-                      int64_t max_orders)
+                      int64_t max_orders, int64_t *stale)
 {
     char **events = NULL;
     size_t n = 0;
     jsCtx *js = NULL;
-    int64_t total = 0;
+    int64_t total = 0, seen = 0;
     int result = -1;
+    if (stale != NULL)
+        *stale = 0;
     if (reconcile_list_events(rc, &events, &n) != 0)
         return -1;
     if (natsConnection_JetStream(&js, nc, NULL) != NATS_OK || ensure_stream(js) != 0)
@@ -357,6 +361,7 @@ int reconcile_pending(redisContext *rc, natsConnection *nc, int64_t older_than_m
         snprintf(p.pending_key, sizeof(p.pending_key), "{%s}:pending", events[i]);
         int rc2 = hscan(rc, p.pending_key, on_pending, &p);
         total += p.done;
+        seen += p.stale;
         if (rc2 < 0)
             goto out;
         if (rc2 == 2) {
@@ -371,6 +376,8 @@ int reconcile_pending(redisContext *rc, natsConnection *nc, int64_t older_than_m
 out:
     jsCtx_Destroy(js);
     reconcile_free_events(events, n);
+    if (stale != NULL)
+        *stale = seen;
     if (result < 0 && total > 0)
         fprintf(stderr, "reconcile: republished %lld pending orders before failing\n",
                 (long long)total);

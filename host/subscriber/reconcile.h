@@ -45,9 +45,10 @@ int reconcile_event(redisContext *rc, natsConnection *nc, store_t *st, const cha
  * of snatch:events) older than older_than_ms (wall clock, as written by deduct.lua) - the host
  * crashed or lost the ack - and HDELs it once JetStream acknowledged it. Stops at max_orders
  * (<= 0: no limit) so one pass stays short. Returns the number republished, or -1 when Redis or
- * NATS failed (entries not yet done stay pending for the next pass). */
+ * NATS failed (entries not yet done stay pending for the next pass). *stale (may be NULL) gets
+ * the number of entries found older than older_than_ms, also when failing. */
 int reconcile_pending(redisContext *rc, natsConnection *nc, int64_t older_than_ms,
-                      int64_t max_orders);
+                      int64_t max_orders, int64_t *stale);
 
 /* Orders and events skipped so far by this process (bad name, publish refused): each is logged
  * (rate-limited) and the rest of the pass goes on. */

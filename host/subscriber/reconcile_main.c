@@ -16,6 +16,7 @@
 
 #include "auth.h"
 #include "cli.h"
+#include "log.h"
 #include "orders_stream.h"
 #include "reconcile.h"
 #include "store.h"
@@ -35,6 +36,7 @@ typedef struct config {
     int wait_s;
     long long pending_ms; /* >= 0: only run reconcile_pending with this age */
     auth_config_t auth;
+    log_format_t log_format;
 } config_t;
 
 static void usage(FILE *f)
@@ -57,6 +59,8 @@ static void usage(FILE *f)
             "  --orders-max-age-ms MS, --orders-max-bytes BYTES\n"
             "                     retention of stream ORDERS if this run creates it (defaults\n"
             "                     7 days and 2 GiB, as snatch-host; 0: unlimited)\n"
+            "  --log-format text|json  log lines on stderr (default text; the table\n"
+            "                     stays on stdout)\n"
             "  --version          print the version and exit\n"
             "  -h, --help         this text\n" AUTH_REDIS_USAGE AUTH_NATS_USAGE
             "Exit: 0 consistent, 1 orders missing or SQLite holds more than sold, 2 usage or\n"
@@ -76,6 +80,7 @@ static int parse_args(int argc, char **argv, config_t *c)
         {"pending", required_argument, NULL, 'p'},
         {ORDERS_MAX_AGE_FLAG, required_argument, NULL, 'A'},
         {ORDERS_MAX_BYTES_FLAG, required_argument, NULL, 'B'},
+        {"log-format", required_argument, NULL, 'l'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         AUTH_REDIS_OPTIONS,
@@ -130,6 +135,12 @@ static int parse_args(int argc, char **argv, config_t *c)
         case 'V':
             cli_print_version(PROG);
             exit(0);
+        case 'l':
+            if (log_parse_format(optarg, &c->log_format) != 0) {
+                fprintf(stderr, "reconcile: --log-format must be text or json\n");
+                return -1;
+            }
+            break;
         case 'h':
             usage(stdout);
             exit(0);
@@ -235,8 +246,10 @@ int main(int argc, char **argv)
     char err[512];
     int status = 3;
 
+    log_init("snatch-reconcile", LOG_FORMAT_TEXT);
     if (parse_args(argc, argv, &c) != 0)
         return 2;
+    log_init("snatch-reconcile", c.log_format);
     /* SQLite would create a missing file, and an empty database makes every order "missing":
      * a typo in --db must not republish a whole sale. */
     struct stat sb;
@@ -263,7 +276,7 @@ int main(int argc, char **argv)
         goto out;
     }
     if (c.pending_ms >= 0) {
-        int done = reconcile_pending(rc, nc, c.pending_ms, 0);
+        int done = reconcile_pending(rc, nc, c.pending_ms, 0, NULL);
         printf("republished %d pending orders\n", done < 0 ? 0 : done);
         status = done < 0 ? 3 : 0;
         goto out;

@@ -21,12 +21,17 @@
  * Between them a queue of at most QUEUE_DEPTH batches; a batch leaves it only once acknowledged,
  * so the queue being empty means that nothing fetched is waiting for an ack. On stop the fetcher
  * ends after its current fetch and the main thread still writes what was fetched: every
- * delivered message is committed and acknowledged before exit (none waits for AckWait). */
+ * delivered message is committed and acknowledged before exit (none waits for AckWait).
+ *
+ * With --metrics-listen, a third thread answers GET /metrics (metrics_http.c): counters below are
+ * relaxed atomics written by the main thread, and the stream lag is asked from the server by that
+ * thread, never by the writer. */
 #include <errno.h>
 #include <getopt.h>
 #include <nats/nats.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +39,9 @@
 
 #include "auth.h"
 #include "cli.h"
+#include "log.h"
+#include "metrics_http.h"
+#include "promtext.h"
 #include "store.h"
 
 #define FETCH_TIMEOUT_MS 200
@@ -55,6 +63,8 @@ typedef struct config {
     int batch;
     store_sync_t sync;
     auth_config_t auth;
+    const char *metrics_listen;
+    log_format_t log_format;
 } config_t;
 
 static volatile sig_atomic_t stop_requested;
@@ -88,6 +98,8 @@ static void usage(FILE *f)
             "  --batch N         messages per fetch and per transaction (default %d)\n"
             "  --durable NAME    durable consumer name (default snatch-subscriber)\n"
             "  --stream NAME     stream to consume (default ORDERS)\n"
+            "  --metrics-listen ADDR:PORT  serve Prometheus metrics at GET /metrics\n"
+            "  --log-format text|json  log lines on stderr (default text)\n"
             "  --sync full|normal  SQLite synchronous mode (default full: a commit, and\n"
             "                    so the ack that follows it, survives a power loss;\n"
             "                    normal is faster but a power loss may drop acked orders,\n"
@@ -107,6 +119,8 @@ static int parse_args(int argc, char **argv, config_t *c)
         {"durable", required_argument, NULL, 'u'},
         {"stream", required_argument, NULL, 's'},
         {"sync", required_argument, NULL, 'y'},
+        {"metrics-listen", required_argument, NULL, 'm'},
+        {"log-format", required_argument, NULL, 'l'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         AUTH_NATS_OPTIONS,
@@ -132,6 +146,15 @@ static int parse_args(int argc, char **argv, config_t *c)
             break;
         case 's':
             c->stream = optarg;
+            break;
+        case 'm':
+            c->metrics_listen = optarg;
+            break;
+        case 'l':
+            if (log_parse_format(optarg, &c->log_format) != 0) {
+                fprintf(stderr, "subscriber: --log-format must be text or json\n");
+                return -1;
+            }
             break;
         case 'b':
             errno = 0;
@@ -247,6 +270,124 @@ typedef struct stats {
     int64_t dead;       /* dead letters */
 } stats_t;
 
+/* ---- metrics (--metrics-listen) ---- */
+
+static const uint64_t commit_bounds_ns[] = {100000,    250000,    500000,     1000000,   2500000,
+                                            5000000,   10000000,  25000000,   50000000,  100000000,
+                                            250000000, 500000000, 1000000000, 2500000000};
+#define N_COMMIT (sizeof(commit_bounds_ns) / sizeof(commit_bounds_ns[0]))
+static const uint64_t batch_bounds[] = {1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000};
+#define N_BATCH (sizeof(batch_bounds) / sizeof(batch_bounds[0]))
+
+/* Written by the writer thread (and lag by the metrics thread), read by the renderer. */
+static struct {
+    _Atomic uint64_t persisted, duplicates, dead, sqlite_errors;
+    _Atomic uint64_t commit[N_COMMIT + 1], commit_sum_ns;
+    _Atomic uint64_t batch[N_BATCH + 1], batch_sum;
+    _Atomic int64_t lag, ack_pending; /* -1: not known yet */
+    _Atomic uint64_t lag_errors;
+} m = {.lag = -1, .ack_pending = -1};
+
+typedef struct metrics_ctx {
+    _Atomic(jsCtx *) js; /* NULL until connected */
+    const config_t *c;
+} metrics_ctx_t;
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void count_batch(const stats_t *d, int msgs, int64_t commit_ns)
+{
+    atomic_fetch_add_explicit(&m.persisted, (uint64_t)d->persisted, memory_order_relaxed);
+    atomic_fetch_add_explicit(&m.duplicates, (uint64_t)d->duplicates, memory_order_relaxed);
+    atomic_fetch_add_explicit(&m.dead, (uint64_t)d->dead, memory_order_relaxed);
+    atomic_fetch_add_explicit(&m.batch[prom_bucket(batch_bounds, N_BATCH, (uint64_t)msgs)], 1,
+                              memory_order_relaxed);
+    atomic_fetch_add_explicit(&m.batch_sum, (uint64_t)msgs, memory_order_relaxed);
+    atomic_fetch_add_explicit(
+        &m.commit[prom_bucket(commit_bounds_ns, N_COMMIT, (uint64_t)commit_ns)], 1,
+        memory_order_relaxed);
+    atomic_fetch_add_explicit(&m.commit_sum_ns, (uint64_t)commit_ns, memory_order_relaxed);
+}
+
+/* Metrics thread: the consumer's lag, asked from the server (a request with a short timeout). */
+static void metrics_tick(void *arg)
+{
+    metrics_ctx_t *x = arg;
+    jsCtx *js = atomic_load(&x->js);
+    jsOptions o;
+    jsConsumerInfo *ci = NULL;
+    jsErrCode jerr = 0;
+    if (js == NULL)
+        return;
+    jsOptions_Init(&o);
+    o.Wait = 1000;
+    if (js_GetConsumerInfo(&ci, js, x->c->stream, x->c->durable, &o, &jerr) != NATS_OK) {
+        atomic_fetch_add(&m.lag_errors, 1);
+        return;
+    }
+    atomic_store(&m.lag, (int64_t)ci->NumPending);
+    atomic_store(&m.ack_pending, ci->NumAckPending);
+    jsConsumerInfo_Destroy(ci);
+}
+
+static void render_counter(prom_buf_t *o, const char *name, const char *help, uint64_t v)
+{
+    prom_family(o, name, "counter", help);
+    prom_printf(o, "%s %llu\n", name, (unsigned long long)v);
+}
+
+static char *metrics_render(size_t *len, void *arg)
+{
+    (void)arg;
+    prom_buf_t o;
+    uint64_t counts[N_COMMIT + 1];
+    prom_init(&o);
+    prom_family(&o, "snatch_build_info", "gauge", "Always 1; the version as a label.");
+    prom_printf(&o, "snatch_build_info{program=\"snatch-subscriber\",version=\"%s\"} 1\n",
+                SNATCH_VERSION);
+    render_counter(&o, "snatch_subscriber_rows_persisted_total", "Orders inserted into SQLite.",
+                   atomic_load(&m.persisted));
+    render_counter(&o, "snatch_subscriber_duplicates_total",
+                   "Orders already in SQLite (redelivered or republished), ignored.",
+                   atomic_load(&m.duplicates));
+    render_counter(&o, "snatch_subscriber_dead_letters_total",
+                   "Messages that are not orders, kept in table dead_letters.",
+                   atomic_load(&m.dead));
+    render_counter(&o, "snatch_subscriber_sqlite_errors_total",
+                   "Batches whose SQLite transaction failed (retried).",
+                   atomic_load(&m.sqlite_errors));
+    prom_family(&o, "snatch_subscriber_batch_size_messages", "histogram",
+                "Messages per fetched batch (one transaction each).");
+    for (size_t i = 0; i <= N_BATCH; i++)
+        counts[i] = atomic_load(&m.batch[i]);
+    prom_histogram(&o, "snatch_subscriber_batch_size_messages", "", batch_bounds, N_BATCH, counts,
+                   atomic_load(&m.batch_sum));
+    prom_family(&o, "snatch_subscriber_commit_duration_seconds", "histogram",
+                "Writing and committing one batch in SQLite.");
+    for (size_t i = 0; i <= N_COMMIT; i++)
+        counts[i] = atomic_load(&m.commit[i]);
+    prom_histogram_ns(&o, "snatch_subscriber_commit_duration_seconds", "", commit_bounds_ns,
+                      N_COMMIT, counts, atomic_load(&m.commit_sum_ns));
+    int64_t lag = atomic_load(&m.lag), ackp = atomic_load(&m.ack_pending);
+    /* Unknown until the first answer: no sample rather than a false 0. */
+    prom_family(&o, "snatch_subscriber_lag_messages", "gauge",
+                "Messages of the stream not yet delivered to the consumer (num_pending).");
+    if (lag >= 0)
+        prom_printf(&o, "snatch_subscriber_lag_messages %lld\n", (long long)lag);
+    prom_family(&o, "snatch_subscriber_ack_pending_messages", "gauge",
+                "Messages delivered and not yet acknowledged (num_ack_pending).");
+    if (ackp >= 0)
+        prom_printf(&o, "snatch_subscriber_ack_pending_messages %lld\n", (long long)ackp);
+    render_counter(&o, "snatch_subscriber_lag_errors_total",
+                   "Failed requests for the consumer's lag.", atomic_load(&m.lag_errors));
+    return prom_finish(&o, len);
+}
+
 /* Fetched batches on their way from the fetcher thread to the main thread. */
 typedef struct queue {
     pthread_mutex_t mu;
@@ -291,6 +432,7 @@ static int write_msg(store_t *st, natsMsg *m)
 static int write_batch(store_t *st, natsMsgList *list, stats_t *t)
 {
     stats_t d = {0};
+    int64_t t0 = now_ns();
     if (store_begin(st) != 0)
         goto fail;
     for (int i = 0; i < list->Count; i++) {
@@ -313,8 +455,10 @@ static int write_batch(store_t *st, natsMsgList *list, stats_t *t)
     t->persisted += d.persisted;
     t->duplicates += d.duplicates;
     t->dead += d.dead;
+    count_batch(&d, list->Count, now_ns() - t0);
     return 0;
 fail:
+    atomic_fetch_add(&m.sqlite_errors, 1);
     fprintf(stderr, "subscriber: SQLite: %s\n", store_errmsg(st));
     store_rollback(st);
     return -1;
@@ -562,12 +706,16 @@ int main(int argc, char **argv)
     jsCtx *js = NULL;
     natsSubscription *sub = NULL;
     stats_t t = {0};
+    metrics_http_t *mh = NULL;
+    metrics_ctx_t mctx = {.c = &c};
     char err[512];
     int rc = 1;
     struct sigaction sa;
 
+    log_init("snatch-subscriber", LOG_FORMAT_TEXT);
     if (parse_args(argc, argv, &c) != 0)
         return 2;
+    log_init("snatch-subscriber", c.log_format);
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_signal; /* no SA_RESTART: sleeps and waits return early */
     sigaction(SIGTERM, &sa, NULL);
@@ -579,12 +727,23 @@ int main(int argc, char **argv)
         auth_free(&c.auth);
         return 1;
     }
+    /* Served from the start, so that a subscriber waiting for NATS is seen (no lag sample yet)
+     * and a taken port is an error now, not after connecting. */
+    if (c.metrics_listen != NULL) {
+        if (metrics_http_start(&mh, c.metrics_listen, metrics_render, metrics_tick, &mctx, err,
+                               sizeof(err)) != 0) {
+            fprintf(stderr, "subscriber: metrics: %s\n", err);
+            goto out;
+        }
+        fprintf(stderr, "subscriber: metrics on %s\n", c.metrics_listen);
+    }
     if ((nc = connect_nats(c.url, &c.auth)) == NULL) {
         rc = stop_requested ? 0 : 1;
         goto out;
     }
     if (natsConnection_JetStream(&js, nc, NULL) != NATS_OK)
         goto out;
+    atomic_store(&mctx.js, js);
     if ((sub = subscribe(js, &c)) == NULL) {
         rc = stop_requested ? 0 : 1;
         goto out;
@@ -596,6 +755,7 @@ int main(int argc, char **argv)
     natsConnection_FlushTimeout(nc, 2000);
     fprintf(stderr, "subscriber: stopped, persisted %lld\n", (long long)t.persisted);
 out:
+    metrics_http_stop(mh);         /* before js goes: its thread uses it */
     natsSubscription_Destroy(sub); /* not Unsubscribe: that would delete the durable */
     jsCtx_Destroy(js);
     natsConnection_Close(nc);

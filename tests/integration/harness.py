@@ -422,7 +422,7 @@ class Stack:
     (by PID) on exit and the temp dir removed."""
 
     def __init__(self, hosts=1, threads=2, policy=None, aof_always=False, subscriber=True,
-                 host_extra=(), query_user=True, redis_extra=()):
+                 host_extra=(), query_user=True, redis_extra=(), sub_extra=()):
         self.tmp = TempDir()
         self.n_hosts = hosts
         self.threads = threads
@@ -432,6 +432,7 @@ class Stack:
         self.host_extra = host_extra
         self.query_user = query_user
         self.redis_extra = redis_extra
+        self.sub_extra = sub_extra
         self.redis = self.nats = self.sub = None
         self.hosts = []
 
@@ -441,7 +442,7 @@ class Stack:
                                      extra=self.redis_extra).start()
             self.nats = NatsServer(self.tmp.path).start()
             if self.with_subscriber:
-                self.sub = Subscriber(self.tmp.path, self.nats.url).start()
+                self.sub = Subscriber(self.tmp.path, self.nats.url, extra=self.sub_extra).start()
             for i in range(self.n_hosts):
                 h = Host(self.tmp.path, self.redis.port, self.nats.url, policy=self.policy,
                          threads=self.threads, host_id="h%d" % (i + 1), hosts=self.n_hosts,
