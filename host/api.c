@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "log.h"
 #include "metrics.h"
 #include "ratelimit.h"
 #include "sale.h"
@@ -312,10 +313,9 @@ static void on_event_reset(redisReply *r, const char *err, void *data)
     else
         stock_install(a->event, a->len, a->stock, a->limit, quota, (uint64_t)gen, a->stock == 0);
     a->reserved = false;
-    fprintf(stderr,
-            "admin: event %s reset: stock %" PRId64 ", per_user_limit %" PRId64
-            ", generation %" PRId64 ", local quota %" PRId64 "\n",
-            a->event, a->stock, a->limit, gen, quota);
+    log_info("admin: event %s reset: stock %" PRId64 ", per_user_limit %" PRId64
+             ", generation %" PRId64 ", local quota %" PRId64 "",
+             a->event, a->stock, a->limit, gen, quota);
     char body[384];
     size_t pos = 0;
     memcpy(body, "{\"event\":", 9);

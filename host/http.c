@@ -30,6 +30,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "log.h"
 #include "metrics.h"
 #include "util.h"
 
@@ -1410,7 +1411,7 @@ static void refuse(conn_t *c)
                                "Connection: close\r\n\r\n"
                                "{\"error\":\"too_many_connections\"}";
     if (!c->srv->limit_logged) {
-        fprintf(stderr, "http: connection cap reached, refusing connections (logged once)\n");
+        log_warn("http: connection cap reached, refusing connections (logged once)");
         c->srv->limit_logged = true;
     }
     metrics_http_error(503);
@@ -1427,15 +1428,14 @@ static void on_connection(uv_stream_t *l, int status)
     if (status < 0) {
         /* EMFILE and friends: libuv already drops the pending connection; say it once. */
         if (!srv->emfile_logged) {
-            fprintf(stderr, "http: accept failed: %s (further failures not logged)\n",
-                    uv_strerror(status));
+            log_error("http: accept failed: %s (further failures not logged)", uv_strerror(status));
             srv->emfile_logged = true;
         }
         return;
     }
     conn_t *c = calloc(1, sizeof(*c));
     if (!c) {
-        fprintf(stderr, "http: out of memory accepting a connection\n");
+        log_error("http: out of memory accepting a connection");
         return;
     }
     c->srv = srv;

@@ -116,17 +116,15 @@ static int read_token(const char *path, host_config_t *cfg)
     size_t len;
     char *tok = util_read_file(path, &len);
     if (tok == NULL) {
-        fprintf(stderr, "snatch-host: cannot read admin token file %s: %s\n", path,
-                strerror(errno));
+        log_error("cannot read admin token file %s: %s", path, strerror(errno));
         return -1;
     }
     while (len > 0 && (tok[len - 1] == '\n' || tok[len - 1] == '\r' || tok[len - 1] == ' '))
         len--;
     if (len < ADMIN_TOKEN_MIN || len >= sizeof(cfg->admin_token)) {
-        fprintf(stderr,
-                "snatch-host: admin token in %s must be %d..255 bytes (it has %zu): a short "
-                "token can be guessed; e.g. head -c 24 /dev/urandom | base64 > %s\n",
-                path, ADMIN_TOKEN_MIN, len, path);
+        log_error("admin token in %s must be %d..255 bytes (it has %zu): a short "
+                  "token can be guessed; e.g. head -c 24 /dev/urandom | base64 > %s\n",
+                  path, ADMIN_TOKEN_MIN, len, path);
         free(tok);
         return -1;
     }
@@ -149,26 +147,25 @@ static void on_hup(uv_signal_t *h, int signum)
     (void)signum;
     char err[1024];
     if (check_policy(host.cfg.policy_path, err, sizeof(err)) != 0) {
-        fprintf(stderr, "reload: policy %s refused, old policy keeps serving: %s\n",
-                host.cfg.policy_path, err);
+        log_error("reload: policy %s refused, old policy keeps serving: %s", host.cfg.policy_path,
+                  err);
         metrics_policy_reload(0);
         return;
     }
     char *deduct = util_read_file(host.cfg.deduct_path, NULL);
     if (deduct == NULL)
-        fprintf(stderr, "reload: cannot read %s, keeping the deduct script\n",
-                host.cfg.deduct_path);
+        log_warn("reload: cannot read %s, keeping the deduct script", host.cfg.deduct_path);
     for (int i = 0; i < n_workers; i++)
         worker_post_reload(&workers[i], deduct);
     free(deduct);
-    fprintf(stderr, "reload: policy %s handed to %d threads\n", host.cfg.policy_path, n_workers);
+    log_info("reload: policy %s handed to %d threads", host.cfg.policy_path, n_workers);
 }
 
 static void on_stop_signal(uv_signal_t *h, int signum)
 {
     (void)h;
-    fprintf(stderr, "snatch-host: %s: stopping (finishing in-flight requests)\n",
-            signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    log_info("%s: stopping (finishing in-flight requests)",
+             signum == SIGTERM ? "SIGTERM" : "SIGINT");
     atomic_store(&host.stopping, true);
     for (int i = 0; i < n_workers; i++)
         worker_post_stop(&workers[i]);
@@ -479,8 +476,8 @@ static int check_port_free(const char *what, const char *addr, int port)
     int rc = http_probe_port(addr, port);
     if (rc == 0)
         return 0;
-    fprintf(stderr, "snatch-host: %s %s:%d: %s%s\n", what, addr, port, uv_strerror(rc),
-            rc == UV_EADDRINUSE ? " (another process, perhaps a snatch-host, serves it)" : "");
+    log_error("%s %s:%d: %s%s", what, addr, port, uv_strerror(rc),
+              rc == UV_EADDRINUSE ? " (another process, perhaps a snatch-host, serves it)" : "");
     return -1;
 }
 
@@ -493,8 +490,8 @@ static int setup_connections(void)
         rlim_t was = rl.rlim_cur;
         rl.rlim_cur = rl.rlim_max;
         if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
-            fprintf(stderr, "snatch-host: descriptor limit raised from %llu to %llu\n",
-                    (unsigned long long)was, (unsigned long long)rl.rlim_max);
+            log_info("descriptor limit raised from %llu to %llu", (unsigned long long)was,
+                     (unsigned long long)rl.rlim_max);
         else
             getrlimit(RLIMIT_NOFILE, &rl);
     }
@@ -502,18 +499,17 @@ static int setup_connections(void)
         rlim_t n = rl.rlim_cur > 2 * FD_RESERVE ? rl.rlim_cur - FD_RESERVE : rl.rlim_cur / 2;
         max_conns = n > (1 << 24) ? (1 << 24) : (int64_t)n;
     } else if ((rlim_t)max_conns + FD_RESERVE > rl.rlim_cur) {
-        fprintf(stderr,
-                "snatch-host: warning: --max-connections %lld is above the descriptor limit "
-                "%llu less %d reserved: accepts may fail before the cap\n",
-                (long long)max_conns, (unsigned long long)rl.rlim_cur, FD_RESERVE);
+        log_warn("--max-connections %lld is above the descriptor limit "
+                 "%llu less %d reserved: accepts may fail before the cap",
+                 (long long)max_conns, (unsigned long long)rl.rlim_cur, FD_RESERVE);
     }
     host.cfg.http.limits = http_limits_new((size_t)max_conns, (unsigned)max_per_client);
     if (!host.cfg.http.limits) {
-        fprintf(stderr, "snatch-host: out of memory\n");
+        log_error("out of memory");
         return -1;
     }
-    fprintf(stderr, "snatch-host: at most %lld connections, %lld per client address%s\n",
-            (long long)max_conns, (long long)max_per_client, max_per_client ? "" : " (no cap)");
+    log_info("at most %lld connections, %lld per client address%s", (long long)max_conns,
+             (long long)max_per_client, max_per_client ? "" : " (no cap)");
     if (check_port_free("listen", host.cfg.listen_addr, host.cfg.listen_port) != 0)
         return -1;
     if (host.cfg.admin_listen_addr && host.cfg.admin_listen_port == host.cfg.listen_port) {
@@ -536,11 +532,11 @@ int main(int argc, char **argv)
     log_init("snatch-host", log_format);
     /* Before the first policy call: host.limit() would otherwise size the table by default. */
     if (ratelimit_init((size_t)rate_limit_keys) != 0) {
-        fprintf(stderr, "snatch-host: cannot allocate the rate limiter\n");
+        log_error("cannot allocate the rate limiter");
         return 1;
     }
     if (check_policy(host.cfg.policy_path, err, sizeof(err)) != 0) {
-        fprintf(stderr, "snatch-host: policy %s: %s\n", host.cfg.policy_path, err);
+        log_error("policy %s: %s", host.cfg.policy_path, err);
         return 1;
     }
     if (test_only) {
@@ -551,27 +547,26 @@ int main(int argc, char **argv)
     if (setup_connections() != 0)
         return 1;
     if (stock_init_max((size_t)max_events) != 0) {
-        fprintf(stderr, "snatch-host: cannot allocate the event table\n");
+        log_error("cannot allocate the event table");
         return 1;
     }
     metrics_init();
     metrics_thread_register();
     if (orders_publisher_start_auth(&host.orders, host.cfg.nats_url, &host.cfg.auth, err,
                                     sizeof(err)) != 0) {
-        fprintf(stderr, "snatch-host: nats: %s\n", err);
+        log_error("nats: %s", err);
         return 1;
     }
     if ((int64_t)host.cfg.ack_timeout_ms >= reconcile_after_ms)
-        fprintf(stderr,
-                "snatch-host: warning: --reconcile-after-ms (%lld) should exceed "
-                "--ack-timeout-ms (%llu), or orders still awaiting their ack get "
-                "republished (harmless: de-duplicated, but wasted)\n",
-                (long long)reconcile_after_ms, (unsigned long long)host.cfg.ack_timeout_ms);
+        log_warn("--reconcile-after-ms (%lld) should exceed "
+                 "--ack-timeout-ms (%llu), or orders still awaiting their ack get "
+                 "republished (harmless: de-duplicated, but wasted)",
+                 (long long)reconcile_after_ms, (unsigned long long)host.cfg.ack_timeout_ms);
     reconciler_t *reconciler = NULL;
     if (reconcile_interval_ms > 0 &&
         reconciler_start(&reconciler, host.cfg.redis_host, host.cfg.redis_port, host.cfg.nats_url,
                          reconcile_interval_ms, reconcile_after_ms, &host.cfg.auth) != 0) {
-        fprintf(stderr, "snatch-host: cannot start the reconciliation thread\n");
+        log_error("cannot start the reconciliation thread");
         return 1;
     }
     /* Handlers before the first listener: a HUP sent as soon as the port answers must reload,
@@ -591,12 +586,11 @@ int main(int argc, char **argv)
         }
     }
     if (status == 0) {
-        fprintf(stderr,
-                "snatch-host %s: serving http://%s:%d with %d threads, host %s of %d, "
-                "redis %s:%d, nats %s, policy %s\n",
-                SNATCH_VERSION, host.cfg.listen_addr, host.cfg.listen_port, n_workers,
-                host.cfg.host_id, host.cfg.hosts, host.cfg.redis_host, host.cfg.redis_port,
-                host.cfg.nats_url, host.cfg.policy_path);
+        log_info("snatch-host %s: serving http://%s:%d with %d threads, host %s of %d, "
+                 "redis %s:%d, nats %s, policy %s",
+                 SNATCH_VERSION, host.cfg.listen_addr, host.cfg.listen_port, n_workers,
+                 host.cfg.host_id, host.cfg.hosts, host.cfg.redis_host, host.cfg.redis_port,
+                 host.cfg.nats_url, host.cfg.policy_path);
         uv_run(loop, UV_RUN_DEFAULT);
     } else {
         for (int i = 0; i < n_workers; i++)
@@ -617,6 +611,6 @@ int main(int argc, char **argv)
     stock_shutdown();
     http_limits_free(host.cfg.http.limits);
     auth_free(&host.cfg.auth);
-    fprintf(stderr, "snatch-host: stopped\n");
+    log_info("stopped");
     return status;
 }

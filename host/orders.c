@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "auth.h"
+#include "log.h"
 #include "metrics.h"
 #include "util.h"
 
@@ -140,7 +141,7 @@ static void on_disconnected(natsConnection *nc, void *closure)
     conn_state_t *cs = closure;
     atomic_store(&cs->connected, false);
     if (!atomic_load(&cs->stopping))
-        fprintf(stderr, "orders: disconnected from NATS\n");
+        log_warn("orders: disconnected from NATS");
 }
 
 static void on_reconnected(natsConnection *nc, void *closure)
@@ -149,7 +150,7 @@ static void on_reconnected(natsConnection *nc, void *closure)
      * publishes are accepted, so none is lost to "no responders". */
     conn_state_t *cs = closure;
     atomic_store(&cs->stream_ok, false);
-    fprintf(stderr, "orders: reconnected to NATS\n");
+    log_info("orders: reconnected to NATS");
     on_connected(nc, closure);
 }
 
@@ -167,8 +168,8 @@ static void on_error(natsConnection *nc, natsSubscription *sub, natsStatus err, 
     atomic_store(&cs->err_logged_ms, now);
     const char *txt = NULL;
     natsConnection_GetLastError(nc, &txt);
-    fprintf(stderr, "orders: NATS error: %s%s%s\n", natsStatus_GetText(err),
-            txt != NULL && *txt ? ": " : "", txt != NULL ? txt : "");
+    log_warn("orders: NATS error: %s%s%s", natsStatus_GetText(err), txt != NULL && *txt ? ": " : "",
+             txt != NULL ? txt : "");
 }
 
 static void on_closed(natsConnection *nc, void *closure)
@@ -184,11 +185,10 @@ static void on_closed(natsConnection *nc, void *closure)
             atomic_store(&cs->closed_logged_ms, now);
             const char *txt = NULL;
             natsConnection_GetLastError(nc, &txt);
-            fprintf(stderr,
-                    "orders: NATS closed the connection%s%s; sales answer 503 while a new one is "
-                    "tried every %d s at most (logged every 30 s)\n",
-                    txt != NULL && *txt ? ": " : "", txt != NULL ? txt : "",
-                    REOPEN_BACKOFF_MAX_MS / 1000);
+            log_warn("orders: NATS closed the connection%s%s; sales answer 503 while a new one is "
+                     "tried every %d s at most (logged every 30 s)\n",
+                     txt != NULL && *txt ? ": " : "", txt != NULL ? txt : "",
+                     REOPEN_BACKOFF_MAX_MS / 1000);
         }
     }
     conn_state_release(cs);
@@ -205,11 +205,11 @@ static int ensure_stream(natsConnection *nc)
         return -1;
     s = orders_stream_ensure(js, &jerr, &created);
     if (created)
-        fprintf(stderr, "orders: created stream %s\n", ORDERS_STREAM);
+        log_info("orders: created stream %s", ORDERS_STREAM);
     if (s != NATS_OK) {
         metrics_backend_error(METRICS_NATS_STREAM);
-        fprintf(stderr, "orders: stream %s not ready: %s (%d); retrying\n", ORDERS_STREAM,
-                natsStatus_GetText(s), (int)jerr);
+        log_warn("orders: stream %s not ready: %s (%d); retrying\n", ORDERS_STREAM,
+                 natsStatus_GetText(s), (int)jerr);
     }
     jsCtx_Destroy(js);
     return s == NATS_OK ? 0 : -1;
@@ -244,15 +244,14 @@ static int open_connection(orders_publisher_t *p, bool first)
         atomic_store(&cs->given_up, true);
         metrics_backend_error(METRICS_NATS_CONNECT);
         if (first)
-            fprintf(stderr, "orders: cannot connect to %s: %s (%s); retrying\n", p->url,
-                    natsStatus_GetText(s), nats_GetLastError(NULL));
+            log_warn("orders: cannot connect to %s: %s (%s); retrying\n", p->url,
+                     natsStatus_GetText(s), nats_GetLastError(NULL));
         return -1;
     }
     if (s == NATS_NOT_YET_CONNECTED && first) {
         /* Said at once: until it connects every sale answers 503. */
         metrics_backend_error(METRICS_NATS_CONNECT);
-        fprintf(stderr, "orders: cannot reach NATS at %s yet; retrying in the background\n",
-                p->url);
+        log_warn("orders: cannot reach NATS at %s yet; retrying in the background\n", p->url);
     }
     natsConnection *old = p->nc;
     uv_mutex_lock(&p->nc_mu);

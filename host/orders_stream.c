@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "log.h"
+
 /* Written once at start-up (before threads), read by the thread that creates the stream. */
 static int64_t max_age_ms = ORDERS_DEFAULT_MAX_AGE_MS;
 static int64_t max_bytes = ORDERS_DEFAULT_MAX_BYTES;
@@ -52,11 +54,10 @@ static void warn_if_different(const jsStreamInfo *si)
     int64_t have_bytes = si->Config->MaxBytes < 0 ? 0 : si->Config->MaxBytes;
     if (have_age_ms == max_age_ms && have_bytes == max_bytes)
         return;
-    fprintf(stderr,
-            "orders: stream %s exists with max age %lld ms, max bytes %lld (0: unlimited); "
-            "this process asked for %lld ms, %lld: the stream is left as it is\n",
-            ORDERS_STREAM, (long long)have_age_ms, (long long)have_bytes, (long long)max_age_ms,
-            (long long)max_bytes);
+    log_warn("orders: stream %s exists with max age %lld ms, max bytes %lld (0: unlimited); "
+             "this process asked for %lld ms, %lld: the stream is left as it is",
+             ORDERS_STREAM, (long long)have_age_ms, (long long)have_bytes, (long long)max_age_ms,
+             (long long)max_bytes);
 }
 
 natsStatus orders_stream_ensure(jsCtx *js, jsErrCode *jerr, int *created)

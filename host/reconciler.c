@@ -12,6 +12,7 @@
 #include <uv.h>
 
 #include "auth.h"
+#include "log.h"
 #include "metrics.h"
 #include "reconcile.h"
 
@@ -54,8 +55,8 @@ static int connect_all(reconciler_t *r)
         r->rc = redisConnectWithTimeout(r->redis_host, r->redis_port, tv);
         if (r->rc == NULL || r->rc->err) {
             if (!r->failing)
-                fprintf(stderr, "reconciler: cannot connect to redis %s:%d: %s\n", r->redis_host,
-                        r->redis_port, r->rc ? r->rc->errstr : "out of memory");
+                log_warn("reconciler: cannot connect to redis %s:%d: %s", r->redis_host,
+                         r->redis_port, r->rc ? r->rc->errstr : "out of memory");
             if (r->rc)
                 redisFree(r->rc);
             r->rc = NULL;
@@ -65,7 +66,7 @@ static int connect_all(reconciler_t *r)
         char err[256];
         if (auth_redis_sync(r->rc, r->auth, err, sizeof(err)) != 0) {
             if (!r->failing)
-                fprintf(stderr, "reconciler: redis %s:%d: %s\n", r->redis_host, r->redis_port, err);
+                log_warn("reconciler: redis %s:%d: %s", r->redis_host, r->redis_port, err);
             redisFree(r->rc);
             r->rc = NULL;
             return -1;
@@ -85,8 +86,8 @@ static int connect_all(reconciler_t *r)
         if (s == NATS_OK)
             s = natsConnection_Connect(&r->nc, opts);
         if (s != NATS_OK && !r->failing)
-            fprintf(stderr, "reconciler: nats %s: %s (%s)\n", r->nats_url, natsStatus_GetText(s),
-                    nats_GetLastError(NULL));
+            log_warn("reconciler: nats %s: %s (%s)", r->nats_url, natsStatus_GetText(s),
+                     nats_GetLastError(NULL));
         natsOptions_Destroy(opts);
         if (s != NATS_OK) {
             r->nc = NULL;
@@ -109,11 +110,11 @@ static void pass(reconciler_t *r)
     metrics_reconcile_pass(n >= 0, stale, n);
     r->failing = n < 0;
     if (n < 0) {
-        fprintf(stderr, "reconciler: pass failed (Redis or NATS); retrying next interval\n");
+        log_warn("reconciler: pass failed (Redis or NATS); retrying next interval\n");
         drop_connections(r);
     } else if (n > 0) {
-        fprintf(stderr, "reconciler: republished %d pending orders older than %lld ms\n", n,
-                (long long)r->older_than_ms);
+        log_warn("reconciler: republished %d pending orders older than %lld ms", n,
+                 (long long)r->older_than_ms);
     }
 }
 

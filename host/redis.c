@@ -35,6 +35,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "log.h"
 #include "metrics.h"
 #include "util.h"
 
@@ -425,7 +426,7 @@ static void schedule_reconnect(redis_client_t *c)
 static void log_lost(redis_client_t *c, const char *why)
 {
     if (c->was_ready)
-        fprintf(stderr, "redis: connection to %s:%d lost: %s\n", c->host, c->port, why);
+        log_warn("redis: connection to %s:%d lost: %s", c->host, c->port, why);
     c->was_ready = false;
 }
 
@@ -434,8 +435,8 @@ static void log_connect_failed(redis_client_t *c, const char *why)
     c->connect_fails++;
     metrics_backend_error(METRICS_REDIS_CONNECT);
     if (c->connect_fails <= CONNECT_FAILS_LOGGED)
-        fprintf(stderr, "redis: cannot connect to %s:%d: %s%s\n", c->host, c->port, why,
-                c->connect_fails == CONNECT_FAILS_LOGGED ? " (retrying quietly)" : "");
+        log_warn("redis: cannot connect to %s:%d: %s%s", c->host, c->port, why,
+                 c->connect_fails == CONNECT_FAILS_LOGGED ? " (retrying quietly)" : "");
 }
 
 /* Drops the connection now: every request in flight fails (those past their deadline with
@@ -627,7 +628,7 @@ static void mark_ready(redis_client_t *c)
     c->setup_backoff_ms = SETUP_BACKOFF_MIN_MS;
     c->connect_fails = 0;
     if (!c->was_ready)
-        fprintf(stderr, "redis: connected to %s:%d\n", c->host, c->port);
+        log_info("redis: connected to %s:%d", c->host, c->port);
     c->was_ready = true;
 }
 
@@ -641,10 +642,10 @@ static void setup_refused(redis_client_t *c, metrics_backend_step_t step, const 
     metrics_backend_error(step);
     uint64_t now = uv_hrtime() / 1000;
     if (c->setup_logged_us == 0 || now - c->setup_logged_us >= SETUP_LOG_EVERY_US) {
-        fprintf(stderr, "redis: %s on %s:%d failed: %s (retrying; %u refusals not logged)\n", what,
-                c->host, c->port,
-                reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply",
-                c->setup_unlogged);
+        log_warn("redis: %s on %s:%d failed: %s (retrying; %u refusals not logged)\n", what,
+                 c->host, c->port,
+                 reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply",
+                 c->setup_unlogged);
         c->setup_logged_us = now;
         c->setup_unlogged = 0;
     } else {

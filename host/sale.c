@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "log.h"
 #include "metrics.h"
 #include "ratelimit.h"
 #include "stock.h"
@@ -57,10 +58,10 @@ static void log_limited(const char *fmt, const char *arg)
         return;
     }
     if (dropped > 0)
-        fprintf(stderr, "sale: (%u similar errors not logged)\n", dropped);
+        log_error("sale: (%u similar errors not logged)", dropped);
     dropped = 0;
     last_us = now;
-    fprintf(stderr, fmt, arg);
+    log_error(fmt, arg);
 }
 
 static void reply_static(http_request_t *req, int status, const char *body, size_t len)
@@ -549,8 +550,8 @@ static stock_event_t *install_from_meta(worker_t *w, const char *event, size_t l
     int64_t remaining = stock - sold;
     int64_t grant = remaining < quota ? remaining : quota;
     if (script_settings(w->script)->refill && remaining > 0 && stock_refill(ev, grant))
-        fprintf(stderr, "stock: %s: local quota spent while Redis has %lld left: refilled %lld\n",
-                event, (long long)remaining, (long long)grant);
+        log_info("stock: %s: local quota spent while Redis has %lld left: refilled %lld", event,
+                 (long long)remaining, (long long)grant);
     return ev;
 }
 

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "log.h"
 #include "metrics.h"
 #include "sale.h"
 #include "util.h"
@@ -76,8 +77,8 @@ static void on_drain_tick(uv_timer_t *t)
         if ((w->inflight > 0 || !w->http_closed) && !timed_out)
             return;
         if (w->inflight > 0)
-            fprintf(stderr, "worker %d: %d sales still in flight at the shutdown deadline\n", w->id,
-                    w->inflight);
+            log_warn("worker %d: %d sales still in flight at the shutdown deadline", w->id,
+                     w->inflight);
         close_lane(w);
     }
     if (w->hdel_inflight > 0 && uv_now(&w->loop) < w->drain_deadline)
@@ -105,8 +106,8 @@ static void on_script_loaded(int ok, const char *err, void *arg)
 {
     worker_t *w = arg;
     if (!ok)
-        fprintf(stderr, "worker %d: Redis refused the new deduct script, keeping the old: %s\n",
-                w->id, err ? err : "?");
+        log_error("worker %d: Redis refused the new deduct script, keeping the old: %s", w->id,
+                  err ? err : "?");
 }
 
 static void do_reload(worker_t *w)
@@ -116,8 +117,7 @@ static void do_reload(worker_t *w)
     script_t *fresh = NULL;
     if (script_open(&fresh, w->host->cfg.policy_path, &env, err, sizeof(err)) != 0) {
         /* main validated the file, so this is a race with an edit: keep serving the old one. */
-        fprintf(stderr, "worker %d: policy reload refused, old policy keeps serving: %s\n", w->id,
-                err);
+        log_error("worker %d: policy reload refused, old policy keeps serving: %s", w->id, err);
         metrics_policy_reload(0);
     } else {
         script_close(w->script);
@@ -164,8 +164,8 @@ static int start_admin(worker_t *w)
                                cfg->admin_listen_port, &acfg, api_handle, w);
     if (rc == 0)
         return 0;
-    fprintf(stderr, "worker %d: admin listen %s:%d: %s\n", w->id, cfg->admin_listen_addr,
-            cfg->admin_listen_port, uv_strerror(rc));
+    log_error("worker %d: admin listen %s:%d: %s", w->id, cfg->admin_listen_addr,
+              cfg->admin_listen_port, uv_strerror(rc));
     http_server_close(w->http, NULL, NULL);
     w->http = NULL;
     return -1;
@@ -178,12 +178,12 @@ static int setup(worker_t *w)
     int rc;
     script_env_t env = {.host_id = cfg->host_id, .hosts = cfg->hosts};
     if (script_open(&w->script, cfg->policy_path, &env, err, sizeof(err)) != 0) {
-        fprintf(stderr, "worker %d: policy: %s\n", w->id, err);
+        log_error("worker %d: policy: %s", w->id, err);
         return -1;
     }
     char *deduct = util_read_file(cfg->deduct_path, NULL);
     if (deduct == NULL) {
-        fprintf(stderr, "worker %d: cannot read %s\n", w->id, cfg->deduct_path);
+        log_error("worker %d: cannot read %s", w->id, cfg->deduct_path);
         return -1;
     }
     rc = redis_client_start_auth(&w->redis, &w->loop, cfg->redis_host, cfg->redis_port, deduct,
@@ -191,13 +191,13 @@ static int setup(worker_t *w)
                                  cfg->auth.redis_password);
     free(deduct);
     if (rc != 0) {
-        fprintf(stderr, "worker %d: redis client: %s\n", w->id, uv_strerror(rc));
+        log_error("worker %d: redis client: %s", w->id, uv_strerror(rc));
         return -1;
     }
     rc = orders_lane_start(&w->orders, w->host->orders, &w->loop, cfg->max_inflight,
                            cfg->ack_timeout_ms);
     if (rc != 0) {
-        fprintf(stderr, "worker %d: cannot start the order lane\n", w->id);
+        log_error("worker %d: cannot start the order lane", w->id);
         return -1;
     }
     uv_async_init(&w->loop, &w->wakeup, on_wakeup);
@@ -206,8 +206,8 @@ static int setup(worker_t *w)
     rc = http_server_start(&w->http, &w->loop, cfg->listen_addr, cfg->listen_port, &cfg->http,
                            api_handle, w);
     if (rc != 0) {
-        fprintf(stderr, "worker %d: listen %s:%d: %s\n", w->id, cfg->listen_addr, cfg->listen_port,
-                uv_strerror(rc));
+        log_error("worker %d: listen %s:%d: %s", w->id, cfg->listen_addr, cfg->listen_port,
+                  uv_strerror(rc));
         return -1;
     }
     if (w->id == 0 && start_admin(w) != 0)
@@ -253,7 +253,7 @@ out:
     script_close(w->script);
     w->script = NULL;
     if (uv_loop_close(&w->loop) != 0)
-        fprintf(stderr, "worker %d: loop closed with handles still open\n", w->id);
+        log_warn("worker %d: loop closed with handles still open", w->id);
 }
 
 int worker_start(worker_t *w, host_t *host, int id)

@@ -44,6 +44,7 @@ if(FUZZ)
   endfunction()
 
   fuzz_target(fuzz_http ${FUZZ_DIR}/fuzz_http.c ${CMAKE_SOURCE_DIR}/host/http.c
+    ${CMAKE_SOURCE_DIR}/host/log.c
     LIBS PkgConfig::UV ${HTTP_PARSER_LIB})
   fuzz_smoke(fuzz_http http 4096)
 

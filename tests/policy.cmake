@@ -7,7 +7,7 @@
 add_snatch_unit_test(test_script
   unit/test_script.c ${CMAKE_SOURCE_DIR}/host/script.c ${CMAKE_SOURCE_DIR}/host/ratelimit.c
   ${CMAKE_SOURCE_DIR}/host/util.c
-  LIBS PkgConfig::LUAJIT PkgConfig::JANSSON Threads::Threads m)
+  LIBS snatch_base PkgConfig::LUAJIT PkgConfig::JANSSON Threads::Threads m)
 target_include_directories(test_script PRIVATE ${CMAKE_SOURCE_DIR}/host)
 target_compile_definitions(test_script PRIVATE SNATCH_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
 

@@ -6,3 +6,5 @@ add_snatch_py_test(orders_e2e integration/test_orders_e2e.py TIMEOUT 300)
 add_snatch_py_test(sale_hostile integration/test_hostile.py TIMEOUT 400)
 # /metrics of host and subscriber under load (promtool), examples/prometheus checked against them.
 add_snatch_py_test(metrics integration/test_metrics.py TIMEOUT 180)
+# Log lines of every program: time, level, program; --log-format json.
+add_snatch_py_test(logs integration/test_logs.py TIMEOUT 180)

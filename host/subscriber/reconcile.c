@@ -6,6 +6,7 @@
  * leaves the entry, and the next pass republishes it again, which is harmless. */
 #include "reconcile.h"
 
+#include "log.h"
 #include "orders_stream.h"
 #include "util.h"
 
@@ -52,15 +53,15 @@ static void skip(const char *fmt, ...)
         return;
     }
     if (quiet > 0)
-        fprintf(stderr, "reconcile: (%llu more skipped, not logged)\n", (unsigned long long)quiet);
+        log_warn("reconcile: (%llu more skipped, not logged)", (unsigned long long)quiet);
     quiet = 0;
     last_ms = now;
+    char what[512];
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "reconcile: skipped: ");
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    vsnprintf(what, sizeof(what), fmt, ap);
     va_end(ap);
+    log_warn("reconcile: skipped: %s", what);
     pthread_mutex_unlock(&lock);
 }
 
@@ -318,7 +319,7 @@ static int on_pending(const char *id, size_t idlen, const char *ms, size_t mslen
         return -1;
     if (r->type != REDIS_REPLY_STRING) {
         /* No record to publish: nothing reconciliation can do but report it. */
-        fprintf(stderr, "reconcile: pending %s has no record in %s\n", id, p->orders_key);
+        log_warn("reconcile: pending %s has no record in %s", id, p->orders_key);
         freeReplyObject(r);
         return 0;
     }
@@ -379,7 +380,6 @@ out:
     if (stale != NULL)
         *stale = seen;
     if (result < 0 && total > 0)
-        fprintf(stderr, "reconcile: republished %lld pending orders before failing\n",
-                (long long)total);
+        log_warn("reconcile: republished %lld pending orders before failing", (long long)total);
     return result;
 }

@@ -204,7 +204,7 @@ static int wait_caught_up(redisContext *rc, store_t *st, reconcile_row_t *rows, 
         for (size_t i = 0; i < n; i++) {
             reconcile_row_t now;
             if (reconcile_event(rc, NULL, st, rows[i].event, &now, err, sizeof(err)) != 0) {
-                fprintf(stderr, "reconcile: %s\n", err);
+                log_error("reconcile: %s", err);
                 return -1;
             }
             rows[i].sqlite_rows = now.sqlite_rows;
@@ -262,17 +262,17 @@ int main(int argc, char **argv)
     struct timeval tv = {10, 0};
     rc = redisConnectWithTimeout(c.redis_host, c.redis_port, tv);
     if (rc == NULL || rc->err) {
-        fprintf(stderr, "reconcile: Redis %s:%d: %s\n", c.redis_host, c.redis_port,
-                rc ? rc->errstr : "out of memory");
+        log_error("reconcile: Redis %s:%d: %s", c.redis_host, c.redis_port,
+                  rc ? rc->errstr : "out of memory");
         goto out;
     }
     redisSetTimeout(rc, tv);
     if (auth_redis_sync(rc, &c.auth, err, sizeof(err)) != 0) {
-        fprintf(stderr, "reconcile: Redis %s:%d: %s\n", c.redis_host, c.redis_port, err);
+        log_error("reconcile: Redis %s:%d: %s", c.redis_host, c.redis_port, err);
         goto out;
     }
     if (!c.dry_run && connect_nats(&nc, &c) != NATS_OK) {
-        fprintf(stderr, "reconcile: NATS %s: %s\n", c.nats, nats_GetLastError(NULL));
+        log_error("reconcile: NATS %s: %s", c.nats, nats_GetLastError(NULL));
         goto out;
     }
     if (c.pending_ms >= 0) {
@@ -282,12 +282,12 @@ int main(int argc, char **argv)
         goto out;
     }
     if (store_open(&st, c.db, STORE_SYNC_NORMAL, err, sizeof(err)) != 0) {
-        fprintf(stderr, "reconcile: %s\n", err);
+        log_error("reconcile: %s", err);
         goto out;
     }
     if (c.nevents == 0) {
         if (reconcile_list_events(rc, &listed, &nlisted) != 0) {
-            fprintf(stderr, "reconcile: cannot read %s\n", RECONCILE_EVENTS_KEY);
+            log_error("reconcile: cannot read %s", RECONCILE_EVENTS_KEY);
             goto out;
         }
     }
@@ -298,14 +298,14 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < n; i++) {
         const char *ev = c.nevents ? c.events[i] : listed[i];
         if (!util_valid_name(ev, strlen(ev), SNATCH_NAME_MAX)) {
-            fprintf(stderr, "reconcile: %s: not a valid event name, skipped\n", ev);
+            log_warn("reconcile: %s: not a valid event name, skipped", ev);
             snprintf(rows[i].event, sizeof(rows[i].event), "%s", ev);
             failed = true;
             continue;
         }
         /* One event that cannot be reconciled must not keep the others from it. */
         if (reconcile_event(rc, nc, st, ev, &rows[i], err, sizeof(err)) != 0) {
-            fprintf(stderr, "reconcile: %s (the other events go on)\n", err);
+            log_error("reconcile: %s (the other events go on)", err);
             failed = true;
             if (rc->err)
                 break; /* the Redis connection is gone: nothing else can be read */
@@ -314,8 +314,8 @@ int main(int argc, char **argv)
     print_table(rows, n);
     status = 0;
     if (reconcile_skipped() > 0)
-        fprintf(stderr, "reconcile: %llu orders or events skipped (see above)\n",
-                (unsigned long long)reconcile_skipped());
+        log_warn("reconcile: %llu orders or events skipped (see above)",
+                 (unsigned long long)reconcile_skipped());
     bool any_missing = false;
     for (size_t i = 0; i < n; i++)
         any_missing |= rows[i].missing > 0;
@@ -330,13 +330,13 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < n; i++) {
         const reconcile_row_t *r = &rows[i];
         if (r->missing > 0) {
-            fprintf(stderr, "reconcile: %s: %lld orders missing from SQLite\n", r->event,
-                    (long long)r->missing);
+            log_error("reconcile: %s: %lld orders missing from SQLite", r->event,
+                      (long long)r->missing);
             status = 1;
         }
         if (r->sqlite_units > r->sold) {
-            fprintf(stderr, "reconcile: %s: SQLite holds %lld units, Redis sold %lld\n", r->event,
-                    (long long)r->sqlite_units, (long long)r->sold);
+            log_error("reconcile: %s: SQLite holds %lld units, Redis sold %lld", r->event,
+                      (long long)r->sqlite_units, (long long)r->sold);
             status = 1;
         }
     }

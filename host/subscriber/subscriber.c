@@ -215,8 +215,7 @@ static natsConnection *connect_nats(const char *url, const auth_config_t *auth)
     if (natsOptions_Create(&o) != NATS_OK || natsOptions_SetURL(o, url) != NATS_OK ||
         natsOptions_SetMaxReconnect(o, -1) != NATS_OK ||
         natsOptions_SetReconnectWait(o, 250) != NATS_OK || auth_nats_apply(o, auth) != NATS_OK) {
-        fprintf(stderr, "subscriber: bad NATS url or options %s: %s\n", url,
-                nats_GetLastError(NULL));
+        log_error("subscriber: bad NATS url or options %s: %s", url, nats_GetLastError(NULL));
         natsOptions_Destroy(o);
         return NULL;
     }
@@ -225,14 +224,14 @@ static natsConnection *connect_nats(const char *url, const auth_config_t *auth)
         if (s == NATS_OK)
             break;
         if (!logged)
-            fprintf(stderr, "subscriber: waiting for NATS at %s (%s: %s)\n", url,
-                    natsStatus_GetText(s), nats_GetLastError(NULL));
+            log_warn("subscriber: waiting for NATS at %s (%s: %s)", url, natsStatus_GetText(s),
+                     nats_GetLastError(NULL));
         logged = true;
         sleep_ms(500);
     }
     natsOptions_Destroy(o);
     if (nc != NULL)
-        fprintf(stderr, "subscriber: connected to %s\n", url);
+        log_info("subscriber: connected to %s", url);
     return nc;
 }
 
@@ -256,8 +255,8 @@ static natsSubscription *subscribe(jsCtx *js, const config_t *c)
         if (s == NATS_OK)
             return sub;
         if (!logged)
-            fprintf(stderr, "subscriber: waiting for stream %s: %s (%d)\n", c->stream,
-                    natsStatus_GetText(s), (int)jerr);
+            log_warn("subscriber: waiting for stream %s: %s (%d)", c->stream, natsStatus_GetText(s),
+                     (int)jerr);
         logged = true;
         sleep_ms(500);
     }
@@ -421,7 +420,7 @@ static int write_msg(store_t *st, natsMsg *m)
     if (store_parse_order(data, len, &o, &doc, reason, sizeof(reason)) != 0) {
         if (store_dead_letter(st, natsMsg_GetSubject(m), reason, data, len) != 0)
             return -1;
-        fprintf(stderr, "subscriber: dead letter on %s: %s\n", natsMsg_GetSubject(m), reason);
+        log_warn("subscriber: dead letter on %s: %s", natsMsg_GetSubject(m), reason);
         return 2;
     }
     rc = store_insert_order(st, &o);
@@ -459,7 +458,7 @@ static int write_batch(store_t *st, natsMsgList *list, stats_t *t)
     return 0;
 fail:
     atomic_fetch_add(&m.sqlite_errors, 1);
-    fprintf(stderr, "subscriber: SQLite: %s\n", store_errmsg(st));
+    log_error("subscriber: SQLite: %s", store_errmsg(st));
     store_rollback(st);
     return -1;
 }
@@ -490,10 +489,9 @@ static void progress(const stats_t *t, int64_t *last_n, int64_t *last_ms, bool f
         return;
     if (n != *last_n) {
         double secs = (double)(now - *last_ms) / 1000.0;
-        fprintf(stderr,
-                "subscriber: persisted %lld (+%.0f/s), duplicates %lld, dead letters %lld\n",
-                (long long)t->persisted, secs > 0 ? (double)(n - *last_n) / secs : 0.0,
-                (long long)t->duplicates, (long long)t->dead);
+        log_info("subscriber: persisted %lld (+%.0f/s), duplicates %lld, dead letters %lld",
+                 (long long)t->persisted, secs > 0 ? (double)(n - *last_n) / secs : 0.0,
+                 (long long)t->duplicates, (long long)t->dead);
     }
     *last_n = n;
     *last_ms = now;
@@ -640,7 +638,7 @@ static void *fetch_main(void *arg)
         if (s == NATS_OK || s == NATS_TIMEOUT)
             continue;
         if (errors++ == 0)
-            fprintf(stderr, "subscriber: fetch: %s (%d)\n", natsStatus_GetText(s), (int)jerr);
+            log_warn("subscriber: fetch: %s (%d)", natsStatus_GetText(s), (int)jerr);
         sleep_ms(FETCH_TIMEOUT_MS);
         if (errors >= RESUBSCRIBE_AFTER_ERRORS) {
             if (!resubscribe(f))
@@ -683,11 +681,11 @@ static int run(natsSubscription **sub, jsCtx *js, store_t *st, const config_t *c
     pthread_t tid;
     int rc;
     if (queue_init(&f.q) != 0) {
-        fprintf(stderr, "subscriber: cannot create the batch queue\n");
+        log_error("subscriber: cannot create the batch queue");
         return -1;
     }
     if (pthread_create(&tid, NULL, fetch_main, &f) != 0) {
-        fprintf(stderr, "subscriber: cannot start the fetcher thread\n");
+        log_error("subscriber: cannot start the fetcher thread");
         queue_destroy(&f.q);
         return -1;
     }
@@ -723,7 +721,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     if (store_open(&st, c.db, c.sync, err, sizeof(err)) != 0) {
-        fprintf(stderr, "subscriber: %s\n", err);
+        log_error("subscriber: %s", err);
         auth_free(&c.auth);
         return 1;
     }
@@ -732,10 +730,10 @@ int main(int argc, char **argv)
     if (c.metrics_listen != NULL) {
         if (metrics_http_start(&mh, c.metrics_listen, metrics_render, metrics_tick, &mctx, err,
                                sizeof(err)) != 0) {
-            fprintf(stderr, "subscriber: metrics: %s\n", err);
+            log_error("subscriber: metrics: %s", err);
             goto out;
         }
-        fprintf(stderr, "subscriber: metrics on %s\n", c.metrics_listen);
+        log_info("subscriber: metrics on %s", c.metrics_listen);
     }
     if ((nc = connect_nats(c.url, &c.auth)) == NULL) {
         rc = stop_requested ? 0 : 1;
@@ -748,12 +746,12 @@ int main(int argc, char **argv)
         rc = stop_requested ? 0 : 1;
         goto out;
     }
-    fprintf(stderr, "subscriber: consuming %s as durable %s, batch %d, db %s (sync %s)\n", c.stream,
-            c.durable, c.batch, c.db, c.sync == STORE_SYNC_FULL ? "full" : "normal");
+    log_info("subscriber: consuming %s as durable %s, batch %d, db %s (sync %s)", c.stream,
+             c.durable, c.batch, c.db, c.sync == STORE_SYNC_FULL ? "full" : "normal");
     rc = run(&sub, js, st, &c, &t) == 0 ? 0 : 1;
     /* Push the last acks out before closing, or they are redelivered (harmlessly) later. */
     natsConnection_FlushTimeout(nc, 2000);
-    fprintf(stderr, "subscriber: stopped, persisted %lld\n", (long long)t.persisted);
+    log_info("subscriber: stopped, persisted %lld", (long long)t.persisted);
 out:
     metrics_http_stop(mh);         /* before js goes: its thread uses it */
     natsSubscription_Destroy(sub); /* not Unsubscribe: that would delete the durable */
