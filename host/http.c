@@ -149,6 +149,7 @@ typedef struct client_count {
 struct http_limits {
     atomic_size_t conns;
     size_t max_conns;
+    atomic_uint servers; /* servers sharing the caps: each holds an equal share of max_conns */
     unsigned per_client;
     uv_mutex_t lock; /* guards buckets */
     client_count_t *buckets[CLIENT_BUCKETS];
@@ -174,6 +175,7 @@ struct http_server {
     void *data;
     conn_t *conns;
     size_t nconns;
+    size_t counted; /* connections holding a slot of cfg.limits */
     conn_t *dirty;
     tlist_t tl[TL__COUNT];
     int port;
@@ -1296,6 +1298,7 @@ http_limits_t *http_limits_new(size_t max_conns, unsigned per_client)
         return NULL;
     }
     atomic_init(&l->conns, 0);
+    atomic_init(&l->servers, 0);
     l->max_conns = max_conns;
     l->per_client = per_client;
     return l;
@@ -1362,8 +1365,10 @@ static void client_release(http_limits_t *l, const conn_t *c)
 static void limits_release(conn_t *c)
 {
     http_limits_t *l = c->srv->cfg.limits;
-    if (c->counted)
+    if (c->counted) {
         atomic_fetch_sub(&l->conns, 1);
+        c->srv->counted--;
+    }
     if (c->client_counted)
         client_release(l, c);
     c->counted = c->client_counted = false;
@@ -1381,20 +1386,26 @@ static conn_t *shed_candidate(http_server_t *srv)
     return NULL;
 }
 
-/* Takes c's slots under the caps. Over the process cap, the longest-idle keep-alive connection of
- * this server makes room (other threads' connections are not ours to close); without one, or
- * over the client's cap, the new connection is refused. */
+/* Takes c's slots under the caps. The process cap is split in equal shares between the servers
+ * (one per loop thread): a thread's connections are the only ones it may close, so a thread over
+ * its share makes room by closing its own longest-idle keep-alive connection, and a new buyer is
+ * refused only when that thread has nothing idle, never because idle connections pile up on
+ * another thread. The kernel spreads connections evenly over SO_REUSEPORT listeners, so the
+ * shares add up to the cap. Over the client's cap the new connection is refused. */
 static bool limits_admit(conn_t *c)
 {
     http_limits_t *l = c->srv->cfg.limits;
-    size_t n = atomic_fetch_add(&l->conns, 1) + 1;
+    atomic_fetch_add(&l->conns, 1);
     c->counted = true;
+    c->srv->counted++;
     if (l->per_client) {
         if (!client_take(l, c))
             return false;
         c->client_counted = true;
     }
-    if (n <= l->max_conns)
+    unsigned servers = atomic_load(&l->servers);
+    size_t share = servers > 1 ? (l->max_conns + servers - 1) / servers : l->max_conns;
+    if (c->srv->counted <= share)
         return true;
     conn_t *idle = shed_candidate(c->srv);
     if (!idle)
@@ -1583,6 +1594,8 @@ int http_server_start(http_server_t **out, uv_loop_t *loop, const char *addr, in
     uv_timer_start(&srv->sweep, on_sweep, tick, tick);
     srv->handles = 3;
     srv->accepting = true;
+    if (srv->cfg.limits)
+        atomic_fetch_add(&srv->cfg.limits->servers, 1);
     *out = srv;
     return 0;
 }
