@@ -509,6 +509,17 @@ class OpenApiTest(unittest.TestCase):
         self.call("getUserOrders", "GET", "/v1/events/ev/users/alice/orders?user=alice",
                   status=503, error="unavailable")
 
+    def test_spec_has_no_empty_values(self):
+        """A comma inside an unquoted flow-mapping value (`{description: a, b}`) silently makes
+        a key `b` with no value: no null may appear anywhere in the spec."""
+        def nulls(x, where):
+            if isinstance(x, dict):
+                return [n for k, v in x.items() for n in nulls(v, where + "/" + str(k))]
+            if isinstance(x, list):
+                return [n for i, v in enumerate(x) for n in nulls(v, "%s/%d" % (where, i))]
+            return [where] if x is None else []
+        self.assertEqual(nulls(self.spec, ""), [])
+
     def test_readme_endpoints_in_spec(self):
         """README's API table and the spec agree: the same endpoints; every status a row names
         is in the spec for that operation; and every status of an operation's own (OWN_STATUSES:
