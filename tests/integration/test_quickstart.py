@@ -66,7 +66,8 @@ class QuickstartTest(unittest.TestCase):
             # Redis ran with its append-only file in the temp dir.
             self.assertTrue(os.path.isdir(os.path.join(workdir, "appendonlydir")), out)
             with open(os.path.join(workdir, "host.log")) as f:
-                self.assertIn("snatch-host: stopped", f.read())
+                # The last line of an orderly stop (log.h format: time, program, level, message).
+                self.assertRegex(f.read(), r"(?m) snatch-host info stopped$")
             for log in ("host.log", "subscriber.log"):
                 with open(os.path.join(workdir, log), errors="replace") as f:
                     text = f.read()
