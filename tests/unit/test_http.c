@@ -1,9 +1,9 @@
-/* Unit tests of host/http.c. A real server runs on a loop thread; the test thread is the client,
- * with plain blocking sockets (receive timeout 5 s, so nothing hangs). Most cases are data: raw
- * request bytes in, expected statuses and bodies out. The handler answers at once, or after a
+/* Unit tests of host/server/http.c. A real server runs on a loop thread; the test thread is the
+ * client, with plain blocking sockets (receive timeout 5 s, so nothing hangs). Most cases are data:
+ * raw request bytes in, expected statuses and bodies out. The handler answers at once, or after a
  * uv_timer for paths /delay/<ms>, to check that pipelined answers keep request order.
  *
- * Links host/http.c alone; metrics_http_error is counted here. */
+ * Links snatch_server; metrics_http_error is counted here (so metrics.c stays out). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

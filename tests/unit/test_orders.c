@@ -1,5 +1,5 @@
-/* host/orders.c against a real nats-server: a lane on a libuv loop (this thread) publishes and
- * gets acknowledgements back on the loop; duplicates are stored once; a dead server yields -1
+/* host/server/orders.c against a real nats-server: a lane on a libuv loop (this thread) publishes
+ * and gets acknowledgements back on the loop; duplicates are stored once; a dead server yields -1
  * (refused or timed out), never a hang; closing a lane fails what is pending. */
 #include <setjmp.h>
 #include <stdarg.h>

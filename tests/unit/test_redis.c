@@ -1,4 +1,4 @@
-/* Tests of host/redis.c against a real redis-server started per test on a free loopback port
+/* Tests of host/server/redis.c against a real redis-server started per test on a free loopback port
  * (killed by PID in teardown, and by the kernel if this process dies: PR_SET_PDEATHSIG). Each
  * test drives its own libuv loop on this thread; every wait is bounded in time. Setup and
  * inspection of Redis go through a separate blocking hiredis connection ("admin"). */

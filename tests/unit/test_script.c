@@ -1,4 +1,4 @@
-/* Unit tests for host/script.c: the default policy (lua/policy.lua), the example policies
+/* Unit tests for host/server/script.c: the default policy (lua/policy.lua), the example policies
  * (examples/), refusal of broken scripts with a useful message, script errors at run time, and
  * reload (two states side by side). Fixtures are written to a fresh temp directory. */
 #include <setjmp.h>

@@ -14,7 +14,7 @@
 #include "auth.h"
 #include "log.h"
 #include "metrics.h"
-#include "reconcile.h"
+#include "republish.h"
 
 #define CONNECT_TIMEOUT_MS 2000
 #define MAX_PER_PASS 10000

@@ -17,10 +17,28 @@
 
 typedef struct redis_client redis_client_t;
 
-/* reply: valid only during the callback; NULL when the command failed (not connected, timeout,
- * connection lost, client closing): err then says why. A Redis error reply is a reply of type
+/* reply: valid only during the callback; NULL when the command failed: err is then one of the
+ * redis_err_* below (compare by pointer). A Redis error reply is a reply of type
  * REDIS_REPLY_ERROR, not NULL. */
 typedef void (*redis_reply_fn)(redisReply *reply, const char *err, void *data);
+
+/* Why a command got no reply. */
+extern const char redis_err_not_connected[]; /* never sent: nothing happened */
+extern const char redis_err_timeout[];       /* no reply in time: the connection is dropped */
+/* Sent, and the connection died before the reply: the command may have run. */
+extern const char redis_err_lost[];
+extern const char redis_err_closing[];   /* the client is closing */
+extern const char redis_err_no_script[]; /* redis_eval before the script was loaded */
+extern const char redis_err_bad_args[];
+extern const char redis_err_unsupported[];
+extern const char redis_err_nomem[];
+extern const char redis_err_not_ready[]; /* connected, not yet authenticated */
+
+/* Element i of an array reply as a NUL-terminated string in out (cap bytes; integers are
+ * printed). Returns 0, or -1 (not an array, no such element, other type, too long). */
+int redis_reply_str(const redisReply *r, size_t i, char *out, size_t cap);
+/* Element i of an array reply as an integer; -1 when it is none. */
+int64_t redis_reply_int(const redisReply *r, size_t i);
 
 /* Starts connecting to host:port (numeric address) on loop. script is the source of the Lua
  * script run by redis_eval (copied). timeout_ms bounds every command. Returns 0 or -errno. */

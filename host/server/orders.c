@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "auth.h"
+#include "keyspace.h"
 #include "log.h"
 #include "metrics.h"
 #include "util.h"
@@ -85,7 +86,7 @@ struct orders_publisher {
 /* One publish waiting for its ack. Linked in publish order (oldest first, which is also deadline
  * order since every publish gets the same timeout) and in a hash chain keyed by order id. */
 typedef struct pending {
-    char id[SNATCH_ORDER_ID_MAX + 1];
+    char id[KEYSPACE_ORDER_ID_MAX + 1];
     orders_ack_fn cb;
     void *data;
     uint64_t deadline;
@@ -96,7 +97,7 @@ typedef struct pending {
 } pending_t;
 
 typedef struct completion {
-    char id[SNATCH_ORDER_ID_MAX + 1];
+    char id[KEYSPACE_ORDER_ID_MAX + 1];
     int status;
 } completion_t;
 
@@ -644,7 +645,7 @@ int orders_publish(orders_lane_t *lane, const char *event, const char *order_id,
     orders_lane_t *l = lane;
     if (l == NULL || l->closing || l->inflight >= l->max_inflight || !orders_publisher_ready(l->p))
         return -1;
-    if (strlen(order_id) > SNATCH_ORDER_ID_MAX || len > INT32_MAX)
+    if (strlen(order_id) > KEYSPACE_ORDER_ID_MAX || len > INT32_MAX)
         return -1;
     if (snprintf(subject, sizeof(subject), ORDERS_SUBJECT_PREFIX "%s", event) >=
         (int)sizeof(subject))

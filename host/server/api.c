@@ -9,9 +9,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "caller.h"
+#include "events.h"
+#include "keyspace.h"
 #include "log.h"
 #include "metrics.h"
 #include "ratelimit.h"
+#include "reply.h"
 #include "sale.h"
 #include "stock.h"
 #include "util.h"
@@ -33,32 +37,6 @@ static const char RESET_SCRIPT[] =
     "redis.call('SADD', KEYS[6], ARGV[1])\n"
     "return gen\n";
 
-void api_error(http_request_t *req, int route, int status, const char *reason, const char *detail)
-{
-    char body[512];
-    size_t pos = 0;
-    memcpy(body, "{\"error\":", 9);
-    pos = 9;
-    util_json_str(body, sizeof(body) - 1, &pos, reason, strlen(reason));
-    if (detail != NULL) {
-        size_t save = pos;
-        memcpy(body + pos, ",\"detail\":", 10);
-        pos += 10;
-        if (util_json_str(body, sizeof(body) - 1, &pos, detail, strlen(detail)) != 0)
-            pos = save;
-    }
-    body[pos++] = '}';
-    metrics_request((metrics_route_t)route, status, req->received_ns);
-    http_respond(req, status, NULL, body, pos);
-}
-
-static void respond_json(http_request_t *req, metrics_route_t route, int status, const char *body,
-                         size_t len)
-{
-    metrics_request(route, status, req->received_ns);
-    http_respond(req, status, NULL, body, len);
-}
-
 static worker_t *worker_of(http_request_t *req)
 {
     return req->server_data;
@@ -76,53 +54,6 @@ static worker_t *worker_of(http_request_t *req)
 #define AUTH_FAIL_RATE 0.2
 #define AUTH_FAIL_BURST 10.0
 
-static bool peer_trusted(http_request_t *req)
-{
-    const trust_list_t *l = &worker_of(req)->host->cfg.trusted_proxies;
-    return trust_contains(l, req->peer, strlen(req->peer));
-}
-
-api_buyer_t api_buyer(http_request_t *req, const char **user, size_t *len)
-{
-    size_t qlen;
-    const char *q = util_query_get(req->query, req->query_len, "user", &qlen);
-    if (q != NULL && !worker_of(req)->host->cfg.allow_query_user)
-        return API_BUYER_QUERY_REFUSED;
-    if (req->user_id != NULL && peer_trusted(req)) {
-        *user = req->user_id;
-        *len = req->user_id_len;
-        return API_BUYER_OK;
-    }
-    if (q == NULL)
-        return API_BUYER_NONE;
-    *user = q;
-    *len = qlen;
-    return API_BUYER_OK;
-}
-
-void api_buyer_error(http_request_t *req, int route, api_buyer_t verdict)
-{
-    if (verdict == API_BUYER_QUERY_REFUSED)
-        api_error(req, route, 400, "bad_request",
-                  "?user= is not accepted by this host (start it with --allow-query-user for "
-                  "load tools); send X-User-Id through a trusted proxy");
-    else
-        api_error(req, route, 400, "bad_request",
-                  "missing buyer: X-User-Id (from a --trusted-proxy peer) or user=");
-}
-
-void api_client(http_request_t *req, char *out)
-{
-    const trust_list_t *l = &worker_of(req)->host->cfg.trusted_proxies;
-    trust_client(l, req->peer, req->forwarded_for, req->forwarded_for_len, out);
-}
-
-bool api_client_is_proxy(http_request_t *req, const char *client)
-{
-    const trust_list_t *l = &worker_of(req)->host->cfg.trusted_proxies;
-    return trust_contains(l, client, strlen(client));
-}
-
 /* Takes a token of key prefix+name. cost < 0 gives tokens back. */
 static bool take(const char *prefix, const char *name, size_t nlen, double rate, double burst,
                  double cost)
@@ -138,11 +69,11 @@ static bool take(const char *prefix, const char *name, size_t nlen, double rate,
 static bool read_limited(http_request_t *req, int route, const char *user, size_t ulen)
 {
     char client[TRUST_ADDR_MAX];
-    api_client(req, client);
-    if ((!api_client_is_proxy(req, client) &&
+    caller_client(req, client);
+    if ((!caller_client_is_proxy(req, client) &&
          !take("snatch.read.ip:", client, strlen(client), READ_ADDR_RATE, READ_ADDR_BURST, 1)) ||
         (user != NULL && !take("snatch.read.u:", user, ulen, READ_USER_RATE, READ_USER_BURST, 1))) {
-        api_error(req, route, 429, "rate_limited", "too many reads; slow down");
+        reply_error(req, route, 429, "rate_limited", "too many reads; slow down");
         return true;
     }
     return false;
@@ -157,18 +88,18 @@ static bool authorized(worker_t *w, http_request_t *req);
 static bool admin_gate(http_request_t *req, int route)
 {
     char client[TRUST_ADDR_MAX];
-    api_client(req, client);
+    caller_client(req, client);
     size_t clen = strlen(client);
     if (!take("snatch.auth:", client, clen, AUTH_FAIL_RATE, AUTH_FAIL_BURST, 1)) {
-        api_error(req, route, 429, "rate_limited",
-                  "too many failed authentications from this address; retry later");
+        reply_error(req, route, 429, "rate_limited",
+                    "too many failed authentications from this address; retry later");
         return false;
     }
     if (authorized(worker_of(req), req)) {
         take("snatch.auth:", client, clen, AUTH_FAIL_RATE, AUTH_FAIL_BURST, -1);
         return true;
     }
-    api_error(req, route, 401, "unauthorized", NULL);
+    reply_error(req, route, 401, "unauthorized", NULL);
     return false;
 }
 
@@ -199,11 +130,11 @@ static void on_event_meta(redisReply *r, const char *err, void *data)
     event_view_t *v = data;
     (void)err;
     if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 4) {
-        api_error(v->req, ROUTE_EVENT, 503, "unavailable", NULL);
+        reply_error(v->req, ROUTE_EVENT, 503, "unavailable", NULL);
         goto out;
     }
     if (r->element[0]->type != REDIS_REPLY_STRING) {
-        api_error(v->req, ROUTE_EVENT, 404, "unknown_event", NULL);
+        reply_error(v->req, ROUTE_EVENT, 404, "unknown_event", NULL);
         goto out;
     }
     int64_t stock = elem_int(r, 0), sold = elem_int(r, 1), limit = elem_int(r, 2);
@@ -224,7 +155,7 @@ static void on_event_meta(redisReply *r, const char *err, void *data)
                             ",\"status\":\"%s\"}",
                             stock, sold, remaining, limit, gen, quota, left < 0 ? 0 : left,
                             remaining > 0 ? "open" : "sold_out");
-    respond_json(v->req, ROUTE_EVENT, 200, body, pos);
+    reply_json(v->req, ROUTE_EVENT, 200, body, pos);
 out:
     free(v);
 }
@@ -233,18 +164,18 @@ static void get_event(http_request_t *req, const char *event, size_t len)
 {
     worker_t *w = worker_of(req);
     if (!util_valid_name(event, len, SNATCH_NAME_MAX)) {
-        api_error(req, ROUTE_EVENT, 400, "bad_request", "invalid event name");
+        reply_error(req, ROUTE_EVENT, 400, "bad_request", "invalid event name");
         return;
     }
     if (read_limited(req, ROUTE_EVENT, NULL, 0))
         return;
     if (!redis_usable(w)) {
-        api_error(req, ROUTE_EVENT, 503, "unavailable", NULL);
+        reply_error(req, ROUTE_EVENT, 503, "unavailable", NULL);
         return;
     }
     event_view_t *v = malloc(sizeof(*v));
     if (v == NULL) {
-        api_error(req, ROUTE_EVENT, 503, "unavailable", NULL);
+        reply_error(req, ROUTE_EVENT, 503, "unavailable", NULL);
         return;
     }
     v->req = req;
@@ -252,8 +183,8 @@ static void get_event(http_request_t *req, const char *event, size_t len)
     v->len = len;
     memcpy(v->event, event, len);
     v->event[len] = '\0';
-    char key[UTIL_KEY_MAX];
-    int n = util_event_key(key, event, len, "meta");
+    char key[KEYSPACE_KEY_MAX];
+    int n = keyspace_key(key, event, len, KEYSPACE_META);
     const char *argv[] = {"HMGET", key, "stock", "sold", "limit", "gen"};
     size_t lens[] = {5, (size_t)n, 5, 4, 5, 3};
     redis_command(w->redis, on_event_meta, v, 6, argv, lens);
@@ -287,31 +218,24 @@ static void on_event_reset(redisReply *r, const char *err, void *data)
     admin_put_t *a = data;
     (void)err;
     if (r == NULL) {
-        api_error(a->req, ROUTE_ADMIN_EVENT, 503, "unavailable", NULL);
+        reply_error(a->req, ROUTE_ADMIN_EVENT, 503, "unavailable", NULL);
         goto out;
     }
     if (r->type == REDIS_REPLY_ERROR) {
         if (strstr(r->str, "FULL") != NULL)
-            api_error(a->req, ROUTE_ADMIN_EVENT, 409, "too_many_events",
-                      "the sale already has --max-events events");
+            reply_error(a->req, ROUTE_ADMIN_EVENT, 409, "too_many_events",
+                        "the sale already has --max-events events");
         else if (strstr(r->str, "PENDING") != NULL)
-            api_error(a->req, ROUTE_ADMIN_EVENT, 409, "orders_pending",
-                      "orders of this event are not yet published; run snatch-reconcile first");
+            reply_error(a->req, ROUTE_ADMIN_EVENT, 409, "orders_pending",
+                        "orders of this event are not yet published; run snatch-reconcile first");
         else
-            api_error(a->req, ROUTE_ADMIN_EVENT, 503, "unavailable", r->str);
+            reply_error(a->req, ROUTE_ADMIN_EVENT, 503, "unavailable", r->str);
         goto out;
     }
     int64_t gen = r->type == REDIS_REPLY_INTEGER ? r->integer : 0;
-    script_cluster_t cl = {.stock = a->stock,
-                           .per_user_limit = a->limit,
-                           .hosts = a->w->host->cfg.hosts,
-                           .host_id = a->w->host->cfg.host_id};
-    int64_t quota = script_allocate(a->w->script, a->event, &cl);
-    if (a->reserved)
-        stock_install_reserved(a->event, a->len, a->stock, a->limit, quota, (uint64_t)gen,
-                               a->stock == 0);
-    else
-        stock_install(a->event, a->len, a->stock, a->limit, quota, (uint64_t)gen, a->stock == 0);
+    int64_t quota;
+    events_install(a->w, a->event, a->len, a->stock, a->limit, (uint64_t)gen, 0, a->reserved,
+                   &quota);
     a->reserved = false;
     log_info("admin: event %s reset: stock %" PRId64 ", per_user_limit %" PRId64
              ", generation %" PRId64 ", local quota %" PRId64 "",
@@ -325,7 +249,7 @@ static void on_event_reset(redisReply *r, const char *err, void *data)
                             ",\"stock\":%" PRId64 ",\"per_user_limit\":%" PRId64
                             ",\"generation\":%" PRId64 ",\"local_quota\":%" PRId64 "}",
                             a->stock, a->limit, gen, quota);
-    respond_json(a->req, ROUTE_ADMIN_EVENT, 200, body, pos);
+    reply_json(a->req, ROUTE_ADMIN_EVENT, 200, body, pos);
 out:
     if (a->reserved)
         stock_unreserve();
@@ -375,38 +299,38 @@ static void put_event(http_request_t *req, const char *event, size_t len)
 {
     worker_t *w = worker_of(req);
     if (w->host->cfg.admin_token_len == 0) {
-        api_error(req, ROUTE_ADMIN_EVENT, 403, "forbidden",
-                  "admin disabled: no --admin-token-file");
+        reply_error(req, ROUTE_ADMIN_EVENT, 403, "forbidden",
+                    "admin disabled: no --admin-token-file");
         return;
     }
     if (!admin_gate(req, ROUTE_ADMIN_EVENT))
         return;
     if (!util_valid_name(event, len, SNATCH_NAME_MAX)) {
-        api_error(req, ROUTE_ADMIN_EVENT, 400, "bad_request", "invalid event name");
+        reply_error(req, ROUTE_ADMIN_EVENT, 400, "bad_request", "invalid event name");
         return;
     }
     int64_t stock, limit;
     const char *why = api_parse_event_body(req->body, req->body_len, &stock, &limit);
     if (why != NULL) {
-        api_error(req, ROUTE_ADMIN_EVENT, 400, "bad_request", why);
+        reply_error(req, ROUTE_ADMIN_EVENT, 400, "bad_request", why);
         return;
     }
     if (!redis_usable(w)) {
-        api_error(req, ROUTE_ADMIN_EVENT, 503, "unavailable", NULL);
+        reply_error(req, ROUTE_ADMIN_EVENT, 503, "unavailable", NULL);
         return;
     }
     /* Room first: an event this host could not hold is refused before Redis knows it. */
     int room = stock_reserve_room(event, len);
     if (room < 0) {
-        api_error(req, ROUTE_ADMIN_EVENT, 409, "too_many_events",
-                  "this host holds no more events (--max-events)");
+        reply_error(req, ROUTE_ADMIN_EVENT, 409, "too_many_events",
+                    "this host holds no more events (--max-events)");
         return;
     }
     admin_put_t *a = malloc(sizeof(*a));
     if (a == NULL) {
         if (room > 0)
             stock_unreserve();
-        api_error(req, ROUTE_ADMIN_EVENT, 503, "unavailable", NULL);
+        reply_error(req, ROUTE_ADMIN_EVENT, 503, "unavailable", NULL);
         return;
     }
     a->reserved = room > 0;
@@ -417,8 +341,7 @@ static void put_event(http_request_t *req, const char *event, size_t len)
     a->len = len;
     memcpy(a->event, event, len);
     a->event[len] = '\0';
-    static const char *suffix[5] = {"meta", "users", "orders", "uorders", "pending"};
-    char keys[5][UTIL_KEY_MAX], sstock[24], slimit[24], smax[24];
+    char keys[KEYSPACE__COUNT][KEYSPACE_KEY_MAX], sstock[24], slimit[24], smax[24];
     const char *argv[13];
     size_t lens[13];
     argv[0] = "EVAL";
@@ -427,11 +350,11 @@ static void put_event(http_request_t *req, const char *event, size_t len)
     lens[1] = sizeof(RESET_SCRIPT) - 1;
     argv[2] = "6";
     lens[2] = 1;
-    for (int i = 0; i < 5; i++) {
-        lens[3 + i] = (size_t)util_event_key(keys[i], event, len, suffix[i]);
+    for (int i = 0; i < KEYSPACE__COUNT; i++) {
+        lens[3 + i] = (size_t)keyspace_key(keys[i], event, len, (keyspace_key_t)i);
         argv[3 + i] = keys[i];
     }
-    argv[8] = "snatch:events";
+    argv[8] = KEYSPACE_EVENTS;
     lens[8] = strlen(argv[8]);
     argv[9] = a->event;
     lens[9] = len;
@@ -469,19 +392,19 @@ static bool order_reader(http_request_t *req, int route, bool *admin, char *buye
     }
     const char *user;
     size_t ulen;
-    api_buyer_t bv = api_buyer(req, &user, &ulen);
-    if (bv == API_BUYER_QUERY_REFUSED) {
-        api_buyer_error(req, route, bv);
+    caller_buyer_t bv = caller_buyer(req, &user, &ulen);
+    if (bv == CALLER_BUYER_QUERY_REFUSED) {
+        caller_buyer_error(req, route, bv);
         return false;
     }
-    if (bv == API_BUYER_NONE) {
-        api_error(req, route, 403, "forbidden",
-                  "orders answer only to their buyer (X-User-Id from a trusted proxy) or the "
-                  "admin token");
+    if (bv == CALLER_BUYER_NONE) {
+        reply_error(req, route, 403, "forbidden",
+                    "orders answer only to their buyer (X-User-Id from a trusted proxy) or the "
+                    "admin token");
         return false;
     }
     if (!util_valid_name(user, ulen, SNATCH_NAME_MAX)) {
-        api_error(req, route, 400, "bad_request", "invalid buyer id");
+        reply_error(req, route, 400, "bad_request", "invalid buyer id");
         return false;
     }
     if (read_limited(req, route, user, ulen))
@@ -506,28 +429,15 @@ static void on_order(redisReply *r, const char *err, void *data)
     order_view_t *v = data;
     (void)err;
     if (r == NULL || r->type == REDIS_REPLY_ERROR)
-        api_error(v->req, ROUTE_ORDER, 503, "unavailable", NULL);
+        reply_error(v->req, ROUTE_ORDER, 503, "unavailable", NULL);
     /* Someone else's order is answered exactly like a missing one: ids are sequential, and a
      * 403 would confirm to a prober that the neighbouring id exists. */
     else if (r->type != REDIS_REPLY_STRING ||
              (v->user[0] != '\0' && !record_of(r->str, r->len, v->user)))
-        api_error(v->req, ROUTE_ORDER, 404, "unknown_order", NULL);
+        reply_error(v->req, ROUTE_ORDER, 404, "unknown_order", NULL);
     else
-        respond_json(v->req, ROUTE_ORDER, 200, r->str, r->len);
+        reply_json(v->req, ROUTE_ORDER, 200, r->str, r->len);
     free(v);
-}
-
-/* Order ids are "<13 digits>-<10 digits>-<event>"; the event names the keys to read. */
-static int order_event(const char *id, size_t len, const char **event, size_t *elen)
-{
-    if (len < 26 || id[13] != '-' || id[24] != '-')
-        return -1;
-    for (size_t i = 0; i < 24; i++)
-        if (i != 13 && (id[i] < '0' || id[i] > '9'))
-            return -1;
-    *event = id + 25;
-    *elen = len - 25;
-    return util_valid_name(*event, *elen, SNATCH_NAME_MAX) ? 0 : -1;
 }
 
 static void get_order(http_request_t *req, const char *id, size_t len)
@@ -535,8 +445,8 @@ static void get_order(http_request_t *req, const char *id, size_t len)
     worker_t *w = worker_of(req);
     const char *event;
     size_t elen;
-    if (order_event(id, len, &event, &elen) != 0) {
-        api_error(req, ROUTE_ORDER, 400, "bad_request", "invalid order id");
+    if ((event = keyspace_order_event(id, len, &elen)) == NULL) {
+        reply_error(req, ROUTE_ORDER, 400, "bad_request", "invalid order id");
         return;
     }
     bool admin;
@@ -544,19 +454,19 @@ static void get_order(http_request_t *req, const char *id, size_t len)
     if (!order_reader(req, ROUTE_ORDER, &admin, buyer))
         return;
     if (!redis_usable(w)) {
-        api_error(req, ROUTE_ORDER, 503, "unavailable", NULL);
+        reply_error(req, ROUTE_ORDER, 503, "unavailable", NULL);
         return;
     }
     order_view_t *v = calloc(1, sizeof(*v));
     if (v == NULL) {
-        api_error(req, ROUTE_ORDER, 503, "unavailable", NULL);
+        reply_error(req, ROUTE_ORDER, 503, "unavailable", NULL);
         return;
     }
     v->req = req;
     v->w = w;
     memcpy(v->user, buyer, sizeof(v->user));
-    char key[UTIL_KEY_MAX];
-    int n = util_event_key(key, event, elen, "orders");
+    char key[KEYSPACE_KEY_MAX];
+    int n = keyspace_key(key, event, elen, KEYSPACE_ORDERS);
     const char *argv[] = {"HGET", key, id};
     size_t lens[] = {4, (size_t)n, len};
     redis_command(w->redis, on_order, v, 3, argv, lens);
@@ -567,7 +477,7 @@ static void on_user_records(redisReply *r, const char *err, void *data)
     order_view_t *v = data;
     (void)err;
     if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
-        api_error(v->req, ROUTE_USER_ORDERS, 503, "unavailable", NULL);
+        reply_error(v->req, ROUTE_USER_ORDERS, 503, "unavailable", NULL);
         free(v);
         return;
     }
@@ -577,7 +487,7 @@ static void on_user_records(redisReply *r, const char *err, void *data)
             cap += r->element[i]->len;
     char *body = malloc(cap);
     if (body == NULL) {
-        api_error(v->req, ROUTE_USER_ORDERS, 503, "unavailable", NULL);
+        reply_error(v->req, ROUTE_USER_ORDERS, 503, "unavailable", NULL);
         free(v);
         return;
     }
@@ -601,7 +511,7 @@ static void on_user_records(redisReply *r, const char *err, void *data)
     }
     memcpy(body + pos, "]}", 2);
     pos += 2;
-    respond_json(v->req, ROUTE_USER_ORDERS, 200, body, pos);
+    reply_json(v->req, ROUTE_USER_ORDERS, 200, body, pos);
     free(body);
     free(v);
 }
@@ -611,7 +521,7 @@ static void on_user_ids(redisReply *r, const char *err, void *data)
     order_view_t *v = data;
     (void)err;
     if (r == NULL || r->type == REDIS_REPLY_ERROR) {
-        api_error(v->req, ROUTE_USER_ORDERS, 503, "unavailable", NULL);
+        reply_error(v->req, ROUTE_USER_ORDERS, 503, "unavailable", NULL);
         free(v);
         return;
     }
@@ -629,7 +539,7 @@ static void on_user_ids(redisReply *r, const char *err, void *data)
         pos += 10;
         memcpy(body + pos, none, sizeof(none) - 1);
         pos += sizeof(none) - 1;
-        respond_json(v->req, ROUTE_USER_ORDERS, 200, body, pos);
+        reply_json(v->req, ROUTE_USER_ORDERS, 200, body, pos);
         free(v);
         return;
     }
@@ -639,17 +549,17 @@ static void on_user_ids(redisReply *r, const char *err, void *data)
         count += r->str[i] == ',';
     const char **argv = malloc((count + 2) * sizeof(*argv));
     size_t *lens = malloc((count + 2) * sizeof(*lens));
-    char key[UTIL_KEY_MAX];
+    char key[KEYSPACE_KEY_MAX];
     if (argv == NULL || lens == NULL) {
         free(argv);
         free(lens);
-        api_error(v->req, ROUTE_USER_ORDERS, 503, "unavailable", NULL);
+        reply_error(v->req, ROUTE_USER_ORDERS, 503, "unavailable", NULL);
         free(v);
         return;
     }
     argv[0] = "HMGET";
     lens[0] = 5;
-    lens[1] = (size_t)util_event_key(key, v->event, strlen(v->event), "orders");
+    lens[1] = (size_t)keyspace_key(key, v->event, strlen(v->event), KEYSPACE_ORDERS);
     argv[1] = key;
     size_t n = 2, start = 0;
     for (size_t i = 0; i <= r->len; i++) {
@@ -671,7 +581,7 @@ static void get_user_orders(http_request_t *req, const char *event, size_t elen,
     worker_t *w = worker_of(req);
     if (!util_valid_name(event, elen, SNATCH_NAME_MAX) ||
         !util_valid_name(user, ulen, SNATCH_NAME_MAX)) {
-        api_error(req, ROUTE_USER_ORDERS, 400, "bad_request", "invalid event or user");
+        reply_error(req, ROUTE_USER_ORDERS, 400, "bad_request", "invalid event or user");
         return;
     }
     bool admin;
@@ -680,24 +590,24 @@ static void get_user_orders(http_request_t *req, const char *event, size_t elen,
         return;
     if (!admin && (strlen(buyer) != ulen || memcmp(buyer, user, ulen) != 0)) {
         /* The path names the buyer, so refusing tells a prober nothing it did not send. */
-        api_error(req, ROUTE_USER_ORDERS, 403, "forbidden", "orders answer only to their buyer");
+        reply_error(req, ROUTE_USER_ORDERS, 403, "forbidden", "orders answer only to their buyer");
         return;
     }
     if (!redis_usable(w)) {
-        api_error(req, ROUTE_USER_ORDERS, 503, "unavailable", NULL);
+        reply_error(req, ROUTE_USER_ORDERS, 503, "unavailable", NULL);
         return;
     }
     order_view_t *v = calloc(1, sizeof(*v));
     if (v == NULL) {
-        api_error(req, ROUTE_USER_ORDERS, 503, "unavailable", NULL);
+        reply_error(req, ROUTE_USER_ORDERS, 503, "unavailable", NULL);
         return;
     }
     v->req = req;
     v->w = w;
     memcpy(v->event, event, elen);
     memcpy(v->user, user, ulen);
-    char key[UTIL_KEY_MAX];
-    int n = util_event_key(key, event, elen, "uorders");
+    char key[KEYSPACE_KEY_MAX];
+    int n = keyspace_key(key, event, elen, KEYSPACE_UORDERS);
     const char *argv[] = {"HGET", key, v->user};
     size_t lens[] = {4, (size_t)n, ulen};
     redis_command(w->redis, on_user_ids, v, 3, argv, lens);
@@ -710,7 +620,7 @@ static void get_metrics(http_request_t *req)
     size_t len;
     char *text = metrics_render(&len);
     if (text == NULL) {
-        api_error(req, ROUTE_METRICS, 503, "unavailable", NULL);
+        reply_error(req, ROUTE_METRICS, 503, "unavailable", NULL);
         return;
     }
     metrics_request(ROUTE_METRICS, 200, req->received_ns);
@@ -727,7 +637,7 @@ static void get_health(http_request_t *req)
     int n = snprintf(body, sizeof(body), "{\"status\":\"%s\",\"redis\":%s,\"nats\":%s}",
                      redis_ok && nats_ok ? "ok" : "degraded", redis_ok ? "true" : "false",
                      nats_ok ? "true" : "false");
-    respond_json(req, ROUTE_HEALTH, redis_ok && nats_ok ? 200 : 503, body, (size_t)n);
+    reply_json(req, ROUTE_HEALTH, redis_ok && nats_ok ? 200 : 503, body, (size_t)n);
 }
 
 /* ---- routing ---- */
@@ -761,7 +671,7 @@ static bool seg_is(const char *s, size_t len, const char *lit)
 
 static void method_not_allowed(http_request_t *req, metrics_route_t route)
 {
-    api_error(req, route, 405, "method_not_allowed", NULL);
+    reply_error(req, route, 405, "method_not_allowed", NULL);
 }
 
 void api_handle(http_request_t *req)
@@ -777,7 +687,7 @@ void api_handle(http_request_t *req)
     bool health = n == 1 && seg_is(seg[0], sl[0], "healthz");
     if (worker_of(req)->host->cfg.admin_listen_addr && !health &&
         admin_route != req->admin_listener)
-        return api_error(req, ROUTE_OTHER, 404, "not_found", NULL);
+        return reply_error(req, ROUTE_OTHER, 404, "not_found", NULL);
     if (n == 4 && seg_is(seg[0], sl[0], "v1") && seg_is(seg[1], sl[1], "events") &&
         seg_is(seg[3], sl[3], "snatch")) {
         if (req->method != HTTP_M_POST)
@@ -815,5 +725,5 @@ void api_handle(http_request_t *req)
             return method_not_allowed(req, ROUTE_HEALTH);
         return get_health(req);
     }
-    api_error(req, ROUTE_OTHER, 404, "not_found", NULL);
+    reply_error(req, ROUTE_OTHER, 404, "not_found", NULL);
 }

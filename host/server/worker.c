@@ -10,9 +10,10 @@
 #include <string.h>
 
 #include "api.h"
+#include "events.h"
 #include "log.h"
 #include "metrics.h"
-#include "sale.h"
+#include "pending.h"
 #include "util.h"
 
 #define REFRESH_MS 500
@@ -36,7 +37,7 @@ static void close_lane(worker_t *w)
         orders_lane_close(w->orders);
         w->orders = NULL;
     }
-    sale_flush(w);
+    pending_flush(w->pending);
     w->lane_closed = true;
     w->drain_deadline = uv_now(&w->loop) + DRAIN_ACKS_MS;
 }
@@ -45,7 +46,8 @@ static void close_lane(worker_t *w)
 static void finish_stop(worker_t *w)
 {
     uv_timer_stop(&w->drain);
-    sale_close(w);
+    pending_close(w->pending);
+    w->pending = NULL;
     if (w->redis) {
         redis_client_close(w->redis);
         w->redis = NULL;
@@ -81,7 +83,7 @@ static void on_drain_tick(uv_timer_t *t)
                      w->inflight);
         close_lane(w);
     }
-    if (w->hdel_inflight > 0 && uv_now(&w->loop) < w->drain_deadline)
+    if (pending_inflight(w->pending) > 0 && uv_now(&w->loop) < w->drain_deadline)
         return;
     finish_stop(w);
 }
@@ -147,7 +149,7 @@ static void on_refresh(uv_timer_t *t)
     worker_t *w = container_of(t, worker_t, refresh);
     metrics_set_connections(w->id, (int64_t)(http_server_connections(w->http) +
                                              http_server_connections(w->admin_http)));
-    sale_refresh_events(w);
+    events_refresh(w);
 }
 
 /* The admin listener is one server on worker 0's loop: operators' traffic is light, and the

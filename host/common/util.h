@@ -13,17 +13,10 @@
 /* Longest event name and buyer id the host ever accepts, whatever the policy says; the policy
  * may only lower these. Bounded so keys, order ids and log lines have a known size. */
 #define SNATCH_NAME_MAX 64
-/* An order id: 13-digit ms time, '-', 10-digit sequence, '-', event name. */
-#define SNATCH_ORDER_ID_MAX (13 + 1 + 10 + 1 + SNATCH_NAME_MAX)
 
 /* Wall clock in milliseconds since the epoch, and a monotonic clock in microseconds. */
 int64_t util_now_ms(void);
 uint64_t util_mono_us(void);
-
-/* Redis key of an event: "{event}:suffix" (the hash tag keeps an event's keys on one Cluster
- * slot). out must hold UTIL_KEY_MAX bytes. Returns the key's length. */
-#define UTIL_KEY_MAX (SNATCH_NAME_MAX + 16)
-int util_event_key(char *out, const char *event, size_t len, const char *suffix);
 
 /* Parses a whole decimal integer in [min, max]; rejects sign tricks, spaces and overflow.
  * Returns 0 and stores *out, or -1. */

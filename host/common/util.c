@@ -21,11 +21,6 @@ uint64_t util_mono_us(void)
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
-int util_event_key(char *out, const char *event, size_t len, const char *suffix)
-{
-    return snprintf(out, UTIL_KEY_MAX, "{%.*s}:%s", (int)len, event, suffix);
-}
-
 int util_parse_i64(const char *s, size_t len, int64_t min, int64_t max, int64_t *out)
 {
     /* No strtoll: it accepts spaces, '+' and partial input, all of which we refuse. */

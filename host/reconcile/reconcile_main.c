@@ -16,9 +16,11 @@
 
 #include "auth.h"
 #include "cli.h"
+#include "compare.h"
+#include "keyspace.h"
 #include "log.h"
 #include "orders_stream.h"
-#include "reconcile.h"
+#include "republish.h"
 #include "store.h"
 #include "util.h"
 
@@ -287,7 +289,7 @@ int main(int argc, char **argv)
     }
     if (c.nevents == 0) {
         if (reconcile_list_events(rc, &listed, &nlisted) != 0) {
-            log_error("reconcile: cannot read %s", RECONCILE_EVENTS_KEY);
+            log_error("reconcile: cannot read %s", KEYSPACE_EVENTS);
             goto out;
         }
     }

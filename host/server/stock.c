@@ -158,6 +158,21 @@ stock_event_t *stock_install_reserved(const char *name, size_t len, int64_t tota
     return ev;
 }
 
+stock_verdict_t stock_check(const stock_event_t *ev, int64_t qty)
+{
+    if (atomic_load_explicit(&ev->sold_out, memory_order_relaxed))
+        return STOCK_SOLD_OUT;
+    int64_t left = atomic_load_explicit(&ev->local_left, memory_order_relaxed);
+    if (left >= qty)
+        return STOCK_OK;
+    return left > 0 ? STOCK_INSUFFICIENT : STOCK_SOLD_OUT;
+}
+
+void stock_set_remaining_hint(stock_event_t *ev, int64_t remaining)
+{
+    atomic_store(&ev->remaining_hint, remaining);
+}
+
 int stock_reserve(stock_event_t *ev, int64_t qty)
 {
     if (atomic_load_explicit(&ev->sold_out, memory_order_relaxed))

@@ -56,15 +56,15 @@
 /* Refused setup commands are logged at most this often per client. */
 #define SETUP_LOG_EVERY_US 5000000u
 
-static const char ERR_NOT_CONNECTED[] = "not connected";
-static const char ERR_TIMEOUT[] = "timeout";
-static const char ERR_LOST[] = "connection lost";
-static const char ERR_CLOSING[] = "closing";
-static const char ERR_NO_SCRIPT[] = "script not loaded";
-static const char ERR_BAD_ARGS[] = "bad arguments";
-static const char ERR_UNSUPPORTED[] = "unsupported command";
-static const char ERR_NOMEM[] = "out of memory";
-static const char ERR_NOT_READY[] = "not authenticated";
+const char redis_err_not_connected[] = "not connected";
+const char redis_err_timeout[] = "timeout";
+const char redis_err_lost[] = "connection lost";
+const char redis_err_closing[] = "closing";
+const char redis_err_no_script[] = "script not loaded";
+const char redis_err_bad_args[] = "bad arguments";
+const char redis_err_unsupported[] = "unsupported command";
+const char redis_err_nomem[] = "out of memory";
+const char redis_err_not_ready[] = "not authenticated";
 
 typedef enum {
     REQ_COMMAND,    /* the caller's command, reply passed through */
@@ -581,7 +581,7 @@ static void on_tick(uv_timer_t *t)
         if (r->answered || !user_kind(r))
             continue;
         r->answered = true;
-        r->fn(NULL, ERR_TIMEOUT, r->data);
+        r->fn(NULL, redis_err_timeout, r->data);
         if (c->closing)
             return; /* the callback closed the client: close failed the rest */
     }
@@ -600,8 +600,8 @@ static void on_tick(uv_timer_t *t)
 static const char *failure_reason(const redis_client_t *c, const req_t *r)
 {
     if (r->timed_out)
-        return ERR_TIMEOUT;
-    return c->closing ? ERR_CLOSING : ERR_LOST;
+        return redis_err_timeout;
+    return c->closing ? redis_err_closing : redis_err_lost;
 }
 
 static bool is_noscript(const redisReply *reply)
@@ -766,7 +766,7 @@ static void on_reply(redisAsyncContext *ac, void *reply_, void *privdata)
             if (retry_as_eval(c, r) == 0)
                 return; /* r lives on in the FIFO */
             reply = NULL;
-            err = ERR_LOST;
+            err = redis_err_lost;
         }
         r->fn(reply, err, r->data);
         break;
@@ -846,35 +846,35 @@ void redis_command(redis_client_t *c, redis_reply_fn fn, void *data, int argc, c
                    const size_t *argvlen)
 {
     if (c->closing) {
-        fn(NULL, ERR_CLOSING, data);
+        fn(NULL, redis_err_closing, data);
         return;
     }
     if (!c->connected || c->ac == NULL || c->stalled) {
-        fn(NULL, ERR_NOT_CONNECTED, data);
+        fn(NULL, redis_err_not_connected, data);
         return;
     }
     if (!c->authed) {
-        fn(NULL, ERR_NOT_READY, data);
+        fn(NULL, redis_err_not_ready, data);
         return;
     }
     if (argc < 1 || argv == NULL) {
-        fn(NULL, ERR_BAD_ARGS, data);
+        fn(NULL, redis_err_bad_args, data);
         return;
     }
     if (unsupported(argv[0], argvlen ? argvlen[0] : strlen(argv[0]))) {
-        fn(NULL, ERR_UNSUPPORTED, data);
+        fn(NULL, redis_err_unsupported, data);
         return;
     }
     req_t *r = req_get(c, REQ_COMMAND);
     if (r == NULL) {
-        fn(NULL, ERR_NOMEM, data);
+        fn(NULL, redis_err_nomem, data);
         return;
     }
     r->fn = fn;
     r->data = data;
     if (send_req(c, r, argc, argv, argvlen) != 0) {
         req_put(c, r);
-        fn(NULL, ERR_NOT_CONNECTED, data);
+        fn(NULL, redis_err_not_connected, data);
     }
 }
 
@@ -920,33 +920,33 @@ void redis_eval(redis_client_t *c, redis_reply_fn fn, void *data, int numkeys, i
                 const char **argv, const size_t *argvlen)
 {
     if (c->closing) {
-        fn(NULL, ERR_CLOSING, data);
+        fn(NULL, redis_err_closing, data);
         return;
     }
     if (!c->connected || c->ac == NULL || c->stalled) {
-        fn(NULL, ERR_NOT_CONNECTED, data);
+        fn(NULL, redis_err_not_connected, data);
         return;
     }
     if (!c->sha_ok) {
-        fn(NULL, ERR_NO_SCRIPT, data);
+        fn(NULL, redis_err_no_script, data);
         return;
     }
     if (numkeys < 0 || argc < numkeys || (argc > 0 && argv == NULL)) {
-        fn(NULL, ERR_BAD_ARGS, data);
+        fn(NULL, redis_err_bad_args, data);
         return;
     }
     req_t *r = req_get(c, REQ_EVAL);
     if (r == NULL || copy_eval_args(c, r, numkeys, argc, argv, argvlen) != 0) {
         if (r != NULL)
             req_put(c, r);
-        fn(NULL, ERR_NOMEM, data);
+        fn(NULL, redis_err_nomem, data);
         return;
     }
     r->fn = fn;
     r->data = data;
     if (send_req(c, r, r->argc, r->argv, r->argvlen) != 0) {
         req_put(c, r);
-        fn(NULL, ERR_NOT_CONNECTED, data);
+        fn(NULL, redis_err_not_connected, data);
     }
 }
 
@@ -956,11 +956,11 @@ void redis_client_set_script(redis_client_t *c, const char *script,
                              void (*on_done)(int ok, const char *err, void *arg), void *arg)
 {
     if (c->closing) {
-        on_done(0, ERR_CLOSING, arg);
+        on_done(0, redis_err_closing, arg);
         return;
     }
     if (!c->connected || c->ac == NULL || !c->authed) {
-        on_done(0, ERR_NOT_CONNECTED, arg);
+        on_done(0, redis_err_not_connected, arg);
         return;
     }
     req_t *r = req_get(c, REQ_SET_SCRIPT);
@@ -969,7 +969,7 @@ void redis_client_set_script(redis_client_t *c, const char *script,
         free(copy);
         if (r != NULL)
             req_put(c, r);
-        on_done(0, ERR_NOMEM, arg);
+        on_done(0, redis_err_nomem, arg);
         return;
     }
     r->new_script = copy;
@@ -979,7 +979,7 @@ void redis_client_set_script(redis_client_t *c, const char *script,
     const size_t len[] = {6, 4, strlen(copy)};
     if (send_req(c, r, 3, argv, len) != 0) {
         req_put(c, r);
-        on_done(0, ERR_NOT_CONNECTED, arg);
+        on_done(0, redis_err_not_connected, arg);
     }
 }
 
@@ -1012,4 +1012,32 @@ void redis_client_close(redis_client_t *c)
     uv_close((uv_handle_t *)&c->tick_timer, on_handle_closed);
     uv_close((uv_handle_t *)&c->flush, on_handle_closed);
     uv_close((uv_handle_t *)&c->setup_timer, on_handle_closed);
+}
+
+int redis_reply_str(const redisReply *r, size_t i, char *out, size_t cap)
+{
+    if (r->type != REDIS_REPLY_ARRAY || r->elements <= i)
+        return -1;
+    const redisReply *e = r->element[i];
+    if (e->type == REDIS_REPLY_STRING || e->type == REDIS_REPLY_STATUS) {
+        if (e->len >= cap)
+            return -1;
+        memcpy(out, e->str, e->len);
+        out[e->len] = '\0';
+        return 0;
+    }
+    if (e->type == REDIS_REPLY_INTEGER) {
+        snprintf(out, cap, "%lld", e->integer);
+        return 0;
+    }
+    return -1;
+}
+
+int64_t redis_reply_int(const redisReply *r, size_t i)
+{
+    char buf[32];
+    int64_t v = -1;
+    if (redis_reply_str(r, i, buf, sizeof(buf)) == 0)
+        util_parse_i64(buf, strlen(buf), INT64_MIN + 1, INT64_MAX, &v);
+    return v;
 }

@@ -51,6 +51,16 @@ stock_event_t *stock_find(const char *name, size_t len);
 stock_event_t *stock_install(const char *name, size_t len, int64_t total, int64_t per_user_limit,
                              int64_t quota, uint64_t generation, bool sold_out);
 
+typedef enum {
+    STOCK_OK,           /* the local quota covers qty */
+    STOCK_SOLD_OUT,     /* nothing left locally, or Redis said sold out */
+    STOCK_INSUFFICIENT, /* some left, fewer than qty */
+} stock_verdict_t;
+
+/* Whether qty units could be taken now; takes nothing (the sale asks before the policy runs, so
+ * the sold-out flood costs no Lua call; stock_reserve decides for real afterwards). */
+stock_verdict_t stock_check(const stock_event_t *ev, int64_t qty);
+
 /* Takes qty units of the local quota. Returns 0, or -1 when the quota cannot cover qty or the
  * event is sold out (nothing taken then). */
 int stock_reserve(stock_event_t *ev, int64_t qty);
@@ -62,6 +72,9 @@ void stock_release(stock_event_t *ev, int64_t qty);
  * grants units more, only if nothing is left locally right now (so concurrent refreshes do not
  * stack). Returns true when it granted. */
 bool stock_refill(stock_event_t *ev, int64_t units);
+
+/* The remaining count Redis last reported (display only). */
+void stock_set_remaining_hint(stock_event_t *ev, int64_t remaining);
 
 /* Redis said sold out: every thread answers 409 from now on, until a reset. */
 void stock_mark_sold_out(stock_event_t *ev);

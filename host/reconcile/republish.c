@@ -1,11 +1,12 @@
-/* Reconciliation between Redis, JetStream and SQLite. Blocking, on the caller's thread (the
- * host's reconciliation thread or snatch-reconcile's main thread).
+/* Republishing from Redis to JetStream. Blocking, on the caller's thread (the host's
+ * reconciliation thread or snatch-reconcile's main thread).
  *
  * Redis is read with HSCAN so that a large {E}:orders hash never blocks Redis for long. Each
  * republish waits for its JetStream ack before the {E}:pending entry goes: a crash in between
  * leaves the entry, and the next pass republishes it again, which is harmless. */
-#include "reconcile.h"
+#include "republish.h"
 
+#include "keyspace.h"
 #include "log.h"
 #include "orders_stream.h"
 #include "util.h"
@@ -21,9 +22,7 @@
 #define SCAN_COUNT "1000"
 #define PUBLISH_WAIT_MS 5000
 
-typedef int (*scan_fn)(const char *field, size_t flen, const char *value, size_t vlen, void *data);
-
-static int64_t wall_ms(void)
+int64_t reconcile_wall_ms(void)
 {
     struct timeval tv;
     gettimeofday(&tv, NULL);
@@ -39,14 +38,14 @@ uint64_t reconcile_skipped(void)
 
 /* One bad order or event must not stop the others: it is skipped, counted and logged, at most
  * one line per 10 s (with how many were left out), so a poisoned entry cannot flood the log. */
-static void skip(const char *fmt, ...)
+void reconcile_skip(const char *fmt, ...)
 {
     static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
     static int64_t last_ms;
     static uint64_t quiet;
     atomic_fetch_add(&skipped, 1);
     pthread_mutex_lock(&lock);
-    int64_t now = wall_ms();
+    int64_t now = reconcile_wall_ms();
     if (last_ms != 0 && now - last_ms < 10000) {
         quiet++;
         pthread_mutex_unlock(&lock);
@@ -72,7 +71,7 @@ static int cmp_str(const void *a, const void *b)
 
 int reconcile_list_events(redisContext *rc, char ***events, size_t *n)
 {
-    redisReply *r = redisCommand(rc, "SMEMBERS %s", RECONCILE_EVENTS_KEY);
+    redisReply *r = redisCommand(rc, "SMEMBERS %s", KEYSPACE_EVENTS);
     char **v = NULL;
     size_t k = 0;
     *events = NULL;
@@ -86,8 +85,9 @@ int reconcile_list_events(redisContext *rc, char ***events, size_t *n)
         /* A name the host would refuse today (written before the name rule was tightened, or by
          * hand) cannot be a NATS subject: skipped, never fatal to the whole pass. */
         if (e->type != REDIS_REPLY_STRING || !util_valid_name(e->str, e->len, SNATCH_NAME_MAX)) {
-            skip("event name %.*s is not valid", e->type == REDIS_REPLY_STRING ? (int)e->len : 0,
-                 e->type == REDIS_REPLY_STRING ? e->str : "");
+            reconcile_skip("event name %.*s is not valid",
+                           e->type == REDIS_REPLY_STRING ? (int)e->len : 0,
+                           e->type == REDIS_REPLY_STRING ? e->str : "");
             continue;
         }
         if ((v[k] = strdup(e->str)) == NULL)
@@ -114,9 +114,7 @@ void reconcile_free_events(char **events, size_t n)
     free(events);
 }
 
-/* HSCAN key, calling fn for each field/value; fn returning non-zero stops with that value.
- * Returns 0, fn's value, or -1 on a Redis failure. */
-static int hscan(redisContext *rc, const char *key, scan_fn fn, void *data)
+int reconcile_hscan(redisContext *rc, const char *key, reconcile_scan_fn fn, void *data)
 {
     char cursor[32] = "0";
     do {
@@ -142,15 +140,12 @@ static int hscan(redisContext *rc, const char *key, scan_fn fn, void *data)
     return 0;
 }
 
-/* Reconciliation may run before any host created the stream. */
-static int ensure_stream(jsCtx *js)
+int reconcile_ensure_stream(jsCtx *js)
 {
     return orders_stream_ensure(js, NULL, NULL) == NATS_OK ? 0 : -1;
 }
 
-/* Blocking publish of one order; 0 once JetStream acknowledged it (stored or duplicate). */
-static int publish_order(jsCtx *js, const char *event, const char *id, const char *payload,
-                         size_t len)
+int reconcile_publish(jsCtx *js, const char *event, const char *id, const char *payload, size_t len)
 {
     char subject[256];
     natsMsg *m = NULL;
@@ -171,7 +166,7 @@ static int publish_order(jsCtx *js, const char *event, const char *id, const cha
     return s == NATS_OK ? 0 : -1;
 }
 
-static int hdel(redisContext *rc, const char *key, const char *field)
+int reconcile_hdel(redisContext *rc, const char *key, const char *field)
 {
     redisReply *r = redisCommand(rc, "HDEL %s %s", key, field);
     int ok = r != NULL && r->type == REDIS_REPLY_INTEGER;
@@ -180,122 +175,12 @@ static int hdel(redisContext *rc, const char *key, const char *field)
     return ok ? 0 : -1;
 }
 
-typedef struct event_scan {
-    redisContext *rc;
-    jsCtx *js;
-    store_t *st;
-    const char *event;
-    char pending_key[160];
-    reconcile_row_t *row;
-    const char *why;
-} event_scan_t;
-
-static int on_order(const char *id, size_t idlen, const char *rec, size_t reclen, void *data)
-{
-    event_scan_t *e = data;
-    int has;
-    (void)idlen;
-    e->row->redis_orders++;
-    if ((has = store_has_order(e->st, id)) < 0) {
-        e->why = "SQLite lookup failed";
-        return -1;
-    }
-    if (has)
-        return 0;
-    e->row->missing++;
-    if (e->js == NULL)
-        return 0;
-    if (publish_order(e->js, e->event, id, rec, reclen) != 0) {
-        skip("%s: order %s: JetStream publish failed", e->event, id);
-        return 0; /* still counted as missing */
-    }
-    e->row->republished++;
-    if (hdel(e->rc, e->pending_key, id) != 0) {
-        e->why = "Redis HDEL failed";
-        return -1;
-    }
-    return 0;
-}
-
-/* A pending entry whose order SQLite already holds: the host died between the ack and HDEL. */
-static int on_pending_stored(const char *id, size_t idlen, const char *ms, size_t mslen, void *data)
-{
-    event_scan_t *e = data;
-    (void)idlen;
-    (void)ms;
-    (void)mslen;
-    int has = store_has_order(e->st, id);
-    if (has < 0) {
-        e->why = "SQLite lookup failed";
-        return -1;
-    }
-    if (has && hdel(e->rc, e->pending_key, id) != 0) {
-        e->why = "Redis HDEL failed";
-        return -1;
-    }
-    return 0;
-}
-
-static int read_meta(redisContext *rc, const char *event, reconcile_row_t *row)
-{
-    redisReply *r = redisCommand(rc, "HMGET {%s}:meta stock sold", event);
-    int ok = r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2;
-    if (ok) {
-        redisReply *stock = r->element[0], *sold = r->element[1];
-        row->stock = stock->type == REDIS_REPLY_STRING ? strtoll(stock->str, NULL, 10) : -1;
-        row->sold = sold->type == REDIS_REPLY_STRING ? strtoll(sold->str, NULL, 10) : 0;
-    }
-    if (r != NULL)
-        freeReplyObject(r);
-    return ok ? 0 : -1;
-}
-
-int reconcile_event(redisContext *rc, natsConnection *nc, store_t *st, const char *event,
-                    reconcile_row_t *row, char *err, size_t errlen)
-{
-    char orders_key[160];
-    event_scan_t e = {.rc = rc, .st = st, .event = event, .row = row};
-    int rc2 = -1;
-    memset(row, 0, sizeof(*row));
-    snprintf(row->event, sizeof(row->event), "%s", event);
-    snprintf(orders_key, sizeof(orders_key), "{%s}:orders", event);
-    snprintf(e.pending_key, sizeof(e.pending_key), "{%s}:pending", event);
-    if (nc != NULL &&
-        (natsConnection_JetStream(&e.js, nc, NULL) != NATS_OK || ensure_stream(e.js) != 0)) {
-        snprintf(err, errlen, "%s: JetStream stream %s unavailable", event, ORDERS_STREAM);
-        jsCtx_Destroy(e.js);
-        return -1;
-    }
-    if (read_meta(rc, event, row) != 0) {
-        snprintf(err, errlen, "%s: Redis: %s", event, rc->err ? rc->errstr : "bad reply");
-        goto out;
-    }
-    if (e.js != NULL && hscan(rc, e.pending_key, on_pending_stored, &e) != 0)
-        goto fail;
-    if (hscan(rc, orders_key, on_order, &e) != 0)
-        goto fail;
-    if (store_event_totals(st, event, &row->sqlite_rows, &row->sqlite_units) != 0) {
-        e.why = "SQLite totals failed";
-        goto fail;
-    }
-    /* Rows that matched a Redis order are (orders - missing); the rest exist only in SQLite. */
-    row->extra = row->sqlite_rows - (row->redis_orders - row->missing);
-    rc2 = 0;
-    goto out;
-fail:
-    snprintf(err, errlen, "%s: %s", event,
-             e.why ? e.why : (rc->err ? rc->errstr : "Redis scan failed"));
-out:
-    jsCtx_Destroy(e.js);
-    return rc2;
-}
-
 typedef struct pending_scan {
     redisContext *rc;
     jsCtx *js;
     const char *event;
-    char orders_key[160];
-    char pending_key[160];
+    char orders_key[KEYSPACE_KEY_MAX];
+    char pending_key[KEYSPACE_KEY_MAX];
     int64_t cutoff;
     int64_t max;
     int64_t done;
@@ -323,16 +208,16 @@ static int on_pending(const char *id, size_t idlen, const char *ms, size_t mslen
         freeReplyObject(r);
         return 0;
     }
-    int ok = publish_order(p->js, p->event, id, r->str, r->len) == 0;
+    int ok = reconcile_publish(p->js, p->event, id, r->str, r->len) == 0;
     freeReplyObject(r);
     if (!ok) {
         /* This order (or the whole event) cannot be published now: the next event may be fine.
          * If NATS itself is gone, every event fails the same way and the pass ends there. */
-        skip("%s: pending order %s: JetStream publish failed", p->event, id);
+        reconcile_skip("%s: pending order %s: JetStream publish failed", p->event, id);
         p->publish_failed = true;
         return 2;
     }
-    if (hdel(p->rc, p->pending_key, id) != 0)
+    if (reconcile_hdel(p->rc, p->pending_key, id) != 0)
         return -1;
     p->done++;
     return 0;
@@ -350,17 +235,17 @@ int reconcile_pending(redisContext *rc, natsConnection *nc, int64_t older_than_m
         *stale = 0;
     if (reconcile_list_events(rc, &events, &n) != 0)
         return -1;
-    if (natsConnection_JetStream(&js, nc, NULL) != NATS_OK || ensure_stream(js) != 0)
+    if (natsConnection_JetStream(&js, nc, NULL) != NATS_OK || reconcile_ensure_stream(js) != 0)
         goto out;
     for (size_t i = 0; i < n; i++) {
         pending_scan_t p = {.rc = rc,
                             .js = js,
                             .event = events[i],
-                            .cutoff = wall_ms() - older_than_ms,
+                            .cutoff = reconcile_wall_ms() - older_than_ms,
                             .max = max_orders > 0 ? max_orders - total : 0};
-        snprintf(p.orders_key, sizeof(p.orders_key), "{%s}:orders", events[i]);
-        snprintf(p.pending_key, sizeof(p.pending_key), "{%s}:pending", events[i]);
-        int rc2 = hscan(rc, p.pending_key, on_pending, &p);
+        keyspace_key(p.orders_key, events[i], strlen(events[i]), KEYSPACE_ORDERS);
+        keyspace_key(p.pending_key, events[i], strlen(events[i]), KEYSPACE_PENDING);
+        int rc2 = reconcile_hscan(rc, p.pending_key, on_pending, &p);
         total += p.done;
         seen += p.stale;
         if (rc2 < 0)

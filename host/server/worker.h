@@ -42,7 +42,7 @@ typedef struct host_config {
     auth_config_t auth; /* Redis and NATS credentials (auth.h) */
 } host_config_t;
 
-typedef struct sale_acks sale_acks_t;
+typedef struct pending pending_t;
 
 typedef struct host {
     host_config_t cfg;
@@ -61,14 +61,13 @@ typedef struct worker {
     redis_client_t *redis;
     script_t *script;
     orders_lane_t *orders;
-    sale_acks_t *acks; /* owned by sale.c: acknowledged orders batched for HDEL */
-    uv_timer_t drain;  /* shutdown: waits for in-flight sales */
+    pending_t *pending; /* acknowledged orders leaving {event}:pending (pending.h) */
+    uv_timer_t drain;   /* shutdown: waits for in-flight sales */
     uint64_t drain_deadline;
-    int inflight;      /* sales between admit and answer (loop thread only) */
-    int hdel_inflight; /* batched {event}:pending deletions awaiting Redis (loop thread only) */
-    bool lane_closed;  /* shutdown: the order lane is gone, the acks flushed */
-    bool stopping;     /* loop thread only */
-    bool http_closed;  /* every connection closed (loop thread only) */
+    int inflight;     /* sales between admit and answer (loop thread only) */
+    bool lane_closed; /* shutdown: the order lane is gone, the acks flushed */
+    bool stopping;    /* loop thread only */
+    bool http_closed; /* every connection closed (loop thread only) */
     /* Set by other threads, consumed on wakeup. */
     _Atomic int reload_pending;
     _Atomic int stop_pending;
