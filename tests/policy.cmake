@@ -1,10 +1,8 @@
-# Policy area: the LuaJIT embedding (host/server/script.c), the shared token buckets
-# (host/server/ratelimit.c), lua/policy.lua and examples/*.lua.
-#
-# The unit tests link snatch_server as snatch-host does; metrics_lua_counter is defined by
-# test_script.c itself (it counts the calls), so metrics.c is not pulled from the library.
-add_snatch_unit_test(test_script unit/test_script.c LIBS snatch_server)
-add_snatch_unit_test(test_ratelimit unit/test_ratelimit.c LIBS snatch_server)
+# Policy area: the LuaJIT embedding (host/policy/script.c), the shared token buckets
+# (host/policy/ratelimit.c), lua/policy.lua and examples/*.lua. The tests link snatch_policy as
+# the programs do; test_script counts host.counter() through script_set_counter().
+add_snatch_unit_test(test_script unit/test_script.c LIBS snatch_policy)
+add_snatch_unit_test(test_ratelimit unit/test_ratelimit.c LIBS snatch_policy)
 # Static checks of every Lua file we ship, when luacheck (Debian lua-check) is installed.
 find_program(LUACHECK luacheck)
 if(LUACHECK)

@@ -11,6 +11,9 @@
 
 #define ORDERS_STREAM "ORDERS"
 #define ORDERS_SUBJECT_PREFIX "orders."
+/* The largest order payload (the policy's order()) published, NUL included; beyond it the
+ * built-in format is published instead. The same bound for the host and every republish. */
+#define ORDERS_PAYLOAD_MAX 1024
 /* JetStream's de-duplication window for Nats-Msg-Id. Correctness does not depend on it (SQLite
  * keeps one row per order id whatever the stream holds); it spares the stream and the subscriber
  * the repeats of a republish done within it. The server keeps every id of the window in memory

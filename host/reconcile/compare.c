@@ -14,6 +14,7 @@
 typedef struct event_scan {
     redisContext *rc;
     jsCtx *js;
+    const reconcile_render_t *render;
     store_t *st;
     const char *event;
     char pending_key[KEYSPACE_KEY_MAX];
@@ -36,7 +37,7 @@ static int on_order(const char *id, size_t idlen, const char *rec, size_t reclen
     e->row->missing++;
     if (e->js == NULL)
         return 0;
-    if (reconcile_publish(e->js, e->event, id, rec, reclen) != 0) {
+    if (reconcile_publish(e->js, e->render, e->event, id, rec, reclen) != 0) {
         reconcile_skip("%s: order %s: JetStream publish failed", e->event, id);
         return 0; /* still counted as missing */
     }
@@ -83,11 +84,11 @@ static int read_meta(redisContext *rc, const char *event, reconcile_row_t *row)
     return ok ? 0 : -1;
 }
 
-int reconcile_event(redisContext *rc, natsConnection *nc, store_t *st, const char *event,
-                    reconcile_row_t *row, char *err, size_t errlen)
+int reconcile_event(redisContext *rc, natsConnection *nc, const reconcile_render_t *render,
+                    store_t *st, const char *event, reconcile_row_t *row, char *err, size_t errlen)
 {
     char orders_key[KEYSPACE_KEY_MAX];
-    event_scan_t e = {.rc = rc, .st = st, .event = event, .row = row};
+    event_scan_t e = {.rc = rc, .render = render, .st = st, .event = event, .row = row};
     int rc2 = -1;
     memset(row, 0, sizeof(*row));
     snprintf(row->event, sizeof(row->event), "%s", event);

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "republish.h"
 #include "store.h"
 
 typedef struct reconcile_row {
@@ -24,10 +25,10 @@ typedef struct reconcile_row {
 } reconcile_row_t;
 
 /* Compares one event. With nc != NULL, republishes every order missing from SQLite (subject
- * orders.<event>, Nats-Msg-Id = order id, payload = the Redis record) and deletes its {E}:pending
- * entry once acknowledged; pending entries of orders already in SQLite are deleted too.
- * Returns 0 (row filled) or -1 with err filled (Redis, SQLite or NATS failure). */
-int reconcile_event(redisContext *rc, natsConnection *nc, store_t *st, const char *event,
-                    reconcile_row_t *row, char *err, size_t errlen);
+ * orders.<event>, Nats-Msg-Id = order id, payload = the Redis record rendered by render) and
+ * deletes its {E}:pending entry once acknowledged; pending entries of orders already in SQLite are
+ * deleted too. Returns 0 (row filled) or -1 with err filled (Redis, SQLite or NATS failure). */
+int reconcile_event(redisContext *rc, natsConnection *nc, const reconcile_render_t *render,
+                    store_t *st, const char *event, reconcile_row_t *row, char *err, size_t errlen);
 
 #endif

@@ -21,6 +21,7 @@
 #include "log.h"
 #include "orders_stream.h"
 #include "republish.h"
+#include "script.h"
 #include "store.h"
 #include "util.h"
 
@@ -37,6 +38,7 @@ typedef struct config {
     bool dry_run;
     int wait_s;
     long long pending_ms; /* >= 0: only run reconcile_pending with this age */
+    const char *policy;   /* the hosts' policy: order() renders republished orders */
     auth_config_t auth;
     log_format_t log_format;
 } config_t;
@@ -53,6 +55,9 @@ static void usage(FILE *f)
             "                     path would make every order look missing)\n"
             "  --nats URL         NATS server (required unless --dry-run)\n"
             "  --event E          only this event (repeatable; default: all of snatch:events)\n"
+            "  --policy PATH      the hosts' policy: republished orders get its order()\n"
+            "                     payload, as the host publishes them (default: the built-in\n"
+            "                     format, with a warning)\n"
             "  --dry-run          only report, republish nothing\n"
             "  --wait SECONDS     after republishing, poll SQLite up to SECONDS until the\n"
             "                     subscriber persisted every missing order\n"
@@ -80,6 +85,7 @@ static int parse_args(int argc, char **argv, config_t *c)
         {"dry-run", no_argument, NULL, 'x'},
         {"wait", required_argument, NULL, 'w'},
         {"pending", required_argument, NULL, 'p'},
+        {"policy", required_argument, NULL, 'P'},
         {ORDERS_MAX_AGE_FLAG, required_argument, NULL, 'A'},
         {ORDERS_MAX_BYTES_FLAG, required_argument, NULL, 'B'},
         {"log-format", required_argument, NULL, 'l'},
@@ -125,6 +131,9 @@ static int parse_args(int argc, char **argv, config_t *c)
             break;
         case 'p':
             c->pending_ms = atoll(optarg);
+            break;
+        case 'P':
+            c->policy = optarg;
             break;
         case 'A':
         case 'B':
@@ -205,7 +214,7 @@ static int wait_caught_up(redisContext *rc, store_t *st, reconcile_row_t *rows, 
         int64_t missing = 0;
         for (size_t i = 0; i < n; i++) {
             reconcile_row_t now;
-            if (reconcile_event(rc, NULL, st, rows[i].event, &now, err, sizeof(err)) != 0) {
+            if (reconcile_event(rc, NULL, NULL, st, rows[i].event, &now, err, sizeof(err)) != 0) {
                 log_error("reconcile: %s", err);
                 return -1;
             }
@@ -236,6 +245,31 @@ static natsStatus connect_nats(natsConnection **nc, const config_t *c)
     return s;
 }
 
+static int render(void *ctx, const char *record, size_t len, char *out, size_t cap)
+{
+    return script_order_from_record(ctx, record, len, out, cap);
+}
+
+/* The policy whose order() renders republished orders; NULL (built-in format) without --policy.
+ * Returns 0, or -1 when --policy names a policy that does not load. */
+static int open_policy(const config_t *c, script_t **out)
+{
+    char err[2048];
+    script_env_t env = {.host_id = "", .hosts = 1};
+    *out = NULL;
+    if (c->policy == NULL) {
+        if (!c->dry_run)
+            log_warn("reconcile: no --policy: republished orders get the built-in payload; give "
+                     "the hosts' --policy if its order() differs");
+        return 0;
+    }
+    if (script_open(out, c->policy, &env, err, sizeof(err)) != 0) {
+        log_error("reconcile: --policy %s: %s", c->policy, err);
+        return -1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     config_t c;
@@ -245,6 +279,7 @@ int main(int argc, char **argv)
     char **listed = NULL;
     size_t nlisted = 0, n;
     reconcile_row_t *rows = NULL;
+    script_t *policy = NULL;
     char err[512];
     int status = 3;
 
@@ -261,6 +296,11 @@ int main(int argc, char **argv)
         status = 2;
         goto out;
     }
+    if (open_policy(&c, &policy) != 0) {
+        status = 2;
+        goto out;
+    }
+    reconcile_render_t rr = {.fn = render, .ctx = policy};
     struct timeval tv = {10, 0};
     rc = redisConnectWithTimeout(c.redis_host, c.redis_port, tv);
     if (rc == NULL || rc->err) {
@@ -278,7 +318,7 @@ int main(int argc, char **argv)
         goto out;
     }
     if (c.pending_ms >= 0) {
-        int done = reconcile_pending(rc, nc, c.pending_ms, 0, NULL);
+        int done = reconcile_pending(rc, nc, &rr, c.pending_ms, 0, NULL);
         printf("republished %d pending orders\n", done < 0 ? 0 : done);
         status = done < 0 ? 3 : 0;
         goto out;
@@ -306,7 +346,7 @@ int main(int argc, char **argv)
             continue;
         }
         /* One event that cannot be reconciled must not keep the others from it. */
-        if (reconcile_event(rc, nc, st, ev, &rows[i], err, sizeof(err)) != 0) {
+        if (reconcile_event(rc, nc, &rr, st, ev, &rows[i], err, sizeof(err)) != 0) {
             log_error("reconcile: %s (the other events go on)", err);
             failed = true;
             if (rc->err)
@@ -348,6 +388,7 @@ out:
     free(rows);
     reconcile_free_events(listed, nlisted);
     store_close(st);
+    script_close(policy);
     natsConnection_Destroy(nc);
     if (rc != NULL)
         redisFree(rc);

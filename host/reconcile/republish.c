@@ -145,9 +145,18 @@ int reconcile_ensure_stream(jsCtx *js)
     return orders_stream_ensure(js, NULL, NULL) == NATS_OK ? 0 : -1;
 }
 
-int reconcile_publish(jsCtx *js, const char *event, const char *id, const char *payload, size_t len)
+int reconcile_publish(jsCtx *js, const reconcile_render_t *render, const char *event,
+                      const char *id, const char *record, size_t len)
 {
-    char subject[256];
+    char subject[256], payload[ORDERS_PAYLOAD_MAX];
+    const char *body = record;
+    if (render != NULL && render->fn != NULL) {
+        int n = render->fn(render->ctx, record, len, payload, sizeof(payload));
+        if (n < 0)
+            return -1;
+        body = payload;
+        len = (size_t)n;
+    }
     natsMsg *m = NULL;
     jsPubAck *pa = NULL;
     jsPubOptions po;
@@ -158,7 +167,7 @@ int reconcile_publish(jsCtx *js, const char *event, const char *id, const char *
     jsPubOptions_Init(&po);
     po.MsgId = id;
     po.MaxWait = PUBLISH_WAIT_MS;
-    s = natsMsg_Create(&m, subject, NULL, payload, (int)len);
+    s = natsMsg_Create(&m, subject, NULL, body, (int)len);
     if (s == NATS_OK)
         s = js_PublishMsg(&pa, js, m, &po, NULL);
     jsPubAck_Destroy(pa);
@@ -178,6 +187,7 @@ int reconcile_hdel(redisContext *rc, const char *key, const char *field)
 typedef struct pending_scan {
     redisContext *rc;
     jsCtx *js;
+    const reconcile_render_t *render;
     const char *event;
     char orders_key[KEYSPACE_KEY_MAX];
     char pending_key[KEYSPACE_KEY_MAX];
@@ -208,7 +218,7 @@ static int on_pending(const char *id, size_t idlen, const char *ms, size_t mslen
         freeReplyObject(r);
         return 0;
     }
-    int ok = reconcile_publish(p->js, p->event, id, r->str, r->len) == 0;
+    int ok = reconcile_publish(p->js, p->render, p->event, id, r->str, r->len) == 0;
     freeReplyObject(r);
     if (!ok) {
         /* This order (or the whole event) cannot be published now: the next event may be fine.
@@ -223,8 +233,8 @@ static int on_pending(const char *id, size_t idlen, const char *ms, size_t mslen
     return 0;
 }
 
-int reconcile_pending(redisContext *rc, natsConnection *nc, int64_t older_than_ms,
-                      int64_t max_orders, int64_t *stale)
+int reconcile_pending(redisContext *rc, natsConnection *nc, const reconcile_render_t *render,
+                      int64_t older_than_ms, int64_t max_orders, int64_t *stale)
 {
     char **events = NULL;
     size_t n = 0;
@@ -240,6 +250,7 @@ int reconcile_pending(redisContext *rc, natsConnection *nc, int64_t older_than_m
     for (size_t i = 0; i < n; i++) {
         pending_scan_t p = {.rc = rc,
                             .js = js,
+                            .render = render,
                             .event = events[i],
                             .cutoff = reconcile_wall_ms() - older_than_ms,
                             .max = max_orders > 0 ? max_orders - total : 0};

@@ -141,6 +141,9 @@ static int check_policy(const char *path, char *err, size_t errlen)
     return script_check(path, &env, err, errlen);
 }
 
+/* The reconciliation thread: SIGHUP hands it the policy too. */
+static reconciler_t *reconciler;
+
 static void on_hup(uv_signal_t *h, int signum)
 {
     (void)h;
@@ -157,6 +160,7 @@ static void on_hup(uv_signal_t *h, int signum)
         log_warn("reload: cannot read %s, keeping the deduct script", host.cfg.deduct_path);
     for (int i = 0; i < n_workers; i++)
         worker_post_reload(&workers[i], deduct);
+    reconciler_post_reload(reconciler);
     free(deduct);
     log_info("reload: policy %s handed to %d threads", host.cfg.policy_path, n_workers);
 }
@@ -551,6 +555,7 @@ int main(int argc, char **argv)
         return 1;
     }
     metrics_init();
+    script_set_counter(metrics_lua_counter);
     metrics_thread_register();
     if (orders_publisher_start_auth(&host.orders, host.cfg.nats_url, &host.cfg.auth, err,
                                     sizeof(err)) != 0) {
@@ -562,10 +567,10 @@ int main(int argc, char **argv)
                  "--ack-timeout-ms (%llu), or orders still awaiting their ack get "
                  "republished (harmless: de-duplicated, but wasted)",
                  (long long)reconcile_after_ms, (unsigned long long)host.cfg.ack_timeout_ms);
-    reconciler_t *reconciler = NULL;
     if (reconcile_interval_ms > 0 &&
         reconciler_start(&reconciler, host.cfg.redis_host, host.cfg.redis_port, host.cfg.nats_url,
-                         reconcile_interval_ms, reconcile_after_ms, &host.cfg.auth) != 0) {
+                         reconcile_interval_ms, reconcile_after_ms, &host.cfg.auth,
+                         host.cfg.policy_path, host.cfg.host_id, host.cfg.hosts) != 0) {
         log_error("cannot start the reconciliation thread");
         return 1;
     }

@@ -5,6 +5,7 @@
 
 #include <hiredis/hiredis.h>
 #include <nats/nats.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +16,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "republish.h"
+#include "script.h"
 
 #define CONNECT_TIMEOUT_MS 2000
 #define MAX_PER_PASS 10000
@@ -32,7 +34,11 @@ struct reconciler {
     redisContext *rc;
     natsConnection *nc;
     const auth_config_t *auth; /* the host's, lives as long as the process */
-    bool failing;              /* the last pass failed: log the next failure only on change */
+    const char *policy_path;   /* the host's, idem */
+    script_env_t env;
+    script_t *script;            /* the thread's own; NULL: the built-in payload */
+    _Atomic bool reload_pending; /* SIGHUP: reopen the policy before the next pass */
+    bool failing;                /* the last pass failed: log the next failure only on change */
 };
 
 static void drop_connections(reconciler_t *r)
@@ -97,16 +103,39 @@ static int connect_all(reconciler_t *r)
     return 0;
 }
 
+static int render(void *ctx, const char *record, size_t len, char *out, size_t cap)
+{
+    return script_order_from_record(ctx, record, len, out, cap);
+}
+
+/* On the reconciler's thread: a lua_State belongs to the thread that runs it. */
+static void open_policy(reconciler_t *r)
+{
+    char err[2048];
+    script_t *fresh = NULL;
+    if (script_open(&fresh, r->policy_path, &r->env, err, sizeof(err)) != 0) {
+        log_error("reconciler: policy %s: %s (%s)", r->policy_path, err,
+                  r->script != NULL ? "keeping the previous one"
+                                    : "republishing the built-in payload");
+        return;
+    }
+    script_close(r->script);
+    r->script = fresh;
+}
+
 static void pass(reconciler_t *r)
 {
     int64_t stale = 0;
+    if (atomic_exchange(&r->reload_pending, false))
+        open_policy(r);
+    reconcile_render_t rr = {.fn = render, .ctx = r->script};
     if (connect_all(r) != 0) {
         r->failing = true;
         drop_connections(r);
         metrics_reconcile_pass(0, 0, 0);
         return;
     }
-    int n = reconcile_pending(r->rc, r->nc, r->older_than_ms, MAX_PER_PASS, &stale);
+    int n = reconcile_pending(r->rc, r->nc, &rr, r->older_than_ms, MAX_PER_PASS, &stale);
     metrics_reconcile_pass(n >= 0, stale, n);
     r->failing = n < 0;
     if (n < 0) {
@@ -121,6 +150,7 @@ static void pass(reconciler_t *r)
 static void run(void *arg)
 {
     reconciler_t *r = arg;
+    open_policy(r);
     uv_mutex_lock(&r->mu);
     while (!r->stop) {
         uv_cond_timedwait(&r->cond, &r->mu, r->interval_ms * 1000000u);
@@ -132,17 +162,22 @@ static void run(void *arg)
     }
     uv_mutex_unlock(&r->mu);
     drop_connections(r);
+    script_close(r->script);
+    r->script = NULL;
     nats_ReleaseThreadMemory();
 }
 
 int reconciler_start(reconciler_t **out, const char *redis_host, int redis_port,
                      const char *nats_url, uint64_t interval_ms, int64_t older_than_ms,
-                     const auth_config_t *auth)
+                     const auth_config_t *auth, const char *policy_path, const char *host_id,
+                     int hosts)
 {
     reconciler_t *r = calloc(1, sizeof(*r));
     if (r == NULL)
         return -1;
     r->auth = auth;
+    r->policy_path = policy_path;
+    r->env = (script_env_t){.host_id = host_id, .hosts = hosts};
     r->redis_host = strdup(redis_host);
     r->nats_url = strdup(nats_url);
     r->redis_port = redis_port;
@@ -168,6 +203,12 @@ fail:
     free(r->nats_url);
     free(r);
     return -1;
+}
+
+void reconciler_post_reload(reconciler_t *r)
+{
+    if (r != NULL)
+        atomic_store(&r->reload_pending, true);
 }
 
 void reconciler_stop(reconciler_t *r)

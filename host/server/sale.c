@@ -17,6 +17,7 @@
 #include "keyspace.h"
 #include "log.h"
 #include "metrics.h"
+#include "orders_stream.h"
 #include "pending.h"
 #include "ratelimit.h"
 #include "reply.h"
@@ -121,7 +122,7 @@ static void on_order_acked(int status, void *data)
 static void publish_order(sale_t *s)
 {
     worker_t *w = s->w;
-    char payload[1024];
+    char payload[ORDERS_PAYLOAD_MAX];
     script_order_t o = {.order_id = s->order_id,
                         .event = s->event,
                         .user = s->user,

@@ -85,6 +85,18 @@ int script_order(script_t *s, const script_order_t *o, char *out, size_t cap);
  * {"order_id":..,"event":..,"user":..,"qty":N,"host":..,"created_at":ms}. Returns length or -1. */
 int script_order_default(const script_order_t *o, char *out, size_t cap);
 
+/* The payload of an order known by its Redis record (the facts deduct.lua stored:
+ * {"order_id","event","user","qty","host","created_at"}): order() of s, or the built-in format
+ * when s is NULL or order() fails - exactly what the host publishes for it. This is how every
+ * republish (reconciliation) renders an order, so the persisted row does not depend on the path
+ * that delivered it. Returns the length, or -1 (not an order record, or it does not fit). */
+int script_order_from_record(script_t *s, const char *record, size_t len, char *out, size_t cap);
+
+/* host.counter(name, inc) and the policy_errors count go to fn (the host's metrics), from
+ * whatever thread runs a policy. Unset: not counted (snatch-reconcile). */
+typedef void (*script_counter_fn)(const char *name, size_t len, double inc);
+void script_set_counter(script_counter_fn fn);
+
 /* For `snatch-host --test`: opens path, then calls allocate, admit and order once each with
  * sample inputs (stock 1000 on 3 hosts; buyer "check_user"; order() must return a JSON object),
  * and closes it. Returns 0, or -1 with "file:line: error" (and a traceback) in err. Takes tokens

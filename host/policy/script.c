@@ -16,12 +16,12 @@
 #include <lua.h>
 #include <lualib.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "metrics.h"
 #include "ratelimit.h"
 #include "util.h"
 
@@ -63,6 +63,21 @@ static void log_line(const char *prefix, const char *msg, size_t len)
     (void)w;
 }
 
+/* Where host.counter() and the policy_errors count go (the host's metrics); NULL: nowhere. */
+static script_counter_fn _Atomic counter_fn;
+
+void script_set_counter(script_counter_fn fn)
+{
+    atomic_store(&counter_fn, fn);
+}
+
+static void count(const char *name, size_t len, double inc)
+{
+    script_counter_fn fn = atomic_load(&counter_fn);
+    if (fn != NULL)
+        fn(name, len, inc);
+}
+
 /* Keeps the error for script_check and logs it, at most ERRORS_LOGGED_PER_SEC a second per
  * state; the others are only counted and reported once the window has passed. */
 static void report(script_t *s, const char *what, const char *msg)
@@ -70,7 +85,7 @@ static void report(script_t *s, const char *what, const char *msg)
     snprintf(s->err, sizeof(s->err), "%s: %s", what, msg ? msg : "(no message)");
     if (s->quiet)
         return;
-    metrics_lua_counter("policy_errors", strlen("policy_errors"), 1);
+    count("policy_errors", strlen("policy_errors"), 1);
     int64_t now = util_now_ms();
     if (now - s->log_window_ms >= 1000) {
         if (s->suppressed > 0) {
@@ -158,7 +173,7 @@ static int host_counter(lua_State *L)
     const char *name = luaL_checklstring(L, 1, &len);
     double inc = luaL_optnumber(L, 2, 1);
     luaL_argcheck(L, isfinite(inc), 2, "increment must be a finite number");
-    metrics_lua_counter(name, len, inc);
+    count(name, len, inc);
     return 0;
 }
 
@@ -627,6 +642,27 @@ int script_order_default(const script_order_t *o, char *out, size_t cap)
         return -1;
     out[pos] = '\0';
     return (int)pos;
+}
+
+int script_order_from_record(script_t *s, const char *record, size_t len, char *out, size_t cap)
+{
+    json_error_t jerr;
+    json_t *doc = json_loadb(record, len, 0, &jerr);
+    script_order_t o = {0};
+    json_int_t qty = 0, created = 0;
+    int rc = -1;
+    if (doc == NULL || json_unpack_ex(doc, &jerr, 0, "{s:s, s:s, s:s, s:I, s:s, s:I}", "order_id",
+                                      &o.order_id, "event", &o.event, "user", &o.user, "qty", &qty,
+                                      "host", &o.host_id, "created_at", &created) != 0)
+        goto out;
+    o.qty = qty;
+    o.created_ms = created;
+    rc = s != NULL ? script_order(s, &o, out, cap) : -1;
+    if (rc < 0)
+        rc = script_order_default(&o, out, cap);
+out:
+    json_decref(doc);
+    return rc;
 }
 
 /* ---- snatch-host --test ---------------------------------------------------------------- */
