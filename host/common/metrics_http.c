@@ -17,6 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util.h"
+
 #define MAX_REQUEST 4096
 #define IO_TIMEOUT_S 2
 #define TICK_MS 1000
@@ -123,15 +125,9 @@ static void *run(void *arg)
 
 static int parse_addr(const char *addr, struct sockaddr_in *sa)
 {
-    const char *colon = strrchr(addr, ':');
     char host[64];
-    char *end;
-    if (colon == NULL || (size_t)(colon - addr) >= sizeof(host))
-        return -1;
-    memcpy(host, addr, (size_t)(colon - addr));
-    host[colon - addr] = '\0';
-    long port = strtol(colon + 1, &end, 10);
-    if (*end != '\0' || colon[1] == '\0' || port < 0 || port > 65535)
+    int port;
+    if (util_parse_hostport(addr, host, sizeof(host), 0, &port) != 0)
         return -1;
     memset(sa, 0, sizeof(*sa));
     sa->sin_family = AF_INET;

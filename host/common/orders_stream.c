@@ -71,7 +71,7 @@ natsStatus orders_stream_ensure(jsCtx *js, jsErrCode *jerr, int *created)
         warn_if_different(si);
     if (s == NATS_NOT_FOUND) {
         jsStreamConfig cfg;
-        const char *subjects[] = {ORDERS_SUBJECT_PREFIX ">"};
+        const char *subjects[] = {ORDERS_SUBJECTS};
         jsStreamConfig_Init(&cfg);
         cfg.Name = ORDERS_STREAM;
         cfg.Subjects = subjects;

@@ -11,6 +11,7 @@
 
 #define ORDERS_STREAM "ORDERS"
 #define ORDERS_SUBJECT_PREFIX "orders."
+#define ORDERS_SUBJECTS ORDERS_SUBJECT_PREFIX ">"
 /* The largest order payload (the policy's order()) published, NUL included; beyond it the
  * built-in format is published instead. The same bound for the host and every republish. */
 #define ORDERS_PAYLOAD_MAX 1024

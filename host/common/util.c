@@ -21,6 +21,19 @@ uint64_t util_mono_us(void)
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
+int util_parse_hostport(const char *s, char *host, size_t cap, int min_port, int *port)
+{
+    const char *colon = strrchr(s, ':');
+    int64_t p;
+    if (colon == NULL || (size_t)(colon - s) >= cap ||
+        util_parse_i64(colon + 1, strlen(colon + 1), min_port, 65535, &p) != 0)
+        return -1;
+    memcpy(host, s, (size_t)(colon - s));
+    host[colon - s] = '\0';
+    *port = (int)p;
+    return 0;
+}
+
 int util_parse_i64(const char *s, size_t len, int64_t min, int64_t max, int64_t *out)
 {
     /* No strtoll: it accepts spaces, '+' and partial input, all of which we refuse. */

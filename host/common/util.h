@@ -22,6 +22,11 @@ uint64_t util_mono_us(void);
  * Returns 0 and stores *out, or -1. */
 int util_parse_i64(const char *s, size_t len, int64_t min, int64_t max, int64_t *out);
 
+/* Splits "HOST:PORT" (the last ':' separates; HOST may be empty) into host (cap bytes,
+ * NUL-terminated) and *port, a decimal in [min_port, 65535]. The one parser of every program's
+ * address flags. Returns 0, or -1 (no ':', host too long, bad port). */
+int util_parse_hostport(const char *s, char *host, size_t cap, int min_port, int *port);
+
 /* True when s (len bytes) is a name snatch accepts as an event name or buyer id: 1..max_len bytes
  * of [A-Za-z0-9_.:@-], not starting or ending with '.', no "..". The one name rule: a name that
  * passes is a valid Redis hash tag, a valid NATS subject token sequence (orders.<event>: no empty

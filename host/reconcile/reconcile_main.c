@@ -96,7 +96,6 @@ static int parse_args(int argc, char **argv, config_t *c)
         {NULL, 0, NULL, 0},
     };
     int ch;
-    const char *colon;
     char err[256];
     memset(c, 0, sizeof(*c));
     c->pending_ms = -1;
@@ -104,13 +103,11 @@ static int parse_args(int argc, char **argv, config_t *c)
     while ((ch = getopt_long(argc, argv, CLI_OPTSTRING "h", opts, NULL)) != -1) {
         switch (ch) {
         case 'r':
-            colon = strrchr(optarg, ':');
-            if (colon == NULL || (size_t)(colon - optarg) >= sizeof(c->redis_host) ||
-                (c->redis_port = atoi(colon + 1)) <= 0 || c->redis_port > 65535) {
+            if (util_parse_hostport(optarg, c->redis_host, sizeof(c->redis_host), 1,
+                                    &c->redis_port) != 0) {
                 fprintf(stderr, "reconcile: --redis wants HOST:PORT\n");
                 return -1;
             }
-            memcpy(c->redis_host, optarg, (size_t)(colon - optarg));
             break;
         case 'n':
             c->nats = optarg;

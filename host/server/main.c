@@ -99,15 +99,9 @@ static void usage(FILE *out)
 
 static int parse_hostport(const char *s, const char **host_out, int *port, char *buf, size_t cap)
 {
-    const char *colon = strrchr(s, ':');
-    int64_t p;
-    if (colon == NULL || (size_t)(colon - s) >= cap ||
-        util_parse_i64(colon + 1, strlen(colon + 1), 1, 65535, &p) != 0)
+    if (util_parse_hostport(s, buf, cap, 1, port) != 0)
         return -1;
-    memcpy(buf, s, (size_t)(colon - s));
-    buf[colon - s] = '\0';
     *host_out = buf;
-    *port = (int)p;
     return 0;
 }
 
