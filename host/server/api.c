@@ -183,11 +183,7 @@ static void get_event(http_request_t *req, const char *event, size_t len)
     v->len = len;
     memcpy(v->event, event, len);
     v->event[len] = '\0';
-    char key[KEYSPACE_KEY_MAX];
-    int n = keyspace_key(key, event, len, KEYSPACE_META);
-    const char *argv[] = {"HMGET", key, "stock", "sold", "limit", "gen"};
-    size_t lens[] = {5, (size_t)n, 5, 4, 5, 3};
-    redis_command(w->redis, on_event_meta, v, 6, argv, lens);
+    events_read_meta(w, v->event, len, on_event_meta, v);
 }
 
 /* ---- PUT /admin/events/{e} ---- */

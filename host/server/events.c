@@ -33,6 +33,15 @@ stock_event_t *events_install(worker_t *w, const char *event, size_t len, int64_
     return stock_install(event, len, stock, limit, q, gen, sold >= stock);
 }
 
+void events_read_meta(worker_t *w, const char *event, size_t len, redis_reply_fn fn, void *data)
+{
+    char key[KEYSPACE_KEY_MAX];
+    int n = keyspace_key(key, event, len, KEYSPACE_META);
+    const char *argv[] = {"HMGET", key, "stock", "sold", "limit", "gen"};
+    size_t lens[] = {5, (size_t)n, 5, 4, 5, 3};
+    redis_command(w->redis, fn, data, 6, argv, lens);
+}
+
 static stock_event_t *install_from_meta(worker_t *w, const char *event, size_t len,
                                         const redisReply *r)
 {
@@ -96,11 +105,7 @@ void events_lookup(worker_t *w, const char *event, size_t len, events_fn cb, voi
     l->len = len;
     memcpy(l->event, event, len);
     l->event[len] = '\0';
-    char key[KEYSPACE_KEY_MAX];
-    int n = keyspace_key(key, l->event, len, KEYSPACE_META);
-    const char *argv[] = {"HMGET", key, "stock", "sold", "limit", "gen"};
-    size_t lens[] = {5, (size_t)n, 5, 4, 5, 3};
-    redis_command(w->redis, on_meta, l, 6, argv, lens);
+    events_read_meta(w, l->event, len, on_meta, l);
 }
 
 /* A failed refresh is tried again at the next tick of the worker's repeating refresh timer. */

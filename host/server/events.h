@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "redis.h"
 #include "stock.h"
 #include "worker.h"
 
@@ -19,6 +20,9 @@
 stock_event_t *events_install(worker_t *w, const char *event, size_t len, int64_t stock,
                               int64_t limit, uint64_t gen, int64_t sold, bool room_held,
                               int64_t *quota);
+
+/* HMGET {event}:meta stock sold limit gen: what an event is, as Redis knows it. */
+void events_read_meta(worker_t *w, const char *event, size_t len, redis_reply_fn fn, void *data);
 
 /* Makes sure the event is known locally: reads {event}:meta from Redis and installs it, then
  * calls cb(ev, err, data) on the loop thread: ev NULL with err 0 when Redis has no such event,

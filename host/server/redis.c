@@ -842,15 +842,22 @@ static bool unsupported(const char *cmd, size_t len)
     return false;
 }
 
+/* Why nothing can be sent now, or NULL. */
+static const char *cannot_send(const redis_client_t *c)
+{
+    if (c->closing)
+        return redis_err_closing;
+    if (!c->connected || c->ac == NULL || c->stalled)
+        return redis_err_not_connected;
+    return NULL;
+}
+
 void redis_command(redis_client_t *c, redis_reply_fn fn, void *data, int argc, const char **argv,
                    const size_t *argvlen)
 {
-    if (c->closing) {
-        fn(NULL, redis_err_closing, data);
-        return;
-    }
-    if (!c->connected || c->ac == NULL || c->stalled) {
-        fn(NULL, redis_err_not_connected, data);
+    const char *why = cannot_send(c);
+    if (why != NULL) {
+        fn(NULL, why, data);
         return;
     }
     if (!c->authed) {
@@ -919,12 +926,9 @@ static int copy_eval_args(redis_client_t *c, req_t *r, int numkeys, int argc, co
 void redis_eval(redis_client_t *c, redis_reply_fn fn, void *data, int numkeys, int argc,
                 const char **argv, const size_t *argvlen)
 {
-    if (c->closing) {
-        fn(NULL, redis_err_closing, data);
-        return;
-    }
-    if (!c->connected || c->ac == NULL || c->stalled) {
-        fn(NULL, redis_err_not_connected, data);
+    const char *why = cannot_send(c);
+    if (why != NULL) {
+        fn(NULL, why, data);
         return;
     }
     if (!c->sha_ok) {
