@@ -619,8 +619,7 @@ static void get_metrics(http_request_t *req)
         reply_error(req, ROUTE_METRICS, 503, "unavailable", NULL);
         return;
     }
-    metrics_request(ROUTE_METRICS, 200, req->received_ns);
-    http_respond(req, 200, "text/plain; version=0.0.4", text, len);
+    reply_text(req, ROUTE_METRICS, 200, "text/plain; version=0.0.4", text, len);
     free(text);
 }
 

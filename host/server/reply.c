@@ -24,10 +24,26 @@ static const struct {
              "purchase may have gone through; see GET /v1/events/{event}/users/{user}/orders\"}"),
 };
 
-void reply_json(http_request_t *req, int route, int status, const char *body, size_t len)
+static reply_sink_fn sink;
+
+void reply_set_sink(reply_sink_fn fn)
+{
+    sink = fn;
+}
+
+void reply_text(http_request_t *req, int route, int status, const char *content_type,
+                const char *body, size_t len)
 {
     metrics_request((metrics_route_t)route, status, req->received_ns);
-    http_respond(req, status, NULL, body, len);
+    if (sink != NULL)
+        sink(req, status, body, len);
+    else
+        http_respond(req, status, content_type, body, len);
+}
+
+void reply_json(http_request_t *req, int route, int status, const char *body, size_t len)
+{
+    reply_text(req, route, status, NULL, body, len);
 }
 
 void reply_fixed(http_request_t *req, int route, int status, reply_fixed_t which)

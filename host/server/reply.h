@@ -7,8 +7,17 @@
 
 #include "http.h"
 
+/* Where answers go: http_respond by default; the unit tests of the API and the sale path
+ * capture them instead (NULL: back to http_respond). */
+typedef void (*reply_sink_fn)(http_request_t *req, int status, const char *body, size_t len);
+void reply_set_sink(reply_sink_fn fn);
+
 /* Answers with a JSON body built by the caller, and counts it. route: metrics_route_t. */
 void reply_json(http_request_t *req, int route, int status, const char *body, size_t len);
+
+/* Answers with a body of another type (content_type), and counts it. */
+void reply_text(http_request_t *req, int route, int status, const char *content_type,
+                const char *body, size_t len);
 
 /* Answers with a JSON error body {"error":reason[,"detail":detail]} and counts it. */
 void reply_error(http_request_t *req, int route, int status, const char *reason,

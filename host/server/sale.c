@@ -42,6 +42,41 @@ typedef struct sale {
 #define UNKNOWN_RATE 50.0
 #define UNKNOWN_BURST 100.0
 
+/* The backends as the host runs them. */
+static bool real_ready(worker_t *w)
+{
+    return w->redis != NULL && redis_client_ready(w->redis) && w->orders != NULL &&
+           orders_publisher_ready(w->host->orders);
+}
+
+static void real_deduct(worker_t *w, redis_reply_fn fn, void *data, int argc, const char **argv,
+                        const size_t *lens)
+{
+    redis_eval(w->redis, fn, data, KEYSPACE__COUNT, argc, argv, lens);
+}
+
+static int real_publish(worker_t *w, const char *event, const char *order_id, const char *payload,
+                        size_t len, orders_ack_fn cb, void *data)
+{
+    return orders_publish(w->orders, event, order_id, payload, len, cb, data);
+}
+
+static void real_acked(worker_t *w, const char *order_id)
+{
+    if (w->pending == NULL)
+        w->pending = pending_new(&w->loop, &w->redis);
+    pending_ack(w->pending, order_id);
+}
+
+static const sale_backend_t real_backend = {
+    .ready = real_ready, .deduct = real_deduct, .publish = real_publish, .acked = real_acked};
+static const sale_backend_t *backend = &real_backend;
+
+void sale_set_backend(const sale_backend_t *b)
+{
+    backend = b != NULL ? b : &real_backend;
+}
+
 /* Errors that would repeat for every request (a broken deduct script) are logged at most once a
  * second per thread, with the count of what was left out. */
 static void log_limited(const char *fmt, const char *arg)
@@ -106,10 +141,7 @@ static void on_order_acked(int status, void *data)
 {
     sale_t *s = data;
     if (status == 0) {
-        worker_t *w = s->w;
-        if (w->pending == NULL)
-            w->pending = pending_new(&w->loop, &w->redis);
-        pending_ack(w->pending, s->order_id);
+        backend->acked(s->w, s->order_id);
         reply_order(s, 200);
     } else {
         /* Deducted and recorded in Redis, not (yet) in JetStream: reconciliation republishes it
@@ -132,8 +164,8 @@ static void publish_order(sale_t *s)
     int len = script_order(w->script, &o, payload, sizeof(payload));
     if (len < 0)
         len = script_order_default(&o, payload, sizeof(payload));
-    if (len < 0 || orders_publish(w->orders, s->event, s->order_id, payload, (size_t)len,
-                                  on_order_acked, s) != 0) {
+    if (len < 0 ||
+        backend->publish(w, s->event, s->order_id, payload, (size_t)len, on_order_acked, s) != 0) {
         reply_order(s, 202);
         sale_finish(s);
     }
@@ -212,7 +244,7 @@ static void deduct(sale_t *s)
     int64_t until = util_now_ms() + (int64_t)s->w->host->cfg.redis_timeout_ms;
     argv[9] = deadline;
     lens[9] = (size_t)snprintf(deadline, sizeof(deadline), "%" PRId64, until);
-    redis_eval(s->w->redis, on_deducted, s, 5, 10, argv, lens);
+    backend->deduct(s->w, on_deducted, s, 10, argv, lens);
 }
 
 static const char *sale_client(sale_t *s)
@@ -256,8 +288,7 @@ static void sale_continue(sale_t *s)
         return;
     /* Fail closed: without Redis nothing can be deducted, without NATS nothing could be made
      * durable, so nobody is sold anything. */
-    if (w->redis == NULL || !redis_client_ready(w->redis) || w->orders == NULL ||
-        !orders_publisher_ready(w->host->orders)) {
+    if (!backend->ready(w)) {
         sale_refuse(s, 503, REPLY_UNAVAILABLE, OUTCOME_UNAVAILABLE);
         return;
     }

@@ -12,4 +12,18 @@
 /* POST /v1/events/{event}/snatch. Answers req (now or later). */
 void sale_snatch(worker_t *w, http_request_t *req, const char *event, size_t event_len);
 
+/* What the sale needs of Redis and JetStream, replaceable so that the unit test can drive the
+ * state machine with fakes (sale_set_backend(NULL): the real ones). */
+typedef struct sale_backend {
+    bool (*ready)(worker_t *w); /* Redis and NATS usable; false: 503, nothing deducted */
+    /* EVALSHA deduct.lua: argv holds its 5 keys, then its arguments. */
+    void (*deduct)(worker_t *w, redis_reply_fn fn, void *data, int argc, const char **argv,
+                   const size_t *lens);
+    /* Publishes the order; cb(status) once JetStream acknowledged it (0) or not. 0 or -1. */
+    int (*publish)(worker_t *w, const char *event, const char *order_id, const char *payload,
+                   size_t len, orders_ack_fn cb, void *data);
+    void (*acked)(worker_t *w, const char *order_id); /* {event}:pending may forget it */
+} sale_backend_t;
+void sale_set_backend(const sale_backend_t *b);
+
 #endif
