@@ -12,3 +12,5 @@ add_snatch_py_test(logs integration/test_logs.py TIMEOUT 180)
 # and host/server/api.c's routing table, answers captured through reply_set_sink.
 add_snatch_unit_test(test_sale ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_sale.c LIBS snatch_server)
 add_snatch_unit_test(test_api ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_api.c LIBS snatch_server)
+# host/server/metrics.c: the Prometheus text of GET /metrics (families, values).
+add_snatch_unit_test(test_metrics ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_metrics.c LIBS snatch_server)
