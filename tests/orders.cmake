@@ -1,6 +1,5 @@
 # Order pipeline: host/server/orders.c (JetStream publishing) and snatch-subscriber /
-# snatch-reconcile. The orders test links snatch_server and counts the metrics it cares about
-# itself (its metrics_* definitions keep metrics.c out of the link).
+# snatch-reconcile. The orders test links snatch_server as snatch-host does.
 add_snatch_unit_test(test_orders ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_orders.c LIBS snatch_server)
 target_include_directories(test_orders PRIVATE ${CMAKE_SOURCE_DIR}/tests/unit)
 
