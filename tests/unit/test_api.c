@@ -13,25 +13,7 @@
 #include <cmocka.h>
 
 #include "api.h"
-#include "metrics.h"
-#include "reply.h"
-#include "stock.h"
-#include "worker.h"
-
-static host_t host;
-static worker_t w;
-
-static int answered_status;
-static char answered_body[256];
-static int answers;
-
-static void sink(http_request_t *req, int status, const char *body, size_t len)
-{
-    (void)req;
-    answered_status = status;
-    snprintf(answered_body, sizeof(answered_body), "%.*s", (int)len, body);
-    answers++;
-}
+#include "host_fixture.h"
 
 static void request(http_method_t method, const char *path, bool admin_listener)
 {
@@ -43,9 +25,7 @@ static void request(http_method_t method, const char *path, bool admin_listener)
                           .peer = "127.0.0.1",
                           .server_data = &w,
                           .admin_listener = admin_listener};
-    answers = 0;
-    answered_status = 0;
-    answered_body[0] = '\0';
+    fixture_forget_answers();
     api_handle(&req);
     assert_int_equal(answers, 1);
 }
@@ -153,28 +133,14 @@ static void test_admin_listener_split(void **state)
 static int group_setup(void **state)
 {
     (void)state;
-    char err[2048], path[1024];
-    const char *src = getenv("SNATCH_SOURCE_DIR");
-    snprintf(path, sizeof(path), "%s/lua/policy.lua", src && *src ? src : SNATCH_SOURCE_DIR);
-    metrics_init();
-    metrics_thread_register();
-    stock_init();
-    host.cfg.host_id = "h1";
-    host.cfg.hosts = 1;
-    w.host = &host;
-    script_env_t env = {.host_id = "h1", .hosts = 1};
-    if (script_open(&w.script, path, &env, err, sizeof(err)) != 0)
-        fail_msg("policy: %s", err);
-    reply_set_sink(sink);
+    fixture_open();
     return 0;
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    reply_set_sink(NULL);
-    script_close(w.script);
-    stock_shutdown();
+    fixture_close();
     return 0;
 }
 

@@ -12,30 +12,13 @@
 
 #include <cmocka.h>
 
-#include "metrics.h"
+#include "host_fixture.h"
 #include "redis.h"
-#include "reply.h"
 #include "sale.h"
-#include "stock.h"
 
 #define QUOTA 10
 
-static host_t host;
-static worker_t w;
 static stock_event_t *ev;
-
-/* The last answer. */
-static int answered_status;
-static char answered_body[1024];
-static int answers;
-
-static void sink(http_request_t *req, int status, const char *body, size_t len)
-{
-    (void)req;
-    answered_status = status;
-    snprintf(answered_body, sizeof(answered_body), "%.*s", (int)len, body);
-    answers++;
-}
 
 /* The fake backends: what the sale asked for, and the callbacks to complete it with. */
 static struct {
@@ -138,9 +121,7 @@ static int setup(void **state)
     static uint64_t gen = 1;
     memset(&fake, 0, sizeof(fake));
     fake.ready = true;
-    answers = 0;
-    answered_status = 0;
-    answered_body[0] = '\0';
+    fixture_forget_answers();
     fresh_event(++gen);
     return 0;
 }
@@ -248,7 +229,7 @@ static void test_refusals_give_the_unit_back(void **state)
         reply_t r;
         snprintf(user, sizeof(user), "user=r%zu", i);
         fake.deducts = 0;
-        answers = 0;
+        fixture_forget_answers();
         snatch("ev", user);
         answer_deduct(strings(&r, 3, cases[i].verdict, "0", "2"), NULL);
         assert_int_equal(answered_status, cases[i].status);
@@ -274,7 +255,7 @@ static void test_redis_failures(void **state)
     const char *errs[] = {redis_err_timeout, redis_err_not_connected};
     for (size_t i = 0; i < 2; i++) {
         fake.deducts = 0;
-        answers = 0;
+        fixture_forget_answers();
         snatch("ev", i == 0 ? "user=f2" : "user=f3");
         answer_deduct(NULL, errs[i]);
         assert_int_equal(answered_status, 503);
@@ -282,7 +263,7 @@ static void test_redis_failures(void **state)
         assert_int_equal(local_left(), QUOTA);
     }
     fake.deducts = 0;
-    answers = 0;
+    fixture_forget_answers();
     snatch("ev", "user=f4");
     answer_deduct(&error, NULL);
     assert_int_equal(answered_status, 503);
@@ -334,22 +315,9 @@ static void test_local_insufficient(void **state)
 static int group_setup(void **state)
 {
     (void)state;
-    char err[2048], path[1024];
-    const char *src = getenv("SNATCH_SOURCE_DIR");
-    snprintf(path, sizeof(path), "%s/lua/policy.lua", src && *src ? src : SNATCH_SOURCE_DIR);
-    metrics_init();
-    metrics_thread_register();
-    stock_init();
-    host.cfg.host_id = "h1";
-    host.cfg.hosts = 1;
+    fixture_open();
     host.cfg.allow_query_user = true;
-    host.cfg.redis_timeout_ms = 1000;
-    w.host = &host;
-    script_env_t env = {.host_id = "h1", .hosts = 1};
-    if (script_open(&w.script, path, &env, err, sizeof(err)) != 0)
-        fail_msg("policy: %s", err);
     sale_set_backend(&fakes);
-    reply_set_sink(sink);
     return 0;
 }
 
@@ -357,9 +325,7 @@ static int group_teardown(void **state)
 {
     (void)state;
     sale_set_backend(NULL);
-    reply_set_sink(NULL);
-    script_close(w.script);
-    stock_shutdown();
+    fixture_close();
     return 0;
 }
 
