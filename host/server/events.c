@@ -62,7 +62,6 @@ static stock_event_t *install_from_meta(worker_t *w, const char *event, size_t l
                                        sold, false, &quota);
     if (ev == NULL)
         return NULL;
-    stock_set_remaining_hint(ev, stock - sold);
     /* Quotas are sized to survive `tolerate` dead hosts; past that, or with uneven traffic, a
      * host can spend its quota while Redis still has stock. Topping it up (at most what Redis
      * has left, at most one quota, once per refresh) means the sale still sells out: Redis

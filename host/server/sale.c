@@ -196,7 +196,6 @@ static void on_deducted(redisReply *r, const char *err, void *data)
             sale_fail(s, 503, REPLY_UNAVAILABLE, OUTCOME_UNAVAILABLE);
             return;
         }
-        stock_set_remaining_hint(s->ev, redis_reply_int(r, 2));
         s->created_ms = redis_reply_int(r, 4);
         publish_order(s);
         return;
@@ -205,7 +204,6 @@ static void on_deducted(redisReply *r, const char *err, void *data)
         stock_mark_sold_out(s->ev);
         sale_fail(s, 409, REPLY_SOLD_OUT, OUTCOME_SOLD_OUT_REDIS);
     } else if (strcmp(verdict, "insufficient") == 0) {
-        stock_set_remaining_hint(s->ev, redis_reply_int(r, 1));
         sale_fail(s, 409, REPLY_INSUFFICIENT_STOCK, OUTCOME_SOLD_OUT_REDIS);
     } else if (strcmp(verdict, "limit_reached") == 0) {
         sale_fail(s, 409, REPLY_LIMIT_REACHED, OUTCOME_LIMIT_REACHED);

@@ -96,7 +96,6 @@ static void reset_event(stock_event_t *ev, int64_t total, int64_t limit, int64_t
     atomic_store(&ev->per_user_limit, limit);
     atomic_store(&ev->quota, quota);
     atomic_store(&ev->local_left, quota);
-    atomic_store(&ev->remaining_hint, total);
     atomic_store(&ev->sold_out, sold_out);
     atomic_store(&ev->generation, gen);
 }
@@ -168,11 +167,6 @@ stock_verdict_t stock_check(const stock_event_t *ev, int64_t qty)
     return left > 0 ? STOCK_INSUFFICIENT : STOCK_SOLD_OUT;
 }
 
-void stock_set_remaining_hint(stock_event_t *ev, int64_t remaining)
-{
-    atomic_store(&ev->remaining_hint, remaining);
-}
-
 int stock_reserve(stock_event_t *ev, int64_t qty)
 {
     if (atomic_load_explicit(&ev->sold_out, memory_order_relaxed))
@@ -201,7 +195,6 @@ bool stock_refill(stock_event_t *ev, int64_t units)
 void stock_mark_sold_out(stock_event_t *ev)
 {
     atomic_store(&ev->sold_out, true);
-    atomic_store(&ev->remaining_hint, 0);
 }
 
 int stock_reserve_room(const char *name, size_t len)

@@ -26,9 +26,8 @@ typedef struct stock_event {
     _Atomic int64_t quota;          /* this host's allocation, from the policy */
     _Atomic uint64_t generation;    /* Redis "gen": bumped by every admin reset */
     /* Hot path. */
-    _Atomic int64_t local_left;     /* units of the quota not yet reserved */
-    _Atomic bool sold_out;          /* Redis said there is nothing left */
-    _Atomic int64_t remaining_hint; /* last remaining count Redis reported (display only) */
+    _Atomic int64_t local_left; /* units of the quota not yet reserved */
+    _Atomic bool sold_out;      /* Redis said there is nothing left */
 } stock_event_t;
 
 #define STOCK_EVENTS_DEFAULT 4096
@@ -72,9 +71,6 @@ void stock_release(stock_event_t *ev, int64_t qty);
  * grants units more, only if nothing is left locally right now (so concurrent refreshes do not
  * stack). Returns true when it granted. */
 bool stock_refill(stock_event_t *ev, int64_t units);
-
-/* The remaining count Redis last reported (display only). */
-void stock_set_remaining_hint(stock_event_t *ev, int64_t remaining);
 
 /* Redis said sold out: every thread answers 409 from now on, until a reset. */
 void stock_mark_sold_out(stock_event_t *ev);

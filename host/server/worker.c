@@ -242,7 +242,6 @@ static void worker_main(void *arg)
     worker_t *w = arg;
     metrics_thread_register();
     if (setup(w) != 0) {
-        w->exit_status = 1;
         atomic_store(&w->ready, -1);
         uv_sem_post(start_sem);
         teardown_failed(w);

@@ -73,8 +73,7 @@ typedef struct worker {
     _Atomic int stop_pending;
     char *pending_deduct; /* new Redis script source, handed over under reload_lock */
     uv_mutex_t reload_lock;
-    _Atomic int ready; /* 1 listener up, -1 setup failed */
-    int exit_status;
+    _Atomic int ready;         /* 1 listener up, -1 setup failed */
     http_server_t *admin_http; /* --admin-listen, on worker 0 only */
     int http_open;             /* servers not yet closed during a stop */
 } worker_t;
