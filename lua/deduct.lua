@@ -1,5 +1,7 @@
 -- deduct.lua: the one place stock is taken. Runs inside Redis (EVALSHA), atomically, O(1).
 --
+-- The keyspace (key names, their order here, the events index, the order id layout) is defined
+-- once, in host/common/keyspace.h: change it there and here together.
 -- Keys of one event share the hash tag {event}, so Redis Cluster can hold them on one slot:
 --   KEYS[1] {E}:meta     hash  stock, sold, limit, gen, seq   (written by PUT /admin/events/E)
 --   KEYS[2] {E}:users    hash  user -> units bought

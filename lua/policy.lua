@@ -82,6 +82,9 @@ end
 -- The payload every consumer of the ORDERS stream reads. The fields are the host's built-in
 -- format; add fields here, but keep these. The values are already restricted to
 -- [A-Za-z0-9_.:@-], the escaper only guards against a future change of that rule.
+-- order() must be a pure function of o: reconciliation calls it again for an order whose
+-- publish was not acknowledged (the host's reconciler thread, snatch-reconcile --policy), from
+-- the facts Redis recorded, and the stored row must not depend on which call delivered it.
 local escapes = { ['"'] = '\\"', ['\\'] = '\\\\' }
 local function json_str(s)
   return '"' .. s:gsub('[%z\1-\31"\\]', function(c)

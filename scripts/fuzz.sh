@@ -6,7 +6,7 @@
 #   scripts/fuzz.sh                          both targets, 5 minutes each
 #   scripts/fuzz.sh --target http --minutes 30
 #   scripts/fuzz.sh --target admin --fork 2  two fuzzing processes (libFuzzer -fork)
-# Targets: http (host/http.c over loopback TCP), admin (api_parse_event_body).
+# Targets: http (host/server/http.c over loopback TCP), admin (api_parse_event_body).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

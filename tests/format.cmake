@@ -2,8 +2,8 @@
 find_program(CLANG_FORMAT clang-format)
 if(CLANG_FORMAT)
   file(GLOB SNATCH_FORMATTED_SOURCES
-    ${CMAKE_SOURCE_DIR}/host/*.[ch] ${CMAKE_SOURCE_DIR}/host/subscriber/*.[ch]
-    ${CMAKE_SOURCE_DIR}/host/bench/*.[ch] ${CMAKE_SOURCE_DIR}/tests/unit/*.c)
+    ${CMAKE_SOURCE_DIR}/host/*/*.[ch]
+    ${CMAKE_SOURCE_DIR}/tests/unit/*.c)
   add_test(NAME clang_format
     COMMAND ${CLANG_FORMAT} --dry-run -Werror ${SNATCH_FORMATTED_SOURCES})
 endif()

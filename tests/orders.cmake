@@ -1,16 +1,11 @@
-# Order pipeline: host/orders.c (JetStream publishing) and snatch-subscriber / snatch-reconcile.
-# The orders test builds host/orders.c on its own (with a metrics stub in the test) so that it
-# does not depend on the rest of the host.
-add_snatch_unit_test(test_orders ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_orders.c ${CMAKE_SOURCE_DIR}/host/orders.c
-  ${CMAKE_SOURCE_DIR}/host/orders_stream.c ${CMAKE_SOURCE_DIR}/host/auth.c
-  LIBS snatch_base PkgConfig::UV PkgConfig::NATS PkgConfig::HIREDIS Threads::Threads)
-target_include_directories(test_orders PRIVATE ${CMAKE_SOURCE_DIR}/host ${CMAKE_SOURCE_DIR}/tests/unit)
+# Order pipeline: host/server/orders.c (JetStream publishing) and snatch-subscriber /
+# snatch-reconcile. The orders test links snatch_server as snatch-host does.
+add_snatch_unit_test(test_orders ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_orders.c LIBS snatch_server)
+target_include_directories(test_orders PRIVATE ${CMAKE_SOURCE_DIR}/tests/unit)
 
 # Test and benchmark helper (not a test): fills stream ORDERS with host-shaped orders.
-add_executable(orders-fill ${CMAKE_CURRENT_SOURCE_DIR}/unit/orders_fill.c
-  ${CMAKE_SOURCE_DIR}/host/orders_stream.c)
-target_include_directories(orders-fill PRIVATE ${CMAKE_SOURCE_DIR}/host)
-target_link_libraries(orders-fill PRIVATE snatch_base PkgConfig::NATS)
+add_executable(orders-fill ${CMAKE_CURRENT_SOURCE_DIR}/unit/orders_fill.c)
+target_link_libraries(orders-fill PRIVATE snatch_common)
 set_target_properties(orders-fill PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR})
 
 add_snatch_py_test(test_subscriber integration/test_subscriber.py TIMEOUT 300)

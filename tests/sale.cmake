@@ -8,3 +8,9 @@ add_snatch_py_test(sale_hostile integration/test_hostile.py TIMEOUT 400)
 add_snatch_py_test(metrics integration/test_metrics.py TIMEOUT 180)
 # Log lines of every program: time, level, program; --log-format json.
 add_snatch_py_test(logs integration/test_logs.py TIMEOUT 180)
+# host/server/sale.c's state machine with fake Redis/JetStream backends (sale_set_backend),
+# and host/server/api.c's routing table, answers captured through reply_set_sink.
+add_snatch_unit_test(test_sale ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_sale.c LIBS snatch_server)
+add_snatch_unit_test(test_api ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_api.c LIBS snatch_server)
+# host/server/metrics.c: the Prometheus text of GET /metrics (families, values).
+add_snatch_unit_test(test_metrics ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_metrics.c LIBS snatch_server)

@@ -41,13 +41,13 @@
 #include "cli.h"
 #include "log.h"
 #include "metrics_http.h"
+#include "orders_stream.h"
 #include "promtext.h"
 #include "store.h"
 
 #define FETCH_TIMEOUT_MS 200
 #define PROGRESS_EVERY_MS 5000
 #define ACK_WAIT_NS (30LL * 1000 * 1000 * 1000)
-#define ORDERS_SUBJECTS "orders.>"
 #define RESUBSCRIBE_AFTER_ERRORS 10
 /* Measured with scripts/bench_subscriber.sh: 2000 and 4000 beat 1000 (half the fsyncs and pull
  * requests); a batch is still only a few ms of SQLite work. */
@@ -129,7 +129,7 @@ static int parse_args(int argc, char **argv, config_t *c)
     int ch;
     char *end;
     *c = (config_t){.durable = "snatch-subscriber",
-                    .stream = "ORDERS",
+                    .stream = ORDERS_STREAM,
                     .batch = DEFAULT_BATCH,
                     .sync = STORE_SYNC_FULL};
     cli_init();

@@ -1,4 +1,4 @@
-/* libFuzzer target for host/http.c: each input is sent to a real server over loopback, in pieces
+/* libFuzzer target for host/server/http.c: each input is sent to a real server over loopback, in pieces
  * whose size the first byte chooses, then the client half-closes and reads every answer. The
  * server runs on a loop driven from this thread between client steps. Requests whose path has an
  * odd length are answered from a 0 ms timer, the others at once, so that out-of-order answering

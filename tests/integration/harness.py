@@ -515,6 +515,11 @@ class Suite:
 
     def run(self):
         only = sys.argv[1:]
+        # A filter naming no case would pass having run nothing: a typo must not look green.
+        unknown = sorted(set(only) - {fn.__name__ for fn in self.cases})
+        if unknown:
+            print("no such case: %s" % ", ".join(unknown), flush=True)
+            sys.exit(2)
         passed = failed = 0
         for fn in self.cases:
             if only and fn.__name__ not in only:

@@ -1,9 +1,11 @@
 """Order pipeline end to end through snatch-host: a 200 is a row; an order whose JetStream ack
 never came (NATS stalled, host killed between deduction and ack) is republished by the host's
 own reconciliation thread and lands exactly once; NATS down means 503 and nothing deducted."""
+import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 
@@ -92,6 +94,88 @@ def nats_down_fails_closed_and_recovers():
         st.nats.start()
         wait_until(lambda: st.host.snatch("nd", "back")[0] == 200, 30, what="recovery")
         wait_until(lambda: st.sub.rows("nd") == 2, 30, what="rows after recovery")
+
+
+# A policy whose order() adds a field: whichever path delivers the order (the host's publish or a
+# republish by reconciliation), the stored payload is the policy's.
+POLICY_SRC = os.path.join(os.environ.get("SNATCH_SOURCE_DIR", os.path.join(
+    os.path.dirname(__file__), "..", "..")), "lua", "policy.lua")
+DEDUCT = ("--deduct", os.path.join(os.path.dirname(POLICY_SRC), "deduct.lua"))
+ORDER_TAIL = "',\"created_at\":' .. string.format('%d', o.created_at) .. '}'"
+
+
+def extra_field_policy(dirpath):
+    with open(POLICY_SRC) as f:
+        text = f.read()
+    assert ORDER_TAIL in text, "lua/policy.lua's order() changed: update this test"
+    path = os.path.join(dirpath, "extra_policy.lua")
+    with open(path, "w") as f:
+        f.write(text.replace(ORDER_TAIL, ORDER_TAIL[:-len(" .. '}'")] + " .. ',\"channel\":\"web\"}'"))
+    return path
+
+
+def payload_of(st, order_id):
+    rows = st.sub.query("SELECT payload FROM orders WHERE order_id=?", (order_id,))
+    return json.loads(rows[0][0]) if rows else None
+
+
+def orphan_an_order(st, host, event):
+    """Host deducts with NATS stalled, then dies before the ack; NATS dies too, with the publish
+    that may sit unread in its socket buffer: the order exists only in Redis ({E}:orders and
+    {E}:pending), and only a republish can deliver it. Returns its id."""
+    host.create_event(event, 10)
+    st.nats.proc.send_signal(signal.SIGSTOP)
+    out = {}
+
+    def buy():
+        try:
+            out["r"] = host.snatch(event, "victim")
+        except Exception as e:  # the host dies under the request
+            out["r"] = ("dead", str(e))
+
+    t = threading.Thread(target=buy)
+    t.start()
+    try:
+        wait_until(lambda: pending(st, event) == 1, 10, what="the deduction")
+        host.kill9()
+    finally:
+        t.join()
+        st.nats.kill9()
+        st.nats.start()
+    return st.redis.cmd("HKEYS", "{%s}:orders" % event)[0]
+
+
+@suite.case
+def republished_order_has_the_policy_payload_host_thread():
+    with tempfile.TemporaryDirectory(prefix="snatch-policy-") as d:
+        policy = extra_field_policy(d)
+        with Stack(hosts=2, threads=1, policy=policy, host_extra=FAST_RECONCILE + DEDUCT) as st:
+            a, b = st.hosts
+            oid = orphan_an_order(st, a, "pol")
+            wait_until(lambda: rows_for(st, oid) == 1, 30, what="the orphaned order in SQLite")
+            p = payload_of(st, oid)
+            assert p["channel"] == "web" and p["order_id"] == oid and p["user"] == "victim", p
+            # The host's own publish gives the same shape.
+            s, body = b.snatch("pol", "direct")
+            assert s == 200, (s, body)
+            wait_until(lambda: rows_for(st, body["order_id"]) == 1, 30, what="the direct order")
+            assert payload_of(st, body["order_id"])["channel"] == "web"
+
+
+@suite.case
+def republished_order_has_the_policy_payload_reconcile_tool():
+    with tempfile.TemporaryDirectory(prefix="snatch-policy-") as d:
+        policy = extra_field_policy(d)
+        with Stack(hosts=1, threads=1, policy=policy,
+                   host_extra=("--reconcile-interval-ms", "0", "--ack-timeout-ms", "400") +
+                   DEDUCT) as st:
+            oid = orphan_an_order(st, st.host, "tool")
+            code, out = st.reconcile("--policy", policy, "--wait", "30")
+            assert code == 0, out
+            assert rows_for(st, oid) == 1, out
+            p = payload_of(st, oid)
+            assert p["channel"] == "web" and p["order_id"] == oid, p
+            assert pending(st, "tool") == 0
 
 
 if __name__ == "__main__":

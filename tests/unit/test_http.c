@@ -1,9 +1,9 @@
-/* Unit tests of host/http.c. A real server runs on a loop thread; the test thread is the client,
- * with plain blocking sockets (receive timeout 5 s, so nothing hangs). Most cases are data: raw
- * request bytes in, expected statuses and bodies out. The handler answers at once, or after a
+/* Unit tests of host/server/http.c. A real server runs on a loop thread; the test thread is the
+ * client, with plain blocking sockets (receive timeout 5 s, so nothing hangs). Most cases are data:
+ * raw request bytes in, expected statuses and bodies out. The handler answers at once, or after a
  * uv_timer for paths /delay/<ms>, to check that pipelined answers keep request order.
  *
- * Links host/http.c alone; metrics_http_error is counted here. */
+ * Links snatch_server; parse errors are read back from metrics.c (metrics_sample.h). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -28,15 +28,16 @@
 #include <uv.h>
 
 #include "http.h"
+#include "metrics_sample.h"
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
-static atomic_int http_errors[600];
-
-void metrics_http_error(int status)
+/* Parse-level errors as metrics.c counted them. */
+static int http_errors(int status)
 {
-    if (status >= 0 && status < 600)
-        atomic_fetch_add(&http_errors[status], 1);
+    char name[64];
+    snprintf(name, sizeof(name), "snatch_http_errors_total{status=\"%d\"}", status);
+    return (int)metrics_sample(name);
 }
 
 /* ---- server fixture on its own loop thread ---- */
@@ -627,7 +628,7 @@ static const http_case_t cases[] = {
 /* Sends the request whole, byte by byte, or (split > 0) in two writes cut at split. */
 static void run_case_split(fixture_t *fx, const http_case_t *tc, size_t split)
 {
-    int before = tc->metric ? atomic_load(&http_errors[tc->metric]) : 0;
+    int before = tc->metric ? http_errors(tc->metric) : 0;
     client_t *cl = client_open(fx->port);
     size_t len = strlen(tc->request);
     if (tc->bytewise) {
@@ -663,7 +664,7 @@ static void run_case_split(fixture_t *fx, const http_case_t *tc, size_t split)
         assert_string_equal(r.body, "/again");
         free(r.body);
     }
-    if (tc->metric && atomic_load(&http_errors[tc->metric]) != before + 1)
+    if (tc->metric && http_errors(tc->metric) != before + 1)
         fail_msg("%s: metrics_http_error(%d) not counted once", tc->name, tc->metric);
     client_close(cl);
 }
@@ -820,7 +821,7 @@ static void test_write_backpressure(void **state)
 static void test_header_timeout(void **state)
 {
     fixture_t *fx = *state;
-    int before = atomic_load(&http_errors[408]);
+    int before = http_errors(408);
     client_t *cl = client_open(fx->port);
     double t0 = now_ms();
     /* Slowloris: a byte now and then never completes the head in time. */
@@ -839,7 +840,7 @@ static void test_header_timeout(void **state)
     assert_true(waited >= 250 && waited < 3000);
     free(r.body);
     assert_true(sees_eof(cl));
-    assert_int_equal(atomic_load(&http_errors[408]), before + 1);
+    assert_int_equal(http_errors(408), before + 1);
     client_close(cl);
 }
 
@@ -1023,9 +1024,9 @@ static void test_connection_cap(void **state)
     send_all(buyer, "GET /half HTTP/1.1\r\n", 20);
     send_all(idle2, "GET /half HTTP/1.1\r\n", 20);
     usleep(20000);
-    int before = atomic_load(&http_errors[503]);
+    int before = http_errors(503);
     assert_refused(fx->port);
-    assert_int_equal(atomic_load(&http_errors[503]), before + 1);
+    assert_int_equal(http_errors(503), before + 1);
     client_close(idle1);
     client_close(idle2);
     client_close(buyer);
@@ -1098,6 +1099,7 @@ static void test_status_text(void **state)
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
+    metrics_init();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_status_text),
         cmocka_unit_test(test_reuseport),

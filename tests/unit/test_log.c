@@ -1,5 +1,5 @@
-/* host/log.c: the line format (RFC 3339 UTC time with ms, level, program), JSON escaping that
- * round-trips through a JSON parser, cutting of long messages, and whole lines from concurrent
+/* host/common/log.c: the line format (RFC 3339 UTC time with ms, level, program), JSON escaping
+ * that round-trips through a JSON parser, cutting of long messages, and whole lines from concurrent
  * threads. stderr is pointed at a temp file while a test logs. */
 #include <fcntl.h>
 #include <jansson.h>

@@ -1,5 +1,5 @@
-/* host/orders.c against a real nats-server: a lane on a libuv loop (this thread) publishes and
- * gets acknowledgements back on the loop; duplicates are stored once; a dead server yields -1
+/* host/server/orders.c against a real nats-server: a lane on a libuv loop (this thread) publishes
+ * and gets acknowledgements back on the loop; duplicates are stored once; a dead server yields -1
  * (refused or timed out), never a hang; closing a lane fails what is pending. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -12,26 +12,14 @@
 #include <stdatomic.h>
 #include <uv.h>
 
-#include "metrics.h"
+#include "metrics_sample.h"
 #include "nats_server.h"
 #include "orders.h"
 
-void metrics_orders_ack(int ok, uint64_t sent_ns)
+/* The in-flight gauge as metrics.c holds it: back to 0 once every publish ended. */
+static int64_t inflight_gauge(void)
 {
-    (void)ok;
-    (void)sent_ns;
-}
-
-/* metrics.c belongs to the host; count here so the test can check the gauge returns to 0. */
-static _Atomic int64_t inflight_gauge;
-void metrics_backend_error(metrics_backend_step_t step)
-{
-    (void)step;
-}
-
-void metrics_orders_inflight(int64_t delta)
-{
-    atomic_fetch_add(&inflight_gauge, delta);
+    return (int64_t)metrics_sample("snatch_orders_inflight");
 }
 
 static test_nats_t srv;
@@ -130,7 +118,7 @@ static void test_publish_10000(void **state)
     assert_int_equal(d.acked, 10000);
     assert_int_equal(d.failed, 0);
     assert_int_equal(orders_lane_inflight(d.lane), 0);
-    assert_int_equal(atomic_load(&inflight_gauge), 0);
+    assert_int_equal(inflight_gauge(), 0);
     assert_int_equal(stream_msgs(srv.url) - before, 10000);
 
     /* The same ids again: every publish acknowledged, none stored twice. */
@@ -192,7 +180,7 @@ static void test_close_fails_pending(void **state)
     assert_int_equal(d.failed, 100);
     assert_int_equal(d.acked, 0);
     uv_run(&loop, UV_RUN_DEFAULT);
-    assert_int_equal(atomic_load(&inflight_gauge), 0);
+    assert_int_equal(inflight_gauge(), 0);
     test_sleep_ms(200); /* late acks reach a detached slot and are dropped */
     orders_publisher_stop(p, 1000);
     uv_loop_close(&loop);

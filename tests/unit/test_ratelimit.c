@@ -1,4 +1,4 @@
-/* Unit tests for host/ratelimit.c: refill arithmetic with an explicit clock, long keys,
+/* Unit tests for host/policy/ratelimit.c: refill arithmetic with an explicit clock, long keys,
  * bounded capacity (eviction), and several threads taking from shared and private buckets. */
 #include <setjmp.h>
 #include <stdarg.h>

@@ -1,5 +1,5 @@
-/* host/stock.c: the local quota under concurrent threads, resets by generation, the sold-out
- * flag; and host/util.c's input checks (everything that decides what reaches Redis). */
+/* host/server/stock.c: the local quota under concurrent threads, resets by generation, the sold-out
+ * flag; and host/common/util.c's input checks (everything that decides what reaches Redis). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

@@ -1,4 +1,4 @@
-/* host/trust.c: --trusted-proxy CIDR parsing and the X-Forwarded-For client address. */
+/* host/server/trust.c: --trusted-proxy CIDR parsing and the X-Forwarded-For client address. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

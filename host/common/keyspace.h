@@ -1,0 +1,52 @@
+/* The Redis keyspace of snatch, in one place: every key name, the events index and the order
+ * id's layout. lua/deduct.lua (which mints order ids and writes these keys) follows it; a change
+ * here is a change there, and a change of what is stored in Redis for running sales.
+ *
+ * Keys of one event share the hash tag {event}, so Redis Cluster keeps them on one slot:
+ *   {E}:meta     hash  stock, sold, limit, gen, seq   (PUT /admin/events/E)
+ *   {E}:users    hash  user -> units bought
+ *   {E}:orders   hash  order id -> order record (JSON)
+ *   {E}:uorders  hash  user -> order ids, comma separated
+ *   {E}:pending  hash  order id -> ms; deleted once JetStream acknowledged the order
+ *   snatch:events  set of every event name (what reconciliation walks) */
+#ifndef SNATCH_KEYSPACE_H
+#define SNATCH_KEYSPACE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util.h"
+
+#define KEYSPACE_EVENTS "snatch:events"
+
+/* In the order of deduct.lua's KEYS[1..5]. */
+typedef enum {
+    KEYSPACE_META,
+    KEYSPACE_USERS,
+    KEYSPACE_ORDERS,
+    KEYSPACE_UORDERS,
+    KEYSPACE_PENDING,
+    KEYSPACE__COUNT
+} keyspace_key_t;
+
+/* Longest key of an event, NUL included. */
+#define KEYSPACE_KEY_MAX (SNATCH_NAME_MAX + 16)
+/* Writes "{event}:<which>" into out (KEYSPACE_KEY_MAX bytes). Returns the key's length. */
+int keyspace_key(char *out, const char *event, size_t len, keyspace_key_t which);
+
+/* Order id: "<13-digit ms>-<10-digit seq>-<event>", minted by deduct.lua. The event at its end
+ * names the keys to read, so GET /v1/orders/{id} needs no index. */
+#define KEYSPACE_ID_MS_DIGITS 13
+#define KEYSPACE_ID_SEQ_DIGITS 10
+#define KEYSPACE_ID_EVENT_AT (KEYSPACE_ID_MS_DIGITS + 1 + KEYSPACE_ID_SEQ_DIGITS + 1)
+#define KEYSPACE_ORDER_ID_MAX (KEYSPACE_ID_EVENT_AT + SNATCH_NAME_MAX)
+
+/* Writes the order id of (ms, seq, event) into out (cap bytes, KEYSPACE_ORDER_ID_MAX + 1 is
+ * enough). Returns its length, or -1 when a part is out of range or it does not fit. */
+int keyspace_order_id(char *out, size_t cap, int64_t ms, int64_t seq, const char *event,
+                      size_t len);
+/* The event an order id names (a pointer into id, *elen bytes), or NULL when id is not an
+ * order id (layout, digits, or the event name rule). */
+const char *keyspace_order_event(const char *id, size_t len, size_t *elen);
+
+#endif

@@ -1,0 +1,93 @@
+/* See orders_stream.h. */
+#include "orders_stream.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "log.h"
+
+/* Written once at start-up (before threads), read by the thread that creates the stream. */
+static int64_t max_age_ms = ORDERS_DEFAULT_MAX_AGE_MS;
+static int64_t max_bytes = ORDERS_DEFAULT_MAX_BYTES;
+
+static int parse_limit(const char *flag, const char *value, int64_t min, int64_t *out, char *err,
+                       size_t errlen)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(value, &end, 10);
+    if (errno != 0 || end == value || *end != '\0' || v < 0 || (v > 0 && v < min)) {
+        snprintf(err, errlen, "--%s must be 0 (unlimited) or an integer >= %lld", flag,
+                 (long long)min);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int orders_stream_set_max_age_ms(const char *value, char *err, size_t errlen)
+{
+    /* Above ~292 years the nanoseconds JetStream wants overflow int64. */
+    int64_t v;
+    if (parse_limit(ORDERS_MAX_AGE_FLAG, value, ORDERS_DUPLICATES_WINDOW_MS, &v, err, errlen))
+        return -1;
+    if (v > INT64_MAX / 1000000) {
+        snprintf(err, errlen, "--%s is too large", ORDERS_MAX_AGE_FLAG);
+        return -1;
+    }
+    max_age_ms = v;
+    return 0;
+}
+
+int orders_stream_set_max_bytes(const char *value, char *err, size_t errlen)
+{
+    return parse_limit(ORDERS_MAX_BYTES_FLAG, value, 1 << 20, &max_bytes, err, errlen);
+}
+
+/* JetStream reports "unlimited" as -1 (bytes) or 0 (age). */
+static void warn_if_different(const jsStreamInfo *si)
+{
+    if (si == NULL || si->Config == NULL)
+        return;
+    int64_t have_age_ms = si->Config->MaxAge / 1000000;
+    int64_t have_bytes = si->Config->MaxBytes < 0 ? 0 : si->Config->MaxBytes;
+    if (have_age_ms == max_age_ms && have_bytes == max_bytes)
+        return;
+    log_warn("orders: stream %s exists with max age %lld ms, max bytes %lld (0: unlimited); "
+             "this process asked for %lld ms, %lld: the stream is left as it is",
+             ORDERS_STREAM, (long long)have_age_ms, (long long)have_bytes, (long long)max_age_ms,
+             (long long)max_bytes);
+}
+
+natsStatus orders_stream_ensure(jsCtx *js, jsErrCode *jerr, int *created)
+{
+    jsStreamInfo *si = NULL;
+    jsErrCode code = 0;
+    if (created)
+        *created = 0;
+    natsStatus s = js_GetStreamInfo(&si, js, ORDERS_STREAM, NULL, &code);
+    if (s == NATS_OK)
+        warn_if_different(si);
+    if (s == NATS_NOT_FOUND) {
+        jsStreamConfig cfg;
+        const char *subjects[] = {ORDERS_SUBJECTS};
+        jsStreamConfig_Init(&cfg);
+        cfg.Name = ORDERS_STREAM;
+        cfg.Subjects = subjects;
+        cfg.SubjectsLen = 1;
+        cfg.Storage = js_FileStorage;
+        cfg.Duplicates = (int64_t)ORDERS_DUPLICATES_WINDOW_MS * 1000000;
+        cfg.MaxAge = max_age_ms * 1000000;
+        cfg.MaxBytes = max_bytes > 0 ? max_bytes : -1;
+        s = js_AddStream(&si, js, &cfg, NULL, &code);
+        if (s == NATS_OK && created)
+            *created = 1;
+        else if (s != NATS_OK && code == JSStreamNameExistErr)
+            s = NATS_OK; /* someone else created it meanwhile */
+    }
+    jsStreamInfo_Destroy(si);
+    if (jerr)
+        *jerr = code;
+    return s;
+}

@@ -1,0 +1,125 @@
+/* snatch-reconcile's comparison of one event: Redis ({E}:meta, {E}:orders, {E}:pending) against
+ * SQLite (what snatch-subscriber persisted), republishing what is missing. Blocking, on
+ * snatch-reconcile's main thread; the host never links it (no SQLite in snatch-host). */
+#include "compare.h"
+
+#include "keyspace.h"
+#include "orders_stream.h"
+#include "republish.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct event_scan {
+    redisContext *rc;
+    jsCtx *js;
+    const reconcile_render_t *render;
+    store_t *st;
+    const char *event;
+    char pending_key[KEYSPACE_KEY_MAX];
+    reconcile_row_t *row;
+    const char *why;
+} event_scan_t;
+
+static int on_order(const char *id, size_t idlen, const char *rec, size_t reclen, void *data)
+{
+    event_scan_t *e = data;
+    int has;
+    (void)idlen;
+    e->row->redis_orders++;
+    if ((has = store_has_order(e->st, id)) < 0) {
+        e->why = "SQLite lookup failed";
+        return -1;
+    }
+    if (has)
+        return 0;
+    e->row->missing++;
+    if (e->js == NULL)
+        return 0;
+    if (reconcile_publish(e->js, e->render, e->event, id, rec, reclen) != 0) {
+        reconcile_skip("%s: order %s: JetStream publish failed", e->event, id);
+        return 0; /* still counted as missing */
+    }
+    e->row->republished++;
+    if (reconcile_hdel(e->rc, e->pending_key, id) != 0) {
+        e->why = "Redis HDEL failed";
+        return -1;
+    }
+    return 0;
+}
+
+/* A pending entry whose order SQLite already holds: the host died between the ack and HDEL. */
+static int on_pending_stored(const char *id, size_t idlen, const char *ms, size_t mslen, void *data)
+{
+    event_scan_t *e = data;
+    (void)idlen;
+    (void)ms;
+    (void)mslen;
+    int has = store_has_order(e->st, id);
+    if (has < 0) {
+        e->why = "SQLite lookup failed";
+        return -1;
+    }
+    if (has && reconcile_hdel(e->rc, e->pending_key, id) != 0) {
+        e->why = "Redis HDEL failed";
+        return -1;
+    }
+    return 0;
+}
+
+static int read_meta(redisContext *rc, const char *event, reconcile_row_t *row)
+{
+    char key[KEYSPACE_KEY_MAX];
+    keyspace_key(key, event, strlen(event), KEYSPACE_META);
+    redisReply *r = redisCommand(rc, "HMGET %s stock sold", key);
+    int ok = r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2;
+    if (ok) {
+        redisReply *stock = r->element[0], *sold = r->element[1];
+        row->stock = stock->type == REDIS_REPLY_STRING ? strtoll(stock->str, NULL, 10) : -1;
+        row->sold = sold->type == REDIS_REPLY_STRING ? strtoll(sold->str, NULL, 10) : 0;
+    }
+    if (r != NULL)
+        freeReplyObject(r);
+    return ok ? 0 : -1;
+}
+
+int reconcile_event(redisContext *rc, natsConnection *nc, const reconcile_render_t *render,
+                    store_t *st, const char *event, reconcile_row_t *row, char *err, size_t errlen)
+{
+    char orders_key[KEYSPACE_KEY_MAX];
+    event_scan_t e = {.rc = rc, .render = render, .st = st, .event = event, .row = row};
+    int rc2 = -1;
+    memset(row, 0, sizeof(*row));
+    snprintf(row->event, sizeof(row->event), "%s", event);
+    keyspace_key(orders_key, event, strlen(event), KEYSPACE_ORDERS);
+    keyspace_key(e.pending_key, event, strlen(event), KEYSPACE_PENDING);
+    if (nc != NULL && (natsConnection_JetStream(&e.js, nc, NULL) != NATS_OK ||
+                       reconcile_ensure_stream(e.js) != 0)) {
+        snprintf(err, errlen, "%s: JetStream stream %s unavailable", event, ORDERS_STREAM);
+        jsCtx_Destroy(e.js);
+        return -1;
+    }
+    if (read_meta(rc, event, row) != 0) {
+        snprintf(err, errlen, "%s: Redis: %s", event, rc->err ? rc->errstr : "bad reply");
+        goto out;
+    }
+    if (e.js != NULL && reconcile_hscan(rc, e.pending_key, on_pending_stored, &e) != 0)
+        goto fail;
+    if (reconcile_hscan(rc, orders_key, on_order, &e) != 0)
+        goto fail;
+    if (store_event_totals(st, event, &row->sqlite_rows, &row->sqlite_units) != 0) {
+        e.why = "SQLite totals failed";
+        goto fail;
+    }
+    /* Rows that matched a Redis order are (orders - missing); the rest exist only in SQLite. */
+    row->extra = row->sqlite_rows - (row->redis_orders - row->missing);
+    rc2 = 0;
+    goto out;
+fail:
+    snprintf(err, errlen, "%s: %s", event,
+             e.why ? e.why : (rc->err ? rc->errstr : "Redis scan failed"));
+out:
+    jsCtx_Destroy(e.js);
+    return rc2;
+}

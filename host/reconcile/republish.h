@@ -1,0 +1,66 @@
+/* Republishing from Redis to JetStream: what the host's reconciler thread and snatch-reconcile
+ * share. Redis ({E}:orders, {E}:pending, snatch:events) is the source of truth for what was sold;
+ * an order still in {E}:pending after its publisher should have had its ack is published again.
+ * Republishing is always safe: the message id is the order id (JetStream drops duplicates inside
+ * its window) and SQLite ignores an order id it already holds.
+ *
+ * Blocking (sync hiredis, blocking cnats publish): run it on its own thread or in
+ * snatch-reconcile, never on an event loop thread. No SQLite here (compare.h has that side). */
+#ifndef SNATCH_REPUBLISH_H
+#define SNATCH_REPUBLISH_H
+
+#include <hiredis/hiredis.h>
+#include <nats/nats.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* SMEMBERS snatch:events into a malloc'd array of malloc'd strings, sorted. Returns 0 or -1. */
+int reconcile_list_events(redisContext *rc, char ***events, size_t *n);
+void reconcile_free_events(char **events, size_t n);
+
+/* Turns an order's Redis record (the facts deduct.lua stored) into the payload to publish: the
+ * policy's order(), as the host published it (script_order_from_record), so that a row does not
+ * depend on the path that delivered it. Writes at most cap bytes into out and returns the
+ * length, or -1 (the order is skipped this pass). fn NULL: the record is published as it is. */
+typedef int (*reconcile_render_fn)(void *ctx, const char *record, size_t len, char *out,
+                                   size_t cap);
+typedef struct reconcile_render {
+    reconcile_render_fn fn;
+    void *ctx;
+} reconcile_render_t;
+
+/* For the host's periodic reconciliation thread: republishes every {E}:pending entry (all events
+ * of snatch:events) older than older_than_ms (wall clock, as written by deduct.lua) - the host
+ * crashed or lost the ack - and HDELs it once JetStream acknowledged it. Stops at max_orders
+ * (<= 0: no limit) so one pass stays short. Returns the number republished, or -1 when Redis or
+ * NATS failed (entries not yet done stay pending for the next pass). *stale (may be NULL) gets
+ * the number of entries found older than older_than_ms, also when failing. */
+int reconcile_pending(redisContext *rc, natsConnection *nc, const reconcile_render_t *render,
+                      int64_t older_than_ms, int64_t max_orders, int64_t *stale);
+
+/* Orders and events skipped so far by this process (bad name, publish refused): each is logged
+ * (rate-limited) and the rest of the pass goes on. */
+uint64_t reconcile_skipped(void);
+
+/* The blocks compare.c builds on. */
+
+/* One skipped order or event: counted, logged at most once per 10 s. */
+void reconcile_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+int64_t reconcile_wall_ms(void);
+
+/* Called per field/value by reconcile_hscan; non-zero stops the scan with that value. */
+typedef int (*reconcile_scan_fn)(const char *field, size_t flen, const char *value, size_t vlen,
+                                 void *data);
+/* HSCAN key with fn for each field/value. Returns 0, fn's value, or -1 on a Redis failure. */
+int reconcile_hscan(redisContext *rc, const char *key, reconcile_scan_fn fn, void *data);
+/* Creates the ORDERS stream if missing (reconciliation may run before any host did). 0 or -1. */
+int reconcile_ensure_stream(jsCtx *js);
+/* Blocking publish of one order given by its Redis record, rendered by render (may be NULL);
+ * 0 once JetStream acknowledged it (stored or duplicate). */
+int reconcile_publish(jsCtx *js, const reconcile_render_t *render, const char *event,
+                      const char *id, const char *record, size_t len);
+/* HDEL key field; 0 or -1. */
+int reconcile_hdel(redisContext *rc, const char *key, const char *field);
+
+#endif

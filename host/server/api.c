@@ -1,0 +1,724 @@
+/* The HTTP API of snatch-host: routing, and every endpoint but the sale itself (sale.c).
+ * Runs on the loop thread of the connection. Look-ups go to Redis asynchronously; bodies are
+ * built into small stack buffers or static strings. */
+#include "api.h"
+
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "caller.h"
+#include "events.h"
+#include "keyspace.h"
+#include "log.h"
+#include "metrics.h"
+#include "ratelimit.h"
+#include "reply.h"
+#include "sale.h"
+#include "stock.h"
+#include "util.h"
+#include "worker.h"
+
+/* Resets an event: refused while orders wait to be published (they would be lost). The seq
+ * field survives, so order ids never repeat for one event name. A new event is refused when the
+ * sale already has --max-events events (ARGV[4]): every host started with the same flag can then
+ * hold every event, so none is created that some host would answer 404 for. */
+static const char RESET_SCRIPT[] =
+    "if redis.call('SISMEMBER', KEYS[6], ARGV[1]) == 0 and\n"
+    "   redis.call('SCARD', KEYS[6]) >= tonumber(ARGV[4]) then\n"
+    "  return redis.error_reply('FULL')\n"
+    "end\n"
+    "if redis.call('HLEN', KEYS[5]) > 0 then return redis.error_reply('PENDING') end\n"
+    "redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])\n"
+    "local gen = redis.call('HINCRBY', KEYS[1], 'gen', 1)\n"
+    "redis.call('HSET', KEYS[1], 'stock', ARGV[2], 'sold', 0, 'limit', ARGV[3])\n"
+    "redis.call('SADD', KEYS[6], ARGV[1])\n"
+    "return gen\n";
+
+static worker_t *worker_of(http_request_t *req)
+{
+    return req->server_data;
+}
+
+/* ---- who is asking ---- */
+
+/* Read endpoints, per client address and per buyer. Generous next to the sale's own limits
+ * (policy.lua): a buyer polls their order, nobody needs more. */
+#define READ_ADDR_RATE 100.0
+#define READ_ADDR_BURST 200.0
+#define READ_USER_RATE 5.0
+#define READ_USER_BURST 20.0
+/* Failed admin authentications per client address: 10 at once, then one per 5 s. */
+#define AUTH_FAIL_RATE 0.2
+#define AUTH_FAIL_BURST 10.0
+
+/* Takes a token of key prefix+name. cost < 0 gives tokens back. */
+static bool take(const char *prefix, const char *name, size_t nlen, double rate, double burst,
+                 double cost)
+{
+    char key[32 + TRUST_ADDR_MAX + SNATCH_NAME_MAX];
+    int n = snprintf(key, sizeof(key), "%s%.*s", prefix, (int)nlen, name);
+    if (n < 0 || (size_t)n >= sizeof(key))
+        return true;
+    return ratelimit_take(key, (size_t)n, rate, burst, cost, util_mono_us());
+}
+
+/* Answers 429 and returns true when this read is over the client's or the buyer's rate. */
+static bool read_limited(http_request_t *req, int route, const char *user, size_t ulen)
+{
+    char client[TRUST_ADDR_MAX];
+    caller_client(req, client);
+    if ((!caller_client_is_proxy(req, client) &&
+         !take("snatch.read.ip:", client, strlen(client), READ_ADDR_RATE, READ_ADDR_BURST, 1)) ||
+        (user != NULL && !take("snatch.read.u:", user, ulen, READ_USER_RATE, READ_USER_BURST, 1))) {
+        reply_error(req, route, 429, "rate_limited", "too many reads; slow down");
+        return true;
+    }
+    return false;
+}
+
+static bool authorized(worker_t *w, http_request_t *req);
+
+/* The admin token, with failures slowed down per client address: each attempt takes a token
+ * of the address's bucket and a success gives it back, so only failures stay counted and a
+ * guesser gets 429 (without the token being compared) once the bucket is empty.
+ * Returns true when authorized; otherwise the request has been answered (401 or 429). */
+static bool admin_gate(http_request_t *req, int route)
+{
+    char client[TRUST_ADDR_MAX];
+    caller_client(req, client);
+    size_t clen = strlen(client);
+    if (!take("snatch.auth:", client, clen, AUTH_FAIL_RATE, AUTH_FAIL_BURST, 1)) {
+        reply_error(req, route, 429, "rate_limited",
+                    "too many failed authentications from this address; retry later");
+        return false;
+    }
+    if (authorized(worker_of(req), req)) {
+        take("snatch.auth:", client, clen, AUTH_FAIL_RATE, AUTH_FAIL_BURST, -1);
+        return true;
+    }
+    reply_error(req, route, 401, "unauthorized", NULL);
+    return false;
+}
+
+static bool redis_usable(worker_t *w)
+{
+    return w->redis != NULL && redis_client_ready(w->redis);
+}
+
+/* ---- GET /v1/events/{e} ---- */
+
+typedef struct event_view {
+    http_request_t *req;
+    worker_t *w;
+    size_t len;
+    char event[SNATCH_NAME_MAX + 1];
+} event_view_t;
+
+static int64_t elem_int(const redisReply *r, size_t i)
+{
+    int64_t v = 0;
+    if (r->elements > i && r->element[i]->type == REDIS_REPLY_STRING)
+        util_parse_i64(r->element[i]->str, r->element[i]->len, INT64_MIN + 1, INT64_MAX, &v);
+    return v;
+}
+
+static void on_event_meta(redisReply *r, const char *err, void *data)
+{
+    event_view_t *v = data;
+    (void)err;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 4) {
+        reply_error(v->req, ROUTE_EVENT, 503, "unavailable", NULL);
+        goto out;
+    }
+    if (r->element[0]->type != REDIS_REPLY_STRING) {
+        reply_error(v->req, ROUTE_EVENT, 404, "unknown_event", NULL);
+        goto out;
+    }
+    int64_t stock = elem_int(r, 0), sold = elem_int(r, 1), limit = elem_int(r, 2);
+    int64_t gen = elem_int(r, 3);
+    int64_t remaining = stock - sold > 0 ? stock - sold : 0;
+    stock_event_t *ev = stock_find(v->event, v->len);
+    int64_t quota = ev ? atomic_load(&ev->quota) : 0;
+    int64_t left = ev ? atomic_load(&ev->local_left) : 0;
+    char body[512];
+    size_t pos = 0;
+    memcpy(body, "{\"event\":", 9);
+    pos = 9;
+    util_json_str(body, sizeof(body), &pos, v->event, v->len);
+    pos += (size_t)snprintf(body + pos, sizeof(body) - pos,
+                            ",\"stock\":%" PRId64 ",\"sold\":%" PRId64 ",\"remaining\":%" PRId64
+                            ",\"per_user_limit\":%" PRId64 ",\"generation\":%" PRId64
+                            ",\"local_quota\":%" PRId64 ",\"local_left\":%" PRId64
+                            ",\"status\":\"%s\"}",
+                            stock, sold, remaining, limit, gen, quota, left < 0 ? 0 : left,
+                            remaining > 0 ? "open" : "sold_out");
+    reply_json(v->req, ROUTE_EVENT, 200, body, pos);
+out:
+    free(v);
+}
+
+static void get_event(http_request_t *req, const char *event, size_t len)
+{
+    worker_t *w = worker_of(req);
+    if (!util_valid_name(event, len, SNATCH_NAME_MAX)) {
+        reply_error(req, ROUTE_EVENT, 400, "bad_request", "invalid event name");
+        return;
+    }
+    if (read_limited(req, ROUTE_EVENT, NULL, 0))
+        return;
+    if (!redis_usable(w)) {
+        reply_error(req, ROUTE_EVENT, 503, "unavailable", NULL);
+        return;
+    }
+    event_view_t *v = malloc(sizeof(*v));
+    if (v == NULL) {
+        reply_error(req, ROUTE_EVENT, 503, "unavailable", NULL);
+        return;
+    }
+    v->req = req;
+    v->w = w;
+    v->len = len;
+    memcpy(v->event, event, len);
+    v->event[len] = '\0';
+    events_read_meta(w, v->event, len, on_event_meta, v);
+}
+
+/* ---- PUT /admin/events/{e} ---- */
+
+static bool authorized(worker_t *w, http_request_t *req)
+{
+    const host_config_t *cfg = &w->host->cfg;
+    static const char bearer[] = "Bearer ";
+    if (req->authorization == NULL || req->authorization_len < sizeof(bearer) - 1 ||
+        strncasecmp(req->authorization, bearer, sizeof(bearer) - 1) != 0)
+        return false;
+    const char *tok = req->authorization + sizeof(bearer) - 1;
+    size_t tlen = req->authorization_len - (sizeof(bearer) - 1);
+    return util_secret_equal(tok, tlen, cfg->admin_token, cfg->admin_token_len);
+}
+
+typedef struct admin_put {
+    http_request_t *req;
+    worker_t *w;
+    int64_t stock, limit;
+    size_t len;
+    char event[SNATCH_NAME_MAX + 1];
+    bool reserved; /* holds room in the local table (stock_reserve_room) */
+} admin_put_t;
+
+static void on_event_reset(redisReply *r, const char *err, void *data)
+{
+    admin_put_t *a = data;
+    (void)err;
+    if (r == NULL) {
+        reply_error(a->req, ROUTE_ADMIN_EVENT, 503, "unavailable", NULL);
+        goto out;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        if (strstr(r->str, "FULL") != NULL)
+            reply_error(a->req, ROUTE_ADMIN_EVENT, 409, "too_many_events",
+                        "the sale already has --max-events events");
+        else if (strstr(r->str, "PENDING") != NULL)
+            reply_error(a->req, ROUTE_ADMIN_EVENT, 409, "orders_pending",
+                        "orders of this event are not yet published; run snatch-reconcile first");
+        else
+            reply_error(a->req, ROUTE_ADMIN_EVENT, 503, "unavailable", r->str);
+        goto out;
+    }
+    int64_t gen = r->type == REDIS_REPLY_INTEGER ? r->integer : 0;
+    int64_t quota;
+    events_install(a->w, a->event, a->len, a->stock, a->limit, (uint64_t)gen, 0, a->reserved,
+                   &quota);
+    a->reserved = false;
+    log_info("admin: event %s reset: stock %" PRId64 ", per_user_limit %" PRId64
+             ", generation %" PRId64 ", local quota %" PRId64 "",
+             a->event, a->stock, a->limit, gen, quota);
+    char body[384];
+    size_t pos = 0;
+    memcpy(body, "{\"event\":", 9);
+    pos = 9;
+    util_json_str(body, sizeof(body), &pos, a->event, a->len);
+    pos += (size_t)snprintf(body + pos, sizeof(body) - pos,
+                            ",\"stock\":%" PRId64 ",\"per_user_limit\":%" PRId64
+                            ",\"generation\":%" PRId64 ",\"local_quota\":%" PRId64 "}",
+                            a->stock, a->limit, gen, quota);
+    reply_json(a->req, ROUTE_ADMIN_EVENT, 200, body, pos);
+out:
+    if (a->reserved)
+        stock_unreserve();
+    free(a);
+}
+
+/* Parses {"stock":N,"per_user_limit":K}: both integers, nothing else accepted. Returns NULL on
+ * success or the reason. */
+const char *api_parse_event_body(const char *body, size_t len, int64_t *stock, int64_t *limit)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    const char *why = NULL;
+    if (root == NULL)
+        return "body is not valid JSON";
+    if (!json_is_object(root)) {
+        why = "body must be a JSON object";
+        goto out;
+    }
+    json_t *s = json_object_get(root, "stock");
+    json_t *l = json_object_get(root, "per_user_limit");
+    if (!json_is_integer(s) || json_integer_value(s) < 0 ||
+        json_integer_value(s) > 1000000000000LL) {
+        why = "stock must be an integer from 0 to 10^12";
+        goto out;
+    }
+    if (l == NULL) {
+        *limit = 1;
+    } else if (!json_is_integer(l) || json_integer_value(l) < 1 ||
+               json_integer_value(l) > 1000000) {
+        why = "per_user_limit must be an integer from 1 to 10^6";
+        goto out;
+    } else {
+        *limit = json_integer_value(l);
+    }
+    if (json_object_size(root) != (l ? 2u : 1u)) {
+        why = "unknown field: only stock and per_user_limit";
+        goto out;
+    }
+    *stock = json_integer_value(s);
+out:
+    json_decref(root);
+    return why;
+}
+
+static void put_event(http_request_t *req, const char *event, size_t len)
+{
+    worker_t *w = worker_of(req);
+    if (w->host->cfg.admin_token_len == 0) {
+        reply_error(req, ROUTE_ADMIN_EVENT, 403, "forbidden",
+                    "admin disabled: no --admin-token-file");
+        return;
+    }
+    if (!admin_gate(req, ROUTE_ADMIN_EVENT))
+        return;
+    if (!util_valid_name(event, len, SNATCH_NAME_MAX)) {
+        reply_error(req, ROUTE_ADMIN_EVENT, 400, "bad_request", "invalid event name");
+        return;
+    }
+    int64_t stock, limit;
+    const char *why = api_parse_event_body(req->body, req->body_len, &stock, &limit);
+    if (why != NULL) {
+        reply_error(req, ROUTE_ADMIN_EVENT, 400, "bad_request", why);
+        return;
+    }
+    if (!redis_usable(w)) {
+        reply_error(req, ROUTE_ADMIN_EVENT, 503, "unavailable", NULL);
+        return;
+    }
+    /* Room first: an event this host could not hold is refused before Redis knows it. */
+    int room = stock_reserve_room(event, len);
+    if (room < 0) {
+        reply_error(req, ROUTE_ADMIN_EVENT, 409, "too_many_events",
+                    "this host holds no more events (--max-events)");
+        return;
+    }
+    admin_put_t *a = malloc(sizeof(*a));
+    if (a == NULL) {
+        if (room > 0)
+            stock_unreserve();
+        reply_error(req, ROUTE_ADMIN_EVENT, 503, "unavailable", NULL);
+        return;
+    }
+    a->reserved = room > 0;
+    a->req = req;
+    a->w = w;
+    a->stock = stock;
+    a->limit = limit;
+    a->len = len;
+    memcpy(a->event, event, len);
+    a->event[len] = '\0';
+    char keys[KEYSPACE__COUNT][KEYSPACE_KEY_MAX], sstock[24], slimit[24], smax[24];
+    const char *argv[13];
+    size_t lens[13];
+    argv[0] = "EVAL";
+    lens[0] = 4;
+    argv[1] = RESET_SCRIPT;
+    lens[1] = sizeof(RESET_SCRIPT) - 1;
+    argv[2] = "6";
+    lens[2] = 1;
+    for (int i = 0; i < KEYSPACE__COUNT; i++) {
+        lens[3 + i] = (size_t)keyspace_key(keys[i], event, len, (keyspace_key_t)i);
+        argv[3 + i] = keys[i];
+    }
+    argv[8] = KEYSPACE_EVENTS;
+    lens[8] = strlen(argv[8]);
+    argv[9] = a->event;
+    lens[9] = len;
+    lens[10] = (size_t)snprintf(sstock, sizeof(sstock), "%" PRId64, stock);
+    argv[10] = sstock;
+    lens[11] = (size_t)snprintf(slimit, sizeof(slimit), "%" PRId64, limit);
+    argv[11] = slimit;
+    lens[12] = (size_t)snprintf(smax, sizeof(smax), "%zu", stock_max_events());
+    argv[12] = smax;
+    redis_command(w->redis, on_event_reset, a, 13, argv, lens);
+}
+
+/* ---- GET /v1/orders/{id} and GET /v1/events/{e}/users/{u}/orders ---- */
+
+typedef struct order_view {
+    http_request_t *req;
+    worker_t *w;
+    metrics_route_t route;
+    char event[SNATCH_NAME_MAX + 1];
+    char user[SNATCH_NAME_MAX + 1]; /* GET /v1/orders/{id}: the buyer asking ("" for admin) */
+} order_view_t;
+
+/* Order data answers only to its buyer or the admin token. Sets *admin and fills buyer (the
+ * validated buyer id, NUL-terminated) or answers (400, 401, 403, 429) and returns false. */
+static bool order_reader(http_request_t *req, int route, bool *admin, char *buyer)
+{
+    const host_config_t *cfg = &worker_of(req)->host->cfg;
+    *admin = false;
+    buyer[0] = '\0';
+    if (req->authorization != NULL && cfg->admin_token_len > 0) {
+        if (!admin_gate(req, route))
+            return false;
+        *admin = true;
+        return !read_limited(req, route, NULL, 0);
+    }
+    const char *user;
+    size_t ulen;
+    caller_buyer_t bv = caller_buyer(req, &user, &ulen);
+    if (bv == CALLER_BUYER_QUERY_REFUSED) {
+        caller_buyer_error(req, route, bv);
+        return false;
+    }
+    if (bv == CALLER_BUYER_NONE) {
+        reply_error(req, route, 403, "forbidden",
+                    "orders answer only to their buyer (X-User-Id from a trusted proxy) or the "
+                    "admin token");
+        return false;
+    }
+    if (!util_valid_name(user, ulen, SNATCH_NAME_MAX)) {
+        reply_error(req, route, 400, "bad_request", "invalid buyer id");
+        return false;
+    }
+    if (read_limited(req, route, user, ulen))
+        return false;
+    memcpy(buyer, user, ulen);
+    buyer[ulen] = '\0';
+    return true;
+}
+
+/* True when the stored order record (JSON, "user" field) belongs to buyer. */
+static bool record_of(const char *rec, size_t len, const char *buyer)
+{
+    json_t *root = json_loadb(rec, len, 0, NULL);
+    const char *u = json_string_value(json_object_get(root, "user"));
+    bool mine = u != NULL && strcmp(u, buyer) == 0;
+    json_decref(root);
+    return mine;
+}
+
+static void on_order(redisReply *r, const char *err, void *data)
+{
+    order_view_t *v = data;
+    (void)err;
+    if (r == NULL || r->type == REDIS_REPLY_ERROR)
+        reply_error(v->req, ROUTE_ORDER, 503, "unavailable", NULL);
+    /* Someone else's order is answered exactly like a missing one: ids are sequential, and a
+     * 403 would confirm to a prober that the neighbouring id exists. */
+    else if (r->type != REDIS_REPLY_STRING ||
+             (v->user[0] != '\0' && !record_of(r->str, r->len, v->user)))
+        reply_error(v->req, ROUTE_ORDER, 404, "unknown_order", NULL);
+    else
+        reply_json(v->req, ROUTE_ORDER, 200, r->str, r->len);
+    free(v);
+}
+
+static void get_order(http_request_t *req, const char *id, size_t len)
+{
+    worker_t *w = worker_of(req);
+    const char *event;
+    size_t elen;
+    if ((event = keyspace_order_event(id, len, &elen)) == NULL) {
+        reply_error(req, ROUTE_ORDER, 400, "bad_request", "invalid order id");
+        return;
+    }
+    bool admin;
+    char buyer[SNATCH_NAME_MAX + 1];
+    if (!order_reader(req, ROUTE_ORDER, &admin, buyer))
+        return;
+    if (!redis_usable(w)) {
+        reply_error(req, ROUTE_ORDER, 503, "unavailable", NULL);
+        return;
+    }
+    order_view_t *v = calloc(1, sizeof(*v));
+    if (v == NULL) {
+        reply_error(req, ROUTE_ORDER, 503, "unavailable", NULL);
+        return;
+    }
+    v->req = req;
+    v->w = w;
+    memcpy(v->user, buyer, sizeof(v->user));
+    char key[KEYSPACE_KEY_MAX];
+    int n = keyspace_key(key, event, elen, KEYSPACE_ORDERS);
+    const char *argv[] = {"HGET", key, id};
+    size_t lens[] = {4, (size_t)n, len};
+    redis_command(w->redis, on_order, v, 3, argv, lens);
+}
+
+static void on_user_records(redisReply *r, const char *err, void *data)
+{
+    order_view_t *v = data;
+    (void)err;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        reply_error(v->req, ROUTE_USER_ORDERS, 503, "unavailable", NULL);
+        free(v);
+        return;
+    }
+    size_t cap = 128 + r->elements * 256;
+    for (size_t i = 0; i < r->elements; i++)
+        if (r->element[i]->type == REDIS_REPLY_STRING)
+            cap += r->element[i]->len;
+    char *body = malloc(cap);
+    if (body == NULL) {
+        reply_error(v->req, ROUTE_USER_ORDERS, 503, "unavailable", NULL);
+        free(v);
+        return;
+    }
+    size_t pos = 0;
+    memcpy(body, "{\"event\":", 9);
+    pos = 9;
+    util_json_str(body, cap, &pos, v->event, strlen(v->event));
+    memcpy(body + pos, ",\"user\":", 8);
+    pos += 8;
+    util_json_str(body, cap, &pos, v->user, strlen(v->user));
+    memcpy(body + pos, ",\"orders\":[", 11);
+    pos += 11;
+    size_t n = 0;
+    for (size_t i = 0; i < r->elements; i++) {
+        if (r->element[i]->type != REDIS_REPLY_STRING)
+            continue;
+        if (n++)
+            body[pos++] = ',';
+        memcpy(body + pos, r->element[i]->str, r->element[i]->len);
+        pos += r->element[i]->len;
+    }
+    memcpy(body + pos, "]}", 2);
+    pos += 2;
+    reply_json(v->req, ROUTE_USER_ORDERS, 200, body, pos);
+    free(body);
+    free(v);
+}
+
+static void on_user_ids(redisReply *r, const char *err, void *data)
+{
+    order_view_t *v = data;
+    (void)err;
+    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+        reply_error(v->req, ROUTE_USER_ORDERS, 503, "unavailable", NULL);
+        free(v);
+        return;
+    }
+    if (r->type != REDIS_REPLY_STRING || r->len == 0) {
+        static const char none[] = "[]}";
+        char body[256];
+        size_t pos = 0;
+        memcpy(body, "{\"event\":", 9);
+        pos = 9;
+        util_json_str(body, sizeof(body), &pos, v->event, strlen(v->event));
+        memcpy(body + pos, ",\"user\":", 8);
+        pos += 8;
+        util_json_str(body, sizeof(body), &pos, v->user, strlen(v->user));
+        memcpy(body + pos, ",\"orders\":", 10);
+        pos += 10;
+        memcpy(body + pos, none, sizeof(none) - 1);
+        pos += sizeof(none) - 1;
+        reply_json(v->req, ROUTE_USER_ORDERS, 200, body, pos);
+        free(v);
+        return;
+    }
+    /* ids are comma separated; per_user_limit bounds how many there are. */
+    size_t count = 1;
+    for (size_t i = 0; i < r->len; i++)
+        count += r->str[i] == ',';
+    const char **argv = malloc((count + 2) * sizeof(*argv));
+    size_t *lens = malloc((count + 2) * sizeof(*lens));
+    char key[KEYSPACE_KEY_MAX];
+    if (argv == NULL || lens == NULL) {
+        free(argv);
+        free(lens);
+        reply_error(v->req, ROUTE_USER_ORDERS, 503, "unavailable", NULL);
+        free(v);
+        return;
+    }
+    argv[0] = "HMGET";
+    lens[0] = 5;
+    lens[1] = (size_t)keyspace_key(key, v->event, strlen(v->event), KEYSPACE_ORDERS);
+    argv[1] = key;
+    size_t n = 2, start = 0;
+    for (size_t i = 0; i <= r->len; i++) {
+        if (i == r->len || r->str[i] == ',') {
+            argv[n] = r->str + start;
+            lens[n] = i - start;
+            n++;
+            start = i + 1;
+        }
+    }
+    redis_command(v->w->redis, on_user_records, v, (int)n, argv, lens);
+    free(argv);
+    free(lens);
+}
+
+static void get_user_orders(http_request_t *req, const char *event, size_t elen, const char *user,
+                            size_t ulen)
+{
+    worker_t *w = worker_of(req);
+    if (!util_valid_name(event, elen, SNATCH_NAME_MAX) ||
+        !util_valid_name(user, ulen, SNATCH_NAME_MAX)) {
+        reply_error(req, ROUTE_USER_ORDERS, 400, "bad_request", "invalid event or user");
+        return;
+    }
+    bool admin;
+    char buyer[SNATCH_NAME_MAX + 1];
+    if (!order_reader(req, ROUTE_USER_ORDERS, &admin, buyer))
+        return;
+    if (!admin && (strlen(buyer) != ulen || memcmp(buyer, user, ulen) != 0)) {
+        /* The path names the buyer, so refusing tells a prober nothing it did not send. */
+        reply_error(req, ROUTE_USER_ORDERS, 403, "forbidden", "orders answer only to their buyer");
+        return;
+    }
+    if (!redis_usable(w)) {
+        reply_error(req, ROUTE_USER_ORDERS, 503, "unavailable", NULL);
+        return;
+    }
+    order_view_t *v = calloc(1, sizeof(*v));
+    if (v == NULL) {
+        reply_error(req, ROUTE_USER_ORDERS, 503, "unavailable", NULL);
+        return;
+    }
+    v->req = req;
+    v->w = w;
+    memcpy(v->event, event, elen);
+    memcpy(v->user, user, ulen);
+    char key[KEYSPACE_KEY_MAX];
+    int n = keyspace_key(key, event, elen, KEYSPACE_UORDERS);
+    const char *argv[] = {"HGET", key, v->user};
+    size_t lens[] = {4, (size_t)n, ulen};
+    redis_command(w->redis, on_user_ids, v, 3, argv, lens);
+}
+
+/* ---- /metrics, /healthz ---- */
+
+static void get_metrics(http_request_t *req)
+{
+    size_t len;
+    char *text = metrics_render(&len);
+    if (text == NULL) {
+        reply_error(req, ROUTE_METRICS, 503, "unavailable", NULL);
+        return;
+    }
+    reply_text(req, ROUTE_METRICS, 200, "text/plain; version=0.0.4", text, len);
+    free(text);
+}
+
+static void get_health(http_request_t *req)
+{
+    worker_t *w = worker_of(req);
+    bool redis_ok = redis_usable(w);
+    bool nats_ok = orders_publisher_ready(w->host->orders);
+    char body[128];
+    int n = snprintf(body, sizeof(body), "{\"status\":\"%s\",\"redis\":%s,\"nats\":%s}",
+                     redis_ok && nats_ok ? "ok" : "degraded", redis_ok ? "true" : "false",
+                     nats_ok ? "true" : "false");
+    reply_json(req, ROUTE_HEALTH, redis_ok && nats_ok ? 200 : 503, body, (size_t)n);
+}
+
+/* ---- routing ---- */
+
+/* Splits path (after a prefix) into '/'-separated segments; returns how many (at most max). */
+static int split_path(const char *p, size_t len, const char **seg, size_t *seglen, int max)
+{
+    int n = 0;
+    size_t i = 0;
+    while (i < len) {
+        if (p[i] != '/')
+            return -1;
+        size_t start = ++i;
+        while (i < len && p[i] != '/')
+            i++;
+        if (n == max)
+            return -1;
+        seg[n] = p + start;
+        seglen[n] = i - start;
+        if (seglen[n] == 0)
+            return -1;
+        n++;
+    }
+    return n;
+}
+
+static bool seg_is(const char *s, size_t len, const char *lit)
+{
+    return strlen(lit) == len && memcmp(s, lit, len) == 0;
+}
+
+static void method_not_allowed(http_request_t *req, metrics_route_t route)
+{
+    reply_error(req, route, 405, "method_not_allowed", NULL);
+}
+
+void api_handle(http_request_t *req)
+{
+    const char *seg[6];
+    size_t sl[6];
+    int n = split_path(req->path, req->path_len, seg, sl, 6);
+    bool get = req->method == HTTP_M_GET || req->method == HTTP_M_HEAD;
+    /* With --admin-listen, the admin API and /metrics live only there, and buyers' routes only on
+     * the public listener; /healthz answers on both. */
+    bool admin_route =
+        n >= 1 && (seg_is(seg[0], sl[0], "admin") || (n == 1 && seg_is(seg[0], sl[0], "metrics")));
+    bool health = n == 1 && seg_is(seg[0], sl[0], "healthz");
+    if (worker_of(req)->host->cfg.admin_listen_addr && !health &&
+        admin_route != req->admin_listener)
+        return reply_error(req, ROUTE_OTHER, 404, "not_found", NULL);
+    if (n == 4 && seg_is(seg[0], sl[0], "v1") && seg_is(seg[1], sl[1], "events") &&
+        seg_is(seg[3], sl[3], "snatch")) {
+        if (req->method != HTTP_M_POST)
+            return method_not_allowed(req, ROUTE_SNATCH);
+        return sale_snatch(worker_of(req), req, seg[2], sl[2]);
+    }
+    if (n == 3 && seg_is(seg[0], sl[0], "v1") && seg_is(seg[1], sl[1], "events")) {
+        if (!get)
+            return method_not_allowed(req, ROUTE_EVENT);
+        return get_event(req, seg[2], sl[2]);
+    }
+    if (n == 3 && seg_is(seg[0], sl[0], "admin") && seg_is(seg[1], sl[1], "events")) {
+        if (req->method != HTTP_M_PUT)
+            return method_not_allowed(req, ROUTE_ADMIN_EVENT);
+        return put_event(req, seg[2], sl[2]);
+    }
+    if (n == 3 && seg_is(seg[0], sl[0], "v1") && seg_is(seg[1], sl[1], "orders")) {
+        if (!get)
+            return method_not_allowed(req, ROUTE_ORDER);
+        return get_order(req, seg[2], sl[2]);
+    }
+    if (n == 6 && seg_is(seg[0], sl[0], "v1") && seg_is(seg[1], sl[1], "events") &&
+        seg_is(seg[3], sl[3], "users") && seg_is(seg[5], sl[5], "orders")) {
+        if (!get)
+            return method_not_allowed(req, ROUTE_USER_ORDERS);
+        return get_user_orders(req, seg[2], sl[2], seg[4], sl[4]);
+    }
+    if (n == 1 && seg_is(seg[0], sl[0], "metrics")) {
+        if (!get)
+            return method_not_allowed(req, ROUTE_METRICS);
+        return get_metrics(req);
+    }
+    if (n == 1 && seg_is(seg[0], sl[0], "healthz")) {
+        if (!get)
+            return method_not_allowed(req, ROUTE_HEALTH);
+        return get_health(req);
+    }
+    reply_error(req, ROUTE_OTHER, 404, "not_found", NULL);
+}

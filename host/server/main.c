@@ -1,0 +1,615 @@
+/* snatch-host: flags, start-up order, signals, shut-down order.
+ *
+ * Start: policy validated -> stock/metrics/rate limiter -> NATS publisher (connects in the
+ * background) -> N worker threads (each: policy state, Redis, order lane, listener).
+ * The main thread then only waits for signals on its own loop: SIGHUP validates the policy and
+ * deduct script and hands them to every worker; SIGTERM/SIGINT stop accepting, let in-flight
+ * sales finish, close, exit 0. */
+#include <errno.h>
+#include <getopt.h>
+#include <nats/nats.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "auth.h"
+#include "cli.h"
+#include "log.h"
+#include "metrics.h"
+#include "orders.h"
+#include "orders_stream.h"
+#include "ratelimit.h"
+#include "reconciler.h"
+#include "script.h"
+#include "stock.h"
+#include "util.h"
+#include "worker.h"
+
+#define MAX_THREADS 32
+
+static host_t host;
+static worker_t workers[MAX_THREADS];
+static int n_workers;
+static uv_signal_t sig_hup, sig_term, sig_int;
+static char host_id_buf[SNATCH_NAME_MAX + 1];
+static char deduct_buf[4096];
+static uint64_t reconcile_interval_ms = 5000;
+static int64_t reconcile_after_ms = 30000;
+static int64_t rate_limit_keys = 1 << 18;
+static int64_t max_events = STOCK_EVENTS_DEFAULT;
+#define ADMIN_TOKEN_MIN 16
+static int64_t max_conns;      /* 0: from the descriptor limit */
+static int64_t max_per_client; /* 0: no cap */
+/* Descriptors kept for everything but client connections: Redis and NATS connections, the
+ * reconciler, files, libuv's internals. */
+#define FD_RESERVE 256
+static log_format_t log_format = LOG_FORMAT_TEXT;
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: snatch-host [options] POLICY.lua\n"
+            "       snatch-host --test POLICY.lua   (validate a policy and exit, like nginx -t)\n"
+            "\n"
+            "  --listen ADDR:PORT        where to serve HTTP (default 127.0.0.1:8080)\n"
+            "  --threads N               event-loop threads (default: CPU count)\n"
+            "  --redis HOST:PORT         Redis, the global stock (default 127.0.0.1:6379)\n"
+            "  --redis-timeout-ms MS     per Redis command (default 1000)\n"
+            "  --nats URL                NATS with JetStream (default nats://127.0.0.1:4222)\n"
+            "  --ack-timeout-ms MS       wait for the JetStream ack before answering 202 (5000)\n"
+            "  --max-inflight N          unacknowledged orders per thread (default 4096)\n"
+            "  --host-id ID              this host's name in orders (default: hostname)\n"
+            "  --hosts N                 hosts sharing the sale, for allocate() (default 1)\n"
+            "  --admin-token-file PATH   bearer token for /admin, 16+ bytes (absent: disabled)\n"
+            "  --deduct PATH             Redis deduction script (default: deduct.lua next to\n"
+            "                            the policy, else " SNATCH_DATA_DIR "/deduct.lua)\n"
+            "  --max-head BYTES          request head cap, 431 beyond (default 8192)\n"
+            "  --max-body BYTES          request body cap, 413 beyond (default 65536)\n"
+            "  --idle-timeout-ms MS      keep-alive idle close (default 60000)\n"
+            "  --header-timeout-ms MS    request head must arrive within (default 10000)\n"
+            "  --reconcile-interval-ms MS  republish lost orders every MS (default 5000, 0: off)\n"
+            "  --reconcile-after-ms MS   an unacknowledged order counts as lost after (30000)\n"
+            "  --log-format text|json    log lines on stderr (default text)\n"
+            "  --rate-limit-keys N       buckets of the policy's host.limit() (default 262144,\n"
+            "                            ~190 bytes each; when full the least recent is reused)\n"
+            "  --orders-max-age-ms MS    retention of stream ORDERS when this host creates it\n"
+            "                            (default 604800000 = 7 days, 0: unlimited)\n"
+            "  --orders-max-bytes BYTES  idem, size (default 2147483648, 0: unlimited)\n"
+            "  --admin-listen ADDR:PORT  serve /admin/* and /metrics only there (the public\n"
+            "                            listener then answers 404 for them)\n"
+            "  --max-connections N       open connections of this host (default: descriptor\n"
+            "                            limit - 256); near it idle keep-alive ones are shed\n"
+            "  --max-connections-per-client N  per client address (default 0: no cap)\n"
+            "  --test                    load and validate POLICY, print the verdict, exit\n"
+            "  --trusted-proxy CIDR[,CIDR...]  peers whose X-User-Id and X-Forwarded-For are\n"
+            "                            believed; repeatable (default 127.0.0.0/8,::1)\n"
+            "  --allow-query-user        ?user= names the buyer (load tools, demo); without it\n"
+            "                            a request with ?user= is 400\n"
+            "  --max-events N            events this host holds (default 4096); PUT\n"
+            "                            /admin/events of one more is refused (409)\n"
+            "  --version                 print the version and exit\n"
+            "  -h, --help                this text\n" AUTH_REDIS_USAGE AUTH_NATS_USAGE
+            "\nSignals: HUP reloads the policy and deduct script (a broken one is refused and the\n"
+            "old one keeps serving); TERM/INT stop accepting, finish in-flight sales, exit 0.\n");
+}
+
+static int parse_hostport(const char *s, const char **host_out, int *port, char *buf, size_t cap)
+{
+    if (util_parse_hostport(s, buf, cap, 1, port) != 0)
+        return -1;
+    *host_out = buf;
+    return 0;
+}
+
+static int read_token(const char *path, host_config_t *cfg)
+{
+    size_t len;
+    char *tok = util_read_file(path, &len);
+    if (tok == NULL) {
+        log_error("cannot read admin token file %s: %s", path, strerror(errno));
+        return -1;
+    }
+    while (len > 0 && (tok[len - 1] == '\n' || tok[len - 1] == '\r' || tok[len - 1] == ' '))
+        len--;
+    if (len < ADMIN_TOKEN_MIN || len >= sizeof(cfg->admin_token)) {
+        log_error("admin token in %s must be %d..255 bytes (it has %zu): a short "
+                  "token can be guessed; e.g. head -c 24 /dev/urandom | base64 > %s\n",
+                  path, ADMIN_TOKEN_MIN, len, path);
+        free(tok);
+        return -1;
+    }
+    memcpy(cfg->admin_token, tok, len);
+    cfg->admin_token[len] = '\0';
+    cfg->admin_token_len = len;
+    free(tok);
+    return 0;
+}
+
+static int check_policy(const char *path, char *err, size_t errlen)
+{
+    script_env_t env = {.host_id = host.cfg.host_id, .hosts = host.cfg.hosts};
+    return script_check(path, &env, err, errlen);
+}
+
+/* The reconciliation thread: SIGHUP hands it the policy too. */
+static reconciler_t *reconciler;
+
+static void on_hup(uv_signal_t *h, int signum)
+{
+    (void)h;
+    (void)signum;
+    char err[1024];
+    if (check_policy(host.cfg.policy_path, err, sizeof(err)) != 0) {
+        log_error("reload: policy %s refused, old policy keeps serving: %s", host.cfg.policy_path,
+                  err);
+        metrics_policy_reload(0);
+        return;
+    }
+    char *deduct = util_read_file(host.cfg.deduct_path, NULL);
+    if (deduct == NULL)
+        log_warn("reload: cannot read %s, keeping the deduct script", host.cfg.deduct_path);
+    for (int i = 0; i < n_workers; i++)
+        worker_post_reload(&workers[i], deduct);
+    reconciler_post_reload(reconciler);
+    free(deduct);
+    log_info("reload: policy %s handed to %d threads", host.cfg.policy_path, n_workers);
+}
+
+static void on_stop_signal(uv_signal_t *h, int signum)
+{
+    (void)h;
+    log_info("%s: stopping (finishing in-flight requests)",
+             signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    atomic_store(&host.stopping, true);
+    for (int i = 0; i < n_workers; i++)
+        worker_post_stop(&workers[i]);
+    uv_close((uv_handle_t *)&sig_hup, NULL);
+    uv_close((uv_handle_t *)&sig_term, NULL);
+    uv_close((uv_handle_t *)&sig_int, NULL);
+}
+
+enum {
+    OPT_LISTEN = 256,
+    OPT_THREADS,
+    OPT_REDIS,
+    OPT_REDIS_TIMEOUT,
+    OPT_NATS,
+    OPT_ACK_TIMEOUT,
+    OPT_MAX_INFLIGHT,
+    OPT_HOST_ID,
+    OPT_HOSTS,
+    OPT_TOKEN,
+    OPT_DEDUCT,
+    OPT_MAX_HEAD,
+    OPT_MAX_BODY,
+    OPT_IDLE,
+    OPT_HEADER_TIMEOUT,
+    OPT_TEST,
+    OPT_VERSION,
+    OPT_LOG_FORMAT,
+    OPT_RECONCILE_INTERVAL,
+    OPT_RECONCILE_AFTER,
+    OPT_RATE_LIMIT_KEYS,
+    OPT_ORDERS_MAX_AGE,
+    OPT_ORDERS_MAX_BYTES,
+    OPT_TRUSTED_PROXY,
+    OPT_ALLOW_QUERY_USER,
+    OPT_MAX_EVENTS,
+    OPT_ADMIN_LISTEN,
+    OPT_MAX_CONNS,
+    OPT_MAX_CONNS_CLIENT,
+};
+
+static int parse_int_opt(const char *name, const char *v, int64_t min, int64_t max, int64_t *out)
+{
+    if (util_parse_i64(v, strlen(v), min, max, out) != 0) {
+        cli_usage_error("snatch-host", "%s must be an integer from %lld to %lld", name,
+                        (long long)min, (long long)max);
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, bool *test_only)
+{
+    static char listen_buf[256], redis_buf[256], admin_buf[256];
+    static const struct option opts[] = {
+        {"listen", required_argument, NULL, OPT_LISTEN},
+        {"threads", required_argument, NULL, OPT_THREADS},
+        {"redis", required_argument, NULL, OPT_REDIS},
+        {"redis-timeout-ms", required_argument, NULL, OPT_REDIS_TIMEOUT},
+        {"nats", required_argument, NULL, OPT_NATS},
+        {"ack-timeout-ms", required_argument, NULL, OPT_ACK_TIMEOUT},
+        {"max-inflight", required_argument, NULL, OPT_MAX_INFLIGHT},
+        {"host-id", required_argument, NULL, OPT_HOST_ID},
+        {"hosts", required_argument, NULL, OPT_HOSTS},
+        {"admin-token-file", required_argument, NULL, OPT_TOKEN},
+        {"deduct", required_argument, NULL, OPT_DEDUCT},
+        {"max-head", required_argument, NULL, OPT_MAX_HEAD},
+        {"max-body", required_argument, NULL, OPT_MAX_BODY},
+        {"idle-timeout-ms", required_argument, NULL, OPT_IDLE},
+        {"header-timeout-ms", required_argument, NULL, OPT_HEADER_TIMEOUT},
+        {"test", no_argument, NULL, OPT_TEST},
+        {"reconcile-interval-ms", required_argument, NULL, OPT_RECONCILE_INTERVAL},
+        {"reconcile-after-ms", required_argument, NULL, OPT_RECONCILE_AFTER},
+        {"rate-limit-keys", required_argument, NULL, OPT_RATE_LIMIT_KEYS},
+        {ORDERS_MAX_AGE_FLAG, required_argument, NULL, OPT_ORDERS_MAX_AGE},
+        {ORDERS_MAX_BYTES_FLAG, required_argument, NULL, OPT_ORDERS_MAX_BYTES},
+        {"version", no_argument, NULL, OPT_VERSION},
+        {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
+        {"help", no_argument, NULL, 'h'},
+        {"trusted-proxy", required_argument, NULL, OPT_TRUSTED_PROXY},
+        {"allow-query-user", no_argument, NULL, OPT_ALLOW_QUERY_USER},
+        {"max-events", required_argument, NULL, OPT_MAX_EVENTS},
+        {"admin-listen", required_argument, NULL, OPT_ADMIN_LISTEN},
+        {"max-connections", required_argument, NULL, OPT_MAX_CONNS},
+        {"max-connections-per-client", required_argument, NULL, OPT_MAX_CONNS_CLIENT},
+        AUTH_REDIS_OPTIONS,
+        AUTH_NATS_OPTIONS,
+        {NULL, 0, NULL, 0}};
+    host_config_t *cfg = &host.cfg;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    cfg->listen_addr = "127.0.0.1";
+    cfg->listen_port = 8080;
+    cfg->threads = cpus > 0 ? (int)(cpus < MAX_THREADS ? cpus : MAX_THREADS) : 2;
+    cfg->redis_host = "127.0.0.1";
+    cfg->redis_port = 6379;
+    cfg->redis_timeout_ms = 1000;
+    cfg->nats_url = "nats://127.0.0.1:4222";
+    cfg->ack_timeout_ms = 5000;
+    cfg->max_inflight = 4096;
+    cfg->hosts = 1;
+    if (gethostname(host_id_buf, sizeof(host_id_buf) - 1) != 0 ||
+        !util_valid_name(host_id_buf, strlen(host_id_buf), SNATCH_NAME_MAX))
+        strcpy(host_id_buf, "host");
+    cfg->host_id = host_id_buf;
+    trust_default(&cfg->trusted_proxies);
+    const char *token_path = NULL;
+    bool trusted_given = false;
+    int c;
+    int64_t v;
+    char err[256];
+    cli_init();
+    while ((c = getopt_long(argc, argv, CLI_OPTSTRING "h", opts, NULL)) != -1) {
+        switch (c) {
+        case OPT_LISTEN:
+            if (parse_hostport(optarg, &cfg->listen_addr, &cfg->listen_port, listen_buf,
+                               sizeof(listen_buf)) != 0) {
+                fprintf(stderr, "snatch-host: --listen wants ADDR:PORT\n");
+                return -1;
+            }
+            break;
+        case OPT_THREADS:
+            if (parse_int_opt("--threads", optarg, 1, MAX_THREADS, &v))
+                return -1;
+            cfg->threads = (int)v;
+            break;
+        case OPT_REDIS:
+            if (parse_hostport(optarg, &cfg->redis_host, &cfg->redis_port, redis_buf,
+                               sizeof(redis_buf)) != 0) {
+                fprintf(stderr, "snatch-host: --redis wants HOST:PORT\n");
+                return -1;
+            }
+            break;
+        case OPT_REDIS_TIMEOUT:
+            if (parse_int_opt("--redis-timeout-ms", optarg, 1, 600000, &v))
+                return -1;
+            cfg->redis_timeout_ms = (uint64_t)v;
+            break;
+        case OPT_NATS:
+            cfg->nats_url = optarg;
+            break;
+        case OPT_ACK_TIMEOUT:
+            if (parse_int_opt("--ack-timeout-ms", optarg, 1, 600000, &v))
+                return -1;
+            cfg->ack_timeout_ms = (uint64_t)v;
+            break;
+        case OPT_MAX_INFLIGHT:
+            if (parse_int_opt("--max-inflight", optarg, 1, 1000000, &v))
+                return -1;
+            cfg->max_inflight = (unsigned)v;
+            break;
+        case OPT_HOST_ID:
+            if (!util_valid_name(optarg, strlen(optarg), SNATCH_NAME_MAX)) {
+                fprintf(stderr, "snatch-host: --host-id must be 1..64 of [A-Za-z0-9_.:@-]\n");
+                return -1;
+            }
+            cfg->host_id = optarg;
+            break;
+        case OPT_HOSTS:
+            if (parse_int_opt("--hosts", optarg, 1, 10000, &v))
+                return -1;
+            cfg->hosts = (int)v;
+            break;
+        case OPT_TOKEN:
+            token_path = optarg;
+            break;
+        case OPT_DEDUCT:
+            cfg->deduct_path = optarg;
+            break;
+        case OPT_MAX_HEAD:
+            if (parse_int_opt("--max-head", optarg, 256, 1 << 20, &v))
+                return -1;
+            cfg->http.max_head_bytes = (size_t)v;
+            break;
+        case OPT_MAX_BODY:
+            if (parse_int_opt("--max-body", optarg, 0, 64 << 20, &v))
+                return -1;
+            cfg->http.max_body_bytes = (size_t)v;
+            break;
+        case OPT_IDLE:
+            if (parse_int_opt("--idle-timeout-ms", optarg, 1, 3600000, &v))
+                return -1;
+            cfg->http.idle_timeout_ms = (uint64_t)v;
+            break;
+        case OPT_HEADER_TIMEOUT:
+            if (parse_int_opt("--header-timeout-ms", optarg, 1, 3600000, &v))
+                return -1;
+            cfg->http.header_timeout_ms = (uint64_t)v;
+            break;
+        case OPT_TEST:
+            *test_only = true;
+            break;
+        case OPT_RECONCILE_INTERVAL:
+            if (parse_int_opt("--reconcile-interval-ms", optarg, 0, 3600000, &v))
+                return -1;
+            reconcile_interval_ms = (uint64_t)v;
+            break;
+        case OPT_RATE_LIMIT_KEYS:
+            if (parse_int_opt("--rate-limit-keys", optarg, 64, 1 << 26, &rate_limit_keys))
+                return -1;
+            break;
+        case OPT_RECONCILE_AFTER:
+            if (parse_int_opt("--reconcile-after-ms", optarg, 1, 86400000, &v))
+                return -1;
+            reconcile_after_ms = v;
+            break;
+        case OPT_ORDERS_MAX_AGE:
+            if (orders_stream_set_max_age_ms(optarg, err, sizeof(err)) != 0) {
+                cli_usage_error("snatch-host", "%s", err);
+                return -1;
+            }
+            break;
+        case OPT_ORDERS_MAX_BYTES:
+            if (orders_stream_set_max_bytes(optarg, err, sizeof(err)) != 0) {
+                cli_usage_error("snatch-host", "%s", err);
+                return -1;
+            }
+            break;
+        case OPT_TRUSTED_PROXY:
+            if (!trusted_given)
+                cfg->trusted_proxies.n = 0; /* the first one replaces the loopback default */
+            trusted_given = true;
+            if (trust_parse(&cfg->trusted_proxies, optarg) != 0) {
+                fprintf(stderr,
+                        "snatch-host: --trusted-proxy %s: want CIDRs or addresses, comma "
+                        "separated (10.0.0.0/8,::1), no host bits set, at most %d in all\n",
+                        optarg, TRUST_MAX);
+                return -1;
+            }
+            break;
+        case OPT_ALLOW_QUERY_USER:
+            cfg->allow_query_user = true;
+            break;
+        case OPT_MAX_EVENTS:
+            if (parse_int_opt("--max-events", optarg, 1, STOCK_EVENTS_LIMIT, &max_events))
+                return -1;
+            break;
+        case OPT_ADMIN_LISTEN:
+            if (parse_hostport(optarg, &cfg->admin_listen_addr, &cfg->admin_listen_port, admin_buf,
+                               sizeof(admin_buf)) != 0) {
+                fprintf(stderr, "snatch-host: --admin-listen wants ADDR:PORT\n");
+                return -1;
+            }
+            break;
+        case OPT_MAX_CONNS:
+            if (parse_int_opt("--max-connections", optarg, 1, 1 << 24, &max_conns))
+                return -1;
+            break;
+        case OPT_MAX_CONNS_CLIENT:
+            if (parse_int_opt("--max-connections-per-client", optarg, 0, 1 << 24, &max_per_client))
+                return -1;
+            break;
+        case OPT_LOG_FORMAT:
+            if (log_parse_format(optarg, &log_format) != 0) {
+                fprintf(stderr, "snatch-host: --log-format must be text or json\n");
+                return -1;
+            }
+            break;
+        case OPT_VERSION:
+            cli_print_version("snatch-host");
+            exit(0);
+        case 'h':
+            usage(stdout);
+            exit(0);
+        default:
+            switch (auth_parse_opt(&cfg->auth, c, optarg, "snatch-host")) {
+            case 0:
+                break;
+            case 1:
+                cli_bad_option("snatch-host", c, argv);
+                return -1;
+            default:
+                return -1;
+            }
+            break;
+            return -1;
+        }
+    }
+    if (auth_check(&cfg->auth, "snatch-host") != 0)
+        return -1;
+    if (optind != argc - 1) {
+        if (optind == argc)
+            cli_usage_error("snatch-host", "missing POLICY.lua");
+        else
+            cli_usage_error("snatch-host", "one POLICY.lua expected, got %d", argc - optind);
+        return -1;
+    }
+    cfg->policy_path = argv[optind];
+    if (cfg->deduct_path == NULL) {
+        const char *slash = strrchr(cfg->policy_path, '/');
+        size_t dir = slash ? (size_t)(slash - cfg->policy_path + 1) : 0;
+        snprintf(deduct_buf, sizeof(deduct_buf), "%.*sdeduct.lua", (int)dir, cfg->policy_path);
+        /* A policy kept elsewhere (/etc/snatch/policy.lua) still finds the installed script;
+         * the source tree is the last resort of a binary run from its build directory. */
+        if (access(deduct_buf, R_OK) != 0)
+            snprintf(deduct_buf, sizeof(deduct_buf), "%s/deduct.lua", SNATCH_DATA_DIR);
+        if (access(deduct_buf, R_OK) != 0)
+            snprintf(deduct_buf, sizeof(deduct_buf), "%s/lua/deduct.lua", SNATCH_SOURCE_DIR);
+        cfg->deduct_path = deduct_buf;
+    }
+    if (token_path != NULL && read_token(token_path, cfg) != 0)
+        return -1;
+    return 0;
+}
+
+/* Refuses a port another process serves: the workers bind with SO_REUSEPORT, which would
+ * silently share it with a second snatch-host (and split its buyers between two hosts). */
+static int check_port_free(const char *what, const char *addr, int port)
+{
+    int rc = http_probe_port(addr, port);
+    if (rc == 0)
+        return 0;
+    log_error("%s %s:%d: %s%s", what, addr, port, uv_strerror(rc),
+              rc == UV_EADDRINUSE ? " (another process, perhaps a snatch-host, serves it)" : "");
+    return -1;
+}
+
+/* Raises the soft descriptor limit to the hard one (each connection is a descriptor) and sets
+ * the connection caps under it. */
+static int setup_connections(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rlim_t was = rl.rlim_cur;
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+            log_info("descriptor limit raised from %llu to %llu", (unsigned long long)was,
+                     (unsigned long long)rl.rlim_max);
+        else
+            getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (max_conns == 0) {
+        rlim_t n = rl.rlim_cur > 2 * FD_RESERVE ? rl.rlim_cur - FD_RESERVE : rl.rlim_cur / 2;
+        max_conns = n > (1 << 24) ? (1 << 24) : (int64_t)n;
+    } else if ((rlim_t)max_conns + FD_RESERVE > rl.rlim_cur) {
+        log_warn("--max-connections %lld is above the descriptor limit "
+                 "%llu less %d reserved: accepts may fail before the cap",
+                 (long long)max_conns, (unsigned long long)rl.rlim_cur, FD_RESERVE);
+    }
+    host.cfg.http.limits = http_limits_new((size_t)max_conns, (unsigned)max_per_client);
+    if (!host.cfg.http.limits) {
+        log_error("out of memory");
+        return -1;
+    }
+    log_info("at most %lld connections, %lld per client address%s", (long long)max_conns,
+             (long long)max_per_client, max_per_client ? "" : " (no cap)");
+    if (check_port_free("listen", host.cfg.listen_addr, host.cfg.listen_port) != 0)
+        return -1;
+    if (host.cfg.admin_listen_addr && host.cfg.admin_listen_port == host.cfg.listen_port) {
+        fprintf(stderr, "snatch-host: --admin-listen needs a port of its own\n");
+        return -1;
+    }
+    if (host.cfg.admin_listen_addr && check_port_free("admin listen", host.cfg.admin_listen_addr,
+                                                      host.cfg.admin_listen_port) != 0)
+        return -1;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    bool test_only = false;
+    char err[1024];
+    log_init("snatch-host", LOG_FORMAT_TEXT);
+    if (parse_args(argc, argv, &test_only) != 0)
+        return 2;
+    log_init("snatch-host", log_format);
+    /* Before the first policy call: host.limit() would otherwise size the table by default. */
+    if (ratelimit_init((size_t)rate_limit_keys) != 0) {
+        log_error("cannot allocate the rate limiter");
+        return 1;
+    }
+    if (check_policy(host.cfg.policy_path, err, sizeof(err)) != 0) {
+        log_error("policy %s: %s", host.cfg.policy_path, err);
+        return 1;
+    }
+    if (test_only) {
+        printf("snatch-host: policy %s is valid\n", host.cfg.policy_path);
+        return 0;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    if (setup_connections() != 0)
+        return 1;
+    if (stock_init_max((size_t)max_events) != 0) {
+        log_error("cannot allocate the event table");
+        return 1;
+    }
+    metrics_init();
+    script_set_counter(metrics_lua_counter);
+    metrics_thread_register();
+    if (orders_publisher_start_auth(&host.orders, host.cfg.nats_url, &host.cfg.auth, err,
+                                    sizeof(err)) != 0) {
+        log_error("nats: %s", err);
+        return 1;
+    }
+    if ((int64_t)host.cfg.ack_timeout_ms >= reconcile_after_ms)
+        log_warn("--reconcile-after-ms (%lld) should exceed "
+                 "--ack-timeout-ms (%llu), or orders still awaiting their ack get "
+                 "republished (harmless: de-duplicated, but wasted)",
+                 (long long)reconcile_after_ms, (unsigned long long)host.cfg.ack_timeout_ms);
+    if (reconcile_interval_ms > 0 &&
+        reconciler_start(&reconciler, host.cfg.redis_host, host.cfg.redis_port, host.cfg.nats_url,
+                         reconcile_interval_ms, reconcile_after_ms, &host.cfg.auth,
+                         host.cfg.policy_path, host.cfg.host_id, host.cfg.hosts) != 0) {
+        log_error("cannot start the reconciliation thread");
+        return 1;
+    }
+    /* Handlers before the first listener: a HUP sent as soon as the port answers must reload,
+     * not kill (its default action). They run once the loop below runs. */
+    uv_loop_t *loop = uv_default_loop();
+    uv_signal_init(loop, &sig_hup);
+    uv_signal_init(loop, &sig_term);
+    uv_signal_init(loop, &sig_int);
+    uv_signal_start(&sig_hup, on_hup, SIGHUP);
+    uv_signal_start(&sig_term, on_stop_signal, SIGTERM);
+    uv_signal_start(&sig_int, on_stop_signal, SIGINT);
+    int status = 0;
+    for (n_workers = 0; n_workers < host.cfg.threads; n_workers++) {
+        if (worker_start(&workers[n_workers], &host, n_workers) != 0) {
+            status = 1;
+            break;
+        }
+    }
+    if (status == 0) {
+        log_info("snatch-host %s: serving http://%s:%d with %d threads, host %s of %d, "
+                 "redis %s:%d, nats %s, policy %s",
+                 SNATCH_VERSION, host.cfg.listen_addr, host.cfg.listen_port, n_workers,
+                 host.cfg.host_id, host.cfg.hosts, host.cfg.redis_host, host.cfg.redis_port,
+                 host.cfg.nats_url, host.cfg.policy_path);
+        uv_run(loop, UV_RUN_DEFAULT);
+    } else {
+        for (int i = 0; i < n_workers; i++)
+            worker_post_stop(&workers[i]);
+        uv_close((uv_handle_t *)&sig_hup, NULL);
+        uv_close((uv_handle_t *)&sig_term, NULL);
+        uv_close((uv_handle_t *)&sig_int, NULL);
+        uv_run(loop, UV_RUN_DEFAULT);
+    }
+    for (int i = 0; i < n_workers; i++)
+        worker_join(&workers[i]);
+    /* Workers are gone: wait briefly for acks still on the wire, then close NATS. */
+    orders_publisher_stop(host.orders, 2000);
+    reconciler_stop(reconciler);
+    nats_Close();
+    uv_loop_close(loop);
+    ratelimit_shutdown();
+    stock_shutdown();
+    http_limits_free(host.cfg.http.limits);
+    auth_free(&host.cfg.auth);
+    log_info("stopped");
+    return status;
+}

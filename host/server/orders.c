@@ -1,0 +1,722 @@
+/* JetStream publishing of orders for snatch-host.
+ *
+ * Threads: orders_publisher_* runs its own background thread (connect, make sure stream ORDERS
+ * exists, re-check it after every reconnect); cnats runs its I/O and delivery threads; each
+ * orders_lane_t belongs to one loop thread. Acknowledgements arrive on a cnats delivery thread:
+ * the ack handler only copies (order id, status) into the lane's queue under a mutex and wakes
+ * the loop with a uv_async_t; pending publishes, callbacks and the ack timeout all live on the
+ * loop, so callbacks never run concurrently with the loop.
+ *
+ * Lifetime: the ack handler's closure is a slot owned by the publisher, never the lane itself, so
+ * a late ack arriving after orders_lane_close finds the slot empty and is dropped; slots are
+ * freed with the publisher. cnats also gets a MaxWait per publish so that its own table of
+ * pending messages empties even when an ack is lost (otherwise its in-flight count would grow
+ * until js_PublishMsgAsync stalls the loop). */
+#include "orders.h"
+
+#include <errno.h>
+#include <nats/nats.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "auth.h"
+#include "keyspace.h"
+#include "log.h"
+#include "metrics.h"
+#include "util.h"
+
+#define MAX_LANES 256
+#define RECONNECT_WAIT_MS 250
+#define ENSURE_BACKOFF_MIN_MS 100
+#define ENSURE_BACKOFF_MAX_MS 2000
+#define RESYNC_MS 1000
+#define REOPEN_BACKOFF_MIN_MS 500
+#define REOPEN_BACKOFF_MAX_MS 5000
+
+typedef struct lane_slot {
+    uv_mutex_t mu;
+    orders_lane_t *lane; /* NULL once the lane closed: late acks are dropped */
+    bool used;
+} lane_slot_t;
+
+/* What cnats's connection callbacks touch. cnats runs them on its own thread, possibly after
+ * natsConnection_Close returned, so this lives apart from the publisher, shared by the
+ * publisher's successive connections, and freed by the last of its owners to let go. */
+typedef struct conn_state {
+    _Atomic bool connected;
+    _Atomic bool stream_ok;
+    _Atomic bool recheck; /* a (re)connect happened: verify the stream before accepting */
+    _Atomic bool stopping;
+    _Atomic uint64_t err_logged_ms;    /* rate limit of on_error's log line */
+    _Atomic uint64_t closed_logged_ms; /* and of on_closed's */
+    /* cnats closed the connection by itself (it does after an authorization violation or a
+     * failed TLS handshake) and will not reconnect it: the publisher makes a new one. */
+    _Atomic bool given_up;
+    /* Owners: the publisher, plus each connection until its closed callback ran (cnats runs it
+     * once per connection, on a close of ours or on its own). The last to let go frees. */
+    _Atomic int refs;
+} conn_state_t;
+
+static void conn_state_release(conn_state_t *cs)
+{
+    if (atomic_fetch_sub(&cs->refs, 1) == 1)
+        free(cs);
+}
+
+struct orders_publisher {
+    char *url;
+    natsOptions *opts;
+    natsConnection *nc; /* written by the thread under nc_mu, read after `have_nc` is seen */
+    conn_state_t *cs;
+    _Atomic bool have_nc;
+    uv_thread_t thread;
+    uv_mutex_t mu;
+    uv_cond_t cond;
+    bool stop; /* under mu */
+    lane_slot_t slots[MAX_LANES];
+    const auth_config_t *auth; /* NULL: none; read only while the options are built */
+    /* A connection cnats gave up is replaced: lanes take nc under nc_mu (their jsCtx keeps it
+     * alive) and compare nc_gen to see that theirs is stale. */
+    uv_mutex_t nc_mu;
+    _Atomic uint64_t nc_gen;
+};
+
+/* One publish waiting for its ack. Linked in publish order (oldest first, which is also deadline
+ * order since every publish gets the same timeout) and in a hash chain keyed by order id. */
+typedef struct pending {
+    char id[KEYSPACE_ORDER_ID_MAX + 1];
+    orders_ack_fn cb;
+    void *data;
+    uint64_t deadline;
+    uint64_t sent_ns; /* uv_hrtime() at publish: ack latency */
+    int prev, next;   /* publish order; next doubles as the free list link */
+    int hnext;
+    bool used;
+} pending_t;
+
+typedef struct completion {
+    char id[KEYSPACE_ORDER_ID_MAX + 1];
+    int status;
+} completion_t;
+
+struct orders_lane {
+    orders_publisher_t *p;
+    lane_slot_t *slot;
+    uv_loop_t *loop;
+    jsCtx *js; /* created on the first publish once the publisher is ready */
+    unsigned max_inflight;
+    uint64_t ack_timeout_ms;
+    unsigned inflight;
+    pending_t *pend;
+    int free_head, oldest, newest;
+    int *buckets;
+    unsigned nbuckets; /* power of two */
+    /* Filled by cnats threads under qmu, drained on the loop. */
+    uv_mutex_t qmu;
+    completion_t *queue;
+    size_t qlen, qcap;
+    completion_t *drain; /* the loop's copy, swapped with queue */
+    size_t dcap;
+    uv_async_t async;
+    uv_timer_t timer;
+    int open_handles;
+    bool closing;
+    uint64_t js_gen; /* the publisher's nc_gen when js was made */
+};
+
+/* ---- publisher ---------------------------------------------------------------------------- */
+
+static void on_connected(natsConnection *nc, void *closure)
+{
+    (void)nc;
+    conn_state_t *cs = closure;
+    atomic_store(&cs->connected, true);
+    atomic_store(&cs->recheck, true);
+}
+
+static void on_disconnected(natsConnection *nc, void *closure)
+{
+    (void)nc;
+    conn_state_t *cs = closure;
+    atomic_store(&cs->connected, false);
+    if (!atomic_load(&cs->stopping))
+        log_warn("orders: disconnected from NATS");
+}
+
+static void on_reconnected(natsConnection *nc, void *closure)
+{
+    /* The server may have come back with empty storage: the stream is checked again before
+     * publishes are accepted, so none is lost to "no responders". */
+    conn_state_t *cs = closure;
+    atomic_store(&cs->stream_ok, false);
+    log_info("orders: reconnected to NATS");
+    on_connected(nc, closure);
+}
+
+/* Asynchronous errors (a refused password while reconnecting, a TLS failure): counted, logged at
+ * most every 5 s. cnats never puts credentials in these texts. */
+static void on_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
+{
+    (void)sub;
+    conn_state_t *cs = closure;
+    metrics_backend_error(METRICS_NATS_CONNECT);
+    uint64_t now = (uint64_t)nats_Now();
+    uint64_t last = atomic_load(&cs->err_logged_ms);
+    if (last != 0 && now - last < 5000)
+        return;
+    atomic_store(&cs->err_logged_ms, now);
+    const char *txt = NULL;
+    natsConnection_GetLastError(nc, &txt);
+    log_warn("orders: NATS error: %s%s%s", natsStatus_GetText(err), txt != NULL && *txt ? ": " : "",
+             txt != NULL ? txt : "");
+}
+
+static void on_closed(natsConnection *nc, void *closure)
+{
+    conn_state_t *cs = closure;
+    if (!atomic_load(&cs->stopping)) {
+        atomic_store(&cs->connected, false);
+        atomic_store(&cs->given_up, true);
+        metrics_backend_error(METRICS_NATS_CONNECT);
+        uint64_t now = (uint64_t)nats_Now();
+        uint64_t last = atomic_load(&cs->closed_logged_ms);
+        if (last == 0 || now - last >= 30000) {
+            atomic_store(&cs->closed_logged_ms, now);
+            const char *txt = NULL;
+            natsConnection_GetLastError(nc, &txt);
+            log_warn("orders: NATS closed the connection%s%s; sales answer 503 while a new one is "
+                     "tried every %d s at most (logged every 30 s)\n",
+                     txt != NULL && *txt ? ": " : "", txt != NULL ? txt : "",
+                     REOPEN_BACKOFF_MAX_MS / 1000);
+        }
+    }
+    conn_state_release(cs);
+}
+
+/* Blocking: the publisher thread only. */
+static int ensure_stream(natsConnection *nc)
+{
+    jsCtx *js = NULL;
+    jsErrCode jerr = 0;
+    int created = 0;
+    natsStatus s = natsConnection_JetStream(&js, nc, NULL);
+    if (s != NATS_OK)
+        return -1;
+    s = orders_stream_ensure(js, &jerr, &created);
+    if (created)
+        log_info("orders: created stream %s", ORDERS_STREAM);
+    if (s != NATS_OK) {
+        metrics_backend_error(METRICS_NATS_STREAM);
+        log_warn("orders: stream %s not ready: %s (%d); retrying\n", ORDERS_STREAM,
+                 natsStatus_GetText(s), (int)jerr);
+    }
+    jsCtx_Destroy(js);
+    return s == NATS_OK ? 0 : -1;
+}
+
+/* Sleeps up to ms, less when a stop is requested or a reconnect asks for a stream check (the
+ * callbacks cannot signal us: they must not touch the publisher, so we poll their flag). */
+static void wait_ms(orders_publisher_t *p, uint64_t ms)
+{
+    for (uint64_t waited = 0; waited < ms && !atomic_load(&p->cs->recheck); waited += 50) {
+        uv_mutex_lock(&p->mu);
+        if (!p->stop)
+            uv_cond_timedwait(&p->cond, &p->mu, 50 * 1000000ULL);
+        bool stop = p->stop;
+        uv_mutex_unlock(&p->mu);
+        if (stop)
+            return;
+    }
+}
+
+/* Makes the publisher's connection: the first one, or a new one after cnats gave the last one
+ * up. Returns 0, or -1 when cnats refused at once (bad options). */
+static int open_connection(orders_publisher_t *p, bool first)
+{
+    conn_state_t *cs = p->cs;
+    natsConnection *nc = NULL;
+    atomic_store(&cs->given_up, false);
+    atomic_fetch_add(&cs->refs, 1); /* the new connection's closed callback lets go of it */
+    natsStatus s = natsConnection_Connect(&nc, p->opts);
+    if (s != NATS_OK && s != NATS_NOT_YET_CONNECTED) {
+        conn_state_release(cs); /* no connection: no callback */
+        atomic_store(&cs->given_up, true);
+        metrics_backend_error(METRICS_NATS_CONNECT);
+        if (first)
+            log_warn("orders: cannot connect to %s: %s (%s); retrying\n", p->url,
+                     natsStatus_GetText(s), nats_GetLastError(NULL));
+        return -1;
+    }
+    if (s == NATS_NOT_YET_CONNECTED && first) {
+        /* Said at once: until it connects every sale answers 503. */
+        metrics_backend_error(METRICS_NATS_CONNECT);
+        log_warn("orders: cannot reach NATS at %s yet; retrying in the background\n", p->url);
+    }
+    natsConnection *old = p->nc;
+    uv_mutex_lock(&p->nc_mu);
+    p->nc = nc;
+    atomic_fetch_add(&p->nc_gen, 1);
+    uv_mutex_unlock(&p->nc_mu);
+    atomic_store(&cs->stream_ok, false);
+    if (old != NULL)
+        natsConnection_Destroy(old); /* closed already; lanes' jsCtx may still hold it */
+    atomic_store(&p->have_nc, true);
+    return 0;
+}
+
+static void publisher_thread(void *arg)
+{
+    orders_publisher_t *p = arg;
+    conn_state_t *cs = p->cs;
+    uint64_t backoff = ENSURE_BACKOFF_MIN_MS;
+    uint64_t reopen = REOPEN_BACKOFF_MIN_MS;
+    bool first = true;
+    while (!atomic_load(&cs->stopping)) {
+        if (p->nc == NULL || atomic_load(&cs->given_up)) {
+            if (!first) {
+                atomic_store(&cs->recheck, false); /* else wait_ms would not wait */
+                wait_ms(p, reopen);
+                reopen = reopen * 2 > REOPEN_BACKOFF_MAX_MS ? REOPEN_BACKOFF_MAX_MS : reopen * 2;
+                if (atomic_load(&cs->stopping))
+                    break;
+            }
+            int rc = open_connection(p, first);
+            first = false;
+            if (rc != 0)
+                continue;
+        }
+        atomic_store(&cs->recheck, false);
+        /* Callbacks can race with the initial connect: the library's status is the truth. */
+        atomic_store(&cs->connected, natsConnection_Status(p->nc) == NATS_CONN_STATUS_CONNECTED);
+        if (atomic_load(&cs->connected) && !atomic_load(&cs->stream_ok)) {
+            if (ensure_stream(p->nc) != 0) {
+                wait_ms(p, backoff);
+                backoff = backoff * 2 > ENSURE_BACKOFF_MAX_MS ? ENSURE_BACKOFF_MAX_MS : backoff * 2;
+                continue;
+            }
+            atomic_store(&cs->stream_ok, true);
+            backoff = ENSURE_BACKOFF_MIN_MS;
+            reopen = REOPEN_BACKOFF_MIN_MS;
+        }
+        wait_ms(p, RESYNC_MS);
+    }
+    nats_ReleaseThreadMemory();
+}
+
+static int set_options(orders_publisher_t *p)
+{
+    natsOptions *o = NULL;
+    natsStatus s = natsOptions_Create(&o);
+    if (s == NATS_OK)
+        s = natsOptions_SetURL(o, p->url);
+    if (s == NATS_OK)
+        s = natsOptions_SetMaxReconnect(o, -1);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectWait(o, RECONNECT_WAIT_MS);
+    if (s == NATS_OK)
+        s = natsOptions_SetRetryOnFailedConnect(o, true, on_connected, p->cs);
+    if (s == NATS_OK)
+        s = natsOptions_SetDisconnectedCB(o, on_disconnected, p->cs);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectedCB(o, on_reconnected, p->cs);
+    if (s == NATS_OK)
+        s = natsOptions_SetClosedCB(o, on_closed, p->cs);
+    if (s == NATS_OK)
+        s = natsOptions_SetErrorHandler(o, on_error, p->cs);
+    if (s == NATS_OK && p->auth != NULL)
+        s = auth_nats_apply(o, p->auth);
+    if (s != NATS_OK) {
+        natsOptions_Destroy(o);
+        return -1;
+    }
+    p->opts = o;
+    return 0;
+}
+
+int orders_publisher_start(orders_publisher_t **out, const char *url, char *err, size_t errlen)
+{
+    return orders_publisher_start_auth(out, url, NULL, err, errlen);
+}
+
+int orders_publisher_start_auth(orders_publisher_t **out, const char *url,
+                                const auth_config_t *auth, char *err, size_t errlen)
+{
+    orders_publisher_t *p = calloc(1, sizeof(*p));
+    int slots = 0;
+    *out = NULL;
+    if (p == NULL || (p->url = strdup(url)) == NULL ||
+        (p->cs = calloc(1, sizeof(*p->cs))) == NULL) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    p->auth = auth;
+    atomic_store(&p->cs->refs, 1); /* the publisher's */
+    if (set_options(p) != 0) {
+        snprintf(err, errlen, "bad NATS url or options: %s", nats_GetLastError(NULL));
+        goto fail;
+    }
+    uv_mutex_init(&p->mu);
+    uv_mutex_init(&p->nc_mu);
+    uv_cond_init(&p->cond);
+    for (; slots < MAX_LANES; slots++)
+        uv_mutex_init(&p->slots[slots].mu);
+    if (uv_thread_create(&p->thread, publisher_thread, p) != 0) {
+        snprintf(err, errlen, "cannot start the NATS thread");
+        goto fail_sync;
+    }
+    *out = p;
+    return 0;
+fail_sync:
+    while (slots > 0)
+        uv_mutex_destroy(&p->slots[--slots].mu);
+    uv_cond_destroy(&p->cond);
+    uv_mutex_destroy(&p->nc_mu);
+    uv_mutex_destroy(&p->mu);
+fail:
+    if (p != NULL) {
+        natsOptions_Destroy(p->opts);
+        free(p->url);
+        free(p->cs);
+    }
+    free(p);
+    return -1;
+}
+
+bool orders_publisher_ready(const orders_publisher_t *p)
+{
+    orders_publisher_t *q = (orders_publisher_t *)p;
+    return p != NULL && atomic_load(&q->have_nc) && atomic_load(&q->cs->connected) &&
+           atomic_load(&q->cs->stream_ok);
+}
+
+void orders_publisher_stop(orders_publisher_t *p, int64_t timeout_ms)
+{
+    if (p == NULL)
+        return;
+    atomic_store(&p->cs->stopping, true);
+    uv_mutex_lock(&p->mu);
+    p->stop = true;
+    uv_cond_signal(&p->cond);
+    uv_mutex_unlock(&p->mu);
+    uv_thread_join(&p->thread);
+    if (p->nc != NULL) {
+        if (atomic_load(&p->cs->connected) && timeout_ms > 0)
+            natsConnection_FlushTimeout(p->nc, timeout_ms);
+        natsConnection_Close(p->nc);
+        natsConnection_Destroy(p->nc);
+    }
+    conn_state_release(p->cs); /* on_closed may still run (and free it) after this */
+    natsOptions_Destroy(p->opts);
+    for (int i = 0; i < MAX_LANES; i++)
+        uv_mutex_destroy(&p->slots[i].mu);
+    uv_cond_destroy(&p->cond);
+    uv_mutex_destroy(&p->nc_mu);
+    uv_mutex_destroy(&p->mu);
+    free(p->url);
+    free(p);
+    nats_ReleaseThreadMemory();
+}
+
+/* ---- lane: pending table (loop thread) ----------------------------------------------------- */
+
+static unsigned hash_id(const char *s)
+{
+    unsigned h = 2166136261u; /* FNV-1a: ids differ in their last characters */
+    for (; *s != '\0'; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    return h;
+}
+
+static int pending_find(orders_lane_t *l, const char *id)
+{
+    for (int i = l->buckets[hash_id(id) & (l->nbuckets - 1)]; i >= 0; i = l->pend[i].hnext)
+        if (strcmp(l->pend[i].id, id) == 0)
+            return i;
+    return -1;
+}
+
+static int pending_add(orders_lane_t *l, const char *id, orders_ack_fn cb, void *data)
+{
+    int i = l->free_head;
+    pending_t *e = &l->pend[i];
+    unsigned b = hash_id(id) & (l->nbuckets - 1);
+    l->free_head = e->next;
+    snprintf(e->id, sizeof(e->id), "%s", id);
+    e->cb = cb;
+    e->data = data;
+    e->deadline = uv_now(l->loop) + l->ack_timeout_ms;
+    e->sent_ns = uv_hrtime();
+    e->used = true;
+    e->hnext = l->buckets[b];
+    l->buckets[b] = i;
+    e->next = -1;
+    e->prev = l->newest;
+    if (l->newest >= 0)
+        l->pend[l->newest].next = i;
+    else
+        l->oldest = i;
+    l->newest = i;
+    l->inflight++;
+    return i;
+}
+
+static void pending_unlink(orders_lane_t *l, int i)
+{
+    pending_t *e = &l->pend[i];
+    int *link = &l->buckets[hash_id(e->id) & (l->nbuckets - 1)];
+    while (*link != i)
+        link = &l->pend[*link].hnext;
+    *link = e->hnext;
+    if (e->prev >= 0)
+        l->pend[e->prev].next = e->next;
+    else
+        l->oldest = e->next;
+    if (e->next >= 0)
+        l->pend[e->next].prev = e->prev;
+    else
+        l->newest = e->prev;
+    e->used = false;
+    e->next = l->free_head;
+    l->free_head = i;
+    l->inflight--;
+}
+
+/* Unlinks entry i, then runs its callback (which may publish again and reuse the entry). */
+static void pending_finish(orders_lane_t *l, int i, int status)
+{
+    orders_ack_fn cb = l->pend[i].cb;
+    void *data = l->pend[i].data;
+    metrics_orders_ack(status == 0, l->pend[i].sent_ns);
+    pending_unlink(l, i);
+    metrics_orders_inflight(-1);
+    cb(status, data);
+}
+
+/* ---- lane: ack delivery ---------------------------------------------------------------------- */
+
+/* cnats delivery thread. Copies what the loop needs and hands it over; never touches pending. */
+static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
+{
+    (void)js;
+    (void)pae;
+    lane_slot_t *slot = closure;
+    const char *id = NULL;
+    if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) != NATS_OK || id == NULL)
+        goto out;
+    uv_mutex_lock(&slot->mu);
+    orders_lane_t *l = slot->lane;
+    if (l != NULL) {
+        uv_mutex_lock(&l->qmu);
+        if (l->qlen == l->qcap) {
+            size_t cap = l->qcap ? l->qcap * 2 : 64;
+            completion_t *q = realloc(l->queue, cap * sizeof(*q));
+            if (q != NULL) {
+                l->queue = q;
+                l->qcap = cap;
+            }
+        }
+        /* Out of memory: the ack is dropped and the lane's timeout fails the publish. */
+        if (l->qlen < l->qcap) {
+            completion_t *c = &l->queue[l->qlen++];
+            snprintf(c->id, sizeof(c->id), "%s", id);
+            c->status = pa != NULL ? 0 : -1;
+        }
+        uv_mutex_unlock(&l->qmu);
+        uv_async_send(&l->async);
+    }
+    uv_mutex_unlock(&slot->mu);
+out:
+    natsMsg_Destroy(msg); /* the AckHandler owns the original message */
+}
+
+static void on_async(uv_async_t *h)
+{
+    orders_lane_t *l = container_of(h, orders_lane_t, async);
+    /* Swap the two buffers so the cnats thread never waits while callbacks run. */
+    uv_mutex_lock(&l->qmu);
+    completion_t *batch = l->queue;
+    size_t n = l->qlen, cap = l->qcap;
+    l->queue = l->drain;
+    l->qcap = l->dcap;
+    l->qlen = 0;
+    l->drain = batch;
+    l->dcap = cap;
+    uv_mutex_unlock(&l->qmu);
+    for (size_t k = 0; k < n && !l->closing; k++) {
+        int i = pending_find(l, batch[k].id);
+        if (i >= 0) /* else: a late ack for a publish that already timed out */
+            pending_finish(l, i, batch[k].status);
+    }
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    orders_lane_t *l = container_of(t, orders_lane_t, timer);
+    uint64_t now = uv_now(l->loop);
+    while (!l->closing && l->oldest >= 0 && l->pend[l->oldest].deadline <= now)
+        pending_finish(l, l->oldest, -1);
+}
+
+/* ---- lane: public -------------------------------------------------------------------------------
+ */
+
+static void lane_free(orders_lane_t *l)
+{
+    free(l->pend);
+    free(l->buckets);
+    free(l->queue);
+    free(l->drain);
+    uv_mutex_destroy(&l->qmu);
+    free(l);
+}
+
+static lane_slot_t *slot_take(orders_publisher_t *p, orders_lane_t *l)
+{
+    for (int i = 0; i < MAX_LANES; i++) {
+        lane_slot_t *s = &p->slots[i];
+        uv_mutex_lock(&s->mu);
+        bool taken = !s->used;
+        if (taken) {
+            s->used = true;
+            s->lane = l;
+        }
+        uv_mutex_unlock(&s->mu);
+        if (taken)
+            return s;
+    }
+    return NULL;
+}
+
+int orders_lane_start(orders_lane_t **out, orders_publisher_t *p, uv_loop_t *loop,
+                      unsigned max_inflight, uint64_t ack_timeout_ms)
+{
+    orders_lane_t *l = calloc(1, sizeof(*l));
+    int rc = -ENOMEM;
+    *out = NULL;
+    if (l == NULL)
+        return -ENOMEM;
+    if (max_inflight == 0)
+        max_inflight = 1;
+    l->p = p;
+    l->loop = loop;
+    l->max_inflight = max_inflight;
+    l->ack_timeout_ms = ack_timeout_ms > 0 ? ack_timeout_ms : 1;
+    l->nbuckets = 16;
+    while (l->nbuckets < 2 * max_inflight)
+        l->nbuckets *= 2;
+    l->pend = calloc(max_inflight, sizeof(*l->pend));
+    l->buckets = malloc(l->nbuckets * sizeof(*l->buckets));
+    uv_mutex_init(&l->qmu);
+    if (l->pend == NULL || l->buckets == NULL)
+        goto fail;
+    memset(l->buckets, 0xff, l->nbuckets * sizeof(*l->buckets)); /* all -1 */
+    for (unsigned i = 0; i < max_inflight; i++)
+        l->pend[i].next = i + 1 < max_inflight ? (int)i + 1 : -1;
+    l->free_head = 0;
+    l->oldest = l->newest = -1;
+    if ((rc = uv_async_init(loop, &l->async, on_async)) != 0)
+        goto fail;
+    l->async.data = l;
+    l->timer.data = l;
+    l->open_handles = 2;
+    uv_timer_init(loop, &l->timer); /* cannot fail */
+    /* A quarter of the timeout keeps the overshoot small without waking up too often. */
+    uint64_t tick = l->ack_timeout_ms / 4 > 100 ? 100 : l->ack_timeout_ms / 4;
+    uv_timer_start(&l->timer, on_timer, tick ? tick : 1, tick ? tick : 1);
+    if ((l->slot = slot_take(p, l)) == NULL) {
+        orders_lane_close(l);
+        return -EMFILE;
+    }
+    *out = l;
+    return 0;
+fail:
+    lane_free(l);
+    return rc;
+}
+
+int orders_publish(orders_lane_t *lane, const char *event, const char *order_id,
+                   const char *payload, size_t len, orders_ack_fn cb, void *data)
+{
+    char subject[sizeof(ORDERS_SUBJECT_PREFIX) + SNATCH_NAME_MAX + 1];
+    natsMsg *msg = NULL;
+    jsPubOptions po;
+    orders_lane_t *l = lane;
+    if (l == NULL || l->closing || l->inflight >= l->max_inflight || !orders_publisher_ready(l->p))
+        return -1;
+    if (strlen(order_id) > KEYSPACE_ORDER_ID_MAX || len > INT32_MAX)
+        return -1;
+    if (snprintf(subject, sizeof(subject), ORDERS_SUBJECT_PREFIX "%s", event) >=
+        (int)sizeof(subject))
+        return -1;
+    if (l->js != NULL && l->js_gen != atomic_load(&l->p->nc_gen)) {
+        jsCtx_Destroy(l->js); /* of a connection cnats gave up: it lets go of that one */
+        l->js = NULL;
+    }
+    if (l->js == NULL) {
+        jsOptions o;
+        jsOptions_Init(&o);
+        /* Above our own bound, so that cnats never stalls the loop: its count also holds
+         * publishes we already gave up on, until its MaxWait drops them. */
+        o.PublishAsync.MaxPending = 2 * (int64_t)l->max_inflight + 64;
+        o.PublishAsync.AckHandler = on_pub_ack;
+        o.PublishAsync.AckHandlerClosure = l->slot;
+        o.PublishAsync.StallWait = 1;
+        uv_mutex_lock(&l->p->nc_mu);
+        natsStatus s = natsConnection_JetStream(&l->js, l->p->nc, &o);
+        l->js_gen = atomic_load(&l->p->nc_gen);
+        uv_mutex_unlock(&l->p->nc_mu);
+        if (s != NATS_OK)
+            return -1;
+    }
+    if (natsMsg_Create(&msg, subject, NULL, payload, (int)len) != NATS_OK)
+        return -1;
+    jsPubOptions_Init(&po);
+    po.MsgId = order_id;
+    po.MaxWait = (int64_t)l->ack_timeout_ms;
+    /* The slot is reserved before the publish: the ack may arrive before this function returns,
+     * but it is only processed on this loop, after we return. */
+    int i = pending_add(l, order_id, cb, data);
+    if (js_PublishMsgAsync(l->js, &msg, &po) != NATS_OK) {
+        natsMsg_Destroy(msg);
+        pending_unlink(l, i); /* -1 means cb is never called */
+        return -1;
+    }
+    metrics_orders_inflight(1);
+    return 0;
+}
+
+unsigned orders_lane_inflight(const orders_lane_t *lane)
+{
+    return lane != NULL ? lane->inflight : 0;
+}
+
+static void on_lane_handle_closed(uv_handle_t *h)
+{
+    orders_lane_t *l = h->data;
+    if (--l->open_handles == 0) {
+        lane_free(l);
+        nats_ReleaseThreadMemory();
+    }
+}
+
+void orders_lane_close(orders_lane_t *lane)
+{
+    orders_lane_t *l = lane;
+    if (l == NULL || l->closing)
+        return;
+    if (l->slot != NULL) {
+        uv_mutex_lock(&l->slot->mu);
+        l->slot->lane = NULL;
+        l->slot->used = false;
+        uv_mutex_unlock(&l->slot->mu);
+    }
+    l->closing = true; /* before the callbacks: a publish from one of them is refused */
+    while (l->oldest >= 0)
+        pending_finish(l, l->oldest, -1);
+    jsCtx_Destroy(l->js);
+    l->js = NULL;
+    uv_close((uv_handle_t *)&l->async, on_lane_handle_closed);
+    uv_close((uv_handle_t *)&l->timer, on_lane_handle_closed);
+}

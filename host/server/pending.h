@@ -1,0 +1,32 @@
+/* {event}:pending bookkeeping of one loop thread: orders JetStream acknowledged leave the hash in
+ * batches, one HDEL per event per loop turn instead of one per sale (half the Redis commands of
+ * the selling path). Best effort: an entry left behind only makes reconciliation republish a
+ * message that JetStream and SQLite both de-duplicate. Loop thread only. */
+#ifndef SNATCH_PENDING_H
+#define SNATCH_PENDING_H
+
+#include <uv.h>
+
+#include "redis.h"
+
+typedef struct pending pending_t;
+
+/* Batches sent through *redis (read at each send: the worker's client, NULL once closed, when a
+ * batch is dropped). NULL when out of memory: acknowledged ids are then left to reconciliation. */
+pending_t *pending_new(uv_loop_t *loop, redis_client_t *const *redis);
+
+/* Queues an acknowledged order id for deletion from its event's {event}:pending; sent on the next
+ * loop turn, or at once when the batch is full. p NULL: nothing. */
+void pending_ack(pending_t *p, const char *order_id);
+
+/* Sends the batch now. */
+void pending_flush(pending_t *p);
+
+/* HDELs sent whose replies are still to come (shutdown waits for them). */
+int pending_inflight(const pending_t *p);
+
+/* Flushes, then closes the timer; p is freed once libuv let go of it and the last HDEL reply
+ * came. Call before closing the Redis client. NULL: nothing. */
+void pending_close(pending_t *p);
+
+#endif

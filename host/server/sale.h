@@ -1,0 +1,29 @@
+/* One snatch request's flow, on its loop thread:
+ *   validate -> event known? -> local stock -> policy admit -> Redis deduct (EVALSHA) ->
+ *   policy order -> JetStream publish -> wait for the ack -> 200.
+ * Every refusal after the local reservation gives the unit back; nothing is deducted when Redis
+ * or NATS is unreachable (503, fail closed). */
+#ifndef SNATCH_SALE_H
+#define SNATCH_SALE_H
+
+#include "http.h"
+#include "worker.h"
+
+/* POST /v1/events/{event}/snatch. Answers req (now or later). */
+void sale_snatch(worker_t *w, http_request_t *req, const char *event, size_t event_len);
+
+/* What the sale needs of Redis and JetStream, replaceable so that the unit test can drive the
+ * state machine with fakes (sale_set_backend(NULL): the real ones). */
+typedef struct sale_backend {
+    bool (*ready)(worker_t *w); /* Redis and NATS usable; false: 503, nothing deducted */
+    /* EVALSHA deduct.lua: argv holds its 5 keys, then its arguments. */
+    void (*deduct)(worker_t *w, redis_reply_fn fn, void *data, int argc, const char **argv,
+                   const size_t *lens);
+    /* Publishes the order; cb(status) once JetStream acknowledged it (0) or not. 0 or -1. */
+    int (*publish)(worker_t *w, const char *event, const char *order_id, const char *payload,
+                   size_t len, orders_ack_fn cb, void *data);
+    void (*acked)(worker_t *w, const char *order_id); /* {event}:pending may forget it */
+} sale_backend_t;
+void sale_set_backend(const sale_backend_t *b);
+
+#endif

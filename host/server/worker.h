@@ -1,0 +1,93 @@
+/* A loop thread of snatch-host: one libuv loop, its HTTP listener (SO_REUSEPORT on the shared
+ * port), its own Redis connection, its own policy lua_State and its own order-publishing lane.
+ * Other threads talk to a worker only through worker_post_* (a uv_async_t wake-up). */
+#ifndef SNATCH_WORKER_H
+#define SNATCH_WORKER_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "auth.h"
+#include "http.h"
+#include "orders.h"
+#include "redis.h"
+#include "script.h"
+#include "trust.h"
+
+/* Process-wide settings and shared services, set up by main before the workers start. */
+typedef struct host_config {
+    const char *listen_addr;
+    int listen_port;
+    int threads;
+    const char *redis_host;
+    int redis_port;
+    uint64_t redis_timeout_ms;
+    const char *nats_url;
+    const char *host_id;
+    int hosts;
+    const char *policy_path;
+    const char *deduct_path;
+    char admin_token[256]; /* empty: admin endpoints disabled (403) */
+    size_t admin_token_len;
+    uint64_t ack_timeout_ms;
+    unsigned max_inflight; /* per worker */
+    http_config_t http;
+    /* Peers whose X-User-Id and X-Forwarded-For are believed (--trusted-proxy). */
+    trust_list_t trusted_proxies;
+    bool allow_query_user;         /* ?user= names the buyer (--allow-query-user), for load tools */
+    const char *admin_listen_addr; /* NULL: admin API and /metrics on the public listener */
+    int admin_listen_port;
+    auth_config_t auth; /* Redis and NATS credentials (auth.h) */
+} host_config_t;
+
+typedef struct pending pending_t;
+
+typedef struct host {
+    host_config_t cfg;
+    orders_publisher_t *orders;
+    _Atomic bool stopping;
+} host_t;
+
+typedef struct worker {
+    int id;
+    host_t *host;
+    uv_thread_t thread;
+    uv_loop_t loop;
+    uv_async_t wakeup;
+    uv_timer_t refresh; /* re-reads known events from Redis (admin resets, sold-out) */
+    http_server_t *http;
+    redis_client_t *redis;
+    script_t *script;
+    orders_lane_t *orders;
+    pending_t *pending; /* acknowledged orders leaving {event}:pending (pending.h) */
+    uv_timer_t drain;   /* shutdown: waits for in-flight sales */
+    uint64_t drain_deadline;
+    int inflight;     /* sales between admit and answer (loop thread only) */
+    bool lane_closed; /* shutdown: the order lane is gone, the acks flushed */
+    bool stopping;    /* loop thread only */
+    bool http_closed; /* every connection closed (loop thread only) */
+    /* Set by other threads, consumed on wakeup. */
+    _Atomic int reload_pending;
+    _Atomic int stop_pending;
+    char *pending_deduct; /* new Redis script source, handed over under reload_lock */
+    uv_mutex_t reload_lock;
+    _Atomic int ready;         /* 1 listener up, -1 setup failed */
+    http_server_t *admin_http; /* --admin-listen, on worker 0 only */
+    int http_open;             /* servers not yet closed during a stop */
+} worker_t;
+
+/* Starts the worker's thread: loop, Redis, policy, lane, listener. Returns 0 once the listener
+ * is bound, or a negative error (message logged). */
+int worker_start(worker_t *w, host_t *host, int id);
+
+/* Asks the worker to reload the policy (and deduct script source, copied; may be NULL). */
+void worker_post_reload(worker_t *w, const char *deduct_source);
+
+/* Asks the worker to stop accepting, finish in-flight requests, close everything and return. */
+void worker_post_stop(worker_t *w);
+
+void worker_join(worker_t *w);
+
+#endif
