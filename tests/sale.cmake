@@ -14,3 +14,6 @@ add_snatch_unit_test(test_sale ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_sale.c LIBS
 add_snatch_unit_test(test_api ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_api.c LIBS snatch_server)
 # host/server/metrics.c: the Prometheus text of GET /metrics (families, values).
 add_snatch_unit_test(test_metrics ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_metrics.c LIBS snatch_server)
+# host/server/events.c: event discovery, refresh and quota refill through the worker's Redis
+# client against a real redis-server, with lua/policy.lua's quota.
+add_snatch_unit_test(test_events ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_events.c LIBS snatch_server)

@@ -27,7 +27,7 @@ static void fixture_sink(http_request_t *req, int status, const char *body, size
     answers++;
 }
 
-static void fixture_forget_answers(void)
+static inline void fixture_forget_answers(void)
 {
     answers = 0;
     answered_status = 0;
@@ -35,7 +35,7 @@ static void fixture_forget_answers(void)
 }
 
 /* Host h1 of 1; set host.cfg before requests for other flags. */
-static void fixture_open(void)
+static inline void fixture_open(void)
 {
     char err[2048], path[1024];
     const char *src = getenv("SNATCH_SOURCE_DIR");
@@ -53,7 +53,7 @@ static void fixture_open(void)
     reply_set_sink(fixture_sink);
 }
 
-static void fixture_close(void)
+static inline void fixture_close(void)
 {
     reply_set_sink(NULL);
     script_close(w.script);
