@@ -18,26 +18,13 @@
 
 #include <hiredis/hiredis.h>
 
+#include "free_port.h"
+
 typedef struct test_redis {
     pid_t pid;
     int port;
     char dir[64];
 } test_redis_t;
-
-static int test_redis_free_port(void)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(a);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    int port = -1;
-    if (fd < 0)
-        return -1;
-    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    close(fd);
-    return port;
-}
 
 static redisContext *test_redis_connect(const test_redis_t *r)
 {
@@ -98,7 +85,7 @@ static int test_redis_start(test_redis_t *r)
 {
     char port[16];
     snprintf(r->dir, sizeof(r->dir), "/tmp/snatch-redis-XXXXXX");
-    if (mkdtemp(r->dir) == NULL || (r->port = test_redis_free_port()) <= 0)
+    if (mkdtemp(r->dir) == NULL || (r->port = test_free_port()) <= 0)
         return -1;
     snprintf(port, sizeof(port), "%d", r->port);
     r->pid = fork();
