@@ -209,7 +209,7 @@ static int ensure_stream(natsConnection *nc)
         log_info("orders: created stream %s", ORDERS_STREAM);
     if (s != NATS_OK) {
         metrics_backend_error(METRICS_NATS_STREAM);
-        log_warn("orders: stream %s not ready: %s (%d); retrying\n", ORDERS_STREAM,
+        log_warn("orders: stream %s not ready: %s (%d); retrying", ORDERS_STREAM,
                  natsStatus_GetText(s), (int)jerr);
     }
     jsCtx_Destroy(js);
@@ -245,14 +245,14 @@ static int open_connection(orders_publisher_t *p, bool first)
         atomic_store(&cs->given_up, true);
         metrics_backend_error(METRICS_NATS_CONNECT);
         if (first)
-            log_warn("orders: cannot connect to %s: %s (%s); retrying\n", p->url,
+            log_warn("orders: cannot connect to %s: %s (%s); retrying", p->url,
                      natsStatus_GetText(s), nats_GetLastError(NULL));
         return -1;
     }
     if (s == NATS_NOT_YET_CONNECTED && first) {
         /* Said at once: until it connects every sale answers 503. */
         metrics_backend_error(METRICS_NATS_CONNECT);
-        log_warn("orders: cannot reach NATS at %s yet; retrying in the background\n", p->url);
+        log_warn("orders: cannot reach NATS at %s yet; retrying in the background", p->url);
     }
     natsConnection *old = p->nc;
     uv_mutex_lock(&p->nc_mu);

@@ -139,7 +139,7 @@ static void pass(reconciler_t *r)
     metrics_reconcile_pass(n >= 0, stale, n);
     r->failing = n < 0;
     if (n < 0) {
-        log_warn("reconciler: pass failed (Redis or NATS); retrying next interval\n");
+        log_warn("reconciler: pass failed (Redis or NATS); retrying next interval");
         drop_connections(r);
     } else if (n > 0) {
         log_warn("reconciler: republished %d pending orders older than %lld ms", n,
