@@ -60,20 +60,7 @@ trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # wrk: a new buyer per request, and the figures as one JSON line (wrk prints no p99.9).
-cat >"$tmp/buyers.lua" <<'LUA'
-local next_id = 0
-function setup(thread)
-  thread:set("tid", next_id)
-  next_id = next_id + 1
-end
-function init(args)
-  n = 0
-  sep = string.find(wrk.path, "?", 1, true) and "&" or "?"
-end
-function request()
-  n = n + 1
-  return wrk.format("POST", wrk.path .. sep .. "user=w" .. tid .. "_" .. n)
-end
+{ cat "$ROOT/scripts/lib/wrk_buyers.lua"; cat <<'LUA'; } >"$tmp/buyers.lua"
 function done(summary, latency, requests)
   io.write(string.format('WRKJSON {"answers":%d,"duration_us":%d,"p50":%d,"p99":%d,"p999":%d}\n',
     summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),

@@ -594,12 +594,18 @@ static long long admin_int(const char *fmt, const char *arg)
     return v;
 }
 
+/* Until pending's HDELs are answered (bounded). */
+static void wait_hdels(pending_t *p)
+{
+    for (int i = 0; i < 500 && pending_inflight(p) > 0; i++)
+        run_for(10);
+}
+
 /* The batcher, then pending (its HDEL replies drained), then the client. */
 static void close_batcher_and_drain(deduct_batcher_t *b, pending_t *p, redis_client_t *c)
 {
     deduct_batcher_close(b);
-    for (int i = 0; i < 500 && pending_inflight(p) > 0; i++)
-        run_for(10);
+    wait_hdels(p);
     pending_close(p);
     close_and_drain(c);
 }
@@ -657,8 +663,7 @@ static void test_batch_group_commit(void **state)
     /* ...or, with no batch about to go, leave by an HDEL of their own on the next loop turn. */
     pending_ack(p, res[2].id);
     run_for(20);
-    for (int i = 0; i < 500 && pending_inflight(p) > 0; i++)
-        run_for(10);
+    wait_hdels(p);
     assert_int_equal(admin_int("HLEN {g}:pending%s", ""), 2);
     close_batcher_and_drain(b, p, c);
 }
@@ -687,8 +692,7 @@ static void test_batch_carries_acks(void **state)
     assert_int_equal(pending_inflight(p), 1); /* the HDEL of {o}:pending only */
     assert_true(wait_count(&buyer_calls, 2, 5000));
     redisFree(sleeper);
-    for (int i = 0; i < 500 && pending_inflight(p) > 0; i++)
-        run_for(10);
+    wait_hdels(p);
     assert_int_equal(res[0].verdict, DEDUCT_OK);
     assert_int_equal(res[1].verdict, DEDUCT_OK);
     /* Sold ids are new entries; the two acknowledged ones went with y's batch. */
