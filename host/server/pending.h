@@ -1,7 +1,8 @@
 /* {event}:pending bookkeeping of one loop thread: orders JetStream acknowledged leave the hash in
- * batches, one HDEL per event per loop turn instead of one per sale (half the Redis commands of
- * the selling path). Best effort: an entry left behind only makes reconciliation republish a
- * message that JetStream and SQLite both de-duplicate. Loop thread only. */
+ * batches: as extra arguments of the next deduction batch of their event (deduct_batch.h, no
+ * round trip of their own), else by one HDEL per event on the next loop turn, never one per sale.
+ * Best effort: an entry left behind only makes reconciliation republish a message that JetStream
+ * and SQLite both de-duplicate. Loop thread only. */
 #ifndef SNATCH_PENDING_H
 #define SNATCH_PENDING_H
 
@@ -18,8 +19,9 @@ typedef struct pending pending_t;
  * batch is dropped). NULL when out of memory: acknowledged ids are then left to reconciliation. */
 pending_t *pending_new(uv_loop_t *loop, redis_client_t *const *redis);
 
-/* Queues an acknowledged order id for deletion from its event's {event}:pending; sent on the next
- * loop turn, or at once when the batch is full. p NULL: nothing. */
+/* Queues an acknowledged order id for deletion from its event's {event}:pending; taken by the
+ * next deduction batch of its event, or sent on the next loop turn (at once when the queue is
+ * full). p NULL: nothing. */
 void pending_ack(pending_t *p, const char *order_id);
 
 /* Sends the batch now, every event. */
