@@ -214,9 +214,9 @@ static void on_deducted(const deduct_result_t *r, void *data)
         return;
     case DEDUCT_ERROR:
         if (r->err == deduct_err_script)
-            log_limited("sale: deduct script error: %s\n", r->detail);
+            log_limited("sale: deduct script error: %s", r->detail);
         else if (r->err == deduct_err_bad_reply)
-            log_limited("sale: unexpected deduct reply '%s'\n", r->detail ? r->detail : "");
+            log_limited("sale: unexpected deduct reply '%s'", r->detail ? r->detail : "");
         break;
     case DEDUCT_EXPIRED:
         break;
