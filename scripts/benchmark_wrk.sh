@@ -27,34 +27,16 @@ done
 shift $((OPTIND - 1))
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 
-tmp="$(mktemp -d /tmp/snatch-wrk.XXXXXX)"
 cleanup() {
     declare -F bench_stack_stop >/dev/null && bench_stack_stop
     declare -F nginx_ref_stop >/dev/null && nginx_ref_stop
-    rm -rf "$tmp"
+    return 0
 }
 trap cleanup EXIT
 
-# A new buyer per request: thread number and a per-thread counter, so threads never collide.
-cat >"$tmp/buyers.lua" <<LUA
-local next_id = 0
-function setup(thread)
-  thread:set("tid", next_id)
-  next_id = next_id + 1
-end
-function init(args)
-  n = 0
-  sep = string.find(wrk.path, "?", 1, true) and "&" or "?"
-end
-function request()
-  n = n + 1
-  return wrk.format("$method", wrk.path .. sep .. "user=w" .. tid .. "_" .. n)
-end
-LUA
-
 run() {
     echo "== $1: wrk -t$threads -c$conns -d${dur}s $2"
-    timeout $((dur + 30)) wrk -t"$threads" -c"$conns" -d"${dur}s" --latency -s "$tmp/buyers.lua" "$2"
+    WRK_METHOD="$method" timeout $((dur + 30)) wrk -t"$threads" -c"$conns" -d"${dur}s" --latency -s "$ROOT/scripts/lib/wrk_buyers.lua" "$2"
 }
 
 if [ $# -ge 1 ]; then

@@ -50,15 +50,23 @@ for n in $sizes; do
   t1=$(date +%s.%N)
   host_rss=$(peak_rss_kib "${STACK_HOST_PIDS[0]}")
   sub_rss=$(peak_rss_kib "$STACK_SUB_PID")
-  row=$(python3 - "$json" "$n" "$t0" "$t1" "$host_rss" "$sub_rss" "$rc" <<'PY'
-import json, sys
+  row=$(python3 - "$json" "$n" "$t0" "$t1" "$host_rss" "$sub_rss" "$rc" "$STACK_DB" "$event" <<'PY'
+import json, sqlite3, sys
 j = json.load(open(sys.argv[1]))
+# Time to sell out: first to last order minted (created_at is Redis's clock, in ms).
+try:
+    lo, hi = sqlite3.connect(sys.argv[8]).execute(
+        "SELECT min(created_at), max(created_at) FROM orders WHERE event=?", (sys.argv[9],)).fetchone()
+    sellout = "%.2f" % ((hi - lo) / 1000.0)
+except Exception:
+    sellout = "-"
 n, t0, t1, hr, sr, rc = int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
 st = j.get("status", {})
 o = j.get("oracle", {})
 ok = rc == 0 and o.get("passed") and j.get("requests") == n and j.get("conn_errors", 0) == 0
-print("| %s | %d | %d | %.1f | %.0f | %.2f | %d | %d | %.1f | %.1f | %s |" % (
-    "{:,}".format(n).replace(",", " "), st.get("200", 0), st.get("409", 0), t1 - t0, j.get("rps", 0),
+print("| %s | %d | %d | %s | %.1f | %.0f | %.2f | %d | %d | %.1f | %.1f | %s |" % (
+    "{:,}".format(n).replace(",", " "), st.get("200", 0), st.get("409", 0), sellout, t1 - t0,
+    j.get("rps", 0),
     j.get("latency_us", {}).get("p99", 0) / 1000.0, o.get("db", {}).get("rows", -1),
     o.get("event", {}).get("sold", -1), hr / 1024.0, sr / 1024.0, "pass" if ok else "FAIL"))
 PY
@@ -69,8 +77,8 @@ PY
   stack_stop
 done
 
-header="| buyers | 200 | 409 | wall s | answers/s | p99 ms | SQLite rows | Redis sold | host peak RSS MiB | subscriber peak RSS MiB | oracle |
-|---|---|---|---|---|---|---|---|---|---|---|"
+header="| buyers | 200 | 409 | sold out in s | wall s | answers/s | p99 ms | SQLite rows | Redis sold | host peak RSS MiB | subscriber peak RSS MiB | oracle |
+|---|---|---|---|---|---|---|---|---|---|---|---|"
 table="$header
 $(printf '%s\n' "${rows[@]}")"
 echo

@@ -17,3 +17,7 @@ add_snatch_unit_test(test_metrics ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_metrics.
 # host/server/events.c: event discovery, refresh and quota refill through the worker's Redis
 # client against a real redis-server, with lua/policy.lua's quota.
 add_snatch_unit_test(test_events ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_events.c LIBS snatch_server)
+# lua/deduct.lua's batch form against a real redis-server (mixed outcomes, limits, acks riding).
+add_snatch_py_test(deduct_batch integration/test_deduct_batch.py TIMEOUT 120)
+# Group commit end to end: a burst of tens of thousands sold in batches, kill -9 mid-batches.
+add_snatch_py_test(group_commit integration/test_group_commit.py TIMEOUT 600)

@@ -269,8 +269,32 @@ static void render_requests(prom_buf_t *o)
     prom_printf(o, "snatch_connections %lld\n", (long long)conns);
 }
 
+/* Buyers per deduction batch (deduct_batch.c): one observation per EVALSHA, not per sale. */
+static const uint64_t batch_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+#define N_BATCH ARRAY_SIZE(batch_bounds)
+static _Atomic uint64_t batch_counts[N_BATCH + 1], batch_sum;
+
+void metrics_deduct_batch(size_t buyers)
+{
+    atomic_fetch_add_explicit(&batch_counts[prom_bucket(batch_bounds, N_BATCH, buyers)], 1,
+                              memory_order_relaxed);
+    atomic_fetch_add_explicit(&batch_sum, buyers, memory_order_relaxed);
+}
+
+static void render_batches(prom_buf_t *o)
+{
+    uint64_t counts[N_BATCH + 1];
+    for (size_t i = 0; i <= N_BATCH; i++)
+        counts[i] = atomic_load(&batch_counts[i]);
+    prom_family(o, "snatch_deduct_batch_size", "histogram",
+                "Buyers per deduction batch (one EVALSHA of deduct.lua).");
+    prom_histogram(o, "snatch_deduct_batch_size", "", batch_bounds, N_BATCH, counts,
+                   atomic_load(&batch_sum));
+}
+
 static void render_orders(prom_buf_t *o)
 {
+    render_batches(o);
     prom_family(o, "snatch_snatch_outcomes_total", "counter", "POST /snatch results, by outcome.");
     for (int i = 0; i < OUTCOME__COUNT; i++)
         prom_printf(o, "snatch_snatch_outcomes_total{outcome=\"%s\"} %llu\n", outcome_names[i],

@@ -46,6 +46,8 @@ void metrics_http_error(int status); /* parse-level errors: 400, 408, 413, 431 *
 void metrics_lua_counter(const char *name, size_t len, double inc);
 void metrics_set_connections(int worker, int64_t n);
 void metrics_orders_inflight(int64_t delta);
+/* A deduction batch of that many buyers was sent. */
+void metrics_deduct_batch(size_t buyers);
 /* A JetStream publish finished: acknowledged (ok) or failed/timed out; sent_ns: uv_hrtime() at
  * publish. */
 void metrics_orders_ack(int ok, uint64_t sent_ns);

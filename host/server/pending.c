@@ -17,6 +17,8 @@ struct pending {
     redis_client_t *const *redis; /* the worker's client, read at each flush */
     int inflight;
     bool closed; /* the timer is closed: p goes once no HDEL reply is to come */
+    pending_carrier_fn carrier;
+    void *carrier_arg;
     size_t n;
     char ids[ACK_BATCH_MAX][KEYSPACE_ORDER_ID_MAX + 1];
 };
@@ -46,44 +48,99 @@ static void on_deleted(redisReply *reply, const char *err, void *data)
         free(p);
 }
 
-/* One HDEL per event of the batch. */
-void pending_flush(pending_t *p)
+enum { ID_QUEUED, ID_SENT, ID_KEPT };
+
+/* Drops the ids marked ID_SENT, keeping the others in order. */
+static void compact(pending_t *p, const unsigned char *st)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < p->n; i++) {
+        if (st[i] == ID_SENT)
+            continue;
+        if (k != i)
+            memcpy(p->ids[k], p->ids[i], sizeof(p->ids[i]));
+        k++;
+    }
+    p->n = k;
+}
+
+/* One HDEL per event of the batch, except (unless forced) the events whose next deduction batch
+ * is about to carry their ids: those stay. */
+static void flush(pending_t *p, bool force)
 {
     if (p == NULL || p->n == 0)
         return;
     const char *argv[ACK_BATCH_MAX + 2];
     size_t lens[ACK_BATCH_MAX + 2];
     char key[KEYSPACE_KEY_MAX];
-    bool done[ACK_BATCH_MAX] = {false};
+    unsigned char st[ACK_BATCH_MAX] = {ID_QUEUED};
     redis_client_t *redis = *p->redis;
     for (size_t i = 0; i < p->n; i++) {
-        if (done[i])
+        if (st[i] != ID_QUEUED)
             continue;
         size_t elen;
         const char *ev = keyspace_order_event(p->ids[i], strlen(p->ids[i]), &elen);
+        unsigned char mark = !force && p->carrier != NULL && p->carrier(p->carrier_arg, ev, elen)
+                                 ? ID_KEPT
+                                 : ID_SENT;
         int argc = 0;
         argv[argc] = "HDEL";
         lens[argc++] = 4;
         argv[argc] = key;
         lens[argc++] = (size_t)keyspace_key(key, ev, elen, KEYSPACE_PENDING);
         for (size_t j = i; j < p->n; j++) {
-            if (done[j] || strcmp(p->ids[j] + KEYSPACE_ID_EVENT_AT, ev) != 0)
+            if (st[j] != ID_QUEUED || strcmp(p->ids[j] + KEYSPACE_ID_EVENT_AT, ev) != 0)
                 continue;
-            done[j] = true;
+            st[j] = mark;
             argv[argc] = p->ids[j];
             lens[argc++] = strlen(p->ids[j]);
         }
-        if (redis != NULL) {
+        if (mark == ID_SENT && redis != NULL) {
             p->inflight++;
             redis_command(redis, on_deleted, p, argc, argv, lens);
         }
     }
-    p->n = 0;
+    compact(p, st);
+}
+
+void pending_flush(pending_t *p)
+{
+    flush(p, true);
 }
 
 static void on_flush(uv_timer_t *t)
 {
-    pending_flush(container_of(t, pending_t, flush));
+    pending_t *p = container_of(t, pending_t, flush);
+    flush(p, false);
+    /* What stayed for a batch is looked at again: it goes by HDEL if no batch took it. */
+    if (p->n > 0)
+        uv_timer_start(&p->flush, on_flush, 1, 0);
+}
+
+size_t pending_take(pending_t *p, const char *event, size_t elen,
+                    char (*out)[KEYSPACE_ORDER_ID_MAX + 1], size_t max)
+{
+    if (p == NULL || p->n == 0)
+        return 0;
+    unsigned char st[ACK_BATCH_MAX] = {ID_QUEUED};
+    size_t k = 0;
+    for (size_t i = 0; i < p->n && k < max; i++) {
+        if (strncmp(p->ids[i] + KEYSPACE_ID_EVENT_AT, event, elen) != 0 ||
+            p->ids[i][KEYSPACE_ID_EVENT_AT + elen] != '\0')
+            continue;
+        memcpy(out[k++], p->ids[i], sizeof(p->ids[i]));
+        st[i] = ID_SENT;
+    }
+    compact(p, st);
+    return k;
+}
+
+void pending_set_carrier(pending_t *p, pending_carrier_fn fn, void *arg)
+{
+    if (p == NULL)
+        return;
+    p->carrier = fn;
+    p->carrier_arg = arg;
 }
 
 pending_t *pending_new(uv_loop_t *loop, redis_client_t *const *redis)

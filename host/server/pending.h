@@ -1,12 +1,16 @@
 /* {event}:pending bookkeeping of one loop thread: orders JetStream acknowledged leave the hash in
- * batches, one HDEL per event per loop turn instead of one per sale (half the Redis commands of
- * the selling path). Best effort: an entry left behind only makes reconciliation republish a
- * message that JetStream and SQLite both de-duplicate. Loop thread only. */
+ * batches: as extra arguments of the next deduction batch of their event (deduct_batch.h, no
+ * round trip of their own), else by one HDEL per event on the next loop turn, never one per sale.
+ * Best effort: an entry left behind only makes reconciliation republish a message that JetStream
+ * and SQLite both de-duplicate. Loop thread only. */
 #ifndef SNATCH_PENDING_H
 #define SNATCH_PENDING_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <uv.h>
 
+#include "keyspace.h"
 #include "redis.h"
 
 typedef struct pending pending_t;
@@ -15,12 +19,22 @@ typedef struct pending pending_t;
  * batch is dropped). NULL when out of memory: acknowledged ids are then left to reconciliation. */
 pending_t *pending_new(uv_loop_t *loop, redis_client_t *const *redis);
 
-/* Queues an acknowledged order id for deletion from its event's {event}:pending; sent on the next
- * loop turn, or at once when the batch is full. p NULL: nothing. */
+/* Queues an acknowledged order id for deletion from its event's {event}:pending; taken by the
+ * next deduction batch of its event, or sent on the next loop turn (at once when the queue is
+ * full). p NULL: nothing. */
 void pending_ack(pending_t *p, const char *order_id);
 
-/* Sends the batch now. */
+/* Sends the batch now, every event. */
 void pending_flush(pending_t *p);
+
+/* Group commit (deduct_batch.h): the acknowledged ids of an event ride, as its HDEL, on the next
+ * deduction batch of that event. pending_take moves up to max of event's queued ids into out
+ * and returns how many. A carrier tells the loop-turn flush which events have a batch about to
+ * leave (their ids wait for it instead of costing an HDEL); fn NULL: none. */
+typedef bool (*pending_carrier_fn)(void *arg, const char *event, size_t elen);
+void pending_set_carrier(pending_t *p, pending_carrier_fn fn, void *arg);
+size_t pending_take(pending_t *p, const char *event, size_t elen,
+                    char (*out)[KEYSPACE_ORDER_ID_MAX + 1], size_t max);
 
 /* HDELs sent whose replies are still to come (shutdown waits for them). */
 int pending_inflight(const pending_t *p);

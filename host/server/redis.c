@@ -642,9 +642,8 @@ static void setup_refused(redis_client_t *c, metrics_backend_step_t step, const 
     metrics_backend_error(step);
     uint64_t now = uv_hrtime() / 1000;
     if (c->setup_logged_us == 0 || now - c->setup_logged_us >= SETUP_LOG_EVERY_US) {
-        log_warn("redis: %s on %s:%d failed: %s (retrying; %u refusals not logged)", what,
-                 c->host, c->port,
-                 reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply",
+        log_warn("redis: %s on %s:%d failed: %s (retrying; %u refusals not logged)", what, c->host,
+                 c->port, reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply",
                  c->setup_unlogged);
         c->setup_logged_us = now;
         c->setup_unlogged = 0;

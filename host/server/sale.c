@@ -49,10 +49,26 @@ static bool real_ready(worker_t *w)
            orders_publisher_ready(w->host->orders);
 }
 
-static void real_deduct(worker_t *w, redis_reply_fn fn, void *data, int argc, const char **argv,
-                        const size_t *lens)
+static pending_t *pending(worker_t *w)
 {
-    redis_eval(w->redis, fn, data, KEYSPACE__COUNT, argc, argv, lens);
+    if (w->pending == NULL)
+        w->pending = pending_new(&w->loop, &w->redis);
+    return w->pending;
+}
+
+static void real_deduct(worker_t *w, const char *event, const char *user, int64_t qty, deduct_fn cb,
+                        void *data)
+{
+    if (w->deduct == NULL)
+        w->deduct = deduct_batcher_new(w->redis, pending(w), w->host->cfg.host_id,
+                                       w->host->cfg.redis_timeout_ms);
+    if (w->deduct == NULL) {
+        deduct_result_t r = {
+            .verdict = DEDUCT_ERROR, .remaining = -1, .gen = -1, .err = deduct_err_nomem};
+        cb(&r, data);
+        return;
+    }
+    deduct_submit(w->deduct, event, user, qty, cb, data);
 }
 
 static int real_publish(worker_t *w, const char *event, const char *order_id, const char *payload,
@@ -63,9 +79,7 @@ static int real_publish(worker_t *w, const char *event, const char *order_id, co
 
 static void real_acked(worker_t *w, const char *order_id)
 {
-    if (w->pending == NULL)
-        w->pending = pending_new(&w->loop, &w->redis);
-    pending_ack(w->pending, order_id);
+    pending_ack(pending(w), order_id);
 }
 
 static const sale_backend_t real_backend = {
@@ -171,78 +185,48 @@ static void publish_order(sale_t *s)
     }
 }
 
-static void on_deducted(redisReply *r, const char *err, void *data)
+static void on_deducted(const deduct_result_t *r, void *data)
 {
     sale_t *s = data;
-    if (r == NULL && err == redis_err_lost) {
+    switch (r->verdict) {
+    case DEDUCT_OK:
+        snprintf(s->order_id, sizeof(s->order_id), "%s", r->order_id);
+        s->created_ms = r->created_ms;
+        publish_order(s);
+        return;
+    case DEDUCT_UNKNOWN_OUTCOME:
         /* The script may have run and its reply died with the connection: the sale may exist.
          * If it does, it is pending in Redis and reconciliation persists it. */
         sale_fail(s, 503, REPLY_UNKNOWN_OUTCOME, OUTCOME_UNAVAILABLE);
         return;
-    }
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
-        if (r != NULL && r->type == REDIS_REPLY_ERROR)
-            log_limited("sale: deduct script error: %s\n", r->str);
-        sale_fail(s, 503, REPLY_UNAVAILABLE, OUTCOME_UNAVAILABLE);
-        return;
-    }
-    char verdict[24];
-    if (redis_reply_str(r, 0, verdict, sizeof(verdict)) != 0) {
-        sale_fail(s, 503, REPLY_UNAVAILABLE, OUTCOME_UNAVAILABLE);
-        return;
-    }
-    if (strcmp(verdict, "ok") == 0) {
-        if (redis_reply_str(r, 1, s->order_id, sizeof(s->order_id)) != 0) {
-            sale_fail(s, 503, REPLY_UNAVAILABLE, OUTCOME_UNAVAILABLE);
-            return;
-        }
-        s->created_ms = redis_reply_int(r, 4);
-        publish_order(s);
-        return;
-    }
-    if (strcmp(verdict, "sold_out") == 0) {
+    case DEDUCT_SOLD_OUT:
         stock_mark_sold_out(s->ev);
         sale_fail(s, 409, REPLY_SOLD_OUT, OUTCOME_SOLD_OUT_REDIS);
-    } else if (strcmp(verdict, "insufficient") == 0) {
+        return;
+    case DEDUCT_INSUFFICIENT:
         sale_fail(s, 409, REPLY_INSUFFICIENT_STOCK, OUTCOME_SOLD_OUT_REDIS);
-    } else if (strcmp(verdict, "limit_reached") == 0) {
+        return;
+    case DEDUCT_LIMIT_REACHED:
         sale_fail(s, 409, REPLY_LIMIT_REACHED, OUTCOME_LIMIT_REACHED);
-    } else if (strcmp(verdict, "expired") == 0) {
-        sale_fail(s, 503, REPLY_UNAVAILABLE, OUTCOME_UNAVAILABLE);
-    } else if (strcmp(verdict, "unknown_event") == 0) {
+        return;
+    case DEDUCT_UNKNOWN_EVENT:
         sale_fail(s, 404, REPLY_UNKNOWN_EVENT, OUTCOME_BAD_REQUEST);
-    } else {
-        log_limited("sale: unexpected deduct verdict '%s'\n", verdict);
-        sale_fail(s, 503, REPLY_UNAVAILABLE, OUTCOME_UNAVAILABLE);
+        return;
+    case DEDUCT_ERROR:
+        if (r->err == deduct_err_script)
+            log_limited("sale: deduct script error: %s", r->detail);
+        else if (r->err == deduct_err_bad_reply)
+            log_limited("sale: unexpected deduct reply '%s'", r->detail ? r->detail : "");
+        break;
+    case DEDUCT_EXPIRED:
+        break;
     }
+    sale_fail(s, 503, REPLY_UNAVAILABLE, OUTCOME_UNAVAILABLE);
 }
 
 static void deduct(sale_t *s)
 {
-    char keys[KEYSPACE__COUNT][KEYSPACE_KEY_MAX];
-    char qty[24], deadline[24];
-    const char *argv[10];
-    size_t lens[10];
-    for (int i = 0; i < KEYSPACE__COUNT; i++) {
-        int n = keyspace_key(keys[i], s->event, strlen(s->event), (keyspace_key_t)i);
-        argv[i] = keys[i];
-        lens[i] = (size_t)n;
-    }
-    int qn = snprintf(qty, sizeof(qty), "%" PRId64, s->qty);
-    const char *host_id = s->w->host->cfg.host_id;
-    argv[5] = s->event;
-    lens[5] = strlen(s->event);
-    argv[6] = s->user;
-    lens[6] = strlen(s->user);
-    argv[7] = qty;
-    lens[7] = (size_t)qn;
-    argv[8] = host_id;
-    lens[8] = strlen(host_id);
-    /* After this instant the host has answered 503 "nothing deducted": the script must not sell. */
-    int64_t until = util_now_ms() + (int64_t)s->w->host->cfg.redis_timeout_ms;
-    argv[9] = deadline;
-    lens[9] = (size_t)snprintf(deadline, sizeof(deadline), "%" PRId64, until);
-    backend->deduct(s->w, on_deducted, s, 10, argv, lens);
+    backend->deduct(s->w, s->event, s->user, s->qty, on_deducted, s);
 }
 
 static const char *sale_client(sale_t *s)

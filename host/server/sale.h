@@ -6,6 +6,7 @@
 #ifndef SNATCH_SALE_H
 #define SNATCH_SALE_H
 
+#include "deduct_batch.h"
 #include "http.h"
 #include "worker.h"
 
@@ -16,9 +17,10 @@ void sale_snatch(worker_t *w, http_request_t *req, const char *event, size_t eve
  * state machine with fakes (sale_set_backend(NULL): the real ones). */
 typedef struct sale_backend {
     bool (*ready)(worker_t *w); /* Redis and NATS usable; false: 503, nothing deducted */
-    /* EVALSHA deduct.lua: argv holds its 5 keys, then its arguments. */
-    void (*deduct)(worker_t *w, redis_reply_fn fn, void *data, int argc, const char **argv,
-                   const size_t *lens);
+    /* Deducts qty units for user in Redis (deduct_batch.h: the real one submits to the
+     * thread's batcher); cb exactly once. */
+    void (*deduct)(worker_t *w, const char *event, const char *user, int64_t qty, deduct_fn cb,
+                   void *data);
     /* Publishes the order; cb(status) once JetStream acknowledged it (0) or not. 0 or -1. */
     int (*publish)(worker_t *w, const char *event, const char *order_id, const char *payload,
                    size_t len, orders_ack_fn cb, void *data);

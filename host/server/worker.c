@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "deduct_batch.h"
 #include "events.h"
 #include "log.h"
 #include "metrics.h"
@@ -46,6 +47,8 @@ static void close_lane(worker_t *w)
 static void finish_stop(worker_t *w)
 {
     uv_timer_stop(&w->drain);
+    deduct_batcher_close(w->deduct);
+    w->deduct = NULL;
     pending_close(w->pending);
     w->pending = NULL;
     if (w->redis) {

@@ -43,6 +43,7 @@ typedef struct host_config {
 } host_config_t;
 
 typedef struct pending pending_t;
+typedef struct deduct_batcher deduct_batcher_t;
 
 typedef struct host {
     host_config_t cfg;
@@ -61,8 +62,9 @@ typedef struct worker {
     redis_client_t *redis;
     script_t *script;
     orders_lane_t *orders;
-    pending_t *pending; /* acknowledged orders leaving {event}:pending (pending.h) */
-    uv_timer_t drain;   /* shutdown: waits for in-flight sales */
+    pending_t *pending;       /* acknowledged orders leaving {event}:pending (pending.h) */
+    deduct_batcher_t *deduct; /* group commit of deductions (deduct_batch.h) */
+    uv_timer_t drain;         /* shutdown: waits for in-flight sales */
     uint64_t drain_deadline;
     int inflight;     /* sales between admit and answer (loop thread only) */
     bool lane_closed; /* shutdown: the order lane is gone, the acks flushed */

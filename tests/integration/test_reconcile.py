@@ -39,7 +39,7 @@ class ReconcileTest(unittest.TestCase):
 
     def sell(self, event, user, qty=1):
         keys = ["{%s}:%s" % (event, k) for k in ("meta", "users", "orders", "uorders", "pending")]
-        reply = self.redis.cmd("EVAL", DEDUCT, 5, *keys, event, user, qty, "h1")
+        reply = self.redis.cmd("EVAL", DEDUCT, 5, *keys, event, "h1", 0, 1, user, qty)[0]
         self.assertEqual(reply[0], "ok", reply)
         return reply[1]
 

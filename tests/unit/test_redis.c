@@ -25,13 +25,26 @@
 #include <hiredis/hiredis.h>
 #include <uv.h>
 
+#include "deduct_batch.h"
 #include "metrics_sample.h"
+#include "pending.h"
 #include "redis.h"
 
 /* Round trips redis.c reported to metrics.c. */
 static int rtt_samples(void)
 {
     return (int)metrics_sample("snatch_redis_rtt_seconds_count");
+}
+
+/* Batches deduct_batch.c reported to metrics.c, and the buyers they carried. */
+static int batches_sent(void)
+{
+    return (int)metrics_sample("snatch_deduct_batch_size_count");
+}
+
+static int buyers_batched(void)
+{
+    return (int)metrics_sample("snatch_deduct_batch_size_sum");
 }
 
 #define INCR_SCRIPT "return {tonumber(ARGV[1]), redis.call('INCR', KEYS[1])}"
@@ -467,21 +480,33 @@ static char *read_source(const char *rel)
     return buf;
 }
 
+/* deduct.lua answers a batch with one reply per buyer: a batch of one is unwrapped here. */
+static void on_batch_of_one(redisReply *r, const char *err, void *data)
+{
+    if (r != NULL && r->type == REDIS_REPLY_ARRAY) {
+        assert_int_equal(r->elements, 1);
+        r = r->element[0];
+    }
+    on_result(r, err, data);
+}
+
 static void deduct(redis_client_t *c, result_t *res, const char *ev, const char *user,
                    const char *qty)
 {
     char keys[5][80];
     static const char *const suffix[5] = {"meta", "users", "orders", "uorders", "pending"};
-    const char *argv[9];
+    const char *argv[11];
     for (int i = 0; i < 5; i++) {
         snprintf(keys[i], sizeof(keys[i]), "{%s}:%s", ev, suffix[i]);
         argv[i] = keys[i];
     }
     argv[5] = ev;
-    argv[6] = user;
-    argv[7] = qty;
-    argv[8] = "h1";
-    redis_eval(c, on_result, res, 5, 9, argv, NULL);
+    argv[6] = "h1";
+    argv[7] = "0"; /* no deadline */
+    argv[8] = "1"; /* one buyer */
+    argv[9] = user;
+    argv[10] = qty;
+    redis_eval(c, on_batch_of_one, res, 5, 11, argv, NULL);
 }
 
 static void test_deduct_script(void **state)
@@ -531,6 +556,179 @@ static void test_deduct_script(void **state)
     assert_int_equal(badqty.type, REDIS_REPLY_ERROR);
     assert_string_equal(unknown.el[0], "unknown_event");
     close_and_drain(c);
+}
+
+/* ---- deduct_batch.c (with pending.c's acknowledged ids) over a real Redis ---- */
+
+typedef struct {
+    int calls;
+    int order; /* position among all callbacks */
+    deduct_verdict_t verdict;
+    char id[96];
+    int64_t remaining, held;
+    const char *err;
+} buyer_res_t;
+
+static int buyer_calls;
+
+static void on_buyer(const deduct_result_t *r, void *data)
+{
+    buyer_res_t *b = data;
+    b->calls++;
+    b->order = buyer_calls++;
+    b->verdict = r->verdict;
+    snprintf(b->id, sizeof(b->id), "%s", r->order_id != NULL ? r->order_id : "");
+    b->remaining = r->remaining;
+    b->held = r->held;
+    b->err = r->err;
+}
+
+static long long admin_int(const char *fmt, const char *arg)
+{
+    redisReply *r = admin(fmt, arg);
+    assert_non_null(r);
+    long long v = r->type == REDIS_REPLY_INTEGER  ? r->integer
+                  : r->type == REDIS_REPLY_STRING ? atoll(r->str)
+                                                  : -1;
+    freeReplyObject(r);
+    return v;
+}
+
+/* Until pending's HDELs are answered (bounded). */
+static void wait_hdels(pending_t *p)
+{
+    for (int i = 0; i < 500 && pending_inflight(p) > 0; i++)
+        run_for(10);
+}
+
+/* The batcher, then pending (its HDEL replies drained), then the client. */
+static void close_batcher_and_drain(deduct_batcher_t *b, pending_t *p, redis_client_t *c)
+{
+    deduct_batcher_close(b);
+    wait_hdels(p);
+    pending_close(p);
+    close_and_drain(c);
+}
+
+/* A lone buyer goes out at once; those who arrive while its batch is in flight go together as
+ * the next one, each with its own outcome, in order, the same buyer twice included. */
+static void test_batch_group_commit(void **state)
+{
+    (void)state;
+    redis_client_t *c = start_client(read_source("lua/deduct.lua"), 5000);
+    admin_ok("HSET {g}:meta stock 5 sold 0 limit 1 gen 3");
+    pending_t *p = pending_new(&loop, &c);
+    assert_non_null(p);
+    deduct_batcher_t *b = deduct_batcher_new(c, p, "h1", 5000);
+    assert_non_null(b);
+    int batches0 = batches_sent(), buyers0 = buyers_batched();
+    buyer_calls = 0;
+    static const char *users[] = {"a", "b", "c", "c", "d", "e", "f", "g"};
+    enum { N = sizeof(users) / sizeof(users[0]) };
+    buyer_res_t res[N];
+    memset(res, 0, sizeof(res));
+    for (int i = 0; i < N; i++)
+        deduct_submit(b, "g", users[i], 1, on_buyer, &res[i]);
+    /* "a" left alone, at once; the rest wait for its reply */
+    assert_int_equal(batches_sent() - batches0, 1);
+    assert_int_equal(buyers_batched() - buyers0, 1);
+    assert_true(wait_count(&buyer_calls, N, 5000));
+    assert_int_equal(batches_sent() - batches0, 2);
+    assert_int_equal(buyers_batched() - buyers0, N);
+    static const deduct_verdict_t want[N] = {
+        DEDUCT_OK, DEDUCT_OK, DEDUCT_OK,       DEDUCT_LIMIT_REACHED,
+        DEDUCT_OK, DEDUCT_OK, DEDUCT_SOLD_OUT, DEDUCT_SOLD_OUT};
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(res[i].calls, 1);
+        assert_int_equal(res[i].order, i);
+        assert_int_equal(res[i].verdict, want[i]);
+    }
+    assert_int_equal(res[3].held, 1);
+    assert_int_equal(res[5].remaining, 0);
+    assert_string_not_equal(res[1].id, res[2].id);
+    assert_int_equal(admin_int("HGET {g}:meta %s", "sold"), 5);
+    assert_int_equal(admin_int("HLEN {g}:pending%s", ""), 5);
+
+    /* Acknowledged ids ride on the next batch of their event... */
+    pending_ack(p, res[0].id);
+    pending_ack(p, res[1].id);
+    buyer_res_t late = {0};
+    deduct_submit(b, "g", "h", 1, on_buyer, &late);
+    assert_true(wait_count(&late.calls, 1, 5000));
+    assert_int_equal(late.verdict, DEDUCT_SOLD_OUT);
+    assert_int_equal(admin_int("HLEN {g}:pending%s", ""), 3);
+    run_for(20); /* pending's loop-turn flush found nothing left to send */
+    assert_int_equal(pending_inflight(p), 0);
+    assert_int_equal(admin_int("HLEN {g}:pending%s", ""), 3);
+    /* ...or, with no batch about to go, leave by an HDEL of their own on the next loop turn. */
+    pending_ack(p, res[2].id);
+    run_for(20);
+    wait_hdels(p);
+    assert_int_equal(admin_int("HLEN {g}:pending%s", ""), 2);
+    close_batcher_and_drain(b, p, c);
+}
+
+/* While a batch is in flight with buyers queued behind it, acknowledged ids of its event wait
+ * for the next batch instead of costing an HDEL; those of other events go by HDEL. */
+static void test_batch_carries_acks(void **state)
+{
+    (void)state;
+    redis_client_t *c = start_client(read_source("lua/deduct.lua"), 5000);
+    admin_ok("HSET {m}:meta stock 5 sold 0 limit 5 gen 1");
+    admin_ok("HSET {m}:pending 1700000000000-0000000001-m 1 1700000000000-0000000002-m 1");
+    admin_ok("HSET {o}:pending 1700000000000-0000000001-o 1");
+    pending_t *p = pending_new(&loop, &c);
+    deduct_batcher_t *b = deduct_batcher_new(c, p, "h1", 5000);
+    redisContext *sleeper = admin_sleep(1);
+    buyer_calls = 0;
+    buyer_res_t res[2];
+    memset(res, 0, sizeof(res));
+    deduct_submit(b, "m", "x", 1, on_buyer, &res[0]);
+    deduct_submit(b, "m", "y", 1, on_buyer, &res[1]);
+    pending_ack(p, "1700000000000-0000000001-m");
+    pending_ack(p, "1700000000000-0000000002-m");
+    pending_ack(p, "1700000000000-0000000001-o");
+    run_for(50);                              /* Redis asleep: x's batch in flight, y queued */
+    assert_int_equal(pending_inflight(p), 1); /* the HDEL of {o}:pending only */
+    assert_true(wait_count(&buyer_calls, 2, 5000));
+    redisFree(sleeper);
+    wait_hdels(p);
+    assert_int_equal(res[0].verdict, DEDUCT_OK);
+    assert_int_equal(res[1].verdict, DEDUCT_OK);
+    /* Sold ids are new entries; the two acknowledged ones went with y's batch. */
+    assert_int_equal(admin_int("HLEN {m}:pending%s", ""), 2);
+    assert_int_equal(admin_int("HEXISTS {m}:pending %s", "1700000000000-0000000001-m"), 0);
+    assert_int_equal(admin_int("HLEN {o}:pending%s", ""), 0);
+    close_batcher_and_drain(b, p, c);
+}
+
+/* The connection dies with a batch sent: its buyers may have bought (unknown outcome); the
+ * buyers queued behind it were never sent (an error: nothing deducted). */
+static void test_batch_connection_lost(void **state)
+{
+    (void)state;
+    redis_client_t *c = start_client(read_source("lua/deduct.lua"), 5000);
+    admin_ok("HSET {k}:meta stock 5 sold 0 limit 1 gen 1");
+    deduct_batcher_t *b = deduct_batcher_new(c, NULL, "h1", 5000);
+    assert_non_null(b);
+    redisContext *sleeper = admin_sleep(2);
+    buyer_calls = 0;
+    buyer_res_t sent = {0}, queued[2];
+    memset(queued, 0, sizeof(queued));
+    deduct_submit(b, "k", "x", 1, on_buyer, &sent);
+    deduct_submit(b, "k", "y", 1, on_buyer, &queued[0]);
+    deduct_submit(b, "k", "z", 1, on_buyer, &queued[1]);
+    run_for(100); /* the batch of x is written, Redis asleep */
+    assert_int_equal(buyer_calls, 0);
+    stop_redis();
+    redisFree(sleeper);
+    assert_true(wait_count(&buyer_calls, 3, 3000));
+    assert_int_equal(sent.verdict, DEDUCT_UNKNOWN_OUTCOME);
+    assert_ptr_equal(sent.err, redis_err_lost);
+    assert_int_equal(queued[0].verdict, DEDUCT_ERROR);
+    assert_int_equal(queued[1].verdict, DEDUCT_ERROR);
+    assert_true(queued[0].order < queued[1].order);
+    close_batcher_and_drain(b, NULL, c);
 }
 
 static void test_timeout_then_recovers(void **state)
@@ -871,6 +1069,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_eval_many_in_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_noscript_recovery, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deduct_script, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batch_group_commit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batch_carries_acks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batch_connection_lost, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timeout_then_recovers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_killed_and_restarted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_set_script, setup, teardown),

@@ -3,7 +3,6 @@
  * verdict must give its status and body, and give the local unit back exactly when Redis did
  * not sell. The policy is the real lua/policy.lua. */
 #include <setjmp.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -24,8 +23,9 @@ static stock_event_t *ev;
 static struct {
     bool ready;
     int deducts;
-    char argv[10][128];
-    redis_reply_fn deduct_fn;
+    char event[128], user[128];
+    int64_t qty;
+    deduct_fn deduct_fn;
     void *deduct_data;
     int publish_rc;
     int publishes;
@@ -42,13 +42,13 @@ static bool fake_ready(worker_t *wk)
     return fake.ready;
 }
 
-static void fake_deduct(worker_t *wk, redis_reply_fn fn, void *data, int argc, const char **argv,
-                        const size_t *lens)
+static void fake_deduct(worker_t *wk, const char *event, const char *user, int64_t qty,
+                        deduct_fn fn, void *data)
 {
     (void)wk;
-    assert_int_equal(argc, 10);
-    for (int i = 0; i < argc; i++)
-        snprintf(fake.argv[i], sizeof(fake.argv[i]), "%.*s", (int)lens[i], argv[i]);
+    snprintf(fake.event, sizeof(fake.event), "%s", event);
+    snprintf(fake.user, sizeof(fake.user), "%s", user);
+    fake.qty = qty;
     fake.deducts++;
     fake.deduct_fn = fn;
     fake.deduct_data = data;
@@ -77,30 +77,19 @@ static void fake_acked(worker_t *wk, const char *order_id)
 static const sale_backend_t fakes = {
     .ready = fake_ready, .deduct = fake_deduct, .publish = fake_publish, .acked = fake_acked};
 
-/* A redisReply array of strings, as deduct.lua's replies arrive. */
-typedef struct {
-    redisReply top;
-    redisReply el[5];
-    redisReply *ptrs[5];
-} reply_t;
-
-static redisReply *strings(reply_t *r, int n, ...)
+/* A sale's outcome as the batcher hands it over (deduct_batch.h). */
+static deduct_result_t sold(const char *order_id)
 {
-    va_list ap;
-    memset(r, 0, sizeof(*r));
-    r->top.type = REDIS_REPLY_ARRAY;
-    r->top.elements = (size_t)n;
-    r->top.element = r->ptrs;
-    va_start(ap, n);
-    for (int i = 0; i < n; i++) {
-        char *s = va_arg(ap, char *);
-        r->el[i].type = REDIS_REPLY_STRING;
-        r->el[i].str = s;
-        r->el[i].len = strlen(s);
-        r->ptrs[i] = &r->el[i];
-    }
-    va_end(ap);
-    return &r->top;
+    return (deduct_result_t){.verdict = DEDUCT_OK,
+                             .order_id = order_id,
+                             .remaining = 90,
+                             .gen = 2,
+                             .created_ms = 1700000000000};
+}
+
+static deduct_result_t failed(deduct_verdict_t v, const char *err, const char *detail)
+{
+    return (deduct_result_t){.verdict = v, .remaining = 0, .gen = 2, .err = err, .detail = detail};
 }
 
 static int64_t local_left(void)
@@ -145,28 +134,22 @@ static http_request_t *snatch(const char *event, const char *query)
     return req;
 }
 
-static void answer_deduct(redisReply *r, const char *err)
+static void answer_deduct(deduct_result_t r)
 {
     assert_int_equal(fake.deducts, 1);
     assert_int_equal(answers, 0); /* nothing answered while Redis is asked */
-    fake.deduct_fn(r, err, fake.deduct_data);
+    fake.deduct_fn(&r, fake.deduct_data);
 }
 
 static void test_sold_and_acknowledged(void **state)
 {
     (void)state;
-    reply_t r;
     snatch("ev", "user=u1");
-    /* deduct.lua gets the keyspace's keys in order, then event, user, qty, host, deadline. */
-    assert_string_equal(fake.argv[0], "{ev}:meta");
-    assert_string_equal(fake.argv[4], "{ev}:pending");
-    assert_string_equal(fake.argv[5], "ev");
-    assert_string_equal(fake.argv[6], "u1");
-    assert_string_equal(fake.argv[7], "1");
-    assert_string_equal(fake.argv[8], "h1");
+    assert_string_equal(fake.event, "ev");
+    assert_string_equal(fake.user, "u1");
+    assert_int_equal(fake.qty, 1);
     assert_int_equal(local_left(), QUOTA - 1); /* reserved before Redis is asked */
-    answer_deduct(strings(&r, 5, "ok", "1700000000000-0000000001-ev", "99", "2", "1700000000000"),
-                  NULL);
+    answer_deduct(sold("1700000000000-0000000001-ev"));
     assert_int_equal(fake.publishes, 1);
     assert_non_null(strstr(fake.payload, "\"order_id\":\"1700000000000-0000000001-ev\""));
     assert_int_equal(answers, 0); /* 200 only once JetStream has it */
@@ -183,10 +166,8 @@ static void test_sold_and_acknowledged(void **state)
 static void test_sold_not_acknowledged_is_202(void **state)
 {
     (void)state;
-    reply_t r;
     snatch("ev", "user=u2");
-    answer_deduct(strings(&r, 5, "ok", "1700000000000-0000000002-ev", "98", "2", "1700000000000"),
-                  NULL);
+    answer_deduct(sold("1700000000000-0000000002-ev"));
     fake.ack_fn(-1, fake.ack_data);
     assert_int_equal(answered_status, 202);
     assert_non_null(strstr(answered_body, "\"status\":\"pending\""));
@@ -198,11 +179,9 @@ static void test_sold_not_acknowledged_is_202(void **state)
 static void test_publish_refused_is_202(void **state)
 {
     (void)state;
-    reply_t r;
     fake.publish_rc = -1;
     snatch("ev", "user=u3");
-    answer_deduct(strings(&r, 5, "ok", "1700000000000-0000000003-ev", "97", "2", "1700000000000"),
-                  NULL);
+    answer_deduct(sold("1700000000000-0000000003-ev"));
     assert_int_equal(answered_status, 202);
     assert_int_equal(local_left(), QUOTA - 1);
     assert_int_equal(w.inflight, 0);
@@ -213,25 +192,25 @@ static void test_refusals_give_the_unit_back(void **state)
 {
     (void)state;
     static const struct {
-        const char *verdict;
+        deduct_verdict_t verdict;
+        const char *err;
         int status;
         const char *body;
     } cases[] = {
-        {"insufficient", 409, "{\"error\":\"insufficient_stock\"}"},
-        {"limit_reached", 409, "{\"error\":\"limit_reached\"}"},
-        {"expired", 503, "{\"error\":\"unavailable\"}"},
-        {"unknown_event", 404, "{\"error\":\"unknown_event\"}"},
-        {"something_new", 503, "{\"error\":\"unavailable\"}"},
-        {"sold_out", 409, "{\"error\":\"sold_out\"}"}, /* last: it marks the event sold out */
+        {DEDUCT_INSUFFICIENT, NULL, 409, "{\"error\":\"insufficient_stock\"}"},
+        {DEDUCT_LIMIT_REACHED, NULL, 409, "{\"error\":\"limit_reached\"}"},
+        {DEDUCT_EXPIRED, NULL, 503, "{\"error\":\"unavailable\"}"},
+        {DEDUCT_UNKNOWN_EVENT, NULL, 404, "{\"error\":\"unknown_event\"}"},
+        {DEDUCT_ERROR, deduct_err_bad_reply, 503, "{\"error\":\"unavailable\"}"},
+        {DEDUCT_SOLD_OUT, NULL, 409, "{\"error\":\"sold_out\"}"}, /* last: marks it sold out */
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char user[32];
-        reply_t r;
         snprintf(user, sizeof(user), "user=r%zu", i);
         fake.deducts = 0;
         fixture_forget_answers();
         snatch("ev", user);
-        answer_deduct(strings(&r, 3, cases[i].verdict, "0", "2"), NULL);
+        answer_deduct(failed(cases[i].verdict, cases[i].err, NULL));
         assert_int_equal(answered_status, cases[i].status);
         assert_string_equal(answered_body, cases[i].body);
         assert_int_equal(local_left(), QUOTA);
@@ -244,20 +223,21 @@ static void test_refusals_give_the_unit_back(void **state)
 static void test_redis_failures(void **state)
 {
     (void)state;
-    redisReply error = {.type = REDIS_REPLY_ERROR, .str = "ERR boom", .len = 8};
     /* Lost mid-request: the purchase may exist, and the answer says so. */
     snatch("ev", "user=f1");
-    answer_deduct(NULL, redis_err_lost);
+    answer_deduct(failed(DEDUCT_UNKNOWN_OUTCOME, redis_err_lost, NULL));
     assert_int_equal(answered_status, 503);
     assert_non_null(strstr(answered_body, "may have gone through"));
     assert_int_equal(local_left(), QUOTA);
     /* Any other failure: nothing was deducted. */
-    const char *errs[] = {redis_err_timeout, redis_err_not_connected};
-    for (size_t i = 0; i < 2; i++) {
+    const char *errs[] = {redis_err_timeout, redis_err_not_connected, deduct_err_nomem};
+    for (size_t i = 0; i < 3; i++) {
         fake.deducts = 0;
         fixture_forget_answers();
-        snatch("ev", i == 0 ? "user=f2" : "user=f3");
-        answer_deduct(NULL, errs[i]);
+        char user[32];
+        snprintf(user, sizeof(user), "user=f2%zu", i);
+        snatch("ev", user);
+        answer_deduct(failed(DEDUCT_ERROR, errs[i], NULL));
         assert_int_equal(answered_status, 503);
         assert_string_equal(answered_body, "{\"error\":\"unavailable\"}");
         assert_int_equal(local_left(), QUOTA);
@@ -265,7 +245,7 @@ static void test_redis_failures(void **state)
     fake.deducts = 0;
     fixture_forget_answers();
     snatch("ev", "user=f4");
-    answer_deduct(&error, NULL);
+    answer_deduct(failed(DEDUCT_ERROR, deduct_err_script, "ERR boom"));
     assert_int_equal(answered_status, 503);
     assert_int_equal(local_left(), QUOTA);
     assert_int_equal(w.inflight, 0);

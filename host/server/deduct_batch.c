@@ -1,0 +1,383 @@
+/* Group commit of deductions (see deduct_batch.h). Per event: a FIFO of buyers waiting and at
+ * most DEDUCT_MAX_INFLIGHT batches in flight. A batch is capped in buyers and bytes so that the
+ * script's run (which blocks Redis) and its reply stay short. */
+#include "deduct_batch.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "keyspace.h"
+#include "metrics.h"
+#include "util.h"
+
+/* One batch in flight per event and thread: every buyer who arrives meanwhile goes with the next
+ * one. More in flight would split the same buyers into smaller batches (overridable at build
+ * time for measurements). */
+#ifndef DEDUCT_MAX_INFLIGHT
+#define DEDUCT_MAX_INFLIGHT 1
+#endif
+#define BATCH_MAX 256         /* buyers per batch */
+#define BATCH_BYTES_MAX 32768 /* user names and quantities per batch */
+#define ACKS_RIDE_MAX 512     /* acknowledged ids per batch */
+#define EVENT_BUCKETS 256
+#define QTY_LEN 24
+#define ID_CAP (KEYSPACE_ORDER_ID_MAX + 1)
+/* deduct.lua's ARGV before the buyers: event, host_id, deadline_ms, n. */
+#define ARGS_HEAD 4
+
+const char deduct_err_closing[] = "closing";
+const char deduct_err_nomem[] = "out of memory";
+const char deduct_err_script[] = "deduct script error";
+const char deduct_err_bad_reply[] = "unexpected deduct reply";
+
+typedef struct buyer {
+    struct buyer *next;
+    deduct_fn cb;
+    void *data;
+    size_t user_len;
+    char qty[QTY_LEN];
+    size_t qty_len;
+    char user[SNATCH_NAME_MAX + 1];
+} buyer_t;
+
+typedef struct ev_state {
+    struct ev_state *next; /* hash chain */
+    buyer_t *head, *tail;
+    size_t queued;
+    int inflight;
+    size_t len;
+    char name[SNATCH_NAME_MAX + 1];
+} ev_state_t;
+
+struct deduct_batcher {
+    redis_client_t *redis;
+    pending_t *pending;
+    char host_id[SNATCH_NAME_MAX + 1];
+    uint64_t timeout_ms;
+    int outstanding; /* batches whose reply is still to come */
+    bool closing;
+    ev_state_t *buckets[EVENT_BUCKETS];
+};
+
+typedef struct batch {
+    deduct_batcher_t *b;
+    ev_state_t *ev;
+    buyer_t *head;
+    size_t n;
+} batch_t;
+
+static void send_batch(deduct_batcher_t *b, ev_state_t *ev);
+
+static size_t hash_name(const char *s, size_t len)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (uint8_t)s[i]) * 16777619u;
+    return h % EVENT_BUCKETS;
+}
+
+static ev_state_t *find_event(const deduct_batcher_t *b, const char *name, size_t len)
+{
+    for (ev_state_t *e = b->buckets[hash_name(name, len)]; e != NULL; e = e->next)
+        if (e->len == len && memcmp(e->name, name, len) == 0)
+            return e;
+    return NULL;
+}
+
+static ev_state_t *event_state(deduct_batcher_t *b, const char *name, size_t len)
+{
+    ev_state_t *e = find_event(b, name, len);
+    if (e != NULL || len > SNATCH_NAME_MAX)
+        return e;
+    if ((e = calloc(1, sizeof(*e))) == NULL)
+        return NULL;
+    memcpy(e->name, name, len);
+    e->len = len;
+    size_t h = hash_name(name, len);
+    e->next = b->buckets[h];
+    b->buckets[h] = e;
+    return e;
+}
+
+/* pending.c's carrier: a batch with buyers queued behind it leaves as soon as its reply comes,
+ * and takes the event's acknowledged ids along. */
+static bool will_send(void *arg, const char *event, size_t len)
+{
+    const ev_state_t *ev = find_event(arg, event, len);
+    return ev != NULL && ev->inflight > 0 && ev->queued > 0;
+}
+
+static void maybe_free(deduct_batcher_t *b)
+{
+    if (!b->closing || b->outstanding > 0)
+        return;
+    for (size_t i = 0; i < EVENT_BUCKETS; i++) {
+        ev_state_t *e = b->buckets[i];
+        while (e != NULL) {
+            ev_state_t *next = e->next;
+            free(e);
+            e = next;
+        }
+    }
+    free(b);
+}
+
+deduct_batcher_t *deduct_batcher_new(redis_client_t *redis, pending_t *pending, const char *host_id,
+                                     uint64_t timeout_ms)
+{
+    deduct_batcher_t *b = calloc(1, sizeof(*b));
+    if (b == NULL)
+        return NULL;
+    b->redis = redis;
+    b->pending = pending;
+    snprintf(b->host_id, sizeof(b->host_id), "%s", host_id);
+    b->timeout_ms = timeout_ms;
+    pending_set_carrier(pending, will_send, b);
+    return b;
+}
+
+static void fail_one(deduct_fn cb, void *data, deduct_verdict_t v, const char *err,
+                     const char *detail)
+{
+    deduct_result_t r = {.verdict = v, .remaining = -1, .gen = -1, .err = err, .detail = detail};
+    cb(&r, data);
+}
+
+void deduct_submit(deduct_batcher_t *b, const char *event, const char *user, int64_t qty,
+                   deduct_fn cb, void *data)
+{
+    size_t ulen = strlen(user);
+    ev_state_t *ev = b->closing ? NULL : event_state(b, event, strlen(event));
+    buyer_t *by = ev != NULL && ulen <= SNATCH_NAME_MAX ? malloc(sizeof(*by)) : NULL;
+    if (by == NULL) {
+        fail_one(cb, data, DEDUCT_ERROR, b->closing ? deduct_err_closing : deduct_err_nomem, NULL);
+        return;
+    }
+    by->next = NULL;
+    by->cb = cb;
+    by->data = data;
+    by->user_len = ulen;
+    memcpy(by->user, user, ulen + 1);
+    by->qty_len = (size_t)snprintf(by->qty, sizeof(by->qty), "%" PRId64, qty);
+    if (ev->tail != NULL)
+        ev->tail->next = by;
+    else
+        ev->head = by;
+    ev->tail = by;
+    ev->queued++;
+    if (ev->inflight < DEDUCT_MAX_INFLIGHT)
+        send_batch(b, ev);
+}
+
+/* ---- replies ---- */
+
+static const struct {
+    const char *name;
+    deduct_verdict_t v;
+} verdicts[] = {{"ok", DEDUCT_OK},
+                {"sold_out", DEDUCT_SOLD_OUT},
+                {"insufficient", DEDUCT_INSUFFICIENT},
+                {"limit_reached", DEDUCT_LIMIT_REACHED},
+                {"unknown_event", DEDUCT_UNKNOWN_EVENT},
+                {"expired", DEDUCT_EXPIRED}};
+
+/* One buyer's reply (an element of the batch's array) into a result; id holds the order id,
+ * verdict the verdict's text (the detail of a bad reply). */
+static void decode_one(const redisReply *r, deduct_result_t *res, char *id, char *verdict,
+                       size_t vcap)
+{
+    *res = (deduct_result_t){
+        .verdict = DEDUCT_ERROR, .remaining = -1, .gen = -1, .err = deduct_err_bad_reply};
+    if (redis_reply_str(r, 0, verdict, vcap) != 0)
+        return;
+    res->detail = verdict;
+    for (size_t i = 0; i < ARRAY_SIZE(verdicts); i++) {
+        if (strcmp(verdict, verdicts[i].name) != 0)
+            continue;
+        *res = (deduct_result_t){.verdict = verdicts[i].v, .remaining = -1, .gen = -1};
+        break;
+    }
+    switch (res->verdict) {
+    case DEDUCT_OK:
+        if (redis_reply_str(r, 1, id, ID_CAP) != 0) {
+            *res = (deduct_result_t){.verdict = DEDUCT_ERROR,
+                                     .remaining = -1,
+                                     .gen = -1,
+                                     .err = deduct_err_bad_reply,
+                                     .detail = verdict};
+            return;
+        }
+        res->order_id = id;
+        res->remaining = redis_reply_int(r, 2);
+        res->gen = redis_reply_int(r, 3);
+        res->created_ms = redis_reply_int(r, 4);
+        return;
+    case DEDUCT_SOLD_OUT:
+    case DEDUCT_INSUFFICIENT:
+        res->remaining = redis_reply_int(r, 1);
+        res->gen = redis_reply_int(r, 2);
+        return;
+    case DEDUCT_LIMIT_REACHED:
+        res->held = redis_reply_int(r, 1);
+        res->gen = redis_reply_int(r, 2);
+        return;
+    default:
+        return;
+    }
+}
+
+/* The result of every buyer of a batch that got no usable array: nothing deducted, unless the
+ * connection died after sending (then it may have run). */
+static deduct_result_t batch_failure(const redisReply *reply, const char *err)
+{
+    deduct_result_t res = {.verdict = DEDUCT_ERROR, .remaining = -1, .gen = -1};
+    if (reply == NULL) {
+        res.err = err;
+        if (err == redis_err_lost)
+            res.verdict = DEDUCT_UNKNOWN_OUTCOME;
+    } else if (reply->type == REDIS_REPLY_ERROR) {
+        res.err = deduct_err_script;
+        res.detail = reply->str;
+    } else {
+        res.err = deduct_err_bad_reply;
+    }
+    return res;
+}
+
+static void on_batch_reply(redisReply *reply, const char *err, void *data)
+{
+    batch_t *bt = data;
+    deduct_batcher_t *b = bt->b;
+    ev_state_t *ev = bt->ev;
+    bool whole = reply != NULL && reply->type == REDIS_REPLY_ARRAY && reply->elements == bt->n;
+    size_t i = 0;
+    for (buyer_t *by = bt->head; by != NULL; i++) {
+        buyer_t *next = by->next;
+        char id[ID_CAP], verdict[24];
+        deduct_result_t res;
+        if (whole)
+            decode_one(reply->element[i], &res, id, verdict, sizeof(verdict));
+        else
+            res = batch_failure(reply, err);
+        by->cb(&res, by->data);
+        free(by);
+        by = next;
+    }
+    free(bt);
+    ev->inflight--;
+    b->outstanding--;
+    if (ev->queued > 0 && !b->closing)
+        send_batch(b, ev);
+    maybe_free(b);
+}
+
+/* Takes the first n queued buyers of ev into a batch. */
+static batch_t *take_buyers(deduct_batcher_t *b, ev_state_t *ev, size_t n)
+{
+    batch_t *bt = malloc(sizeof(*bt));
+    if (bt == NULL)
+        return NULL;
+    *bt = (batch_t){.b = b, .ev = ev, .head = ev->head, .n = n};
+    buyer_t *last = NULL, *by = ev->head;
+    for (size_t i = 0; i < n; i++, last = by, by = by->next)
+        ;
+    last->next = NULL;
+    ev->head = by;
+    if (by == NULL)
+        ev->tail = NULL;
+    ev->queued -= n;
+    return bt;
+}
+
+/* Nothing sent: the first buyer gets the error, the others wait for the next chance. */
+static void fail_first(ev_state_t *ev)
+{
+    buyer_t *by = ev->head;
+    ev->head = by->next;
+    if (ev->head == NULL)
+        ev->tail = NULL;
+    ev->queued--;
+    fail_one(by->cb, by->data, DEDUCT_ERROR, deduct_err_nomem, NULL);
+    free(by);
+}
+
+static void send_batch(deduct_batcher_t *b, ev_state_t *ev)
+{
+    size_t n = 0, bytes = 0;
+    for (buyer_t *by = ev->head; by != NULL && n < BATCH_MAX; by = by->next) {
+        if (n > 0 && bytes + by->user_len + by->qty_len > BATCH_BYTES_MAX)
+            break;
+        bytes += by->user_len + by->qty_len;
+        n++;
+    }
+    size_t argc_max = KEYSPACE__COUNT + ARGS_HEAD + 2 * n + ACKS_RIDE_MAX;
+    const char **argv = malloc(argc_max * sizeof(*argv));
+    size_t *lens = malloc(argc_max * sizeof(*lens));
+    char(*acks)[ID_CAP] = malloc(ACKS_RIDE_MAX * ID_CAP);
+    batch_t *bt = argv != NULL && lens != NULL && acks != NULL ? take_buyers(b, ev, n) : NULL;
+    if (bt == NULL) {
+        free(argv);
+        free(lens);
+        free(acks);
+        fail_first(ev);
+        return;
+    }
+    char keys[KEYSPACE__COUNT][KEYSPACE_KEY_MAX];
+    for (int i = 0; i < KEYSPACE__COUNT; i++) {
+        lens[i] = (size_t)keyspace_key(keys[i], ev->name, ev->len, (keyspace_key_t)i);
+        argv[i] = keys[i];
+    }
+    char deadline[24], count[24];
+    /* After this instant the host has answered 503 "nothing deducted": the script must not sell. */
+    int64_t until = util_now_ms() + (int64_t)b->timeout_ms;
+    const char **args = argv + KEYSPACE__COUNT;
+    size_t *alens = lens + KEYSPACE__COUNT;
+    args[0] = ev->name;
+    alens[0] = ev->len;
+    args[1] = b->host_id;
+    alens[1] = strlen(b->host_id);
+    args[2] = deadline;
+    alens[2] = (size_t)snprintf(deadline, sizeof(deadline), "%" PRId64, until);
+    args[3] = count;
+    alens[3] = (size_t)snprintf(count, sizeof(count), "%zu", n);
+    size_t at = ARGS_HEAD;
+    for (buyer_t *by = bt->head; by != NULL; by = by->next) {
+        args[at] = by->user;
+        alens[at++] = by->user_len;
+        args[at] = by->qty;
+        alens[at++] = by->qty_len;
+    }
+    size_t k = pending_take(b->pending, ev->name, ev->len, acks, ACKS_RIDE_MAX);
+    for (size_t i = 0; i < k; i++, at++) {
+        args[at] = acks[i];
+        alens[at] = strlen(acks[i]);
+    }
+    ev->inflight++;
+    b->outstanding++;
+    metrics_deduct_batch(n);
+    redis_eval(b->redis, on_batch_reply, bt, KEYSPACE__COUNT, (int)(KEYSPACE__COUNT + at), argv,
+               lens);
+    free(argv);
+    free(lens);
+    free(acks);
+}
+
+void deduct_batcher_close(deduct_batcher_t *b)
+{
+    if (b == NULL)
+        return;
+    pending_set_carrier(b->pending, NULL, NULL);
+    b->closing = true;
+    for (size_t i = 0; i < EVENT_BUCKETS; i++)
+        for (ev_state_t *ev = b->buckets[i]; ev != NULL; ev = ev->next)
+            while (ev->head != NULL) {
+                buyer_t *by = ev->head;
+                ev->head = by->next;
+                ev->queued--;
+                fail_one(by->cb, by->data, DEDUCT_ERROR, deduct_err_closing, NULL);
+                free(by);
+            }
+    maybe_free(b);
+}

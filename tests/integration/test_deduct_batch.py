@@ -1,0 +1,167 @@
+"""lua/deduct.lua's batch form against a real redis-server: each buyer of a batch is checked
+and deducted in order with its own outcome, stock that runs out inside a batch sells exactly to
+zero, the same buyer twice gets exactly the per-user limit, an expired or unknown batch changes
+nothing, and acknowledged ids riding on a batch leave {E}:pending. The order records keep the
+format the readers (GET /v1/orders, snatch-reconcile) parse."""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import SOURCE_DIR, RedisServer, Suite, TempDir  # noqa: E402
+
+with open(os.path.join(SOURCE_DIR, "lua", "deduct.lua")) as f:
+    DEDUCT = f.read()
+
+suite = Suite()
+
+
+def keys(event):
+    return ["{%s}:%s" % (event, k) for k in ("meta", "users", "orders", "uorders", "pending")]
+
+
+def batch(r, event, buyers, acks=(), deadline=0):
+    argv = [event, "h1", deadline, len(buyers)]
+    for user, qty in buyers:
+        argv += [user, qty]
+    return r.cmd("EVAL", DEDUCT, 5, *keys(event), *argv, *acks)
+
+
+def hgetall(r, key):
+    v = r.cmd("HGETALL", key) or []
+    return dict(zip(v[::2], v[1::2]))
+
+
+class Redis:
+    def __enter__(self):
+        self.tmp = TempDir()
+        self.r = RedisServer(self.tmp.path).start()
+        return self.r
+
+    def __exit__(self, *exc):
+        self.r.stop()
+        self.tmp.cleanup()
+
+
+def create(r, event, stock, limit):
+    r.cmd("HSET", "{%s}:meta" % event, "stock", stock, "sold", 0, "limit", limit, "gen", 7)
+
+
+@suite.case
+def mixed_outcomes_in_one_batch():
+    with Redis() as r:
+        create(r, "m", 5, 2)
+        out = batch(r, "m", [("a", 1), ("a", 2), ("b", 3), ("c", 2), ("d", 2), ("e", 1), ("f", 1)])
+        verdicts = [o[0] for o in out]
+        # a:1 ok (4 left); a:2 over the limit of 2; b:3 over the limit; c:2 ok (2 left);
+        # d:2 ok (0 left); e, f: sold out.
+        assert verdicts == ["ok", "limit_reached", "limit_reached", "ok", "ok", "sold_out",
+                            "sold_out"], out
+        assert out[1][1] == 1 and out[1][2] == "7", out  # held 1, gen
+        assert [o[2] for o in out if o[0] == "ok"] == [4, 2, 0], out
+        meta = hgetall(r, "{m}:meta")
+        assert meta["sold"] == "5" and meta["seq"] == "3", meta
+        users = hgetall(r, "{m}:users")
+        assert users == {"a": "1", "c": "2", "d": "2"}, users
+        ids = [o[1] for o in out if o[0] == "ok"]
+        assert len(set(ids)) == 3 and all(i.endswith("-m") and len(i) == 26 for i in ids), ids
+        assert sorted(ids) == ids, "ids must increase in batch order"
+        orders = hgetall(r, "{m}:orders")
+        assert set(orders) == set(ids), orders
+        rec = json.loads(orders[ids[1]])
+        assert rec == {"order_id": ids[1], "event": "m", "user": "c", "qty": 2, "host": "h1",
+                       "created_at": out[3][4]}, rec
+        assert hgetall(r, "{m}:uorders") == {"a": ids[0], "c": ids[1], "d": ids[2]}
+        # A name the host would refuse still makes valid JSON (the script's escaping path).
+        create(r, "m2", 5, 2)
+        batch(r, "m2", [('q"\\x', 1), ("p", 1)])
+        recs = [json.loads(v) for v in hgetall(r, "{m2}:orders").values()]
+        assert sorted(x["user"] for x in recs) == ['p', 'q"\\x'], recs
+        assert all(set(x) == {"order_id", "event", "user", "qty", "host", "created_at"}
+                   for x in recs), recs
+        assert set(hgetall(r, "{m}:pending")) == set(ids)
+
+        # insufficient for a qty while a smaller one still fits
+        create(r, "q", 3, 5)
+        out = batch(r, "q", [("a", 2), ("b", 2), ("c", 1), ("d", 1)])
+        assert [o[0] for o in out] == ["ok", "insufficient", "ok", "sold_out"], out
+        assert out[1][1] == 1, out  # remaining when b asked
+        assert hgetall(r, "{q}:meta")["sold"] == "3"
+
+
+@suite.case
+def stock_runs_out_inside_a_batch_exactly_to_zero():
+    with Redis() as r:
+        create(r, "z", 37, 1)
+        sold = 0
+        for b in range(3):
+            out = batch(r, "z", [("u%d-%d" % (b, i), 1) for i in range(20)])
+            sold += sum(1 for o in out if o[0] == "ok")
+            assert all(o[0] in ("ok", "sold_out") for o in out), out
+        assert sold == 37, sold
+        assert hgetall(r, "{z}:meta")["sold"] == "37"
+        assert int(r.cmd("HLEN", "{z}:orders")) == 37
+        assert int(r.cmd("HLEN", "{z}:pending")) == 37
+
+
+@suite.case
+def same_buyer_twice_gets_exactly_the_limit():
+    with Redis() as r:
+        create(r, "t", 100, 3)
+        out = batch(r, "t", [("x", 2), ("x", 1), ("x", 1), ("y", 1), ("x", 1)])
+        assert [o[0] for o in out] == ["ok", "ok", "limit_reached", "ok", "limit_reached"], out
+        assert out[2][1] == 3 and out[4][1] == 3, out
+        assert hgetall(r, "{t}:users") == {"x": "3", "y": "1"}
+        # uorders lists both of x's orders, in order
+        assert hgetall(r, "{t}:uorders")["x"] == "%s,%s" % (out[0][1], out[1][1])
+        # across batches too
+        out = batch(r, "t", [("x", 1), ("y", 2), ("y", 1)])
+        assert [o[0] for o in out] == ["limit_reached", "ok", "limit_reached"], out
+        assert hgetall(r, "{t}:users") == {"x": "3", "y": "3"}
+        assert hgetall(r, "{t}:meta")["sold"] == "6"
+
+
+@suite.case
+def expired_unknown_and_malformed_change_nothing():
+    with Redis() as r:
+        create(r, "e", 10, 1)
+        out = batch(r, "e", [("a", 1), ("b", 1)], deadline=1)  # 1970: long past
+        assert out == [["expired"], ["expired"]], out
+        out = batch(r, "nosuch", [("a", 1), ("b", 1)])
+        assert out == [["unknown_event"], ["unknown_event"]], out
+        for bad in ([("a", 1), ("b", 0)], [("a", "x")]):
+            try:
+                batch(r, "e", bad)
+                raise AssertionError("a malformed batch was accepted")
+            except RuntimeError as e:
+                assert "bad qty" in str(e), e
+        try:
+            r.cmd("EVAL", DEDUCT, 5, *keys("e"), "e", "h1", 0, 3, "a", 1)
+            raise AssertionError("a short batch was accepted")
+        except RuntimeError as e:
+            assert "bad batch" in str(e), e
+        assert hgetall(r, "{e}:meta").get("sold") == "0"
+        assert r.cmd("EXISTS", "{e}:users", "{e}:orders", "{e}:pending", "{nosuch}:meta") == 0
+
+
+@suite.case
+def acknowledged_ids_ride_on_a_batch():
+    with Redis() as r:
+        create(r, "p", 10, 1)
+        out = batch(r, "p", [("a", 1), ("b", 1), ("c", 1)])
+        ids = [o[1] for o in out]
+        assert int(r.cmd("HLEN", "{p}:pending")) == 3
+        out = batch(r, "p", [("d", 1), ("a", 1)], acks=ids[:2])
+        assert [o[0] for o in out] == ["ok", "limit_reached"], out
+        d = out[0][1]
+        assert set(hgetall(r, "{p}:pending")) == {ids[2], d}
+        # They are deleted whatever the buyers' outcome, even when the batch expired.
+        out = batch(r, "p", [("e", 1)], acks=[ids[2]], deadline=1)
+        assert out == [["expired"]], out
+        assert set(hgetall(r, "{p}:pending")) == {d}
+        # The records stay: only the pending entries go.
+        assert int(r.cmd("HLEN", "{p}:orders")) == 4
+
+
+if __name__ == "__main__":
+    suite.run()
