@@ -141,8 +141,10 @@ static void on_event_meta(redisReply *r, const char *err, void *data)
     int64_t gen = elem_int(r, 3);
     int64_t remaining = stock - sold > 0 ? stock - sold : 0;
     stock_event_t *ev = stock_find(v->event, v->len);
-    int64_t quota = ev ? atomic_load(&ev->quota) : 0;
-    int64_t left = ev ? atomic_load(&ev->local_left) : 0;
+    stock_view_t sv = {0};
+    if (ev != NULL)
+        stock_view(ev, &sv);
+    int64_t quota = sv.quota, left = sv.left;
     char body[512];
     size_t pos = 0;
     memcpy(body, "{\"event\":", 9);

@@ -119,7 +119,9 @@ static void on_refreshed(stock_event_t *ev, int err, void *data)
 static void refresh_one(stock_event_t *ev, void *arg)
 {
     worker_t *w = arg;
-    events_lookup(w, ev->name, ev->name_len, on_refreshed, NULL);
+    stock_view_t v;
+    stock_view(ev, &v);
+    events_lookup(w, v.name, v.name_len, on_refreshed, NULL);
 }
 
 void events_refresh(worker_t *w)

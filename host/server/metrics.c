@@ -338,15 +338,15 @@ typedef struct {
 static void render_stock(stock_event_t *ev, void *arg)
 {
     stock_render_t *sr = arg;
+    stock_view_t v;
+    stock_view(ev, &v);
     if (sr->which == 0)
-        prom_printf(sr->o, "snatch_local_stock_left{event=\"%s\"} %lld\n", ev->name,
-                    (long long)atomic_load(&ev->local_left));
+        prom_printf(sr->o, "snatch_local_stock_left{event=\"%s\"} %lld\n", v.name,
+                    (long long)v.left);
     else if (sr->which == 1)
-        prom_printf(sr->o, "snatch_local_quota{event=\"%s\"} %lld\n", ev->name,
-                    (long long)atomic_load(&ev->quota));
+        prom_printf(sr->o, "snatch_local_quota{event=\"%s\"} %lld\n", v.name, (long long)v.quota);
     else
-        prom_printf(sr->o, "snatch_event_sold_out{event=\"%s\"} %d\n", ev->name,
-                    atomic_load(&ev->sold_out) ? 1 : 0);
+        prom_printf(sr->o, "snatch_event_sold_out{event=\"%s\"} %d\n", v.name, v.sold_out ? 1 : 0);
 }
 
 static void render_stock_families(prom_buf_t *o)

@@ -10,6 +10,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+struct stock_event {
+    char name[SNATCH_NAME_MAX + 1];
+    size_t name_len;
+    /* Changed together under the table lock by stock_install(); read racily for display. */
+    _Atomic int64_t total;          /* stock of the sale, from Redis */
+    _Atomic int64_t per_user_limit; /* from Redis */
+    _Atomic int64_t quota;          /* this host's allocation, from the policy */
+    _Atomic uint64_t generation;    /* Redis "gen": bumped by every admin reset */
+    /* Hot path. */
+    _Atomic int64_t local_left; /* units of the quota not yet reserved */
+    _Atomic bool sold_out;      /* Redis said there is nothing left */
+};
+
 static _Atomic(stock_event_t *) *table; /* slots entries; set before any reader starts */
 static size_t slots;                    /* power of two, >= 2 * max_events */
 static size_t max_events;
@@ -228,4 +241,16 @@ void stock_foreach(void (*fn)(stock_event_t *ev, void *arg), void *arg)
         if (ev != NULL)
             fn(ev, arg);
     }
+}
+
+void stock_view(const stock_event_t *ev, stock_view_t *out)
+{
+    out->name = ev->name;
+    out->name_len = ev->name_len;
+    out->total = atomic_load_explicit(&ev->total, memory_order_relaxed);
+    out->per_user_limit = atomic_load_explicit(&ev->per_user_limit, memory_order_relaxed);
+    out->quota = atomic_load_explicit(&ev->quota, memory_order_relaxed);
+    out->generation = atomic_load_explicit(&ev->generation, memory_order_relaxed);
+    out->left = atomic_load_explicit(&ev->local_left, memory_order_relaxed);
+    out->sold_out = atomic_load_explicit(&ev->sold_out, memory_order_relaxed);
 }

@@ -17,18 +17,22 @@
 
 #include "util.h"
 
-typedef struct stock_event {
-    char name[SNATCH_NAME_MAX + 1];
+typedef struct stock_event stock_event_t;
+
+/* What the other modules may know of an event: a snapshot, read racily (each field atomically,
+ * not all together), for display, metrics and tests. Only stock.c writes an event. */
+typedef struct stock_view {
+    const char *name; /* valid for the life of the process */
     size_t name_len;
-    /* Changed together under the table lock by stock_install(); read racily for display. */
-    _Atomic int64_t total;          /* stock of the sale, from Redis */
-    _Atomic int64_t per_user_limit; /* from Redis */
-    _Atomic int64_t quota;          /* this host's allocation, from the policy */
-    _Atomic uint64_t generation;    /* Redis "gen": bumped by every admin reset */
-    /* Hot path. */
-    _Atomic int64_t local_left; /* units of the quota not yet reserved */
-    _Atomic bool sold_out;      /* Redis said there is nothing left */
-} stock_event_t;
+    int64_t total;          /* stock of the sale, from Redis */
+    int64_t per_user_limit; /* from Redis */
+    int64_t quota;          /* this host's allocation, from the policy */
+    uint64_t generation;    /* Redis "gen": bumped by every admin reset */
+    int64_t left;           /* units of the quota not yet reserved */
+    bool sold_out;          /* Redis said there is nothing left */
+} stock_view_t;
+
+void stock_view(const stock_event_t *ev, stock_view_t *out);
 
 #define STOCK_EVENTS_DEFAULT 4096
 #define STOCK_EVENTS_LIMIT (1u << 22)

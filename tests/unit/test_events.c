@@ -19,6 +19,14 @@
 #include "metrics_sample.h"
 #include "redis_server.h"
 
+/* The event's fields as the other modules see them. */
+static stock_view_t view_of(const stock_event_t *ev)
+{
+    stock_view_t v;
+    stock_view(ev, &v);
+    return v;
+}
+
 #define REFRESH_ERRORS "snatch_backend_errors_total{backend=\"redis\",step=\"event_refresh\"}"
 
 static test_redis_t redis = {.pid = -1};
@@ -87,12 +95,12 @@ static void meta(const char *event, int stock, int sold, int limit, int gen)
 
 static int64_t left(const stock_event_t *ev)
 {
-    return atomic_load(&ev->local_left);
+    return view_of(ev).left;
 }
 
 static bool sold_out(const stock_event_t *ev)
 {
-    return atomic_load(&ev->sold_out);
+    return view_of(ev).sold_out;
 }
 
 static void test_unknown_event(void **state)
@@ -119,11 +127,11 @@ static void test_installed_with_policy_quota(void **state)
     assert_int_equal(g.err, 0);
     assert_non_null(g.ev);
     assert_ptr_equal(g.ev, stock_find("e1", 2));
-    assert_int_equal(atomic_load(&g.ev->total), 10);
-    assert_int_equal(atomic_load(&g.ev->per_user_limit), 2);
-    assert_int_equal(atomic_load(&g.ev->quota), 5);
+    assert_int_equal(view_of(g.ev).total, 10);
+    assert_int_equal(view_of(g.ev).per_user_limit, 2);
+    assert_int_equal(view_of(g.ev).quota, 5);
     assert_int_equal(left(g.ev), 5);
-    assert_int_equal(atomic_load(&g.ev->generation), 1);
+    assert_int_equal(view_of(g.ev).generation, 1);
     assert_false(sold_out(g.ev));
 
     /* Sold out in Redis already: known as sold out at once. */
@@ -136,7 +144,7 @@ static void test_installed_with_policy_quota(void **state)
     assert_int_equal(test_redis_do(&redis, "HSET {e1bare}:meta stock 4 gen 1"), 0);
     g = lookup("e1bare");
     assert_non_null(g.ev);
-    assert_int_equal(atomic_load(&g.ev->per_user_limit), 1);
+    assert_int_equal(view_of(g.ev).per_user_limit, 1);
     assert_int_equal(left(g.ev), 2);
     assert_false(sold_out(g.ev));
     assert_int_equal(test_redis_do(&redis, "HSET {e1zero}:meta stock 0 gen 1"), 0);
@@ -173,8 +181,8 @@ static void test_reset_reinstalls(void **state)
     assert_ptr_equal(lookup("e2").ev, ev);
     assert_false(sold_out(ev));
     assert_int_equal(left(ev), 4);
-    assert_int_equal(atomic_load(&ev->total), 8);
-    assert_int_equal(atomic_load(&ev->generation), 2);
+    assert_int_equal(view_of(ev).total, 8);
+    assert_int_equal(view_of(ev).generation, 2);
 }
 
 /* A spent local quota is topped up from what Redis has left, at most one quota; not while
@@ -256,7 +264,7 @@ static void test_no_refill_when_the_policy_says_so(void **state)
 
 static bool generation_is_2(void *arg)
 {
-    return atomic_load(&((stock_event_t *)arg)->generation) == 2;
+    return view_of((stock_event_t *)arg).generation == 2;
 }
 
 static bool refresh_error_counted(void *arg)
@@ -311,7 +319,7 @@ static void test_room_held(void **state)
     assert_ptr_equal(events_install(&w, "r1", 2, 20, 2, 2, 0, false, &q), ev);
     assert_int_equal(q, 10);
     assert_int_equal(left(ev), 10);
-    assert_int_equal(atomic_load(&ev->per_user_limit), 2);
+    assert_int_equal(view_of(ev).per_user_limit, 2);
     assert_null(stock_install("r4", 2, 1, 1, 1, 1, false));
 
     stock_shutdown();

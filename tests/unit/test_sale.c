@@ -15,6 +15,14 @@
 #include "redis.h"
 #include "sale.h"
 
+/* The event's fields as the other modules see them. */
+static stock_view_t view_of(const stock_event_t *ev)
+{
+    stock_view_t v;
+    stock_view(ev, &v);
+    return v;
+}
+
 #define QUOTA 10
 
 static stock_event_t *ev;
@@ -94,7 +102,7 @@ static deduct_result_t failed(deduct_verdict_t v, const char *err, const char *d
 
 static int64_t local_left(void)
 {
-    return atomic_load(&ev->local_left);
+    return view_of(ev).left;
 }
 
 static void fresh_event(uint64_t gen)
