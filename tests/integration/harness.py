@@ -55,6 +55,19 @@ def wait_until(pred, timeout=10.0, step=0.05, what="condition"):
     raise AssertionError("timed out waiting for " + what)
 
 
+def all_threads_stopped(pid):
+    """True once /proc shows every thread of pid in state T (stopped by a signal)."""
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                state = f.read().rsplit(") ", 1)[1][0]
+        except (OSError, IndexError):
+            continue  # the thread exited meanwhile
+        if state != "T":
+            return False
+    return True
+
+
 class Proc:
     """A child process we started; stopped by PID only."""
 
@@ -85,6 +98,14 @@ class Proc:
         if self.alive():
             self.p.kill()
             self.p.wait()
+
+    def sigstop(self, timeout=10.0):
+        """SIGSTOP, then wait until every thread of the process is stopped: the signal takes
+        effect asynchronously, and until it has, the server still answers (e.g. acknowledges a
+        publish that a test expects to go unanswered)."""
+        os.kill(self.p.pid, signal.SIGSTOP)
+        wait_until(lambda: all_threads_stopped(self.p.pid), timeout, 0.005,
+                   "pid %d to stop" % self.p.pid)
 
     def stop(self, timeout=10.0, sig=signal.SIGTERM):
         if self.p is None:

@@ -6,8 +6,9 @@ import threading
 import time
 
 
-def crowd(port, event, users, threads=16, qty=None, path_fmt=None, stop_at=None):
-    """Each user in `users` tries once. Returns a list of (user, status, body dict or text)."""
+def crowd(port, event, users, threads=16, qty=None, path_fmt=None, stop_at=None, stop=None):
+    """Each user in `users` tries once, until time stop_at or until the threading.Event `stop`
+    is set. Returns a list of (user, status, body dict or text)."""
     results = []
     lock = threading.Lock()
     chunks = [users[i::threads] for i in range(threads)]
@@ -17,6 +18,8 @@ def crowd(port, event, users, threads=16, qty=None, path_fmt=None, stop_at=None)
         local = []
         for u in chunk:
             if stop_at is not None and time.time() > stop_at:
+                break
+            if stop is not None and stop.is_set():
                 break
             path = (path_fmt or "/v1/events/{event}/snatch?user={user}").format(event=event, user=u)
             if qty is not None:

@@ -216,10 +216,10 @@ def rss_kb(pid):
 
 def freeze(proc, seconds):
     """SIGSTOP a server for `seconds`, then SIGCONT: it is unreachable but keeps its sockets.
-    Returns (stopped, resumed): from a little after the stop surely took effect (all threads
-    of a process stop asynchronously, and an answer the server produced just before may still
-    be on its way) to right before SIGCONT."""
-    os.kill(proc.pid, signal.SIGSTOP)
+    Returns (stopped, resumed): from a little after the stop took effect (seen in /proc: all
+    threads of a process stop asynchronously, and an answer the server produced just before may
+    still be on its way) to right before SIGCONT."""
+    proc.sigstop()
     stopped = time.time() + 0.05
     try:
         time.sleep(seconds)
