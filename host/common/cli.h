@@ -1,12 +1,14 @@
 /* What every snatch program's command line has in common: the version (one definition, in
  * CMakeLists.txt's project(), passed as SNATCH_VERSION), --version, and usage errors answered
  * with one line and a pointer to --help rather than the whole help text (which hides the
- * actual complaint). Header-only so that each program includes it without another library. */
+ * actual complaint). Header-only, but for cli_int_opt (cli.c, in snatch_common: the programs
+ * that read numbers link it; snatch-bench, which does not, only includes this). */
 #ifndef SNATCH_CLI_H
 #define SNATCH_CLI_H
 
 #include <getopt.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #ifndef SNATCH_VERSION
@@ -40,6 +42,12 @@ static inline void cli_usage_error(const char *prog, const char *fmt, ...)
     va_end(ap);
     fprintf(stderr, " (see --help)\n");
 }
+
+/* An integer flag's value: digits only (no spaces, '+' or trailing text, which atoi/strtol let
+ * through), within [min, max]. Returns 0 with *out set, or -1 after the usage error
+ * "prog: NAME must be an integer from MIN to MAX (see --help)". */
+int cli_int_opt(const char *prog, const char *name, const char *value, int64_t min, int64_t max,
+                int64_t *out);
 
 /* For getopt_long's '?' or ':' return: names the offending option. A long option is named as
  * typed (argv[optind - 1]); for a short one getopt may be inside a cluster like -xc, so optopt,

@@ -1,11 +1,12 @@
 /* See orders_stream.h. */
 #include "orders_stream.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "log.h"
+#include "util.h"
 
 /* Written once at start-up (before threads), read by the thread that creates the stream. */
 static int64_t max_age_ms = ORDERS_DEFAULT_MAX_AGE_MS;
@@ -14,10 +15,8 @@ static int64_t max_bytes = ORDERS_DEFAULT_MAX_BYTES;
 static int parse_limit(const char *flag, const char *value, int64_t min, int64_t *out, char *err,
                        size_t errlen)
 {
-    char *end;
-    errno = 0;
-    long long v = strtoll(value, &end, 10);
-    if (errno != 0 || end == value || *end != '\0' || v < 0 || (v > 0 && v < min)) {
+    int64_t v;
+    if (util_parse_i64(value, strlen(value), 0, INT64_MAX, &v) != 0 || (v > 0 && v < min)) {
         snprintf(err, errlen, "--%s must be 0 (unlimited) or an integer >= %lld", flag,
                  (long long)min);
         return -1;

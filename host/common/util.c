@@ -49,8 +49,8 @@ int util_parse_i64(const char *s, size_t len, int64_t min, int64_t max, int64_t 
     }
     int64_t v = 0;
     for (; i < len; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return -1;
+        if (s[i] < '0' || s[i] > '9' || v > (INT64_MAX - (s[i] - '0')) / 10)
+            return -1; /* 19 digits can exceed INT64_MAX: refused, never wrapped */
         v = v * 10 + (s[i] - '0');
     }
     if (neg)

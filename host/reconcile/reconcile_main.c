@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <hiredis/hiredis.h>
+#include <limits.h>
 #include <nats/nats.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -96,6 +97,7 @@ static int parse_args(int argc, char **argv, config_t *c)
         {NULL, 0, NULL, 0},
     };
     int ch;
+    int64_t v;
     char err[256];
     memset(c, 0, sizeof(*c));
     c->pending_ms = -1;
@@ -124,10 +126,14 @@ static int parse_args(int argc, char **argv, config_t *c)
             c->dry_run = true;
             break;
         case 'w':
-            c->wait_s = atoi(optarg);
+            if (cli_int_opt(PROG, "--wait", optarg, 0, INT_MAX, &v) != 0)
+                return -1;
+            c->wait_s = (int)v;
             break;
         case 'p':
-            c->pending_ms = atoll(optarg);
+            if (cli_int_opt(PROG, "--pending", optarg, 0, INT64_MAX, &v) != 0)
+                return -1;
+            c->pending_ms = v;
             break;
         case 'P':
             c->policy = optarg;

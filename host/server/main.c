@@ -204,16 +204,6 @@ enum {
     OPT_MAX_CONNS_CLIENT,
 };
 
-static int parse_int_opt(const char *name, const char *v, int64_t min, int64_t max, int64_t *out)
-{
-    if (util_parse_i64(v, strlen(v), min, max, out) != 0) {
-        cli_usage_error("snatch-host", "%s must be an integer from %lld to %lld", name,
-                        (long long)min, (long long)max);
-        return -1;
-    }
-    return 0;
-}
-
 static int parse_args(int argc, char **argv, bool *test_only)
 {
     static char listen_buf[256], redis_buf[256], admin_buf[256];
@@ -284,7 +274,7 @@ static int parse_args(int argc, char **argv, bool *test_only)
             }
             break;
         case OPT_THREADS:
-            if (parse_int_opt("--threads", optarg, 1, MAX_THREADS, &v))
+            if (cli_int_opt("snatch-host", "--threads", optarg, 1, MAX_THREADS, &v))
                 return -1;
             cfg->threads = (int)v;
             break;
@@ -296,7 +286,7 @@ static int parse_args(int argc, char **argv, bool *test_only)
             }
             break;
         case OPT_REDIS_TIMEOUT:
-            if (parse_int_opt("--redis-timeout-ms", optarg, 1, 600000, &v))
+            if (cli_int_opt("snatch-host", "--redis-timeout-ms", optarg, 1, 600000, &v))
                 return -1;
             cfg->redis_timeout_ms = (uint64_t)v;
             break;
@@ -304,12 +294,12 @@ static int parse_args(int argc, char **argv, bool *test_only)
             cfg->nats_url = optarg;
             break;
         case OPT_ACK_TIMEOUT:
-            if (parse_int_opt("--ack-timeout-ms", optarg, 1, 600000, &v))
+            if (cli_int_opt("snatch-host", "--ack-timeout-ms", optarg, 1, 600000, &v))
                 return -1;
             cfg->ack_timeout_ms = (uint64_t)v;
             break;
         case OPT_MAX_INFLIGHT:
-            if (parse_int_opt("--max-inflight", optarg, 1, 1000000, &v))
+            if (cli_int_opt("snatch-host", "--max-inflight", optarg, 1, 1000000, &v))
                 return -1;
             cfg->max_inflight = (unsigned)v;
             break;
@@ -321,7 +311,7 @@ static int parse_args(int argc, char **argv, bool *test_only)
             cfg->host_id = optarg;
             break;
         case OPT_HOSTS:
-            if (parse_int_opt("--hosts", optarg, 1, 10000, &v))
+            if (cli_int_opt("snatch-host", "--hosts", optarg, 1, 10000, &v))
                 return -1;
             cfg->hosts = (int)v;
             break;
@@ -332,22 +322,22 @@ static int parse_args(int argc, char **argv, bool *test_only)
             cfg->deduct_path = optarg;
             break;
         case OPT_MAX_HEAD:
-            if (parse_int_opt("--max-head", optarg, 256, 1 << 20, &v))
+            if (cli_int_opt("snatch-host", "--max-head", optarg, 256, 1 << 20, &v))
                 return -1;
             cfg->http.max_head_bytes = (size_t)v;
             break;
         case OPT_MAX_BODY:
-            if (parse_int_opt("--max-body", optarg, 0, 64 << 20, &v))
+            if (cli_int_opt("snatch-host", "--max-body", optarg, 0, 64 << 20, &v))
                 return -1;
             cfg->http.max_body_bytes = (size_t)v;
             break;
         case OPT_IDLE:
-            if (parse_int_opt("--idle-timeout-ms", optarg, 1, 3600000, &v))
+            if (cli_int_opt("snatch-host", "--idle-timeout-ms", optarg, 1, 3600000, &v))
                 return -1;
             cfg->http.idle_timeout_ms = (uint64_t)v;
             break;
         case OPT_HEADER_TIMEOUT:
-            if (parse_int_opt("--header-timeout-ms", optarg, 1, 3600000, &v))
+            if (cli_int_opt("snatch-host", "--header-timeout-ms", optarg, 1, 3600000, &v))
                 return -1;
             cfg->http.header_timeout_ms = (uint64_t)v;
             break;
@@ -355,16 +345,17 @@ static int parse_args(int argc, char **argv, bool *test_only)
             *test_only = true;
             break;
         case OPT_RECONCILE_INTERVAL:
-            if (parse_int_opt("--reconcile-interval-ms", optarg, 0, 3600000, &v))
+            if (cli_int_opt("snatch-host", "--reconcile-interval-ms", optarg, 0, 3600000, &v))
                 return -1;
             reconcile_interval_ms = (uint64_t)v;
             break;
         case OPT_RATE_LIMIT_KEYS:
-            if (parse_int_opt("--rate-limit-keys", optarg, 64, 1 << 26, &rate_limit_keys))
+            if (cli_int_opt("snatch-host", "--rate-limit-keys", optarg, 64, 1 << 26,
+                            &rate_limit_keys))
                 return -1;
             break;
         case OPT_RECONCILE_AFTER:
-            if (parse_int_opt("--reconcile-after-ms", optarg, 1, 86400000, &v))
+            if (cli_int_opt("snatch-host", "--reconcile-after-ms", optarg, 1, 86400000, &v))
                 return -1;
             reconcile_after_ms = v;
             break;
@@ -396,7 +387,8 @@ static int parse_args(int argc, char **argv, bool *test_only)
             cfg->allow_query_user = true;
             break;
         case OPT_MAX_EVENTS:
-            if (parse_int_opt("--max-events", optarg, 1, STOCK_EVENTS_LIMIT, &max_events))
+            if (cli_int_opt("snatch-host", "--max-events", optarg, 1, STOCK_EVENTS_LIMIT,
+                            &max_events))
                 return -1;
             break;
         case OPT_ADMIN_LISTEN:
@@ -407,11 +399,12 @@ static int parse_args(int argc, char **argv, bool *test_only)
             }
             break;
         case OPT_MAX_CONNS:
-            if (parse_int_opt("--max-connections", optarg, 1, 1 << 24, &max_conns))
+            if (cli_int_opt("snatch-host", "--max-connections", optarg, 1, 1 << 24, &max_conns))
                 return -1;
             break;
         case OPT_MAX_CONNS_CLIENT:
-            if (parse_int_opt("--max-connections-per-client", optarg, 0, 1 << 24, &max_per_client))
+            if (cli_int_opt("snatch-host", "--max-connections-per-client", optarg, 0, 1 << 24,
+                            &max_per_client))
                 return -1;
             break;
         case OPT_LOG_FORMAT:

@@ -127,7 +127,7 @@ static int parse_args(int argc, char **argv, config_t *c)
         {NULL, 0, NULL, 0},
     };
     int ch;
-    char *end;
+    int64_t v;
     *c = (config_t){.durable = "snatch-subscriber",
                     .stream = ORDERS_STREAM,
                     .batch = DEFAULT_BATCH,
@@ -157,12 +157,9 @@ static int parse_args(int argc, char **argv, config_t *c)
             }
             break;
         case 'b':
-            errno = 0;
-            c->batch = (int)strtol(optarg, &end, 10);
-            if (errno != 0 || *end != '\0' || c->batch < 1 || c->batch > 100000) {
-                fprintf(stderr, "subscriber: --batch must be 1..100000\n");
+            if (cli_int_opt("snatch-subscriber", "--batch", optarg, 1, 100000, &v) != 0)
                 return -1;
-            }
+            c->batch = (int)v;
             break;
         case 'y':
             if (strcmp(optarg, "full") == 0)

@@ -58,6 +58,25 @@ class CliTest(unittest.TestCase):
         rc, _, err = run(binary("snatch-subscriber"), "--db", "x.db")
         self.assertEqual((rc, err), (2, "snatch-subscriber: missing --nats (see --help)\n"))
 
+    def test_malformed_integer_is_usage_error(self):
+        # Trailing text, a sign, a space, and 19 digits past INT64_MAX: atoi/strtol let some of
+        # these through; each program's integer flags now refuse them all in one line.
+        cases = (("snatch-host", "--threads", "2x", 32),
+                 ("snatch-host", "--max-inflight", "+5", 1000000),
+                 ("snatch-subscriber", "--batch", "5x", 100000),
+                 ("snatch-subscriber", "--batch", " 5", 100000),
+                 ("snatch-reconcile", "--wait", "5x", 2147483647),
+                 ("snatch-reconcile", "--wait", "-1", 2147483647),
+                 ("snatch-reconcile", "--pending", "9999999999999999999", 9223372036854775807))
+        low = {"--threads": 1, "--max-inflight": 1, "--batch": 1, "--wait": 0, "--pending": 0}
+        for prog, flag, bad, high in cases:
+            rc, out, err = run(binary(prog), flag, bad)
+            self.assertEqual((rc, out), (2, ""), (prog, flag, bad))
+            self.assertEqual(err, "%s: %s must be an integer from %d to %d (see --help)\n"
+                             % (prog, flag, low[flag], high), (prog, flag, bad))
+            for marker in SANITIZER_MARKERS:
+                self.assertNotIn(marker, err)
+
     def test_retention_flags_checked(self):
         for prog in ("snatch-host", "snatch-reconcile"):
             for flag, bad in (("--orders-max-age-ms", "1000"), ("--orders-max-bytes", "-1"),

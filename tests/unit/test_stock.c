@@ -186,6 +186,11 @@ static void test_util_parse_i64(void **state)
         assert_int_equal(util_parse_i64(bad[i], strlen(bad[i]), 1, 100, &v), -1);
     assert_int_equal(util_parse_i64("-5", 2, -10, 10, &v), 0);
     assert_int_equal(v, -5);
+    /* 19 digits: INT64_MAX is read, anything above it refused rather than wrapped. */
+    assert_int_equal(util_parse_i64("9223372036854775807", 19, 0, INT64_MAX, &v), 0);
+    assert_true(v == INT64_MAX);
+    assert_int_equal(util_parse_i64("9223372036854775808", 19, 0, INT64_MAX, &v), -1);
+    assert_int_equal(util_parse_i64("9999999999999999999", 19, 0, INT64_MAX, &v), -1);
 }
 
 static void test_util_valid_name(void **state)
