@@ -26,6 +26,7 @@
 #define ID_CAP (KEYSPACE_ORDER_ID_MAX + 1)
 /* deduct.lua's ARGV before the buyers: event, host_id, deadline_ms, n. */
 #define ARGS_HEAD 4
+#define ARGC_MAX (KEYSPACE__COUNT + ARGS_HEAD + 2 * BATCH_MAX + ACKS_RIDE_MAX)
 
 const char deduct_err_closing[] = "closing";
 const char deduct_err_nomem[] = "out of memory";
@@ -59,6 +60,11 @@ struct deduct_batcher {
     int outstanding; /* batches whose reply is still to come */
     bool closing;
     ev_state_t *buckets[EVENT_BUCKETS];
+    /* send_batch's argument vectors, reused: redis_eval copies what it sends, so they are free
+     * again as soon as it returns (~60 KiB that would otherwise be allocated per batch). */
+    const char *argv[ARGC_MAX];
+    size_t lens[ARGC_MAX];
+    char acks[ACKS_RIDE_MAX][ID_CAP];
 };
 
 typedef struct batch {
@@ -312,15 +318,11 @@ static void send_batch(deduct_batcher_t *b, ev_state_t *ev)
         bytes += by->user_len + by->qty_len;
         n++;
     }
-    size_t argc_max = KEYSPACE__COUNT + ARGS_HEAD + 2 * n + ACKS_RIDE_MAX;
-    const char **argv = malloc(argc_max * sizeof(*argv));
-    size_t *lens = malloc(argc_max * sizeof(*lens));
-    char(*acks)[ID_CAP] = malloc(ACKS_RIDE_MAX * ID_CAP);
-    batch_t *bt = argv != NULL && lens != NULL && acks != NULL ? take_buyers(b, ev, n) : NULL;
+    const char **argv = b->argv;
+    size_t *lens = b->lens;
+    char(*acks)[ID_CAP] = b->acks;
+    batch_t *bt = take_buyers(b, ev, n);
     if (bt == NULL) {
-        free(argv);
-        free(lens);
-        free(acks);
         fail_first(ev);
         return;
     }
@@ -357,11 +359,10 @@ static void send_batch(deduct_batcher_t *b, ev_state_t *ev)
     ev->inflight++;
     b->outstanding++;
     metrics_deduct_batch(n);
+    /* A failure may call on_batch_reply, and so send_batch, from inside redis_eval: the vectors
+     * are not read after it returns, so the nested call may reuse them. */
     redis_eval(b->redis, on_batch_reply, bt, KEYSPACE__COUNT, (int)(KEYSPACE__COUNT + at), argv,
                lens);
-    free(argv);
-    free(lens);
-    free(acks);
 }
 
 void deduct_batcher_close(deduct_batcher_t *b)
