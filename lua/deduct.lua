@@ -10,9 +10,13 @@
 --   KEYS[4] {E}:uorders  hash  user -> order ids, comma separated
 --   KEYS[5] {E}:pending  hash  order_id -> ms; deleted once JetStream acknowledged the order,
 --                              so what is left is what reconciliation must republish
--- ARGV: event, host_id, deadline_ms, n, then n times (user, qty), then any number of order ids
---   of this event that JetStream acknowledged, deleted from KEYS[5] (riding on a batch costs no
---   round trip of its own; they are deleted whatever the buyers' outcome).
+-- ARGV: event, host_id, deadline_ms, n, hold_ms, keep, idem_window_ms, then n times (user, qty,
+--   idempotency key or ""), then any number of order ids of this event that JetStream
+--   acknowledged, deleted from KEYS[5] (riding on a batch costs no round trip of its own; they
+--   are deleted whatever the buyers' outcome).
+--   hold_ms > 0: each order is held until created + hold_ms (lua/order.lua pays, cancels or
+--   expires it); keep "1": a released hold does not give the buyer's per-user count back.
+--   idem_window_ms: how long an idempotency key's decision is kept.
 --   deadline_ms: the host's clock when it stops waiting for this reply (it then answers 503
 --   "nothing deducted"). A script that only gets to run later, e.g. after Redis was paused,
 --   refuses, so that 503 stays true. Host and Redis clocks must agree to well within the
@@ -20,34 +24,43 @@
 --
 -- Reply: an array of n replies, one per buyer in ARGV order. Buyers are served in that order,
 -- each checked against what the earlier ones left (the same user twice sees their first count):
---   {"ok", order_id, remaining, gen, created_ms}
+--   {"ok", order_id, remaining, gen, created_ms, hold_until}   hold_until 0: paid at once
 --   {"sold_out", remaining, gen}        nothing left (remaining 0)
 --   {"insufficient", remaining, gen}    fewer left than qty
 --   {"limit_reached", held, gen}        the buyer would exceed per_user_limit
 --   {"unknown_event"}                   (then for every buyer)
 --   {"expired"}                         the host gave up waiting before this ran: no change
 --                                       (then for every buyer)
+-- With an idempotency key, the first decision (ok, sold_out, insufficient, limit_reached) is
+-- kept for the window, and a later buyer with the same user and key gets it again, taking
+-- nothing (see "Idempotency keys" below):
+--   {"replay", order_id, remaining, gen, created_ms, hold_until, host}   the first one's order
+--   {"sold_out" | "insufficient" | "limit_reached", n, gen, "replay"}  its refusal
+--   {"key_reused", qty}                 the key was first used with another qty
 -- A malformed batch (bad n or qty) is an error reply and changes nothing.
 --
 -- The order id is minted here, once: "<13-digit ms>-<10-digit seq>-<event>". It increases with
 -- time (Redis's clock, the same for every host), so SQLite appends; it is unique because seq
 -- only grows (a reset keeps it); and it names its event, so GET /v1/orders/{id} finds it.
 local event, host, n = ARGV[1], ARGV[2], tonumber(ARGV[4])
-if not n or n < 1 or #ARGV < 4 + 2 * n then
+-- Buyers start at ARGV[B + 1]: B + 3 * i - 2 .. B + 3 * i are buyer i's user, qty and key.
+local B = 7
+if not n or n < 1 or #ARGV < B + 3 * n then
   return redis.error_reply('ERR snatch: bad batch')
 end
+local hold_ms, keep = tonumber(ARGV[5]) or 0, ARGV[6] == '1' and '1' or '0'
 -- Numbers are kept as the strings they arrived as where they go back to Redis or into JSON:
 -- formatting a Lua number (a double) costs more than the rest of a buyer's Lua.
 local qtys = {}
 for i = 1, n do
-  local q = ARGV[4 + 2 * i]
+  local q = ARGV[B + 3 * i - 1]
   if not string.find(q, '^[1-9]%d*$') then
     return redis.error_reply('ERR snatch: bad qty')
   end
   qtys[i] = tonumber(q)
 end
-if #ARGV > 4 + 2 * n then
-  redis.call('HDEL', KEYS[5], unpack(ARGV, 5 + 2 * n))
+if #ARGV > B + 3 * n then
+  redis.call('HDEL', KEYS[5], unpack(ARGV, B + 1 + 3 * n))
 end
 
 local function all(reply)
@@ -75,7 +88,7 @@ local seq0 = tonumber(meta[5]) or 0
 -- lists, one HSET per hash written. What is left per buyer is Lua (a few microseconds).
 local users, distinct = {}, {}
 for i = 1, n do
-  local u = ARGV[3 + 2 * i]
+  local u = ARGV[B + 3 * i - 2]
   if distinct[u] == nil then
     distinct[u] = true
     users[#users + 1] = u
@@ -94,15 +107,45 @@ local fast = plain(event) and plain(host)
 local ms_str = string.format('%d', ms)
 local head = '{"event":"' .. event .. '","host":"' .. host .. '","created_at":' .. ms_str ..
   ',"order_id":"'
+local until_str = hold_ms > 0 and string.format('%d', ms + hold_ms) or '0'
+
+-- ---- Idempotency keys (only buyers that send one pay for this) ----
+-- {E}:idem:<user>|<key>, a string that expires after the window: {qty, gen, first reply}.
+-- The key lives in the event's hash tag (KEYS[1] is "{E}:meta"), so the batch stays on one
+-- Redis Cluster slot. Its decision is written at once, so the same key twice in one batch is
+-- a replay too. A decision of an earlier generation (the event was reset) is not replayed.
+local idem_prefix = string.sub(KEYS[1], 1, -5) .. 'idem:'
+local idem_window = ARGV[7]
+local function idem_replay(user, key, qty)
+  local v = redis.call('GET', idem_prefix .. user .. '|' .. key)
+  if not v then return nil end
+  local d = cjson.decode(v)
+  if d[2] ~= gen then return nil end
+  if d[1] ~= qty then return {'key_reused', d[1]} end
+  local r = d[3]
+  if r[1] == 'ok' then
+    return {'replay', r[2], r[3], r[4], r[5], r[6], r[7]}
+  end
+  r[4] = 'replay'
+  return r
+end
+local function idem_keep(user, key, qty, reply)
+  redis.call('SET', idem_prefix .. user .. '|' .. key, cjson.encode({qty, gen, reply}),
+    'PX', idem_window)
+end
 
 local out, orders, pending = {}, {}, {}
+local holds, states = {}, {}
 local bought, bought_ids = {}, {} -- users who bought in this batch, in order; their new ids
 local sold_now, seq = 0, seq0
 for i = 1, n do
-  local user, qty = ARGV[3 + 2 * i], qtys[i]
+  local user, qty, key = ARGV[B + 3 * i - 2], qtys[i], ARGV[B + 3 * i]
+  local replay = key ~= '' and idem_replay(user, key, ARGV[B + 3 * i - 1])
   local remaining = stock - sold - sold_now
   local h = held[user]
-  if remaining <= 0 then
+  if replay then
+    out[i] = replay
+  elseif remaining <= 0 then
     out[i] = {'sold_out', 0, gen}
   elseif qty > remaining then
     out[i] = {'insufficient', remaining, gen}
@@ -115,7 +158,7 @@ for i = 1, n do
     local id = string.format('%013d-%010d-%s', ms, seq, event)
     local rec
     if fast and plain(user) then
-      rec = head .. id .. '","qty":' .. ARGV[4 + 2 * i] .. ',"user":"' .. user .. '"}'
+      rec = head .. id .. '","qty":' .. ARGV[B + 3 * i - 1] .. ',"user":"' .. user .. '"}'
     else
       rec = cjson.encode({
         order_id = id, event = event, user = user, qty = qty, host = host, created_at = ms })
@@ -124,6 +167,13 @@ for i = 1, n do
     orders[#orders + 1] = rec
     pending[#pending + 1] = id
     pending[#pending + 1] = ms_str
+    if hold_ms > 0 then
+      holds[#holds + 1] = until_str
+      holds[#holds + 1] = id
+      states[#states + 1] = id
+      states[#states + 1] = 'held ' .. until_str .. ' ' .. keep .. ' ' ..
+        ARGV[B + 3 * i - 1] .. ' ' .. user
+    end
     local ids = bought_ids[user]
     if ids == nil then
       bought[#bought + 1] = user
@@ -131,7 +181,14 @@ for i = 1, n do
     else
       bought_ids[user] = ids .. ',' .. id
     end
-    out[i] = {'ok', id, remaining - qty, gen, ms}
+    out[i] = {'ok', id, remaining - qty, gen, ms, until_str}
+  end
+  if key ~= '' and not replay then
+    local r = out[i]
+    if r[1] == 'ok' then
+      r = {'ok', r[2], r[3], gen, ms_str, until_str, host}
+    end
+    idem_keep(user, key, ARGV[B + 3 * i - 1], r)
   end
 end
 
@@ -151,5 +208,11 @@ if sold_now > 0 then
   end
   redis.call('HSET', KEYS[4], unpack(u))
   redis.call('HSET', KEYS[2], unpack(c))
+  -- Holds (lua/order.lua): {E}:holds orders by deadline, {E}:state what each one is.
+  if #holds > 0 then
+    local prefix = string.sub(KEYS[1], 1, -5)
+    redis.call('ZADD', prefix .. 'holds', unpack(holds))
+    redis.call('HSET', prefix .. 'state', unpack(states))
+  end
 end
 return out

@@ -72,10 +72,10 @@ def main():
                 u += 1
                 cmd("EVALSHA", sha, 5, *keys, "e", "u%d" % u, 1, "h1", 0)
                 continue
-            argv = ["e", "h1", 0, k]
+            argv = ["e", "h1", 0, k, 0, 0, 3600000]  # no hold, no idempotency keys
             for _ in range(k):
                 u += 1
-                argv += ["u%d" % u, 1]
+                argv += ["u%d" % u, 1, ""]
             cmd("EVALSHA", sha, 5, *keys, *argv)
         for line in cmd("INFO", "commandstats").decode().split("\r\n"):
             if line.startswith("cmdstat_evalsha:"):

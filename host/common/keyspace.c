@@ -3,9 +3,10 @@
 #include <inttypes.h>
 #include <stdio.h>
 
-static const char *const suffixes[KEYSPACE__COUNT] = {
-    [KEYSPACE_META] = "meta",       [KEYSPACE_USERS] = "users",     [KEYSPACE_ORDERS] = "orders",
-    [KEYSPACE_UORDERS] = "uorders", [KEYSPACE_PENDING] = "pending",
+static const char *const suffixes[KEYSPACE__ALL] = {
+    [KEYSPACE_META] = "meta",       [KEYSPACE_USERS] = "users",       [KEYSPACE_ORDERS] = "orders",
+    [KEYSPACE_UORDERS] = "uorders", [KEYSPACE_PENDING] = "pending",   [KEYSPACE_HOLDS] = "holds",
+    [KEYSPACE_STATE] = "state",     [KEYSPACE_TPENDING] = "tpending",
 };
 
 int keyspace_key(char *out, const char *event, size_t len, keyspace_key_t which)

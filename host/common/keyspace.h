@@ -8,6 +8,13 @@
  *   {E}:orders   hash  order id -> order record (JSON)
  *   {E}:uorders  hash  user -> order ids, comma separated
  *   {E}:pending  hash  order id -> ms; deleted once JetStream acknowledged the order
+ * Order life (lua/order.lua; deduct.lua writes the first two for an order sold with a hold):
+ *   {E}:holds    zset  order id by hold deadline (ms): orders held, not yet paid
+ *   {E}:state    hash  order id -> "held <until> <keep> <qty> <user>" | "<state> <at> <until>"
+ *                      (no entry: paid at once)
+ *   {E}:tpending hash  order id -> "<at> <state> <payload>": a transition not yet acknowledged
+ *                      by JetStream (what reconciliation republishes)
+ *   {E}:idem:<user>|<key>  string, expires: an idempotency key's first decision (deduct.lua)
  *   snatch:events  set of every event name (what reconciliation walks) */
 #ifndef SNATCH_KEYSPACE_H
 #define SNATCH_KEYSPACE_H
@@ -19,15 +26,24 @@
 
 #define KEYSPACE_EVENTS "snatch:events"
 
-/* In the order of deduct.lua's KEYS[1..5]. */
+/* In the order of deduct.lua's KEYS[1..5] (KEYSPACE__COUNT of them); then the keys of an
+ * order's life, which deduct.lua derives from KEYS[1]. */
 typedef enum {
     KEYSPACE_META,
     KEYSPACE_USERS,
     KEYSPACE_ORDERS,
     KEYSPACE_UORDERS,
     KEYSPACE_PENDING,
-    KEYSPACE__COUNT
+    KEYSPACE__COUNT,
+    KEYSPACE_HOLDS = KEYSPACE__COUNT,
+    KEYSPACE_STATE,
+    KEYSPACE_TPENDING,
+    KEYSPACE__ALL
 } keyspace_key_t;
+
+/* A transition's JetStream message id: "<order id>:<state>", so that each transition of an
+ * order is its own message, de-duplicated exactly. */
+#define KEYSPACE_MSG_ID_MAX (KEYSPACE_ORDER_ID_MAX + 10)
 
 /* Longest key of an event, NUL included. */
 #define KEYSPACE_KEY_MAX (SNATCH_NAME_MAX + 16)

@@ -12,6 +12,13 @@
 #define ORDERS_STREAM "ORDERS"
 #define ORDERS_SUBJECT_PREFIX "orders."
 #define ORDERS_SUBJECTS ORDERS_SUBJECT_PREFIX ">"
+/* Headers of the order life (README "Order states"). An order message sold with a hold carries
+ * Snatch-Hold-Until (its deadline, ms); without it the order is paid at once. A transition is
+ * a message of its own on the same subject, Nats-Msg-Id "<order id>:<state>", header
+ * Snatch-Transition: <state>, payload {"order_id","event","user","qty","state","at"}. */
+#define ORDERS_HDR_HOLD_UNTIL "Snatch-Hold-Until"
+#define ORDERS_HDR_TRANSITION "Snatch-Transition"
+
 /* The largest order payload (the policy's order()) published, NUL included; beyond it the
  * built-in format is published instead. The same bound for the host and every republish. */
 #define ORDERS_PAYLOAD_MAX 1024

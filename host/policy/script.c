@@ -298,17 +298,52 @@ static int read_flag(script_t *s, const char *path, const char *name, bool *valu
     return rc;
 }
 
+/* Stack: [.., module] -> [.., module]; reads an optional integer setting in 0..max. */
+static int read_ms(script_t *s, const char *path, const char *name, int64_t max, int64_t *value,
+                   char *err, size_t errlen)
+{
+    lua_State *L = s->L;
+    int rc = 0;
+    lua_pushstring(L, name);
+    lua_rawget(L, -2); /* [.., module, value] */
+    if (lua_isnil(L, -1))
+        goto out;
+    double d = lua_type(L, -1) == LUA_TNUMBER ? lua_tonumber(L, -1) : NAN;
+    if (!(d >= 0) || d != floor(d) || d > (double)max) {
+        snprintf(err, errlen, "%s: setting '%s' must be an integer from 0 to %lld", path, name,
+                 (long long)max);
+        rc = -1;
+        goto out;
+    }
+    *value = (int64_t)d;
+out:
+    lua_pop(L, 1); /* [.., module] */
+    return rc;
+}
+
 static int read_settings(script_t *s, const char *path, char *err, size_t errlen)
 {
-    bool refill = true;
+    bool refill = true, keeps = false;
     int64_t user = SNATCH_NAME_MAX, event = SNATCH_NAME_MAX, qty = DEFAULT_MAX_QTY;
+    int64_t hold = 0, window = SCRIPT_IDEMPOTENCY_WINDOW_DEFAULT_MS;
 
     if (read_setting(s, path, "user_max_len", SNATCH_NAME_MAX, &user, err, errlen) < 0 ||
         read_setting(s, path, "event_max_len", SNATCH_NAME_MAX, &event, err, errlen) < 0 ||
         read_setting(s, path, "max_qty", MAX_QTY_CAP, &qty, err, errlen) < 0 ||
-        read_flag(s, path, "refill", &refill, err, errlen) < 0)
+        read_flag(s, path, "refill", &refill, err, errlen) < 0 ||
+        read_ms(s, path, "hold_ms", SCRIPT_HOLD_MS_MAX, &hold, err, errlen) < 0 ||
+        read_flag(s, path, "hold_keeps_limit", &keeps, err, errlen) < 0 ||
+        read_ms(s, path, "idempotency_window_ms", SCRIPT_IDEMPOTENCY_WINDOW_MAX_MS, &window, err,
+                errlen) < 0)
         return -1;
+    if (window < 1000) {
+        snprintf(err, errlen, "%s: setting 'idempotency_window_ms' must be at least 1000", path);
+        return -1;
+    }
     s->settings.refill = refill;
+    s->settings.hold_ms = hold;
+    s->settings.hold_keeps_limit = keeps;
+    s->settings.idempotency_window_ms = window;
     s->settings.user_max_len = (size_t)user;
     s->settings.event_max_len = (size_t)event;
     s->settings.max_qty = qty;

@@ -29,11 +29,18 @@ int script_open(script_t **out, const char *path, const script_env_t *env, char 
 void script_close(script_t *s);
 
 typedef struct script_settings {
-    size_t user_max_len;  /* <= SNATCH_NAME_MAX */
-    size_t event_max_len; /* <= SNATCH_NAME_MAX */
-    int64_t max_qty;      /* qty above this is a 400 before admit() */
-    bool refill;          /* top up a spent local quota while Redis still has stock (default) */
+    size_t user_max_len;   /* <= SNATCH_NAME_MAX */
+    size_t event_max_len;  /* <= SNATCH_NAME_MAX */
+    int64_t max_qty;       /* qty above this is a 400 before admit() */
+    bool refill;           /* top up a spent local quota while Redis still has stock (default) */
+    int64_t hold_ms;       /* M.hold_ms: an order is held this long for payment; 0: paid at once */
+    bool hold_keeps_limit; /* M.hold_keeps_limit: a released hold does not give the count back */
+    int64_t idempotency_window_ms; /* M.idempotency_window_ms: how long a key's answer is kept */
 } script_settings_t;
+
+#define SCRIPT_HOLD_MS_MAX (7LL * 24 * 3600 * 1000)
+#define SCRIPT_IDEMPOTENCY_WINDOW_DEFAULT_MS (3600LL * 1000)
+#define SCRIPT_IDEMPOTENCY_WINDOW_MAX_MS (7LL * 24 * 3600 * 1000)
 
 const script_settings_t *script_settings(const script_t *s);
 

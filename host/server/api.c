@@ -12,6 +12,7 @@
 #include "caller.h"
 #include "events.h"
 #include "keyspace.h"
+#include "life.h"
 #include "log.h"
 #include "metrics.h"
 #include "ratelimit.h"
@@ -412,32 +413,6 @@ static bool order_reader(http_request_t *req, int route, bool *admin, char *buye
     return true;
 }
 
-/* True when the stored order record (JSON, "user" field) belongs to buyer. */
-static bool record_of(const char *rec, size_t len, const char *buyer)
-{
-    json_t *root = json_loadb(rec, len, 0, NULL);
-    const char *u = json_string_value(json_object_get(root, "user"));
-    bool mine = u != NULL && strcmp(u, buyer) == 0;
-    json_decref(root);
-    return mine;
-}
-
-static void on_order(redisReply *r, const char *err, void *data)
-{
-    order_view_t *v = data;
-    (void)err;
-    if (r == NULL || r->type == REDIS_REPLY_ERROR)
-        reply_error(v->req, ROUTE_ORDER, 503, "unavailable", NULL);
-    /* Someone else's order is answered exactly like a missing one: ids are sequential, and a
-     * 403 would confirm to a prober that the neighbouring id exists. */
-    else if (r->type != REDIS_REPLY_STRING ||
-             (v->user[0] != '\0' && !record_of(r->str, r->len, v->user)))
-        reply_error(v->req, ROUTE_ORDER, 404, "unknown_order", NULL);
-    else
-        reply_json(v->req, ROUTE_ORDER, 200, r->str, r->len);
-    free(v);
-}
-
 static void get_order(http_request_t *req, const char *id, size_t len)
 {
     worker_t *w = worker_of(req);
@@ -455,19 +430,7 @@ static void get_order(http_request_t *req, const char *id, size_t len)
         reply_error(req, ROUTE_ORDER, 503, "unavailable", NULL);
         return;
     }
-    order_view_t *v = calloc(1, sizeof(*v));
-    if (v == NULL) {
-        reply_error(req, ROUTE_ORDER, 503, "unavailable", NULL);
-        return;
-    }
-    v->req = req;
-    v->w = w;
-    memcpy(v->user, buyer, sizeof(v->user));
-    char key[KEYSPACE_KEY_MAX];
-    int n = keyspace_key(key, event, elen, KEYSPACE_ORDERS);
-    const char *argv[] = {"HGET", key, id};
-    size_t lens[] = {4, (size_t)n, len};
-    redis_command(w->redis, on_order, v, 3, argv, lens);
+    life_get(w, req, id, len, admin ? "" : buyer);
 }
 
 static void on_user_records(redisReply *r, const char *err, void *data)
@@ -702,9 +665,17 @@ void api_handle(http_request_t *req)
         return put_event(req, seg[2], sl[2]);
     }
     if (n == 3 && seg_is(seg[0], sl[0], "v1") && seg_is(seg[1], sl[1], "orders")) {
+        if (req->method == HTTP_M_DELETE)
+            return life_cancel(worker_of(req), req, seg[2], sl[2]);
         if (!get)
             return method_not_allowed(req, ROUTE_ORDER);
         return get_order(req, seg[2], sl[2]);
+    }
+    if (n == 4 && seg_is(seg[0], sl[0], "v1") && seg_is(seg[1], sl[1], "orders") &&
+        seg_is(seg[3], sl[3], "pay")) {
+        if (req->method != HTTP_M_POST)
+            return method_not_allowed(req, ROUTE_ORDER);
+        return life_pay(worker_of(req), req, seg[2], sl[2]);
     }
     if (n == 6 && seg_is(seg[0], sl[0], "v1") && seg_is(seg[1], sl[1], "events") &&
         seg_is(seg[3], sl[3], "users") && seg_is(seg[5], sl[5], "orders")) {

@@ -24,9 +24,11 @@
 #define EVENT_BUCKETS 256
 #define QTY_LEN 24
 #define ID_CAP (KEYSPACE_ORDER_ID_MAX + 1)
-/* deduct.lua's ARGV before the buyers: event, host_id, deadline_ms, n. */
-#define ARGS_HEAD 4
-#define ARGC_MAX (KEYSPACE__COUNT + ARGS_HEAD + 2 * BATCH_MAX + ACKS_RIDE_MAX)
+/* deduct.lua's ARGV before the buyers: event, host_id, deadline_ms, n, hold_ms, keep,
+ * idem_window_ms; then (user, qty, idempotency key) per buyer. */
+#define ARGS_HEAD 7
+#define ARGS_BUYER 3
+#define ARGC_MAX (KEYSPACE__COUNT + ARGS_HEAD + ARGS_BUYER * BATCH_MAX + ACKS_RIDE_MAX)
 
 const char deduct_err_closing[] = "closing";
 const char deduct_err_nomem[] = "out of memory";
@@ -41,6 +43,8 @@ typedef struct buyer {
     char qty[QTY_LEN];
     size_t qty_len;
     char user[SNATCH_NAME_MAX + 1];
+    size_t key_len;
+    char key[DEDUCT_IDEM_KEY_MAX + 1];
 } buyer_t;
 
 typedef struct ev_state {
@@ -57,6 +61,9 @@ struct deduct_batcher {
     pending_t *pending;
     char host_id[SNATCH_NAME_MAX + 1];
     uint64_t timeout_ms;
+    char hold_ms[24], window_ms[24];
+    int64_t hold, window; /* what hold_ms and window_ms say */
+    bool keep;
     int outstanding; /* batches whose reply is still to come */
     bool closing;
     ev_state_t *buckets[EVENT_BUCKETS];
@@ -140,8 +147,21 @@ deduct_batcher_t *deduct_batcher_new(redis_client_t *redis, pending_t *pending, 
     b->pending = pending;
     snprintf(b->host_id, sizeof(b->host_id), "%s", host_id);
     b->timeout_ms = timeout_ms;
+    b->hold = -1;
+    deduct_batcher_set_life(b, 0, false, 3600 * 1000);
     pending_set_carrier(pending, will_send, b);
     return b;
+}
+
+void deduct_batcher_set_life(deduct_batcher_t *b, int64_t hold_ms, bool keep, int64_t window_ms)
+{
+    b->keep = keep;
+    if (b->hold == hold_ms && b->window == window_ms)
+        return; /* called per buyer: the text is made only when a reload changed it */
+    b->hold = hold_ms;
+    b->window = window_ms;
+    snprintf(b->hold_ms, sizeof(b->hold_ms), "%" PRId64, hold_ms);
+    snprintf(b->window_ms, sizeof(b->window_ms), "%" PRId64, window_ms);
 }
 
 static void fail_one(deduct_fn cb, void *data, deduct_verdict_t v, const char *err,
@@ -154,9 +174,17 @@ static void fail_one(deduct_fn cb, void *data, deduct_verdict_t v, const char *e
 void deduct_submit(deduct_batcher_t *b, const char *event, const char *user, int64_t qty,
                    deduct_fn cb, void *data)
 {
-    size_t ulen = strlen(user);
+    deduct_submit_key(b, event, user, qty, NULL, cb, data);
+}
+
+void deduct_submit_key(deduct_batcher_t *b, const char *event, const char *user, int64_t qty,
+                       const char *key, deduct_fn cb, void *data)
+{
+    size_t ulen = strlen(user), klen = key != NULL ? strlen(key) : 0;
     ev_state_t *ev = b->closing ? NULL : event_state(b, event, strlen(event));
-    buyer_t *by = ev != NULL && ulen <= SNATCH_NAME_MAX ? malloc(sizeof(*by)) : NULL;
+    buyer_t *by = ev != NULL && ulen <= SNATCH_NAME_MAX && klen <= DEDUCT_IDEM_KEY_MAX
+                      ? malloc(sizeof(*by))
+                      : NULL;
     if (by == NULL) {
         fail_one(cb, data, DEDUCT_ERROR, b->closing ? deduct_err_closing : deduct_err_nomem, NULL);
         return;
@@ -166,6 +194,8 @@ void deduct_submit(deduct_batcher_t *b, const char *event, const char *user, int
     by->data = data;
     by->user_len = ulen;
     memcpy(by->user, user, ulen + 1);
+    by->key_len = klen;
+    memcpy(by->key, klen > 0 ? key : "", klen + 1);
     by->qty_len = (size_t)snprintf(by->qty, sizeof(by->qty), "%" PRId64, qty);
     if (ev->tail != NULL)
         ev->tail->next = by;
@@ -187,12 +217,22 @@ static const struct {
                 {"insufficient", DEDUCT_INSUFFICIENT},
                 {"limit_reached", DEDUCT_LIMIT_REACHED},
                 {"unknown_event", DEDUCT_UNKNOWN_EVENT},
-                {"expired", DEDUCT_EXPIRED}};
+                {"expired", DEDUCT_EXPIRED},
+                {"replay", DEDUCT_OK},
+                {"key_reused", DEDUCT_KEY_REUSED}};
+
+/* A refusal replayed for an idempotency key carries "replay" after its fields. */
+static bool replayed(const redisReply *r, size_t at)
+{
+    char tag[8];
+    return redis_reply_str(r, at, tag, sizeof(tag)) == 0 && strcmp(tag, "replay") == 0;
+}
 
 /* One buyer's reply (an element of the batch's array) into a result; id holds the order id,
- * verdict the verdict's text (the detail of a bad reply). */
-static void decode_one(const redisReply *r, deduct_result_t *res, char *id, char *verdict,
-                       size_t vcap)
+ * host the selling host of a replayed order, verdict the verdict's text (the detail of a bad
+ * reply). */
+static void decode_one(const redisReply *r, deduct_result_t *res, char *id, char *host,
+                       char *verdict, size_t vcap)
 {
     *res = (deduct_result_t){
         .verdict = DEDUCT_ERROR, .remaining = -1, .gen = -1, .err = deduct_err_bad_reply};
@@ -219,15 +259,27 @@ static void decode_one(const redisReply *r, deduct_result_t *res, char *id, char
         res->remaining = redis_reply_int(r, 2);
         res->gen = redis_reply_int(r, 3);
         res->created_ms = redis_reply_int(r, 4);
+        res->hold_until = redis_reply_int(r, 5);
+        if (res->hold_until < 0)
+            res->hold_until = 0;
+        if (strcmp(verdict, "replay") == 0) {
+            res->replay = true;
+            res->host = redis_reply_str(r, 6, host, SNATCH_NAME_MAX + 1) == 0 ? host : "";
+        }
         return;
     case DEDUCT_SOLD_OUT:
     case DEDUCT_INSUFFICIENT:
         res->remaining = redis_reply_int(r, 1);
         res->gen = redis_reply_int(r, 2);
+        res->replay = replayed(r, 3);
         return;
     case DEDUCT_LIMIT_REACHED:
         res->held = redis_reply_int(r, 1);
         res->gen = redis_reply_int(r, 2);
+        res->replay = replayed(r, 3);
+        return;
+    case DEDUCT_KEY_REUSED:
+        res->held = redis_reply_int(r, 1);
         return;
     default:
         return;
@@ -261,10 +313,10 @@ static void on_batch_reply(redisReply *reply, const char *err, void *data)
     size_t i = 0;
     for (buyer_t *by = bt->head; by != NULL; i++) {
         buyer_t *next = by->next;
-        char id[ID_CAP], verdict[24];
+        char id[ID_CAP], host[SNATCH_NAME_MAX + 1], verdict[24];
         deduct_result_t res;
         if (whole)
-            decode_one(reply->element[i], &res, id, verdict, sizeof(verdict));
+            decode_one(reply->element[i], &res, id, host, verdict, sizeof(verdict));
         else
             res = batch_failure(reply, err);
         by->cb(&res, by->data);
@@ -313,9 +365,10 @@ static void send_batch(deduct_batcher_t *b, ev_state_t *ev)
 {
     size_t n = 0, bytes = 0;
     for (buyer_t *by = ev->head; by != NULL && n < BATCH_MAX; by = by->next) {
-        if (n > 0 && bytes + by->user_len + by->qty_len > BATCH_BYTES_MAX)
+        size_t need = by->user_len + by->qty_len + by->key_len;
+        if (n > 0 && bytes + need > BATCH_BYTES_MAX)
             break;
-        bytes += by->user_len + by->qty_len;
+        bytes += need;
         n++;
     }
     const char **argv = b->argv;
@@ -344,12 +397,20 @@ static void send_batch(deduct_batcher_t *b, ev_state_t *ev)
     alens[2] = (size_t)snprintf(deadline, sizeof(deadline), "%" PRId64, until);
     args[3] = count;
     alens[3] = (size_t)snprintf(count, sizeof(count), "%zu", n);
+    args[4] = b->hold_ms;
+    alens[4] = strlen(b->hold_ms);
+    args[5] = b->keep ? "1" : "0";
+    alens[5] = 1;
+    args[6] = b->window_ms;
+    alens[6] = strlen(b->window_ms);
     size_t at = ARGS_HEAD;
     for (buyer_t *by = bt->head; by != NULL; by = by->next) {
         args[at] = by->user;
         alens[at++] = by->user_len;
         args[at] = by->qty;
         alens[at++] = by->qty_len;
+        args[at] = by->key;
+        alens[at++] = by->key_len;
     }
     size_t k = pending_take(b->pending, ev->name, ev->len, acks, ACKS_RIDE_MAX);
     for (size_t i = 0; i < k; i++, at++) {

@@ -26,9 +26,13 @@ typedef enum {
     DEDUCT_LIMIT_REACHED,
     DEDUCT_UNKNOWN_EVENT,
     DEDUCT_EXPIRED,
-    DEDUCT_ERROR,          /* nothing deducted: not sent, timeout, error reply, bad reply */
-    DEDUCT_UNKNOWN_OUTCOME /* the connection died after the batch was sent: it may have run */
+    DEDUCT_ERROR,           /* nothing deducted: not sent, timeout, error reply, bad reply */
+    DEDUCT_UNKNOWN_OUTCOME, /* the connection died after the batch was sent: it may have run */
+    DEDUCT_KEY_REUSED       /* the idempotency key was first used with another qty (held) */
 } deduct_verdict_t;
+
+/* Longest Idempotency-Key accepted (bytes). */
+#define DEDUCT_IDEM_KEY_MAX 128
 
 /* Why a buyer got DEDUCT_ERROR, besides the redis_err_* of a batch that got no reply. */
 extern const char deduct_err_closing[];   /* the batcher is closing: not sent */
@@ -45,6 +49,11 @@ typedef struct deduct_result {
     int64_t created_ms;   /* OK */
     const char *err;      /* ERROR, UNKNOWN_OUTCOME: deduct_err_* or redis_err_* (by pointer) */
     const char *detail;   /* deduct_err_script, deduct_err_bad_reply: for logs; else NULL */
+    int64_t hold_until;   /* OK: the hold's deadline (ms), 0 when paid at once */
+    /* The answer an earlier request with the same idempotency key got: nothing was taken now.
+     * OK: host is the host that sold it (valid during the callback). */
+    bool replay;
+    const char *host;
 } deduct_result_t;
 
 typedef void (*deduct_fn)(const deduct_result_t *r, void *data);
@@ -58,6 +67,13 @@ deduct_batcher_t *deduct_batcher_new(redis_client_t *redis, pending_t *pending, 
 /* Deducts qty units for user. cb is called exactly once, possibly before this returns (error). */
 void deduct_submit(deduct_batcher_t *b, const char *event, const char *user, int64_t qty,
                    deduct_fn cb, void *data);
+/* The same with an idempotency key (NULL or "": none; at most DEDUCT_IDEM_KEY_MAX bytes). */
+void deduct_submit_key(deduct_batcher_t *b, const char *event, const char *user, int64_t qty,
+                       const char *key, deduct_fn cb, void *data);
+
+/* The policy's order-life settings, sent with every batch from now on (script.h): hold_ms (0:
+ * paid at once), keep (a released hold keeps the buyer's count), window_ms (idempotency keys). */
+void deduct_batcher_set_life(deduct_batcher_t *b, int64_t hold_ms, bool keep, int64_t window_ms);
 
 /* Stops carrying pending's ids, fails the buyers still queued (DEDUCT_ERROR, not sent) and frees
  * b once the batches in flight have been answered. NULL: nothing. */

@@ -68,6 +68,10 @@ static stock_event_t *install_from_meta(worker_t *w, const char *event, size_t l
      * keeps it from overselling, and the sold-out flood is still stopped by the sold_out flag. */
     int64_t remaining = stock - sold;
     int64_t grant = remaining < quota ? remaining : quota;
+    /* Released holds give units back to a sale this host had seen sold out: it sells again. */
+    if (remaining > 0 && stock_reopen(ev))
+        log_info("stock: %s: %lld units back on sale (released holds)", event,
+                 (long long)remaining);
     if (script_settings(w->script)->refill && remaining > 0 && stock_refill(ev, grant))
         log_info("stock: %s: local quota spent while Redis has %lld left: refilled %lld", event,
                  (long long)remaining, (long long)grant);

@@ -63,7 +63,8 @@ enum field {
     FIELD_TE,
     FIELD_BODY,
     FIELD_SKIP,
-    FIELD_XFF
+    FIELD_XFF,
+    FIELD_IDEM
 };
 enum hstate { HS_URL, HS_NAME, HS_VALUE, HS_BODY };
 enum tlist_id { TL_NONE, TL_IDLE, TL_HEAD, TL_LINGER, TL__COUNT };
@@ -83,6 +84,8 @@ typedef struct req {
     bool has_uid, has_auth, has_body;
     size_t xff_off, xff_len;
     bool has_xff;
+    size_t idem_off, idem_len;
+    bool has_idem;
     char *buf;
     size_t len, cap;
     char inline_buf[REQ_INLINE];
@@ -393,6 +396,8 @@ static void req_finish(req_t *r)
     q->peer = r->buf + r->peer_off;
     q->forwarded_for = r->has_xff ? r->buf + r->xff_off : NULL;
     q->forwarded_for_len = r->xff_len;
+    q->idempotency_key = r->has_idem ? r->buf + r->idem_off : NULL;
+    q->idempotency_key_len = r->idem_len;
 }
 
 /* ---- output ---- */
@@ -869,10 +874,12 @@ static int close_field(conn_t *c)
     case FIELD_UID:
     case FIELD_AUTH:
     case FIELD_TE:
-    case FIELD_XFF: {
+    case FIELD_XFF:
+    case FIELD_IDEM: {
         size_t off = f == FIELD_UID    ? r->uid_off
                      : f == FIELD_AUTH ? r->auth_off
                      : f == FIELD_XFF  ? r->xff_off
+                     : f == FIELD_IDEM ? r->idem_off
                                        : c->te_off;
         while (r->len > off && is_ows(r->buf[r->len - 1]))
             r->len--;
@@ -888,6 +895,8 @@ static int close_field(conn_t *c)
             r->uid_len = n;
         else if (f == FIELD_XFF)
             r->xff_len = n;
+        else if (f == FIELD_IDEM)
+            r->idem_len = n;
         else
             r->auth_len = n;
         break;
@@ -931,6 +940,13 @@ static int resolve_name(conn_t *c)
         r->has_xff = true;
         r->xff_off = r->len;
         c->field = FIELD_XFF;
+    } else if (name_is(c, "idempotency-key", 15)) {
+        /* Two keys would leave us guessing which one the client retries with. */
+        if (r->has_idem)
+            return bad(c);
+        r->has_idem = true;
+        r->idem_off = r->len;
+        c->field = FIELD_IDEM;
     } else if (name_is(c, "content-length", 14)) {
         c->n_cl++;
     } else if (name_is(c, "transfer-encoding", 17)) {

@@ -41,6 +41,9 @@ typedef struct http_request {
     /* X-Forwarded-For header, NULL when absent (a second one is a 400). */
     const char *forwarded_for;
     size_t forwarded_for_len;
+    /* Idempotency-Key header, NULL when absent (a second one is a 400). */
+    const char *idempotency_key;
+    size_t idempotency_key_len;
     bool admin_listener;  /* arrived on a server started with http_config_t.admin_listener */
     uint64_t received_ns; /* uv_hrtime() when handed to the handler (request latency) */
 } http_request_t;

@@ -91,6 +91,11 @@ static void usage(FILE *out)
             "                            a request with ?user= is 400\n"
             "  --max-events N            events this host holds (default 4096); PUT\n"
             "                            /admin/events of one more is refused (409)\n"
+            "  --payment-token-file PATH bearer token of POST /v1/orders/{id}/pay, 16+ bytes\n"
+            "                            (absent: payments answer 403)\n"
+            "  --order-script PATH       Redis order-life script (default: order.lua next to\n"
+            "                            the deduct script)\n"
+            "  --expire-interval-ms MS   release expired holds every MS (default 1000, 0: off)\n"
             "  --version                 print the version and exit\n"
             "  -h, --help                this text\n" AUTH_REDIS_USAGE AUTH_NATS_USAGE
             "\nSignals: HUP reloads the policy and deduct script (a broken one is refused and the\n"
@@ -105,27 +110,53 @@ static int parse_hostport(const char *s, const char **host_out, int *port, char 
     return 0;
 }
 
-static int read_token(const char *path, host_config_t *cfg)
+/* what: "admin" or "payment"; out holds cap bytes (the admin and the payment token alike). */
+static int read_token_into(const char *path, const char *what, char *out, size_t cap,
+                           size_t *out_len)
 {
     size_t len;
     char *tok = util_read_file(path, &len);
     if (tok == NULL) {
-        log_error("cannot read admin token file %s: %s", path, strerror(errno));
+        log_error("cannot read %s token file %s: %s", what, path, strerror(errno));
         return -1;
     }
     while (len > 0 && (tok[len - 1] == '\n' || tok[len - 1] == '\r' || tok[len - 1] == ' '))
         len--;
-    if (len < ADMIN_TOKEN_MIN || len >= sizeof(cfg->admin_token)) {
+    if (len < ADMIN_TOKEN_MIN || len >= cap) {
         log_error("admin token in %s must be %d..255 bytes (it has %zu): a short "
                   "token can be guessed; e.g. head -c 24 /dev/urandom | base64 > %s\n",
                   path, ADMIN_TOKEN_MIN, len, path);
         free(tok);
         return -1;
     }
-    memcpy(cfg->admin_token, tok, len);
-    cfg->admin_token[len] = '\0';
-    cfg->admin_token_len = len;
+    memcpy(out, tok, len);
+    out[len] = '\0';
+    *out_len = len;
     free(tok);
+    return 0;
+}
+
+static int read_token(const char *path, host_config_t *cfg)
+{
+    return read_token_into(path, "admin", cfg->admin_token, sizeof(cfg->admin_token),
+                           &cfg->admin_token_len);
+}
+
+/* lua/order.lua, read once at start: next to the deduct script unless --order-script. */
+static int read_life_script(host_config_t *cfg, const char *path)
+{
+    char buf[4096];
+    if (path == NULL) {
+        const char *slash = strrchr(cfg->deduct_path, '/');
+        size_t dir = slash ? (size_t)(slash - cfg->deduct_path + 1) : 0;
+        snprintf(buf, sizeof(buf), "%.*sorder.lua", (int)dir, cfg->deduct_path);
+        path = buf;
+    }
+    host.life_src = util_read_file(path, NULL);
+    if (host.life_src == NULL) {
+        log_error("cannot read the order script %s: %s", path, strerror(errno));
+        return -1;
+    }
     return 0;
 }
 
@@ -202,6 +233,9 @@ enum {
     OPT_ADMIN_LISTEN,
     OPT_MAX_CONNS,
     OPT_MAX_CONNS_CLIENT,
+    OPT_PAYMENT_TOKEN,
+    OPT_ORDER_SCRIPT,
+    OPT_EXPIRE_INTERVAL,
 };
 
 static int parse_args(int argc, char **argv, bool *test_only)
@@ -238,6 +272,9 @@ static int parse_args(int argc, char **argv, bool *test_only)
         {"admin-listen", required_argument, NULL, OPT_ADMIN_LISTEN},
         {"max-connections", required_argument, NULL, OPT_MAX_CONNS},
         {"max-connections-per-client", required_argument, NULL, OPT_MAX_CONNS_CLIENT},
+        {"payment-token-file", required_argument, NULL, OPT_PAYMENT_TOKEN},
+        {"order-script", required_argument, NULL, OPT_ORDER_SCRIPT},
+        {"expire-interval-ms", required_argument, NULL, OPT_EXPIRE_INTERVAL},
         AUTH_REDIS_OPTIONS,
         AUTH_NATS_OPTIONS,
         {NULL, 0, NULL, 0}};
@@ -258,8 +295,9 @@ static int parse_args(int argc, char **argv, bool *test_only)
         strcpy(host_id_buf, "host");
     cfg->host_id = host_id_buf;
     trust_default(&cfg->trusted_proxies);
-    const char *token_path = NULL;
+    const char *token_path = NULL, *payment_path = NULL, *order_script = NULL;
     bool trusted_given = false;
+    cfg->expire_interval_ms = 1000;
     int c;
     int64_t v;
     char err[256];
@@ -398,6 +436,17 @@ static int parse_args(int argc, char **argv, bool *test_only)
                 return -1;
             }
             break;
+        case OPT_PAYMENT_TOKEN:
+            payment_path = optarg;
+            break;
+        case OPT_ORDER_SCRIPT:
+            order_script = optarg;
+            break;
+        case OPT_EXPIRE_INTERVAL:
+            if (cli_int_opt("snatch-host", "--expire-interval-ms", optarg, 0, 3600000, &v))
+                return -1;
+            cfg->expire_interval_ms = (uint64_t)v;
+            break;
         case OPT_MAX_CONNS:
             if (cli_int_opt("snatch-host", "--max-connections", optarg, 1, 1 << 24, &max_conns))
                 return -1;
@@ -456,6 +505,12 @@ static int parse_args(int argc, char **argv, bool *test_only)
         cfg->deduct_path = deduct_buf;
     }
     if (token_path != NULL && read_token(token_path, cfg) != 0)
+        return -1;
+    if (payment_path != NULL &&
+        read_token_into(payment_path, "payment", cfg->payment_token, sizeof(cfg->payment_token),
+                        &cfg->payment_token_len) != 0)
+        return -1;
+    if (!*test_only && read_life_script(cfg, order_script) != 0)
         return -1;
     return 0;
 }
@@ -603,6 +658,7 @@ int main(int argc, char **argv)
     stock_shutdown();
     http_limits_free(host.cfg.http.limits);
     auth_free(&host.cfg.auth);
+    free(host.life_src);
     log_info("stopped");
     return status;
 }

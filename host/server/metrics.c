@@ -17,8 +17,8 @@
 #define METRICS_SLOTS 64
 #define LUA_COUNTERS 64
 
-static const int status_codes[] = {200, 202, 400, 401, 403, 404, 405, 408,
-                                   409, 413, 425, 429, 431, 500, 503, 505};
+static const int status_codes[] = {200, 202, 400, 401, 403, 404, 405, 408, 409,
+                                   413, 422, 425, 429, 431, 500, 503, 505};
 #define N_STATUS (ARRAY_SIZE(status_codes) + 1) /* last: any other */
 
 /* Latency buckets (request, Redis round trip, JetStream ack), nanoseconds: from the sold-out

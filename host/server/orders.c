@@ -86,7 +86,7 @@ struct orders_publisher {
 /* One publish waiting for its ack. Linked in publish order (oldest first, which is also deadline
  * order since every publish gets the same timeout) and in a hash chain keyed by order id. */
 typedef struct pending {
-    char id[KEYSPACE_ORDER_ID_MAX + 1];
+    char id[KEYSPACE_MSG_ID_MAX + 1];
     orders_ack_fn cb;
     void *data;
     uint64_t deadline;
@@ -97,7 +97,7 @@ typedef struct pending {
 } pending_t;
 
 typedef struct completion {
-    char id[KEYSPACE_ORDER_ID_MAX + 1];
+    char id[KEYSPACE_MSG_ID_MAX + 1];
     int status;
 } completion_t;
 
@@ -639,13 +639,20 @@ fail:
 int orders_publish(orders_lane_t *lane, const char *event, const char *order_id,
                    const char *payload, size_t len, orders_ack_fn cb, void *data)
 {
+    return orders_publish_hdr(lane, event, order_id, payload, len, NULL, 0, cb, data);
+}
+
+int orders_publish_hdr(orders_lane_t *lane, const char *event, const char *order_id,
+                       const char *payload, size_t len, const char *const *hdrs, int nhdr,
+                       orders_ack_fn cb, void *data)
+{
     char subject[sizeof(ORDERS_SUBJECT_PREFIX) + SNATCH_NAME_MAX + 1];
     natsMsg *msg = NULL;
     jsPubOptions po;
     orders_lane_t *l = lane;
     if (l == NULL || l->closing || l->inflight >= l->max_inflight || !orders_publisher_ready(l->p))
         return -1;
-    if (strlen(order_id) > KEYSPACE_ORDER_ID_MAX || len > INT32_MAX)
+    if (strlen(order_id) > KEYSPACE_MSG_ID_MAX || len > INT32_MAX)
         return -1;
     if (snprintf(subject, sizeof(subject), ORDERS_SUBJECT_PREFIX "%s", event) >=
         (int)sizeof(subject))
@@ -672,6 +679,12 @@ int orders_publish(orders_lane_t *lane, const char *event, const char *order_id,
     }
     if (natsMsg_Create(&msg, subject, NULL, payload, (int)len) != NATS_OK)
         return -1;
+    for (int h = 0; h < nhdr; h++) {
+        if (natsMsgHeader_Set(msg, hdrs[2 * h], hdrs[2 * h + 1]) != NATS_OK) {
+            natsMsg_Destroy(msg);
+            return -1;
+        }
+    }
     jsPubOptions_Init(&po);
     po.MsgId = order_id;
     po.MaxWait = (int64_t)l->ack_timeout_ms;

@@ -49,6 +49,12 @@ int orders_lane_start(orders_lane_t **out, orders_publisher_t *p, uv_loop_t *loo
 int orders_publish(orders_lane_t *lane, const char *event, const char *order_id,
                    const char *payload, size_t len, orders_ack_fn cb, void *data);
 
+/* The same with headers: hdrs holds nhdr (name, value) pairs. msg_id may be a transition's
+ * ("<order id>:<state>", at most KEYSPACE_MSG_ID_MAX bytes). */
+int orders_publish_hdr(orders_lane_t *lane, const char *event, const char *msg_id,
+                       const char *payload, size_t len, const char *const *hdrs, int nhdr,
+                       orders_ack_fn cb, void *data);
+
 unsigned orders_lane_inflight(const orders_lane_t *lane);
 
 /* Fails (status -1) every publish still waiting, then frees the lane once its handles close.

@@ -33,7 +33,10 @@ typedef struct sale {
     char user[SNATCH_NAME_MAX + 1];
     char order_id[KEYSPACE_ORDER_ID_MAX + 1];
     int64_t created_ms;
-    bool admitted;               /* admit() already ran */
+    int64_t hold_until;                /* 0: paid at once */
+    bool admitted;                     /* admit() already ran */
+    bool reserved;                     /* holds qty units of the local quota */
+    char key[DEDUCT_IDEM_KEY_MAX + 1]; /* Idempotency-Key, "" when none */
     char client[TRUST_ADDR_MAX]; /* caller_client(), "" until needed (the sold-out path never is) */
 } sale_t;
 
@@ -56,8 +59,8 @@ static pending_t *pending(worker_t *w)
     return w->pending;
 }
 
-static void real_deduct(worker_t *w, const char *event, const char *user, int64_t qty, deduct_fn cb,
-                        void *data)
+static void real_deduct(worker_t *w, const char *event, const char *user, int64_t qty,
+                        const char *key, deduct_fn cb, void *data)
 {
     if (w->deduct == NULL)
         w->deduct = deduct_batcher_new(w->redis, pending(w), w->host->cfg.host_id,
@@ -68,13 +71,21 @@ static void real_deduct(worker_t *w, const char *event, const char *user, int64_
         cb(&r, data);
         return;
     }
-    deduct_submit(w->deduct, event, user, qty, cb, data);
+    const script_settings_t *set = script_settings(w->script);
+    deduct_batcher_set_life(w->deduct, set->hold_ms, set->hold_keeps_limit,
+                            set->idempotency_window_ms);
+    deduct_submit_key(w->deduct, event, user, qty, key, cb, data);
 }
 
 static int real_publish(worker_t *w, const char *event, const char *order_id, const char *payload,
-                        size_t len, orders_ack_fn cb, void *data)
+                        size_t len, int64_t hold_until, orders_ack_fn cb, void *data)
 {
-    return orders_publish(w->orders, event, order_id, payload, len, cb, data);
+    char until[24];
+    const char *hdr[2] = {ORDERS_HDR_HOLD_UNTIL, until};
+    if (hold_until <= 0)
+        return orders_publish(w->orders, event, order_id, payload, len, cb, data);
+    snprintf(until, sizeof(until), "%" PRId64, hold_until);
+    return orders_publish_hdr(w->orders, event, order_id, payload, len, hdr, 1, cb, data);
 }
 
 static void real_acked(worker_t *w, const char *order_id)
@@ -124,10 +135,17 @@ static void sale_refuse(sale_t *s, int status, reply_fixed_t body, metrics_outco
     sale_finish(s);
 }
 
-/* Redis did not sell: the local unit goes back. */
+/* Redis did not sell (or replayed an earlier request's answer): the local unit goes back. */
+static void sale_unreserve(sale_t *s)
+{
+    if (s->reserved)
+        stock_release(s->ev, s->qty);
+    s->reserved = false;
+}
+
 static void sale_fail(sale_t *s, int status, reply_fixed_t body, metrics_outcome_t oc)
 {
-    stock_release(s->ev, s->qty);
+    sale_unreserve(s);
     sale_refuse(s, status, body, oc);
 }
 
@@ -146,7 +164,12 @@ static void reply_order(sale_t *s, int status)
     memcpy(body + pos, ",\"user\":", 8);
     pos += 8;
     util_json_str(body, sizeof(body), &pos, s->user, strlen(s->user));
-    pos += (size_t)snprintf(body + pos, sizeof(body) - pos, ",\"qty\":%" PRId64 "}", s->qty);
+    pos += (size_t)snprintf(body + pos, sizeof(body) - pos, ",\"qty\":%" PRId64, s->qty);
+    /* Without a hold the body stays what it always was. */
+    if (s->hold_until > 0)
+        pos += (size_t)snprintf(body + pos, sizeof(body) - pos,
+                                ",\"status\":\"held\",\"hold_until\":%" PRId64, s->hold_until);
+    body[pos++] = '}';
     metrics_outcome(status == 200 ? OUTCOME_SOLD : OUTCOME_PENDING);
     reply_json(s->req, ROUTE_SNATCH, status, body, pos);
 }
@@ -165,7 +188,9 @@ static void on_order_acked(int status, void *data)
     sale_finish(s);
 }
 
-static void publish_order(sale_t *s)
+/* host: the host that sold it (another one's for a replayed idempotency key: the payload is
+ * the one that host published, so a second publish is an exact duplicate). */
+static void publish_order(sale_t *s, const char *host)
 {
     worker_t *w = s->w;
     char payload[ORDERS_PAYLOAD_MAX];
@@ -173,13 +198,13 @@ static void publish_order(sale_t *s)
                         .event = s->event,
                         .user = s->user,
                         .qty = s->qty,
-                        .host_id = w->host->cfg.host_id,
+                        .host_id = host,
                         .created_ms = s->created_ms};
     int len = script_order(w->script, &o, payload, sizeof(payload));
     if (len < 0)
         len = script_order_default(&o, payload, sizeof(payload));
-    if (len < 0 ||
-        backend->publish(w, s->event, s->order_id, payload, (size_t)len, on_order_acked, s) != 0) {
+    if (len < 0 || backend->publish(w, s->event, s->order_id, payload, (size_t)len, s->hold_until,
+                                    on_order_acked, s) != 0) {
         reply_order(s, 202);
         sale_finish(s);
     }
@@ -192,7 +217,23 @@ static void on_deducted(const deduct_result_t *r, void *data)
     case DEDUCT_OK:
         snprintf(s->order_id, sizeof(s->order_id), "%s", r->order_id);
         s->created_ms = r->created_ms;
-        publish_order(s);
+        s->hold_until = r->hold_until;
+        if (!r->replay) {
+            publish_order(s, s->w->host->cfg.host_id);
+            return;
+        }
+        /* The first request with this key sold it, here or on another host, and may still be
+         * waiting for its ack: nothing was taken now, and the order is published again (the
+         * same message id, so JetStream keeps one) so that this 200 too means durable. */
+        sale_unreserve(s);
+        publish_order(s, r->host != NULL && r->host[0] != '\0' ? r->host : s->w->host->cfg.host_id);
+        return;
+    case DEDUCT_KEY_REUSED:
+        sale_unreserve(s);
+        metrics_outcome(OUTCOME_BAD_REQUEST);
+        reply_error(s->req, ROUTE_SNATCH, 422, "idempotency_key_reused",
+                    "this Idempotency-Key was first used with another qty");
+        sale_finish(s);
         return;
     case DEDUCT_UNKNOWN_OUTCOME:
         /* The script may have run and its reply died with the connection: the sale may exist.
@@ -200,7 +241,8 @@ static void on_deducted(const deduct_result_t *r, void *data)
         sale_fail(s, 503, REPLY_UNKNOWN_OUTCOME, OUTCOME_UNAVAILABLE);
         return;
     case DEDUCT_SOLD_OUT:
-        stock_mark_sold_out(s->ev);
+        if (!r->replay) /* an old answer says nothing about the stock now */
+            stock_mark_sold_out(s->ev);
         sale_fail(s, 409, REPLY_SOLD_OUT, OUTCOME_SOLD_OUT_REDIS);
         return;
     case DEDUCT_INSUFFICIENT:
@@ -226,7 +268,8 @@ static void on_deducted(const deduct_result_t *r, void *data)
 
 static void deduct(sale_t *s)
 {
-    backend->deduct(s->w, s->event, s->user, s->qty, on_deducted, s);
+    backend->deduct(s->w, s->event, s->user, s->qty, s->key[0] != '\0' ? s->key : NULL, on_deducted,
+                    s);
 }
 
 static const char *sale_client(sale_t *s)
@@ -260,8 +303,11 @@ static void sale_continue(sale_t *s)
 {
     worker_t *w = s->w;
     stock_event_t *ev = s->ev;
+    bool keyed = s->key[0] != '\0';
     stock_verdict_t sv = stock_check(ev, s->qty);
-    if (sv != STOCK_OK) {
+    /* A request with an Idempotency-Key may be the retry of one that bought: only Redis knows,
+     * so the local sold-out answer is not given to it. */
+    if (sv != STOCK_OK && !keyed) {
         sale_refuse(s, 409, sv == STOCK_INSUFFICIENT ? REPLY_INSUFFICIENT_STOCK : REPLY_SOLD_OUT,
                     OUTCOME_SOLD_OUT_LOCAL);
         return;
@@ -274,7 +320,8 @@ static void sale_continue(sale_t *s)
         sale_refuse(s, 503, REPLY_UNAVAILABLE, OUTCOME_UNAVAILABLE);
         return;
     }
-    if (stock_reserve(ev, s->qty) != 0) {
+    s->reserved = stock_reserve(ev, s->qty) == 0;
+    if (!s->reserved && !keyed) {
         sale_refuse(s, 409, REPLY_SOLD_OUT, OUTCOME_SOLD_OUT_LOCAL);
         return;
     }
@@ -293,6 +340,17 @@ static void on_event_found(stock_event_t *ev, int err, void *data)
     }
     s->ev = ev;
     sale_continue(s);
+}
+
+/* Visible ASCII: the key is part of a Redis key name and of no JSON. */
+static bool valid_key(const char *k, size_t len)
+{
+    if (len == 0 || len > DEDUCT_IDEM_KEY_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (k[i] < 0x21 || k[i] > 0x7e)
+            return false;
+    return true;
 }
 
 void sale_snatch(worker_t *w, http_request_t *req, const char *event, size_t event_len)
@@ -325,11 +383,25 @@ void sale_snatch(worker_t *w, http_request_t *req, const char *event, size_t eve
                     "qty must be an integer from 1 to max_qty");
         return;
     }
+    if (req->idempotency_key != NULL &&
+        !valid_key(req->idempotency_key, req->idempotency_key_len)) {
+        metrics_outcome(OUTCOME_BAD_REQUEST);
+        reply_error(req, ROUTE_SNATCH, 400, "bad_request",
+                    "Idempotency-Key must be 1 to 128 visible ASCII characters");
+        return;
+    }
     sale_t *s = malloc(sizeof(*s));
     if (s == NULL) {
         reply_fixed(req, ROUTE_SNATCH, 503, REPLY_UNAVAILABLE);
         return;
     }
+    s->key[0] = '\0';
+    if (req->idempotency_key != NULL) {
+        memcpy(s->key, req->idempotency_key, req->idempotency_key_len);
+        s->key[req->idempotency_key_len] = '\0';
+    }
+    s->hold_until = 0;
+    s->reserved = false;
     s->w = w;
     s->req = req;
     s->qty = qty;

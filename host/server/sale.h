@@ -18,12 +18,13 @@ void sale_snatch(worker_t *w, http_request_t *req, const char *event, size_t eve
 typedef struct sale_backend {
     bool (*ready)(worker_t *w); /* Redis and NATS usable; false: 503, nothing deducted */
     /* Deducts qty units for user in Redis (deduct_batch.h: the real one submits to the
-     * thread's batcher); cb exactly once. */
-    void (*deduct)(worker_t *w, const char *event, const char *user, int64_t qty, deduct_fn cb,
-                   void *data);
-    /* Publishes the order; cb(status) once JetStream acknowledged it (0) or not. 0 or -1. */
+     * thread's batcher); key: the request's Idempotency-Key or NULL. cb exactly once. */
+    void (*deduct)(worker_t *w, const char *event, const char *user, int64_t qty, const char *key,
+                   deduct_fn cb, void *data);
+    /* Publishes the order (hold_until > 0: sold held until then, said in a header); cb(status)
+     * once JetStream acknowledged it (0) or not. 0 or -1. */
     int (*publish)(worker_t *w, const char *event, const char *order_id, const char *payload,
-                   size_t len, orders_ack_fn cb, void *data);
+                   size_t len, int64_t hold_until, orders_ack_fn cb, void *data);
     void (*acked)(worker_t *w, const char *order_id); /* {event}:pending may forget it */
 } sale_backend_t;
 void sale_set_backend(const sale_backend_t *b);

@@ -210,6 +210,12 @@ void stock_mark_sold_out(stock_event_t *ev)
     atomic_store(&ev->sold_out, true);
 }
 
+bool stock_reopen(stock_event_t *ev)
+{
+    bool was = true;
+    return atomic_compare_exchange_strong(&ev->sold_out, &was, false);
+}
+
 int stock_reserve_room(const char *name, size_t len)
 {
     if (len == 0 || len > SNATCH_NAME_MAX)

@@ -76,8 +76,11 @@ void stock_release(stock_event_t *ev, int64_t qty);
  * stack). Returns true when it granted. */
 bool stock_refill(stock_event_t *ev, int64_t units);
 
-/* Redis said sold out: every thread answers 409 from now on, until a reset. */
+/* Redis said sold out: every thread answers 409 from now on, until a reset or a reopen. */
 void stock_mark_sold_out(stock_event_t *ev);
+/* Redis has units again (expired or cancelled holds went back to the sale): the sold-out flag
+ * goes. Returns true when it was set. */
+bool stock_reopen(stock_event_t *ev);
 
 /* Holds room for one more event before it is created in Redis (admin PUT), so that an event the
  * host cannot hold is refused up front instead of half-created. Returns 1 (room held: follow with

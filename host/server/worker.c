@@ -12,6 +12,7 @@
 #include "api.h"
 #include "deduct_batch.h"
 #include "events.h"
+#include "life.h"
 #include "log.h"
 #include "metrics.h"
 #include "pending.h"
@@ -100,6 +101,8 @@ static void begin_stop(worker_t *w)
         return;
     w->stopping = true;
     uv_timer_stop(&w->refresh);
+    life_sweeper_stop(w->sweeper);
+    w->sweeper = NULL;
     w->drain_deadline = uv_now(&w->loop) + DRAIN_MAX_MS;
     uv_timer_start(&w->drain, on_drain_tick, DRAIN_TICK_MS, DRAIN_TICK_MS);
     w->http_open = 1 + (w->admin_http != NULL);
@@ -217,6 +220,9 @@ static int setup(worker_t *w)
     }
     if (w->id == 0 && start_admin(w) != 0)
         return -1;
+    /* One sweeper per host is enough: the others would find what it already released. */
+    if (w->id == 0)
+        w->sweeper = life_sweeper_start(w, cfg->expire_interval_ms);
     /* Every worker refreshes its view; staggered so Redis sees an even trickle. */
     uv_timer_start(&w->refresh, on_refresh, REFRESH_MS + (uint64_t)w->id * 37, REFRESH_MS);
     return 0;

@@ -39,14 +39,20 @@ typedef struct host_config {
     bool allow_query_user;         /* ?user= names the buyer (--allow-query-user), for load tools */
     const char *admin_listen_addr; /* NULL: admin API and /metrics on the public listener */
     int admin_listen_port;
-    auth_config_t auth; /* Redis and NATS credentials (auth.h) */
+    auth_config_t auth;      /* Redis and NATS credentials (auth.h) */
+    char payment_token[256]; /* --payment-token-file; empty: POST .../pay answers 403 */
+    size_t payment_token_len;
+    uint64_t expire_interval_ms; /* the expiry sweeper's period (worker 0); 0: off */
 } host_config_t;
 
 typedef struct pending pending_t;
 typedef struct deduct_batcher deduct_batcher_t;
 
+typedef struct life_sweeper life_sweeper_t;
+
 typedef struct host {
     host_config_t cfg;
+    char *life_src; /* lua/order.lua, read at start (life.h) */
     orders_publisher_t *orders;
     _Atomic bool stopping;
 } host_t;
@@ -64,6 +70,7 @@ typedef struct worker {
     orders_lane_t *orders;
     pending_t *pending;       /* acknowledged orders leaving {event}:pending (pending.h) */
     deduct_batcher_t *deduct; /* group commit of deductions (deduct_batch.h) */
+    life_sweeper_t *sweeper;  /* releases expired holds (life.h); worker 0 only */
     uv_timer_t drain;         /* shutdown: waits for in-flight sales */
     uint64_t drain_deadline;
     int inflight;     /* sales between admit and answer (loop thread only) */

@@ -20,10 +20,11 @@ def keys(event):
     return ["{%s}:%s" % (event, k) for k in ("meta", "users", "orders", "uorders", "pending")]
 
 
-def batch(r, event, buyers, acks=(), deadline=0):
-    argv = [event, "h1", deadline, len(buyers)]
-    for user, qty in buyers:
-        argv += [user, qty]
+def batch(r, event, buyers, acks=(), deadline=0, hold_ms=0, keep=0, window=3600000):
+    argv = [event, "h1", deadline, len(buyers), hold_ms, keep, window]
+    for b in buyers:
+        user, qty, key = b if len(b) == 3 else (b[0], b[1], "")
+        argv += [user, qty, key]
     return r.cmd("EVAL", DEDUCT, 5, *keys(event), *argv, *acks)
 
 

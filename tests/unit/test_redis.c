@@ -495,18 +495,22 @@ static void deduct(redis_client_t *c, result_t *res, const char *ev, const char 
 {
     char keys[5][80];
     static const char *const suffix[5] = {"meta", "users", "orders", "uorders", "pending"};
-    const char *argv[11];
+    const char *argv[15];
     for (int i = 0; i < 5; i++) {
         snprintf(keys[i], sizeof(keys[i]), "{%s}:%s", ev, suffix[i]);
         argv[i] = keys[i];
     }
     argv[5] = ev;
     argv[6] = "h1";
-    argv[7] = "0"; /* no deadline */
-    argv[8] = "1"; /* one buyer */
-    argv[9] = user;
-    argv[10] = qty;
-    redis_eval(c, on_batch_of_one, res, 5, 11, argv, NULL);
+    argv[7] = "0";      /* no deadline */
+    argv[8] = "1";      /* one buyer */
+    argv[9] = "0";      /* no hold */
+    argv[10] = "0";     /* keep */
+    argv[11] = "60000"; /* idempotency window */
+    argv[12] = user;
+    argv[13] = qty;
+    argv[14] = ""; /* no idempotency key */
+    redis_eval(c, on_batch_of_one, res, 5, 15, argv, NULL);
 }
 
 static void test_deduct_script(void **state)

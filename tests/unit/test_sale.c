@@ -51,9 +51,10 @@ static bool fake_ready(worker_t *wk)
 }
 
 static void fake_deduct(worker_t *wk, const char *event, const char *user, int64_t qty,
-                        deduct_fn fn, void *data)
+                        const char *key, deduct_fn fn, void *data)
 {
     (void)wk;
+    (void)key;
     snprintf(fake.event, sizeof(fake.event), "%s", event);
     snprintf(fake.user, sizeof(fake.user), "%s", user);
     fake.qty = qty;
@@ -63,9 +64,10 @@ static void fake_deduct(worker_t *wk, const char *event, const char *user, int64
 }
 
 static int fake_publish(worker_t *wk, const char *event, const char *order_id, const char *payload,
-                        size_t len, orders_ack_fn cb, void *data)
+                        size_t len, int64_t hold_until, orders_ack_fn cb, void *data)
 {
     (void)wk;
+    (void)hold_until;
     (void)event;
     (void)order_id;
     fake.publishes++;

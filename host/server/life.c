@@ -1,0 +1,540 @@
+/* Order life endpoints and the expiry sweeper (see life.h). Redis decides (lua/order.lua, one
+ * EVAL per request or per batch of expired holds); this file publishes what was decided and
+ * answers only once JetStream has it, as the sale does. */
+#include "life.h"
+
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "caller.h"
+#include "keyspace.h"
+#include "log.h"
+#include "metrics.h"
+#include "orders.h"
+#include "ratelimit.h"
+#include "reply.h"
+#include "util.h"
+
+/* order.lua's KEYS, in its order. */
+static const keyspace_key_t life_keys[] = {KEYSPACE_META,  KEYSPACE_USERS, KEYSPACE_ORDERS,
+                                           KEYSPACE_HOLDS, KEYSPACE_STATE, KEYSPACE_TPENDING};
+#define LIFE_NKEYS ((int)ARRAY_SIZE(life_keys))
+#define LIFE_ARGS_MAX 4
+
+/* Failed payment-token checks per client address: as for the admin token. */
+#define AUTH_FAIL_RATE 0.2
+#define AUTH_FAIL_BURST 10.0
+
+/* EVAL order.lua: op, event, then up to LIFE_ARGS_MAX - 2 more arguments. The first key is the
+ * event's {E}:meta, so a Redis Cluster router sends it to the event's slot. */
+static void life_eval(worker_t *w, const char *op, const char *event, size_t elen, const char *a1,
+                      const char *a2, redis_reply_fn fn, void *data)
+{
+    char keys[LIFE_NKEYS][KEYSPACE_KEY_MAX], nkeys[8];
+    const char *argv[3 + LIFE_NKEYS + LIFE_ARGS_MAX];
+    size_t lens[3 + LIFE_NKEYS + LIFE_ARGS_MAX];
+    int argc = 0;
+    argv[argc] = "EVAL";
+    lens[argc++] = 4;
+    argv[argc] = w->host->life_src;
+    lens[argc++] = strlen(w->host->life_src);
+    lens[argc] = (size_t)snprintf(nkeys, sizeof(nkeys), "%d", LIFE_NKEYS);
+    argv[argc++] = nkeys;
+    for (int i = 0; i < LIFE_NKEYS; i++) {
+        lens[argc] = (size_t)keyspace_key(keys[i], event, elen, life_keys[i]);
+        argv[argc++] = keys[i];
+    }
+    argv[argc] = op;
+    lens[argc++] = strlen(op);
+    argv[argc] = event;
+    lens[argc++] = elen;
+    if (a1 != NULL) {
+        argv[argc] = a1;
+        lens[argc++] = strlen(a1);
+    }
+    if (a2 != NULL) {
+        argv[argc] = a2;
+        lens[argc++] = strlen(a2);
+    }
+    redis_command(w->redis, fn, data, argc, argv, lens);
+}
+
+static void ignore_reply(redisReply *r, const char *err, void *data)
+{
+    (void)r;
+    (void)err;
+    (void)data;
+}
+
+/* JetStream has the transition: its {E}:tpending entry may go (if this fails, reconciliation
+ * republishes a duplicate that JetStream and SQLite both drop). */
+static void tpending_done(worker_t *w, const char *event, size_t elen, const char *id)
+{
+    if (w->redis == NULL)
+        return;
+    char key[KEYSPACE_KEY_MAX];
+    int n = keyspace_key(key, event, elen, KEYSPACE_TPENDING);
+    const char *argv[] = {"HDEL", key, id};
+    size_t lens[] = {4, (size_t)n, strlen(id)};
+    redis_command(w->redis, ignore_reply, NULL, 3, argv, lens);
+}
+
+/* Publishes a transition: subject orders.<event>, Nats-Msg-Id "<id>:<state>". 0 or -1 (cb is
+ * then not called). */
+static int publish_transition(worker_t *w, const char *event, const char *id, const char *state,
+                              const char *payload, size_t len, orders_ack_fn cb, void *data)
+{
+    char msgid[KEYSPACE_MSG_ID_MAX + 1];
+    int n = snprintf(msgid, sizeof(msgid), "%s:%s", id, state);
+    if (n < 0 || (size_t)n >= sizeof(msgid) || w->orders == NULL)
+        return -1;
+    const char *hdr[2] = {ORDERS_HDR_TRANSITION, state};
+    return orders_publish_hdr(w->orders, event, msgid, payload, len, hdr, 1, cb, data);
+}
+
+/* ---- POST /v1/orders/{id}/pay, DELETE /v1/orders/{id} ---- */
+
+typedef struct life_op {
+    worker_t *w;
+    http_request_t *req;
+    bool pay;
+    char id[KEYSPACE_ORDER_ID_MAX + 1];
+    char event[SNATCH_NAME_MAX + 1];
+    size_t elen;
+    char verdict[16], state[16];
+    int64_t at, until;
+} life_op_t;
+
+static void op_finish(life_op_t *op)
+{
+    op->w->inflight--;
+    free(op);
+}
+
+/* durable: JetStream has the transition this answer speaks of (else 202: reconciliation will
+ * publish it from {E}:tpending). */
+static void op_answer(life_op_t *op, bool durable)
+{
+    http_request_t *req = op->req;
+    if (strcmp(op->verdict, "ok") == 0 || strcmp(op->verdict, "done") == 0) {
+        char body[256];
+        size_t pos = 0;
+        memcpy(body, "{\"order_id\":", 12);
+        pos = 12;
+        util_json_str(body, sizeof(body), &pos, op->id, strlen(op->id));
+        pos += (size_t)snprintf(body + pos, sizeof(body) - pos, ",\"status\":\"%s\"", op->state);
+        if (op->at > 0)
+            pos += (size_t)snprintf(body + pos, sizeof(body) - pos, ",\"at\":%" PRId64, op->at);
+        body[pos++] = '}';
+        reply_json(req, ROUTE_ORDER, durable ? 200 : 202, body, pos);
+    } else if (strcmp(op->verdict, "conflict") == 0) {
+        char reason[32], detail[96];
+        snprintf(reason, sizeof(reason), "order_%s", op->state);
+        snprintf(detail, sizeof(detail), "the order is %s", op->state);
+        reply_error(req, ROUTE_ORDER, 409, reason, detail);
+    } else if (strcmp(op->verdict, "forbidden") == 0) {
+        reply_error(req, ROUTE_ORDER, 403, "forbidden", "only the buyer holding it may cancel");
+    } else if (strcmp(op->verdict, "unknown") == 0) {
+        reply_error(req, ROUTE_ORDER, 404, "unknown_order", NULL);
+    } else {
+        reply_error(req, ROUTE_ORDER, 503, "unavailable", NULL);
+    }
+    op_finish(op);
+}
+
+static void on_op_acked(int status, void *data)
+{
+    life_op_t *op = data;
+    if (status == 0)
+        tpending_done(op->w, op->event, op->elen, op->id);
+    op_answer(op, status == 0);
+}
+
+static void on_op_decided(redisReply *r, const char *err, void *data)
+{
+    life_op_t *op = data;
+    (void)err;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
+        redis_reply_str(r, 0, op->verdict, sizeof(op->verdict)) != 0) {
+        if (r != NULL && r->type == REDIS_REPLY_ERROR)
+            log_error("life: order script error: %s", r->str);
+        snprintf(op->verdict, sizeof(op->verdict), "error");
+        op_answer(op, false);
+        return;
+    }
+    if (r->elements >= 4) {
+        if (redis_reply_str(r, 1, op->state, sizeof(op->state)) != 0)
+            op->state[0] = '\0';
+        op->at = redis_reply_int(r, 2);
+        op->until = redis_reply_int(r, 3);
+    }
+    /* A transition this call decided (or found decided and not yet acknowledged): told to
+     * nobody before JetStream has it. */
+    if (r->elements >= 5 && r->element[4]->type == REDIS_REPLY_STRING) {
+        const redisReply *p = r->element[4];
+        if (publish_transition(op->w, op->event, op->id, op->state, p->str, p->len, on_op_acked,
+                               op) == 0)
+            return;
+        op_answer(op, false);
+        return;
+    }
+    op_answer(op, true);
+}
+
+/* Validates id and starts the op. buyer: the cancelling buyer (NULL for a payment). */
+static void op_start(worker_t *w, http_request_t *req, const char *id, size_t len, bool pay,
+                     const char *buyer)
+{
+    const char *event;
+    size_t elen;
+    if ((event = keyspace_order_event(id, len, &elen)) == NULL) {
+        reply_error(req, ROUTE_ORDER, 400, "bad_request", "invalid order id");
+        return;
+    }
+    if (w->redis == NULL || !redis_client_ready(w->redis) || w->host->life_src == NULL) {
+        reply_error(req, ROUTE_ORDER, 503, "unavailable", NULL);
+        return;
+    }
+    life_op_t *op = calloc(1, sizeof(*op));
+    if (op == NULL) {
+        reply_error(req, ROUTE_ORDER, 503, "unavailable", NULL);
+        return;
+    }
+    op->w = w;
+    op->req = req;
+    op->pay = pay;
+    memcpy(op->id, id, len);
+    memcpy(op->event, event, elen);
+    op->elen = elen;
+    w->inflight++;
+    life_eval(w, pay ? "pay" : "cancel", op->event, elen, op->id, buyer, on_op_decided, op);
+}
+
+static bool take(const char *prefix, const char *client, double cost)
+{
+    char key[32 + TRUST_ADDR_MAX];
+    int n = snprintf(key, sizeof(key), "%s%s", prefix, client);
+    return ratelimit_take(key, (size_t)n, AUTH_FAIL_RATE, AUTH_FAIL_BURST, cost, util_mono_us());
+}
+
+/* The payment side's bearer token, compared in constant time; failures slowed down per client
+ * address (each attempt takes a token, a success gives it back). */
+static bool payment_authorized(worker_t *w, http_request_t *req)
+{
+    static const char bearer[] = "Bearer ";
+    const host_config_t *cfg = &w->host->cfg;
+    char client[TRUST_ADDR_MAX];
+    caller_client(req, client);
+    if (!take("snatch.payauth:", client, 1)) {
+        reply_error(req, ROUTE_ORDER, 429, "rate_limited",
+                    "too many failed authentications from this address; retry later");
+        return false;
+    }
+    if (req->authorization != NULL && req->authorization_len >= sizeof(bearer) - 1 &&
+        strncasecmp(req->authorization, bearer, sizeof(bearer) - 1) == 0 &&
+        util_secret_equal(req->authorization + sizeof(bearer) - 1,
+                          req->authorization_len - (sizeof(bearer) - 1), cfg->payment_token,
+                          cfg->payment_token_len)) {
+        take("snatch.payauth:", client, -1);
+        return true;
+    }
+    reply_error(req, ROUTE_ORDER, 401, "unauthorized", "the payment token is required");
+    return false;
+}
+
+void life_pay(worker_t *w, http_request_t *req, const char *id, size_t len)
+{
+    if (w->host->cfg.payment_token_len == 0) {
+        reply_error(req, ROUTE_ORDER, 403, "forbidden",
+                    "payments disabled: no --payment-token-file");
+        return;
+    }
+    if (!payment_authorized(w, req))
+        return;
+    op_start(w, req, id, len, true, NULL);
+}
+
+void life_cancel(worker_t *w, http_request_t *req, const char *id, size_t len)
+{
+    const char *user;
+    size_t ulen;
+    char buyer[SNATCH_NAME_MAX + 1];
+    caller_buyer_t bv = caller_buyer(req, &user, &ulen);
+    if (bv == CALLER_BUYER_QUERY_REFUSED) {
+        caller_buyer_error(req, ROUTE_ORDER, bv);
+        return;
+    }
+    if (bv == CALLER_BUYER_NONE || !util_valid_name(user, ulen, SNATCH_NAME_MAX)) {
+        reply_error(req, ROUTE_ORDER, 403, "forbidden", "only the buyer holding it may cancel");
+        return;
+    }
+    memcpy(buyer, user, ulen);
+    buyer[ulen] = '\0';
+    op_start(w, req, id, len, false, buyer);
+}
+
+/* ---- GET /v1/orders/{id} ---- */
+
+typedef struct life_view {
+    http_request_t *req;
+    char buyer[SNATCH_NAME_MAX + 1]; /* "" for the admin token */
+} life_view_t;
+
+/* True when the stored order record (JSON, "user" field) belongs to buyer. */
+static bool record_of(const char *rec, size_t len, const char *buyer)
+{
+    json_t *root = json_loadb(rec, len, 0, NULL);
+    const char *u = json_string_value(json_object_get(root, "user"));
+    bool mine = u != NULL && strcmp(u, buyer) == 0;
+    json_decref(root);
+    return mine;
+}
+
+/* The record with the state's fields added before its closing brace. state: order.lua's
+ * "held <until> ..." or "<state> <at> <until>". */
+static void reply_with_state(http_request_t *req, const redisReply *rec, const redisReply *st)
+{
+    char name[16] = "";
+    long long a = 0, b = 0;
+    char extra[160];
+    int n;
+    if (sscanf(st->str, "%15s %lld %lld", name, &a, &b) < 2) {
+        reply_json(req, ROUTE_ORDER, 200, rec->str, rec->len);
+        return;
+    }
+    if (strcmp(name, "held") == 0)
+        n = snprintf(extra, sizeof(extra), ",\"status\":\"held\",\"hold_until\":%lld}", a);
+    else if (b > 0)
+        n = snprintf(extra, sizeof(extra),
+                     ",\"status\":\"%s\",\"status_at\":%lld,\"hold_until\":%lld}", name, a, b);
+    else
+        n = snprintf(extra, sizeof(extra), ",\"status\":\"%s\",\"status_at\":%lld}", name, a);
+    size_t cut = rec->len;
+    while (cut > 0 && rec->str[cut - 1] != '}')
+        cut--;
+    char *body = malloc(rec->len + (size_t)n + 1);
+    if (cut == 0 || body == NULL) {
+        free(body);
+        reply_json(req, ROUTE_ORDER, 200, rec->str, rec->len);
+        return;
+    }
+    memcpy(body, rec->str, cut - 1);
+    memcpy(body + cut - 1, extra, (size_t)n);
+    reply_json(req, ROUTE_ORDER, 200, body, cut - 1 + (size_t)n);
+    free(body);
+}
+
+static void on_view(redisReply *r, const char *err, void *data)
+{
+    life_view_t *v = data;
+    (void)err;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+        reply_error(v->req, ROUTE_ORDER, 503, "unavailable", NULL);
+        goto out;
+    }
+    const redisReply *rec = r->element[0], *st = r->element[1];
+    /* Someone else's order is answered exactly like a missing one: ids are sequential, and a
+     * 403 would confirm to a prober that the neighbouring id exists. */
+    if (rec->type != REDIS_REPLY_STRING ||
+        (v->buyer[0] != '\0' && !record_of(rec->str, rec->len, v->buyer)))
+        reply_error(v->req, ROUTE_ORDER, 404, "unknown_order", NULL);
+    else if (st->type != REDIS_REPLY_STRING) /* paid at once: the record as it always was */
+        reply_json(v->req, ROUTE_ORDER, 200, rec->str, rec->len);
+    else
+        reply_with_state(v->req, rec, st);
+out:
+    free(v);
+}
+
+void life_get(worker_t *w, http_request_t *req, const char *id, size_t len, const char *buyer)
+{
+    size_t elen;
+    const char *event = keyspace_order_event(id, len, &elen);
+    char idz[KEYSPACE_ORDER_ID_MAX + 1];
+    life_view_t *v = event != NULL && w->host->life_src != NULL ? malloc(sizeof(*v)) : NULL;
+    if (v == NULL) {
+        reply_error(req, ROUTE_ORDER, 503, "unavailable", NULL);
+        return;
+    }
+    v->req = req;
+    snprintf(v->buyer, sizeof(v->buyer), "%s", buyer);
+    memcpy(idz, id, len);
+    idz[len] = '\0';
+    life_eval(w, "get", event, elen, idz, NULL, on_view, v);
+}
+
+/* ---- the expiry sweeper ---- */
+
+struct life_sweeper {
+    worker_t *w;
+    uv_timer_t timer;
+    uint64_t interval_ms;
+    char **events; /* this round's events (SMEMBERS snatch:events) */
+    size_t n, next;
+    int outstanding; /* Redis replies and acks still to come */
+    bool busy;       /* a round is under way */
+    bool stopping;
+    bool timer_closed;
+};
+
+typedef struct expired {
+    life_sweeper_t *s;
+    size_t elen;
+    char event[SNATCH_NAME_MAX + 1];
+    char id[KEYSPACE_ORDER_ID_MAX + 1];
+} expired_t;
+
+static void sweep_next(life_sweeper_t *s);
+
+static void drop_events(life_sweeper_t *s)
+{
+    for (size_t i = 0; i < s->n; i++)
+        free(s->events[i]);
+    free(s->events);
+    s->events = NULL;
+    s->n = s->next = 0;
+}
+
+static void maybe_free(life_sweeper_t *s)
+{
+    if (!s->stopping || !s->timer_closed || s->outstanding > 0)
+        return;
+    drop_events(s);
+    free(s);
+}
+
+static void on_expiry_acked(int status, void *data)
+{
+    expired_t *e = data;
+    life_sweeper_t *s = e->s;
+    if (status == 0)
+        tpending_done(s->w, e->event, e->elen, e->id);
+    s->outstanding--;
+    free(e);
+    maybe_free(s);
+}
+
+static void publish_expiry(life_sweeper_t *s, const char *event, const redisReply *id,
+                           const redisReply *payload)
+{
+    expired_t *e = calloc(1, sizeof(*e));
+    if (e == NULL || id->type != REDIS_REPLY_STRING || payload->type != REDIS_REPLY_STRING ||
+        id->len > KEYSPACE_ORDER_ID_MAX) {
+        free(e);
+        return; /* left in {E}:tpending for reconciliation */
+    }
+    e->s = s;
+    e->elen = strlen(event);
+    memcpy(e->event, event, e->elen);
+    memcpy(e->id, id->str, id->len);
+    if (publish_transition(s->w, event, e->id, "expired", payload->str, payload->len,
+                           on_expiry_acked, e) != 0) {
+        free(e);
+        return;
+    }
+    s->outstanding++;
+}
+
+static void on_expired(redisReply *r, const char *err, void *data)
+{
+    life_sweeper_t *s = data;
+    (void)err;
+    s->outstanding--;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        if (r != NULL && r->type == REDIS_REPLY_ERROR)
+            log_error("life: expiry script error: %s", r->str);
+        s->next = s->n; /* Redis is failing: this round ends, the next tick tries again */
+    } else {
+        const char *event = s->events[s->next];
+        for (size_t i = 0; i + 1 < r->elements && !s->stopping; i += 2)
+            publish_expiry(s, event, r->element[i], r->element[i + 1]);
+        if (r->elements > 0)
+            log_info("life: %s: %zu held orders expired, their units back on sale", event,
+                     r->elements / 2);
+        /* A full batch: more may be due; the same event goes again, one bounded EVAL at a time. */
+        if (r->elements < 2 * LIFE_SWEEP_BATCH)
+            s->next++;
+    }
+    sweep_next(s);
+}
+
+static void sweep_next(life_sweeper_t *s)
+{
+    worker_t *w = s->w;
+    if (s->stopping || s->next >= s->n || w->redis == NULL) {
+        drop_events(s);
+        s->busy = false;
+        maybe_free(s);
+        return;
+    }
+    const char *event = s->events[s->next];
+    char max[16];
+    snprintf(max, sizeof(max), "%d", LIFE_SWEEP_BATCH);
+    s->outstanding++;
+    life_eval(w, "expire", event, strlen(event), max, NULL, on_expired, s);
+}
+
+static void on_events(redisReply *r, const char *err, void *data)
+{
+    life_sweeper_t *s = data;
+    (void)err;
+    s->outstanding--;
+    if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements > 0 && !s->stopping) {
+        s->events = calloc(r->elements, sizeof(*s->events));
+        for (size_t i = 0; s->events != NULL && i < r->elements; i++) {
+            const redisReply *e = r->element[i];
+            if (e->type != REDIS_REPLY_STRING || !util_valid_name(e->str, e->len, SNATCH_NAME_MAX))
+                continue;
+            if ((s->events[s->n] = strdup(e->str)) != NULL)
+                s->n++;
+        }
+    }
+    sweep_next(s);
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    life_sweeper_t *s = t->data;
+    worker_t *w = s->w;
+    if (s->busy || s->stopping || w->redis == NULL || !redis_client_ready(w->redis))
+        return;
+    s->busy = true;
+    s->outstanding++;
+    const char *argv[] = {"SMEMBERS", KEYSPACE_EVENTS};
+    size_t lens[] = {8, strlen(KEYSPACE_EVENTS)};
+    redis_command(w->redis, on_events, s, 2, argv, lens);
+}
+
+life_sweeper_t *life_sweeper_start(worker_t *w, uint64_t interval_ms)
+{
+    if (interval_ms == 0 || w->host->life_src == NULL)
+        return NULL;
+    life_sweeper_t *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return NULL;
+    s->w = w;
+    s->interval_ms = interval_ms;
+    uv_timer_init(&w->loop, &s->timer);
+    s->timer.data = s;
+    uv_timer_start(&s->timer, on_tick, interval_ms, interval_ms);
+    return s;
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    life_sweeper_t *s = h->data;
+    s->timer_closed = true;
+    maybe_free(s);
+}
+
+void life_sweeper_stop(life_sweeper_t *s)
+{
+    if (s == NULL || s->stopping)
+        return;
+    s->stopping = true;
+    uv_timer_stop(&s->timer);
+    uv_close((uv_handle_t *)&s->timer, on_timer_closed);
+}
