@@ -17,3 +17,8 @@ add_snatch_unit_test(test_store ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_store.c LI
 # Credentials for Redis (requirepass, ACL user) and NATS (user/password, token, TLS with a CA):
 # host, subscriber and snatch-reconcile against servers started with them; wrong ones -> 503.
 add_snatch_py_test(test_auth integration/test_auth.py TIMEOUT 180)
+
+# Order life (lua/order.lua, host/server/life.c): holds paid, cancelled, expired and sold again,
+# exactly one transition winning races, idempotent snatch retries to two hosts, the subscriber's
+# out-of-order transitions, hosts killed with -9 while releasing expired holds.
+add_snatch_py_test(test_order_life integration/test_order_life.py TIMEOUT 400)

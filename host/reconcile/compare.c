@@ -37,7 +37,8 @@ static int on_order(const char *id, size_t idlen, const char *rec, size_t reclen
     e->row->missing++;
     if (e->js == NULL)
         return 0;
-    if (reconcile_publish(e->js, e->render, e->event, id, rec, reclen) != 0) {
+    if (reconcile_publish(e->js, e->render, e->event, id, rec, reclen,
+                          reconcile_hold_until(e->rc, e->event, id)) != 0) {
         reconcile_skip("%s: order %s: JetStream publish failed", e->event, id);
         return 0; /* still counted as missing */
     }
@@ -105,6 +106,9 @@ int reconcile_event(redisContext *rc, natsConnection *nc, const reconcile_render
         goto out;
     }
     if (e.js != NULL && reconcile_hscan(rc, e.pending_key, on_pending_stored, &e) != 0)
+        goto fail;
+    /* Every transition not yet acknowledged: before the totals, which count held and paid. */
+    if (e.js != NULL && reconcile_transitions(rc, e.js, event, INT64_MAX) < 0)
         goto fail;
     if (reconcile_hscan(rc, orders_key, on_order, &e) != 0)
         goto fail;

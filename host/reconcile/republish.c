@@ -145,8 +145,24 @@ int reconcile_ensure_stream(jsCtx *js)
     return orders_stream_ensure(js, NULL, NULL) == NATS_OK ? 0 : -1;
 }
 
+int64_t reconcile_hold_until(redisContext *rc, const char *event, const char *id)
+{
+    char key[KEYSPACE_KEY_MAX], name[16];
+    long long a = 0, b = 0;
+    int64_t until = 0;
+    keyspace_key(key, event, strlen(event), KEYSPACE_STATE);
+    redisReply *r = redisCommand(rc, "HGET %s %s", key, id);
+    /* "held <until> ..." or "<state> <at> <until>" (lua/order.lua) */
+    if (r != NULL && r->type == REDIS_REPLY_STRING &&
+        sscanf(r->str, "%15s %lld %lld", name, &a, &b) >= 2)
+        until = strcmp(name, "held") == 0 ? a : b;
+    if (r != NULL)
+        freeReplyObject(r);
+    return until;
+}
+
 int reconcile_publish(jsCtx *js, const reconcile_render_t *render, const char *event,
-                      const char *id, const char *record, size_t len)
+                      const char *id, const char *record, size_t len, int64_t hold_until)
 {
     char subject[256], payload[ORDERS_PAYLOAD_MAX];
     const char *body = record;
@@ -168,11 +184,82 @@ int reconcile_publish(jsCtx *js, const reconcile_render_t *render, const char *e
     po.MsgId = id;
     po.MaxWait = PUBLISH_WAIT_MS;
     s = natsMsg_Create(&m, subject, NULL, body, (int)len);
+    if (s == NATS_OK && hold_until > 0) {
+        char until[24];
+        snprintf(until, sizeof(until), "%lld", (long long)hold_until);
+        s = natsMsgHeader_Set(m, ORDERS_HDR_HOLD_UNTIL, until);
+    }
     if (s == NATS_OK)
         s = js_PublishMsg(&pa, js, m, &po, NULL);
     jsPubAck_Destroy(pa);
     natsMsg_Destroy(m);
     return s == NATS_OK ? 0 : -1;
+}
+
+int reconcile_publish_transition(jsCtx *js, const char *event, const char *id, const char *entry,
+                                 size_t len)
+{
+    char subject[256], msgid[KEYSPACE_MSG_ID_MAX + 1], state[16];
+    const char *sp1 = memchr(entry, ' ', len);
+    const char *sp2 = sp1 != NULL ? memchr(sp1 + 1, ' ', len - (size_t)(sp1 + 1 - entry)) : NULL;
+    if (sp2 == NULL || (size_t)(sp2 - sp1 - 1) >= sizeof(state)) {
+        reconcile_skip("%s: transition of %s: malformed entry", event, id);
+        return -1;
+    }
+    memcpy(state, sp1 + 1, (size_t)(sp2 - sp1 - 1));
+    state[sp2 - sp1 - 1] = '\0';
+    const char *payload = sp2 + 1;
+    size_t plen = len - (size_t)(payload - entry);
+    if (snprintf(subject, sizeof(subject), ORDERS_SUBJECT_PREFIX "%s", event) >=
+            (int)sizeof(subject) ||
+        snprintf(msgid, sizeof(msgid), "%s:%s", id, state) >= (int)sizeof(msgid))
+        return -1;
+    natsMsg *m = NULL;
+    jsPubAck *pa = NULL;
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MsgId = msgid;
+    po.MaxWait = PUBLISH_WAIT_MS;
+    natsStatus s = natsMsg_Create(&m, subject, NULL, payload, (int)plen);
+    if (s == NATS_OK)
+        s = natsMsgHeader_Set(m, ORDERS_HDR_TRANSITION, state);
+    if (s == NATS_OK)
+        s = js_PublishMsg(&pa, js, m, &po, NULL);
+    jsPubAck_Destroy(pa);
+    natsMsg_Destroy(m);
+    return s == NATS_OK ? 0 : -1;
+}
+
+typedef struct tscan {
+    redisContext *rc;
+    jsCtx *js;
+    const char *event;
+    char key[KEYSPACE_KEY_MAX];
+    int64_t cutoff;
+    int done;
+} tscan_t;
+
+static int on_transition(const char *id, size_t idlen, const char *entry, size_t len, void *data)
+{
+    tscan_t *t = data;
+    (void)idlen;
+    if (strtoll(entry, NULL, 10) > t->cutoff)
+        return 0; /* young: its host is probably still waiting for the ack */
+    if (reconcile_publish_transition(t->js, t->event, id, entry, len) != 0)
+        return 0; /* counted and logged; the next pass tries again */
+    if (reconcile_hdel(t->rc, t->key, id) != 0)
+        return -1;
+    t->done++;
+    return 0;
+}
+
+int reconcile_transitions(redisContext *rc, jsCtx *js, const char *event, int64_t cutoff_ms)
+{
+    tscan_t t = {.rc = rc, .js = js, .event = event, .cutoff = cutoff_ms};
+    keyspace_key(t.key, event, strlen(event), KEYSPACE_TPENDING);
+    if (reconcile_hscan(rc, t.key, on_transition, &t) != 0)
+        return -1;
+    return t.done;
 }
 
 int reconcile_hdel(redisContext *rc, const char *key, const char *field)
@@ -218,7 +305,8 @@ static int on_pending(const char *id, size_t idlen, const char *ms, size_t mslen
         freeReplyObject(r);
         return 0;
     }
-    int ok = reconcile_publish(p->js, p->render, p->event, id, r->str, r->len) == 0;
+    int ok = reconcile_publish(p->js, p->render, p->event, id, r->str, r->len,
+                               reconcile_hold_until(p->rc, p->event, id)) == 0;
     freeReplyObject(r);
     if (!ok) {
         /* This order (or the whole event) cannot be published now: the next event may be fine.
@@ -258,6 +346,13 @@ int reconcile_pending(redisContext *rc, natsConnection *nc, const reconcile_rend
         keyspace_key(p.pending_key, events[i], strlen(events[i]), KEYSPACE_PENDING);
         int rc2 = reconcile_hscan(rc, p.pending_key, on_pending, &p);
         total += p.done;
+        if (rc2 >= 0) {
+            /* Transitions decided in Redis whose ack never came (lua/order.lua). */
+            int t = reconcile_transitions(rc, js, events[i], p.cutoff);
+            if (t < 0)
+                goto out;
+            total += t;
+        }
         seen += p.stale;
         if (rc2 < 0)
             goto out;

@@ -57,9 +57,21 @@ int reconcile_hscan(redisContext *rc, const char *key, reconcile_scan_fn fn, voi
 /* Creates the ORDERS stream if missing (reconciliation may run before any host did). 0 or -1. */
 int reconcile_ensure_stream(jsCtx *js);
 /* Blocking publish of one order given by its Redis record, rendered by render (may be NULL);
+ * hold_until > 0: it was sold held (header Snatch-Hold-Until), as the host published it.
  * 0 once JetStream acknowledged it (stored or duplicate). */
 int reconcile_publish(jsCtx *js, const reconcile_render_t *render, const char *event,
-                      const char *id, const char *record, size_t len);
+                      const char *id, const char *record, size_t len, int64_t hold_until);
+/* The hold deadline of order id from {E}:state (0: paid at once, or unknown). */
+int64_t reconcile_hold_until(redisContext *rc, const char *event, const char *id);
+/* Blocking publish of one {E}:tpending entry of order id (value "<at> <state> <payload>", as
+ * lua/order.lua wrote it): Nats-Msg-Id "<id>:<state>", header Snatch-Transition. 0 once
+ * acknowledged; -1 (publish failed, or a malformed entry: skipped and logged). */
+int reconcile_publish_transition(jsCtx *js, const char *event, const char *id, const char *entry,
+                                 size_t len);
+/* Republishes every {E}:tpending entry of event older than cutoff_ms (wall clock; INT64_MAX:
+ * all) and HDELs each once acknowledged. Returns how many, or -1 on a Redis failure. */
+int reconcile_transitions(redisContext *rc, jsCtx *js, const char *event, int64_t cutoff_ms);
+
 /* HDEL key field; 0 or -1. */
 int reconcile_hdel(redisContext *rc, const char *key, const char *field);
 

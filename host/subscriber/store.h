@@ -10,6 +10,14 @@
  *   index orders_event_user ON orders(event, user)
  *   dead_letters(id INTEGER PRIMARY KEY, received_at INTEGER, subject TEXT, reason TEXT,
  *                data BLOB)
+ * and for the order life (README "Order states"), added to an older database on open:
+ *   orders.status TEXT NOT NULL DEFAULT 'paid'   held | paid | expired | cancelled
+ *   orders.hold_until INTEGER                    the hold's deadline (ms), NULL: paid at once
+ *   order_history(order_id, state, at, payload, PRIMARY KEY(order_id, state))   append-only:
+ *          one row per state an order sold with a hold entered (held, then one of paid,
+ *          expired, cancelled); an order paid at once has none
+ * Transitions may arrive before their order (another host published them first): the history
+ * row is kept and the order, when it comes, starts in the state its history already says.
  * There is no separate index on (event) alone: (event, user) serves every query on event as
  * its leftmost column, and each extra index costs a B-tree insert per order. */
 #ifndef SNATCH_STORE_H
@@ -38,6 +46,7 @@ typedef struct store_order {
     int64_t created_at;
     const char *payload; /* the message as received, stored verbatim */
     size_t payload_len;
+    int64_t hold_until; /* > 0: sold held until then (header Snatch-Hold-Until); else paid */
 } store_order_t;
 
 /* Opens (creating the file and schema when needed) the database at path, in WAL mode.
@@ -72,12 +81,19 @@ int store_scan_order(const char *data, size_t len, store_order_t *o, char *scrat
 /* INSERT ... ON CONFLICT(order_id) DO NOTHING. Returns 1 inserted, 0 already stored, -1 error. */
 int store_insert_order(store_t *s, const store_order_t *o);
 
+/* A transition (header Snatch-Transition: state): its history row, once, and the order's
+ * status when the order is still held. data: the payload ({"order_id", ..., "at"}). Returns 1
+ * recorded, 0 already recorded, 2 not a transition (reason filled: a dead letter), -1 error. */
+int store_insert_transition(store_t *s, const char *state, const char *data, size_t len,
+                            char *reason, size_t reasonlen);
+
 /* Keeps a message that is not an order, with why. Returns 0 or -1. */
 int store_dead_letter(store_t *s, const char *subject, const char *reason, const void *data,
                       size_t len);
 
 /* Reconciliation look-ups. */
 int store_has_order(store_t *s, const char *order_id); /* 1, 0 or -1 */
+/* rows: every order of the event; units: those held or paid (released holds went back). */
 int store_event_totals(store_t *s, const char *event, int64_t *rows, int64_t *units);
 int store_count(store_t *s, const char *table, int64_t *n); /* "orders" or "dead_letters" */
 

@@ -44,6 +44,7 @@
 #include "orders_stream.h"
 #include "promtext.h"
 #include "store.h"
+#include "util.h"
 
 #define FETCH_TIMEOUT_MS 200
 #define PROGRESS_EVERY_MS 5000
@@ -402,27 +403,49 @@ typedef struct fetcher {
     const config_t *c;
 } fetcher_t;
 
+/* The header's value as a positive integer (Snatch-Hold-Until), 0 when absent or not one. */
+static int64_t header_ms(natsMsg *m, const char *name)
+{
+    const char *v = NULL;
+    int64_t ms = 0;
+    if (natsMsgHeader_Get(m, name, &v) != NATS_OK || v == NULL ||
+        util_parse_i64(v, strlen(v), 1, INT64_MAX, &ms) != 0)
+        return 0;
+    return ms;
+}
+
 /* Persists one message inside the open transaction: 1 inserted, 0 duplicate, 2 dead letter,
- * -1 SQLite error. */
+ * -1 SQLite error. A message with header Snatch-Transition is an order's transition. */
 static int write_msg(store_t *st, natsMsg *m)
 {
     const char *data = natsMsg_GetData(m);
     size_t len = (size_t)natsMsg_GetDataLength(m);
     char scratch[SCRATCH_BYTES], reason[256];
+    const char *transition = NULL;
     store_order_t o;
     json_t *doc = NULL;
     int rc;
-    if (store_scan_order(data, len, &o, scratch, sizeof(scratch)) == 1)
-        return store_insert_order(st, &o);
-    if (store_parse_order(data, len, &o, &doc, reason, sizeof(reason)) != 0) {
-        if (store_dead_letter(st, natsMsg_GetSubject(m), reason, data, len) != 0)
-            return -1;
-        log_warn("subscriber: dead letter on %s: %s", natsMsg_GetSubject(m), reason);
-        return 2;
+    if (natsMsgHeader_Get(m, ORDERS_HDR_TRANSITION, &transition) == NATS_OK && transition != NULL) {
+        rc = store_insert_transition(st, transition, data, len, reason, sizeof(reason));
+        if (rc != 2)
+            return rc;
+        goto dead;
     }
+    if (store_scan_order(data, len, &o, scratch, sizeof(scratch)) == 1) {
+        o.hold_until = header_ms(m, ORDERS_HDR_HOLD_UNTIL);
+        return store_insert_order(st, &o);
+    }
+    if (store_parse_order(data, len, &o, &doc, reason, sizeof(reason)) != 0)
+        goto dead;
+    o.hold_until = header_ms(m, ORDERS_HDR_HOLD_UNTIL);
     rc = store_insert_order(st, &o);
     json_decref(doc);
     return rc;
+dead:
+    if (store_dead_letter(st, natsMsg_GetSubject(m), reason, data, len) != 0)
+        return -1;
+    log_warn("subscriber: dead letter on %s: %s", natsMsg_GetSubject(m), reason);
+    return 2;
 }
 
 static int write_batch(store_t *st, natsMsgList *list, stats_t *t)
