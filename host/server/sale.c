@@ -165,10 +165,10 @@ static void reply_order(sale_t *s, int status)
     pos += 8;
     util_json_str(body, sizeof(body), &pos, s->user, strlen(s->user));
     pos += (size_t)snprintf(body + pos, sizeof(body) - pos, ",\"qty\":%" PRId64, s->qty);
-    /* Without a hold the body stays what it always was. */
+    /* Without a hold the body stays what it always was; a 202 keeps its "pending" status. */
     if (s->hold_until > 0)
-        pos += (size_t)snprintf(body + pos, sizeof(body) - pos,
-                                ",\"status\":\"held\",\"hold_until\":%" PRId64, s->hold_until);
+        pos += (size_t)snprintf(body + pos, sizeof(body) - pos, "%s\"hold_until\":%" PRId64,
+                                status == 200 ? ",\"status\":\"held\"," : ",", s->hold_until);
     body[pos++] = '}';
     metrics_outcome(status == 200 ? OUTCOME_SOLD : OUTCOME_PENDING);
     reply_json(s->req, ROUTE_SNATCH, status, body, pos);

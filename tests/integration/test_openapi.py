@@ -32,19 +32,23 @@ SPEC_PATH = os.path.join(SOURCE_DIR, "docs", "openapi.yaml")
 SKIPPED = {
     **{(op, "500"): "out of memory in the host" for op in (
         "getEvent", "putEvent", "getOrder", "getUserOrders", "getMetrics",
-        "getHealth")},
+        "getHealth", "payOrder", "cancelOrder")},
 }
 OPS = {  # operationId -> (method, a concrete path)
     "snatch": ("POST", "/v1/events/ev/snatch?user=zz"),
     "getEvent": ("GET", "/v1/events/ev"),
     "putEvent": ("PUT", "/admin/events/ev"),
     "getOrder": ("GET", "/v1/orders/0000000000000-0000000000-ev"),
+    "payOrder": ("POST", "/v1/orders/0000000000000-0000000000-ev/pay"),
+    "cancelOrder": ("DELETE", "/v1/orders/0000000000000-0000000000-ev"),
     "getUserOrders": ("GET", "/v1/events/ev/users/zz/orders"),
     "getMetrics": ("GET", "/metrics"),
     "getHealth": ("GET", "/healthz"),
 }
-WRONG_METHOD = {"snatch": "GET", "getEvent": "POST", "putEvent": "POST", "getOrder": "DELETE",
-                "getUserOrders": "POST", "getMetrics": "PUT", "getHealth": "POST"}
+WRONG_METHOD = {"snatch": "GET", "getEvent": "POST", "putEvent": "POST", "getOrder": "POST",
+                "getUserOrders": "POST", "getMetrics": "PUT", "getHealth": "POST",
+                "payOrder": "GET", "cancelOrder": "PUT"}
+PAY_TOKEN = "test-payment-token-0123456789"
 MAX_HEAD = 1024
 MAX_BODY = 1024
 MAX_EVENTS = 4
@@ -214,6 +218,17 @@ class OpenApiTest(unittest.TestCase):
                                   "127.0.0.1:%d" % cls.admin_port), query_user=False,
                            admin=False)
         cls.capped = start("h3", ("--max-connections-per-client", "1"))
+        # Orders held for payment (the order life): a policy with hold_ms and a payment token.
+        held = os.path.join(cls.tmp.path, "held.lua")
+        with open(held, "w") as f:
+            f.write(text.replace("\nreturn M", "\nM.hold_ms = 600000\nreturn M"))
+        tok = os.path.join(cls.tmp.path, "payment.token")
+        with open(tok, "w") as f:
+            f.write(PAY_TOKEN)
+        cls.holder = Host(cls.tmp.path, cls.redis.port, cls.nats.url, policy=held, threads=1,
+                          host_id="h4", extra=opts + ("--payment-token-file", tok))
+        cls.hosts.append(cls.holder)
+        cls.holder.start()
 
     @classmethod
     def tearDownClass(cls):
@@ -285,6 +300,7 @@ class OpenApiTest(unittest.TestCase):
     def test_all_documented_responses(self):
         self.healthy()
         self.orders()
+        self.life()
         self.other_listeners()
         self.parse_level()
         self.connection_cap()
@@ -412,6 +428,62 @@ class OpenApiTest(unittest.TestCase):
         self.limited("getUserOrders", "/v1/events/ev/users/reader2/orders",
                      {"X-User-Id": "reader2"})
 
+    def pay(self, oid, token=PAY_TOKEN, port=None, client=None):
+        h = {"Authorization": "Bearer " + token} if token else {}
+        if client:
+            h["X-Forwarded-For"] = client
+        return request(port or self.holder.port, "POST", "/v1/orders/%s/pay" % oid, None, h)
+
+    def life(self):
+        """Held orders: pay, cancel, idempotent snatch retries."""
+        hp = self.holder.port  # sells event big (the --max-events of h1 are taken)
+        key = {"Idempotency-Key": "k-0001"}
+        a = self.call("snatch", "POST", "/v1/events/big/snatch?user=ann", headers=key, port=hp,
+                      status=200)
+        self.assertEqual(a["status"], "held")
+        again = self.call("snatch", "POST", "/v1/events/big/snatch?user=ann", headers=key,
+                          port=hp, status=200)
+        self.assertEqual(again["order_id"], a["order_id"])
+        self.call("snatch", "POST", "/v1/events/big/snatch?user=ann&qty=2", headers=key,
+                  port=hp, status=422, error="idempotency_key_reused")
+        self.call("snatch", "POST", "/v1/events/big/snatch?user=ann",
+                  headers={"Idempotency-Key": "k" * 129}, port=hp, status=400,
+                  error="bad_request")
+        oid = a["order_id"]
+        v = self.call("getOrder", "GET", "/v1/orders/%s?user=ann" % oid, port=hp, status=200)
+        self.assertEqual(v["status"], "held")
+        self.check("payOrder", self.pay(oid, token=None), 401, "unauthorized")
+        self.check("payOrder", self.pay("not-an-id"), 400, "bad_request")
+        self.check("payOrder", self.pay("0000000000000-0000000000-big"), 404, "unknown_order")
+        self.check("payOrder", self.pay(oid, port=self.host.port), 403, "forbidden")
+        self.assertEqual(self.check("payOrder", self.pay(oid), 200)["status"], "paid")
+        self.check("payOrder", self.pay(oid), 200)
+        v = self.call("getOrder", "GET", "/v1/orders/%s?user=ann" % oid, port=hp, status=200)
+        self.assertEqual(v["status"], "paid")
+        for _ in range(10):
+            self.check("payOrder", self.pay(oid, token="wrong-token-0123456",
+                                            client="198.51.100.9"), 401, "unauthorized")
+        self.check("payOrder", self.pay(oid, client="198.51.100.9"), 429, "rate_limited")
+        path = "/v1/orders/" + oid
+        self.call("cancelOrder", "DELETE", path + "?user=ann", port=hp, status=409,
+                  error="order_paid")
+        b = self.call("snatch", "POST", "/v1/events/big/snatch?user=bea", port=hp, status=200)
+        bpath = "/v1/orders/" + b["order_id"]
+        self.call("cancelOrder", "DELETE", bpath + "?user=ann", port=hp, status=403,
+                  error="forbidden")
+        self.call("cancelOrder", "DELETE", bpath, port=hp, status=403, error="forbidden")
+        self.call("cancelOrder", "DELETE", bpath + "?user=bea", port=self.strict.port,
+                  status=400, error="bad_request")
+        self.call("cancelOrder", "DELETE", "/v1/orders/nope?user=bea", port=hp, status=400,
+                  error="bad_request")
+        self.call("cancelOrder", "DELETE", "/v1/orders/0000000000000-0000000000-big?user=bea",
+                  port=hp, status=404, error="unknown_order")
+        c = self.call("cancelOrder", "DELETE", bpath + "?user=bea", port=hp, status=200)
+        self.assertEqual(c["status"], "cancelled")
+        self.check("payOrder", self.pay(b["order_id"]), 409, "order_cancelled")
+        self.life_held = [self.call("snatch", "POST", "/v1/events/big/snatch?user=cy%d" % i,
+                                    port=hp, status=200)["order_id"] for i in range(2)]
+
     def other_listeners(self):
         """--admin-listen: each route answers 404 not_found on the listener it does not live on;
         without an admin token, admin answers 403."""
@@ -421,7 +493,7 @@ class OpenApiTest(unittest.TestCase):
         self.call("getMetrics", "GET", "/metrics", port=strict, status=404, error="not_found")
         check_prometheus(self.call("getMetrics", "GET", "/metrics", port=admin, status=200))
         self.call("getHealth", "GET", "/healthz", port=admin, status=200)
-        for op in ("snatch", "getEvent", "getOrder", "getUserOrders"):
+        for op in ("snatch", "getEvent", "getOrder", "getUserOrders", "payOrder", "cancelOrder"):
             method, path = OPS[op]
             self.call(op, method, path, port=admin, status=404, error="not_found")
 
@@ -491,6 +563,11 @@ class OpenApiTest(unittest.TestCase):
             d = self.call("snatch", "POST", "/v1/events/slow/snatch?user=patient", status=202)
             self.assertEqual(d["status"], "pending")
             self.check("putEvent", self.admin("slow", '{"stock":10}'), 409, "orders_pending")
+            # A transition decided in Redis and not acknowledged: 202, republished later.
+            paid, cancelled = self.life_held
+            self.assertEqual(self.check("payOrder", self.pay(paid), 202)["status"], "paid")
+            self.call("cancelOrder", "DELETE", "/v1/orders/%s?user=cy1" % cancelled,
+                      port=self.holder.port, status=202)
         finally:
             self.nats.proc.send_signal(signal.SIGCONT)
 
@@ -508,6 +585,12 @@ class OpenApiTest(unittest.TestCase):
                   status=503, error="unavailable")
         self.call("getUserOrders", "GET", "/v1/events/ev/users/alice/orders?user=alice",
                   status=503, error="unavailable")
+        wait_until(lambda: request(self.holder.port, "GET", "/healthz")[0] == 503, 15,
+                   what="holder healthz 503")
+        oid = self.life_held[0]
+        self.check("payOrder", self.pay(oid), 503, "unavailable")
+        self.call("cancelOrder", "DELETE", "/v1/orders/%s?user=cy0" % oid,
+                  port=self.holder.port, status=503, error="unavailable")
 
     def test_spec_has_no_empty_values(self):
         """A comma inside an unquoted flow-mapping value (`{description: a, b}`) silently makes
@@ -529,7 +612,7 @@ class OpenApiTest(unittest.TestCase):
             readme = f.read()
         rows = {}
         for line in readme.splitlines():
-            m = re.match(r"^\| `(GET|POST|PUT) (/[^ `]*)", line)
+            m = re.match(r"^\| `(GET|POST|PUT|DELETE) (/[^ `]*)", line)
             if m:
                 # Statuses, not rates ("100 reads/s", "burst 200").
                 rows[m.groups()] = set(re.findall(
