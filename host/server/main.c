@@ -94,7 +94,7 @@ static void usage(FILE *out)
             "  --payment-token-file PATH bearer token of POST /v1/orders/{id}/pay, 16+ bytes\n"
             "                            (absent: payments answer 403)\n"
             "  --order-script PATH       Redis order-life script (default: order.lua next to\n"
-            "                            the deduct script)\n"
+            "                            the deduct script, else " SNATCH_DATA_DIR "/order.lua)\n"
             "  --expire-interval-ms MS   release expired holds every MS (default 1000, 0: off)\n"
             "  --version                 print the version and exit\n"
             "  -h, --help                this text\n" AUTH_REDIS_USAGE AUTH_NATS_USAGE
@@ -147,9 +147,14 @@ static int read_life_script(host_config_t *cfg, const char *path)
 {
     char buf[4096];
     if (path == NULL) {
+        /* Looked for as deduct.lua is (a --deduct copy elsewhere has none beside it). */
         const char *slash = strrchr(cfg->deduct_path, '/');
         size_t dir = slash ? (size_t)(slash - cfg->deduct_path + 1) : 0;
         snprintf(buf, sizeof(buf), "%.*sorder.lua", (int)dir, cfg->deduct_path);
+        if (access(buf, R_OK) != 0)
+            snprintf(buf, sizeof(buf), "%s/order.lua", SNATCH_DATA_DIR);
+        if (access(buf, R_OK) != 0)
+            snprintf(buf, sizeof(buf), "%s/lua/order.lua", SNATCH_SOURCE_DIR);
         path = buf;
     }
     host.life_src = util_read_file(path, NULL);

@@ -14,6 +14,8 @@ from harness import (SOURCE_DIR, NatsServer, RedisServer, Subscriber, TempDir, b
 
 with open(os.path.join(SOURCE_DIR, "lua", "deduct.lua")) as f:
     DEDUCT = f.read()
+with open(os.path.join(SOURCE_DIR, "lua", "order.lua")) as f:
+    ORDER = f.read()
 
 
 class ReconcileTest(unittest.TestCase):
@@ -37,11 +39,36 @@ class ReconcileTest(unittest.TestCase):
               "seq", 0)
         r.cmd("SADD", "snatch:events", event)
 
-    def sell(self, event, user, qty=1):
+    def sell(self, event, user, qty=1, hold_ms=0):
         keys = ["{%s}:%s" % (event, k) for k in ("meta", "users", "orders", "uorders", "pending")]
-        reply = self.redis.cmd("EVAL", DEDUCT, 5, *keys, event, "h1", 0, 1, user, qty)[0]
+        reply = self.redis.cmd("EVAL", DEDUCT, 5, *keys, event, "h1", 0, 1, hold_ms, 0, 60000,
+                               user, qty, "")[0]
         self.assertEqual(reply[0], "ok", reply)
         return reply[1]
+
+    def life(self, event, op, *args):
+        keys = ["{%s}:%s" % (event, k)
+                for k in ("meta", "users", "orders", "holds", "state", "tpending")]
+        return self.redis.cmd("EVAL", ORDER, 6, *keys, op, event, *args)
+
+    def test_transitions_republished(self):
+        """Held orders and their transitions decided in Redis, never published: reconciliation
+        publishes both, the held order with its hold header, and SQLite ends in Redis's state."""
+        self.create_event("evh", 10)
+        paid = self.sell("evh", "u1", hold_ms=60000)
+        gone = self.sell("evh", "u2", qty=2, hold_ms=1)
+        held = self.sell("evh", "u3", hold_ms=60000)
+        time.sleep(0.05)
+        self.assertEqual(self.life("evh", "pay", paid)[0], "ok")
+        self.assertEqual(self.life("evh", "expire", "100")[0], gone)
+        self.assertEqual(self.redis.cmd("HLEN", "{evh}:tpending"), 2)
+        self.assertEqual(self.redis.cmd("HGET", "{evh}:meta", "sold"), "2")
+        code, out = self.reconcile("--wait", "30")
+        self.assertEqual(code, 0, out)
+        self.assertEqual(self.redis.cmd("HLEN", "{evh}:tpending"), 0)
+        self.assertEqual(dict(self.sub.query("SELECT order_id, status FROM orders")),
+                         {paid: "paid", gone: "expired", held: "held"})
+        self.assertEqual(self.sub.query("SELECT count(*) FROM order_history")[0][0], 5)
 
     def reconcile(self, *args):
         argv = [binary("snatch-reconcile"), "--redis", "127.0.0.1:%d" % self.redis.port,
@@ -100,8 +127,8 @@ class ReconcileTest(unittest.TestCase):
         self.sub.stop()
         import sqlite3
         con = sqlite3.connect(self.sub.db)
-        con.execute("INSERT INTO orders VALUES('9999999999999-0000000099-ev3','ev3','x',3,"
-                    "'h9',0,'{}')")
+        con.execute("INSERT INTO orders(order_id, event, user, qty, host, created_at, payload)"
+                    " VALUES('9999999999999-0000000099-ev3','ev3','x',3,'h9',0,'{}')")
         con.commit()
         con.close()
         code, out = self.reconcile("--dry-run")
