@@ -72,6 +72,7 @@ BAD_HEADS = {
     "two Authorization": b"{line}Authorization: Bearer a\r\nAuthorization: Bearer b\r\n\r\n",
     "two X-Forwarded-For": b"{line}X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-For: "
                            b"192.0.2.8\r\n\r\n",
+    "two Idempotency-Key": b"{line}Idempotency-Key: a\r\nIdempotency-Key: b\r\n\r\n",
 }
 
 
