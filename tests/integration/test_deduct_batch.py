@@ -164,5 +164,34 @@ def acknowledged_ids_ride_on_a_batch():
         assert int(r.cmd("HLEN", "{p}:orders")) == 4
 
 
+@suite.case
+def holds_and_idempotency_keys_in_one_batch():
+    """hold_ms > 0: every order sold is held ({E}:holds by deadline, {E}:state); a key seen
+    twice in one batch is a replay of its first decision (nothing taken twice), another qty
+    with it is key_reused, a refusal is replayed too; buyers without a key are unchanged."""
+    with Redis() as r:
+        create(r, "k", 3, 2)
+        out = batch(r, "k", [("a", 1, "x1"), ("a", 1, "x1"), ("a", 2, "x1"), ("b", 1),
+                             ("c", 2, "z"), ("c", 2, "z")], hold_ms=60000, keep=1)
+        assert [o[0] for o in out] == ["ok", "replay", "key_reused", "ok", "insufficient",
+                                       "insufficient"], out
+        assert out[1][1] == out[0][1] and out[1][6] == "h1", out  # same id, the selling host
+        assert out[2][1] == "1", out  # the qty the key was first used with
+        assert out[5][3] == "replay", out
+        until = int(out[0][5])
+        assert until - out[0][4] == 60000, out
+        meta = hgetall(r, "{k}:meta")
+        assert meta["sold"] == "2", meta
+        assert r.cmd("ZCARD", "{k}:holds") == 2
+        st = r.cmd("HGET", "{k}:state", out[0][1]).split()
+        assert st == ["held", str(until), "1", "1", "a"], st
+        assert r.cmd("PTTL", "{k}:idem:a|x1") > 3500000  # the window (1 h)
+        # A later batch: the replay again, without a hold nothing more is held.
+        out2 = batch(r, "k", [("a", 1, "x1"), ("d", 1)])
+        assert out2[0][0] == "replay" and out2[0][1] == out[0][1], out2
+        assert out2[1][0] == "ok" and out2[1][5] == "0", out2
+        assert r.cmd("ZCARD", "{k}:holds") == 2 and hgetall(r, "{k}:meta")["sold"] == "3"
+
+
 if __name__ == "__main__":
     suite.run()
