@@ -10,6 +10,9 @@
 --   KEYS[4] {E}:uorders  hash  user -> order ids, comma separated
 --   KEYS[5] {E}:pending  hash  order_id -> ms; deleted once JetStream acknowledged the order,
 --                              so what is left is what reconciliation must republish
+-- and, named from KEYS[1]'s "{E}:" (same hash tag, same slot), only when used:
+--   {E}:holds zset and {E}:state hash (an order sold with a hold; see lua/order.lua)
+--   {E}:idem:<user>|<key>  string, expires after the window (a buyer with an idempotency key)
 -- ARGV: event, host_id, deadline_ms, n, hold_ms, keep, idem_window_ms, then n times (user, qty,
 --   idempotency key or ""), then any number of order ids of this event that JetStream
 --   acknowledged, deleted from KEYS[5] (riding on a batch costs no round trip of its own; they
