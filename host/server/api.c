@@ -15,25 +15,39 @@
 #include "log.h"
 #include "metrics.h"
 #include "ratelimit.h"
+#include "repair.h"
 #include "reply.h"
 #include "sale.h"
 #include "stock.h"
 #include "util.h"
 #include "worker.h"
 
-/* Resets an event: refused while orders wait to be published (they would be lost). The seq
- * field survives, so order ids never repeat for one event name. A new event is refused when the
- * sale already has --max-events events (ARGV[4]): every host started with the same flag can then
- * hold every event, so none is created that some host would answer 404 for. */
+/* Resets an event: refused while orders wait to be published (they would be lost), and while
+ * the event waits for its repair on this node (repair.h: its owner is another node). The seq
+ * field survives, so order ids never repeat for one event name; base records it, so a repair
+ * never restores the orders of the sale before the reset. On a cluster the node that runs this
+ * becomes the event's owner (the new event has no persisted orders to verify). A new event is
+ * refused when the sale already has --max-events events (ARGV[4]): every host started with the same
+ * flag can then hold every event, so none is created that some host would answer 404 for. */
 static const char RESET_SCRIPT[] =
     "if redis.call('SISMEMBER', KEYS[6], ARGV[1]) == 0 and\n"
     "   redis.call('SCARD', KEYS[6]) >= tonumber(ARGV[4]) then\n"
     "  return redis.error_reply('FULL')\n"
     "end\n"
     "if redis.call('HLEN', KEYS[5]) > 0 then return redis.error_reply('PENDING') end\n"
+    "local m = redis.call('HMGET', KEYS[1], 'stock', 'owner', 'seq')\n"
+    "local me\n"
+    "if string.find(redis.call('INFO', 'cluster'), 'cluster_enabled:1', 1, true) then\n"
+    "  me = redis.call('CLUSTER', 'MYID')\n"
+    "elseif m[2] or ARGV[5] == '1' then\n"
+    "  me = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')\n"
+    "end\n"
+    "if m[1] and me and m[2] ~= me then return redis.error_reply('REPAIRING') end\n"
     "redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])\n"
     "local gen = redis.call('HINCRBY', KEYS[1], 'gen', 1)\n"
-    "redis.call('HSET', KEYS[1], 'stock', ARGV[2], 'sold', 0, 'limit', ARGV[3])\n"
+    "redis.call('HSET', KEYS[1], 'stock', ARGV[2], 'sold', 0, 'limit', ARGV[3], 'base',\n"
+    "           m[3] or '0')\n"
+    "if me then redis.call('HSET', KEYS[1], 'owner', me) end\n"
     "redis.call('SADD', KEYS[6], ARGV[1])\n"
     "return gen\n";
 
@@ -211,6 +225,14 @@ typedef struct admin_put {
     bool reserved; /* holds room in the local table (stock_reserve_room) */
 } admin_put_t;
 
+static void reset_repairing(admin_put_t *a)
+{
+    repair_request(a->event, a->len);
+    reply_error(a->req, ROUTE_ADMIN_EVENT, 503, "repairing",
+                "the event is being checked against its persisted orders after a Redis failover; "
+                "retry");
+}
+
 static void on_event_reset(redisReply *r, const char *err, void *data)
 {
     admin_put_t *a = data;
@@ -223,6 +245,8 @@ static void on_event_reset(redisReply *r, const char *err, void *data)
         if (strstr(r->str, "FULL") != NULL)
             reply_error(a->req, ROUTE_ADMIN_EVENT, 409, "too_many_events",
                         "the sale already has --max-events events");
+        else if (strstr(r->str, "REPAIRING") != NULL)
+            reset_repairing(a);
         else if (strstr(r->str, "PENDING") != NULL)
             reply_error(a->req, ROUTE_ADMIN_EVENT, 409, "orders_pending",
                         "orders of this event are not yet published; run snatch-reconcile first");
@@ -340,8 +364,8 @@ static void put_event(http_request_t *req, const char *event, size_t len)
     memcpy(a->event, event, len);
     a->event[len] = '\0';
     char keys[KEYSPACE__COUNT][KEYSPACE_KEY_MAX], sstock[24], slimit[24], smax[24];
-    const char *argv[13];
-    size_t lens[13];
+    const char *argv[14];
+    size_t lens[14];
     argv[0] = "EVAL";
     lens[0] = 4;
     argv[1] = RESET_SCRIPT;
@@ -362,7 +386,9 @@ static void put_event(http_request_t *req, const char *event, size_t len)
     argv[11] = slimit;
     lens[12] = (size_t)snprintf(smax, sizeof(smax), "%zu", stock_max_events());
     argv[12] = smax;
-    redis_command(w->redis, on_event_reset, a, 13, argv, lens);
+    argv[13] = repair_claims_standalone() ? "1" : "0";
+    lens[13] = 1;
+    redis_command(w->redis, on_event_reset, a, 14, argv, lens);
 }
 
 /* ---- GET /v1/orders/{id} and GET /v1/events/{e}/users/{u}/orders ---- */

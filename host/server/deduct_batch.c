@@ -187,7 +187,8 @@ static const struct {
                 {"insufficient", DEDUCT_INSUFFICIENT},
                 {"limit_reached", DEDUCT_LIMIT_REACHED},
                 {"unknown_event", DEDUCT_UNKNOWN_EVENT},
-                {"expired", DEDUCT_EXPIRED}};
+                {"expired", DEDUCT_EXPIRED},
+                {"repairing", DEDUCT_REPAIRING}};
 
 /* One buyer's reply (an element of the batch's array) into a result; id holds the order id,
  * verdict the verdict's text (the detail of a bad reply). */

@@ -26,7 +26,8 @@ typedef enum {
     DEDUCT_LIMIT_REACHED,
     DEDUCT_UNKNOWN_EVENT,
     DEDUCT_EXPIRED,
-    DEDUCT_ERROR,          /* nothing deducted: not sent, timeout, error reply, bad reply */
+    DEDUCT_REPAIRING, /* the node serving the event has not verified it yet: nothing deducted */
+    DEDUCT_ERROR,     /* nothing deducted: not sent, timeout, error reply, bad reply */
     DEDUCT_UNKNOWN_OUTCOME /* the connection died after the batch was sent: it may have run */
 } deduct_verdict_t;
 

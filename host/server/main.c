@@ -24,6 +24,7 @@
 #include "orders_stream.h"
 #include "ratelimit.h"
 #include "reconciler.h"
+#include "repair.h"
 #include "script.h"
 #include "stock.h"
 #include "util.h"
@@ -38,6 +39,7 @@ static uv_signal_t sig_hup, sig_term, sig_int;
 static char host_id_buf[SNATCH_NAME_MAX + 1];
 static char deduct_buf[4096];
 static uint64_t reconcile_interval_ms = 5000;
+static bool redis_repair;
 static int64_t reconcile_after_ms = 30000;
 static int64_t rate_limit_keys = 1 << 18;
 static int64_t max_events = STOCK_EVENTS_DEFAULT;
@@ -73,6 +75,9 @@ static void usage(FILE *out)
             "  --header-timeout-ms MS    request head must arrive within (default 10000)\n"
             "  --reconcile-interval-ms MS  republish lost orders every MS (default 5000, 0: off)\n"
             "  --reconcile-after-ms MS   an unacknowledged order counts as lost after (30000)\n"
+            "  --redis-repair            on a standalone Redis too, verify each event against\n"
+            "                            the persisted orders (owner, lua/repair.lua) and\n"
+            "                            repair it after a restart or promotion (cluster: always)\n"
             "  --log-format text|json    log lines on stderr (default text)\n"
             "  --rate-limit-keys N       buckets of the policy's host.limit() (default 262144,\n"
             "                            ~190 bytes each; when full the least recent is reused)\n"
@@ -192,6 +197,7 @@ enum {
     OPT_VERSION,
     OPT_LOG_FORMAT,
     OPT_RECONCILE_INTERVAL,
+    OPT_REDIS_REPAIR,
     OPT_RECONCILE_AFTER,
     OPT_RATE_LIMIT_KEYS,
     OPT_ORDERS_MAX_AGE,
@@ -225,6 +231,7 @@ static int parse_args(int argc, char **argv, bool *test_only)
         {"header-timeout-ms", required_argument, NULL, OPT_HEADER_TIMEOUT},
         {"test", no_argument, NULL, OPT_TEST},
         {"reconcile-interval-ms", required_argument, NULL, OPT_RECONCILE_INTERVAL},
+        {"redis-repair", no_argument, NULL, OPT_REDIS_REPAIR},
         {"reconcile-after-ms", required_argument, NULL, OPT_RECONCILE_AFTER},
         {"rate-limit-keys", required_argument, NULL, OPT_RATE_LIMIT_KEYS},
         {ORDERS_MAX_AGE_FLAG, required_argument, NULL, OPT_ORDERS_MAX_AGE},
@@ -320,6 +327,9 @@ static int parse_args(int argc, char **argv, bool *test_only)
             break;
         case OPT_DEDUCT:
             cfg->deduct_path = optarg;
+            break;
+        case OPT_REDIS_REPAIR:
+            redis_repair = true;
             break;
         case OPT_MAX_HEAD:
             if (cli_int_opt("snatch-host", "--max-head", optarg, 256, 1 << 20, &v))
@@ -460,6 +470,25 @@ static int parse_args(int argc, char **argv, bool *test_only)
     return 0;
 }
 
+/* lua/repair.lua, next to the deduct script. Without it nothing is repaired: an event whose
+ * Redis node changed keeps answering 503 repairing (deduct.lua's gate), which is safe but stuck. */
+static void load_repair_script(const char *deduct_path)
+{
+    char path[4096];
+    const char *slash = strrchr(deduct_path, '/');
+    size_t dir = slash ? (size_t)(slash - deduct_path + 1) : 0;
+    snprintf(path, sizeof(path), "%.*srepair.lua", (int)dir, deduct_path);
+    char *src = util_read_file(path, NULL);
+    if (src == NULL) {
+        log_error("cannot read %s: events are not repaired after a Redis failover (they answer "
+                  "503 repairing until it is there and the host restarted)",
+                  path);
+        return;
+    }
+    repair_configure(src, redis_repair);
+    free(src);
+}
+
 /* Refuses a port another process serves: the workers bind with SO_REUSEPORT, which would
  * silently share it with a second snatch-host (and split its buyers between two hosts). */
 static int check_port_free(const char *what, const char *addr, int port)
@@ -554,6 +583,7 @@ int main(int argc, char **argv)
                  "--ack-timeout-ms (%llu), or orders still awaiting their ack get "
                  "republished (harmless: de-duplicated, but wasted)",
                  (long long)reconcile_after_ms, (unsigned long long)host.cfg.ack_timeout_ms);
+    load_repair_script(host.cfg.deduct_path);
     if (reconcile_interval_ms > 0 &&
         reconciler_start(&reconciler, host.cfg.redis_host, host.cfg.redis_port, host.cfg.nats_url,
                          reconcile_interval_ms, reconcile_after_ms, &host.cfg.auth,

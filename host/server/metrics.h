@@ -54,6 +54,11 @@ void metrics_orders_ack(int ok, uint64_t sent_ns);
 /* One pass of the host's reconciler: ok, stale pending entries it found, how many of them it
  * republished. */
 void metrics_reconcile_pass(int ok, int64_t stale, int64_t republished);
+/* Redis repair (repair.h): a repair finished (ok) or failed, the orders it restored, and the
+ * units by which the event's persisted orders exceed its stock afterwards (0 normally). */
+void metrics_repair(int ok, int64_t restored, int64_t oversold);
+/* A sale was refused with 503 repairing (the event is gated on its node). */
+void metrics_repair_gated(void);
 
 /* Failed attempts to set up or use a backend connection, by step: snatch_backend_errors_total. */
 typedef enum {

@@ -15,8 +15,10 @@
 #include "auth.h"
 #include "log.h"
 #include "metrics.h"
+#include "repair.h"
 #include "republish.h"
 #include "script.h"
+#include "util.h"
 
 #define CONNECT_TIMEOUT_MS 2000
 #define MAX_PER_PASS 10000
@@ -39,6 +41,9 @@ struct reconciler {
     script_t *script;            /* the thread's own; NULL: the built-in payload */
     _Atomic bool reload_pending; /* SIGHUP: reopen the policy before the next pass */
     bool failing;                /* the last pass failed: log the next failure only on change */
+    bool repair_wanted;          /* a loop thread asked for a repair (repair_request) */
+    const char *host_id;         /* the host's, lives as long as the process */
+    repair_t *repair;            /* NULL until first needed, or when repairs are off */
 };
 
 static void drop_connections(reconciler_t *r)
@@ -147,20 +152,65 @@ static void pass(reconciler_t *r)
     }
 }
 
+/* Repairs (repair.h): the events loop threads asked for, and with all, every event. Before the
+ * pending pass: an event that cannot sell is the more urgent. */
+static void repairs(reconciler_t *r, bool all)
+{
+    char event[SNATCH_NAME_MAX + 1];
+    jsCtx *js = NULL;
+    if (!repair_configured())
+        return;
+    if (r->repair == NULL &&
+        (r->repair = repair_new(r->redis_host, r->redis_port, r->auth, r->host_id)) == NULL)
+        return;
+    if (connect_all(r) != 0 || natsConnection_JetStream(&js, r->nc, NULL) != NATS_OK) {
+        drop_connections(r);
+        return;
+    }
+    while (repair_next_request(event)) {
+        repair_report_t rep;
+        repair_event(r->repair, js, event, &rep);
+    }
+    if (all && repair_all(r->repair, js) < 0)
+        log_warn("repair: cannot list the events; retrying next interval");
+    jsCtx_Destroy(js);
+}
+
+static void wake(void *arg)
+{
+    reconciler_t *r = arg;
+    uv_mutex_lock(&r->mu);
+    r->repair_wanted = true;
+    uv_cond_signal(&r->cond);
+    uv_mutex_unlock(&r->mu);
+}
+
 static void run(void *arg)
 {
     reconciler_t *r = arg;
     open_policy(r);
+    uint64_t next = uv_hrtime() + r->interval_ms * 1000000u;
     uv_mutex_lock(&r->mu);
     while (!r->stop) {
-        uv_cond_timedwait(&r->cond, &r->mu, r->interval_ms * 1000000u);
+        uint64_t now = uv_hrtime();
+        if (!r->repair_wanted && now < next)
+            uv_cond_timedwait(&r->cond, &r->mu, next - now);
         if (r->stop)
             break;
+        bool all = uv_hrtime() >= next;
+        r->repair_wanted = false;
         uv_mutex_unlock(&r->mu);
-        pass(r);
+        repairs(r, all);
+        if (all) {
+            pass(r);
+            next = uv_hrtime() + r->interval_ms * 1000000u;
+        }
         uv_mutex_lock(&r->mu);
     }
     uv_mutex_unlock(&r->mu);
+    repair_set_waker(NULL, NULL);
+    repair_free(r->repair);
+    r->repair = NULL;
     drop_connections(r);
     script_close(r->script);
     r->script = NULL;
@@ -178,6 +228,7 @@ int reconciler_start(reconciler_t **out, const char *redis_host, int redis_port,
     r->auth = auth;
     r->policy_path = policy_path;
     r->env = (script_env_t){.host_id = host_id, .hosts = hosts};
+    r->host_id = host_id;
     r->redis_host = strdup(redis_host);
     r->nats_url = strdup(nats_url);
     r->redis_port = redis_port;
@@ -191,7 +242,9 @@ int reconciler_start(reconciler_t **out, const char *redis_host, int redis_port,
         uv_mutex_destroy(&r->mu);
         goto fail;
     }
+    repair_set_waker(wake, r);
     if (uv_thread_create(&r->thread, run, r) != 0) {
+        repair_set_waker(NULL, NULL);
         uv_cond_destroy(&r->cond);
         uv_mutex_destroy(&r->mu);
         goto fail;

@@ -20,6 +20,7 @@
 #include "orders_stream.h"
 #include "pending.h"
 #include "ratelimit.h"
+#include "repair.h"
 #include "reply.h"
 #include "stock.h"
 #include "util.h"
@@ -211,6 +212,11 @@ static void on_deducted(const deduct_result_t *r, void *data)
         return;
     case DEDUCT_UNKNOWN_EVENT:
         sale_fail(s, 404, REPLY_UNKNOWN_EVENT, OUTCOME_BAD_REQUEST);
+        return;
+    case DEDUCT_REPAIRING:
+        metrics_repair_gated();
+        repair_request(s->event, strlen(s->event));
+        sale_fail(s, 503, REPLY_REPAIRING, OUTCOME_UNAVAILABLE);
         return;
     case DEDUCT_ERROR:
         if (r->err == deduct_err_script)
