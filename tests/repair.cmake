@@ -1,0 +1,6 @@
+# Redis repair after a master change (host/server/repair.h): lua/repair.lua and deduct.lua's
+# owner gate against a real redis-server; the whole repair against real servers (a stale replica
+# promoted by hand, then a Redis Cluster failover when the cluster router is there).
+add_snatch_unit_test(test_repair_lua ${CMAKE_SOURCE_DIR}/tests/unit/test_repair_lua.c
+  LIBS snatch_common)
+target_compile_definitions(test_repair_lua PRIVATE SNATCH_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
