@@ -4,3 +4,4 @@
 add_snatch_unit_test(test_repair_lua ${CMAKE_SOURCE_DIR}/tests/unit/test_repair_lua.c
   LIBS snatch_common)
 target_compile_definitions(test_repair_lua PRIVATE SNATCH_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
+add_snatch_py_test(repair_standalone integration/test_repair.py TIMEOUT 300)
