@@ -623,7 +623,8 @@ static void on_routed_reply(redisReply *reply, const char *err, void *data)
     case CLUSTER_ERR_ASK:
         if (r->asked || ++r->redirects > REDIS_MAX_REDIRECTS)
             break;
-        snprintf(to.host, sizeof(to.host), "%s", host_or(to.host, n));
+        if (to.host[0] == '\0')
+            snprintf(to.host, sizeof(to.host), "%s", n->host);
         r->ask = to;
         r->asking = true;
         maybe_close_retired(n);
