@@ -60,6 +60,9 @@ static void usage(FILE *out)
             "  --redis HOST:PORT[,...]   Redis, the global stock (default 127.0.0.1:6379): a\n"
             "                            standalone server, or seed nodes of a Redis Cluster\n"
             "  --redis-timeout-ms MS     per Redis command (default 1000)\n"
+            "  --redis-replicas N        a sale is confirmed once N replicas hold it (WAIT,\n"
+            "                            at most half of --redis-timeout-ms; default: 1 on a\n"
+            "                            cluster whose masters have replicas, else 0)\n"
             "  --nats URL                NATS with JetStream (default nats://127.0.0.1:4222)\n"
             "  --ack-timeout-ms MS       wait for the JetStream ack before answering 202 (5000)\n"
             "  --max-inflight N          unacknowledged orders per thread (default 4096)\n"
@@ -178,6 +181,7 @@ enum {
     OPT_THREADS,
     OPT_REDIS,
     OPT_REDIS_TIMEOUT,
+    OPT_REDIS_REPLICAS,
     OPT_NATS,
     OPT_ACK_TIMEOUT,
     OPT_MAX_INFLIGHT,
@@ -214,6 +218,7 @@ static int parse_args(int argc, char **argv, bool *test_only)
         {"threads", required_argument, NULL, OPT_THREADS},
         {"redis", required_argument, NULL, OPT_REDIS},
         {"redis-timeout-ms", required_argument, NULL, OPT_REDIS_TIMEOUT},
+        {"redis-replicas", required_argument, NULL, OPT_REDIS_REPLICAS},
         {"nats", required_argument, NULL, OPT_NATS},
         {"ack-timeout-ms", required_argument, NULL, OPT_ACK_TIMEOUT},
         {"max-inflight", required_argument, NULL, OPT_MAX_INFLIGHT},
@@ -251,6 +256,7 @@ static int parse_args(int argc, char **argv, bool *test_only)
     cfg->redis_host = "127.0.0.1";
     cfg->redis_port = 6379;
     cfg->redis_seeds = "127.0.0.1:6379";
+    cfg->redis_replicas = -1;
     cfg->redis_timeout_ms = 1000;
     cfg->nats_url = "nats://127.0.0.1:4222";
     cfg->ack_timeout_ms = 5000;
@@ -291,6 +297,11 @@ static int parse_args(int argc, char **argv, bool *test_only)
             cfg->redis_host = redis_buf;
             cfg->redis_port = redis_seeds[0].port;
             cfg->redis_seeds = optarg;
+            break;
+        case OPT_REDIS_REPLICAS:
+            if (cli_int_opt("snatch-host", "--redis-replicas", optarg, 0, 16, &v))
+                return -1;
+            cfg->redis_replicas = (int)v;
             break;
         case OPT_REDIS_TIMEOUT:
             if (cli_int_opt("snatch-host", "--redis-timeout-ms", optarg, 1, 600000, &v))

@@ -17,6 +17,8 @@
 #include <uv.h>
 
 #include "cluster_slots.h"
+#include "deduct_batch.h"
+#include "metrics_sample.h"
 #include "redis.h"
 #include "redis_server.h"
 
@@ -140,14 +142,33 @@ static void eval_incr(redis_client_t *c, result_t *res, const char *key)
     redis_eval(c, on_result, res, 1, 1, argv, NULL);
 }
 
-static redis_client_t *start_client(uint64_t timeout_ms)
+static redis_client_t *start_client_with(const char *script, uint64_t timeout_ms)
 {
     redis_client_t *c = NULL;
     assert_int_equal(
-        redis_client_start_seeds(&c, &loop, cluster.seeds, INCR_SCRIPT, timeout_ms, NULL, NULL), 0);
+        redis_client_start_seeds(&c, &loop, cluster.seeds, script, timeout_ms, NULL, NULL), 0);
     assert_true(run_until(is_ready, c, 10000));
     assert_true(redis_client_is_cluster(c));
     return c;
+}
+
+static redis_client_t *start_client(uint64_t timeout_ms)
+{
+    return start_client_with(INCR_SCRIPT, timeout_ms);
+}
+
+static char *read_source(const char *rel)
+{
+    const char *dir = getenv("SNATCH_SOURCE_DIR");
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/%s", dir ? dir : SNATCH_SOURCE_DIR, rel);
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    static char buf[65536];
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return buf;
 }
 
 static void close_and_drain(redis_client_t *c)
@@ -405,6 +426,60 @@ static void test_wait(void **state)
     close_and_drain(c);
 }
 
+typedef struct {
+    int calls;
+    deduct_verdict_t verdict;
+    bool unreplicated;
+} buyer_t;
+
+static void on_buyer(const deduct_result_t *r, void *data)
+{
+    buyer_t *b = data;
+    b->calls++;
+    b->verdict = r->verdict;
+    b->unreplicated = r->unreplicated;
+}
+
+/* The batcher WAITs after each batch: on a cluster whose masters have a replica it asks for one
+ * by default and the sale is confirmed; asked for two, the batch is short: the sale is made but
+ * flagged unreplicated (sale.c answers 202 and does not publish), and counted. */
+static void test_deduct_wait(void **state)
+{
+    (void)state;
+    redis_client_t *c = start_client_with(read_source("lua/deduct.lua"), 2000);
+    char name[32];
+    test_redis_t *m = name_on_master("dw", name, sizeof(name), NULL, NULL);
+    assert_non_null(m);
+    assert_int_equal(node_do(m, "HSET {%s}:meta stock 10 sold 0 limit 1 gen 1", name), 0);
+    deduct_batcher_t *b = deduct_batcher_new(c, NULL, "h1", 2000);
+    assert_non_null(b);
+    double short0 = metrics_sample("snatch_deduct_unreplicated_batches_total");
+    buyer_t one = {0};
+    deduct_submit(b, name, "u1", 1, on_buyer, &one);
+    assert_true(wait_count(&one.calls, 1, 3000));
+    assert_int_equal(one.verdict, DEDUCT_OK);
+    assert_false(one.unreplicated);
+    assert_true(metrics_sample("snatch_deduct_unreplicated_batches_total") == short0);
+
+    deduct_batcher_set_replicas(b, 2);
+    buyer_t two = {0}, refused = {0};
+    deduct_submit(b, name, "u2", 1, on_buyer, &two);
+    assert_true(wait_count(&two.calls, 1, 3000));
+    assert_int_equal(two.verdict, DEDUCT_OK);
+    assert_true(two.unreplicated);
+    assert_true(metrics_sample("snatch_deduct_unreplicated_batches_total") == short0 + 1);
+    /* A refusal is a refusal, whatever WAIT says. */
+    deduct_submit(b, name, "u2", 1, on_buyer, &refused);
+    assert_true(wait_count(&refused.calls, 1, 3000));
+    assert_int_equal(refused.verdict, DEDUCT_LIMIT_REACHED);
+    assert_false(refused.unreplicated);
+    redisReply *r = test_redis_cmd(m, "HGET {%s}:meta sold", name);
+    assert_string_equal(r->str, "2");
+    freeReplyObject(r);
+    deduct_batcher_close(b);
+    close_and_drain(c);
+}
+
 /* kill -9 of the master of an event: commands for it fail at once (nothing ran) until the
  * replica is promoted; then they run there, the script loaded on the new master, and the move
  * is reported. */
@@ -458,6 +533,12 @@ static void test_failover(void **state)
     eval_incr(c, &res, key);
     assert_true(wait_count(&res.calls, 1, 3000));
     assert_int_equal(res.integer, 3);
+    /* The promoted replica has no replica of its own: WAIT 1 finds none. */
+    both_t alone = {0};
+    eval_wait(c, &alone, key, 1, 100);
+    assert_true(wait_count(&alone.w.calls, 1, 3000));
+    assert_int_equal(alone.res.integer, 4);
+    assert_int_equal(alone.w.replicas, 0);
     close_and_drain(c);
 }
 
@@ -482,7 +563,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_spread),           cmocka_unit_test(test_moved),
         cmocka_unit_test(test_ask_and_tryagain), cmocka_unit_test(test_wait),
-        cmocka_unit_test(test_failover),
+        cmocka_unit_test(test_deduct_wait),      cmocka_unit_test(test_failover),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
