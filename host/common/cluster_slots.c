@@ -299,3 +299,49 @@ cluster_err_t cluster_reply_error(const redisReply *r, cluster_redirect_t *to)
         return CLUSTER_ERR_NONE;
     return cluster_parse_error(r->str, r->len, to);
 }
+
+/* ---- seeds ---- */
+
+static int parse_port(const char *s, int *port)
+{
+    char *end;
+    if (*s < '0' || *s > '9')
+        return -1;
+    unsigned long p = strtoul(s, &end, 10);
+    if (*end != '\0' || p == 0 || p > 65535 || end - s > 5)
+        return -1;
+    *port = (int)p;
+    return 0;
+}
+
+int cluster_parse_seeds(const char *seeds, cluster_seed_t *out, int max)
+{
+    int n = 0;
+    const char *p = seeds;
+    if (seeds == NULL || *seeds == '\0')
+        return -1;
+    for (;;) {
+        const char *end = strchr(p, ',');
+        size_t len = end != NULL ? (size_t)(end - p) : strlen(p);
+        char item[CLUSTER_HOST_MAX + 8];
+        if (len == 0 || len >= sizeof(item) || n >= max)
+            return -1;
+        memcpy(item, p, len);
+        item[len] = '\0';
+        char *colon = strrchr(item, ':');
+        int port;
+        if (colon == NULL || colon == item || parse_port(colon + 1, &port) != 0)
+            return -1;
+        *colon = '\0';
+        unsigned char addr[sizeof(struct in6_addr)];
+        if (inet_pton(AF_INET, item, addr) != 1 && inet_pton(AF_INET6, item, addr) != 1)
+            return -1;
+        if (strlen(item) >= CLUSTER_HOST_MAX)
+            return -1;
+        memcpy(out[n].host, item, strlen(item) + 1);
+        out[n++].port = port;
+        if (end == NULL)
+            return n;
+        p = end + 1;
+    }
+}

@@ -87,4 +87,14 @@ cluster_err_t cluster_parse_error(const char *str, size_t len, cluster_redirect_
 /* The same for a reply: CLUSTER_ERR_NONE unless it is an error reply. */
 cluster_err_t cluster_reply_error(const redisReply *r, cluster_redirect_t *to);
 
+typedef struct cluster_seed {
+    char host[CLUSTER_HOST_MAX];
+    int port;
+} cluster_seed_t;
+
+/* Parses "HOST:PORT[,HOST:PORT...]" (numeric addresses; an IPv6 address's port follows its last
+ * colon) into out. Returns how many, or -1 (empty element, no port, a port out of range, a name
+ * instead of an address, more than max). */
+int cluster_parse_seeds(const char *seeds, cluster_seed_t *out, int max);
+
 #endif

@@ -22,33 +22,41 @@
 #include "util.h"
 #include "worker.h"
 
+/* PUT /admin/events/E is two scripts, because on a Redis Cluster the events index and the
+ * event's keys live on different slots (one script over both is refused with CROSSSLOT). The
+ * index first: an event is never sold without being in the index that reconciliation walks.
+ * If the second step fails, the index names an event with no {E}:meta (reconciliation and the
+ * host take it as unknown; it counts against --max-events until the PUT is repeated). A new
+ * event is refused when the sale already has --max-events events (ARGV[2]): every host started
+ * with the same flag can then hold every event, so none is created that some host would answer
+ * 404 for. */
+static const char INDEX_SCRIPT[] = "if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 and\n"
+                                   "   redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then\n"
+                                   "  return redis.error_reply('FULL')\n"
+                                   "end\n"
+                                   "redis.call('SADD', KEYS[1], ARGV[1])\n"
+                                   "return 1\n";
 /* Resets an event: refused while orders wait to be published (they would be lost), and while
  * the event waits for its repair on this node (repair.h: its owner is another node). The seq
  * field survives, so order ids never repeat for one event name; base records it, so a repair
- * never restores the orders of the sale before the reset. On a cluster the node that runs this
- * becomes the event's owner (the new event has no persisted orders to verify). A new event is
- * refused when the sale already has --max-events events (ARGV[4]): every host started with the same
- * flag can then hold every event, so none is created that some host would answer 404 for. */
+ * never restores the orders of the sale before the reset. On a cluster (or with --redis-repair,
+ * ARGV[3]) the node that runs this becomes the event's owner: a new sale has no persisted
+ * orders to verify. */
 static const char RESET_SCRIPT[] =
-    "if redis.call('SISMEMBER', KEYS[6], ARGV[1]) == 0 and\n"
-    "   redis.call('SCARD', KEYS[6]) >= tonumber(ARGV[4]) then\n"
-    "  return redis.error_reply('FULL')\n"
-    "end\n"
     "if redis.call('HLEN', KEYS[5]) > 0 then return redis.error_reply('PENDING') end\n"
     "local m = redis.call('HMGET', KEYS[1], 'stock', 'owner', 'seq')\n"
     "local me\n"
     "if string.find(redis.call('INFO', 'cluster'), 'cluster_enabled:1', 1, true) then\n"
     "  me = redis.call('CLUSTER', 'MYID')\n"
-    "elseif m[2] or ARGV[5] == '1' then\n"
+    "elseif m[2] or ARGV[3] == '1' then\n"
     "  me = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')\n"
     "end\n"
     "if m[1] and me and m[2] ~= me then return redis.error_reply('REPAIRING') end\n"
     "redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])\n"
     "local gen = redis.call('HINCRBY', KEYS[1], 'gen', 1)\n"
-    "redis.call('HSET', KEYS[1], 'stock', ARGV[2], 'sold', 0, 'limit', ARGV[3], 'base',\n"
+    "redis.call('HSET', KEYS[1], 'stock', ARGV[1], 'sold', 0, 'limit', ARGV[2], 'base',\n"
     "           m[3] or '0')\n"
     "if me then redis.call('HSET', KEYS[1], 'owner', me) end\n"
-    "redis.call('SADD', KEYS[6], ARGV[1])\n"
     "return gen\n";
 
 static worker_t *worker_of(http_request_t *req)
@@ -278,6 +286,36 @@ out:
     free(a);
 }
 
+/* Step two of PUT /admin/events/E: the event's own keys. */
+static void on_event_indexed(redisReply *r, const char *err, void *data)
+{
+    admin_put_t *a = data;
+    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+        on_event_reset(r, err, a);
+        return;
+    }
+    char keys[KEYSPACE__COUNT][KEYSPACE_KEY_MAX], sstock[24], slimit[24];
+    const char *argv[3 + KEYSPACE__COUNT + 3];
+    size_t lens[3 + KEYSPACE__COUNT + 3];
+    argv[0] = "EVAL";
+    lens[0] = 4;
+    argv[1] = RESET_SCRIPT;
+    lens[1] = sizeof(RESET_SCRIPT) - 1;
+    argv[2] = "5";
+    lens[2] = 1;
+    for (int i = 0; i < KEYSPACE__COUNT; i++) {
+        lens[3 + i] = (size_t)keyspace_key(keys[i], a->event, a->len, (keyspace_key_t)i);
+        argv[3 + i] = keys[i];
+    }
+    lens[8] = (size_t)snprintf(sstock, sizeof(sstock), "%" PRId64, a->stock);
+    argv[8] = sstock;
+    lens[9] = (size_t)snprintf(slimit, sizeof(slimit), "%" PRId64, a->limit);
+    argv[9] = slimit;
+    argv[10] = repair_claims_standalone() ? "1" : "0";
+    lens[10] = 1;
+    redis_command(a->w->redis, on_event_reset, a, 11, argv, lens);
+}
+
 /* Parses {"stock":N,"per_user_limit":K}: both integers, nothing else accepted. Returns NULL on
  * success or the reason. */
 const char *api_parse_event_body(const char *body, size_t len, int64_t *stock, int64_t *limit)
@@ -363,32 +401,11 @@ static void put_event(http_request_t *req, const char *event, size_t len)
     a->len = len;
     memcpy(a->event, event, len);
     a->event[len] = '\0';
-    char keys[KEYSPACE__COUNT][KEYSPACE_KEY_MAX], sstock[24], slimit[24], smax[24];
-    const char *argv[14];
-    size_t lens[14];
-    argv[0] = "EVAL";
-    lens[0] = 4;
-    argv[1] = RESET_SCRIPT;
-    lens[1] = sizeof(RESET_SCRIPT) - 1;
-    argv[2] = "6";
-    lens[2] = 1;
-    for (int i = 0; i < KEYSPACE__COUNT; i++) {
-        lens[3 + i] = (size_t)keyspace_key(keys[i], event, len, (keyspace_key_t)i);
-        argv[3 + i] = keys[i];
-    }
-    argv[8] = KEYSPACE_EVENTS;
-    lens[8] = strlen(argv[8]);
-    argv[9] = a->event;
-    lens[9] = len;
-    lens[10] = (size_t)snprintf(sstock, sizeof(sstock), "%" PRId64, stock);
-    argv[10] = sstock;
-    lens[11] = (size_t)snprintf(slimit, sizeof(slimit), "%" PRId64, limit);
-    argv[11] = slimit;
-    lens[12] = (size_t)snprintf(smax, sizeof(smax), "%zu", stock_max_events());
-    argv[12] = smax;
-    argv[13] = repair_claims_standalone() ? "1" : "0";
-    lens[13] = 1;
-    redis_command(w->redis, on_event_reset, a, 14, argv, lens);
+    char smax[24];
+    const char *argv[] = {"EVAL", INDEX_SCRIPT, "1", KEYSPACE_EVENTS, a->event, smax};
+    size_t lens[] = {4, sizeof(INDEX_SCRIPT) - 1, 1, strlen(KEYSPACE_EVENTS), len, 0};
+    lens[5] = (size_t)snprintf(smax, sizeof(smax), "%zu", stock_max_events());
+    redis_command(w->redis, on_event_indexed, a, 6, argv, lens);
 }
 
 /* ---- GET /v1/orders/{id} and GET /v1/events/{e}/users/{u}/orders ---- */

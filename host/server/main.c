@@ -59,8 +59,12 @@ static void usage(FILE *out)
             "\n"
             "  --listen ADDR:PORT        where to serve HTTP (default 127.0.0.1:8080)\n"
             "  --threads N               event-loop threads (default: CPU count)\n"
-            "  --redis HOST:PORT         Redis, the global stock (default 127.0.0.1:6379)\n"
+            "  --redis HOST:PORT[,...]   Redis, the global stock (default 127.0.0.1:6379): a\n"
+            "                            standalone server, or seed nodes of a Redis Cluster\n"
             "  --redis-timeout-ms MS     per Redis command (default 1000)\n"
+            "  --redis-replicas N        a sale is confirmed once N replicas hold it (WAIT,\n"
+            "                            at most half of --redis-timeout-ms; default: 1 on a\n"
+            "                            cluster whose masters have replicas, else 0)\n"
             "  --nats URL                NATS with JetStream (default nats://127.0.0.1:4222)\n"
             "  --ack-timeout-ms MS       wait for the JetStream ack before answering 202 (5000)\n"
             "  --max-inflight N          unacknowledged orders per thread (default 4096)\n"
@@ -182,6 +186,7 @@ enum {
     OPT_THREADS,
     OPT_REDIS,
     OPT_REDIS_TIMEOUT,
+    OPT_REDIS_REPLICAS,
     OPT_NATS,
     OPT_ACK_TIMEOUT,
     OPT_MAX_INFLIGHT,
@@ -213,11 +218,13 @@ enum {
 static int parse_args(int argc, char **argv, bool *test_only)
 {
     static char listen_buf[256], redis_buf[256], admin_buf[256];
+    static cluster_seed_t redis_seeds[REDIS_SEEDS_MAX];
     static const struct option opts[] = {
         {"listen", required_argument, NULL, OPT_LISTEN},
         {"threads", required_argument, NULL, OPT_THREADS},
         {"redis", required_argument, NULL, OPT_REDIS},
         {"redis-timeout-ms", required_argument, NULL, OPT_REDIS_TIMEOUT},
+        {"redis-replicas", required_argument, NULL, OPT_REDIS_REPLICAS},
         {"nats", required_argument, NULL, OPT_NATS},
         {"ack-timeout-ms", required_argument, NULL, OPT_ACK_TIMEOUT},
         {"max-inflight", required_argument, NULL, OPT_MAX_INFLIGHT},
@@ -255,6 +262,8 @@ static int parse_args(int argc, char **argv, bool *test_only)
     cfg->threads = cpus > 0 ? (int)(cpus < MAX_THREADS ? cpus : MAX_THREADS) : 2;
     cfg->redis_host = "127.0.0.1";
     cfg->redis_port = 6379;
+    cfg->redis_seeds = "127.0.0.1:6379";
+    cfg->redis_replicas = -1;
     cfg->redis_timeout_ms = 1000;
     cfg->nats_url = "nats://127.0.0.1:4222";
     cfg->ack_timeout_ms = 5000;
@@ -286,11 +295,20 @@ static int parse_args(int argc, char **argv, bool *test_only)
             cfg->threads = (int)v;
             break;
         case OPT_REDIS:
-            if (parse_hostport(optarg, &cfg->redis_host, &cfg->redis_port, redis_buf,
-                               sizeof(redis_buf)) != 0) {
-                fprintf(stderr, "snatch-host: --redis wants HOST:PORT\n");
+            if (cluster_parse_seeds(optarg, redis_seeds, REDIS_SEEDS_MAX) < 1) {
+                fprintf(stderr, "snatch-host: --redis wants HOST:PORT[,HOST:PORT...] (numeric "
+                                "addresses)\n");
                 return -1;
             }
+            snprintf(redis_buf, sizeof(redis_buf), "%s", redis_seeds[0].host);
+            cfg->redis_host = redis_buf;
+            cfg->redis_port = redis_seeds[0].port;
+            cfg->redis_seeds = optarg;
+            break;
+        case OPT_REDIS_REPLICAS:
+            if (cli_int_opt("snatch-host", "--redis-replicas", optarg, 0, 16, &v))
+                return -1;
+            cfg->redis_replicas = (int)v;
             break;
         case OPT_REDIS_TIMEOUT:
             if (cli_int_opt("snatch-host", "--redis-timeout-ms", optarg, 1, 600000, &v))

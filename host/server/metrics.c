@@ -296,6 +296,13 @@ void metrics_deduct_batch(size_t buyers)
     atomic_fetch_add_explicit(&batch_sum, buyers, memory_order_relaxed);
 }
 
+static _Atomic uint64_t unreplicated_batches;
+
+void metrics_deduct_unreplicated(void)
+{
+    atomic_fetch_add_explicit(&unreplicated_batches, 1, memory_order_relaxed);
+}
+
 static void render_batches(prom_buf_t *o)
 {
     uint64_t counts[N_BATCH + 1];
@@ -305,6 +312,11 @@ static void render_batches(prom_buf_t *o)
                 "Buyers per deduction batch (one EVALSHA of deduct.lua).");
     prom_histogram(o, "snatch_deduct_batch_size", "", batch_bounds, N_BATCH, counts,
                    atomic_load(&batch_sum));
+    prom_family(o, "snatch_deduct_unreplicated_batches_total", "counter",
+                "Deduction batches fewer than --redis-replicas replicas acknowledged (WAIT): "
+                "their sales were answered 202 and not published.");
+    prom_printf(o, "snatch_deduct_unreplicated_batches_total %llu\n",
+                (unsigned long long)atomic_load(&unreplicated_batches));
 }
 
 static void render_orders(prom_buf_t *o)

@@ -48,6 +48,9 @@ void metrics_set_connections(int worker, int64_t n);
 void metrics_orders_inflight(int64_t delta);
 /* A deduction batch of that many buyers was sent. */
 void metrics_deduct_batch(size_t buyers);
+/* A deduction batch whose WAIT found fewer replicas than --redis-replicas (its sales were
+ * answered 202, not published): snatch_deduct_unreplicated_batches_total. */
+void metrics_deduct_unreplicated(void);
 /* A JetStream publish finished: acknowledged (ok) or failed/timed out; sent_ns: uv_hrtime() at
  * publish. */
 void metrics_orders_ack(int ok, uint64_t sent_ns);

@@ -60,9 +60,12 @@ static pending_t *pending(worker_t *w)
 static void real_deduct(worker_t *w, const char *event, const char *user, int64_t qty, deduct_fn cb,
                         void *data)
 {
-    if (w->deduct == NULL)
+    if (w->deduct == NULL) {
         w->deduct = deduct_batcher_new(w->redis, pending(w), w->host->cfg.host_id,
                                        w->host->cfg.redis_timeout_ms);
+        if (w->deduct != NULL)
+            deduct_batcher_set_replicas(w->deduct, w->host->cfg.redis_replicas);
+    }
     if (w->deduct == NULL) {
         deduct_result_t r = {
             .verdict = DEDUCT_ERROR, .remaining = -1, .gen = -1, .err = deduct_err_nomem};
@@ -193,6 +196,14 @@ static void on_deducted(const deduct_result_t *r, void *data)
     case DEDUCT_OK:
         snprintf(s->order_id, sizeof(s->order_id), "%s", r->order_id);
         s->created_ms = r->created_ms;
+        if (r->unreplicated) {
+            /* Fewer replicas than --redis-replicas hold the sale: a failover may undo it, so it
+             * is not confirmed, nor published. It stays in {event}:pending; the reconciler
+             * publishes it if Redis keeps it. */
+            reply_order(s, 202);
+            sale_finish(s);
+            return;
+        }
         publish_order(s);
         return;
     case DEDUCT_UNKNOWN_OUTCOME:

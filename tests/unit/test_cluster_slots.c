@@ -241,12 +241,43 @@ static void test_errors(void **state)
     assert_int_equal(cluster_reply_error(NULL, &to), CLUSTER_ERR_NONE);
 }
 
+static void test_seeds(void **state)
+{
+    (void)state;
+    cluster_seed_t s[4];
+    assert_int_equal(cluster_parse_seeds("127.0.0.1:7000", s, 4), 1);
+    assert_string_equal(s[0].host, "127.0.0.1");
+    assert_int_equal(s[0].port, 7000);
+    assert_int_equal(cluster_parse_seeds("127.0.0.1:7000,127.0.0.2:7001,::1:7002", s, 4), 3);
+    assert_string_equal(s[1].host, "127.0.0.2");
+    assert_int_equal(s[1].port, 7001);
+    assert_string_equal(s[2].host, "::1");
+    assert_int_equal(s[2].port, 7002);
+    static const char *bad[] = {"",
+                                "127.0.0.1",
+                                "127.0.0.1:",
+                                "127.0.0.1:0",
+                                "127.0.0.1:65536",
+                                "127.0.0.1:+80",
+                                "127.0.0.1:80x",
+                                "localhost:6379",
+                                ":6379",
+                                "127.0.0.1:7000,",
+                                ",127.0.0.1:7000",
+                                "127.0.0.1:7000,,127.0.0.1:7001",
+                                "1.1.1.1:1,1.1.1.1:2,1.1.1.1:3,1.1.1.1:4,1.1.1.1:5"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(cluster_parse_seeds(bad[i], s, 4), -1);
+    assert_int_equal(cluster_parse_seeds(NULL, s, 4), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_crc16_vectors), cmocka_unit_test(test_hash_tags),
         cmocka_unit_test(test_map_parse),     cmocka_unit_test(test_map_malformed),
         cmocka_unit_test(test_map_diff),      cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_seeds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

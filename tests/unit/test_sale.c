@@ -195,6 +195,24 @@ static void test_publish_refused_is_202(void **state)
     assert_int_equal(w.inflight, 0);
 }
 
+/* Sold, but fewer replicas than --redis-replicas hold it: 202 pending, nothing published (the
+ * reconciler does it if Redis keeps the order), the unit stays sold. */
+static void test_unreplicated_is_202_unpublished(void **state)
+{
+    (void)state;
+    snatch("ev", "user=u4");
+    deduct_result_t r = sold("1700000000000-0000000004-ev");
+    r.unreplicated = true;
+    answer_deduct(r);
+    assert_int_equal(answered_status, 202);
+    assert_non_null(strstr(answered_body, "\"status\":\"pending\""));
+    assert_non_null(strstr(answered_body, "1700000000000-0000000004-ev"));
+    assert_int_equal(fake.publishes, 0);
+    assert_int_equal(fake.acked, 0);
+    assert_int_equal(local_left(), QUOTA - 1);
+    assert_int_equal(w.inflight, 0);
+}
+
 /* Every way Redis does not sell: the status and body, and the local unit given back. */
 static void test_refusals_give_the_unit_back(void **state)
 {
@@ -323,6 +341,7 @@ int main(void)
         cmocka_unit_test_setup(test_sold_and_acknowledged, setup),
         cmocka_unit_test_setup(test_sold_not_acknowledged_is_202, setup),
         cmocka_unit_test_setup(test_publish_refused_is_202, setup),
+        cmocka_unit_test_setup(test_unreplicated_is_202_unpublished, setup),
         cmocka_unit_test_setup(test_refusals_give_the_unit_back, setup),
         cmocka_unit_test_setup(test_redis_failures, setup),
         cmocka_unit_test_setup(test_answered_locally, setup),
