@@ -490,7 +490,7 @@ static int parse_args(int argc, char **argv, bool *test_only)
 
 /* lua/repair.lua, next to the deduct script. Without it nothing is repaired: an event whose
  * Redis node changed keeps answering 503 repairing (deduct.lua's gate), which is safe but stuck. */
-static void load_repair_script(const char *deduct_path)
+static void load_repair_script(const char *deduct_path, const char *seeds)
 {
     char path[4096];
     const char *slash = strrchr(deduct_path, '/');
@@ -503,7 +503,8 @@ static void load_repair_script(const char *deduct_path)
                   path);
         return;
     }
-    repair_configure(src, redis_repair);
+    if (repair_configure(src, redis_repair, seeds) != 0)
+        log_error("repair: cannot configure (seeds %s): events are not repaired", seeds);
     free(src);
 }
 
@@ -601,7 +602,7 @@ int main(int argc, char **argv)
                  "--ack-timeout-ms (%llu), or orders still awaiting their ack get "
                  "republished (harmless: de-duplicated, but wasted)",
                  (long long)reconcile_after_ms, (unsigned long long)host.cfg.ack_timeout_ms);
-    load_repair_script(host.cfg.deduct_path);
+    load_repair_script(host.cfg.deduct_path, host.cfg.redis_seeds);
     if (reconcile_interval_ms > 0 &&
         reconciler_start(&reconciler, host.cfg.redis_host, host.cfg.redis_port, host.cfg.nats_url,
                          reconcile_interval_ms, reconcile_after_ms, &host.cfg.auth,

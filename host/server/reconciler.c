@@ -160,8 +160,7 @@ static void repairs(reconciler_t *r, bool all)
     jsCtx *js = NULL;
     if (!repair_configured())
         return;
-    if (r->repair == NULL &&
-        (r->repair = repair_new(r->redis_host, r->redis_port, r->auth, r->host_id)) == NULL)
+    if (r->repair == NULL && (r->repair = repair_new(r->auth, r->host_id)) == NULL)
         return;
     if (connect_all(r) != 0 || natsConnection_JetStream(&js, r->nc, NULL) != NATS_OK) {
         drop_connections(r);

@@ -27,6 +27,8 @@
 
 static char *script_src; /* written once before threads start */
 static bool claim_standalone;
+static cluster_seed_t seeds[MAX_CONNS];
+static int n_seeds;
 
 static pthread_mutex_t req_lock = PTHREAD_MUTEX_INITIALIZER;
 static char requests[REQUESTS_MAX][SNATCH_NAME_MAX + 1];
@@ -34,11 +36,15 @@ static int n_requests;
 static void (*waker)(void *);
 static void *waker_arg;
 
-void repair_configure(const char *script, bool claim)
+int repair_configure(const char *script, bool claim, const char *seed_list)
 {
     free(script_src);
-    script_src = script != NULL ? strdup(script) : NULL;
+    script_src = NULL;
+    n_seeds = cluster_parse_seeds(seed_list, seeds, MAX_CONNS);
+    if (script == NULL || n_seeds < 1 || (script_src = strdup(script)) == NULL)
+        return -1;
     claim_standalone = claim;
+    return 0;
 }
 
 bool repair_claims_standalone(void)
@@ -98,24 +104,26 @@ typedef struct conn {
 } conn_t;
 
 struct repair {
-    conn_t conns[MAX_CONNS]; /* [0]: the seed */
+    conn_t conns[MAX_CONNS]; /* the seeds first, then nodes named by MOVED or ASK */
     int n_conns;
-    uint8_t slot_conn[CLUSTER_SLOTS]; /* where a slot was last found, NO_CONN: the seed */
+    uint8_t slot_conn[CLUSTER_SLOTS]; /* where a slot was last found, NO_CONN: ask a seed */
     const auth_config_t *auth;
     char sha[41];
     char token[128]; /* this process's lock token: a retry by the same host re-enters */
 };
 
-repair_t *repair_new(const char *host, int port, const auth_config_t *auth, const char *host_id)
+repair_t *repair_new(const auth_config_t *auth, const char *host_id)
 {
     if (script_src == NULL)
         return NULL;
     repair_t *rp = calloc(1, sizeof(*rp));
     if (rp == NULL)
         return NULL;
-    snprintf(rp->conns[0].host, sizeof(rp->conns[0].host), "%s", host);
-    rp->conns[0].port = port;
-    rp->n_conns = 1;
+    for (int i = 0; i < n_seeds; i++) {
+        memcpy(rp->conns[i].host, seeds[i].host, sizeof(rp->conns[i].host));
+        rp->conns[i].port = seeds[i].port;
+    }
+    rp->n_conns = n_seeds;
     memset(rp->slot_conn, NO_CONN, sizeof(rp->slot_conn));
     rp->auth = auth;
     struct timespec ts;
@@ -177,19 +185,32 @@ static int conn_for(repair_t *rp, const char *host, int port)
     return rp->n_conns++;
 }
 
+/* The first seed that answers (a node that died in a failover is skipped), or -1. */
+static int any_seed(repair_t *rp)
+{
+    for (int i = 0; i < n_seeds; i++)
+        if (ready(rp, &rp->conns[i]) != NULL)
+            return i;
+    return -1;
+}
+
 /* Sends argv to the node serving key's slot; follows MOVED and ASK. The reply (caller frees),
- * or NULL when a connection failed (it is dropped: the next call reconnects). */
+ * or NULL when no node could be asked or a connection failed (it is dropped: the next call
+ * reconnects, or asks a seed where the slot lives now). */
 static redisReply *cmd(repair_t *rp, const char *key, size_t keylen, int argc, const char **argv,
                        const size_t *lens)
 {
     unsigned slot = cluster_key_slot(key, keylen);
-    int at = rp->slot_conn[slot] == NO_CONN ? 0 : rp->slot_conn[slot];
+    int at = rp->slot_conn[slot];
     bool asking = false;
     for (int hop = 0; hop <= MAX_REDIRECTS; hop++) {
+        if (at == NO_CONN || ready(rp, &rp->conns[at]) == NULL) {
+            rp->slot_conn[slot] = NO_CONN;
+            if ((at = any_seed(rp)) < 0)
+                return NULL;
+        }
         conn_t *c = &rp->conns[at];
-        redisContext *rc = ready(rp, c);
-        if (rc == NULL)
-            return NULL;
+        redisContext *rc = c->rc;
         if (asking) {
             redisReply *a = redisCommand(rc, "ASKING");
             freeReplyObject(a);

@@ -45,16 +45,17 @@
 typedef struct auth_config auth_config_t;
 typedef struct repair repair_t;
 
-/* Set once before the threads start (main): the source of lua/repair.lua, and whether events on
- * a standalone server are claimed (--redis-repair). Without a script, nothing is repaired. */
-void repair_configure(const char *script, bool claim_standalone);
+/* Set once before the threads start (main): the source of lua/repair.lua, whether events on a
+ * standalone server are claimed (--redis-repair), and --redis's seed list. Returns -1 (nothing
+ * is repaired then) when script is NULL or the list does not parse. */
+int repair_configure(const char *script, bool claim_standalone, const char *seeds);
 bool repair_configured(void);
 /* --redis-repair: events on a standalone server get an owner too (PUT /admin/events, repairs). */
 bool repair_claims_standalone(void);
 
-/* A repairer for one thread: seed host:port (numeric), credentials (may be NULL, must outlive
- * it), host_id names its lock token. NULL when out of memory or not configured. */
-repair_t *repair_new(const char *host, int port, const auth_config_t *auth, const char *host_id);
+/* A repairer for one thread: credentials (may be NULL, must outlive it); host_id names its lock
+ * token. NULL when out of memory or not configured. */
+repair_t *repair_new(const auth_config_t *auth, const char *host_id);
 void repair_free(repair_t *rp);
 
 typedef enum {
