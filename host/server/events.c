@@ -7,6 +7,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "redis.h"
+#include "repair.h"
 #include "script.h"
 
 typedef struct lookup {
@@ -122,6 +123,33 @@ static void refresh_one(stock_event_t *ev, void *arg)
     stock_view_t v;
     stock_view(ev, &v);
     events_lookup(w, v.name, v.name_len, on_refreshed, NULL);
+}
+
+typedef struct moved {
+    unsigned first, last;
+} moved_t;
+
+static void request_if_moved(stock_event_t *ev, void *arg)
+{
+    const moved_t *m = arg;
+    stock_view_t v;
+    stock_view(ev, &v);
+    unsigned slot = cluster_key_slot(v.name, v.name_len);
+    if (slot >= m->first && slot <= m->last)
+        repair_request(v.name, v.name_len);
+}
+
+void events_owner_changed(unsigned first, unsigned last, const char *old_id, const char *new_id,
+                          void *arg)
+{
+    moved_t m = {first, last};
+    (void)arg;
+    if (old_id[0] == '\0' || new_id[0] == '\0')
+        return; /* the first map, or slots nobody serves now: nothing can sell there anyway */
+    log_warn("redis: slots %u-%u moved from node %.12s to %.12s: their events are repaired "
+             "before they sell again",
+             first, last, old_id, new_id);
+    stock_foreach(request_if_moved, &m);
 }
 
 void events_refresh(worker_t *w)

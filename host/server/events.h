@@ -33,4 +33,11 @@ void events_lookup(worker_t *w, const char *event, size_t len, events_fn cb, voi
 /* Timer body: re-reads every known event's meta (generation, stock, sold) and reinstalls. */
 void events_refresh(worker_t *w);
 
+/* The Redis router's owner-change callback (redis_owner_fn): slots [first, last] moved to
+ * another master (a failover). The known events there cannot sell until repaired (deduct.lua
+ * answers "repairing" on a node that is not their owner); asking for their repair now, rather
+ * than at the first buyer's 503, shortens that. */
+void events_owner_changed(unsigned first, unsigned last, const char *old_id, const char *new_id,
+                          void *arg);
+
 #endif

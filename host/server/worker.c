@@ -199,6 +199,7 @@ static int setup(worker_t *w)
         log_error("worker %d: redis client: %s", w->id, uv_strerror(rc));
         return -1;
     }
+    redis_client_on_owner_change(w->redis, events_owner_changed, w);
     rc = orders_lane_start(&w->orders, w->host->orders, &w->loop, cfg->max_inflight,
                            cfg->ack_timeout_ms);
     if (rc != 0) {

@@ -1,28 +1,34 @@
 """Redis repair after a master change (host/server/repair.h), against real servers.
 
 The failure it defends: a Redis master acknowledged deductions its replica never got, then died,
-and the stale replica took over. Standalone here, with the promotion done by hand (REPLICAOF NO
-ONE on a replica whose link was cut while the sale went on): the same loss as a cluster failover
-after two nodes of a shard failed, or a replica that claimed more than it had.
+and the stale replica took over (two nodes of a shard lost, or a replica that claimed more than it
+had). FIRST units are sold while the replica's link is cut, the master is killed with -9, the
+replica takes over; then every buyer tries again (demand twice the stock).
 
-  stale_promotion_repaired: hosts with --redis-repair. The promoted replica must not sell the
-      event before the repair (deduct.lua answers "repairing" there; a host without a reconciler
-      answers 503 repairing and deducts nothing); after it, the sale sells out exactly: 0
-      oversold, no duplicate order id, every 200 a SQLite row, no buyer over the limit.
-  stale_promotion_unrepaired: the same without --redis-repair (the event has no owner on a
-      standalone server, nothing gates it): the promoted replica sells the lost units again. The
-      case asserts that it does (oversold > 0, buyers over the limit), which shows the first
-      case's checks see the failure when the repair is missing.
+  stale_promotion_repaired: standalone, promotion by hand (REPLICAOF NO ONE), hosts with
+      --redis-repair. The new node must not sell the event before the repair (deduct.lua answers
+      "repairing" there; a host without a reconciler answers 503 repairing and deducts nothing);
+      after it the sale sells out exactly: 0 oversold, no duplicate order id, every 200 a SQLite
+      row, no buyer over the limit.
+  stale_promotion_unrepaired: the same without --redis-repair (a standalone event then has no
+      owner and nothing gates it): the promoted replica sells the lost units again, and the case
+      asserts that it does: the first case's checks see the failure when the repair is missing.
+  cluster_failover_lost_writes: the first case on a Redis Cluster (the link cut with nftables,
+      the cluster's own failover, hosts with --redis-replicas 0 so the first sales are confirmed
+      on the master alone).
+  cluster_failover_without_gate: that case with deduct.lua's owner gate taken out: oversold.
 Only the Python standard library is used."""
 import collections
 import os
 import re
+import socket
+import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import (ADMIN_TOKEN, Host, RedisServer, SOURCE_DIR, Stack, Suite,  # noqa: E402
-                     free_port, wait_until)
+                     _read_resp, free_port, wait_until)
 from loadgen import crowd  # noqa: E402
 
 suite = Suite()
@@ -35,8 +41,26 @@ def info(r, section):
                 if ":" in line and not line.startswith("#"))
 
 
+def readonly_cmd(r, *args):
+    """A command on r even while r is a cluster replica (READONLY first, same connection)."""
+    with socket.create_connection(("127.0.0.1", r.port), timeout=5) as sock:
+        out = b""
+        for command in (("READONLY",), args):
+            out += b"*%d\r\n" % len(command)
+            for a in command:
+                a = str(a).encode()
+                out += b"$%d\r\n%s\r\n" % (len(a), a)
+        sock.sendall(out)
+        f = sock.makefile("rb")
+        try:
+            _read_resp(f)
+        except RuntimeError:
+            pass  # standalone: READONLY is a cluster command
+        return _read_resp(f)
+
+
 def meta(r, event):
-    m = r.cmd("HGETALL", "{%s}:meta" % event)
+    m = readonly_cmd(r, "HGETALL", "{%s}:meta" % event)
     return dict(zip(m[::2], m[1::2]))
 
 
@@ -54,31 +78,99 @@ def metric(host, name):
     return int(m.group(1)) if m else 0
 
 
-def scenario(repair):
-    """Runs the loss and the promotion; returns (stack-like state, answers before, after)."""
+NFT_TABLE = "snatch_test_repair"
+
+
+def nft_cut(src_port, dst_port):
+    """Drops every packet from src_port to dst_port on loopback (one direction of one TCP
+    connection), in this test's own nftables table."""
+    nft_clear()
+    rules = ("table inet %s {\n chain out {\n  type filter hook output priority 0;\n"
+             "  ip saddr 127.0.0.1 tcp sport %d tcp dport %d drop\n }\n}\n" % (
+                 NFT_TABLE, src_port, dst_port))
+    subprocess.run(["nft", "-f", "-"], input=rules.encode(), check=True)
+
+
+def nft_clear():
+    subprocess.run(["nft", "delete", "table", "inet", NFT_TABLE], stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+
+
+def cut_replica_link(master, replica, cluster):
+    """The replica stops receiving the master's stream: everything written from now on exists on
+    the master only. SIGSTOP of the replica would not do: what the master sent waits in the
+    socket buffer and arrives after SIGCONT."""
+    if not cluster:
+        # Pointed at a port nobody serves (it keeps its data and stays a replica).
+        replica.cmd("REPLICAOF", "127.0.0.1", str(free_port()))
+        return
+    # A cluster refuses REPLICAOF: the master's side of the link is dropped with nftables (the
+    # cluster bus is another port, so the cluster sees nothing wrong and lets it fail over).
+    link = master.cmd("CLIENT", "LIST", "TYPE", "replica")
+    ports = [int(x) for x in re.findall(r"(?:^| )addr=127\.0\.0\.1:(\d+) ", link, re.M)]
+    assert len(ports) == 1, link
+    port = ports[0]
+    nft_cut(master.port, port)
+
+
+def promote(master, replica, cluster):
+    """kill -9 of the master; the stale replica takes over (by hand on a standalone server, by
+    the cluster's failover otherwise)."""
+    master.kill9()
+    if not cluster:
+        replica.cmd("REPLICAOF", "NO", "ONE")
+        return
+    wait_until(lambda: "role:master" in replica.cmd("INFO", "replication"), 30, 0.1,
+               what="replica promoted")
+    wait_until(lambda: "cluster_state:ok" in replica.cmd("CLUSTER", "INFO"), 30, 0.1,
+               what="cluster ok")
+    nft_clear()
+
+
+def scenario(repair, cluster=False):
+    """Sells FIRST units while the replica is cut off, promotes it, then sells again. Returns
+    the numbers check() computes. On a cluster, repair=False runs a deduct.lua whose owner gate
+    is taken out (a cluster always gates)."""
     event = "rep"
     extra = ["--reconcile-interval-ms", "500"] + (["--redis-repair"] if repair else [])
-    with Stack(hosts=0) as st:
-        master = st.redis
-        replica = RedisServer(st.tmp.path, extra=["--replicaof", "127.0.0.1", str(master.port)])
-        replica.start()
-        try:
+    if cluster:
+        # No replication wait: the sales of the first phase are confirmed on the master alone,
+        # which is the loss a WAIT normally prevents (and a replica that lied would cause).
+        extra += ["--redis-replicas", "0"]
+    replica = None
+    try:
+        with Stack(hosts=0, redis_cluster={} if cluster else None) as st:
+            if not repair and cluster:
+                with open(os.path.join(SOURCE_DIR, "lua", "deduct.lua")) as f:
+                    src = f.read()
+                line = "if owner ~= redis.call('CLUSTER', 'MYID') then"
+                assert line in src
+                path = os.path.join(st.tmp.path, "deduct-nogate.lua")
+                with open(path, "w") as f:
+                    f.write(src.replace(line, "if false then"))
+                extra += ["--deduct", path]
+            if cluster:
+                master = st.redis.master_for_key("{%s}:meta" % event)
+                replica = st.redis.replicas_of(master)[0]
+            else:
+                master = st.redis
+                replica = RedisServer(st.tmp.path,
+                                      extra=["--replicaof", "127.0.0.1", str(master.port)])
+                replica.start()
             wait_until(lambda: info(replica, "replication").get("master_link_status") == "up",
                        15, what="replica link up")
-            hosts = [Host(st.tmp.path, master.port, st.nats_url, host_id="h%d" % i, hosts=2,
+            hosts = [Host(st.tmp.path, st.redis_addr, st.nats_url, host_id="h%d" % i, hosts=2,
                           extra=extra) for i in (1, 2)]
             st.hosts.extend(hosts)
             for h in hosts:
                 h.start()
             hosts[0].create_event(event, STOCK, per_user_limit=1)
-            run_id = info(master, "server")["run_id"]
-            assert (meta(master, event).get("owner") == run_id) == repair, meta(master, event)
+            node = master.cmd("CLUSTER", "MYID") if cluster else info(master, "server")["run_id"]
+            assert (meta(master, event).get("owner") == node) == (repair or cluster), \
+                meta(master, event)
             wait_until(lambda: meta(replica, event).get("stock") == str(STOCK), 10,
                        what="event on the replica")
-            # The replica loses its link (pointed at a port nobody serves; SIGSTOP would not do:
-            # what the master sent waits in the socket buffer and arrives after SIGCONT):
-            # everything sold now exists on the master only.
-            replica.cmd("REPLICAOF", "127.0.0.1", str(free_port()))
+            cut_replica_link(master, replica, cluster)
             users = ["u%04d" % i for i in range(2 * STOCK)]
             before = crowd(hosts[0].port, event, users[:FIRST // 2], threads=8) + \
                 crowd(hosts[1].port, event, users[FIRST // 2:FIRST], threads=8)
@@ -87,10 +179,8 @@ def scenario(repair):
             for h in hosts:
                 h.stop()
             wait_until(lambda: st.sub.rows(event) >= FIRST, 30, 0.1, "first sales persisted")
-            # Two nodes' worth of loss: the master dies, the stale replica is promoted.
-            master.kill9()
-            replica.cmd("REPLICAOF", "NO", "ONE")
-            st.redis = replica  # stops it on exit
+            # Two nodes' worth of loss: the master dies, the stale replica takes over.
+            promote(master, replica, cluster)
             stale = int(meta(replica, event).get("sold", 0))
             assert stale < FIRST, "the replica was not stale: sold %d" % stale
             if repair:
@@ -98,7 +188,8 @@ def scenario(repair):
                 got = deduct_on(replica, event, "probe")
                 assert got == [["repairing"]], got
                 # A host that cannot repair (no reconciler) answers 503 repairing, sells nothing.
-                h0 = Host(st.tmp.path, replica.port, st.nats_url, host_id="h0", hosts=2,
+                h0 = Host(st.tmp.path, st.redis_addr if cluster else replica.port, st.nats_url,
+                          host_id="h0", hosts=2,
                           extra=["--reconcile-interval-ms", "0", "--redis-repair"])
                 st.hosts.append(h0)
                 h0.start()
@@ -108,8 +199,8 @@ def scenario(repair):
                 assert metric(h0, "snatch_repair_gated_total") >= 20
                 assert int(meta(replica, event).get("sold", 0)) == stale
                 h0.stop()
-            hosts2 = [Host(st.tmp.path, replica.port, st.nats_url, host_id="h%d" % i, hosts=2,
-                           extra=extra) for i in (3, 4)]
+            hosts2 = [Host(st.tmp.path, st.redis_addr if cluster else replica.port, st.nats_url,
+                           host_id="h%d" % i, hosts=2, extra=extra) for i in (3, 4)]
             st.hosts.extend(hosts2)
             for h in hosts2:
                 h.start()
@@ -126,7 +217,9 @@ def scenario(repair):
             for h in hosts2:
                 h.stop()
             return check(st, replica, event, before, after, restored, repair, stale)
-        finally:
+    finally:
+        nft_clear()
+        if replica is not None and not cluster:
             replica.stop()
 
 
@@ -168,6 +261,27 @@ def stale_promotion_unrepaired():
     res = scenario(repair=False)
     # Without the repair the promoted replica sells what was already sold: the checks of the
     # case above catch it.
+    assert res["oversold"] > 0 and res["over_limit"] > 0, res
+
+
+@suite.case
+def cluster_failover_lost_writes():
+    """A Redis Cluster master acknowledged sales (--redis-replicas 0) its replica never got (the
+    link cut with nftables), then died: the cluster promoted the stale replica."""
+    res = scenario(repair=True, cluster=True)
+    assert res["oversold"] == 0, res
+    assert res["duplicate_ids"] == 0, res
+    assert res["missing"] == 0, res
+    assert res["over_limit"] == 0, res
+    assert res["unsold"] == 0 and res["sold"] == STOCK == res["persisted_units"], res
+    assert res["restored"] == FIRST - res["stale_sold"], res
+
+
+@suite.case
+def cluster_failover_without_gate():
+    """The case above with deduct.lua's owner gate taken out: the promoted replica sells what
+    was already sold, and the same checks see it."""
+    res = scenario(repair=False, cluster=True)
     assert res["oversold"] > 0 and res["over_limit"] > 0, res
 
 
