@@ -329,6 +329,7 @@ static int64_t elem_int(const redisReply *r, size_t i)
 
 typedef struct job {
     repair_t *rp;
+    uint64_t started_ms;
     const char *event;
     char node[CLUSTER_ID_MAX];
     char ttl[24];
@@ -549,9 +550,10 @@ static void report(const job_t *j)
     const repair_report_t *p = j->rep;
     int64_t over = p->sold > p->stock ? p->sold - p->stock : 0;
     metrics_repair(1, p->restored, over);
-    log_warn("repair: %s: verified on node %s: %" PRId64 " orders replayed, %" PRId64
+    log_warn("repair: %s: verified on node %s in %llu ms: %" PRId64 " orders replayed, %" PRId64
              " restored (%" PRId64 " units), %" PRId64 " skipped; sold %" PRId64 " of %" PRId64,
-             j->event, j->node, p->replayed, p->restored, p->units, p->skipped, p->sold, p->stock);
+             j->event, j->node, (unsigned long long)(util_mono_us() / 1000 - j->started_ms),
+             p->replayed, p->restored, p->units, p->skipped, p->sold, p->stock);
     if (over > 0)
         log_error("repair: %s: persisted orders exceed the stock by %" PRId64
                   " units (Redis lost more than its replicas kept): the event answers sold out",
@@ -565,6 +567,7 @@ repair_result_t repair_event(repair_t *rp, jsCtx *js, const char *event, repair_
     if (j == NULL)
         return REPAIR_FAILED;
     j->rp = rp;
+    j->started_ms = util_mono_us() / 1000;
     j->event = event;
     j->rep = rep;
     snprintf(j->ttl, sizeof(j->ttl), "%d", REPAIR_LOCK_TTL_MS);
