@@ -39,21 +39,21 @@ local op, event, token, ttl, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 
 -- The same identity deduct.lua checks: the cluster node id, else the server's run id (a
 -- standalone server that restarted or a replica promoted by hand is another node).
-local function this_node()
-  if string.find(redis.call('INFO', 'cluster'), 'cluster_enabled:1', 1, true) then
-    return redis.call('CLUSTER', 'MYID')
-  end
-  return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+local function on_cluster()
+  return string.find(redis.call('INFO', 'cluster'), 'cluster_enabled:1', 1, true) ~= nil
 end
 
-local me = this_node()
+local function this_node(cluster)
+  if cluster then return redis.call('CLUSTER', 'MYID') end
+  return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+end
 
 local function holds_lock()
   return redis.call('GET', KEYS[5]) == token
 end
 
 local function guard()
-  if node ~= me then return {'moved'} end
+  if node ~= this_node(on_cluster()) then return {'moved'} end
   if not holds_lock() then return {'lost_lock'} end
   redis.call('PEXPIRE', KEYS[5], ttl)
   return nil
@@ -62,9 +62,10 @@ end
 if op == 'begin' then
   local meta = redis.call('HMGET', KEYS[1], 'stock', 'seq', 'owner', 'base')
   if not meta[1] then return {'unknown_event'} end
-  if meta[3] == me then return {'current', me} end
-  local cluster = string.find(redis.call('INFO', 'cluster'), 'cluster_enabled:1', 1, true)
+  local cluster = on_cluster()
   if not meta[3] and not cluster and ARGV[6] ~= '1' then return {'unclaimed'} end
+  local me = this_node(cluster)
+  if meta[3] == me then return {'current', me} end
   local held = redis.call('GET', KEYS[5])
   if held and held ~= token then return {'busy', me} end
   redis.call('SET', KEYS[5], token, 'PX', ttl)
@@ -139,7 +140,7 @@ if op == 'finish' then
   local meta = redis.call('HMGET', KEYS[1], 'stock', 'sold', 'seq')
   local seq = tonumber(meta[3]) or 0
   if seq_max > seq then seq = seq_max end
-  redis.call('HSET', KEYS[1], 'owner', me, 'seq', string.format('%d', seq + gap))
+  redis.call('HSET', KEYS[1], 'owner', node, 'seq', string.format('%d', seq + gap))
   redis.call('DEL', KEYS[5])
   return {'done', tonumber(meta[2]) or 0, tonumber(meta[1]) or 0}
 end

@@ -22,6 +22,7 @@
 
 #define CONNECT_TIMEOUT_MS 2000
 #define MAX_PER_PASS 10000
+#define REPAIR_RETRY_MS 250u
 
 struct reconciler {
     uv_thread_t thread;
@@ -59,6 +60,34 @@ static void drop_connections(reconciler_t *r)
 }
 
 /* Failures are logged when a run of them starts (r->failing says one is under way). */
+static int connect_nats(reconciler_t *r)
+{
+    if (r->nc == NULL) {
+        natsOptions *opts = NULL;
+        natsStatus s = natsOptions_Create(&opts);
+        if (s == NATS_OK)
+            s = natsOptions_SetURL(opts, r->nats_url);
+        if (s == NATS_OK)
+            s = natsOptions_SetTimeout(opts, CONNECT_TIMEOUT_MS);
+        if (s == NATS_OK)
+            s = natsOptions_SetAllowReconnect(opts, false);
+        if (s == NATS_OK && r->auth != NULL)
+            s = auth_nats_apply(opts, r->auth);
+        if (s == NATS_OK)
+            s = natsConnection_Connect(&r->nc, opts);
+        if (s != NATS_OK && !r->failing)
+            log_warn("reconciler: nats %s: %s (%s)", r->nats_url, natsStatus_GetText(s),
+                     nats_GetLastError(NULL));
+        natsOptions_Destroy(opts);
+        if (s != NATS_OK) {
+            r->nc = NULL;
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Redis (the first seed) and NATS. */
 static int connect_all(reconciler_t *r)
 {
     if (r->rc == NULL) {
@@ -83,29 +112,7 @@ static int connect_all(reconciler_t *r)
             return -1;
         }
     }
-    if (r->nc == NULL) {
-        natsOptions *opts = NULL;
-        natsStatus s = natsOptions_Create(&opts);
-        if (s == NATS_OK)
-            s = natsOptions_SetURL(opts, r->nats_url);
-        if (s == NATS_OK)
-            s = natsOptions_SetTimeout(opts, CONNECT_TIMEOUT_MS);
-        if (s == NATS_OK)
-            s = natsOptions_SetAllowReconnect(opts, false);
-        if (s == NATS_OK && r->auth != NULL)
-            s = auth_nats_apply(opts, r->auth);
-        if (s == NATS_OK)
-            s = natsConnection_Connect(&r->nc, opts);
-        if (s != NATS_OK && !r->failing)
-            log_warn("reconciler: nats %s: %s (%s)", r->nats_url, natsStatus_GetText(s),
-                     nats_GetLastError(NULL));
-        natsOptions_Destroy(opts);
-        if (s != NATS_OK) {
-            r->nc = NULL;
-            return -1;
-        }
-    }
-    return 0;
+    return connect_nats(r);
 }
 
 static int render(void *ctx, const char *record, size_t len, char *out, size_t cap)
@@ -154,25 +161,33 @@ static void pass(reconciler_t *r)
 
 /* Repairs (repair.h): the events loop threads asked for, and with all, every event. Before the
  * pending pass: an event that cannot sell is the more urgent. */
-static void repairs(reconciler_t *r, bool all)
+static bool repairs(reconciler_t *r, bool all)
 {
     char event[SNATCH_NAME_MAX + 1];
     jsCtx *js = NULL;
+    bool again = false;
     if (!repair_configured())
-        return;
+        return false;
     if (r->repair == NULL && (r->repair = repair_new(r->auth, r->host_id)) == NULL)
-        return;
-    if (connect_all(r) != 0 || natsConnection_JetStream(&js, r->nc, NULL) != NATS_OK) {
-        drop_connections(r);
-        return;
+        return true;
+    /* NATS only: the repairer finds the event's node from every seed, the first may be dead. */
+    if (connect_nats(r) != 0 || natsConnection_JetStream(&js, r->nc, NULL) != NATS_OK) {
+        if (r->nc != NULL) {
+            natsConnection_Close(r->nc);
+            natsConnection_Destroy(r->nc);
+        }
+        r->nc = NULL;
+        return true;
     }
     while (repair_next_request(event)) {
         repair_report_t rep;
-        repair_event(r->repair, js, event, &rep);
+        repair_result_t res = repair_event(r->repair, js, event, &rep);
+        again |= res == REPAIR_BUSY || res == REPAIR_FAILED;
     }
     if (all && repair_all(r->repair, js) < 0)
         log_warn("repair: cannot list the events; retrying next interval");
     jsCtx_Destroy(js);
+    return again;
 }
 
 static void wake(void *arg)
@@ -189,17 +204,25 @@ static void run(void *arg)
     reconciler_t *r = arg;
     open_policy(r);
     uint64_t next = uv_hrtime() + r->interval_ms * 1000000u;
+    uint64_t retry_at = 0; /* requests wait until then after a repair was busy or failed */
     uv_mutex_lock(&r->mu);
     while (!r->stop) {
         uint64_t now = uv_hrtime();
-        if (!r->repair_wanted && now < next)
-            uv_cond_timedwait(&r->cond, &r->mu, next - now);
+        uint64_t until = r->repair_wanted && retry_at < next ? retry_at : next;
+        if (now < until)
+            uv_cond_timedwait(&r->cond, &r->mu, until - now);
         if (r->stop)
             break;
-        bool all = uv_hrtime() >= next;
+        now = uv_hrtime();
+        bool all = now >= next, want = r->repair_wanted && now >= retry_at;
+        if (!all && !want)
+            continue;
         r->repair_wanted = false;
         uv_mutex_unlock(&r->mu);
-        repairs(r, all);
+        /* Buyers keep asking while an event is gated: a repair another host holds, or one that
+         * failed, is not tried again at their pace. */
+        if (repairs(r, all))
+            retry_at = uv_hrtime() + REPAIR_RETRY_MS * 1000000u;
         if (all) {
             pass(r);
             next = uv_hrtime() + r->interval_ms * 1000000u;

@@ -28,7 +28,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import (ADMIN_TOKEN, Host, RedisServer, SOURCE_DIR, Stack, Suite,  # noqa: E402
-                     _read_resp, free_port, wait_until)
+                     _read_resp, free_port, redis_key_slot, wait_until)
 from loadgen import crowd  # noqa: E402
 
 suite = Suite()
@@ -150,6 +150,15 @@ def scenario(repair, cluster=False):
                     f.write(src.replace(line, "if false then"))
                 extra += ["--deduct", path]
             if cluster:
+                # An event on the first seed's shard: the dead master is then the first node of
+                # every --redis list, which the hosts and their repairs must get past.
+                first = st.redis.nodes[0].port
+                slots = st.redis.slots()
+
+                def port_of(e):
+                    slot = redis_key_slot("{%s}:meta" % e)
+                    return next(p for (a, b, p, _) in slots if a <= slot <= b)
+                event = next(e for e in ("rep%d" % i for i in range(100000)) if port_of(e) == first)
                 master = st.redis.master_for_key("{%s}:meta" % event)
                 replica = st.redis.replicas_of(master)[0]
             else:
