@@ -205,14 +205,11 @@ static void print_table(const reconcile_row_t *rows, size_t n)
 /* The connection of the master serving event's keys; NULL with err. */
 static redisContext *event_ctx(rsync_t *rs, const char *event, char *err, size_t errlen)
 {
-    char key[KEYSPACE_KEY_MAX];
+    char key[KEYSPACE_KEY_MAX], why[256];
     int n = keyspace_key(key, event, strlen(event), KEYSPACE_META);
-    redisContext *rc = rsync_ctx(rs, key, (size_t)n, err, errlen);
-    if (rc == NULL) {
-        char why[256];
-        snprintf(why, sizeof(why), "%s", err);
-        snprintf(err, errlen, "%s: Redis: %s", event, why);
-    }
+    redisContext *rc = rsync_ctx(rs, key, (size_t)n, why, sizeof(why));
+    if (rc == NULL && snprintf(err, errlen, "%s: Redis: %s", event, why) >= (int)errlen)
+        err[errlen - 1] = '\0'; /* cut, still a message */
     return rc;
 }
 
