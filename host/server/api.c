@@ -24,12 +24,14 @@
 
 /* PUT /admin/events/E is two scripts, because on a Redis Cluster the events index and the
  * event's keys live on different slots (one script over both is refused with CROSSSLOT). The
- * index first: an event is never sold without being in the index that reconciliation walks.
- * If the second step fails, the index names an event with no {E}:meta (reconciliation and the
- * host take it as unknown; it counts against --max-events until the PUT is repeated). A new
- * event is refused when the sale already has --max-events events (ARGV[2]): every host started
- * with the same flag can then hold every event, so none is created that some host would answer
- * 404 for. */
+ * index first (INDEX_SCRIPT): a new event is refused when the sale already has --max-events
+ * events (ARGV[2]): every host started with the same flag can then hold every event, so none is
+ * created that some host would answer 404 for; and an event is never sold without being in the
+ * index that reconciliation walks. Then the reset (RESET_SCRIPT): refused while orders wait to
+ * be published (they would be lost); the seq field survives, so order ids never repeat for one
+ * event name. If the second step fails, the index names an event with no {E}:meta
+ * (reconciliation and the hosts take it as unknown; it counts against --max-events until the
+ * PUT is repeated). */
 static const char INDEX_SCRIPT[] = "if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 and\n"
                                    "   redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then\n"
                                    "  return redis.error_reply('FULL')\n"

@@ -604,7 +604,7 @@ int main(int argc, char **argv)
                  (long long)reconcile_after_ms, (unsigned long long)host.cfg.ack_timeout_ms);
     load_repair_script(host.cfg.deduct_path, host.cfg.redis_seeds);
     if (reconcile_interval_ms > 0 &&
-        reconciler_start(&reconciler, host.cfg.redis_host, host.cfg.redis_port, host.cfg.nats_url,
+        reconciler_start(&reconciler, host.cfg.redis_seeds, host.cfg.nats_url,
                          reconcile_interval_ms, reconcile_after_ms, &host.cfg.auth,
                          host.cfg.policy_path, host.cfg.host_id, host.cfg.hosts) != 0) {
         log_error("cannot start the reconciliation thread");
@@ -628,10 +628,10 @@ int main(int argc, char **argv)
     }
     if (status == 0) {
         log_info("snatch-host %s: serving http://%s:%d with %d threads, host %s of %d, "
-                 "redis %s:%d, nats %s, policy %s",
+                 "redis %s, nats %s, policy %s",
                  SNATCH_VERSION, host.cfg.listen_addr, host.cfg.listen_port, n_workers,
-                 host.cfg.host_id, host.cfg.hosts, host.cfg.redis_host, host.cfg.redis_port,
-                 host.cfg.nats_url, host.cfg.policy_path);
+                 host.cfg.host_id, host.cfg.hosts, host.cfg.redis_seeds, host.cfg.nats_url,
+                 host.cfg.policy_path);
         uv_run(loop, UV_RUN_DEFAULT);
     } else {
         for (int i = 0; i < n_workers; i++)

@@ -29,12 +29,11 @@ struct reconciler {
     uv_mutex_t mu;
     uv_cond_t cond;
     bool stop;
-    char *redis_host;
-    int redis_port;
+    char *redis_seeds;
     char *nats_url;
     uint64_t interval_ms;
     int64_t older_than_ms;
-    redisContext *rc;
+    rsync_t *rs;
     natsConnection *nc;
     const auth_config_t *auth; /* the host's, lives as long as the process */
     const char *policy_path;   /* the host's, idem */
@@ -49,9 +48,8 @@ struct reconciler {
 
 static void drop_connections(reconciler_t *r)
 {
-    if (r->rc != NULL)
-        redisFree(r->rc);
-    r->rc = NULL;
+    rsync_close(r->rs);
+    r->rs = NULL;
     if (r->nc != NULL) {
         natsConnection_Close(r->nc);
         natsConnection_Destroy(r->nc);
@@ -90,27 +88,19 @@ static int connect_nats(reconciler_t *r)
 /* Redis (the first seed) and NATS. */
 static int connect_all(reconciler_t *r)
 {
-    if (r->rc == NULL) {
-        struct timeval tv = {CONNECT_TIMEOUT_MS / 1000, (CONNECT_TIMEOUT_MS % 1000) * 1000};
-        r->rc = redisConnectWithTimeout(r->redis_host, r->redis_port, tv);
-        if (r->rc == NULL || r->rc->err) {
+    char err[256];
+    if (r->rs == NULL) {
+        r->rs = rsync_open(r->redis_seeds, r->auth, CONNECT_TIMEOUT_MS, err, sizeof(err));
+        if (r->rs == NULL) {
             if (!r->failing)
-                log_warn("reconciler: cannot connect to redis %s:%d: %s", r->redis_host,
-                         r->redis_port, r->rc ? r->rc->errstr : "out of memory");
-            if (r->rc)
-                redisFree(r->rc);
-            r->rc = NULL;
+                log_warn("reconciler: redis %s: %s", r->redis_seeds, err);
             return -1;
         }
-        redisSetTimeout(r->rc, tv);
-        char err[256];
-        if (auth_redis_sync(r->rc, r->auth, err, sizeof(err)) != 0) {
-            if (!r->failing)
-                log_warn("reconciler: redis %s:%d: %s", r->redis_host, r->redis_port, err);
-            redisFree(r->rc);
-            r->rc = NULL;
-            return -1;
-        }
+    } else if (rsync_refresh(r->rs, err, sizeof(err)) != 0) {
+        /* A failover since the last pass moved slots: each event is read on its master. */
+        if (!r->failing)
+            log_warn("reconciler: redis cluster map: %s", err);
+        return -1;
     }
     return connect_nats(r);
 }
@@ -147,7 +137,7 @@ static void pass(reconciler_t *r)
         metrics_reconcile_pass(0, 0, 0);
         return;
     }
-    int n = reconcile_pending(r->rc, r->nc, &rr, r->older_than_ms, MAX_PER_PASS, &stale);
+    int n = reconcile_pending(r->rs, r->nc, &rr, r->older_than_ms, MAX_PER_PASS, &stale);
     metrics_reconcile_pass(n >= 0, stale, n);
     r->failing = n < 0;
     if (n < 0) {
@@ -239,10 +229,9 @@ static void run(void *arg)
     nats_ReleaseThreadMemory();
 }
 
-int reconciler_start(reconciler_t **out, const char *redis_host, int redis_port,
-                     const char *nats_url, uint64_t interval_ms, int64_t older_than_ms,
-                     const auth_config_t *auth, const char *policy_path, const char *host_id,
-                     int hosts)
+int reconciler_start(reconciler_t **out, const char *redis_seeds, const char *nats_url,
+                     uint64_t interval_ms, int64_t older_than_ms, const auth_config_t *auth,
+                     const char *policy_path, const char *host_id, int hosts)
 {
     reconciler_t *r = calloc(1, sizeof(*r));
     if (r == NULL)
@@ -251,12 +240,11 @@ int reconciler_start(reconciler_t **out, const char *redis_host, int redis_port,
     r->policy_path = policy_path;
     r->env = (script_env_t){.host_id = host_id, .hosts = hosts};
     r->host_id = host_id;
-    r->redis_host = strdup(redis_host);
+    r->redis_seeds = strdup(redis_seeds);
     r->nats_url = strdup(nats_url);
-    r->redis_port = redis_port;
     r->interval_ms = interval_ms;
     r->older_than_ms = older_than_ms;
-    if (r->redis_host == NULL || r->nats_url == NULL)
+    if (r->redis_seeds == NULL || r->nats_url == NULL)
         goto fail;
     if (uv_mutex_init(&r->mu) != 0)
         goto fail;
@@ -274,7 +262,7 @@ int reconciler_start(reconciler_t **out, const char *redis_host, int redis_port,
     *out = r;
     return 0;
 fail:
-    free(r->redis_host);
+    free(r->redis_seeds);
     free(r->nats_url);
     free(r);
     return -1;
@@ -297,7 +285,7 @@ void reconciler_stop(reconciler_t *r)
     uv_thread_join(&r->thread);
     uv_cond_destroy(&r->cond);
     uv_mutex_destroy(&r->mu);
-    free(r->redis_host);
+    free(r->redis_seeds);
     free(r->nats_url);
     free(r);
 }

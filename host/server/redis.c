@@ -351,6 +351,17 @@ typedef struct {
     int seed;
 } probe_t;
 
+/* A refusal that says "not now" (a server loading its data, busy with a script, a replica cut
+ * from its master) rather than "no cluster here": the mode is not decided on it. */
+static bool is_transient(const char *err)
+{
+    static const char *const words[] = {"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"};
+    for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+        if (strncmp(err, words[i], strlen(words[i])) == 0)
+            return true;
+    return false;
+}
+
 static void on_probe(redisReply *reply, const char *err, void *data)
 {
     probe_t *p = data;
@@ -376,6 +387,9 @@ static void on_probe(redisReply *reply, const char *err, void *data)
         close_seeds(c, conn);
         uv_timer_stop(&c->refresh_timer);
         return;
+    }
+    if (reply->type == REDIS_REPLY_ERROR && is_transient(reply->str)) {
+        return; /* asked again by the probe timer */
     }
     if (reply->type == REDIS_REPLY_ERROR) {
         log_warn("redis: CLUSTER SLOTS refused on %s:%d (%s): taken as a standalone server",

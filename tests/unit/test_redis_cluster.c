@@ -17,6 +17,7 @@
 #include <uv.h>
 
 #include "cluster_slots.h"
+#include "cluster_sync.h"
 #include "deduct_batch.h"
 #include "metrics_sample.h"
 #include "redis.h"
@@ -482,6 +483,48 @@ static void test_deduct_wait(void **state)
     close_and_drain(c);
 }
 
+/* GET key through the blocking client: the reply's string, or "" (caller's buffer). */
+static const char *sync_get(rsync_t *rs, const char *key, char *out, size_t cap)
+{
+    char err[256];
+    out[0] = '\0';
+    redisContext *ctx = rsync_ctx(rs, key, strlen(key), err, sizeof(err));
+    if (ctx == NULL)
+        return out;
+    redisReply *r = redisCommand(ctx, "GET %s", key);
+    if (r != NULL && (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_ERROR))
+        snprintf(out, cap, "%s", r->str);
+    freeReplyObject(r);
+    return out;
+}
+
+/* The blocking client (reconciliation): each key read on its master, no MOVED; a seed list
+ * whose first node is dead still opens. */
+static void test_sync(void **state)
+{
+    (void)state;
+    test_redis_t *ms[3];
+    char ids[3][41], err[256], buf[64];
+    assert_int_equal(masters(ms, ids), 3);
+    char seeds[300];
+    snprintf(seeds, sizeof(seeds), "127.0.0.1:1,%s", cluster.seeds);
+    rsync_t *rs = rsync_open(seeds, NULL, 2000, err, sizeof(err));
+    assert_non_null(rs);
+    assert_true(rsync_is_cluster(rs));
+    assert_int_equal(rsync_masters(rs), 3);
+    for (int i = 0; i < 3; i++) {
+        char name[32], key[64];
+        assert_non_null(name_on_master("sy", name, sizeof(name), ms[i], NULL));
+        snprintf(key, sizeof(key), "{%s}:v", name);
+        assert_int_equal(node_do(ms[i], "SET %s %s", key, name), 0);
+        assert_string_equal(sync_get(rs, key, buf, sizeof(buf)), name);
+    }
+    assert_int_equal(rsync_refresh(rs, err, sizeof(err)), 0);
+    rsync_close(rs);
+    assert_null(rsync_open("127.0.0.1:1", NULL, 500, err, sizeof(err)));
+    assert_null(rsync_open("localhost:6379", NULL, 500, err, sizeof(err)));
+}
+
 /* kill -9 of the master of an event: commands for it fail at once (nothing ran) until the
  * replica is promoted; then they run there, the script loaded on the new master, and the move
  * is reported. */
@@ -542,6 +585,19 @@ static void test_failover(void **state)
     assert_int_equal(alone.res.integer, 4);
     assert_int_equal(alone.w.replicas, 0);
     close_and_drain(c);
+
+    /* The blocking client follows the failover once it reads the map again. */
+    char err[256];
+    rsync_t *rs = rsync_open(cluster.seeds, NULL, 2000, err, sizeof(err));
+    assert_non_null(rs);
+    redisContext *ctx = rsync_ctx(rs, key, strlen(key), err, sizeof(err));
+    assert_non_null(ctx);
+    redisReply *r = redisCommand(ctx, "GET %s", key);
+    assert_non_null(r);
+    assert_string_equal(r->str, "4");
+    freeReplyObject(r);
+    assert_int_equal(rsync_refresh(rs, err, sizeof(err)), 0);
+    rsync_close(rs);
 }
 
 static int group_setup(void **state)
@@ -565,7 +621,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_spread),           cmocka_unit_test(test_moved),
         cmocka_unit_test(test_ask_and_tryagain), cmocka_unit_test(test_wait),
-        cmocka_unit_test(test_deduct_wait),      cmocka_unit_test(test_failover),
+        cmocka_unit_test(test_deduct_wait),      cmocka_unit_test(test_sync),
+        cmocka_unit_test(test_failover),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
