@@ -488,7 +488,7 @@ static int parse_args(int argc, char **argv, bool *test_only)
     return 0;
 }
 
-/* lua/repair.lua, next to the deduct script. Without it nothing is repaired: an event whose
+/* lua/repair.lua: next to the deduct script, else installed, else the source tree. Without it nothing is repaired: an event whose
  * Redis node changed keeps answering 503 repairing (deduct.lua's gate), which is safe but stuck. */
 static void load_repair_script(const char *deduct_path, const char *seeds)
 {
@@ -496,6 +496,11 @@ static void load_repair_script(const char *deduct_path, const char *seeds)
     const char *slash = strrchr(deduct_path, '/');
     size_t dir = slash ? (size_t)(slash - deduct_path + 1) : 0;
     snprintf(path, sizeof(path), "%.*srepair.lua", (int)dir, deduct_path);
+    /* A deduct script of one's own (/etc/snatch) still finds the installed repair script. */
+    if (access(path, R_OK) != 0)
+        snprintf(path, sizeof(path), "%s/repair.lua", SNATCH_DATA_DIR);
+    if (access(path, R_OK) != 0)
+        snprintf(path, sizeof(path), "%s/lua/repair.lua", SNATCH_SOURCE_DIR);
     char *src = util_read_file(path, NULL);
     if (src == NULL) {
         log_error("cannot read %s: events are not repaired after a Redis failover (they answer "
