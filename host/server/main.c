@@ -488,8 +488,9 @@ static int parse_args(int argc, char **argv, bool *test_only)
     return 0;
 }
 
-/* lua/repair.lua: next to the deduct script, else installed, else the source tree. Without it nothing is repaired: an event whose
- * Redis node changed keeps answering 503 repairing (deduct.lua's gate), which is safe but stuck. */
+/* lua/repair.lua: next to the deduct script, else installed, else the source tree. Without it
+ * nothing is repaired: an event whose Redis node changed keeps answering 503 repairing
+ * (deduct.lua's gate), which is safe but stuck. */
 static void load_repair_script(const char *deduct_path, const char *seeds)
 {
     char path[4096];
