@@ -27,6 +27,9 @@
 
 static uv_loop_t loop;
 static test_cluster_t cluster;
+/* The client of the running test: closed by the teardown when an assertion cut the test short,
+ * so the next test starts on an empty loop. */
+static redis_client_t *current;
 
 /* ---- loop helpers ---- */
 
@@ -148,6 +151,7 @@ static redis_client_t *start_client_with(const char *script, uint64_t timeout_ms
     redis_client_t *c = NULL;
     assert_int_equal(
         redis_client_start_seeds(&c, &loop, cluster.seeds, script, timeout_ms, NULL, NULL), 0);
+    current = c;
     assert_true(run_until(is_ready, c, 10000));
     assert_true(redis_client_is_cluster(c));
     return c;
@@ -174,6 +178,7 @@ static char *read_source(const char *rel)
 
 static void close_and_drain(redis_client_t *c)
 {
+    current = NULL;
     redis_client_close(c);
     for (int i = 0; i < 2000 && uv_loop_alive(&loop); i++)
         uv_run(&loop, UV_RUN_NOWAIT);
@@ -600,6 +605,18 @@ static void test_failover(void **state)
     rsync_close(rs);
 }
 
+static int teardown(void **state)
+{
+    (void)state;
+    if (current != NULL) {
+        redis_client_close(current);
+        current = NULL;
+    }
+    for (int i = 0; i < 2000 && uv_loop_alive(&loop); i++)
+        uv_run(&loop, UV_RUN_NOWAIT);
+    return 0;
+}
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -619,10 +636,13 @@ static int group_teardown(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_spread),           cmocka_unit_test(test_moved),
-        cmocka_unit_test(test_ask_and_tryagain), cmocka_unit_test(test_wait),
-        cmocka_unit_test(test_deduct_wait),      cmocka_unit_test(test_sync),
-        cmocka_unit_test(test_failover),
+        cmocka_unit_test_teardown(test_spread, teardown),
+        cmocka_unit_test_teardown(test_moved, teardown),
+        cmocka_unit_test_teardown(test_ask_and_tryagain, teardown),
+        cmocka_unit_test_teardown(test_wait, teardown),
+        cmocka_unit_test_teardown(test_deduct_wait, teardown),
+        cmocka_unit_test_teardown(test_sync, teardown),
+        cmocka_unit_test_teardown(test_failover, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
