@@ -4,7 +4,8 @@
 -- The keyspace (key names, their order here, the events index, the order id layout) is defined
 -- once, in host/common/keyspace.h: change it there and here together.
 -- Keys of one event share the hash tag {event}, so Redis Cluster can hold them on one slot:
---   KEYS[1] {E}:meta     hash  stock, sold, limit, gen, seq   (written by PUT /admin/events/E)
+--   KEYS[1] {E}:meta     hash  stock, sold, limit, gen, seq, paused, sold_before
+--                              (written by PUT/PATCH /admin/events/E and .../pause|resume)
 --   KEYS[2] {E}:users    hash  user -> units bought
 --   KEYS[3] {E}:orders   hash  order_id -> order record (JSON, the built-in payload)
 --   KEYS[4] {E}:uorders  hash  user -> order ids, comma separated
@@ -25,6 +26,8 @@
 --   {"insufficient", remaining, gen}    fewer left than qty
 --   {"limit_reached", held, gen}        the buyer would exceed per_user_limit
 --   {"unknown_event"}                   (then for every buyer)
+--   {"paused", gen}                     the sale is paused (admin): no change (then for every
+--                                       buyer)
 --   {"expired"}                         the host gave up waiting before this ran: no change
 --                                       (then for every buyer)
 -- A malformed batch (bad n or qty) is an error reply and changes nothing.
@@ -63,9 +66,13 @@ if deadline > 0 and ms > deadline then
   return all({'expired'})
 end
 
-local meta = redis.call('HMGET', KEYS[1], 'stock', 'sold', 'limit', 'gen', 'seq')
+local meta = redis.call('HMGET', KEYS[1], 'stock', 'sold', 'limit', 'gen', 'seq', 'paused')
 if not meta[1] then
   return all({'unknown_event'})
+end
+-- Paused by POST /admin/events/E/pause: decided here, so every host agrees at once.
+if meta[6] == '1' then
+  return all({'paused', meta[4] or '0'})
 end
 local stock, sold, limit, gen = tonumber(meta[1]), tonumber(meta[2]) or 0,
   tonumber(meta[3]) or 1, meta[4] or '0'

@@ -26,6 +26,7 @@ typedef enum {
     DEDUCT_LIMIT_REACHED,
     DEDUCT_UNKNOWN_EVENT,
     DEDUCT_EXPIRED,
+    DEDUCT_PAUSED,         /* the sale is paused (POST /admin/events/E/pause): no change */
     DEDUCT_ERROR,          /* nothing deducted: not sent, timeout, error reply, bad reply */
     DEDUCT_UNKNOWN_OUTCOME /* the connection died after the batch was sent: it may have run */
 } deduct_verdict_t;

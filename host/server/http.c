@@ -1030,6 +1030,8 @@ static http_method_t map_method(unsigned m)
         return HTTP_M_PUT;
     case HTTP_DELETE:
         return HTTP_M_DELETE;
+    case HTTP_PATCH:
+        return HTTP_M_PATCH;
     default:
         return HTTP_M_OTHER;
     }

@@ -20,6 +20,7 @@ typedef enum {
     HTTP_M_POST,
     HTTP_M_PUT,
     HTTP_M_DELETE,
+    HTTP_M_PATCH,
 } http_method_t;
 
 typedef struct http_request {

@@ -212,6 +212,11 @@ static void on_deducted(const deduct_result_t *r, void *data)
     case DEDUCT_UNKNOWN_EVENT:
         sale_fail(s, 404, REPLY_UNKNOWN_EVENT, OUTCOME_BAD_REQUEST);
         return;
+    case DEDUCT_PAUSED:
+        /* Every thread refuses locally from now on; a refresh after the resume lifts it. */
+        stock_mark_paused(s->ev);
+        sale_fail(s, 409, REPLY_PAUSED, OUTCOME_PAUSED);
+        return;
     case DEDUCT_ERROR:
         if (r->err == deduct_err_script)
             log_limited("sale: deduct script error: %s", r->detail);
@@ -261,6 +266,10 @@ static void sale_continue(sale_t *s)
     worker_t *w = s->w;
     stock_event_t *ev = s->ev;
     stock_verdict_t sv = stock_check(ev, s->qty);
+    if (sv == STOCK_PAUSED) {
+        sale_refuse(s, 409, REPLY_PAUSED, OUTCOME_PAUSED);
+        return;
+    }
     if (sv != STOCK_OK) {
         sale_refuse(s, 409, sv == STOCK_INSUFFICIENT ? REPLY_INSUFFICIENT_STOCK : REPLY_SOLD_OUT,
                     OUTCOME_SOLD_OUT_LOCAL);
@@ -275,7 +284,9 @@ static void sale_continue(sale_t *s)
         return;
     }
     if (stock_reserve(ev, s->qty) != 0) {
-        sale_refuse(s, 409, REPLY_SOLD_OUT, OUTCOME_SOLD_OUT_LOCAL);
+        bool paused = stock_check(ev, s->qty) == STOCK_PAUSED; /* paused while admit() ran */
+        sale_refuse(s, 409, paused ? REPLY_PAUSED : REPLY_SOLD_OUT,
+                    paused ? OUTCOME_PAUSED : OUTCOME_SOLD_OUT_LOCAL);
         return;
     }
     deduct(s);
