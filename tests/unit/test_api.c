@@ -98,7 +98,7 @@ static void test_unknown_paths(void **state)
         {HTTP_M_POST, "/v1/events/e1/snatch/x", 404, NOT_FOUND},
         {HTTP_M_POST, "/v1/events//snatch", 404, NOT_FOUND},
         {HTTP_M_POST, "/v2/events/e1/snatch", 404, NOT_FOUND},
-        {HTTP_M_PUT, "/admin/events", 404, NOT_FOUND},
+        {HTTP_M_PUT, "/admin/events", 405, NOT_ALLOWED},
         {HTTP_M_PUT, "/admin/events/e1/x", 404, NOT_FOUND},
         {HTTP_M_GET, "/metrics/x", 404, NOT_FOUND},
         {HTTP_M_GET, "/healthzz", 404, NOT_FOUND},
