@@ -241,6 +241,12 @@ static const char *sale_client(sale_t *s)
     return s->client;
 }
 
+static const char *sale_header(const void *req, const char *name, size_t nlen, size_t *iter,
+                               size_t *vlen)
+{
+    return http_header(req, name, nlen, iter, vlen);
+}
+
 /* The policy's admit(): 0 admitted, or -1 when it refused (answered and finished then). */
 static int admit(sale_t *s)
 {
@@ -248,7 +254,9 @@ static int admit(sale_t *s)
                              .user = s->user,
                              .qty = s->qty,
                              .client = sale_client(s),
-                             .now_ms = util_now_ms()};
+                             .now_ms = util_now_ms(),
+                             .header = sale_header,
+                             .header_ctx = s->req};
     script_verdict_t v;
     script_admit(s->w->script, &ar, &v);
     s->admitted = true;
