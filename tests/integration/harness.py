@@ -295,6 +295,236 @@ class NatsServer:
         self.stop()
 
 
+def redis_key_slot(key):
+    """The Redis Cluster slot of key: CRC16 (XMODEM) of the {hash tag} if there is a non-empty one,
+    of the whole key otherwise, modulo 16384 (the cluster spec's definition)."""
+    k = key.encode() if isinstance(key, str) else key
+    s = k.find(b"{")
+    if s >= 0:
+        e = k.find(b"}", s + 1)
+        if e > s + 1:
+            k = k[s + 1:e]
+    crc = 0
+    for b in k:
+        crc ^= b << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc % 16384
+
+
+class RedisCluster:
+    """masters x (1 + replicas) redis-servers in cluster mode on loopback ports, formed with
+    `redis-cli --cluster create`. Nodes are RedisServer objects (kill9/stop/start each one; a node
+    restarted on its port and dir rejoins with its nodes.conf). extra: more arguments for every
+    node (e.g. min-replicas-to-write)."""
+
+    def __init__(self, workdir, masters=3, replicas=1, node_timeout_ms=1000, aof_always=False,
+                 extra=()):
+        self.workdir = workdir
+        self.n_masters = masters
+        self.replicas = replicas
+        args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(node_timeout_ms),
+                # A replica's first sync starts at once instead of after the default 5 s.
+                "--repl-diskless-sync-delay", "0",
+                # CLUSTER SLOTS lists a replica only once its offset is non-zero: the master's
+                # ping (every 10 s by default) is what first moves it.
+                "--repl-ping-replica-period", "1"] + list(extra)
+        # The bus port is set, not left at port + 10000, which may be above 65535 or taken.
+        self.nodes = [RedisServer(workdir, aof_always=aof_always,
+                                  extra=args + ["--cluster-port", str(free_port())])
+                      for _ in range(masters * (1 + replicas))]
+
+    @property
+    def seeds(self):
+        """What snatch's --redis takes: a comma list of every node."""
+        return ",".join("127.0.0.1:%d" % n.port for n in self.nodes)
+
+    def start(self):
+        for n in self.nodes:
+            n.start()
+        argv = ["redis-cli", "--cluster", "create"] + ["127.0.0.1:%d" % n.port for n in self.nodes]
+        argv += ["--cluster-replicas", str(self.replicas), "--cluster-yes"]
+        p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        if p.returncode != 0:
+            raise RuntimeError("redis-cli --cluster create: %s" % p.stdout.decode()[-2000:])
+        self.wait_ok()
+        return self
+
+    def alive_nodes(self):
+        return [n for n in self.nodes if n.proc is not None and n.proc.alive()]
+
+    def node(self, port):
+        return next(n for n in self.nodes if n.port == port)
+
+    def _info(self, n, section):
+        text = n.cmd("INFO", section) if section != "cluster" else n.cmd("CLUSTER", "INFO")
+        return dict(line.split(":", 1) for line in text.split("\r\n") if ":" in line)
+
+    def slots(self, via=None):
+        """[(start, end, master_port, [replica ports])] as a live node (or via) sees it."""
+        for n in ([via] if via else self.alive_nodes()):
+            try:
+                out = []
+                for r in n.cmd("CLUSTER", "SLOTS"):
+                    out.append((int(r[0]), int(r[1]), int(r[2][1]), [int(x[1]) for x in r[3:]]))
+                return out
+            except (OSError, RuntimeError):
+                continue
+        raise RuntimeError("no live cluster node answers CLUSTER SLOTS")
+
+    def master_for_key(self, key):
+        """The RedisServer that owns key's slot now."""
+        slot = redis_key_slot(key)
+        for start, end, port, _ in self.slots():
+            if start <= slot <= end:
+                return self.node(port)
+        raise RuntimeError("slot %d not covered" % slot)
+
+    def replicas_of(self, master):
+        for _, _, port, reps in self.slots():
+            if port == master.port:
+                return [self.node(p) for p in reps]
+        return []
+
+    def masters(self):
+        return [self.node(p) for p in sorted({s[2] for s in self.slots()})]
+
+    def wait_ok(self, timeout=30.0):
+        """Every live node says cluster_state:ok and all 16384 slots are assigned to live masters;
+        with every node up, each master also has its replicas attached and in sync (replication is
+        what a failover relies on)."""
+        def ok():
+            try:
+                for n in self.alive_nodes():
+                    if self._info(n, "cluster").get("cluster_state") != "ok":
+                        return False
+                live = {n.port for n in self.alive_nodes()}
+                covered = 0
+                for start, end, port, _ in self.slots():
+                    if port not in live:
+                        return False
+                    covered += end - start + 1
+                    if len(live) < len(self.nodes):
+                        continue  # a node is down: its master has fewer replicas, by design
+                    rep = self._info(self.node(port), "replication")
+                    up = sum(1 for k, v in rep.items() if k.startswith("slave") and "state=online" in v)
+                    if up < self.replicas or len(self.replicas_of(self.node(port))) < self.replicas:
+                        return False
+                return covered == 16384
+            except (OSError, RuntimeError, StopIteration):
+                return False
+        wait_until(ok, timeout, 0.1, "redis cluster state ok")
+
+    def keys_for_masters(self, prefix="ev"):
+        """One event name per master, each hashing ({name}) to a different master."""
+        found = {}
+        ranges = self.slots()
+        i = 0
+        while len(found) < len(ranges):
+            name = "%s%d" % (prefix, i)
+            slot = redis_key_slot("{%s}" % name)
+            for start, end, port, _ in ranges:
+                if start <= slot <= end and port not in found:
+                    found[port] = name
+            i += 1
+        return [found[p] for p in sorted(found)]
+
+    def stop(self):
+        for n in self.nodes:
+            try:
+                n.stop()
+            except Exception:
+                n.kill9()
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class NatsCluster:
+    """n nats-servers forming one JetStream cluster over loopback routes. Nodes are NatsServer
+    objects (kill9/stop/start each; a node restarted keeps its store and name)."""
+
+    def __init__(self, workdir, n=3, extra=()):
+        self.cluster_ports = [free_port() for _ in range(n)]
+        routes = ",".join("nats://127.0.0.1:%d" % p for p in self.cluster_ports)
+        self.nodes = []
+        for i, cp in enumerate(self.cluster_ports):
+            args = ["--server_name", "n%d" % (i + 1), "--cluster_name", "snatch",
+                    "--cluster", "nats://127.0.0.1:%d" % cp, "--routes", routes] + list(extra)
+            self.nodes.append(NatsServer(workdir, extra=args))
+
+    @property
+    def urls(self):
+        """What snatch's --nats takes: a comma list of every node."""
+        return ",".join(n.url for n in self.nodes)
+
+    def alive_nodes(self):
+        return [n for n in self.nodes if n.proc is not None and n.proc.alive()]
+
+    def by_name(self, name):
+        return self.nodes[int(name[1:]) - 1]
+
+    def start(self):
+        for n in self.nodes:
+            n.start()
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=30.0):
+        """JetStream answers on every live node (a meta leader was elected)."""
+        def ok():
+            try:
+                for n in self.alive_nodes():
+                    info = json.loads(n.request("$JS.API.INFO", timeout=2.0))
+                    if "error" in info:
+                        return False
+                return True
+            except (OSError, ValueError):
+                return False
+        wait_until(ok, timeout, 0.2, "JetStream cluster ready")
+
+    def stream_info(self, stream="ORDERS"):
+        last = None
+        for n in self.alive_nodes():
+            try:
+                return n.stream_info(stream)
+            except (OSError, ValueError) as e:
+                last = e
+        raise RuntimeError("no live NATS node answers stream info: %s" % last)
+
+    def stream_leader(self, stream="ORDERS"):
+        """The NatsServer leading stream now, or None while it has no leader."""
+        info = self.stream_info(stream)
+        name = (info.get("cluster") or {}).get("leader")
+        return self.by_name(name) if name else None
+
+    def stop(self):
+        for n in self.nodes:
+            try:
+                n.stop()
+            except Exception:
+                n.kill9()
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
 class Subscriber:
     def __init__(self, workdir, nats_url, db_path=None, batch=None, extra=()):
         self.db = db_path or os.path.join(workdir, "orders.db")
@@ -346,6 +576,11 @@ class Subscriber:
         self.stop()
 
 
+def _redis_addr(redis):
+    """--redis's value: a port of 127.0.0.1, or an address list given as it is (a cluster's seeds)."""
+    return redis if isinstance(redis, str) else "127.0.0.1:%d" % redis
+
+
 class Host:
     def __init__(self, workdir, redis_port, nats_url, policy=None, threads=2, host_id="h1",
                  hosts=1, port=None, extra=(), query_user=True):
@@ -356,7 +591,7 @@ class Host:
         with open(self.token_file, "w") as f:
             f.write(ADMIN_TOKEN + "\n")
         self.argv = [binary("snatch-host"), "--listen", "127.0.0.1:%d" % self.port,
-                     "--threads", str(threads), "--redis", "127.0.0.1:%d" % redis_port,
+                     "--threads", str(threads), "--redis", _redis_addr(redis_port),
                      "--nats", nats_url, "--host-id", host_id, "--hosts", str(hosts),
                      "--admin-token-file", self.token_file] + list(extra) + [self.policy]
         if query_user:
@@ -444,7 +679,11 @@ class Stack:
     (by PID) on exit and the temp dir removed."""
 
     def __init__(self, hosts=1, threads=2, policy=None, aof_always=False, subscriber=True,
-                 host_extra=(), query_user=True, redis_extra=(), sub_extra=()):
+                 host_extra=(), query_user=True, redis_extra=(), sub_extra=(),
+                 redis_cluster=None, nats_cluster=None):
+        """redis_cluster / nats_cluster: keyword arguments of RedisCluster / NatsCluster (a dict,
+        {} for the defaults) to run on a cluster instead of one server; self.redis / self.nats
+        are then the cluster objects."""
         self.tmp = TempDir()
         self.n_hosts = hosts
         self.threads = threads
@@ -455,18 +694,27 @@ class Stack:
         self.query_user = query_user
         self.redis_extra = redis_extra
         self.sub_extra = sub_extra
+        self.redis_cluster = redis_cluster
+        self.nats_cluster = nats_cluster
         self.redis = self.nats = self.sub = None
         self.hosts = []
 
     def __enter__(self):
         try:
-            self.redis = RedisServer(self.tmp.path, aof_always=self.aof_always,
-                                     extra=self.redis_extra).start()
-            self.nats = NatsServer(self.tmp.path).start()
+            if self.redis_cluster is not None:
+                self.redis = RedisCluster(self.tmp.path, aof_always=self.aof_always,
+                                          **self.redis_cluster).start()
+            else:
+                self.redis = RedisServer(self.tmp.path, aof_always=self.aof_always,
+                                         extra=self.redis_extra).start()
+            if self.nats_cluster is not None:
+                self.nats = NatsCluster(self.tmp.path, **self.nats_cluster).start()
+            else:
+                self.nats = NatsServer(self.tmp.path).start()
             if self.with_subscriber:
-                self.sub = Subscriber(self.tmp.path, self.nats.url, extra=self.sub_extra).start()
+                self.sub = Subscriber(self.tmp.path, self.nats_url, extra=self.sub_extra).start()
             for i in range(self.n_hosts):
-                h = Host(self.tmp.path, self.redis.port, self.nats.url, policy=self.policy,
+                h = Host(self.tmp.path, self.redis_addr, self.nats_url, policy=self.policy,
                          threads=self.threads, host_id="h%d" % (i + 1), hosts=self.n_hosts,
                          extra=self.host_extra, query_user=self.query_user)
                 self.hosts.append(h.start())
@@ -479,9 +727,19 @@ class Stack:
     def host(self):
         return self.hosts[0]
 
+    @property
+    def redis_addr(self):
+        """--redis's value for this stack's Redis (one server's port, or a cluster's seeds)."""
+        return self.redis.seeds if isinstance(self.redis, RedisCluster) else self.redis.port
+
+    @property
+    def nats_url(self):
+        """--nats's value for this stack's NATS (one URL, or a cluster's comma list)."""
+        return self.nats.urls if isinstance(self.nats, NatsCluster) else self.nats.url
+
     def reconcile(self, *args, timeout=120):
-        argv = [binary("snatch-reconcile"), "--redis", "127.0.0.1:%d" % self.redis.port,
-                "--nats", self.nats.url, "--db", self.sub.db if self.sub else
+        argv = [binary("snatch-reconcile"), "--redis", _redis_addr(self.redis_addr),
+                "--nats", self.nats_url, "--db", self.sub.db if self.sub else
                 os.path.join(self.tmp.path, "orders.db")] + list(args)
         p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
         return p.returncode, p.stdout.decode("utf-8", "replace")
