@@ -206,7 +206,8 @@ static const struct {
                 {"limit_reached", DEDUCT_LIMIT_REACHED},
                 {"unknown_event", DEDUCT_UNKNOWN_EVENT},
                 {"expired", DEDUCT_EXPIRED},
-                {"repairing", DEDUCT_REPAIRING}};
+                {"repairing", DEDUCT_REPAIRING},
+                {"paused", DEDUCT_PAUSED}};
 
 /* One buyer's reply (an element of the batch's array) into a result; id holds the order id,
  * verdict the verdict's text (the detail of a bad reply). */
@@ -247,6 +248,9 @@ static void decode_one(const redisReply *r, deduct_result_t *res, char *id, char
     case DEDUCT_LIMIT_REACHED:
         res->held = redis_reply_int(r, 1);
         res->gen = redis_reply_int(r, 2);
+        return;
+    case DEDUCT_PAUSED:
+        res->gen = redis_reply_int(r, 1);
         return;
     default:
         return;

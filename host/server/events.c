@@ -38,20 +38,26 @@ void events_read_meta(worker_t *w, const char *event, size_t len, redis_reply_fn
 {
     char key[KEYSPACE_KEY_MAX];
     int n = keyspace_key(key, event, len, KEYSPACE_META);
-    const char *argv[] = {"HMGET", key, "stock", "sold", "limit", "gen"};
-    size_t lens[] = {5, (size_t)n, 5, 4, 5, 3};
-    redis_command(w->redis, fn, data, 6, argv, lens);
+    const char *argv[] = {"HMGET", key, "stock", "sold", "limit", "gen", "paused"};
+    size_t lens[] = {5, (size_t)n, 5, 4, 5, 3, 6};
+    redis_command(w->redis, fn, data, 7, argv, lens);
 }
 
 static stock_event_t *install_from_meta(worker_t *w, const char *event, size_t len,
                                         const redisReply *r)
 {
-    /* r: HMGET {E}:meta stock sold limit gen */
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 4 ||
+    /* r: HMGET {E}:meta stock sold limit gen paused */
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 5 ||
         r->element[0]->type != REDIS_REPLY_STRING)
         return NULL;
-    int64_t stock = redis_reply_int(r, 0), sold = redis_reply_int(r, 1);
-    int64_t limit = redis_reply_int(r, 2), gen = redis_reply_int(r, 3);
+    return events_apply_meta(w, event, len, redis_reply_int(r, 0), redis_reply_int(r, 1),
+                             redis_reply_int(r, 2), redis_reply_int(r, 3),
+                             redis_reply_int(r, 4) == 1);
+}
+
+stock_event_t *events_apply_meta(worker_t *w, const char *event, size_t len, int64_t stock,
+                                 int64_t sold, int64_t limit, int64_t gen, bool paused)
+{
     if (stock < 0)
         return NULL;
     if (sold < 0)
@@ -63,13 +69,14 @@ static stock_event_t *install_from_meta(worker_t *w, const char *event, size_t l
                                        sold, false, &quota);
     if (ev == NULL)
         return NULL;
+    stock_follow(ev, sold >= stock, paused);
     /* Quotas are sized to survive `tolerate` dead hosts; past that, or with uneven traffic, a
      * host can spend its quota while Redis still has stock. Topping it up (at most what Redis
      * has left, at most one quota, once per refresh) means the sale still sells out: Redis
      * keeps it from overselling, and the sold-out flood is still stopped by the sold_out flag. */
     int64_t remaining = stock - sold;
     int64_t grant = remaining < quota ? remaining : quota;
-    if (script_settings(w->script)->refill && remaining > 0 && stock_refill(ev, grant))
+    if (script_settings(w->script)->refill && remaining > 0 && !paused && stock_refill(ev, grant))
         log_info("stock: %s: local quota spent while Redis has %lld left: refilled %lld", event,
                  (long long)remaining, (long long)grant);
     return ev;

@@ -65,8 +65,8 @@ static int n_lua_counters;
 static const char *route_names[ROUTE__COUNT] = {"snatch",      "event",   "admin_event", "order",
                                                 "user_orders", "metrics", "healthz",     "other"};
 static const char *outcome_names[OUTCOME__COUNT] = {
-    "sold",          "pending",  "sold_out_local", "sold_out_redis",
-    "limit_reached", "rejected", "bad_request",    "unavailable"};
+    "sold",     "pending",     "sold_out_local", "sold_out_redis", "limit_reached",
+    "rejected", "bad_request", "unavailable",    "paused"};
 
 void metrics_init(void)
 {

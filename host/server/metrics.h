@@ -28,6 +28,7 @@ typedef enum {
     OUTCOME_REJECTED,       /* policy admit() refused (4xx) */
     OUTCOME_BAD_REQUEST,    /* 400/404 before policy */
     OUTCOME_UNAVAILABLE,    /* 503: Redis or NATS unreachable, nothing deducted */
+    OUTCOME_PAUSED,         /* 409: the sale is paused (locally known or from Redis) */
     OUTCOME__COUNT
 } metrics_outcome_t;
 

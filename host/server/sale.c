@@ -229,6 +229,11 @@ static void on_deducted(const deduct_result_t *r, void *data)
         repair_request(s->event, strlen(s->event));
         sale_fail(s, 503, REPLY_REPAIRING, OUTCOME_UNAVAILABLE);
         return;
+    case DEDUCT_PAUSED:
+        /* Every thread refuses locally from now on; a refresh after the resume lifts it. */
+        stock_mark_paused(s->ev);
+        sale_fail(s, 409, REPLY_PAUSED, OUTCOME_PAUSED);
+        return;
     case DEDUCT_ERROR:
         if (r->err == deduct_err_script)
             log_limited("sale: deduct script error: %s", r->detail);
@@ -253,6 +258,12 @@ static const char *sale_client(sale_t *s)
     return s->client;
 }
 
+static const char *sale_header(const void *req, const char *name, size_t nlen, size_t *iter,
+                               size_t *vlen)
+{
+    return http_header(req, name, nlen, iter, vlen);
+}
+
 /* The policy's admit(): 0 admitted, or -1 when it refused (answered and finished then). */
 static int admit(sale_t *s)
 {
@@ -260,7 +271,9 @@ static int admit(sale_t *s)
                              .user = s->user,
                              .qty = s->qty,
                              .client = sale_client(s),
-                             .now_ms = util_now_ms()};
+                             .now_ms = util_now_ms(),
+                             .header = sale_header,
+                             .header_ctx = s->req};
     script_verdict_t v;
     script_admit(s->w->script, &ar, &v);
     s->admitted = true;
@@ -278,6 +291,10 @@ static void sale_continue(sale_t *s)
     worker_t *w = s->w;
     stock_event_t *ev = s->ev;
     stock_verdict_t sv = stock_check(ev, s->qty);
+    if (sv == STOCK_PAUSED) {
+        sale_refuse(s, 409, REPLY_PAUSED, OUTCOME_PAUSED);
+        return;
+    }
     if (sv != STOCK_OK) {
         sale_refuse(s, 409, sv == STOCK_INSUFFICIENT ? REPLY_INSUFFICIENT_STOCK : REPLY_SOLD_OUT,
                     OUTCOME_SOLD_OUT_LOCAL);
@@ -292,7 +309,9 @@ static void sale_continue(sale_t *s)
         return;
     }
     if (stock_reserve(ev, s->qty) != 0) {
-        sale_refuse(s, 409, REPLY_SOLD_OUT, OUTCOME_SOLD_OUT_LOCAL);
+        bool paused = stock_check(ev, s->qty) == STOCK_PAUSED; /* paused while admit() ran */
+        sale_refuse(s, 409, paused ? REPLY_PAUSED : REPLY_SOLD_OUT,
+                    paused ? OUTCOME_PAUSED : OUTCOME_SOLD_OUT_LOCAL);
         return;
     }
     deduct(s);
