@@ -27,8 +27,8 @@ typedef enum {
     DEDUCT_UNKNOWN_EVENT,
     DEDUCT_EXPIRED,
     DEDUCT_REPAIRING, /* the node serving the event has not verified it yet: nothing deducted */
-    DEDUCT_PAUSED,         /* the sale is paused (POST /admin/events/E/pause): no change */
-    DEDUCT_ERROR,          /* nothing deducted: not sent, timeout, error reply, bad reply */
+    DEDUCT_PAUSED,    /* the sale is paused (POST /admin/events/E/pause): no change */
+    DEDUCT_ERROR,     /* nothing deducted: not sent, timeout, error reply, bad reply */
     DEDUCT_UNKNOWN_OUTCOME /* the connection died after the batch was sent: it may have run */
 } deduct_verdict_t;
 
