@@ -635,8 +635,9 @@ class Host:
         finally:
             conn.close()
 
-    def create_event(self, event, stock, per_user_limit=1):
-        st, body = self.request("PUT", "/admin/events/" + event,
+    def create_event(self, event, stock, per_user_limit=1, reset=False):
+        """PUT /admin/events/<event>; an existing event needs reset=True (?reset=1)."""
+        st, body = self.request("PUT", "/admin/events/" + event + ("?reset=1" if reset else ""),
                                 body=json.dumps({"stock": stock, "per_user_limit": per_user_limit}),
                                 headers={"Authorization": "Bearer " + ADMIN_TOKEN,
                                          "Content-Type": "application/json"})
