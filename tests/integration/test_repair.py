@@ -69,7 +69,8 @@ def deduct_on(r, event, user):
     with open(os.path.join(SOURCE_DIR, "lua", "deduct.lua")) as f:
         src = f.read()
     keys = ["{%s}:%s" % (event, k) for k in ("meta", "users", "orders", "uorders", "pending")]
-    return r.cmd("EVAL", src, 5, *keys, event, "probe", 0, 1, user, 1)
+    # event, host, deadline, n, hold_ms, keep, idempotency window; then user, qty, key
+    return r.cmd("EVAL", src, 5, *keys, event, "probe", 0, 1, 0, 0, 3600000, user, 1, "")
 
 
 def metric(host, name):
