@@ -446,5 +446,48 @@ def hosts_killed_while_releasing_expired_holds():
         assert code == 0, out
 
 
+@suite.case
+def repair_replays_holds_and_transitions():
+    """--redis-repair: a node that lost the event's orders and one cancel gets them back from
+    stream ORDERS. Transition messages are not orders; a held order is restored as its persisted
+    transitions say (paid and held count in sold, cancelled does not); a cancel this node lost
+    is applied to the order it still has held."""
+    with life_stack(60000, extra=["--redis-repair"]) as st:
+        h, r = st.host, st.redis
+        h.create_event("rh", 10, per_user_limit=5)
+        ids = {}
+        for u in ("alice", "bob", "carol", "dave"):
+            s, b = snatch(h, "rh", u)
+            assert s == 200 and b["status"] == "held", (s, b)
+            ids[u] = b["order_id"]
+        assert pay(h, ids["alice"])[0] == 200
+        assert cancel(h, ids["bob"], "bob")[0] == 200
+        assert cancel(h, ids["carol"], "carol")[0] == 200
+        assert meta(st, "rh")["sold"] == "2"
+        wait_until(lambda: len(history(st, "rh")) == 4 and r.cmd("HLEN", "{rh}:tpending") == 0
+                   and r.cmd("HLEN", "{rh}:pending") == 0, 20, what="everything persisted")
+        # The node "loses" every order but carol's, which it still has held (her cancel lost).
+        until = r.cmd("HGET", "{rh}:state", ids["dave"]).split()[1]
+        rec = r.cmd("HGET", "{rh}:orders", ids["carol"])
+        r.cmd("DEL", "{rh}:orders", "{rh}:users", "{rh}:uorders", "{rh}:state", "{rh}:holds")
+        r.cmd("HSET", "{rh}:orders", ids["carol"], rec)
+        r.cmd("HSET", "{rh}:state", ids["carol"], "held %s 0 1 carol" % until)
+        r.cmd("ZADD", "{rh}:holds", until, ids["carol"])
+        r.cmd("HSET", "{rh}:users", "carol", "1")
+        r.cmd("HSET", "{rh}:meta", "sold", "1", "owner", "0123456789abcdef")
+        assert snatch(h, "rh", "erin")[0] == 503  # repairing: the repair starts
+        run_id = r.cmd("INFO", "server").split("run_id:")[1].split()[0]
+        wait_until(lambda: meta(st, "rh").get("owner") == run_id, 20, what="repaired")
+        m = meta(st, "rh")
+        assert m["sold"] == "2", m  # alice paid, dave held; bob and carol released
+        assert redis_states(st, "rh") == {ids["alice"]: "paid", ids["bob"]: "cancelled",
+                                          ids["carol"]: "cancelled", ids["dave"]: "held"}
+        assert r.cmd("ZRANGE", "{rh}:holds", 0, -1) == [ids["dave"]]
+        users = r.cmd("HGETALL", "{rh}:users")
+        assert dict(zip(users[::2], users[1::2])) == {"alice": "1", "dave": "1"}, users
+        assert pay(h, ids["dave"])[0] == 200
+        assert snatch(h, "rh", "erin")[0] == 200
+
+
 if __name__ == "__main__":
     suite.run()
