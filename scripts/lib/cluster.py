@@ -62,22 +62,24 @@ def load(d):
         return None
 
 
-def cmdline(pid):
+def start_time(pid):
+    """The process's start time (clock ticks since boot, /proc/PID/stat field 22), or None: with
+    the PID it names one process, never a later one that reuses the PID."""
     try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            return f.read().split(b"\0")[0].decode()
-    except OSError:
+        with open("/proc/%d/stat" % pid) as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
         return None
 
 
 def alive(p):
-    """The recorded process still runs (same PID, same program: a reused PID is not ours)."""
-    c = cmdline(p["pid"])
-    return c is not None and os.path.basename(c) == os.path.basename(p["argv0"])
+    """The recorded process still runs (same PID and start time: a reused PID is not ours)."""
+    return start_time(p["pid"]) == p["start"]
 
 
 def record(kind, name, proc, port, d, **extra):
-    return dict(kind=kind, name=name, pid=proc.pid, argv0=proc.argv[0], port=port, dir=d, **extra)
+    return dict(kind=kind, name=name, pid=proc.pid, start=start_time(proc.pid), port=port, dir=d,
+                **extra)
 
 
 def up(args):
