@@ -824,7 +824,9 @@ class Stack:
                 h = Host(self.tmp.path, self.redis_addr, self.nats_url, policy=self.policy,
                          threads=self.threads, host_id="h%d" % (i + 1), hosts=self.n_hosts,
                          extra=self.host_extra, query_user=self.query_user)
-                self.hosts.append(h.start())
+                # Listed before it starts: one that never gets healthy is still stopped on exit.
+                self.hosts.append(h)
+                h.start()
             return self
         except BaseException:
             self.__exit__(*sys.exc_info())
