@@ -116,8 +116,9 @@ def up(args):
         save()
         sub_dir = os.path.join(d, "subscriber")
         os.makedirs(sub_dir, exist_ok=True)
-        sub = Subscriber(sub_dir, nc.urls).start()
+        sub = Subscriber(sub_dir, nc.urls)
         started.append(sub)
+        sub.start()
         procs.append(record("subscriber", "subscriber", sub.proc, None, sub_dir, db=sub.db))
         save()
         token = secrets.token_hex(24)
@@ -131,8 +132,8 @@ def up(args):
                 f.write(token + "\n")
             os.chmod(h.token_file, 0o600)
             # Started without waiting, all three at once: each waits for the clusters alone.
-            h.start(wait_ready=False)
             started.append(h)
+            h.start(wait_ready=False)
             hosts.append(h)
             procs.append(record("host", "host-h%d" % (i + 1), h.proc, h.port, hd))
         save()
@@ -140,8 +141,8 @@ def up(args):
             harness.wait_until(lambda: h.request("GET", "/healthz")[0] == 200, 30,
                                what="host %s /healthz 200" % h.host_id)
         lb = Nginx(d, [h.port for h in hosts], port=args.port, workers=2)
-        lb.start()
         started.append(lb)
+        lb.start()
         procs.append(record("nginx", "nginx", lb.proc, lb.port, lb.dir))
         save(url="http://127.0.0.1:%d" % lb.port, seeds=rc.seeds, nats=nc.urls, db=sub.db,
              token_file=hosts[0].token_file,
