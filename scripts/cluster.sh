@@ -16,7 +16,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 case "${1:-}" in
   up) exec setsid python3 "$ROOT/scripts/lib/cluster.py" "$@" ;;  # servers in their own session
-  down|status|env) exec python3 "$ROOT/scripts/lib/cluster.py" "$@" ;;
+  down|status|env|events) exec python3 "$ROOT/scripts/lib/cluster.py" "$@" ;;
   -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
   *) echo "cluster.sh: up|down|status (see --help)" >&2; exit 2 ;;
 esac

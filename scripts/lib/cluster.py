@@ -7,6 +7,7 @@ and the tests start the same thing the same way.
     cluster.py status --dir DIR                            each process, the Redis cluster, the
                                                            ORDERS stream, the hosts' health
     cluster.py env    --dir DIR                            shell assignments for scripts
+    cluster.py events --dir DIR [--prefix P]               one event name per Redis master
 
 Loopback only: 6 redis-servers (3 masters, 3 replicas, min-replicas-to-write 1), 3 nats-servers
 (one JetStream cluster), 3 snatch-hosts, nginx (examples/nginx/snatch.conf) in front, the
@@ -262,14 +263,34 @@ def env(args):
     print("CLUSTER_NATS=%s" % st["nats"])
 
 
+def events(args):
+    """One event name per master (prefix + a number): names whose {tag} hashes to each master's
+    slots, to spread a benchmark's events over the shards."""
+    d = os.path.abspath(args.dir)
+    st = load(d)
+    node = next(p for p in st["procs"] if p["kind"] == "redis" and alive(p))
+    n = harness.RedisServer.__new__(harness.RedisServer)
+    n.port, n.auth = node["port"], ()
+    ranges = [(r[0], r[1], r[2][1]) for r in n.cmd("CLUSTER", "SLOTS")]
+    found, i = {}, 0
+    while len({p for _, _, p in ranges}) > len(found):
+        name = "%s%d" % (args.prefix, i)
+        slot = harness.redis_key_slot("{%s}" % name)
+        port = next(p for a, b, p in ranges if a <= slot <= b)
+        found.setdefault(port, name)
+        i += 1
+    print(" ".join(found[p] for p in sorted(found)))
+
+
 def main():
     ap = argparse.ArgumentParser(prog="cluster.sh")
-    ap.add_argument("cmd", choices=["up", "down", "status", "env"])
+    ap.add_argument("cmd", choices=["up", "down", "status", "env", "events"])
+    ap.add_argument("--prefix", default="ev", help="events: name prefix")
     ap.add_argument("--dir", default=os.environ.get("SNATCH_CLUSTER_DIR", "/tmp/snatch-cluster"))
     ap.add_argument("--port", type=int, default=None, help="nginx's port (default: a free one)")
     ap.add_argument("--threads", type=int, default=1, help="loop threads per host (default 1)")
     args = ap.parse_args()
-    {"up": up, "down": down, "status": status, "env": env}[args.cmd](args)
+    {"up": up, "down": down, "status": status, "env": env, "events": events}[args.cmd](args)
 
 
 if __name__ == "__main__":
