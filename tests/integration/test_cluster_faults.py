@@ -397,6 +397,7 @@ def partition_split_brain_nftables():
 
 if __name__ == "__main__":
     require_cluster_flags()
+    nft_delete()  # left by a run that was killed (SIGKILL cannot be caught)
     atexit.register(nft_delete)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
