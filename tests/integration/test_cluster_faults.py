@@ -44,6 +44,8 @@ HOST_EXTRA = ["--trusted-proxy", "127.0.0.1", "--redis-timeout-ms", "500", "--ac
               "1000", "--redis-replicas", "0" if BROKEN else "1", "--orders-replicas", "3"]
 SLOW = 40  # buyers per second while the fault lasts
 NFT_TABLE = "snatch_test_cluster_faults"
+with open(Nginx.CONF) as _f:
+    NGINX_FAIL_TIMEOUT = int(re.search(r"fail_timeout=(\d+)s", _f.read()).group(1))
 
 suite = Suite()
 
@@ -174,10 +176,10 @@ def finish(st, ev, crowd, fault, times):
     return res
 
 
-def start_sale(st, ev):
+def start_sale(st, ev, rate=SLOW):
     st.host.create_event(ev, STOCK)
     crowd = PacedCrowd([st.lb], ev, ["%s%d" % (ev, i) for i in range(BUYERS)], threads=12,
-                       stop_at=time.time() + 150, rate=SLOW).start()
+                       stop_at=time.time() + 240, rate=rate).start()
     wait_sold_cluster(st, ev, STOCK // 10)
     return crowd
 
@@ -335,7 +337,8 @@ def host_kill9_behind_nginx():
 def rolling_sigterm_restart():
     with ClusterStack() as st:
         rc, nc, ev = st.redis, st.nats, "rr"
-        crowd = start_sale(st, ev)
+        # Slower still: the restart lasts 30-60 s and the sale must outlast it.
+        crowd = start_sale(st, ev, rate=SLOW // 2)
         times = {"fault": time.time()}
         for n in list(rc.nodes):
             was_master = n.port in {m.port for m in rc.masters()}
@@ -355,13 +358,18 @@ def rolling_sigterm_restart():
         times["nats_done"] = time.time()
         st.sub.stop()
         st.sub.start()
+        times["subscriber_done"] = time.time()
         for h in st.hosts:
             assert h.stop() == 0, "host %s did not exit 0 on SIGTERM" % h.host_id
             h.start()
+            # The refused connects of its restart took it out of nginx's pool for fail_timeout:
+            # stopping the next before it is back may leave nginx with no host at all.
+            time.sleep(NGINX_FAIL_TIMEOUT + 0.5)
         times["hosts_done"] = time.time()
         # Every sale of the rolling restart counts: it must still be going on.
         assert sold_or(st, ev) < STOCK, "sold out before the restart was over: slow SLOW down"
         finish(st, ev, crowd, "rolling SIGTERM restart, all", times)
+        assert "no live upstreams" not in st.lb.error_log(), "nginx had no host left"
 
 
 def partition_case(label, ev, clients):
