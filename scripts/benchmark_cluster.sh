@@ -2,7 +2,7 @@
 # The one-machine cluster (scripts/cluster.sh: 6 Redis, 3 NATS, 3 hosts, nginx) next to a single
 # node (one redis-server, one nats-server, one host), selling at full speed (huge stock, a new
 # buyer per request, snatch-bench -m POST), and nginx `return 409` measured the same way in the
-# same run as the yardstick. Everything shares this machine's cores: the cluster runs nine
+# same run as the yardstick. Everything shares this machine's cores: the cluster runs twelve
 # servers plus nginx where the single node runs three, so this shows what the cluster costs
 # here, not how it scales (docs/CLUSTER.md says how it does).
 #

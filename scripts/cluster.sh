@@ -9,7 +9,7 @@
 #   scripts/cluster.sh down   [--dir DIR]     stops exactly the recorded PIDs (files are kept)
 #     --dir DIR      state dir (default $SNATCH_CLUSTER_DIR or /tmp/snatch-cluster)
 #     --port N       nginx's port for buyers (default: a free one, printed)
-#     --threads N    loop threads per host (default 1: nine servers share this machine)
+#     --threads N    loop threads per host (default 1: twelve servers share this machine)
 # Build first (scripts/setup.sh: it installs what is needed, nginx included). The start-up code
 # is the test harness's (scripts/lib/cluster.py drives tests/integration/harness.py).
 set -euo pipefail
