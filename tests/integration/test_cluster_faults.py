@@ -403,6 +403,52 @@ def partition_split_brain_nftables():
     partition_case("nftables: split brain (hosts reach old master)", "sb", clients=True)
 
 
+@suite.case
+def cluster_sh_up_status_down():
+    """scripts/cluster.sh: up starts the whole cluster, a sale goes through its nginx, status
+    says every process is up, down stops exactly the recorded PIDs."""
+    from harness import SOURCE_DIR, TempDir
+    import json
+    import urllib.request
+    tmp = TempDir()
+    d = os.path.join(tmp.path, "cluster")
+    sh = os.path.join(SOURCE_DIR, "scripts", "cluster.sh")
+
+    def run(*args):
+        p = subprocess.run([sh] + list(args) + ["--dir", d], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=120)
+        return p.returncode, p.stdout
+    try:
+        rc, out = run("up")
+        assert rc == 0, out
+        with open(os.path.join(d, "state.json")) as f:
+            st = json.load(f)
+        pids = [p["pid"] for p in st["procs"]]
+        assert sorted(p["kind"] for p in st["procs"]) == sorted(
+            ["redis"] * 6 + ["nats"] * 3 + ["subscriber"] + ["host"] * 3 + ["nginx"]), st
+        rc, out = run("status")
+        assert rc == 0 and "DOWN" not in out and "cluster_state:ok" in out, out
+        assert "stream ORDERS" in out, out
+        with open(st["token_file"]) as f:
+            token = f.read().strip()
+        req = urllib.request.Request(st["admin_urls"][0] + "/admin/events/sh", method="PUT",
+                                     data=b'{"stock":5,"per_user_limit":1}',
+                                     headers={"Authorization": "Bearer " + token})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200
+        req = urllib.request.Request(st["url"] + "/v1/events/sh/snatch?user=u1", method="POST")
+        with urllib.request.urlopen(req, timeout=20) as r:
+            assert r.status == 200, r.status
+        rc, out = run("down")
+        assert rc == 0, out
+        left = [p for p in pids if os.path.exists("/proc/%d" % p)]
+        assert not left, "still running after down: %s" % left
+    finally:
+        if os.path.exists(os.path.join(d, "state.json")):
+            run("down")
+        tmp.cleanup()
+
+
 if __name__ == "__main__":
     require_cluster_flags()
     nft_delete()  # left by a run that was killed (SIGKILL cannot be caught)
