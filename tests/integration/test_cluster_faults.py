@@ -45,7 +45,8 @@ HOST_EXTRA = ["--trusted-proxy", "127.0.0.1", "--redis-timeout-ms", "500", "--ac
 SLOW = 40  # buyers per second while the fault lasts
 NFT_TABLE = "snatch_test_cluster_faults"
 with open(Nginx.CONF) as _f:
-    NGINX_FAIL_TIMEOUT = int(re.search(r"fail_timeout=(\d+)s", _f.read()).group(1))
+    NGINX_FAIL_TIMEOUT = int(re.search(r"^\s*server 127\.0\.0\.1:\d+ .*fail_timeout=(\d+)s;",
+                                       _f.read(), re.M).group(1))
 
 suite = Suite()
 
@@ -360,8 +361,12 @@ def rolling_sigterm_restart():
         st.sub.start()
         times["subscriber_done"] = time.time()
         for h in st.hosts:
+            t0 = time.time()
             assert h.stop() == 0, "host %s did not exit 0 on SIGTERM" % h.host_id
+            t1 = time.time()
             h.start()
+            print("  host %s: SIGTERM to exit %.2fs, start to /healthz 200 %.2fs" % (
+                h.host_id, t1 - t0, time.time() - t1), flush=True)
             # The refused connects of its restart took it out of nginx's pool for fail_timeout:
             # stopping the next before it is back may leave nginx with no host at all.
             time.sleep(NGINX_FAIL_TIMEOUT + 0.5)
