@@ -17,3 +17,6 @@ add_snatch_unit_test(test_store ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_store.c LI
 # Credentials for Redis (requirepass, ACL user) and NATS (user/password, token, TLS with a CA):
 # host, subscriber and snatch-reconcile against servers started with them; wrong ones -> 503.
 add_snatch_py_test(test_auth integration/test_auth.py TIMEOUT 180)
+
+# host/common/nats_servers.c: --nats's URL list (one parser for every program).
+add_snatch_unit_test(test_nats_servers ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_nats_servers.c LIBS snatch_common)

@@ -655,6 +655,8 @@ static void *fetch_main(void *arg)
         jsErrCode jerr = 0;
         natsStatus s = natsSubscription_Fetch(&list, f->sub, f->c->batch, FETCH_TIMEOUT_MS, &jerr);
         if (s == NATS_OK && list.Count > 0) {
+            if (errors > 0)
+                log_info("subscriber: fetching again after %d failed fetches", errors);
             errors = 0;
             queue_push(&f->q, &list); /* even when stopping: the writer still persists it */
             continue;
@@ -662,8 +664,11 @@ static void *fetch_main(void *arg)
         natsMsgList_Destroy(&list);
         if (s == NATS_OK || s == NATS_TIMEOUT)
             continue;
+        /* On a cluster: while the consumer's leader is elected again (seconds), then the
+         * fetches go on; a run of failures binds the consumer again (resubscribe). */
         if (errors++ == 0)
-            log_warn("subscriber: fetch: %s (%d)", natsStatus_GetText(s), (int)jerr);
+            log_warn("subscriber: fetch: %s (%d): %s; retrying", natsStatus_GetText(s), (int)jerr,
+                     nats_GetLastError(NULL));
         sleep_ms(FETCH_TIMEOUT_MS);
         if (errors >= RESUBSCRIBE_AFTER_ERRORS) {
             if (!resubscribe(f))

@@ -66,35 +66,41 @@ def attached(st):
     return out
 
 
-def leader_name(node, timeout=0.5):
-    """The stream leader's name as node sees it; None while there is none or node is mute."""
+STREAM = ("$JS.API.STREAM.INFO.ORDERS", "$JS.API.STREAM.LEADER.STEPDOWN.ORDERS")
+CONSUMER = ("$JS.API.CONSUMER.INFO.ORDERS.snatch-subscriber",
+            "$JS.API.CONSUMER.LEADER.STEPDOWN.ORDERS.snatch-subscriber")
+
+
+def leader_name(node, timeout=0.5, api=STREAM):
+    """The stream's (or consumer's) leader as node sees it; None while there is none or node is
+    mute."""
     try:
-        info = json.loads(node.request("$JS.API.STREAM.INFO.ORDERS", timeout=timeout))
+        info = json.loads(node.request(api[0], timeout=timeout))
     except (OSError, ValueError):
         return None
     return (info.get("cluster") or {}).get("leader") or None
 
 
-def current_leader(st):
+def current_leader(st, api=STREAM):
     for n in st.nats.alive_nodes():
-        name = leader_name(n, timeout=2.0)
+        name = leader_name(n, 2.0, api)
         if name:
             return st.nats.by_name(name)
     return None
 
 
-def move_leader(st, want, tries=8):
-    """Asks the stream's leader to step down until want(leader) holds (JetStream 2.9 picks the
-    next leader itself). Returns the leader then, or None when it never held."""
+def move_leader(st, want, tries=8, api=STREAM):
+    """Asks the stream's (or consumer's) leader to step down until want(leader) holds (JetStream
+    2.9 picks the next leader itself). Returns the leader then, or None when it never held."""
     for _ in range(tries):
-        lead = wait_until(lambda: current_leader(st), 20, 0.1, "a stream leader")
+        lead = wait_until(lambda: current_leader(st, api), 20, 0.1, "a leader")
         if want(lead):
             return lead
         try:
-            lead.request("$JS.API.STREAM.LEADER.STEPDOWN.ORDERS", timeout=5.0)
+            lead.request(api[1], timeout=5.0)
         except OSError:
             pass
-        wait_until(lambda: (current_leader(st) or lead) is not lead, 20, 0.1, "a new leader")
+        wait_until(lambda: (current_leader(st, api) or lead) is not lead, 20, 0.1, "a new leader")
     return None
 
 
@@ -149,11 +155,18 @@ def run_case(name, ev, prepare, fault, check):
         st.host.create_event(ev, STOCK)
         info = st.nats.stream_info()
         assert info["config"]["num_replicas"] == 3, info["config"]
+        # The subscriber bound its durable consumer (replicated like the stream) before the fault.
+        wait_until(lambda: "subscriber: consuming" in st.sub.proc.log_text(), 30, 0.05,
+                   "the subscriber to consume")
+        cinfo = json.loads(st.nats.nodes[0].request(CONSUMER[0]))
+        assert cinfo["config"].get("num_replicas", 0) in (0, 3) and len(
+            cinfo["cluster"].get("replicas", [])) == 2, cinfo
         target = prepare(st)
         assert target is not None, "could not arrange the case: %r" % attached(st)
         att = attached(st)
         on_target = att.get(target.port, [])
         old_leader = current_leader(st)
+        consumer_leader = current_leader(st, CONSUMER)
         crowd = MultiCrowd(st.hosts, ev, users(ev), threads=12, stop_at=time.time() + 90).start()
         wait_sold(st, ev, STOCK // 10)
         watch = LeaderWatch(st, old_leader).start()
@@ -164,10 +177,10 @@ def run_case(name, ev, prepare, fault, check):
         new_leader_s = (watch.t - t_fault) if watch.t else float("nan")
         first_ok = first_200_after(answers, t_fault)
         slowest = longest(answers)
-        note = ("on_node=%s leader_was=%s new_leader_after=%.2fs first_200_after=%.2fs "
+        note = ("on_node=%s leader_was=%s consumer_leader_was=%s new_leader_after=%.2fs first_200_after=%.2fs "
                 "202_after=%d 503_after=%d 503_window=%.2fs max_request=%.2fs" % (
                     "+".join(on_target) or "-", "hit" if target is old_leader else "other",
-                    new_leader_s, first_ok, count(answers, 202, t_fault),
+                    "hit" if target is consumer_leader else "other", new_leader_s, first_ok, count(answers, 202, t_fault),
                     count(answers, 503, t_fault), window(answers, 503, t_fault), slowest))
         res = verify(st, ev, STOCK, answers, name, note=note)
         assert slowest <= BOUND_S, "a request took %.2fs (bound %.1fs): a blocked loop?" % (
@@ -211,6 +224,8 @@ def kill9_non_leader_node_with_clients():
         for _ in range(6):
             n = pick()
             if n is not None:
+                # The subscriber's consumer loses its leader too: it must ride through that.
+                move_leader(st, lambda x, n=n: x is n, api=CONSUMER)
                 return n
             # Everything sits on the leader: move the leadership away.
             lead = current_leader(st)
