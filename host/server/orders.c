@@ -42,6 +42,9 @@
  * ENSURE_WAIT_MS + ENSURE_LEADERLESS_MS of the election. A creation slower than ENSURE_WAIT_MS
  * is only seen by the next check. */
 #define ENSURE_WAIT_MS 500
+/* The longest wait for one publish attempt's answer before it is made again (see
+ * attempt_wait). */
+#define ATTEMPT_MAX_MS 1000
 #define ENSURE_LEADERLESS_MS 100
 #define RESYNC_MS 1000
 #define REOPEN_BACKOFF_MIN_MS 500
@@ -610,12 +613,15 @@ static int lane_js(orders_lane_t *l)
     return s == NATS_OK ? 0 : -1;
 }
 
-/* How long cnats waits for one attempt's answer: half the ack timeout, so that an attempt lost
- * in a leader change (sent to a leader that stepped down) is made again before the sale's
- * deadline; never past the deadline. */
+/* How long cnats waits for one attempt's answer: half the ack timeout, at most ATTEMPT_MAX_MS,
+ * so that an attempt lost in a leader change (sent to a leader that stepped down) or right
+ * after a reconnect (the ack's route to the new node not known yet) is made again before the
+ * sale's deadline; never past the deadline. A healthy stream answers in milliseconds. */
 static int64_t attempt_wait(const orders_lane_t *l, uint64_t deadline, uint64_t now)
 {
     uint64_t half = l->ack_timeout_ms > 1 ? l->ack_timeout_ms / 2 : 1;
+    if (half > ATTEMPT_MAX_MS)
+        half = ATTEMPT_MAX_MS;
     uint64_t left = deadline > now ? deadline - now : 1;
     return (int64_t)(left < half ? left : half);
 }
