@@ -281,10 +281,15 @@ static int ensure_stream(orders_publisher_t *p)
     }
     metrics_backend_error(METRICS_NATS_STREAM);
     /* Said once per outage; an election repeats this check every ENSURE_LEADERLESS_MS. */
+    const char *why = leaderless ? ", no leader (an election under way?)"
+                      : jerr == JSStreamReplicasNotSupportedErr
+                          ? ": a standalone nats-server, --" ORDERS_REPLICAS_FLAG " must be 1"
+                      : jerr == JSClusterNoPeersErr
+                          ? ": fewer JetStream nodes up than --" ORDERS_REPLICAS_FLAG "?"
+                          : "";
     if (!atomic_exchange(&p->cs->stream_lost, true))
         log_warn("orders: stream %s not ready: %s (%d)%s; retrying", ORDERS_STREAM,
-                 natsStatus_GetText(s), (int)jerr,
-                 leaderless ? ", no leader (an election under way?)" : "");
+                 natsStatus_GetText(s), (int)jerr, why);
     return leaderless ? 1 : -1;
 }
 
@@ -736,6 +741,9 @@ static void on_timer(uv_timer_t *t)
 
 static void lane_free(orders_lane_t *l)
 {
+    /* Answers queued after the last on_async (none come once the slot is detached). */
+    for (size_t k = 0; k < l->qlen; k++)
+        natsMsg_Destroy(l->queue[k].retry);
     free(l->pend);
     free(l->buckets);
     free(l->queue);

@@ -215,14 +215,15 @@ def kill9_stream_leader_mid_sale():
 def kill9_non_leader_node_with_clients():
     """The node killed leads nothing of the stream but has a host and/or the subscriber on it."""
     def prepare(st):
-        def pick():
+        def pick(need_host):
             lead = current_leader(st)
             att = attached(st)
             best = max((n for n in st.nats.nodes if n is not lead), key=lambda n: (
                 len(att.get(n.port, [])), "sub" in att.get(n.port, [])))
-            return best if att.get(best.port) else None
-        for _ in range(6):
-            n = pick()
+            on = att.get(best.port, [])
+            return best if on and (not need_host or set(on) - {"sub"}) else None
+        for k in range(6):
+            n = pick(need_host=k < 4)  # a host on it if step-downs can arrange that
             if n is not None:
                 # The subscriber's consumer loses its leader too: it must ride through that.
                 move_leader(st, lambda x, n=n: x is n, api=CONSUMER)
@@ -259,6 +260,49 @@ def sigterm_stream_leader_lame_duck():
 
     run_case("SIGTERM JetStream stream leader", "jt", prepare,
              lambda n: n.proc.send_signal(signal.SIGTERM), check)
+
+
+@suite.case
+def flags_nats_list_and_replicas():
+    """Not a fault: a bad --nats list is a usage error (exit 2) in every program; a stream that
+    exists with another replica count is left as it is, with a warning; a standalone
+    nats-server refuses a replicated stream (the host says so and stays 503)."""
+    import subprocess
+    from harness import (Host, NatsCluster, NatsServer, RedisServer, TempDir, binary,
+                         SOURCE_DIR)
+    for argv in ([binary("snatch-host"), "--nats", "nats://a:1,,nats://b:2",
+                  os.path.join(SOURCE_DIR, "lua", "policy.lua")],
+                 [binary("snatch-subscriber"), "--nats", "nats://a:1, nats://b:2", "--db", "x"],
+                 [binary("snatch-reconcile"), "--redis", "127.0.0.1:1", "--db", "x", "--nats",
+                  "nats://a:99999"],
+                 [binary("snatch-host"), "--orders-replicas", "6", "p.lua"]):
+        p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=10)
+        assert p.returncode == 2, (argv, p.returncode, p.stderr)
+        assert b"see --help" in p.stderr, p.stderr
+    tmp = TempDir()
+    try:
+        with NatsCluster(tmp.path) as nc, RedisServer(tmp.path) as rs:
+            fill = subprocess.run([binary("orders-fill"), "--nats", nc.urls, "--count", "1",
+                                   "--orders-replicas", "1"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, timeout=60)
+            assert fill.returncode == 0, fill.stdout
+            assert nc.stream_info()["config"]["num_replicas"] == 1
+            with Host(tmp.path, rs.port, nc.urls, extra=("--orders-replicas", "3")) as h:
+                wait_until(lambda: "exists with 1 replica(s), this process asked for 3" in
+                           h.proc.log_text(), 15, 0.1, "the replica warning")
+            assert nc.stream_info()["config"]["num_replicas"] == 1, "the stream was changed"
+        with NatsServer(tmp.path) as ns, RedisServer(tmp.path) as rs:
+            h = Host(tmp.path, rs.port, ns.url, host_id="h2", extra=("--orders-replicas", "3"))
+            try:
+                h.start(wait_ready=False)
+                wait_until(lambda: "a standalone nats-server, --orders-replicas must be 1" in
+                           h.proc.log_text(), 15, 0.1, "the refusal logged")
+                assert h.request("GET", "/healthz")[0] == 503
+                assert "error" in ns.stream_info(), "a standalone server made an R3 stream?"
+            finally:
+                h.stop()
+    finally:
+        tmp.cleanup()
 
 
 if __name__ == "__main__":
