@@ -1,6 +1,8 @@
 /* See orders_stream.h. */
 #include "orders_stream.h"
 
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,10 +74,12 @@ static void warn_replicas(const jsStreamConfig *cfg)
                              : "--" ORDERS_REPLICAS_FLAG " only applies when creating it");
 }
 
-/* JetStream reports "unlimited" as -1 (bytes) or 0 (age). */
+/* JetStream reports "unlimited" as -1 (bytes) or 0 (age). Said once per process: the host checks
+ * the stream again after every reconnect and every unanswered publish. */
 static void warn_if_different(const jsStreamInfo *si)
 {
-    if (si == NULL || si->Config == NULL)
+    static _Atomic bool warned;
+    if (si == NULL || si->Config == NULL || atomic_exchange(&warned, true))
         return;
     warn_replicas(si->Config);
     int64_t have_age_ms = si->Config->MaxAge / 1000000;
