@@ -17,7 +17,7 @@ endif()
 
 install(TARGETS snatch-host snatch-subscriber snatch-reconcile snatch-bench
   RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
-install(FILES lua/deduct.lua lua/policy.lua DESTINATION ${CMAKE_INSTALL_DATADIR}/snatch)
+install(FILES lua/deduct.lua lua/repair.lua lua/policy.lua DESTINATION ${CMAKE_INSTALL_DATADIR}/snatch)
 install(FILES README.md LICENSE CHANGELOG.md DESTINATION ${CMAKE_INSTALL_DATADIR}/doc/snatch)
 install(DIRECTORY examples/ DESTINATION ${CMAKE_INSTALL_DATADIR}/doc/snatch/examples
   PATTERN systemd EXCLUDE)

@@ -4,7 +4,9 @@
 -- The keyspace (key names, their order here, the events index, the order id layout) is defined
 -- once, in host/common/keyspace.h: change it there and here together.
 -- Keys of one event share the hash tag {event}, so Redis Cluster can hold them on one slot:
---   KEYS[1] {E}:meta     hash  stock, sold, limit, gen, seq   (written by PUT /admin/events/E)
+--   KEYS[1] {E}:meta     hash  stock, sold, limit, gen, seq, paused, sold_before
+--                              (written by PUT/PATCH /admin/events/E and .../pause|resume),
+--                              owner, base                    (written by lua/repair.lua)
 --   KEYS[2] {E}:users    hash  user -> units bought
 --   KEYS[3] {E}:orders   hash  order_id -> order record (JSON, the built-in payload)
 --   KEYS[4] {E}:uorders  hash  user -> order ids, comma separated
@@ -25,6 +27,11 @@
 --   {"insufficient", remaining, gen}    fewer left than qty
 --   {"limit_reached", held, gen}        the buyer would exceed per_user_limit
 --   {"unknown_event"}                   (then for every buyer)
+--   {"repairing"}                       this node is not the event's owner: it may miss orders
+--                                       that were persisted (a failover lost writes) until
+--                                       lua/repair.lua restores them; no change (every buyer)
+--   {"paused", gen}                     the sale is paused (admin): no change (then for every
+--                                       buyer)
 --   {"expired"}                         the host gave up waiting before this ran: no change
 --                                       (then for every buyer)
 -- A malformed batch (bad n or qty) is an error reply and changes nothing.
@@ -63,9 +70,24 @@ if deadline > 0 and ms > deadline then
   return all({'expired'})
 end
 
-local meta = redis.call('HMGET', KEYS[1], 'stock', 'sold', 'limit', 'gen', 'seq')
+local meta = redis.call('HMGET', KEYS[1], 'stock', 'sold', 'limit', 'gen', 'seq', 'owner', 'paused')
 if not meta[1] then
   return all({'unknown_event'})
+end
+-- Sell only on the node that last verified the event (repair.lua, whose identity rule this is):
+-- on a cluster always (an event without an owner is verified first), on a standalone server
+-- once a repair claimed the event (otherwise nothing changes there).
+local owner = meta[6]
+if string.find(redis.call('INFO', 'cluster'), 'cluster_enabled:1', 1, true) then
+  if owner ~= redis.call('CLUSTER', 'MYID') then
+    return all({'repairing'})
+  end
+elseif owner and owner ~= string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') then
+  return all({'repairing'})
+end
+-- Paused by POST /admin/events/E/pause: decided here, so every host agrees at once.
+if meta[7] == '1' then
+  return all({'paused', meta[4] or '0'})
 end
 local stock, sold, limit, gen = tonumber(meta[1]), tonumber(meta[2]) or 0,
   tonumber(meta[3]) or 1, meta[4] or '0'

@@ -11,7 +11,11 @@
 --   host.log(msg)                      one line on stderr: "policy: msg"
 --   host.counter(name, inc)            a counter in GET /metrics
 --   host.limit(key, rate, burst[, cost]) token bucket shared by all threads -> true if allowed
+--   host.hmac_sha256(key, msg[, 'raw']) HMAC-SHA-256, lower-case hex (or the 32 bytes)
+--   host.ct_equal(a, b)                constant-time string compare (for MACs)
 --   host.id, host.hosts                this host's id, how many hosts sell the event
+-- admit()'s req: event, user, qty, client, now_ms, and req.header(name) (any request header).
+-- docs/POLICY.md is the reference.
 --
 -- Keep it pure and small: admit() runs tens of thousands of times a second per thread, and a
 -- loop that never ends cannot be interrupted. The request table passed to admit() and the order

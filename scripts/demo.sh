@@ -6,7 +6,7 @@
 # invariant. Exits non-zero if one failed. Installs and builds what is missing first.
 #
 #   scripts/demo.sh [--stock N] [--buyers N] [--connections N] [--threads N] [--bench-threads N]
-#                   [--hosts N] [--keep]
+#                   [--hosts N] [--keep] [--cluster]
 #     --stock N          tickets on sale (default 10000)
 #     --buyers N         distinct buyers, one request each (default 1000000)
 #     --connections N    concurrent keep-alive connections of the buyers (default 256)
@@ -14,11 +14,13 @@
 #     --bench-threads N  snatch-bench threads (default 1: it shares the 2 cores)
 #     --hosts N          snatch-host processes sharing the sale (default 1)
 #     --keep             leave the stack running afterwards (prints how to reach and stop it)
+#     --cluster          on scripts/cluster.sh's cluster instead (6 Redis, 3 NATS, 3 hosts):
+#                        the buyers go through nginx, one snatch-bench checks every answer
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 
-stock=10000 buyers=1000000 conns=256 threads=2 bthreads=1 hosts=1 keep=0
+stock=10000 buyers=1000000 conns=256 threads=2 bthreads=1 hosts=1 keep=0 cluster=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --stock) stock=$2; shift ;;
@@ -28,7 +30,8 @@ while [ $# -gt 0 ]; do
     --bench-threads) bthreads=$2; shift ;;
     --hosts) hosts=$2; shift ;;
     --keep) keep=1 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --cluster) cluster=1 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "demo.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -40,15 +43,33 @@ scripts/setup.sh
 
 cleanup() {
   if [ "$keep" -eq 1 ]; then return; fi
+  if [ "$cluster" -eq 1 ]; then
+    scripts/cluster.sh down --dir "$STACK_DIR" >/dev/null || true
+    rm -rf "$STACK_DIR"
+    return
+  fi
   stack_stop
 }
 trap cleanup EXIT
 
-echo "demo: starting redis, nats (JetStream), subscriber and $hosts host(s) on loopback"
-[ "$keep" -eq 1 ] && export STACK_KEEP_DIR=1
-stack_start --hosts "$hosts" --threads "$threads"
 event="demo"
-stack_create_event "$event" "$stock" 1 >/dev/null
+if [ "$cluster" -eq 1 ]; then
+  # One target: nginx in front of the cluster's three hosts; admin goes to a host directly.
+  STACK_DIR=$(mktemp -d /tmp/snatch-demo-cluster.XXXXXX)
+  echo "demo: starting the cluster (6 redis, 3 nats, subscriber, 3 hosts, nginx) in $STACK_DIR"
+  scripts/cluster.sh up --dir "$STACK_DIR" --threads "$threads" >/dev/null
+  eval "$(scripts/cluster.sh env --dir "$STACK_DIR")"
+  curl -fsS -X PUT -H "Authorization: Bearer $(cat "$CLUSTER_TOKEN_FILE")" \
+    -d "{\"stock\":$stock,\"per_user_limit\":1}" "$CLUSTER_ADMIN_URL/admin/events/$event" >/dev/null
+  hosts=1 STACK_URL=$CLUSTER_URL STACK_DB=$CLUSTER_DB STACK_REDIS_PORT=$CLUSTER_REDIS_PORT
+  STACK_BUILD="${SNATCH_BUILD_DIR:-$ROOT/build}"
+  STACK_HOST_PORTS=("${CLUSTER_URL##*:}")
+else
+  echo "demo: starting redis, nats (JetStream), subscriber and $hosts host(s) on loopback"
+  [ "$keep" -eq 1 ] && export STACK_KEEP_DIR=1
+  stack_start --hosts "$hosts" --threads "$threads"
+  stack_create_event "$event" "$stock" 1 >/dev/null
+fi
 echo "demo: event '$event' with $stock tickets, one per buyer; $buyers buyers over $conns connections"
 
 # Buyers are spread over the hosts the way a load balancer would: each host gets its share.
@@ -73,7 +94,7 @@ bench_status=0
 for p in "${pids[@]}"; do wait "$p" || bench_status=1; done
 
 # Wait for the subscriber to persist what was sold (bounded).
-sold=$(redis-cli -p "$STACK_REDIS_PORT" HGET "{$event}:meta" sold)
+sold=$(redis-cli -c -p "$STACK_REDIS_PORT" HGET "{$event}:meta" sold)
 for _ in $(seq 1 600); do
   rows=$(sqlite3 "file:$STACK_DB?mode=ro" "SELECT count(*) FROM orders WHERE event='$event'" 2>/dev/null || echo 0)
   [ "$rows" -ge "$sold" ] && break
@@ -97,7 +118,7 @@ p999 = max(r.get("latency_us", {}).get("p999", 0) for r in runs)
 conn_errors = sum(r.get("conn_errors", 0) for r in runs)
 ok200 = status.get("200", 0)
 def rcli(*a):
-    return subprocess.run(["redis-cli", "-p", redis_port] + list(a), capture_output=True, text=True).stdout.strip()
+    return subprocess.run(["redis-cli", "-c", "-p", redis_port] + list(a), capture_output=True, text=True).stdout.strip()
 sold = int(rcli("HGET", "{%s}:meta" % event, "sold") or 0)
 con = sqlite3.connect("file:%s?mode=ro" % db, uri=True)
 rows = con.execute("SELECT count(*) FROM orders WHERE event=?", (event,)).fetchone()[0]
@@ -130,7 +151,11 @@ if bench_status:
 sys.exit(1 if failed or bench_status else 0)
 PY
 result=$?
-if [ "$keep" -eq 1 ]; then
+if [ "$keep" -eq 1 ] && [ "$cluster" -eq 1 ]; then
+  echo
+  echo "demo: cluster left running (--keep): scripts/cluster.sh status --dir $STACK_DIR;"
+  echo "  buyers at $STACK_URL/v1/events/$event/snatch; stop: scripts/cluster.sh down --dir $STACK_DIR"
+elif [ "$keep" -eq 1 ]; then
   echo
   echo "demo: stack left running (--keep). Try:"
   echo "  curl -s $STACK_URL/v1/events/$event"

@@ -8,10 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(build-essential cmake pkg-config libuv1-dev libluajit2-5.1-dev libhiredis-dev libnats-dev
-      libsqlite3-dev libhttp-parser-dev libjansson-dev libcmocka-dev redis-server nats-server
+      libsqlite3-dev libhttp-parser-dev libjansson-dev libssl-dev libcmocka-dev redis-server nats-server
       python3 sqlite3 curl lua-check clang libclang-rt-14-dev clang-format
       dpkg-dev systemd python3-jsonschema python3-yaml openssl
-      prometheus)
+      prometheus nginx nftables)
 
 asan=0 build=1
 for a in "$@"; do

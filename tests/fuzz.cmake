@@ -1,7 +1,8 @@
 # libFuzzer targets (clang only): cmake -DFUZZ=ON -DCMAKE_C_COMPILER=clang. Build only the fuzz
 # targets in that directory (scripts/test.sh does): the rest of the tree is not its concern.
 #   fuzz_http        host/server/http.c over real loopback TCP: parsing, pipelining, keep-alive, closing
-#   fuzz_admin_body  api_parse_event_body(), the PUT /admin/events/{e} body
+#   fuzz_admin_body  api_parse_event_body() and admin_parse_patch_body(), the PUT and PATCH
+#                    /admin/events/{e} bodies
 # fuzz_<t>_smoke runs each briefly (about a minute for both) over the seed corpus and replays every
 # crash kept under tests/fuzz/regressions/<t>/. libFuzzer writes new inputs only to its first corpus
 # directory, which is in the build tree; the seed and regression directories in the source tree are
@@ -52,6 +53,6 @@ if(FUZZ)
   # Only api.c is instrumented; the rest of the host comes from snatch_server as it is (the
   # library's own api.o is not pulled: the instrumented one defines every api_* name).
   fuzz_target(fuzz_admin_body ${FUZZ_DIR}/fuzz_admin_body.c ${CMAKE_SOURCE_DIR}/host/server/api.c
-    LIBS snatch_server)
+    ${CMAKE_SOURCE_DIR}/host/server/admin_events.c LIBS snatch_server)
   fuzz_smoke(fuzz_admin_body admin 1024)
 endif()

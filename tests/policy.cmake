@@ -8,7 +8,7 @@ find_program(LUACHECK luacheck)
 if(LUACHECK)
   add_test(NAME luacheck_redis
     COMMAND ${LUACHECK} --no-color --std lua51 --globals redis cjson KEYS ARGV --
-      ${CMAKE_SOURCE_DIR}/lua/deduct.lua)
+      ${CMAKE_SOURCE_DIR}/lua/deduct.lua ${CMAKE_SOURCE_DIR}/lua/repair.lua)
   add_test(NAME luacheck_policies
     COMMAND ${LUACHECK} --no-color --std luajit --read-globals host --
       ${CMAKE_SOURCE_DIR}/lua/policy.lua ${CMAKE_SOURCE_DIR}/examples)

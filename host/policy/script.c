@@ -16,6 +16,9 @@
 #include <lua.h>
 #include <lualib.h>
 #include <math.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,7 +39,11 @@ struct script {
     int ref_allocate;
     int ref_admit;
     int ref_order;
-    int ref_req; /* the request table handed to every admit() call */
+    int ref_req;    /* the request table handed to every admit() call */
+    int ref_header; /* req.header, put back into the request table at every call */
+    /* The request admit() is running for, NULL outside it: req.header reads it, so a function
+     * kept by the script and called later finds nothing rather than a freed request. */
+    const script_admit_req_t *cur;
     int ref_ord; /* the order table handed to every order() call */
     script_settings_t settings;
     bool quiet; /* script_check: errors go to err only */
@@ -193,10 +200,96 @@ static int host_limit(lua_State *L)
     return 1;
 }
 
+/* host.hmac_sha256(key, msg[, "raw"]) -> HMAC-SHA-256 of msg under key (OpenSSL libcrypto):
+ * 64 lower-case hex digits, or the 32 bytes with "raw". Stack: [key, msg, fmt?] -> [mac] */
+static int host_hmac_sha256(lua_State *L)
+{
+    size_t klen, mlen;
+    const char *key = luaL_checklstring(L, 1, &klen);
+    const char *msg = luaL_checklstring(L, 2, &mlen);
+    const char *fmt = luaL_optstring(L, 3, "hex");
+    bool raw = strcmp(fmt, "raw") == 0;
+    luaL_argcheck(L, raw || strcmp(fmt, "hex") == 0, 3, "\"hex\" or \"raw\"");
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    /* An empty key is valid HMAC; OpenSSL wants a non-NULL pointer for it. */
+    if (HMAC(EVP_sha256(), klen ? key : "", (int)klen, (const unsigned char *)msg, mlen, mac, &n) ==
+        NULL)
+        return luaL_error(L, "hmac_sha256: libcrypto failed");
+    if (raw) {
+        lua_pushlstring(L, (const char *)mac, n);
+        return 1;
+    }
+    static const char digits[] = "0123456789abcdef";
+    char hex[2 * EVP_MAX_MD_SIZE];
+    for (unsigned int i = 0; i < n; i++) {
+        hex[2 * i] = digits[mac[i] >> 4];
+        hex[2 * i + 1] = digits[mac[i] & 15];
+    }
+    lua_pushlstring(L, hex, 2 * (size_t)n);
+    return 1;
+}
+
+/* host.ct_equal(a, b) -> whether two strings are equal, in time that depends on their length
+ * only (CRYPTO_memcmp), never on where they differ: for comparing a MAC a client sent with the
+ * right one. Strings of different lengths are unequal at once (lengths are not secret: a hex MAC
+ * has 64 digits). Stack: [a, b] -> [bool] */
+static int host_ct_equal(lua_State *L)
+{
+    size_t alen, blen;
+    const char *a = luaL_checklstring(L, 1, &alen);
+    const char *b = luaL_checklstring(L, 2, &blen);
+    lua_pushboolean(L, alen == blen && CRYPTO_memcmp(a, b, alen) == 0);
+    return 1;
+}
+
 static const luaL_Reg host_funcs[] = {
-    {"now_ms", host_now_ms}, {"log", host_log}, {"counter", host_counter},
-    {"limit", host_limit},   {NULL, NULL},
+    {"now_ms", host_now_ms},
+    {"log", host_log},
+    {"counter", host_counter},
+    {"limit", host_limit},
+    {"hmac_sha256", host_hmac_sha256},
+    {"ct_equal", host_ct_equal},
+    {NULL, NULL},
 };
+
+#define HEADER_NAME_MAX 256
+
+/* req.header(name) -> the header's value (lines of a repeated header joined with ", ", as RFC
+ * 9110 combines them), or nil. Case-insensitive; reads the request in place, so only a call
+ * costs anything. Also callable as req:header(name). Upvalue 1: the script_t.
+ * Stack: [name] or [req, name] -> [value or nil] */
+static int req_header(lua_State *L)
+{
+    script_t *s = lua_touserdata(L, lua_upvalueindex(1));
+    int arg = lua_type(L, 1) == LUA_TTABLE ? 2 : 1;
+    size_t nlen;
+    const char *name = luaL_checklstring(L, arg, &nlen);
+    luaL_argcheck(L, nlen > 0 && nlen <= HEADER_NAME_MAX, arg, "a header name (1..256 bytes)");
+    const script_admit_req_t *r = s->cur;
+    size_t iter = 0, vlen;
+    const char *v;
+    if (r == NULL || r->header == NULL ||
+        (v = r->header(r->header_ctx, name, nlen, &iter, &vlen)) == NULL) {
+        lua_pushnil(L);
+        return 1;
+    }
+    size_t vlen2;
+    const char *v2 = r->header(r->header_ctx, name, nlen, &iter, &vlen2);
+    if (v2 == NULL) {
+        lua_pushlstring(L, v, vlen);
+        return 1;
+    }
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    luaL_addlstring(&b, v, vlen);
+    do {
+        luaL_addlstring(&b, ", ", 2);
+        luaL_addlstring(&b, v2, vlen2);
+    } while ((v2 = r->header(r->header_ctx, name, nlen, &iter, &vlen2)) != NULL);
+    luaL_pushresult(&b);
+    return 1;
+}
 
 static const luaL_Reg safe_libs[] = {
     {"", luaopen_base},
@@ -347,8 +440,11 @@ static int load_policy(script_t *s, const char *path, char *err, size_t errlen)
         return -1;
     lua_pop(L, 1);                                     /* [handler] */
     s->ref_traceback = luaL_ref(L, LUA_REGISTRYINDEX); /* [] */
-    lua_createtable(L, 0, 5);
+    lua_createtable(L, 0, 6);
     s->ref_req = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushlightuserdata(L, s);
+    lua_pushcclosure(L, req_header, 1);
+    s->ref_header = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_createtable(L, 0, 6);
     s->ref_ord = luaL_ref(L, LUA_REGISTRYINDEX);
     return 0;
@@ -546,7 +642,13 @@ static int call_admit(script_t *s, const script_admit_req_t *r, script_verdict_t
     set_num(L, t, "qty", (lua_Number)r->qty);
     set_str(L, t, "client", r->client);
     set_num(L, t, "now_ms", (lua_Number)r->now_ms);
-    if (lua_pcall(L, 1, 4, handler) != 0) { /* [handler, msg] */
+    lua_pushstring(L, "header");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref_header);
+    lua_rawset(L, t);
+    s->cur = r;
+    int failed = lua_pcall(L, 1, 4, handler);
+    s->cur = NULL;
+    if (failed) { /* [handler, msg] */
         report(s, "admit()", lua_tostring(L, -1));
         policy_error(v);
         goto out;

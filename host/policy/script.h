@@ -3,9 +3,11 @@
  *   allocate(event, cluster) -> local quota for this host
  *   admit(req)               -> true, or false/nil, status, reason[, detail]
  *   order(o)                 -> the order's JSON payload (string)
- * and optional settings (user_max_len, event_max_len, max_qty). The host gives the script a
- * `host` module: host.now_ms(), host.log(msg), host.counter(name, inc), host.limit(key, rate,
- * burst[, cost]) (a token bucket in C shared by all threads), host.id, host.hosts.
+ * and optional settings (user_max_len, event_max_len, max_qty, refill). The host gives the
+ * script a `host` module: host.now_ms(), host.log(msg), host.counter(name, inc),
+ * host.limit(key, rate, burst[, cost]) (a token bucket in C shared by all threads),
+ * host.hmac_sha256(key, msg[, "raw"]), host.ct_equal(a, b), host.id, host.hosts; admit()'s req
+ * has req.header(name). docs/POLICY.md is the reference.
  *
  * Loading is text only, into a fresh state; a script that fails to load or validate is refused
  * and the caller keeps its old state (reload = open new, then swap). */
@@ -48,12 +50,19 @@ typedef struct script_cluster {
  * stock (over-allocation is safe: Redis still prevents oversell). */
 int64_t script_allocate(script_t *s, const char *event, const script_cluster_t *cluster);
 
+/* How admit()'s req.header(name) reads the request: the next value of header name (nlen
+ * bytes, any case) after *iter, or NULL (http_header() has this shape). */
+typedef const char *(*script_header_fn)(const void *ctx, const char *name, size_t nlen,
+                                        size_t *iter, size_t *vlen);
+
 typedef struct script_admit_req {
     const char *event;
     const char *user;
     int64_t qty;
     const char *client; /* peer address */
     int64_t now_ms;
+    script_header_fn header; /* NULL: the request has no headers (req.header answers nil) */
+    const void *header_ctx;
 } script_admit_req_t;
 
 /* reason holds only [A-Za-z0-9_] and detail only printable ASCII without '"' or '\\' (other

@@ -72,12 +72,16 @@ static int read_meta(redisContext *rc, const char *event, reconcile_row_t *row)
 {
     char key[KEYSPACE_KEY_MAX];
     keyspace_key(key, event, strlen(event), KEYSPACE_META);
-    redisReply *r = redisCommand(rc, "HMGET %s stock sold", key);
-    int ok = r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2;
+    /* sold_before: what the generations before the last reset sold. Their order records stay in
+     * {E}:orders and their rows in SQLite, so every unit ever sold is what SQLite is held to. */
+    redisReply *r = redisCommand(rc, "HMGET %s stock sold sold_before", key);
+    int ok = r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 3;
     if (ok) {
-        redisReply *stock = r->element[0], *sold = r->element[1];
+        redisReply *stock = r->element[0], *sold = r->element[1], *before = r->element[2];
         row->stock = stock->type == REDIS_REPLY_STRING ? strtoll(stock->str, NULL, 10) : -1;
         row->sold = sold->type == REDIS_REPLY_STRING ? strtoll(sold->str, NULL, 10) : 0;
+        if (before->type == REDIS_REPLY_STRING)
+            row->sold += strtoll(before->str, NULL, 10);
     }
     if (r != NULL)
         freeReplyObject(r);

@@ -15,7 +15,7 @@
 typedef struct reconcile_row {
     char event[128];
     int64_t stock;        /* {E}:meta stock, -1 when the event has no meta */
-    int64_t sold;         /* {E}:meta sold (units) */
+    int64_t sold;         /* {E}:meta sold + sold_before: units of every generation */
     int64_t redis_orders; /* entries in {E}:orders */
     int64_t sqlite_rows;  /* rows of the event in SQLite */
     int64_t sqlite_units; /* sum(qty) of those rows */

@@ -31,8 +31,7 @@
 #define PROG "snatch-reconcile"
 
 typedef struct config {
-    char redis_host[256];
-    int redis_port;
+    const char *redis; /* HOST:PORT[,HOST:PORT...] */
     const char *nats;
     const char *db;
     const char *events[MAX_EVENTS];
@@ -48,11 +47,12 @@ typedef struct config {
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: snatch-reconcile --redis HOST:PORT --db PATH [--nats URL] [options]\n"
+            "usage: snatch-reconcile --redis HOST:PORT[,...] --db PATH [--nats URL] [options]\n"
             "Compares Redis (sold, order records) with SQLite (persisted orders) per event and\n"
             "republishes to JetStream every order that SQLite lacks (Nats-Msg-Id = order id, so\n"
             "republishing is always safe), deleting its {E}:pending entry once acknowledged.\n"
-            "  --redis HOST:PORT  Redis with the sale's data\n"
+            "  --redis HOST:PORT[,...]  Redis with the sale's data: a standalone server, or\n"
+            "                     seed nodes of a Redis Cluster\n"
             "  --db PATH          the subscriber's SQLite database (must exist: a mistyped\n"
             "                     path would make every order look missing)\n"
             "  --nats URL[,URL...]  NATS server, or a cluster's nodes (required unless\n"
@@ -109,11 +109,7 @@ static int parse_args(int argc, char **argv, config_t *c)
     while ((ch = getopt_long(argc, argv, CLI_OPTSTRING "h", opts, NULL)) != -1) {
         switch (ch) {
         case 'r':
-            if (util_parse_hostport(optarg, c->redis_host, sizeof(c->redis_host), 1,
-                                    &c->redis_port) != 0) {
-                fprintf(stderr, "reconcile: --redis wants HOST:PORT\n");
-                return -1;
-            }
+            c->redis = optarg; /* checked by rsync_open */
             break;
         case 'n':
             if (nats_servers_check(optarg, err, sizeof(err)) != 0) {
@@ -187,7 +183,7 @@ static int parse_args(int argc, char **argv, config_t *c)
     }
     if (auth_check(&c->auth, PROG) != 0)
         return -1;
-    const char *missing = c->redis_port == 0                   ? "--redis"
+    const char *missing = c->redis == NULL                     ? "--redis"
                           : c->db == NULL && c->pending_ms < 0 ? "--db"
                           : !c->dry_run && c->nats == NULL     ? "--nats (or --dry-run)"
                                                                : NULL;
@@ -220,10 +216,20 @@ static void print_table(const reconcile_row_t *rows, size_t n)
     fflush(stdout);
 }
 
+/* The connection of the master serving event's keys; NULL with err. */
+static redisContext *event_ctx(rsync_t *rs, const char *event, char *err, size_t errlen)
+{
+    char key[KEYSPACE_KEY_MAX], why[256];
+    int n = keyspace_key(key, event, strlen(event), KEYSPACE_META);
+    redisContext *rc = rsync_ctx(rs, key, (size_t)n, why, sizeof(why));
+    if (rc == NULL && snprintf(err, errlen, "%s: Redis: %s", event, why) >= (int)errlen)
+        err[errlen - 1] = '\0'; /* cut, still a message */
+    return rc;
+}
+
 /* Polls until no event has missing orders or the deadline passed. Updates rows' sqlite columns
  * and sets missing to what is still missing. */
-static int wait_caught_up(redisContext *rc, store_t *st, reconcile_row_t *rows, size_t n,
-                          int wait_s)
+static int wait_caught_up(rsync_t *rs, store_t *st, reconcile_row_t *rows, size_t n, int wait_s)
 {
     time_t deadline = time(NULL) + wait_s;
     char err[256];
@@ -231,7 +237,9 @@ static int wait_caught_up(redisContext *rc, store_t *st, reconcile_row_t *rows, 
         int64_t missing = 0;
         for (size_t i = 0; i < n; i++) {
             reconcile_row_t now;
-            if (reconcile_event(rc, NULL, NULL, st, rows[i].event, &now, err, sizeof(err)) != 0) {
+            redisContext *rc = event_ctx(rs, rows[i].event, err, sizeof(err));
+            if (rc == NULL ||
+                reconcile_event(rc, NULL, NULL, st, rows[i].event, &now, err, sizeof(err)) != 0) {
                 log_error("reconcile: %s", err);
                 return -1;
             }
@@ -290,7 +298,7 @@ static int open_policy(const config_t *c, script_t **out)
 int main(int argc, char **argv)
 {
     config_t c;
-    redisContext *rc = NULL;
+    rsync_t *rs = NULL;
     natsConnection *nc = NULL;
     store_t *st = NULL;
     char **listed = NULL;
@@ -318,16 +326,9 @@ int main(int argc, char **argv)
         goto out;
     }
     reconcile_render_t rr = {.fn = render, .ctx = policy};
-    struct timeval tv = {10, 0};
-    rc = redisConnectWithTimeout(c.redis_host, c.redis_port, tv);
-    if (rc == NULL || rc->err) {
-        log_error("reconcile: Redis %s:%d: %s", c.redis_host, c.redis_port,
-                  rc ? rc->errstr : "out of memory");
-        goto out;
-    }
-    redisSetTimeout(rc, tv);
-    if (auth_redis_sync(rc, &c.auth, err, sizeof(err)) != 0) {
-        log_error("reconcile: Redis %s:%d: %s", c.redis_host, c.redis_port, err);
+    rs = rsync_open(c.redis, &c.auth, 10000, err, sizeof(err));
+    if (rs == NULL) {
+        log_error("reconcile: Redis %s: %s", c.redis, err);
         goto out;
     }
     if (!c.dry_run && connect_nats(&nc, &c) != NATS_OK) {
@@ -335,7 +336,7 @@ int main(int argc, char **argv)
         goto out;
     }
     if (c.pending_ms >= 0) {
-        int done = reconcile_pending(rc, nc, &rr, c.pending_ms, 0, NULL);
+        int done = reconcile_pending(rs, nc, &rr, c.pending_ms, 0, NULL);
         printf("republished %d pending orders\n", done < 0 ? 0 : done);
         status = done < 0 ? 3 : 0;
         goto out;
@@ -345,7 +346,9 @@ int main(int argc, char **argv)
         goto out;
     }
     if (c.nevents == 0) {
-        if (reconcile_list_events(rc, &listed, &nlisted) != 0) {
+        redisContext *index =
+            rsync_ctx(rs, KEYSPACE_EVENTS, strlen(KEYSPACE_EVENTS), err, sizeof(err));
+        if (index == NULL || reconcile_list_events(index, &listed, &nlisted) != 0) {
             log_error("reconcile: cannot read %s", KEYSPACE_EVENTS);
             goto out;
         }
@@ -363,12 +366,16 @@ int main(int argc, char **argv)
             continue;
         }
         /* One event that cannot be reconciled must not keep the others from it. */
-        if (reconcile_event(rc, nc, &rr, st, ev, &rows[i], err, sizeof(err)) != 0) {
-            log_error("reconcile: %s (the other events go on)", err);
-            failed = true;
-            if (rc->err)
-                break; /* the Redis connection is gone: nothing else can be read */
+        redisContext *rc = event_ctx(rs, ev, err, sizeof(err));
+        if (rc == NULL) {
+            snprintf(rows[i].event, sizeof(rows[i].event), "%s", ev);
+        } else if (reconcile_event(rc, nc, &rr, st, ev, &rows[i], err, sizeof(err)) == 0) {
+            continue;
         }
+        log_error("reconcile: %s (the other events go on)", err);
+        failed = true;
+        if (rc != NULL && rc->err && !rsync_is_cluster(rs))
+            break; /* the Redis connection is gone: nothing else can be read */
     }
     print_table(rows, n);
     status = 0;
@@ -379,7 +386,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < n; i++)
         any_missing |= rows[i].missing > 0;
     if (any_missing && c.wait_s > 0) {
-        if (wait_caught_up(rc, st, rows, n, c.wait_s) != 0) {
+        if (wait_caught_up(rs, st, rows, n, c.wait_s) != 0) {
             status = 3;
             goto out;
         }
@@ -407,8 +414,7 @@ out:
     store_close(st);
     script_close(policy);
     natsConnection_Destroy(nc);
-    if (rc != NULL)
-        redisFree(rc);
+    rsync_close(rs);
     nats_CloseAndWait(2000);
     auth_free(&c.auth);
     return status;

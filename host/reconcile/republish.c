@@ -233,7 +233,7 @@ static int on_pending(const char *id, size_t idlen, const char *ms, size_t mslen
     return 0;
 }
 
-int reconcile_pending(redisContext *rc, natsConnection *nc, const reconcile_render_t *render,
+int reconcile_pending(rsync_t *rs, natsConnection *nc, const reconcile_render_t *render,
                       int64_t older_than_ms, int64_t max_orders, int64_t *stale)
 {
     char **events = NULL;
@@ -241,26 +241,44 @@ int reconcile_pending(redisContext *rc, natsConnection *nc, const reconcile_rend
     jsCtx *js = NULL;
     int64_t total = 0, seen = 0;
     int result = -1;
+    bool unreachable = false;
+    char err[256];
     if (stale != NULL)
         *stale = 0;
-    if (reconcile_list_events(rc, &events, &n) != 0)
+    redisContext *index = rsync_ctx(rs, KEYSPACE_EVENTS, strlen(KEYSPACE_EVENTS), err, sizeof(err));
+    if (index == NULL) {
+        log_warn("reconcile: %s: %s", KEYSPACE_EVENTS, err);
+        return -1;
+    }
+    if (reconcile_list_events(index, &events, &n) != 0)
         return -1;
     if (natsConnection_JetStream(&js, nc, NULL) != NATS_OK || reconcile_ensure_stream(js) != 0)
         goto out;
     for (size_t i = 0; i < n; i++) {
-        pending_scan_t p = {.rc = rc,
-                            .js = js,
+        pending_scan_t p = {.js = js,
                             .render = render,
                             .event = events[i],
                             .cutoff = reconcile_wall_ms() - older_than_ms,
                             .max = max_orders > 0 ? max_orders - total : 0};
         keyspace_key(p.orders_key, events[i], strlen(events[i]), KEYSPACE_ORDERS);
         keyspace_key(p.pending_key, events[i], strlen(events[i]), KEYSPACE_PENDING);
-        int rc2 = reconcile_hscan(rc, p.pending_key, on_pending, &p);
+        /* Each event on its own master: one that is down does not stop the others. */
+        p.rc = rsync_ctx(rs, p.pending_key, strlen(p.pending_key), err, sizeof(err));
+        if (p.rc == NULL) {
+            reconcile_skip("%s: Redis: %s", events[i], err);
+            unreachable = true;
+            continue;
+        }
+        int rc2 = reconcile_hscan(p.rc, p.pending_key, on_pending, &p);
         total += p.done;
         seen += p.stale;
-        if (rc2 < 0)
+        if (rc2 < 0 && !rsync_is_cluster(rs))
             goto out;
+        if (rc2 < 0) {
+            reconcile_skip("%s: Redis: %s", events[i], p.rc->err ? p.rc->errstr : "scan failed");
+            unreachable = true;
+            continue;
+        }
         if (rc2 == 2) {
             if (natsConnection_Status(nc) != NATS_CONN_STATUS_CONNECTED)
                 goto out;
@@ -269,7 +287,8 @@ int reconcile_pending(redisContext *rc, natsConnection *nc, const reconcile_rend
         if (rc2 > 0)
             break; /* max_orders reached */
     }
-    result = total > INT32_MAX ? INT32_MAX : (int)total;
+    if (!unreachable)
+        result = total > INT32_MAX ? INT32_MAX : (int)total;
 out:
     jsCtx_Destroy(js);
     reconcile_free_events(events, n);

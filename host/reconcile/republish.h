@@ -10,12 +10,15 @@
 #define SNATCH_REPUBLISH_H
 
 #include <hiredis/hiredis.h>
+
+#include "cluster_sync.h"
 #include <nats/nats.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-/* SMEMBERS snatch:events into a malloc'd array of malloc'd strings, sorted. Returns 0 or -1. */
+/* SMEMBERS snatch:events into a malloc'd array of malloc'd strings, sorted. rc: the connection
+ * of the index's master (rsync_ctx of KEYSPACE_EVENTS). Returns 0 or -1. */
 int reconcile_list_events(redisContext *rc, char ***events, size_t *n);
 void reconcile_free_events(char **events, size_t n);
 
@@ -33,10 +36,12 @@ typedef struct reconcile_render {
 /* For the host's periodic reconciliation thread: republishes every {E}:pending entry (all events
  * of snatch:events) older than older_than_ms (wall clock, as written by deduct.lua) - the host
  * crashed or lost the ack - and HDELs it once JetStream acknowledged it. Stops at max_orders
- * (<= 0: no limit) so one pass stays short. Returns the number republished, or -1 when Redis or
- * NATS failed (entries not yet done stay pending for the next pass). *stale (may be NULL) gets
+ * (<= 0: no limit) so one pass stays short. The index is read on its master, each event's
+ * entries on theirs. Returns the number republished, or -1 when Redis or NATS failed (entries
+ * not yet done stay pending for the next pass; on a cluster, events on reachable masters are
+ * still done). *stale (may be NULL) gets
  * the number of entries found older than older_than_ms, also when failing. */
-int reconcile_pending(redisContext *rc, natsConnection *nc, const reconcile_render_t *render,
+int reconcile_pending(rsync_t *rs, natsConnection *nc, const reconcile_render_t *render,
                       int64_t older_than_ms, int64_t max_orders, int64_t *stale);
 
 /* Orders and events skipped so far by this process (bad name, publish refused): each is logged

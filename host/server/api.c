@@ -9,33 +9,65 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admin_events.h"
 #include "caller.h"
 #include "events.h"
 #include "keyspace.h"
 #include "log.h"
 #include "metrics.h"
 #include "ratelimit.h"
+#include "repair.h"
 #include "reply.h"
 #include "sale.h"
 #include "stock.h"
 #include "util.h"
 #include "worker.h"
 
-/* Resets an event: refused while orders wait to be published (they would be lost). The seq
- * field survives, so order ids never repeat for one event name. A new event is refused when the
- * sale already has --max-events events (ARGV[4]): every host started with the same flag can then
- * hold every event, so none is created that some host would answer 404 for. */
+/* PUT /admin/events/E is two scripts, because on a Redis Cluster the events index and the
+ * event's keys live on different slots (one script over both is refused with CROSSSLOT). The
+ * index first (INDEX_SCRIPT): a new event is refused when the sale already has --max-events
+ * events (ARGV[2]): every host started with the same flag can then hold every event, so none is
+ * created that some host would answer 404 for; and an event is never sold without being in the
+ * index that reconciliation walks. Then RESET_SCRIPT creates or, with ?reset=1, resets. If the
+ * second step fails, the index names an event with no {E}:meta (reconciliation and the hosts
+ * take it as unknown; it counts against --max-events until the PUT is repeated). */
+static const char INDEX_SCRIPT[] = "if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 and\n"
+                                   "   redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then\n"
+                                   "  return redis.error_reply('FULL')\n"
+                                   "end\n"
+                                   "redis.call('SADD', KEYS[1], ARGV[1])\n"
+                                   "return 1\n";
+/* Creates an event, or with ARGV[4] = "1" resets it (PUT ?reset=1); an existing event without
+ * it is refused (EXISTS), decided here so two admins racing cannot both create. A reset starts a
+ * new generation: stock and limit as given, sold 0, the buyers' counts cleared (each may buy
+ * again), the paused flag kept. What earlier generations sold stays: their order records
+ * ({E}:orders, {E}:uorders) so that their ids keep answering, their units in sold_before so that
+ * reconciliation compares SQLite with every unit ever sold; and seq, so order ids never repeat
+ * (base records it, so a repair never restores the orders of the sale before the reset).
+ * Refused while orders wait to be published (PENDING), so a reset always starts after everything
+ * sold before it reached JetStream, and while the event waits for its repair on this node
+ * (REPAIRING; repair.h: its owner is another node). On a cluster (or with --redis-repair,
+ * ARGV[3]) the node that runs this becomes the event's owner: a new sale has no persisted orders
+ * to verify. Returns {gen, paused}. */
 static const char RESET_SCRIPT[] =
-    "if redis.call('SISMEMBER', KEYS[6], ARGV[1]) == 0 and\n"
-    "   redis.call('SCARD', KEYS[6]) >= tonumber(ARGV[4]) then\n"
-    "  return redis.error_reply('FULL')\n"
-    "end\n"
+    "local m = redis.call('HMGET', KEYS[1], 'stock', 'owner', 'seq', 'sold', 'sold_before',\n"
+    "                     'paused')\n"
+    "if m[1] and ARGV[4] ~= '1' then return redis.error_reply('EXISTS') end\n"
     "if redis.call('HLEN', KEYS[5]) > 0 then return redis.error_reply('PENDING') end\n"
-    "redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])\n"
+    "local me\n"
+    "if string.find(redis.call('INFO', 'cluster'), 'cluster_enabled:1', 1, true) then\n"
+    "  me = redis.call('CLUSTER', 'MYID')\n"
+    "elseif m[2] or ARGV[3] == '1' then\n"
+    "  me = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')\n"
+    "end\n"
+    "if m[1] and me and m[2] ~= me then return redis.error_reply('REPAIRING') end\n"
+    "local before = (tonumber(m[4]) or 0) + (tonumber(m[5]) or 0)\n"
+    "redis.call('DEL', KEYS[2])\n"
     "local gen = redis.call('HINCRBY', KEYS[1], 'gen', 1)\n"
-    "redis.call('HSET', KEYS[1], 'stock', ARGV[2], 'sold', 0, 'limit', ARGV[3])\n"
-    "redis.call('SADD', KEYS[6], ARGV[1])\n"
-    "return gen\n";
+    "redis.call('HSET', KEYS[1], 'stock', ARGV[1], 'sold', 0, 'limit', ARGV[2],\n"
+    "           'sold_before', before, 'base', m[3] or '0')\n"
+    "if me then redis.call('HSET', KEYS[1], 'owner', me) end\n"
+    "return {gen, m[6] == '1' and 1 or 0}\n";
 
 static worker_t *worker_of(http_request_t *req)
 {
@@ -139,6 +171,7 @@ static void on_event_meta(redisReply *r, const char *err, void *data)
     }
     int64_t stock = elem_int(r, 0), sold = elem_int(r, 1), limit = elem_int(r, 2);
     int64_t gen = elem_int(r, 3);
+    bool paused = elem_int(r, 4) == 1;
     int64_t remaining = stock - sold > 0 ? stock - sold : 0;
     stock_event_t *ev = stock_find(v->event, v->len);
     stock_view_t sv = {0};
@@ -156,7 +189,9 @@ static void on_event_meta(redisReply *r, const char *err, void *data)
                             ",\"local_quota\":%" PRId64 ",\"local_left\":%" PRId64
                             ",\"status\":\"%s\"}",
                             stock, sold, remaining, limit, gen, quota, left < 0 ? 0 : left,
-                            remaining > 0 ? "open" : "sold_out");
+                            paused          ? "paused"
+                            : remaining > 0 ? "open"
+                                            : "sold_out");
     reply_json(v->req, ROUTE_EVENT, 200, body, pos);
 out:
     free(v);
@@ -209,7 +244,16 @@ typedef struct admin_put {
     size_t len;
     char event[SNATCH_NAME_MAX + 1];
     bool reserved; /* holds room in the local table (stock_reserve_room) */
+    bool reset;    /* ?reset=1 */
 } admin_put_t;
+
+static void reset_repairing(admin_put_t *a)
+{
+    repair_request(a->event, a->len);
+    reply_error(a->req, ROUTE_ADMIN_EVENT, 503, "repairing",
+                "the event is being checked against its persisted orders after a Redis failover; "
+                "retry");
+}
 
 static void on_event_reset(redisReply *r, const char *err, void *data)
 {
@@ -220,9 +264,15 @@ static void on_event_reset(redisReply *r, const char *err, void *data)
         goto out;
     }
     if (r->type == REDIS_REPLY_ERROR) {
-        if (strstr(r->str, "FULL") != NULL)
+        if (strstr(r->str, "EXISTS") != NULL)
+            reply_error(a->req, ROUTE_ADMIN_EVENT, 409, "event_exists",
+                        "the event exists; PUT ?reset=1 starts a new generation, PATCH changes "
+                        "stock or per_user_limit");
+        else if (strstr(r->str, "FULL") != NULL)
             reply_error(a->req, ROUTE_ADMIN_EVENT, 409, "too_many_events",
                         "the sale already has --max-events events");
+        else if (strstr(r->str, "REPAIRING") != NULL)
+            reset_repairing(a);
         else if (strstr(r->str, "PENDING") != NULL)
             reply_error(a->req, ROUTE_ADMIN_EVENT, 409, "orders_pending",
                         "orders of this event are not yet published; run snatch-reconcile first");
@@ -230,28 +280,72 @@ static void on_event_reset(redisReply *r, const char *err, void *data)
             reply_error(a->req, ROUTE_ADMIN_EVENT, 503, "unavailable", r->str);
         goto out;
     }
-    int64_t gen = r->type == REDIS_REPLY_INTEGER ? r->integer : 0;
+    int64_t gen = -1, paused = 0;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+        r->element[0]->type == REDIS_REPLY_INTEGER && r->element[1]->type == REDIS_REPLY_INTEGER) {
+        gen = r->element[0]->integer;
+        paused = r->element[1]->integer;
+    }
+    if (gen < 0) {
+        reply_error(a->req, ROUTE_ADMIN_EVENT, 503, "unavailable", "unexpected reply");
+        goto out;
+    }
     int64_t quota;
-    events_install(a->w, a->event, a->len, a->stock, a->limit, (uint64_t)gen, 0, a->reserved,
-                   &quota);
+    stock_event_t *ev = events_install(a->w, a->event, a->len, a->stock, a->limit, (uint64_t)gen, 0,
+                                       a->reserved, &quota);
     a->reserved = false;
-    log_info("admin: event %s reset: stock %" PRId64 ", per_user_limit %" PRId64
+    if (ev != NULL)
+        stock_follow(ev, a->stock == 0, paused == 1);
+    log_info("admin: event %s %s: stock %" PRId64 ", per_user_limit %" PRId64
              ", generation %" PRId64 ", local quota %" PRId64 "",
-             a->event, a->stock, a->limit, gen, quota);
+             a->event, a->reset ? "reset" : "created", a->stock, a->limit, gen, quota);
     char body[384];
     size_t pos = 0;
     memcpy(body, "{\"event\":", 9);
     pos = 9;
     util_json_str(body, sizeof(body), &pos, a->event, a->len);
-    pos += (size_t)snprintf(body + pos, sizeof(body) - pos,
-                            ",\"stock\":%" PRId64 ",\"per_user_limit\":%" PRId64
-                            ",\"generation\":%" PRId64 ",\"local_quota\":%" PRId64 "}",
-                            a->stock, a->limit, gen, quota);
+    pos +=
+        (size_t)snprintf(body + pos, sizeof(body) - pos,
+                         ",\"stock\":%" PRId64 ",\"per_user_limit\":%" PRId64
+                         ",\"generation\":%" PRId64 ",\"local_quota\":%" PRId64 ",\"paused\":%s}",
+                         a->stock, a->limit, gen, quota, paused == 1 ? "true" : "false");
     reply_json(a->req, ROUTE_ADMIN_EVENT, 200, body, pos);
 out:
     if (a->reserved)
         stock_unreserve();
     free(a);
+}
+
+/* Step two of PUT /admin/events/E: the event's own keys. */
+static void on_event_indexed(redisReply *r, const char *err, void *data)
+{
+    admin_put_t *a = data;
+    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+        on_event_reset(r, err, a);
+        return;
+    }
+    char keys[KEYSPACE__COUNT][KEYSPACE_KEY_MAX], sstock[24], slimit[24];
+    const char *argv[3 + KEYSPACE__COUNT + 4];
+    size_t lens[3 + KEYSPACE__COUNT + 4];
+    argv[0] = "EVAL";
+    lens[0] = 4;
+    argv[1] = RESET_SCRIPT;
+    lens[1] = sizeof(RESET_SCRIPT) - 1;
+    argv[2] = "5";
+    lens[2] = 1;
+    for (int i = 0; i < KEYSPACE__COUNT; i++) {
+        lens[3 + i] = (size_t)keyspace_key(keys[i], a->event, a->len, (keyspace_key_t)i);
+        argv[3 + i] = keys[i];
+    }
+    lens[8] = (size_t)snprintf(sstock, sizeof(sstock), "%" PRId64, a->stock);
+    argv[8] = sstock;
+    lens[9] = (size_t)snprintf(slimit, sizeof(slimit), "%" PRId64, a->limit);
+    argv[9] = slimit;
+    argv[10] = repair_claims_standalone() ? "1" : "0";
+    lens[10] = 1;
+    argv[11] = a->reset ? "1" : "0";
+    lens[11] = 1;
+    redis_command(a->w->redis, on_event_reset, a, 12, argv, lens);
 }
 
 /* Parses {"stock":N,"per_user_limit":K}: both integers, nothing else accepted. Returns NULL on
@@ -293,15 +387,19 @@ out:
     return why;
 }
 
+bool api_admin_allowed(http_request_t *req, int route)
+{
+    if (worker_of(req)->host->cfg.admin_token_len == 0) {
+        reply_error(req, route, 403, "forbidden", "admin disabled: no --admin-token-file");
+        return false;
+    }
+    return admin_gate(req, route);
+}
+
 static void put_event(http_request_t *req, const char *event, size_t len)
 {
     worker_t *w = worker_of(req);
-    if (w->host->cfg.admin_token_len == 0) {
-        reply_error(req, ROUTE_ADMIN_EVENT, 403, "forbidden",
-                    "admin disabled: no --admin-token-file");
-        return;
-    }
-    if (!admin_gate(req, ROUTE_ADMIN_EVENT))
+    if (!api_admin_allowed(req, ROUTE_ADMIN_EVENT))
         return;
     if (!util_valid_name(event, len, SNATCH_NAME_MAX)) {
         reply_error(req, ROUTE_ADMIN_EVENT, 400, "bad_request", "invalid event name");
@@ -313,6 +411,13 @@ static void put_event(http_request_t *req, const char *event, size_t len)
         reply_error(req, ROUTE_ADMIN_EVENT, 400, "bad_request", why);
         return;
     }
+    size_t rlen;
+    const char *rv = util_query_get(req->query, req->query_len, "reset", &rlen);
+    if (rv != NULL && !(rlen == 1 && (rv[0] == '0' || rv[0] == '1'))) {
+        reply_error(req, ROUTE_ADMIN_EVENT, 400, "bad_request", "reset must be 0 or 1");
+        return;
+    }
+    bool reset = rv != NULL && rv[0] == '1';
     if (!redis_usable(w)) {
         reply_error(req, ROUTE_ADMIN_EVENT, 503, "unavailable", NULL);
         return;
@@ -332,6 +437,7 @@ static void put_event(http_request_t *req, const char *event, size_t len)
         return;
     }
     a->reserved = room > 0;
+    a->reset = reset;
     a->req = req;
     a->w = w;
     a->stock = stock;
@@ -339,30 +445,11 @@ static void put_event(http_request_t *req, const char *event, size_t len)
     a->len = len;
     memcpy(a->event, event, len);
     a->event[len] = '\0';
-    char keys[KEYSPACE__COUNT][KEYSPACE_KEY_MAX], sstock[24], slimit[24], smax[24];
-    const char *argv[13];
-    size_t lens[13];
-    argv[0] = "EVAL";
-    lens[0] = 4;
-    argv[1] = RESET_SCRIPT;
-    lens[1] = sizeof(RESET_SCRIPT) - 1;
-    argv[2] = "6";
-    lens[2] = 1;
-    for (int i = 0; i < KEYSPACE__COUNT; i++) {
-        lens[3 + i] = (size_t)keyspace_key(keys[i], event, len, (keyspace_key_t)i);
-        argv[3 + i] = keys[i];
-    }
-    argv[8] = KEYSPACE_EVENTS;
-    lens[8] = strlen(argv[8]);
-    argv[9] = a->event;
-    lens[9] = len;
-    lens[10] = (size_t)snprintf(sstock, sizeof(sstock), "%" PRId64, stock);
-    argv[10] = sstock;
-    lens[11] = (size_t)snprintf(slimit, sizeof(slimit), "%" PRId64, limit);
-    argv[11] = slimit;
-    lens[12] = (size_t)snprintf(smax, sizeof(smax), "%zu", stock_max_events());
-    argv[12] = smax;
-    redis_command(w->redis, on_event_reset, a, 13, argv, lens);
+    char smax[24];
+    const char *argv[] = {"EVAL", INDEX_SCRIPT, "1", KEYSPACE_EVENTS, a->event, smax};
+    size_t lens[] = {4, sizeof(INDEX_SCRIPT) - 1, 1, strlen(KEYSPACE_EVENTS), len, 0};
+    lens[5] = (size_t)snprintf(smax, sizeof(smax), "%zu", stock_max_events());
+    redis_command(w->redis, on_event_indexed, a, 6, argv, lens);
 }
 
 /* ---- GET /v1/orders/{id} and GET /v1/events/{e}/users/{u}/orders ---- */
@@ -697,9 +784,22 @@ void api_handle(http_request_t *req)
         return get_event(req, seg[2], sl[2]);
     }
     if (n == 3 && seg_is(seg[0], sl[0], "admin") && seg_is(seg[1], sl[1], "events")) {
+        if (req->method == HTTP_M_PATCH)
+            return admin_patch_event(req, seg[2], sl[2]);
         if (req->method != HTTP_M_PUT)
             return method_not_allowed(req, ROUTE_ADMIN_EVENT);
         return put_event(req, seg[2], sl[2]);
+    }
+    if (n == 4 && seg_is(seg[0], sl[0], "admin") && seg_is(seg[1], sl[1], "events") &&
+        (seg_is(seg[3], sl[3], "pause") || seg_is(seg[3], sl[3], "resume"))) {
+        if (req->method != HTTP_M_POST)
+            return method_not_allowed(req, ROUTE_ADMIN_EVENT);
+        return admin_pause_event(req, seg[2], sl[2], seg_is(seg[3], sl[3], "pause"));
+    }
+    if (n == 2 && seg_is(seg[0], sl[0], "admin") && seg_is(seg[1], sl[1], "events")) {
+        if (!get)
+            return method_not_allowed(req, ROUTE_ADMIN_EVENT);
+        return admin_list_events(req);
     }
     if (n == 3 && seg_is(seg[0], sl[0], "v1") && seg_is(seg[1], sl[1], "orders")) {
         if (!get)

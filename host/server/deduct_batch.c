@@ -37,6 +37,9 @@ typedef struct buyer {
     struct buyer *next;
     deduct_fn cb;
     void *data;
+    deduct_result_t res; /* decoded from the reply; answered once WAIT said how safe it is */
+    char id[ID_CAP];
+    char verdict[24];
     size_t user_len;
     char qty[QTY_LEN];
     size_t qty_len;
@@ -57,6 +60,7 @@ struct deduct_batcher {
     pending_t *pending;
     char host_id[SNATCH_NAME_MAX + 1];
     uint64_t timeout_ms;
+    int replicas;    /* deduct_batcher_set_replicas */
     int outstanding; /* batches whose reply is still to come */
     bool closing;
     ev_state_t *buckets[EVENT_BUCKETS];
@@ -72,6 +76,7 @@ typedef struct batch {
     ev_state_t *ev;
     buyer_t *head;
     size_t n;
+    int replicas; /* WAIT for this many after the reply; 0: none */
 } batch_t;
 
 static void send_batch(deduct_batcher_t *b, ev_state_t *ev);
@@ -140,8 +145,21 @@ deduct_batcher_t *deduct_batcher_new(redis_client_t *redis, pending_t *pending, 
     b->pending = pending;
     snprintf(b->host_id, sizeof(b->host_id), "%s", host_id);
     b->timeout_ms = timeout_ms;
+    b->replicas = -1;
     pending_set_carrier(pending, will_send, b);
     return b;
+}
+
+void deduct_batcher_set_replicas(deduct_batcher_t *b, int replicas)
+{
+    b->replicas = replicas;
+}
+
+static int replicas_now(const deduct_batcher_t *b)
+{
+    if (b->replicas >= 0)
+        return b->replicas;
+    return redis_client_masters_have_replicas(b->redis) ? 1 : 0;
 }
 
 static void fail_one(deduct_fn cb, void *data, deduct_verdict_t v, const char *err,
@@ -187,7 +205,9 @@ static const struct {
                 {"insufficient", DEDUCT_INSUFFICIENT},
                 {"limit_reached", DEDUCT_LIMIT_REACHED},
                 {"unknown_event", DEDUCT_UNKNOWN_EVENT},
-                {"expired", DEDUCT_EXPIRED}};
+                {"expired", DEDUCT_EXPIRED},
+                {"repairing", DEDUCT_REPAIRING},
+                {"paused", DEDUCT_PAUSED}};
 
 /* One buyer's reply (an element of the batch's array) into a result; id holds the order id,
  * verdict the verdict's text (the detail of a bad reply). */
@@ -229,6 +249,9 @@ static void decode_one(const redisReply *r, deduct_result_t *res, char *id, char
         res->held = redis_reply_int(r, 1);
         res->gen = redis_reply_int(r, 2);
         return;
+    case DEDUCT_PAUSED:
+        res->gen = redis_reply_int(r, 1);
+        return;
     default:
         return;
     }
@@ -252,22 +275,14 @@ static deduct_result_t batch_failure(const redisReply *reply, const char *err)
     return res;
 }
 
-static void on_batch_reply(redisReply *reply, const char *err, void *data)
+/* Answers the batch's buyers with their decoded results, then lets the next batch go. */
+static void finish_batch(batch_t *bt)
 {
-    batch_t *bt = data;
     deduct_batcher_t *b = bt->b;
     ev_state_t *ev = bt->ev;
-    bool whole = reply != NULL && reply->type == REDIS_REPLY_ARRAY && reply->elements == bt->n;
-    size_t i = 0;
-    for (buyer_t *by = bt->head; by != NULL; i++) {
+    for (buyer_t *by = bt->head; by != NULL;) {
         buyer_t *next = by->next;
-        char id[ID_CAP], verdict[24];
-        deduct_result_t res;
-        if (whole)
-            decode_one(reply->element[i], &res, id, verdict, sizeof(verdict));
-        else
-            res = batch_failure(reply, err);
-        by->cb(&res, by->data);
+        by->cb(&by->res, by->data);
         free(by);
         by = next;
     }
@@ -279,13 +294,44 @@ static void on_batch_reply(redisReply *reply, const char *err, void *data)
     maybe_free(b);
 }
 
+static void on_batch_reply(redisReply *reply, const char *err, void *data)
+{
+    batch_t *bt = data;
+    bool whole = reply != NULL && reply->type == REDIS_REPLY_ARRAY && reply->elements == bt->n;
+    size_t i = 0;
+    for (buyer_t *by = bt->head; by != NULL; by = by->next, i++) {
+        if (whole)
+            decode_one(reply->element[i], &by->res, by->id, by->verdict, sizeof(by->verdict));
+        else
+            by->res = batch_failure(reply, err);
+    }
+    /* redis_eval_wait's rule: WAIT follows a reply that is not an error. */
+    if (bt->replicas > 0 && reply != NULL && reply->type != REDIS_REPLY_ERROR)
+        return;
+    finish_batch(bt);
+}
+
+/* WAIT's answer: a batch fewer replicas hold than asked is not confirmed to its buyers. */
+static void on_batch_waited(int64_t replicas, const char *err, void *data)
+{
+    batch_t *bt = data;
+    (void)err;
+    if (replicas < bt->replicas) {
+        metrics_deduct_unreplicated();
+        for (buyer_t *by = bt->head; by != NULL; by = by->next)
+            if (by->res.verdict == DEDUCT_OK)
+                by->res.unreplicated = true;
+    }
+    finish_batch(bt);
+}
+
 /* Takes the first n queued buyers of ev into a batch. */
 static batch_t *take_buyers(deduct_batcher_t *b, ev_state_t *ev, size_t n)
 {
     batch_t *bt = malloc(sizeof(*bt));
     if (bt == NULL)
         return NULL;
-    *bt = (batch_t){.b = b, .ev = ev, .head = ev->head, .n = n};
+    *bt = (batch_t){.b = b, .ev = ev, .head = ev->head, .n = n, .replicas = replicas_now(b)};
     buyer_t *last = NULL, *by = ev->head;
     for (size_t i = 0; i < n; i++, last = by, by = by->next)
         ;
@@ -361,8 +407,10 @@ static void send_batch(deduct_batcher_t *b, ev_state_t *ev)
     metrics_deduct_batch(n);
     /* A failure may call on_batch_reply, and so send_batch, from inside redis_eval: the vectors
      * are not read after it returns, so the nested call may reuse them. */
-    redis_eval(b->redis, on_batch_reply, bt, KEYSPACE__COUNT, (int)(KEYSPACE__COUNT + at), argv,
-               lens);
+    /* WAIT's timeout stays below the deduction deadline: the buyer's answer waits for both. */
+    uint64_t wait_ms = b->timeout_ms / 2 > 0 ? b->timeout_ms / 2 : 1;
+    redis_eval_wait(b->redis, on_batch_reply, on_batch_waited, bt, bt->replicas, wait_ms,
+                    KEYSPACE__COUNT, (int)(KEYSPACE__COUNT + at), argv, lens);
 }
 
 void deduct_batcher_close(deduct_batcher_t *b)

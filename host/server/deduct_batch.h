@@ -26,7 +26,9 @@ typedef enum {
     DEDUCT_LIMIT_REACHED,
     DEDUCT_UNKNOWN_EVENT,
     DEDUCT_EXPIRED,
-    DEDUCT_ERROR,          /* nothing deducted: not sent, timeout, error reply, bad reply */
+    DEDUCT_REPAIRING, /* the node serving the event has not verified it yet: nothing deducted */
+    DEDUCT_PAUSED,    /* the sale is paused (POST /admin/events/E/pause): no change */
+    DEDUCT_ERROR,     /* nothing deducted: not sent, timeout, error reply, bad reply */
     DEDUCT_UNKNOWN_OUTCOME /* the connection died after the batch was sent: it may have run */
 } deduct_verdict_t;
 
@@ -45,6 +47,10 @@ typedef struct deduct_result {
     int64_t created_ms;   /* OK */
     const char *err;      /* ERROR, UNKNOWN_OUTCOME: deduct_err_* or redis_err_* (by pointer) */
     const char *detail;   /* deduct_err_script, deduct_err_bad_reply: for logs; else NULL */
+    /* OK, but fewer replicas than asked (deduct_batcher_set_replicas) acknowledged the batch:
+     * a failover may lose the sale. Not to be confirmed: the order stays in {E}:pending, and
+     * reconciliation publishes it if Redis keeps it. */
+    bool unreplicated;
 } deduct_result_t;
 
 typedef void (*deduct_fn)(const deduct_result_t *r, void *data);
@@ -54,6 +60,12 @@ typedef void (*deduct_fn)(const deduct_result_t *r, void *data);
  * memory. */
 deduct_batcher_t *deduct_batcher_new(redis_client_t *redis, pending_t *pending, const char *host_id,
                                      uint64_t timeout_ms);
+
+/* After each batch's reply, WAIT until replicas replicas hold it (at most half the deduction
+ * deadline) before answering its buyers; fewer: their sales come back DEDUCT_OK with
+ * unreplicated set. replicas < 0: 1 on a cluster whose masters have replicas, else 0 (decided per
+ * batch, as the client learns the topology). 0: no WAIT. The default is -1. */
+void deduct_batcher_set_replicas(deduct_batcher_t *b, int replicas);
 
 /* Deducts qty units for user. cb is called exactly once, possibly before this returns (error). */
 void deduct_submit(deduct_batcher_t *b, const char *event, const char *user, int64_t qty,

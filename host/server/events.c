@@ -7,6 +7,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "redis.h"
+#include "repair.h"
 #include "script.h"
 
 typedef struct lookup {
@@ -37,20 +38,26 @@ void events_read_meta(worker_t *w, const char *event, size_t len, redis_reply_fn
 {
     char key[KEYSPACE_KEY_MAX];
     int n = keyspace_key(key, event, len, KEYSPACE_META);
-    const char *argv[] = {"HMGET", key, "stock", "sold", "limit", "gen"};
-    size_t lens[] = {5, (size_t)n, 5, 4, 5, 3};
-    redis_command(w->redis, fn, data, 6, argv, lens);
+    const char *argv[] = {"HMGET", key, "stock", "sold", "limit", "gen", "paused"};
+    size_t lens[] = {5, (size_t)n, 5, 4, 5, 3, 6};
+    redis_command(w->redis, fn, data, 7, argv, lens);
 }
 
 static stock_event_t *install_from_meta(worker_t *w, const char *event, size_t len,
                                         const redisReply *r)
 {
-    /* r: HMGET {E}:meta stock sold limit gen */
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 4 ||
+    /* r: HMGET {E}:meta stock sold limit gen paused */
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 5 ||
         r->element[0]->type != REDIS_REPLY_STRING)
         return NULL;
-    int64_t stock = redis_reply_int(r, 0), sold = redis_reply_int(r, 1);
-    int64_t limit = redis_reply_int(r, 2), gen = redis_reply_int(r, 3);
+    return events_apply_meta(w, event, len, redis_reply_int(r, 0), redis_reply_int(r, 1),
+                             redis_reply_int(r, 2), redis_reply_int(r, 3),
+                             redis_reply_int(r, 4) == 1);
+}
+
+stock_event_t *events_apply_meta(worker_t *w, const char *event, size_t len, int64_t stock,
+                                 int64_t sold, int64_t limit, int64_t gen, bool paused)
+{
     if (stock < 0)
         return NULL;
     if (sold < 0)
@@ -62,13 +69,14 @@ static stock_event_t *install_from_meta(worker_t *w, const char *event, size_t l
                                        sold, false, &quota);
     if (ev == NULL)
         return NULL;
+    stock_follow(ev, sold >= stock, paused);
     /* Quotas are sized to survive `tolerate` dead hosts; past that, or with uneven traffic, a
      * host can spend its quota while Redis still has stock. Topping it up (at most what Redis
      * has left, at most one quota, once per refresh) means the sale still sells out: Redis
      * keeps it from overselling, and the sold-out flood is still stopped by the sold_out flag. */
     int64_t remaining = stock - sold;
     int64_t grant = remaining < quota ? remaining : quota;
-    if (script_settings(w->script)->refill && remaining > 0 && stock_refill(ev, grant))
+    if (script_settings(w->script)->refill && remaining > 0 && !paused && stock_refill(ev, grant))
         log_info("stock: %s: local quota spent while Redis has %lld left: refilled %lld", event,
                  (long long)remaining, (long long)grant);
     return ev;
@@ -122,6 +130,33 @@ static void refresh_one(stock_event_t *ev, void *arg)
     stock_view_t v;
     stock_view(ev, &v);
     events_lookup(w, v.name, v.name_len, on_refreshed, NULL);
+}
+
+typedef struct moved {
+    unsigned first, last;
+} moved_t;
+
+static void request_if_moved(stock_event_t *ev, void *arg)
+{
+    const moved_t *m = arg;
+    stock_view_t v;
+    stock_view(ev, &v);
+    unsigned slot = cluster_key_slot(v.name, v.name_len);
+    if (slot >= m->first && slot <= m->last)
+        repair_request(v.name, v.name_len);
+}
+
+void events_owner_changed(unsigned first, unsigned last, const char *old_id, const char *new_id,
+                          void *arg)
+{
+    moved_t m = {first, last};
+    (void)arg;
+    if (old_id[0] == '\0' || new_id[0] == '\0')
+        return; /* the first map, or slots nobody serves now: nothing can sell there anyway */
+    log_warn("redis: slots %u-%u moved from node %.12s to %.12s: their events are repaired "
+             "before they sell again",
+             first, last, old_id, new_id);
+    stock_foreach(request_if_moved, &m);
 }
 
 void events_refresh(worker_t *w)

@@ -62,9 +62,13 @@ enum field {
     FIELD_AUTH,
     FIELD_TE,
     FIELD_BODY,
-    FIELD_SKIP,
+    FIELD_OTHER, /* a header kept only for http_header() (the policy's req.header) */
     FIELD_XFF
 };
+/* Each header is kept in the request's storage as a record: u32 name length, u32 value length,
+ * the name in lower case, the value (OWS trimmed), NUL. The records of one head are contiguous
+ * (http_request_t.headers), so http_header() walks them without any index. */
+#define HREC_HEAD 8
 enum hstate { HS_URL, HS_NAME, HS_VALUE, HS_BODY };
 enum tlist_id { TL_NONE, TL_IDLE, TL_HEAD, TL_LINGER, TL__COUNT };
 
@@ -83,6 +87,9 @@ typedef struct req {
     bool has_uid, has_auth, has_body;
     size_t xff_off, xff_len;
     bool has_xff;
+    bool has_hdrs;
+    size_t hdr_start, hdr_end; /* the header records */
+    size_t hrec;               /* the record being received */
     char *buf;
     size_t len, cap;
     char inline_buf[REQ_INLINE];
@@ -118,7 +125,6 @@ struct conn {
     uint8_t hname_len;
     uint8_t n_cl, n_te;
     bool te_ok;
-    size_t te_off;
     bool in_feed;
     bool dirty;
     bool paused;
@@ -393,6 +399,45 @@ static void req_finish(req_t *r)
     q->peer = r->buf + r->peer_off;
     q->forwarded_for = r->has_xff ? r->buf + r->xff_off : NULL;
     q->forwarded_for_len = r->xff_len;
+    q->headers = r->has_hdrs ? r->buf + r->hdr_start : NULL;
+    q->headers_len = r->has_hdrs ? r->hdr_end - r->hdr_start : 0;
+}
+
+static uint32_t rec_u32(const char *p)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+static void rec_set_u32(char *p, size_t v)
+{
+    uint32_t u = (uint32_t)v;
+    memcpy(p, &u, sizeof(u));
+}
+
+const char *http_header(const http_request_t *req, const char *name, size_t nlen, size_t *iter,
+                        size_t *vlen)
+{
+    const char *p = req->headers;
+    size_t i = *iter;
+    while (p != NULL && i + HREC_HEAD <= req->headers_len) {
+        uint32_t nl = rec_u32(p + i), vl = rec_u32(p + i + 4);
+        const char *n = p + i + HREC_HEAD;
+        i += HREC_HEAD + nl + vl + 1;
+        if (nl != nlen)
+            continue;
+        size_t k = 0;
+        while (k < nlen && n[k] == (name[k] >= 'A' && name[k] <= 'Z' ? name[k] + 32 : name[k]))
+            k++;
+        if (k == nlen) {
+            *iter = i;
+            *vlen = vl;
+            return n + nl;
+        }
+    }
+    *iter = req->headers_len;
+    return NULL;
 }
 
 /* ---- output ---- */
@@ -869,26 +914,22 @@ static int close_field(conn_t *c)
     case FIELD_UID:
     case FIELD_AUTH:
     case FIELD_TE:
+    case FIELD_OTHER:
     case FIELD_XFF: {
-        size_t off = f == FIELD_UID    ? r->uid_off
-                     : f == FIELD_AUTH ? r->auth_off
-                     : f == FIELD_XFF  ? r->xff_off
-                                       : c->te_off;
+        size_t off = r->hrec + HREC_HEAD + rec_u32(r->buf + r->hrec);
         while (r->len > off && is_ows(r->buf[r->len - 1]))
             r->len--;
         size_t n = r->len - off;
-        if (f == FIELD_TE) {
+        rec_set_u32(r->buf + r->hrec + 4, n);
+        if (f == FIELD_TE)
             /* Only plain chunked: anything else is a body we cannot frame the way a proxy in
              * front of us might. */
             c->te_ok = n == 7 && strncasecmp(r->buf + off, "chunked", 7) == 0;
-            r->len = off;
-            return 0;
-        }
-        if (f == FIELD_UID)
+        else if (f == FIELD_UID)
             r->uid_len = n;
         else if (f == FIELD_XFF)
             r->xff_len = n;
-        else
+        else if (f == FIELD_AUTH)
             r->auth_len = n;
         break;
     }
@@ -911,7 +952,8 @@ static bool name_is(const conn_t *c, const char *lower, size_t n)
 static int resolve_name(conn_t *c)
 {
     req_t *r = c->cur;
-    c->field = FIELD_SKIP;
+    rec_set_u32(r->buf + r->hrec, r->len - r->hrec - HREC_HEAD); /* the name is complete */
+    c->field = FIELD_OTHER;
     if (name_is(c, "x-user-id", 9)) {
         if (r->has_uid)
             return bad(c); /* two identities: which one would a proxy have checked? */
@@ -935,7 +977,6 @@ static int resolve_name(conn_t *c)
         c->n_cl++;
     } else if (name_is(c, "transfer-encoding", 17)) {
         c->n_te++;
-        c->te_off = r->len;
         c->field = FIELD_TE;
     }
     return 0;
@@ -977,15 +1018,34 @@ static int on_header_field(http_parser *p, const char *at, size_t len)
         c->hname_len = 0;
         if (head_add(c, HEADER_OVERHEAD) != 0)
             return -1;
+        req_t *r = c->cur;
+        static const char zero[HREC_HEAD];
+        if (!r->has_hdrs) {
+            r->has_hdrs = true;
+            r->hdr_start = r->len;
+        }
+        r->hrec = r->len;
+        if (req_append(r, zero, HREC_HEAD) != 0) {
+            c->err_status = 500;
+            return -1;
+        }
     }
     if (head_add(c, len) != 0)
         return -1;
+    req_t *r = c->cur;
+    size_t at_off = r->len;
+    if (req_append(r, at, len) != 0) {
+        c->err_status = 500;
+        return -1;
+    }
     for (size_t i = 0; i < len; i++) {
         char ch = at[i];
         if (is_ows(ch))
             return bad(c); /* "Content-Length : 5" is a smuggling shape */
+        ch = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+        r->buf[at_off + i] = ch;
         if (c->hname_len < HNAME_MAX)
-            c->hname[c->hname_len] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+            c->hname[c->hname_len] = ch;
         if (c->hname_len <= HNAME_MAX)
             c->hname_len++;
     }
@@ -1008,8 +1068,6 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
     c->vopen_next = at + len == c->feed_end;
     if (head_add(c, len) != 0)
         return -1;
-    if (c->field == FIELD_SKIP)
-        return 0;
     if (req_append(c->cur, at, len) != 0) {
         c->err_status = 500;
         return -1;
@@ -1030,6 +1088,8 @@ static http_method_t map_method(unsigned m)
         return HTTP_M_PUT;
     case HTTP_DELETE:
         return HTTP_M_DELETE;
+    case HTTP_PATCH:
+        return HTTP_M_PATCH;
     default:
         return HTTP_M_OTHER;
     }
@@ -1043,6 +1103,7 @@ static int on_headers_complete(http_parser *p)
         return -1;
     if (close_field(c) != 0)
         return -1;
+    r->hdr_end = r->len;
     if (p->http_major != 1 || p->http_minor > 1) {
         c->err_status = 505;
         return -1;

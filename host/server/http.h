@@ -20,6 +20,7 @@ typedef enum {
     HTTP_M_POST,
     HTTP_M_PUT,
     HTTP_M_DELETE,
+    HTTP_M_PATCH,
 } http_method_t;
 
 typedef struct http_request {
@@ -41,6 +42,9 @@ typedef struct http_request {
     /* X-Forwarded-For header, NULL when absent (a second one is a 400). */
     const char *forwarded_for;
     size_t forwarded_for_len;
+    /* Every header of the head, for http_header() (NULL and 0: none); opaque records. */
+    const char *headers;
+    size_t headers_len;
     bool admin_listener;  /* arrived on a server started with http_config_t.admin_listener */
     uint64_t received_ns; /* uv_hrtime() when handed to the handler (request latency) */
 } http_request_t;
@@ -98,6 +102,14 @@ int http_server_port(const http_server_t *srv);
  * (never touch it afterwards). Safe to call for a request whose connection already closed. */
 void http_respond(http_request_t *req, int status, const char *content_type, const char *body,
                   size_t len);
+
+/* The value of header name (nlen bytes, any case) in req: the first one found after *iter
+ * (start with *iter = 0; each call moves it past the header returned, so a loop reads every
+ * line of a repeated header, in order). Returns the value (vlen bytes, OWS trimmed, followed by
+ * a NUL, valid as long as req) or NULL when there is no further one. Reads only what the
+ * request already holds: nothing is copied. */
+const char *http_header(const http_request_t *req, const char *name, size_t nlen, size_t *iter,
+                        size_t *vlen);
 
 /* Reason phrase for a status code ("OK", "Conflict", ...). */
 const char *http_status_text(int status);

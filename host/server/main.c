@@ -25,6 +25,7 @@
 #include "orders_stream.h"
 #include "ratelimit.h"
 #include "reconciler.h"
+#include "repair.h"
 #include "script.h"
 #include "stock.h"
 #include "util.h"
@@ -39,6 +40,7 @@ static uv_signal_t sig_hup, sig_term, sig_int;
 static char host_id_buf[SNATCH_NAME_MAX + 1];
 static char deduct_buf[4096];
 static uint64_t reconcile_interval_ms = 5000;
+static bool redis_repair;
 static int64_t reconcile_after_ms = 30000;
 static int64_t rate_limit_keys = 1 << 18;
 static int64_t max_events = STOCK_EVENTS_DEFAULT;
@@ -58,8 +60,12 @@ static void usage(FILE *out)
             "\n"
             "  --listen ADDR:PORT        where to serve HTTP (default 127.0.0.1:8080)\n"
             "  --threads N               event-loop threads (default: CPU count)\n"
-            "  --redis HOST:PORT         Redis, the global stock (default 127.0.0.1:6379)\n"
+            "  --redis HOST:PORT[,...]   Redis, the global stock (default 127.0.0.1:6379): a\n"
+            "                            standalone server, or seed nodes of a Redis Cluster\n"
             "  --redis-timeout-ms MS     per Redis command (default 1000)\n"
+            "  --redis-replicas N        a sale is confirmed once N replicas hold it (WAIT,\n"
+            "                            at most half of --redis-timeout-ms; default: 1 on a\n"
+            "                            cluster whose masters have replicas, else 0)\n"
             "  --nats URL[,URL...]       NATS with JetStream: one server, or the nodes of a\n"
             "                            cluster (default nats://127.0.0.1:4222)\n"
             "  --ack-timeout-ms MS       wait for the JetStream ack before answering 202 (5000)\n"
@@ -75,6 +81,9 @@ static void usage(FILE *out)
             "  --header-timeout-ms MS    request head must arrive within (default 10000)\n"
             "  --reconcile-interval-ms MS  republish lost orders every MS (default 5000, 0: off)\n"
             "  --reconcile-after-ms MS   an unacknowledged order counts as lost after (30000)\n"
+            "  --redis-repair            on a standalone Redis too, verify each event against\n"
+            "                            the persisted orders (owner, lua/repair.lua) and\n"
+            "                            repair it after a restart or promotion (cluster: always)\n"
             "  --log-format text|json    log lines on stderr (default text)\n"
             "  --rate-limit-keys N       buckets of the policy's host.limit() (default 262144,\n"
             "                            ~190 bytes each; when full the least recent is reused)\n"
@@ -181,6 +190,7 @@ enum {
     OPT_THREADS,
     OPT_REDIS,
     OPT_REDIS_TIMEOUT,
+    OPT_REDIS_REPLICAS,
     OPT_NATS,
     OPT_ACK_TIMEOUT,
     OPT_MAX_INFLIGHT,
@@ -196,6 +206,7 @@ enum {
     OPT_VERSION,
     OPT_LOG_FORMAT,
     OPT_RECONCILE_INTERVAL,
+    OPT_REDIS_REPAIR,
     OPT_RECONCILE_AFTER,
     OPT_RATE_LIMIT_KEYS,
     OPT_ORDERS_MAX_AGE,
@@ -212,11 +223,13 @@ enum {
 static int parse_args(int argc, char **argv, bool *test_only)
 {
     static char listen_buf[256], redis_buf[256], admin_buf[256];
+    static cluster_seed_t redis_seeds[REDIS_SEEDS_MAX];
     static const struct option opts[] = {
         {"listen", required_argument, NULL, OPT_LISTEN},
         {"threads", required_argument, NULL, OPT_THREADS},
         {"redis", required_argument, NULL, OPT_REDIS},
         {"redis-timeout-ms", required_argument, NULL, OPT_REDIS_TIMEOUT},
+        {"redis-replicas", required_argument, NULL, OPT_REDIS_REPLICAS},
         {"nats", required_argument, NULL, OPT_NATS},
         {"ack-timeout-ms", required_argument, NULL, OPT_ACK_TIMEOUT},
         {"max-inflight", required_argument, NULL, OPT_MAX_INFLIGHT},
@@ -230,6 +243,7 @@ static int parse_args(int argc, char **argv, bool *test_only)
         {"header-timeout-ms", required_argument, NULL, OPT_HEADER_TIMEOUT},
         {"test", no_argument, NULL, OPT_TEST},
         {"reconcile-interval-ms", required_argument, NULL, OPT_RECONCILE_INTERVAL},
+        {"redis-repair", no_argument, NULL, OPT_REDIS_REPAIR},
         {"reconcile-after-ms", required_argument, NULL, OPT_RECONCILE_AFTER},
         {"rate-limit-keys", required_argument, NULL, OPT_RATE_LIMIT_KEYS},
         {ORDERS_MAX_AGE_FLAG, required_argument, NULL, OPT_ORDERS_MAX_AGE},
@@ -254,6 +268,8 @@ static int parse_args(int argc, char **argv, bool *test_only)
     cfg->threads = cpus > 0 ? (int)(cpus < MAX_THREADS ? cpus : MAX_THREADS) : 2;
     cfg->redis_host = "127.0.0.1";
     cfg->redis_port = 6379;
+    cfg->redis_seeds = "127.0.0.1:6379";
+    cfg->redis_replicas = -1;
     cfg->redis_timeout_ms = 1000;
     cfg->nats_url = "nats://127.0.0.1:4222";
     cfg->ack_timeout_ms = 5000;
@@ -285,11 +301,20 @@ static int parse_args(int argc, char **argv, bool *test_only)
             cfg->threads = (int)v;
             break;
         case OPT_REDIS:
-            if (parse_hostport(optarg, &cfg->redis_host, &cfg->redis_port, redis_buf,
-                               sizeof(redis_buf)) != 0) {
-                fprintf(stderr, "snatch-host: --redis wants HOST:PORT\n");
+            if (cluster_parse_seeds(optarg, redis_seeds, REDIS_SEEDS_MAX) < 1) {
+                fprintf(stderr, "snatch-host: --redis wants HOST:PORT[,HOST:PORT...] (numeric "
+                                "addresses)\n");
                 return -1;
             }
+            snprintf(redis_buf, sizeof(redis_buf), "%s", redis_seeds[0].host);
+            cfg->redis_host = redis_buf;
+            cfg->redis_port = redis_seeds[0].port;
+            cfg->redis_seeds = optarg;
+            break;
+        case OPT_REDIS_REPLICAS:
+            if (cli_int_opt("snatch-host", "--redis-replicas", optarg, 0, 16, &v))
+                return -1;
+            cfg->redis_replicas = (int)v;
             break;
         case OPT_REDIS_TIMEOUT:
             if (cli_int_opt("snatch-host", "--redis-timeout-ms", optarg, 1, 600000, &v))
@@ -330,6 +355,9 @@ static int parse_args(int argc, char **argv, bool *test_only)
             break;
         case OPT_DEDUCT:
             cfg->deduct_path = optarg;
+            break;
+        case OPT_REDIS_REPAIR:
+            redis_repair = true;
             break;
         case OPT_MAX_HEAD:
             if (cli_int_opt("snatch-host", "--max-head", optarg, 256, 1 << 20, &v))
@@ -476,6 +504,32 @@ static int parse_args(int argc, char **argv, bool *test_only)
     return 0;
 }
 
+/* lua/repair.lua: next to the deduct script, else installed, else the source tree. Without it
+ * nothing is repaired: an event whose Redis node changed keeps answering 503 repairing
+ * (deduct.lua's gate), which is safe but stuck. */
+static void load_repair_script(const char *deduct_path, const char *seeds)
+{
+    char path[4096];
+    const char *slash = strrchr(deduct_path, '/');
+    size_t dir = slash ? (size_t)(slash - deduct_path + 1) : 0;
+    snprintf(path, sizeof(path), "%.*srepair.lua", (int)dir, deduct_path);
+    /* A deduct script of one's own (/etc/snatch) still finds the installed repair script. */
+    if (access(path, R_OK) != 0)
+        snprintf(path, sizeof(path), "%s/repair.lua", SNATCH_DATA_DIR);
+    if (access(path, R_OK) != 0)
+        snprintf(path, sizeof(path), "%s/lua/repair.lua", SNATCH_SOURCE_DIR);
+    char *src = util_read_file(path, NULL);
+    if (src == NULL) {
+        log_error("cannot read %s: events are not repaired after a Redis failover (they answer "
+                  "503 repairing until it is there and the host restarted)",
+                  path);
+        return;
+    }
+    if (repair_configure(src, redis_repair, seeds) != 0)
+        log_error("repair: cannot configure (seeds %s): events are not repaired", seeds);
+    free(src);
+}
+
 /* Refuses a port another process serves: the workers bind with SO_REUSEPORT, which would
  * silently share it with a second snatch-host (and split its buyers between two hosts). */
 static int check_port_free(const char *what, const char *addr, int port)
@@ -570,8 +624,9 @@ int main(int argc, char **argv)
                  "--ack-timeout-ms (%llu), or orders still awaiting their ack get "
                  "republished (harmless: de-duplicated, but wasted)",
                  (long long)reconcile_after_ms, (unsigned long long)host.cfg.ack_timeout_ms);
+    load_repair_script(host.cfg.deduct_path, host.cfg.redis_seeds);
     if (reconcile_interval_ms > 0 &&
-        reconciler_start(&reconciler, host.cfg.redis_host, host.cfg.redis_port, host.cfg.nats_url,
+        reconciler_start(&reconciler, host.cfg.redis_seeds, host.cfg.nats_url,
                          reconcile_interval_ms, reconcile_after_ms, &host.cfg.auth,
                          host.cfg.policy_path, host.cfg.host_id, host.cfg.hosts) != 0) {
         log_error("cannot start the reconciliation thread");
@@ -595,10 +650,10 @@ int main(int argc, char **argv)
     }
     if (status == 0) {
         log_info("snatch-host %s: serving http://%s:%d with %d threads, host %s of %d, "
-                 "redis %s:%d, nats %s, policy %s",
+                 "redis %s, nats %s, policy %s",
                  SNATCH_VERSION, host.cfg.listen_addr, host.cfg.listen_port, n_workers,
-                 host.cfg.host_id, host.cfg.hosts, host.cfg.redis_host, host.cfg.redis_port,
-                 host.cfg.nats_url, host.cfg.policy_path);
+                 host.cfg.host_id, host.cfg.hosts, host.cfg.redis_seeds, host.cfg.nats_url,
+                 host.cfg.policy_path);
         uv_run(loop, UV_RUN_DEFAULT);
     } else {
         for (int i = 0; i < n_workers; i++)

@@ -52,6 +52,7 @@ static _Atomic uint64_t reloads_ok, reloads_failed;
 static _Atomic int64_t orders_inflight;
 static _Atomic int64_t connections[METRICS_SLOTS];
 static _Atomic uint64_t rec_passes_ok, rec_passes_failed, rec_stale_seen, rec_republished;
+static _Atomic uint64_t repairs_ok, repairs_failed, repair_restored, repair_gated, repair_oversold;
 static _Atomic int64_t rec_stale_last;
 
 static pthread_mutex_t lua_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -64,8 +65,8 @@ static int n_lua_counters;
 static const char *route_names[ROUTE__COUNT] = {"snatch",      "event",   "admin_event", "order",
                                                 "user_orders", "metrics", "healthz",     "other"};
 static const char *outcome_names[OUTCOME__COUNT] = {
-    "sold",          "pending",  "sold_out_local", "sold_out_redis",
-    "limit_reached", "rejected", "bad_request",    "unavailable"};
+    "sold",     "pending",     "sold_out_local", "sold_out_redis", "limit_reached",
+    "rejected", "bad_request", "unavailable",    "paused"};
 
 void metrics_init(void)
 {
@@ -132,6 +133,20 @@ void metrics_reconcile_pass(int ok, int64_t stale, int64_t republished)
         atomic_fetch_add(&rec_republished, (uint64_t)republished);
     if (ok) /* a failed pass saw only part of the backlog: keep the last full count */
         atomic_store(&rec_stale_last, stale);
+}
+
+void metrics_repair(int ok, int64_t restored, int64_t oversold)
+{
+    atomic_fetch_add(ok ? &repairs_ok : &repairs_failed, 1);
+    if (restored > 0)
+        atomic_fetch_add(&repair_restored, (uint64_t)restored);
+    if (oversold > 0)
+        atomic_fetch_add(&repair_oversold, (uint64_t)oversold);
+}
+
+void metrics_repair_gated(void)
+{
+    atomic_fetch_add(&repair_gated, 1);
 }
 
 void metrics_policy_reload(int ok)
@@ -281,6 +296,13 @@ void metrics_deduct_batch(size_t buyers)
     atomic_fetch_add_explicit(&batch_sum, buyers, memory_order_relaxed);
 }
 
+static _Atomic uint64_t unreplicated_batches;
+
+void metrics_deduct_unreplicated(void)
+{
+    atomic_fetch_add_explicit(&unreplicated_batches, 1, memory_order_relaxed);
+}
+
 static void render_batches(prom_buf_t *o)
 {
     uint64_t counts[N_BATCH + 1];
@@ -290,6 +312,11 @@ static void render_batches(prom_buf_t *o)
                 "Buyers per deduction batch (one EVALSHA of deduct.lua).");
     prom_histogram(o, "snatch_deduct_batch_size", "", batch_bounds, N_BATCH, counts,
                    atomic_load(&batch_sum));
+    prom_family(o, "snatch_deduct_unreplicated_batches_total", "counter",
+                "Deduction batches fewer than --redis-replicas replicas acknowledged (WAIT): "
+                "their sales were answered 202 and not published.");
+    prom_printf(o, "snatch_deduct_unreplicated_batches_total %llu\n",
+                (unsigned long long)atomic_load(&unreplicated_batches));
 }
 
 static void render_orders(prom_buf_t *o)
@@ -328,6 +355,24 @@ static void render_orders(prom_buf_t *o)
                 "Pending orders older than the grace period found by the last pass.");
     prom_printf(o, "snatch_reconciler_pending_orders %lld\n",
                 (long long)atomic_load(&rec_stale_last));
+    prom_family(o, "snatch_repairs_total", "counter",
+                "Repairs of an event's Redis state from the persisted orders, by result.");
+    prom_printf(o, "snatch_repairs_total{result=\"ok\"} %llu\n",
+                (unsigned long long)atomic_load(&repairs_ok));
+    prom_printf(o, "snatch_repairs_total{result=\"error\"} %llu\n",
+                (unsigned long long)atomic_load(&repairs_failed));
+    prom_family(o, "snatch_repair_orders_restored_total", "counter",
+                "Persisted orders a repair found missing in Redis and restored.");
+    prom_printf(o, "snatch_repair_orders_restored_total %llu\n",
+                (unsigned long long)atomic_load(&repair_restored));
+    prom_family(o, "snatch_repair_gated_total", "counter",
+                "Sales answered 503 repairing: the event's Redis node had not verified it yet.");
+    prom_printf(o, "snatch_repair_gated_total %llu\n",
+                (unsigned long long)atomic_load(&repair_gated));
+    prom_family(o, "snatch_repair_oversold_units_total", "counter",
+                "Units by which persisted orders exceeded an event's stock after a repair.");
+    prom_printf(o, "snatch_repair_oversold_units_total %llu\n",
+                (unsigned long long)atomic_load(&repair_oversold));
 }
 
 typedef struct {

@@ -28,6 +28,7 @@ typedef enum {
     OUTCOME_REJECTED,       /* policy admit() refused (4xx) */
     OUTCOME_BAD_REQUEST,    /* 400/404 before policy */
     OUTCOME_UNAVAILABLE,    /* 503: Redis or NATS unreachable, nothing deducted */
+    OUTCOME_PAUSED,         /* 409: the sale is paused (locally known or from Redis) */
     OUTCOME__COUNT
 } metrics_outcome_t;
 
@@ -48,12 +49,20 @@ void metrics_set_connections(int worker, int64_t n);
 void metrics_orders_inflight(int64_t delta);
 /* A deduction batch of that many buyers was sent. */
 void metrics_deduct_batch(size_t buyers);
+/* A deduction batch whose WAIT found fewer replicas than --redis-replicas (its sales were
+ * answered 202, not published): snatch_deduct_unreplicated_batches_total. */
+void metrics_deduct_unreplicated(void);
 /* A JetStream publish finished: acknowledged (ok) or failed/timed out; sent_ns: uv_hrtime() at
  * publish. */
 void metrics_orders_ack(int ok, uint64_t sent_ns);
 /* One pass of the host's reconciler: ok, stale pending entries it found, how many of them it
  * republished. */
 void metrics_reconcile_pass(int ok, int64_t stale, int64_t republished);
+/* Redis repair (repair.h): a repair finished (ok) or failed, the orders it restored, and the
+ * units by which the event's persisted orders exceed its stock afterwards (0 normally). */
+void metrics_repair(int ok, int64_t restored, int64_t oversold);
+/* A sale was refused with 503 repairing (the event is gated on its node). */
+void metrics_repair_gated(void);
 
 /* Failed attempts to set up or use a backend connection, by step: snatch_backend_errors_total. */
 typedef enum {

@@ -18,10 +18,10 @@ typedef struct reconciler reconciler_t;
  * of its order(), as the host publishes it. Returns 0 or -1. */
 typedef struct auth_config auth_config_t;
 /* auth (may be NULL) and policy_path must outlive the reconciler. */
-int reconciler_start(reconciler_t **out, const char *redis_host, int redis_port,
-                     const char *nats_url, uint64_t interval_ms, int64_t older_than_ms,
-                     const auth_config_t *auth, const char *policy_path, const char *host_id,
-                     int hosts);
+/* redis_seeds: --redis (a standalone server or cluster seeds: cluster_sync.h). */
+int reconciler_start(reconciler_t **out, const char *redis_seeds, const char *nats_url,
+                     uint64_t interval_ms, int64_t older_than_ms, const auth_config_t *auth,
+                     const char *policy_path, const char *host_id, int hosts);
 
 /* SIGHUP: the thread reopens the policy before its next pass (a broken one is refused and the
  * old one kept, as the loop threads do). Any thread. */

@@ -1,186 +1,130 @@
-/* Asynchronous Redis client, one per loop thread (hiredis 0.14 async API on libuv).
- * It sits on the hot path: every snatch that passes the local stock check is one EVALSHA here,
- * ~100k/s per process, all pipelined by hiredis on one connection. So a command costs no malloc
- * of ours in steady state (request records come from a per-client free list and keep their
- * buffers) and no syscall beyond hiredis's own reads and writes.
+/* The Redis router (see redis.h). Standalone: every call goes straight to the one connection,
+ * with no copy and no record of ours (the selling path costs what it did before clusters).
+ * Cluster: a request record owns a copy of the command (the caller may reuse its vectors as soon
+ * as the call returns, and a MOVED, ASK or TRYAGAIN resends it), and lives until its caller has
+ * been answered.
  *
- * What hiredis 0.14 lacks is added here:
- *  - timeouts: replies arrive in send order, so the requests in flight form a FIFO and one
- *    repeating timer walks it from the oldest. A command past its deadline is answered
- *    "timeout" at once and its late reply, if any, swallowed; the connection stays, so younger
- *    commands keep their own deadlines (see on_tick). When Redis stops answering altogether the
- *    connection is freed once every command has been answered (hiredis then calls the pending
- *    callbacks with NULL) and a new one is made. redisAsyncDisconnect would not do: in 0.14 it
- *    waits for the pending replies, which is what a timeout cannot do.
- *  - reconnection with exponential backoff, logging once per state change rather than per try;
- *  - the script: SCRIPT LOAD on every (re)connection, EVALSHA, and on NOSCRIPT (Redis restarted
- *    or flushed its cache) one transparent EVAL retry plus a new SCRIPT LOAD.
- * While not connected every command fails at once: nothing is queued while Redis is away.
+ * The map: slot -> node (one connection per master). It is read with CLUSTER SLOTS when the
+ * mode is decided, every REFRESH_EVERY_MS after, and soon after any sign of a change (MOVED,
+ * CLUSTERDOWN, a master unreachable or lost); refreshes that fail back off up to
+ * REFRESH_BACKOFF_MAX_MS. A MOVED updates its slot at once, before the refresh confirms it. A
+ * node the map no longer names is closed once its last request came back.
  *
- * hiredis's own libuv adapter is not used: it ignores a poll error status, so a connection reset
- * by a killed Redis (EPOLLERR) was never reported to hiredis and requests hung until their
- * timeout. Our hooks also coalesce writes: commands issued during one loop iteration are written
- * by one write() just before the loop polls again (a uv_prepare), instead of arming EPOLLOUT
- * and disarming it again for every batch; EPOLLOUT is used only while connecting or when the
- * socket buffer is full.
- *
- * Runs on its loop's thread only; every callback runs there. */
+ * Runs on its loop's thread only. */
 #include "redis.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <hiredis/async.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include "cluster_slots.h"
 #include "log.h"
-#include "metrics.h"
 #include "util.h"
 
-#define BACKOFF_MIN_MS 50
-#define BACKOFF_MAX_MS 2000
-/* Connection failures logged in a row before going quiet until the next success. */
-#define CONNECT_FAILS_LOGGED 3
-#define TICK_MIN_MS 5
-/* Connect deadline when commands have no timeout. */
-#define CONNECT_TIMEOUT_MS 1000
-/* Records kept for reuse beyond this many are freed: bounds memory after a burst. */
-#define FREE_LIST_MAX 8192
-/* Retries of a setup command (AUTH, SCRIPT LOAD) refused on a live connection, e.g. LOADING while
- * Redis reads its AOF or BUSY while a script runs: short, because the first success after the
- * load decides when the host sells again. */
-#define SETUP_BACKOFF_MIN_MS 50
-#define SETUP_BACKOFF_MAX_MS 500
-/* Refused setup commands are logged at most this often per client. */
-#define SETUP_LOG_EVERY_US 5000000u
+#define REFRESH_EVERY_MS 5000
+#define REFRESH_SOON_MS 20
+#define REFRESH_BACKOFF_MAX_MS 1000
+#define RETRY_EVERY_MS 10 /* TRYAGAIN, or a node whose connection is still being made */
+#define SEED_PROBE_MS 200 /* mode undecided: look for a ready seed this often */
 
-const char redis_err_not_connected[] = "not connected";
-const char redis_err_timeout[] = "timeout";
-const char redis_err_lost[] = "connection lost";
-const char redis_err_closing[] = "closing";
-const char redis_err_no_script[] = "script not loaded";
-const char redis_err_bad_args[] = "bad arguments";
-const char redis_err_unsupported[] = "unsupported command";
-const char redis_err_nomem[] = "out of memory";
-const char redis_err_not_ready[] = "not authenticated";
+const char redis_err_cluster_down[] = "cluster cannot serve the slot";
 
-typedef enum {
-    REQ_COMMAND,    /* the caller's command, reply passed through */
-    REQ_EVAL,       /* EVALSHA; argv kept for the EVAL retry on NOSCRIPT */
-    REQ_LOAD,       /* our SCRIPT LOAD of the current source (connect, NOSCRIPT) */
-    REQ_SET_SCRIPT, /* SCRIPT LOAD of a candidate source (redis_client_set_script) */
-    REQ_AUTH,       /* AUTH [user] password, the first command of every connection */
-} req_kind_t;
+typedef enum { MODE_UNKNOWN, MODE_STANDALONE, MODE_CLUSTER } mode_t_;
 
-typedef struct req req_t;
-struct req {
-    req_t *next, *prev; /* FIFO of requests in flight; next also links the free list */
+typedef struct node {
     redis_client_t *c;
-    req_kind_t kind;
-    bool timed_out;
-    bool retried;
-    bool answered; /* the caller already got "timeout": the late reply is swallowed */
-    uint64_t sent_ns;
-    redis_reply_fn fn;
-    void *data;
-    /* REQ_EVAL: argv = EVALSHA sha numkeys keys... args..., laid out in buf (reused). */
-    int argc;
+    char host[CLUSTER_HOST_MAX];
+    int port;
+    char id[CLUSTER_ID_MAX];
+    redis_conn_t *conn;
+    int inflight;   /* our requests (and CLUSTER SLOTS) whose reply is still to come */
+    bool retired;   /* no longer in the map: closed when inflight reaches 0 */
+    bool was_ready; /* a failure of a node that never answered yet is "not yet", not "down" */
+    uint64_t born_ns;
+    struct node *next_dead; /* closed nodes stay allocated until the client is freed */
+} node_t;
+
+typedef struct rreq rreq_t;
+struct rreq {
+    rreq_t *next; /* retry list */
+    redis_client_t *c;
+    bool eval;
+    int numkeys;
+    int argc; /* eval: keys then args; command: the whole command */
     const char **argv;
     size_t *argvlen;
-    char *buf;
-    size_t cap;
-    char numkeys[16];
-    /* REQ_LOAD: which source it loads, so a late reply cannot clobber a newer sha. */
-    uint64_t script_gen;
-    /* REQ_SET_SCRIPT: the candidate (owned until adopted) and whom to tell. */
-    char *new_script;
-    void (*on_done)(int ok, const char *err, void *arg);
-    void *arg;
+    bool routed; /* has a slot */
+    unsigned slot;
+    uint64_t deadline_ns;
+    int redirects;
+    bool asking, asked;
+    cluster_redirect_t ask;
+    node_t *node;       /* where it was sent (cluster) */
+    redis_conn_t *conn; /* where it was sent */
+    redis_reply_fn fn;
+    redis_wait_fn wait_fn; /* NULL: no WAIT */
+    int replicas;
+    uint64_t wait_ms;
+    void *data;
 };
 
 struct redis_client {
     uv_loop_t *loop;
-    char host[INET6_ADDRSTRLEN];
-    int port;
-    uint64_t timeout_ms;
-
-    redisAsyncContext *ac; /* NULL between connections */
-    bool connected;        /* onConnect OK and no error seen since */
-    bool sha_ok;           /* SCRIPT LOAD answered on this connection */
-    bool load_inflight;    /* a REQ_LOAD is out: do not send another */
-    bool was_ready;        /* for logging state changes only */
-    bool closing;
-    bool stalled; /* oldest command far past its deadline: take no new ones, then drop */
-    int connect_fails;
-    uint64_t backoff_ms;
-
     char *script;
-    uint64_t script_gen;
-    char sha[41];
+    uint64_t timeout_ms;
+    char *user, *password;
+    mode_t_ mode;
+    bool closing;
 
-    req_t *head, *tail; /* in flight, oldest first */
-    req_t *free_list;
-    size_t n_free;
-    size_t n_live; /* records handed out: the client is freed only when they are all back */
+    redis_conn_t *single; /* standalone */
 
-    uv_timer_t reconnect_timer;
-    uv_timer_t tick_timer;
-    uv_prepare_t flush; /* writes what the iteration's commands queued in hiredis */
+    int n_seeds;
+    cluster_seed_t seeds[REDIS_SEEDS_MAX];
+    redis_conn_t *seed_conn[REDIS_SEEDS_MAX]; /* while undecided */
+    bool probe_inflight;
+
+    node_t **nodes;
+    size_t n_nodes;
+    node_t *slot_owner[CLUSTER_SLOTS];
+    node_t *dead;       /* closed: replies of their requests may still arrive (deferred frees) */
+    cluster_map_t *map; /* the last map read (owner diff) */
+    bool masters_have_replicas;
+    bool refresh_inflight;
+    uint64_t refresh_backoff_ms;
+    size_t refresh_rr; /* which node asks next */
+
+    uv_timer_t refresh_timer;
+    uv_timer_t retry_timer;
+    rreq_t *retry_head, *retry_tail;
     int open_handles;
+    int live; /* request records and set_script rounds not yet finished */
 
-    char *user;     /* ACL user, NULL: "default" */
-    char *password; /* NULL: no AUTH */
-    bool authed;    /* AUTH accepted on this connection (or none needed) */
-    bool auth_inflight;
-    uv_timer_t setup_timer; /* retries a refused AUTH or SCRIPT LOAD on the same connection */
-    uint64_t setup_backoff_ms;
-    uint64_t setup_logged_us;
-    unsigned setup_unlogged;
+    redis_owner_fn owner_fn;
+    void *owner_arg;
 };
 
-static void on_reply(redisAsyncContext *ac, void *r, void *privdata);
-static void on_flush(uv_prepare_t *h);
-static void on_poll(uv_poll_t *h, int status, int events);
-static void on_tick(uv_timer_t *t);
-static void on_reconnect_timer(uv_timer_t *t);
-static void on_connect_timeout(uv_timer_t *t);
-static void on_setup_timer(uv_timer_t *t);
+static void route(rreq_t *r);
+static void on_retry_timer(uv_timer_t *t);
+static void schedule_refresh(redis_client_t *c, uint64_t ms);
+static void on_node_ready(redis_conn_t *conn, void *arg);
 
-/* ---- request records ---- */
-
-static req_t *req_get(redis_client_t *c, req_kind_t kind)
-{
-    req_t *r = c->free_list;
-    if (r != NULL) {
-        c->free_list = r->next;
-        c->n_free--;
-    } else {
-        r = calloc(1, sizeof(*r));
-        if (r == NULL)
-            return NULL;
-    }
-    r->next = r->prev = NULL;
-    r->c = c;
-    r->kind = kind;
-    r->timed_out = r->retried = r->answered = false;
-    r->fn = NULL;
-    r->data = NULL;
-    r->new_script = NULL;
-    r->on_done = NULL;
-    c->n_live++;
-    return r;
-}
+/* ---- lifetime ---- */
 
 static void client_free(redis_client_t *c)
 {
-    while (c->free_list != NULL) {
-        req_t *r = c->free_list;
-        c->free_list = r->next;
-        free(r->buf);
-        free(r);
+    while (c->dead != NULL) {
+        node_t *n = c->dead;
+        c->dead = n->next_dead;
+        free(n);
     }
+    free(c->nodes);
+    if (c->map != NULL)
+        cluster_map_free(c->map);
+    free(c->map);
     free(c->script);
     free(c->user);
     free(c->password);
@@ -189,801 +133,8 @@ static void client_free(redis_client_t *c)
 
 static void maybe_free_client(redis_client_t *c)
 {
-    if (c->closing && c->open_handles == 0 && c->n_live == 0 && c->ac == NULL)
+    if (c->closing && c->open_handles == 0 && c->live == 0)
         client_free(c);
-}
-
-/* Returns r to the free list. May free the client itself (last record after close): callers
- * must not touch c afterwards. */
-static void req_put(redis_client_t *c, req_t *r)
-{
-    free(r->new_script);
-    r->new_script = NULL;
-    c->n_live--;
-    if (c->n_free >= FREE_LIST_MAX) {
-        free(r->buf);
-        free(r);
-    } else {
-        r->next = c->free_list;
-        c->free_list = r;
-        c->n_free++;
-    }
-    maybe_free_client(c);
-}
-
-static void fifo_push(redis_client_t *c, req_t *r)
-{
-    r->next = NULL;
-    r->prev = c->tail;
-    if (c->tail != NULL)
-        c->tail->next = r;
-    else
-        c->head = r;
-    c->tail = r;
-}
-
-static void fifo_remove(redis_client_t *c, req_t *r)
-{
-    if (r->prev != NULL)
-        r->prev->next = r->next;
-    else
-        c->head = r->next;
-    if (r->next != NULL)
-        r->next->prev = r->prev;
-    else
-        c->tail = r->prev;
-    r->next = r->prev = NULL;
-}
-
-/* ---- sending ---- */
-
-static void arm_tick(redis_client_t *c)
-{
-    if (c->timeout_ms == 0 || uv_is_active((uv_handle_t *)&c->tick_timer))
-        return;
-    uint64_t every = c->timeout_ms / 4;
-    if (every < TICK_MIN_MS)
-        every = TICK_MIN_MS;
-    uv_timer_start(&c->tick_timer, on_tick, every, every);
-}
-
-/* Hands r to hiredis and tracks it. Returns 0, or -1 (r untouched, not queued). */
-static int send_req(redis_client_t *c, req_t *r, int argc, const char **argv, const size_t *argvlen)
-{
-    if (redisAsyncCommandArgv(c->ac, on_reply, r, argc, argv, argvlen) != REDIS_OK)
-        return -1;
-    r->sent_ns = uv_hrtime();
-    fifo_push(c, r);
-    arm_tick(c);
-    return 0;
-}
-
-/* SCRIPT LOAD of the current source, unless one is already out. */
-static void send_load(redis_client_t *c)
-{
-    if (c->load_inflight || c->ac == NULL || !c->connected || !c->authed)
-        return;
-    req_t *r = req_get(c, REQ_LOAD);
-    if (r == NULL)
-        return;
-    r->script_gen = c->script_gen;
-    const char *argv[] = {"SCRIPT", "LOAD", c->script};
-    const size_t len[] = {6, 4, strlen(c->script)};
-    if (send_req(c, r, 3, argv, len) != 0) {
-        req_put(c, r);
-        return;
-    }
-    c->load_inflight = true;
-}
-
-/* AUTH before anything else on a new connection; the password never reaches a log. */
-static void send_auth(redis_client_t *c)
-{
-    if (c->auth_inflight || c->ac == NULL || !c->connected)
-        return;
-    req_t *r = req_get(c, REQ_AUTH);
-    if (r == NULL)
-        return;
-    const char *argv[3] = {"AUTH"};
-    size_t len[3] = {4};
-    int argc = 1;
-    if (c->user != NULL) {
-        argv[argc] = c->user;
-        len[argc++] = strlen(c->user);
-    }
-    argv[argc] = c->password;
-    len[argc++] = strlen(c->password);
-    if (send_req(c, r, argc, argv, len) != 0) {
-        req_put(c, r);
-        return;
-    }
-    c->auth_inflight = true;
-}
-
-/* ---- hiredis event hooks ---- */
-
-/* One per connection, freed in its close callback (after hiredis has let go of it). */
-typedef struct {
-    uv_poll_t poll;
-    redisAsyncContext *ac; /* NULL once hiredis called cleanup */
-    redis_client_t *c;
-    int events;    /* what the poll handle is started with */
-    bool flushing; /* inside on_flush: a write hiredis could not finish needs EPOLLOUT */
-} poller_t;
-
-static void poll_set(poller_t *p, int events)
-{
-    if (events == p->events)
-        return;
-    p->events = events;
-    if (events)
-        uv_poll_start(&p->poll, events, on_poll);
-    else
-        uv_poll_stop(&p->poll);
-}
-
-static void on_poll(uv_poll_t *h, int status, int events)
-{
-    poller_t *p = h->data;
-    if (status < 0) {
-        /* libuv stopped the handle; let hiredis find the socket error by reading/writing. */
-        events = p->events ? p->events : UV_READABLE;
-        p->events = 0;
-    }
-    if (p->ac != NULL && (events & UV_READABLE))
-        redisAsyncHandleRead(p->ac);
-    if (p->ac != NULL && (events & UV_WRITABLE))
-        redisAsyncHandleWrite(p->ac);
-}
-
-static void hook_add_read(void *privdata)
-{
-    poller_t *p = privdata;
-    poll_set(p, p->events | UV_READABLE);
-}
-
-static void hook_del_read(void *privdata)
-{
-    poller_t *p = privdata;
-    poll_set(p, p->events & ~UV_READABLE);
-}
-
-static void hook_add_write(void *privdata)
-{
-    poller_t *p = privdata;
-    if (p->events & UV_WRITABLE)
-        return;
-    if (p->flushing || !(p->ac->c.flags & REDIS_CONNECTED)) {
-        poll_set(p, p->events | UV_WRITABLE);
-        return;
-    }
-    uv_prepare_start(&p->c->flush, on_flush);
-}
-
-static void hook_del_write(void *privdata)
-{
-    poller_t *p = privdata;
-    poll_set(p, p->events & ~UV_WRITABLE);
-}
-
-static void on_poller_closed(uv_handle_t *h)
-{
-    free(h->data);
-}
-
-static void hook_cleanup(void *privdata)
-{
-    poller_t *p = privdata;
-    p->ac = NULL;
-    uv_close((uv_handle_t *)&p->poll, on_poller_closed);
-}
-
-static int attach(redis_client_t *c, redisAsyncContext *ac)
-{
-    poller_t *p = calloc(1, sizeof(*p));
-    if (p == NULL)
-        return -1;
-    if (uv_poll_init_socket(c->loop, &p->poll, ac->c.fd) != 0) {
-        free(p);
-        return -1;
-    }
-    p->poll.data = p;
-    p->ac = ac;
-    p->c = c;
-    ac->ev.data = p;
-    ac->ev.addRead = hook_add_read;
-    ac->ev.delRead = hook_del_read;
-    ac->ev.addWrite = hook_add_write;
-    ac->ev.delWrite = hook_del_write;
-    ac->ev.cleanup = hook_cleanup;
-    return 0;
-}
-
-static void on_flush(uv_prepare_t *h)
-{
-    redis_client_t *c = container_of(h, redis_client_t, flush);
-    uv_prepare_stop(h);
-    if (c->ac == NULL)
-        return;
-    poller_t *p = c->ac->ev.data; /* outlives a failed write: freed only in its close callback */
-    p->flushing = true;
-    redisAsyncHandleWrite(c->ac);
-    p->flushing = false;
-}
-
-/* ---- connection state ---- */
-
-static void schedule_reconnect(redis_client_t *c)
-{
-    if (c->closing)
-        return;
-    uv_timer_start(&c->reconnect_timer, on_reconnect_timer, c->backoff_ms, 0);
-    c->backoff_ms *= 2;
-    if (c->backoff_ms > BACKOFF_MAX_MS)
-        c->backoff_ms = BACKOFF_MAX_MS;
-}
-
-static void log_lost(redis_client_t *c, const char *why)
-{
-    if (c->was_ready)
-        log_warn("redis: connection to %s:%d lost: %s", c->host, c->port, why);
-    c->was_ready = false;
-}
-
-static void log_connect_failed(redis_client_t *c, const char *why)
-{
-    c->connect_fails++;
-    metrics_backend_error(METRICS_REDIS_CONNECT);
-    if (c->connect_fails <= CONNECT_FAILS_LOGGED)
-        log_warn("redis: cannot connect to %s:%d: %s%s", c->host, c->port, why,
-                 c->connect_fails == CONNECT_FAILS_LOGGED ? " (retrying quietly)" : "");
-}
-
-/* Drops the connection now: every request in flight fails (those past their deadline with
- * "timeout"), then a reconnection is scheduled. Not to be called from inside a hiredis callback
- * of the same context (hiredis would defer the free; our callers are timers and close). */
-static void drop_connection(redis_client_t *c, const char *why)
-{
-    redisAsyncContext *ac = c->ac;
-    if (ac == NULL)
-        return;
-    if (c->was_ready)
-        log_lost(c, why);
-    else
-        log_connect_failed(c, why); /* e.g. a peer that accepts but never answers */
-    c->ac = NULL;
-    c->connected = false;
-    c->sha_ok = false;
-    c->load_inflight = false;
-    c->authed = false;
-    c->auth_inflight = false;
-    c->stalled = false;
-    uv_timer_stop(&c->setup_timer);
-    redisAsyncFree(ac); /* runs on_reply(NULL) for each request; on_disconnect sees ac stale */
-    schedule_reconnect(c);
-}
-
-static void on_connect(const redisAsyncContext *ac, int status)
-{
-    redis_client_t *c = ac->data;
-    if (c == NULL || c->ac != ac)
-        return;
-    uv_timer_stop(&c->reconnect_timer); /* the connect deadline */
-    if (status != REDIS_OK) {
-        /* hiredis frees ac right after this returns. */
-        log_connect_failed(c, ac->c.errstr);
-        c->ac = NULL;
-        schedule_reconnect(c);
-        return;
-    }
-    c->connected = true;
-    c->authed = c->password == NULL;
-    c->setup_backoff_ms = SETUP_BACKOFF_MIN_MS;
-    if (c->authed)
-        send_load(c);
-    else
-        send_auth(c);
-}
-
-static void on_disconnect(const redisAsyncContext *ac, int status)
-{
-    redis_client_t *c = ac->data;
-    if (c == NULL || c->ac != ac)
-        return; /* we dropped it ourselves and already moved on */
-    log_lost(c, status == REDIS_OK ? "closed" : ac->c.errstr);
-    c->ac = NULL;
-    c->connected = false;
-    c->sha_ok = false;
-    c->load_inflight = false;
-    c->authed = false;
-    c->auth_inflight = false;
-    uv_timer_stop(&c->setup_timer);
-    schedule_reconnect(c);
-}
-
-static void connect_now(redis_client_t *c)
-{
-    if (c->closing || c->ac != NULL)
-        return;
-    redisAsyncContext *ac = redisAsyncConnect(c->host, c->port);
-    if (ac == NULL) {
-        log_connect_failed(c, "out of memory");
-        schedule_reconnect(c);
-        return;
-    }
-    if (ac->err) {
-        log_connect_failed(c, ac->c.errstr);
-        redisAsyncFree(ac);
-        schedule_reconnect(c);
-        return;
-    }
-    ac->data = c;
-    if (attach(c, ac) != 0) {
-        log_connect_failed(c, "cannot attach to the loop");
-        redisAsyncFree(ac);
-        schedule_reconnect(c);
-        return;
-    }
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    c->ac = ac;
-    /* A SYN into the void would otherwise wait for the kernel's retries (minutes). */
-    uint64_t deadline = c->timeout_ms ? c->timeout_ms : CONNECT_TIMEOUT_MS;
-    if (deadline < TICK_MIN_MS * 20)
-        deadline = TICK_MIN_MS * 20;
-    uv_timer_start(&c->reconnect_timer, on_connect_timeout, deadline, 0);
-}
-
-static void on_connect_timeout(uv_timer_t *t)
-{
-    redis_client_t *c = container_of(t, redis_client_t, reconnect_timer);
-    redisAsyncContext *ac = c->ac;
-    if (ac == NULL || c->connected)
-        return;
-    log_connect_failed(c, "connect timed out");
-    c->ac = NULL;
-    redisAsyncFree(ac); /* nothing was sent yet: no callbacks to run */
-    schedule_reconnect(c);
-}
-
-static void on_reconnect_timer(uv_timer_t *t)
-{
-    connect_now(container_of(t, redis_client_t, reconnect_timer));
-}
-
-/* A command past its deadline is answered "timeout" at once, but the connection stays: if it
- * were dropped, every younger command would end as "connection lost" with an unknown outcome
- * (Redis may still run what it already received). Kept, each command times out at its own
- * deadline, which callers can make certain (deduct.lua refuses after the deadline it is given).
- * Only when the oldest command is STALL_FACTOR deadlines old does the client stop taking new
- * commands; once every outstanding one has been answered, the connection is dropped and made
- * anew. */
-#define STALL_FACTOR 3
-
-static bool user_kind(const req_t *r)
-{
-    return r->kind == REQ_EVAL || r->kind == REQ_COMMAND;
-}
-
-static void on_tick(uv_timer_t *t)
-{
-    redis_client_t *c = container_of(t, redis_client_t, tick_timer);
-    if (c->head == NULL) {
-        uv_timer_stop(t); /* re-armed by the next send: no wake-ups while idle */
-        return;
-    }
-    uint64_t now = uv_hrtime();
-    uint64_t limit = c->timeout_ms * 1000000u;
-    if (now - c->head->sent_ns < limit)
-        return;
-    for (req_t *r = c->head; r != NULL && now - r->sent_ns >= limit; r = r->next) {
-        r->timed_out = true;
-        if (r->answered || !user_kind(r))
-            continue;
-        r->answered = true;
-        r->fn(NULL, redis_err_timeout, r->data);
-        if (c->closing)
-            return; /* the callback closed the client: close failed the rest */
-    }
-    if (c->head != NULL && now - c->head->sent_ns >= STALL_FACTOR * limit)
-        c->stalled = true;
-    if (!c->stalled)
-        return;
-    for (req_t *r = c->head; r != NULL; r = r->next)
-        if (user_kind(r) && !r->answered)
-            return; /* younger commands still have time left: let them run out first */
-    drop_connection(c, "commands timed out");
-}
-
-/* ---- replies ---- */
-
-static const char *failure_reason(const redis_client_t *c, const req_t *r)
-{
-    if (r->timed_out)
-        return redis_err_timeout;
-    return c->closing ? redis_err_closing : redis_err_lost;
-}
-
-static bool is_noscript(const redisReply *reply)
-{
-    return reply != NULL && reply->type == REDIS_REPLY_ERROR && reply->len >= 8 &&
-           memcmp(reply->str, "NOSCRIPT", 8) == 0;
-}
-
-static void adopt_sha(redis_client_t *c, const redisReply *reply)
-{
-    if (reply->type != REDIS_REPLY_STRING || reply->len != 40)
-        return;
-    memcpy(c->sha, reply->str, 40);
-    c->sha[40] = '\0';
-}
-
-/* The script is in this Redis: evals may go. */
-static void mark_ready(redis_client_t *c)
-{
-    if (c->sha_ok)
-        return;
-    c->sha_ok = true;
-    c->backoff_ms = BACKOFF_MIN_MS;
-    c->setup_backoff_ms = SETUP_BACKOFF_MIN_MS;
-    c->connect_fails = 0;
-    if (!c->was_ready)
-        log_info("redis: connected to %s:%d", c->host, c->port);
-    c->was_ready = true;
-}
-
-/* A setup command was refused on a live connection. Without a retry the connection would stay
- * up and never become ready (issue: LOADING after a restart meant 503 until SIGHUP), so it is
- * sent again on the same connection with backoff; each refusal is counted, and logged at most
- * every SETUP_LOG_EVERY_US. */
-static void setup_refused(redis_client_t *c, metrics_backend_step_t step, const char *what,
-                          const redisReply *reply)
-{
-    metrics_backend_error(step);
-    uint64_t now = uv_hrtime() / 1000;
-    if (c->setup_logged_us == 0 || now - c->setup_logged_us >= SETUP_LOG_EVERY_US) {
-        log_warn("redis: %s on %s:%d failed: %s (retrying; %u refusals not logged)", what, c->host,
-                 c->port, reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply",
-                 c->setup_unlogged);
-        c->setup_logged_us = now;
-        c->setup_unlogged = 0;
-    } else {
-        c->setup_unlogged++;
-    }
-    if (c->closing || !c->connected || uv_is_active((uv_handle_t *)&c->setup_timer))
-        return;
-    uv_timer_start(&c->setup_timer, on_setup_timer, c->setup_backoff_ms, 0);
-    c->setup_backoff_ms *= 2;
-    if (c->setup_backoff_ms > SETUP_BACKOFF_MAX_MS)
-        c->setup_backoff_ms = SETUP_BACKOFF_MAX_MS;
-}
-
-static void on_setup_timer(uv_timer_t *t)
-{
-    redis_client_t *c = container_of(t, redis_client_t, setup_timer);
-    if (c->closing || !c->connected)
-        return;
-    if (!c->authed)
-        send_auth(c);
-    else if (!c->sha_ok)
-        send_load(c);
-}
-
-static void auth_done(redis_client_t *c, redisReply *reply)
-{
-    c->auth_inflight = false;
-    if (reply == NULL)
-        return;
-    if (reply->type == REDIS_REPLY_ERROR) {
-        setup_refused(c, METRICS_REDIS_AUTH, "AUTH", reply);
-        return;
-    }
-    c->authed = true;
-    send_load(c);
-}
-
-static void load_done(redis_client_t *c, req_t *r, redisReply *reply)
-{
-    c->load_inflight = false;
-    if (reply == NULL)
-        return;
-    if (reply->type != REDIS_REPLY_STRING) {
-        setup_refused(c, METRICS_REDIS_SCRIPT_LOAD, "SCRIPT LOAD", reply);
-        return;
-    }
-    if (r->script_gen == c->script_gen)
-        adopt_sha(c, reply);
-    mark_ready(c);
-}
-
-static void set_script_done(redis_client_t *c, req_t *r, redisReply *reply, const char *err)
-{
-    if (reply == NULL) {
-        r->on_done(0, err, r->arg);
-        return;
-    }
-    if (reply->type != REDIS_REPLY_STRING || reply->len != 40) {
-        r->on_done(0, reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply", r->arg);
-        return;
-    }
-    free(c->script);
-    c->script = r->new_script;
-    r->new_script = NULL;
-    c->script_gen++;
-    adopt_sha(c, reply);
-    mark_ready(c); /* also recovers a client whose first script did not compile */
-    r->on_done(1, NULL, r->arg);
-}
-
-/* NOSCRIPT: resend the same arguments as EVAL <source>, and reload the script so the next
- * calls go back to EVALSHA. The retry joins the end of the FIFO with a fresh deadline. */
-static int retry_as_eval(redis_client_t *c, req_t *r)
-{
-    r->retried = true;
-    r->argv[0] = "EVAL";
-    r->argvlen[0] = 4;
-    r->argv[1] = c->script;
-    r->argvlen[1] = strlen(c->script);
-    send_load(c);
-    return send_req(c, r, r->argc, r->argv, r->argvlen);
-}
-
-static void on_reply(redisAsyncContext *ac, void *reply_, void *privdata)
-{
-    (void)ac;
-    redisReply *reply = reply_;
-    req_t *r = privdata;
-    redis_client_t *c = r->c;
-    fifo_remove(c, r);
-    if (r->answered) {
-        /* Its caller was told "timeout" already; this late reply is dropped. */
-        req_put(c, r);
-        return;
-    }
-    const char *err = NULL;
-    if (reply == NULL) {
-        /* hiredis is tearing the connection down: fail new commands from callbacks at once. */
-        c->connected = false;
-        c->sha_ok = false;
-        err = failure_reason(c, r);
-    } else {
-        metrics_redis_rtt((uv_hrtime() - r->sent_ns) / 1000);
-    }
-
-    switch (r->kind) {
-    case REQ_LOAD:
-        load_done(c, r, reply);
-        break;
-    case REQ_AUTH:
-        auth_done(c, reply);
-        break;
-    case REQ_SET_SCRIPT:
-        set_script_done(c, r, reply, err);
-        break;
-    case REQ_EVAL:
-        if (is_noscript(reply) && !r->retried && c->connected) {
-            if (retry_as_eval(c, r) == 0)
-                return; /* r lives on in the FIFO */
-            reply = NULL;
-            err = redis_err_lost;
-        }
-        r->fn(reply, err, r->data);
-        break;
-    case REQ_COMMAND:
-        r->fn(reply, err, r->data);
-        break;
-    }
-    req_put(c, r);
-}
-
-/* ---- public API ---- */
-
-int redis_client_start(redis_client_t **out, uv_loop_t *loop, const char *host, int port,
-                       const char *script, uint64_t timeout_ms)
-{
-    return redis_client_start_auth(out, loop, host, port, script, timeout_ms, NULL, NULL);
-}
-
-int redis_client_start_auth(redis_client_t **out, uv_loop_t *loop, const char *host, int port,
-                            const char *script, uint64_t timeout_ms, const char *user,
-                            const char *password)
-{
-    unsigned char addr[sizeof(struct in6_addr)];
-    *out = NULL;
-    if (loop == NULL || host == NULL || script == NULL || port <= 0 || port > 65535)
-        return -EINVAL;
-    /* Numeric only: a name would make hiredis resolve it with a blocking getaddrinfo. */
-    if (inet_pton(AF_INET, host, addr) != 1 && inet_pton(AF_INET6, host, addr) != 1)
-        return -EINVAL;
-    redis_client_t *c = calloc(1, sizeof(*c));
-    if (c == NULL)
-        return -ENOMEM;
-    c->script = strdup(script);
-    c->user = user != NULL ? strdup(user) : NULL;
-    c->password = password != NULL ? strdup(password) : NULL;
-    if (c->script == NULL || (user != NULL && c->user == NULL) ||
-        (password != NULL && c->password == NULL)) {
-        free(c->script);
-        free(c->user);
-        free(c->password);
-        free(c);
-        return -ENOMEM;
-    }
-    c->loop = loop;
-    snprintf(c->host, sizeof(c->host), "%s", host);
-    c->port = port;
-    c->timeout_ms = timeout_ms;
-    c->backoff_ms = BACKOFF_MIN_MS;
-    uv_timer_init(loop, &c->reconnect_timer);
-    uv_timer_init(loop, &c->tick_timer);
-    uv_prepare_init(loop, &c->flush);
-    uv_timer_init(loop, &c->setup_timer);
-    c->open_handles = 4;
-    c->setup_backoff_ms = SETUP_BACKOFF_MIN_MS;
-    connect_now(c);
-    *out = c;
-    return 0;
-}
-
-bool redis_client_ready(const redis_client_t *c)
-{
-    return c != NULL && c->connected && c->authed && c->sha_ok && !c->stalled;
-}
-
-/* Commands that change the connection's reply protocol would break the in-order FIFO. */
-static bool unsupported(const char *cmd, size_t len)
-{
-    static const char *const names[] = {"subscribe",    "psubscribe",   "ssubscribe", "unsubscribe",
-                                        "punsubscribe", "sunsubscribe", "monitor"};
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        if (strlen(names[i]) == len && strncasecmp(cmd, names[i], len) == 0)
-            return true;
-    return false;
-}
-
-/* Why nothing can be sent now, or NULL. */
-static const char *cannot_send(const redis_client_t *c)
-{
-    if (c->closing)
-        return redis_err_closing;
-    if (!c->connected || c->ac == NULL || c->stalled)
-        return redis_err_not_connected;
-    return NULL;
-}
-
-void redis_command(redis_client_t *c, redis_reply_fn fn, void *data, int argc, const char **argv,
-                   const size_t *argvlen)
-{
-    const char *why = cannot_send(c);
-    if (why != NULL) {
-        fn(NULL, why, data);
-        return;
-    }
-    if (!c->authed) {
-        fn(NULL, redis_err_not_ready, data);
-        return;
-    }
-    if (argc < 1 || argv == NULL) {
-        fn(NULL, redis_err_bad_args, data);
-        return;
-    }
-    if (unsupported(argv[0], argvlen ? argvlen[0] : strlen(argv[0]))) {
-        fn(NULL, redis_err_unsupported, data);
-        return;
-    }
-    req_t *r = req_get(c, REQ_COMMAND);
-    if (r == NULL) {
-        fn(NULL, redis_err_nomem, data);
-        return;
-    }
-    r->fn = fn;
-    r->data = data;
-    if (send_req(c, r, argc, argv, argvlen) != 0) {
-        req_put(c, r);
-        fn(NULL, redis_err_not_connected, data);
-    }
-}
-
-/* Copies EVALSHA sha numkeys + the caller's argv into r->buf (grown only when too small, kept
- * across uses) so that a NOSCRIPT retry can resend it. Returns 0 or -1. */
-static int copy_eval_args(redis_client_t *c, req_t *r, int numkeys, int argc, const char **argv,
-                          const size_t *argvlen)
-{
-    size_t n = (size_t)argc + 3;
-    size_t data = 0;
-    for (int i = 0; i < argc; i++)
-        data += argvlen ? argvlen[i] : strlen(argv[i]);
-    size_t need = n * (sizeof(char *) + sizeof(size_t)) + data;
-    if (need > r->cap) {
-        char *nb = realloc(r->buf, need);
-        if (nb == NULL)
-            return -1;
-        r->buf = nb;
-        r->cap = need;
-    }
-    r->argc = (int)n;
-    r->argv = (const char **)(void *)r->buf;
-    r->argvlen = (size_t *)(void *)(r->buf + n * sizeof(char *));
-    char *p = r->buf + n * (sizeof(char *) + sizeof(size_t));
-    int nk = snprintf(r->numkeys, sizeof(r->numkeys), "%d", numkeys);
-    r->argv[0] = "EVALSHA";
-    r->argvlen[0] = 7;
-    r->argv[1] = c->sha;
-    r->argvlen[1] = 40;
-    r->argv[2] = r->numkeys;
-    r->argvlen[2] = (size_t)nk;
-    for (int i = 0; i < argc; i++) {
-        size_t len = argvlen ? argvlen[i] : strlen(argv[i]);
-        memcpy(p, argv[i], len);
-        r->argv[i + 3] = p;
-        r->argvlen[i + 3] = len;
-        p += len;
-    }
-    return 0;
-}
-
-void redis_eval(redis_client_t *c, redis_reply_fn fn, void *data, int numkeys, int argc,
-                const char **argv, const size_t *argvlen)
-{
-    const char *why = cannot_send(c);
-    if (why != NULL) {
-        fn(NULL, why, data);
-        return;
-    }
-    if (!c->sha_ok) {
-        fn(NULL, redis_err_no_script, data);
-        return;
-    }
-    if (numkeys < 0 || argc < numkeys || (argc > 0 && argv == NULL)) {
-        fn(NULL, redis_err_bad_args, data);
-        return;
-    }
-    req_t *r = req_get(c, REQ_EVAL);
-    if (r == NULL || copy_eval_args(c, r, numkeys, argc, argv, argvlen) != 0) {
-        if (r != NULL)
-            req_put(c, r);
-        fn(NULL, redis_err_nomem, data);
-        return;
-    }
-    r->fn = fn;
-    r->data = data;
-    if (send_req(c, r, r->argc, r->argv, r->argvlen) != 0) {
-        req_put(c, r);
-        fn(NULL, redis_err_not_connected, data);
-    }
-}
-
-/* Chosen behaviour while not connected: fail at once (on_done(0, "not connected")) rather than
- * keep the source pending; the caller (SIGHUP) can simply retry. */
-void redis_client_set_script(redis_client_t *c, const char *script,
-                             void (*on_done)(int ok, const char *err, void *arg), void *arg)
-{
-    if (c->closing) {
-        on_done(0, redis_err_closing, arg);
-        return;
-    }
-    if (!c->connected || c->ac == NULL || !c->authed) {
-        on_done(0, redis_err_not_connected, arg);
-        return;
-    }
-    req_t *r = req_get(c, REQ_SET_SCRIPT);
-    char *copy = strdup(script);
-    if (r == NULL || copy == NULL) {
-        free(copy);
-        if (r != NULL)
-            req_put(c, r);
-        on_done(0, redis_err_nomem, arg);
-        return;
-    }
-    r->new_script = copy;
-    r->on_done = on_done;
-    r->arg = arg;
-    const char *argv[] = {"SCRIPT", "LOAD", copy};
-    const size_t len[] = {6, 4, strlen(copy)};
-    if (send_req(c, r, 3, argv, len) != 0) {
-        req_put(c, r);
-        on_done(0, redis_err_not_connected, arg);
-    }
 }
 
 static void on_handle_closed(uv_handle_t *h)
@@ -993,54 +144,920 @@ static void on_handle_closed(uv_handle_t *h)
     maybe_free_client(c);
 }
 
+static redis_conn_t *new_conn(redis_client_t *c, const char *host, int port)
+{
+    redis_conn_t *conn = NULL;
+    if (redis_conn_start_auth(&conn, c->loop, host, port, c->script, c->timeout_ms, c->user,
+                              c->password) != 0)
+        return NULL;
+    return conn;
+}
+
+/* ---- nodes ---- */
+
+static void node_close(redis_client_t *c, size_t i)
+{
+    node_t *n = c->nodes[i];
+    c->nodes[i] = c->nodes[--c->n_nodes];
+    n->retired = true;
+    n->next_dead = c->dead;
+    c->dead = n;
+    redis_conn_on_ready(n->conn, NULL, NULL);
+    redis_conn_close(n->conn);
+}
+
+static void maybe_close_retired(node_t *n)
+{
+    redis_client_t *c = n->c;
+    if (!n->retired || n->inflight > 0)
+        return;
+    for (size_t i = 0; i < c->n_nodes; i++)
+        if (c->nodes[i] == n) {
+            node_close(c, i);
+            return;
+        }
+}
+
+static node_t *node_find(const redis_client_t *c, const char *host, int port)
+{
+    for (size_t i = 0; i < c->n_nodes; i++)
+        if (c->nodes[i]->port == port && strcmp(c->nodes[i]->host, host) == 0)
+            return c->nodes[i];
+    return NULL;
+}
+
+/* The node at host:port, made (with its connection, or adopting conn) when unknown. */
+static node_t *node_get(redis_client_t *c, const char *host, int port, redis_conn_t *conn)
+{
+    node_t *n = node_find(c, host, port);
+    if (n != NULL) {
+        n->retired = false;
+        return n;
+    }
+    node_t **grown = realloc(c->nodes, (c->n_nodes + 1) * sizeof(*grown));
+    if (grown == NULL)
+        return NULL;
+    c->nodes = grown;
+    n = calloc(1, sizeof(*n));
+    if (n == NULL)
+        return NULL;
+    n->conn = conn != NULL ? conn : new_conn(c, host, port);
+    if (n->conn == NULL) {
+        free(n);
+        return NULL;
+    }
+    n->c = c;
+    snprintf(n->host, sizeof(n->host), "%s", host);
+    n->port = port;
+    n->born_ns = uv_hrtime();
+    n->was_ready = redis_conn_ready(n->conn);
+    redis_conn_on_ready(n->conn, on_node_ready, n);
+    c->nodes[c->n_nodes++] = n;
+    return n;
+}
+
+static node_t *any_ready_node(redis_client_t *c)
+{
+    for (size_t k = 0; k < c->n_nodes; k++) {
+        node_t *n = c->nodes[(c->refresh_rr + k) % c->n_nodes];
+        if (!n->retired && redis_conn_ready(n->conn)) {
+            c->refresh_rr = (c->refresh_rr + k + 1) % c->n_nodes;
+            return n;
+        }
+    }
+    return NULL;
+}
+
+/* ---- the map ---- */
+
+static void owner_changed(unsigned first, unsigned last, const char *old_id, const char *new_id,
+                          void *arg)
+{
+    redis_client_t *c = arg;
+    log_info("redis: slots %u-%u moved from master %.12s to %.12s", first, last,
+             old_id[0] ? old_id : "(none)", new_id[0] ? new_id : "(none)");
+    if (c->owner_fn != NULL)
+        c->owner_fn(first, last, old_id, new_id, c->owner_arg);
+}
+
+/* Takes m (heap) as the map: nodes made for its masters, the others retired. */
+static void install_map(redis_client_t *c, cluster_map_t *m)
+{
+    node_t *of[m->n_nodes > 0 ? m->n_nodes : 1];
+    for (size_t i = 0; i < c->n_nodes; i++)
+        c->nodes[i]->retired = true;
+    for (size_t i = 0; i < m->n_nodes; i++) {
+        of[i] = node_get(c, m->nodes[i].host, m->nodes[i].port, NULL);
+        if (of[i] != NULL)
+            snprintf(of[i]->id, sizeof(of[i]->id), "%s", m->nodes[i].id);
+    }
+    for (size_t s = 0; s < CLUSTER_SLOTS; s++)
+        c->slot_owner[s] = m->slot_node[s] == CLUSTER_NO_NODE ? NULL : of[m->slot_node[s]];
+    c->masters_have_replicas = m->masters_have_replicas;
+    cluster_map_t *old = c->map;
+    c->map = m;
+    if (old != NULL) {
+        cluster_map_diff(old, m, owner_changed, c);
+        cluster_map_free(old);
+        free(old);
+    } else {
+        log_info("redis: cluster of %zu masters%s", m->n_nodes,
+                 m->masters_have_replicas ? ", each with a replica" : "");
+    }
+    if (!m->covered)
+        log_warn("redis: the cluster map leaves slots without a master");
+    for (size_t i = c->n_nodes; i-- > 0;)
+        if (c->nodes[i]->retired && c->nodes[i]->inflight == 0)
+            node_close(c, i);
+}
+
+/* Parses a CLUSTER SLOTS reply from host into a heap map; NULL (logged) when unusable. */
+static cluster_map_t *read_map(const redisReply *reply, const char *host)
+{
+    cluster_map_t *m = malloc(sizeof(*m));
+    char err[160];
+    if (m == NULL)
+        return NULL;
+    if (cluster_map_parse(m, reply, host, err, sizeof(err)) != 0) {
+        log_warn("redis: cannot read the cluster map: %s", err);
+        free(m);
+        return NULL;
+    }
+    return m;
+}
+
+static void refresh_failed(redis_client_t *c)
+{
+    schedule_refresh(c, c->refresh_backoff_ms);
+    c->refresh_backoff_ms *= 2;
+    if (c->refresh_backoff_ms > REFRESH_BACKOFF_MAX_MS)
+        c->refresh_backoff_ms = REFRESH_BACKOFF_MAX_MS;
+}
+
+static void on_slots(redisReply *reply, const char *err, void *data)
+{
+    node_t *n = data;
+    redis_client_t *c = n->c;
+    n->inflight--;
+    c->refresh_inflight = false;
+    cluster_map_t *m = NULL;
+    if (!c->closing && reply != NULL)
+        m = read_map(reply, n->host);
+    (void)err;
+    maybe_close_retired(n);
+    if (c->closing)
+        return;
+    if (m == NULL) {
+        refresh_failed(c);
+        return;
+    }
+    c->refresh_backoff_ms = REFRESH_SOON_MS;
+    install_map(c, m);
+    schedule_refresh(c, REFRESH_EVERY_MS);
+}
+
+static void send_refresh(redis_client_t *c)
+{
+    if (c->refresh_inflight || c->closing)
+        return;
+    node_t *n = any_ready_node(c);
+    if (n == NULL) {
+        refresh_failed(c);
+        return;
+    }
+    static const char *argv[] = {"CLUSTER", "SLOTS"};
+    static const size_t lens[] = {7, 5};
+    c->refresh_inflight = true;
+    n->inflight++;
+    redis_conn_command(n->conn, on_slots, n, 2, argv, lens);
+}
+
+/* ---- deciding the mode ---- */
+
+static void close_seeds(redis_client_t *c, const redis_conn_t *keep)
+{
+    for (int i = 0; i < c->n_seeds; i++) {
+        redis_conn_t *s = c->seed_conn[i];
+        c->seed_conn[i] = NULL;
+        if (s == NULL || s == keep)
+            continue;
+        redis_conn_on_ready(s, NULL, NULL);
+        redis_conn_close(s);
+    }
+}
+
+typedef struct {
+    redis_client_t *c;
+    int seed;
+} probe_t;
+
+/* A refusal that says "not now" (a server loading its data, busy with a script, a replica cut
+ * from its master) rather than "no cluster here": the mode is not decided on it. */
+static bool is_transient(const char *err)
+{
+    static const char *const words[] = {"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"};
+    for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+        if (strncmp(err, words[i], strlen(words[i])) == 0)
+            return true;
+    return false;
+}
+
+static void on_probe(redisReply *reply, const char *err, void *data)
+{
+    probe_t *p = data;
+    redis_client_t *c = p->c;
+    int i = p->seed;
+    free(p);
+    c->probe_inflight = false;
+    c->live--;
+    if (c->closing) {
+        maybe_free_client(c);
+        return;
+    }
+    redis_conn_t *conn = c->seed_conn[i];
+    if (reply == NULL || conn == NULL) {
+        (void)err;
+        return; /* the probe timer tries again */
+    }
+    cluster_redirect_t unused;
+    if (cluster_reply_error(reply, &unused) == CLUSTER_ERR_DISABLED) {
+        c->mode = MODE_STANDALONE;
+        c->single = conn;
+        redis_conn_on_ready(conn, NULL, NULL);
+        close_seeds(c, conn);
+        uv_timer_stop(&c->refresh_timer);
+        return;
+    }
+    if (reply->type == REDIS_REPLY_ERROR && is_transient(reply->str)) {
+        return; /* asked again by the probe timer */
+    }
+    if (reply->type == REDIS_REPLY_ERROR) {
+        log_warn("redis: CLUSTER SLOTS refused on %s:%d (%s): taken as a standalone server",
+                 c->seeds[i].host, c->seeds[i].port, reply->str);
+        c->mode = MODE_STANDALONE;
+        c->single = conn;
+        redis_conn_on_ready(conn, NULL, NULL);
+        close_seeds(c, conn);
+        uv_timer_stop(&c->refresh_timer);
+        return;
+    }
+    cluster_map_t *m = read_map(reply, c->seeds[i].host);
+    if (m == NULL)
+        return;
+    c->mode = MODE_CLUSTER;
+    /* A seed that is a master keeps its connection as that master's. */
+    for (int k = 0; k < c->n_seeds; k++) {
+        if (c->seed_conn[k] == NULL || cluster_map_find(m, c->seeds[k].host, c->seeds[k].port) < 0)
+            continue;
+        redis_conn_t *adopt = c->seed_conn[k];
+        c->seed_conn[k] = NULL;
+        if (node_get(c, c->seeds[k].host, c->seeds[k].port, adopt) == NULL) {
+            redis_conn_on_ready(adopt, NULL, NULL);
+            redis_conn_close(adopt);
+        }
+    }
+    close_seeds(c, NULL);
+    install_map(c, m);
+    schedule_refresh(c, REFRESH_EVERY_MS);
+}
+
+static void probe(redis_client_t *c)
+{
+    if (c->mode != MODE_UNKNOWN || c->probe_inflight || c->closing)
+        return;
+    for (int i = 0; i < c->n_seeds; i++) {
+        if (c->seed_conn[i] == NULL || !redis_conn_usable(c->seed_conn[i]))
+            continue;
+        probe_t *p = malloc(sizeof(*p));
+        if (p == NULL)
+            return;
+        p->c = c;
+        p->seed = i;
+        c->probe_inflight = true;
+        c->live++;
+        static const char *argv[] = {"CLUSTER", "SLOTS"};
+        static const size_t lens[] = {7, 5};
+        redis_conn_command(c->seed_conn[i], on_probe, p, 2, argv, lens);
+        return;
+    }
+}
+
+static void on_seed_ready(redis_conn_t *conn, void *arg)
+{
+    (void)conn;
+    probe(arg);
+}
+
+static void on_refresh_timer(uv_timer_t *t)
+{
+    redis_client_t *c = t->data;
+    if (c->mode == MODE_UNKNOWN) {
+        probe(c);
+        uv_timer_start(&c->refresh_timer, on_refresh_timer, SEED_PROBE_MS, 0);
+        return;
+    }
+    if (c->mode == MODE_CLUSTER)
+        send_refresh(c);
+}
+
+/* Reads the map again in ms at the latest. */
+static void schedule_refresh(redis_client_t *c, uint64_t ms)
+{
+    if (c->closing || c->mode != MODE_CLUSTER)
+        return;
+    if (uv_is_active((uv_handle_t *)&c->refresh_timer) &&
+        uv_timer_get_due_in(&c->refresh_timer) <= ms)
+        return;
+    uv_timer_start(&c->refresh_timer, on_refresh_timer, ms, 0);
+}
+
+void redis_client_refresh(redis_client_t *c)
+{
+    schedule_refresh(c, 0);
+}
+
+/* ---- requests (cluster, and WAIT) ---- */
+
+static void rreq_free(rreq_t *r)
+{
+    redis_client_t *c = r->c;
+    free(r);
+    c->live--;
+    maybe_free_client(c);
+}
+
+/* Ends r without a reply. */
+static void rreq_fail(rreq_t *r, const char *err)
+{
+    r->fn(NULL, err, r->data);
+    rreq_free(r);
+}
+
+static bool is_eval_name(const char *s, size_t len)
+{
+    return (len == 4 && strncasecmp(s, "EVAL", 4) == 0) ||
+           (len == 7 && strncasecmp(s, "EVALSHA", 7) == 0);
+}
+
+/* A record with a copy of argv (one allocation). */
+static rreq_t *rreq_new(redis_client_t *c, int argc, const char **argv, const size_t *argvlen)
+{
+    size_t data = 0;
+    for (int i = 0; i < argc; i++)
+        data += argvlen ? argvlen[i] : strlen(argv[i]);
+    size_t n = (size_t)argc;
+    rreq_t *r = malloc(sizeof(*r) + n * (sizeof(char *) + sizeof(size_t)) + data);
+    if (r == NULL)
+        return NULL;
+    memset(r, 0, sizeof(*r));
+    r->c = c;
+    r->argc = argc;
+    r->argv = (const char **)(void *)(r + 1);
+    r->argvlen = (size_t *)(void *)(r->argv + n);
+    char *p = (char *)(r->argvlen + n);
+    for (int i = 0; i < argc; i++) {
+        size_t len = argvlen ? argvlen[i] : strlen(argv[i]);
+        memcpy(p, argv[i], len);
+        r->argv[i] = p;
+        r->argvlen[i] = len;
+        p += len;
+    }
+    r->deadline_ns = uv_hrtime() + c->timeout_ms * 1000000u;
+    c->live++;
+    return r;
+}
+
+static void retry_later(rreq_t *r)
+{
+    redis_client_t *c = r->c;
+    r->next = NULL;
+    if (c->retry_tail != NULL)
+        c->retry_tail->next = r;
+    else
+        c->retry_head = r;
+    c->retry_tail = r;
+    if (!uv_is_active((uv_handle_t *)&c->retry_timer))
+        uv_timer_start(&c->retry_timer, on_retry_timer, RETRY_EVERY_MS, 0);
+}
+
+static void on_retry_timer(uv_timer_t *t)
+{
+    redis_client_t *c = t->data;
+    rreq_t *r = c->retry_head;
+    c->retry_head = c->retry_tail = NULL;
+    while (r != NULL) {
+        rreq_t *next = r->next;
+        route(r);
+        r = next;
+    }
+}
+
+static void on_wait_reply(redisReply *reply, const char *err, void *data)
+{
+    rreq_t *r = data;
+    if (r->node != NULL) {
+        r->node->inflight--;
+        maybe_close_retired(r->node);
+    }
+    if (reply != NULL && reply->type == REDIS_REPLY_INTEGER)
+        r->wait_fn(reply->integer, NULL, r->data);
+    else
+        r->wait_fn(-1, reply != NULL ? redis_err_unsupported : err, r->data);
+    rreq_free(r);
+}
+
+/* The caller has its reply; now WAIT on the connection that gave it. */
+static void send_wait(rreq_t *r)
+{
+    char n[16], ms[24];
+    const char *argv[] = {"WAIT", n, ms};
+    size_t lens[3] = {4};
+    lens[1] = (size_t)snprintf(n, sizeof(n), "%d", r->replicas);
+    lens[2] = (size_t)snprintf(ms, sizeof(ms), "%" PRIu64, r->wait_ms > 0 ? r->wait_ms : 1);
+    if (r->c->closing) {
+        r->wait_fn(-1, redis_err_closing, r->data);
+        rreq_free(r);
+        return;
+    }
+    if (r->node != NULL)
+        r->node->inflight++;
+    redis_conn_command(r->conn, on_wait_reply, r, 3, argv, lens);
+}
+
+/* The reply goes to the caller (then WAIT when asked). */
+static void deliver(rreq_t *r, redisReply *reply, const char *err)
+{
+    r->fn(reply, err, r->data);
+    if (r->wait_fn != NULL && r->replicas > 0 && reply != NULL &&
+        reply->type != REDIS_REPLY_ERROR) {
+        send_wait(r);
+        return;
+    }
+    rreq_free(r);
+}
+
+static const char *host_or(const char *host, const node_t *n)
+{
+    return host[0] != '\0' || n == NULL ? host : n->host;
+}
+
+static void on_routed_reply(redisReply *reply, const char *err, void *data)
+{
+    rreq_t *r = data;
+    redis_client_t *c = r->c;
+    node_t *n = r->node;
+    n->inflight--;
+    if (reply == NULL) {
+        maybe_close_retired(n);
+        if (err == redis_err_not_connected || err == redis_err_not_ready ||
+            err == redis_err_no_script) {
+            schedule_refresh(c, REFRESH_SOON_MS);
+            rreq_fail(r, redis_err_cluster_down); /* never sent */
+            return;
+        }
+        if (err == redis_err_lost)
+            schedule_refresh(c, REFRESH_SOON_MS);
+        rreq_fail(r, err);
+        return;
+    }
+    cluster_redirect_t to;
+    switch (cluster_reply_error(reply, &to)) {
+    case CLUSTER_ERR_MOVED:
+        schedule_refresh(c, REFRESH_SOON_MS);
+        if (++r->redirects > REDIS_MAX_REDIRECTS)
+            break;
+        node_t *dest = node_get(c, host_or(to.host, n), to.port, NULL);
+        if (dest == NULL)
+            break;
+        c->slot_owner[to.slot] = dest;
+        maybe_close_retired(n);
+        r->asking = false;
+        route(r);
+        return;
+    case CLUSTER_ERR_ASK:
+        if (r->asked || ++r->redirects > REDIS_MAX_REDIRECTS)
+            break;
+        if (to.host[0] == '\0')
+            snprintf(to.host, sizeof(to.host), "%s", n->host);
+        r->ask = to;
+        r->asking = true;
+        maybe_close_retired(n);
+        route(r);
+        return;
+    case CLUSTER_ERR_TRYAGAIN:
+        maybe_close_retired(n);
+        retry_later(r);
+        return;
+    case CLUSTER_ERR_CLUSTERDOWN:
+        schedule_refresh(c, REFRESH_SOON_MS);
+        break;
+    default:
+        maybe_close_retired(n);
+        deliver(r, reply, NULL);
+        return;
+    }
+    maybe_close_retired(n);
+    rreq_fail(r, redis_err_cluster_down);
+}
+
+static void ignore_reply(redisReply *reply, const char *err, void *data)
+{
+    (void)reply;
+    (void)err;
+    (void)data;
+}
+
+static void route(rreq_t *r)
+{
+    redis_client_t *c = r->c;
+    if (c->closing) {
+        rreq_fail(r, redis_err_closing);
+        return;
+    }
+    if (uv_hrtime() >= r->deadline_ns) {
+        rreq_fail(r, redis_err_cluster_down); /* waited for a node that never came */
+        return;
+    }
+    node_t *n;
+    if (r->asking)
+        n = node_get(c, r->ask.host, r->ask.port, NULL);
+    else if (r->routed)
+        n = c->slot_owner[r->slot];
+    else
+        n = any_ready_node(c);
+    if (n == NULL) {
+        schedule_refresh(c, REFRESH_SOON_MS);
+        rreq_fail(r, redis_err_cluster_down);
+        return;
+    }
+    if (!redis_conn_ready(n->conn)) {
+        /* A node met a moment ago is still connecting: wait for it, within the deadline. One
+         * that was up is down: fail now (503) and let the map tell where its slots went. */
+        if (!n->was_ready && uv_hrtime() - n->born_ns < c->timeout_ms * 1000000u) {
+            retry_later(r);
+            return;
+        }
+        schedule_refresh(c, REFRESH_SOON_MS);
+        rreq_fail(r, redis_err_cluster_down);
+        return;
+    }
+    r->node = n;
+    r->conn = n->conn;
+    n->inflight++;
+    if (r->asking) {
+        static const char *asking[] = {"ASKING"};
+        static const size_t len[] = {6};
+        r->asking = false;
+        r->asked = true;
+        redis_conn_command(n->conn, ignore_reply, NULL, 1, asking, len);
+    }
+    if (r->eval)
+        redis_conn_eval(n->conn, on_routed_reply, r, r->numkeys, r->argc, r->argv, r->argvlen);
+    else
+        redis_conn_command(n->conn, on_routed_reply, r, r->argc, r->argv, r->argvlen);
+}
+
+static void on_node_ready(redis_conn_t *conn, void *arg)
+{
+    node_t *n = arg;
+    (void)conn;
+    n->was_ready = true;
+    redis_client_t *c = n->c;
+    if (c->retry_head != NULL)
+        uv_timer_start(&c->retry_timer, on_retry_timer, 0, 0);
+}
+
+/* ---- standalone WAIT ---- */
+
+static void on_single_eval(redisReply *reply, const char *err, void *data)
+{
+    deliver(data, reply, err);
+}
+
+/* ---- public API ---- */
+
+static void client_abort(redis_client_t *c)
+{
+    for (int i = 0; i < c->n_seeds; i++)
+        if (c->seed_conn[i] != NULL)
+            redis_conn_close(c->seed_conn[i]);
+    free(c->script);
+    free(c->user);
+    free(c->password);
+    free(c);
+}
+
+int redis_client_start_seeds(redis_client_t **out, uv_loop_t *loop, const char *seeds,
+                             const char *script, uint64_t timeout_ms, const char *user,
+                             const char *password)
+{
+    *out = NULL;
+    if (loop == NULL || script == NULL)
+        return -EINVAL;
+    redis_client_t *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return -ENOMEM;
+    c->n_seeds = cluster_parse_seeds(seeds, c->seeds, REDIS_SEEDS_MAX);
+    if (c->n_seeds < 1) {
+        free(c);
+        return -EINVAL;
+    }
+    c->loop = loop;
+    c->timeout_ms = timeout_ms;
+    c->refresh_backoff_ms = REFRESH_SOON_MS;
+    c->script = strdup(script);
+    c->user = user != NULL ? strdup(user) : NULL;
+    c->password = password != NULL ? strdup(password) : NULL;
+    if (c->script == NULL || (user != NULL && c->user == NULL) ||
+        (password != NULL && c->password == NULL)) {
+        client_abort(c);
+        return -ENOMEM;
+    }
+    for (int i = 0; i < c->n_seeds; i++) {
+        int rc = redis_conn_start_auth(&c->seed_conn[i], loop, c->seeds[i].host, c->seeds[i].port,
+                                       script, timeout_ms, user, password);
+        if (rc != 0) {
+            client_abort(c);
+            return rc;
+        }
+        redis_conn_on_ready(c->seed_conn[i], on_seed_ready, c);
+    }
+    uv_timer_init(loop, &c->refresh_timer);
+    uv_timer_init(loop, &c->retry_timer);
+    c->refresh_timer.data = c;
+    c->retry_timer.data = c;
+    c->open_handles = 2;
+    uv_timer_start(&c->refresh_timer, on_refresh_timer, SEED_PROBE_MS, 0);
+    *out = c;
+    return 0;
+}
+
+int redis_client_start_auth(redis_client_t **out, uv_loop_t *loop, const char *host, int port,
+                            const char *script, uint64_t timeout_ms, const char *user,
+                            const char *password)
+{
+    char seed[CLUSTER_HOST_MAX + 16];
+    *out = NULL;
+    if (host == NULL || port <= 0 || port > 65535)
+        return -EINVAL;
+    snprintf(seed, sizeof(seed), "%s:%d", host, port);
+    return redis_client_start_seeds(out, loop, seed, script, timeout_ms, user, password);
+}
+
+int redis_client_start(redis_client_t **out, uv_loop_t *loop, const char *host, int port,
+                       const char *script, uint64_t timeout_ms)
+{
+    return redis_client_start_auth(out, loop, host, port, script, timeout_ms, NULL, NULL);
+}
+
+bool redis_client_ready(const redis_client_t *c)
+{
+    if (c == NULL || c->closing)
+        return false;
+    if (c->mode == MODE_STANDALONE)
+        return redis_conn_ready(c->single);
+    if (c->mode != MODE_CLUSTER)
+        return false;
+    for (size_t i = 0; i < c->n_nodes; i++)
+        if (!c->nodes[i]->retired && redis_conn_ready(c->nodes[i]->conn))
+            return true;
+    return false;
+}
+
+bool redis_client_is_cluster(const redis_client_t *c)
+{
+    return c != NULL && c->mode == MODE_CLUSTER;
+}
+
+bool redis_client_masters_have_replicas(const redis_client_t *c)
+{
+    return redis_client_is_cluster(c) && c->masters_have_replicas;
+}
+
+/* Why nothing can be sent while the mode is undecided (or the client closes), or NULL. */
+static const char *not_routable(const redis_client_t *c)
+{
+    if (c->closing)
+        return redis_err_closing;
+    if (c->mode == MODE_UNKNOWN)
+        return redis_err_not_connected;
+    return NULL;
+}
+
+void redis_command_at(redis_client_t *c, const char *key, size_t keylen, redis_reply_fn fn,
+                      void *data, int argc, const char **argv, const size_t *argvlen)
+{
+    const char *why = not_routable(c);
+    if (why != NULL) {
+        fn(NULL, why, data);
+        return;
+    }
+    if (c->mode == MODE_STANDALONE) {
+        redis_conn_command(c->single, fn, data, argc, argv, argvlen);
+        return;
+    }
+    if (argc < 1 || argv == NULL) {
+        fn(NULL, redis_err_bad_args, data);
+        return;
+    }
+    rreq_t *r = rreq_new(c, argc, argv, argvlen);
+    if (r == NULL) {
+        fn(NULL, redis_err_nomem, data);
+        return;
+    }
+    r->fn = fn;
+    r->data = data;
+    r->routed = key != NULL;
+    r->slot = key != NULL ? cluster_key_slot(key, keylen) : 0;
+    route(r);
+}
+
+void redis_command(redis_client_t *c, redis_reply_fn fn, void *data, int argc, const char **argv,
+                   const size_t *argvlen)
+{
+    if (c->mode == MODE_STANDALONE || argc < 2 || argv == NULL) {
+        redis_command_at(c, NULL, 0, fn, data, argc, argv, argvlen);
+        return;
+    }
+#define LEN(i) (argvlen ? argvlen[i] : strlen(argv[i]))
+    int k = 1;
+    if (is_eval_name(argv[0], LEN(0))) {
+        int64_t nk = 0;
+        if (argc < 3 || util_parse_i64(argv[2], LEN(2), 0, argc - 3, &nk) != 0) {
+            fn(NULL, redis_err_bad_args, data);
+            return;
+        }
+        if (nk == 0) {
+            redis_command_at(c, NULL, 0, fn, data, argc, argv, argvlen);
+            return;
+        }
+        k = 3;
+    }
+    redis_command_at(c, argv[k], LEN(k), fn, data, argc, argv, argvlen);
+#undef LEN
+}
+
+void redis_eval_wait(redis_client_t *c, redis_reply_fn fn, redis_wait_fn wait_fn, void *data,
+                     int replicas, uint64_t wait_ms, int numkeys, int argc, const char **argv,
+                     const size_t *argvlen)
+{
+    const char *why = not_routable(c);
+    if (why != NULL) {
+        fn(NULL, why, data);
+        return;
+    }
+    bool wait = wait_fn != NULL && replicas > 0;
+    if (c->mode == MODE_STANDALONE && !wait) {
+        redis_conn_eval(c->single, fn, data, numkeys, argc, argv, argvlen);
+        return;
+    }
+    if (numkeys < 0 || argc < numkeys || (argc > 0 && argv == NULL)) {
+        fn(NULL, redis_err_bad_args, data);
+        return;
+    }
+    /* Standalone needs no copy: the connection copies, and nothing is resent by us. */
+    rreq_t *r =
+        c->mode == MODE_STANDALONE ? rreq_new(c, 0, NULL, NULL) : rreq_new(c, argc, argv, argvlen);
+    if (r == NULL) {
+        fn(NULL, redis_err_nomem, data);
+        return;
+    }
+    r->fn = fn;
+    r->data = data;
+    r->eval = true;
+    r->numkeys = numkeys;
+    r->wait_fn = wait ? wait_fn : NULL;
+    r->replicas = replicas;
+    r->wait_ms = wait_ms;
+    if (c->mode == MODE_STANDALONE) {
+        r->conn = c->single;
+        redis_conn_eval(c->single, on_single_eval, r, numkeys, argc, argv, argvlen);
+        return;
+    }
+    r->routed = numkeys > 0;
+    r->slot = numkeys > 0 ? cluster_key_slot(r->argv[0], r->argvlen[0]) : 0;
+    route(r);
+}
+
+void redis_eval(redis_client_t *c, redis_reply_fn fn, void *data, int numkeys, int argc,
+                const char **argv, const size_t *argvlen)
+{
+    redis_eval_wait(c, fn, NULL, data, 0, 0, numkeys, argc, argv, argvlen);
+}
+
+/* ---- script replacement ---- */
+
+typedef struct {
+    redis_client_t *c;
+    int waiting;
+    int ok;
+    const char *err;
+    char *script;
+    void (*on_done)(int ok, const char *err, void *arg);
+    void *arg;
+} script_round_t;
+
+static void on_conn_script(int ok, const char *err, void *arg)
+{
+    script_round_t *s = arg;
+    if (!ok && s->ok) {
+        s->ok = 0;
+        s->err = err;
+    }
+    if (--s->waiting > 0)
+        return;
+    redis_client_t *c = s->c;
+    if (s->ok) {
+        free(c->script);
+        c->script = s->script; /* connections made from now on load it */
+        s->script = NULL;
+    }
+    s->on_done(s->ok, s->err, s->arg);
+    free(s->script);
+    free(s);
+    c->live--;
+    maybe_free_client(c);
+}
+
+void redis_client_set_script(redis_client_t *c, const char *script,
+                             void (*on_done)(int ok, const char *err, void *arg), void *arg)
+{
+    if (c->closing) {
+        on_done(0, redis_err_closing, arg);
+        return;
+    }
+    if (c->mode == MODE_STANDALONE) {
+        redis_conn_set_script(c->single, script, on_done, arg);
+        return;
+    }
+    /* Undecided, the seeds get it: a first script that did not compile kept them from being
+     * ready, so this is what lets the mode be decided. */
+    redis_conn_t *conns[REDIS_SEEDS_MAX + c->n_nodes];
+    size_t n = 0;
+    for (int i = 0; i < c->n_seeds; i++)
+        if (c->seed_conn[i] != NULL)
+            conns[n++] = c->seed_conn[i];
+    for (size_t i = 0; i < c->n_nodes; i++)
+        conns[n++] = c->nodes[i]->conn;
+    if (n == 0) {
+        on_done(0, redis_err_not_connected, arg);
+        return;
+    }
+    script_round_t *s = calloc(1, sizeof(*s));
+    if (s == NULL || (s->script = strdup(script)) == NULL) {
+        free(s);
+        on_done(0, redis_err_nomem, arg);
+        return;
+    }
+    s->c = c;
+    s->ok = 1;
+    s->on_done = on_done;
+    s->arg = arg;
+    s->waiting = (int)n + 1; /* + this call, so an early answer cannot finish it */
+    c->live++;
+    for (size_t i = 0; i < n; i++)
+        redis_conn_set_script(conns[i], script, on_conn_script, s);
+    on_conn_script(1, NULL, s);
+}
+
+/* ---- the rest ---- */
+
+const char *redis_node_id(const redis_client_t *c, const char *key, size_t keylen)
+{
+    if (c == NULL || c->mode != MODE_CLUSTER)
+        return NULL;
+    const node_t *n = c->slot_owner[cluster_key_slot(key, keylen)];
+    return n != NULL && n->id[0] != '\0' ? n->id : NULL;
+}
+
+void redis_client_on_owner_change(redis_client_t *c, redis_owner_fn fn, void *arg)
+{
+    c->owner_fn = fn;
+    c->owner_arg = arg;
+}
+
 void redis_client_close(redis_client_t *c)
 {
     if (c == NULL || c->closing)
         return;
     c->closing = true;
-    c->connected = false;
-    c->sha_ok = false;
-    redisAsyncContext *ac = c->ac;
-    c->ac = NULL;
-    /* Called from inside one of our hiredis callbacks, hiredis defers this free until that
-     * callback returns, still within the same read event: before the timers' close callbacks
-     * below can run, so the client outlives every request either way. */
-    if (ac != NULL)
-        redisAsyncFree(ac);
-    c->reconnect_timer.data = c;
-    c->tick_timer.data = c;
-    c->flush.data = c;
-    c->setup_timer.data = c;
-    uv_close((uv_handle_t *)&c->reconnect_timer, on_handle_closed);
-    uv_close((uv_handle_t *)&c->tick_timer, on_handle_closed);
-    uv_close((uv_handle_t *)&c->flush, on_handle_closed);
-    uv_close((uv_handle_t *)&c->setup_timer, on_handle_closed);
-}
-
-int redis_reply_str(const redisReply *r, size_t i, char *out, size_t cap)
-{
-    if (r->type != REDIS_REPLY_ARRAY || r->elements <= i)
-        return -1;
-    const redisReply *e = r->element[i];
-    if (e->type == REDIS_REPLY_STRING || e->type == REDIS_REPLY_STATUS) {
-        if (e->len >= cap)
-            return -1;
-        memcpy(out, e->str, e->len);
-        out[e->len] = '\0';
-        return 0;
+    uv_timer_stop(&c->retry_timer);
+    rreq_t *r = c->retry_head;
+    c->retry_head = c->retry_tail = NULL;
+    c->live++; /* not freed from inside the loops below */
+    while (r != NULL) {
+        rreq_t *next = r->next;
+        rreq_fail(r, redis_err_closing);
+        r = next;
     }
-    if (e->type == REDIS_REPLY_INTEGER) {
-        snprintf(out, cap, "%lld", e->integer);
-        return 0;
-    }
-    return -1;
-}
-
-int64_t redis_reply_int(const redisReply *r, size_t i)
-{
-    char buf[32];
-    int64_t v = -1;
-    if (redis_reply_str(r, i, buf, sizeof(buf)) == 0)
-        util_parse_i64(buf, strlen(buf), INT64_MIN + 1, INT64_MAX, &v);
-    return v;
+    close_seeds(c, NULL);
+    if (c->single != NULL)
+        redis_conn_close(c->single);
+    c->single = NULL;
+    while (c->n_nodes > 0)
+        node_close(c, c->n_nodes - 1);
+    uv_close((uv_handle_t *)&c->refresh_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&c->retry_timer, on_handle_closed);
+    c->live--;
+    maybe_free_client(c);
 }

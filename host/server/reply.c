@@ -19,6 +19,11 @@ static const struct {
     [REPLY_INSUFFICIENT_STOCK] = BODY("{\"error\":\"insufficient_stock\"}"),
     [REPLY_UNAVAILABLE] = BODY("{\"error\":\"unavailable\"}"),
     [REPLY_UNKNOWN_EVENT] = BODY("{\"error\":\"unknown_event\"}"),
+    [REPLY_REPAIRING] = BODY("{\"error\":\"repairing\",\"detail\":\"the event is being checked "
+                             "against its persisted orders after a Redis failover; nothing was "
+                             "bought: retry\"}"),
+    [REPLY_PAUSED] = BODY("{\"error\":\"paused\",\"detail\":\"the sale of this event is paused; "
+                          "retry later\"}"),
     [REPLY_UNKNOWN_OUTCOME] =
         BODY("{\"error\":\"unavailable\",\"detail\":\"Redis connection lost mid-request: the "
              "purchase may have gone through; see GET /v1/events/{event}/users/{user}/orders\"}"),

@@ -31,6 +31,8 @@ typedef enum {
     REPLY_UNAVAILABLE,        /* {"error":"unavailable"} */
     REPLY_UNKNOWN_EVENT,      /* {"error":"unknown_event"} */
     REPLY_UNKNOWN_OUTCOME,    /* 503 after the Redis connection died mid-deduction */
+    REPLY_REPAIRING,          /* {"error":"repairing"}: 503 while Redis is repaired (repair.h) */
+    REPLY_PAUSED,             /* {"error":"paused","detail":..}: POST .../pause */
     REPLY__COUNT
 } reply_fixed_t;
 void reply_fixed(http_request_t *req, int route, int status, reply_fixed_t which);

@@ -20,6 +20,7 @@
 #include "orders_stream.h"
 #include "pending.h"
 #include "ratelimit.h"
+#include "repair.h"
 #include "reply.h"
 #include "stock.h"
 #include "util.h"
@@ -59,9 +60,12 @@ static pending_t *pending(worker_t *w)
 static void real_deduct(worker_t *w, const char *event, const char *user, int64_t qty, deduct_fn cb,
                         void *data)
 {
-    if (w->deduct == NULL)
+    if (w->deduct == NULL) {
         w->deduct = deduct_batcher_new(w->redis, pending(w), w->host->cfg.host_id,
                                        w->host->cfg.redis_timeout_ms);
+        if (w->deduct != NULL)
+            deduct_batcher_set_replicas(w->deduct, w->host->cfg.redis_replicas);
+    }
     if (w->deduct == NULL) {
         deduct_result_t r = {
             .verdict = DEDUCT_ERROR, .remaining = -1, .gen = -1, .err = deduct_err_nomem};
@@ -192,6 +196,14 @@ static void on_deducted(const deduct_result_t *r, void *data)
     case DEDUCT_OK:
         snprintf(s->order_id, sizeof(s->order_id), "%s", r->order_id);
         s->created_ms = r->created_ms;
+        if (r->unreplicated) {
+            /* Fewer replicas than --redis-replicas hold the sale: a failover may undo it, so it
+             * is not confirmed, nor published. It stays in {event}:pending; the reconciler
+             * publishes it if Redis keeps it. */
+            reply_order(s, 202);
+            sale_finish(s);
+            return;
+        }
         publish_order(s);
         return;
     case DEDUCT_UNKNOWN_OUTCOME:
@@ -211,6 +223,16 @@ static void on_deducted(const deduct_result_t *r, void *data)
         return;
     case DEDUCT_UNKNOWN_EVENT:
         sale_fail(s, 404, REPLY_UNKNOWN_EVENT, OUTCOME_BAD_REQUEST);
+        return;
+    case DEDUCT_REPAIRING:
+        metrics_repair_gated();
+        repair_request(s->event, strlen(s->event));
+        sale_fail(s, 503, REPLY_REPAIRING, OUTCOME_UNAVAILABLE);
+        return;
+    case DEDUCT_PAUSED:
+        /* Every thread refuses locally from now on; a refresh after the resume lifts it. */
+        stock_mark_paused(s->ev);
+        sale_fail(s, 409, REPLY_PAUSED, OUTCOME_PAUSED);
         return;
     case DEDUCT_ERROR:
         if (r->err == deduct_err_script)
@@ -236,6 +258,12 @@ static const char *sale_client(sale_t *s)
     return s->client;
 }
 
+static const char *sale_header(const void *req, const char *name, size_t nlen, size_t *iter,
+                               size_t *vlen)
+{
+    return http_header(req, name, nlen, iter, vlen);
+}
+
 /* The policy's admit(): 0 admitted, or -1 when it refused (answered and finished then). */
 static int admit(sale_t *s)
 {
@@ -243,7 +271,9 @@ static int admit(sale_t *s)
                              .user = s->user,
                              .qty = s->qty,
                              .client = sale_client(s),
-                             .now_ms = util_now_ms()};
+                             .now_ms = util_now_ms(),
+                             .header = sale_header,
+                             .header_ctx = s->req};
     script_verdict_t v;
     script_admit(s->w->script, &ar, &v);
     s->admitted = true;
@@ -261,6 +291,10 @@ static void sale_continue(sale_t *s)
     worker_t *w = s->w;
     stock_event_t *ev = s->ev;
     stock_verdict_t sv = stock_check(ev, s->qty);
+    if (sv == STOCK_PAUSED) {
+        sale_refuse(s, 409, REPLY_PAUSED, OUTCOME_PAUSED);
+        return;
+    }
     if (sv != STOCK_OK) {
         sale_refuse(s, 409, sv == STOCK_INSUFFICIENT ? REPLY_INSUFFICIENT_STOCK : REPLY_SOLD_OUT,
                     OUTCOME_SOLD_OUT_LOCAL);
@@ -275,7 +309,9 @@ static void sale_continue(sale_t *s)
         return;
     }
     if (stock_reserve(ev, s->qty) != 0) {
-        sale_refuse(s, 409, REPLY_SOLD_OUT, OUTCOME_SOLD_OUT_LOCAL);
+        bool paused = stock_check(ev, s->qty) == STOCK_PAUSED; /* paused while admit() ran */
+        sale_refuse(s, 409, paused ? REPLY_PAUSED : REPLY_SOLD_OUT,
+                    paused ? OUTCOME_PAUSED : OUTCOME_SOLD_OUT_LOCAL);
         return;
     }
     deduct(s);

@@ -21,6 +21,7 @@ struct stock_event {
     /* Hot path. */
     _Atomic int64_t local_left; /* units of the quota not yet reserved */
     _Atomic bool sold_out;      /* Redis said there is nothing left */
+    _Atomic bool paused;        /* Redis said the sale is paused */
 };
 
 static _Atomic(stock_event_t *) *table; /* slots entries; set before any reader starts */
@@ -172,6 +173,8 @@ stock_event_t *stock_install_reserved(const char *name, size_t len, int64_t tota
 
 stock_verdict_t stock_check(const stock_event_t *ev, int64_t qty)
 {
+    if (atomic_load_explicit(&ev->paused, memory_order_relaxed))
+        return STOCK_PAUSED;
     if (atomic_load_explicit(&ev->sold_out, memory_order_relaxed))
         return STOCK_SOLD_OUT;
     int64_t left = atomic_load_explicit(&ev->local_left, memory_order_relaxed);
@@ -182,7 +185,8 @@ stock_verdict_t stock_check(const stock_event_t *ev, int64_t qty)
 
 int stock_reserve(stock_event_t *ev, int64_t qty)
 {
-    if (atomic_load_explicit(&ev->sold_out, memory_order_relaxed))
+    if (atomic_load_explicit(&ev->sold_out, memory_order_relaxed) ||
+        atomic_load_explicit(&ev->paused, memory_order_relaxed))
         return -1;
     int64_t left = atomic_load_explicit(&ev->local_left, memory_order_relaxed);
     while (left >= qty) {
@@ -208,6 +212,17 @@ bool stock_refill(stock_event_t *ev, int64_t units)
 void stock_mark_sold_out(stock_event_t *ev)
 {
     atomic_store(&ev->sold_out, true);
+}
+
+void stock_mark_paused(stock_event_t *ev)
+{
+    atomic_store(&ev->paused, true);
+}
+
+void stock_follow(stock_event_t *ev, bool sold_out, bool paused)
+{
+    atomic_store(&ev->sold_out, sold_out);
+    atomic_store(&ev->paused, paused);
 }
 
 int stock_reserve_room(const char *name, size_t len)
@@ -253,4 +268,5 @@ void stock_view(const stock_event_t *ev, stock_view_t *out)
     out->generation = atomic_load_explicit(&ev->generation, memory_order_relaxed);
     out->left = atomic_load_explicit(&ev->local_left, memory_order_relaxed);
     out->sold_out = atomic_load_explicit(&ev->sold_out, memory_order_relaxed);
+    out->paused = atomic_load_explicit(&ev->paused, memory_order_relaxed);
 }

@@ -30,6 +30,7 @@ typedef struct stock_view {
     uint64_t generation;    /* Redis "gen": bumped by every admin reset */
     int64_t left;           /* units of the quota not yet reserved */
     bool sold_out;          /* Redis said there is nothing left */
+    bool paused;            /* Redis said the sale is paused (admin) */
 } stock_view_t;
 
 void stock_view(const stock_event_t *ev, stock_view_t *out);
@@ -56,6 +57,7 @@ stock_event_t *stock_install(const char *name, size_t len, int64_t total, int64_
 
 typedef enum {
     STOCK_OK,           /* the local quota covers qty */
+    STOCK_PAUSED,       /* the sale is paused (as last read from Redis) */
     STOCK_SOLD_OUT,     /* nothing left locally, or Redis said sold out */
     STOCK_INSUFFICIENT, /* some left, fewer than qty */
 } stock_verdict_t;
@@ -76,8 +78,19 @@ void stock_release(stock_event_t *ev, int64_t qty);
  * stack). Returns true when it granted. */
 bool stock_refill(stock_event_t *ev, int64_t units);
 
-/* Redis said sold out: every thread answers 409 from now on, until a reset. */
+/* Redis said sold out: every thread answers 409 from now on, until a reset or a refresh that
+ * finds stock again (stock_follow). */
 void stock_mark_sold_out(stock_event_t *ev);
+
+/* Redis said the sale is paused: every thread refuses at once, until stock_follow() says
+ * otherwise. */
+void stock_mark_paused(stock_event_t *ev);
+
+/* The event's state as just read from Redis ({E}:meta): sold out (sold >= stock) and paused,
+ * both ways, so that a stock increase (PATCH) or a resume makes a host that answered sold out or
+ * paused sell again within one refresh. A read that raced a sale may clear sold_out wrongly for
+ * a moment: Redis still refuses, and its answer sets the flag again. */
+void stock_follow(stock_event_t *ev, bool sold_out, bool paused);
 
 /* Holds room for one more event before it is created in Redis (admin PUT), so that an event the
  * host cannot hold is refused up front instead of half-created. Returns 1 (room held: follow with

@@ -191,14 +191,15 @@ static int setup(worker_t *w)
         log_error("worker %d: cannot read %s", w->id, cfg->deduct_path);
         return -1;
     }
-    rc = redis_client_start_auth(&w->redis, &w->loop, cfg->redis_host, cfg->redis_port, deduct,
-                                 cfg->redis_timeout_ms, cfg->auth.redis_user,
-                                 cfg->auth.redis_password);
+    rc = redis_client_start_seeds(&w->redis, &w->loop, cfg->redis_seeds, deduct,
+                                  cfg->redis_timeout_ms, cfg->auth.redis_user,
+                                  cfg->auth.redis_password);
     free(deduct);
     if (rc != 0) {
         log_error("worker %d: redis client: %s", w->id, uv_strerror(rc));
         return -1;
     }
+    redis_client_on_owner_change(w->redis, events_owner_changed, w);
     rc = orders_lane_start(&w->orders, w->host->orders, &w->loop, cfg->max_inflight,
                            cfg->ack_timeout_ms);
     if (rc != 0) {

@@ -21,8 +21,10 @@ typedef struct host_config {
     const char *listen_addr;
     int listen_port;
     int threads;
-    const char *redis_host;
+    const char *redis_host; /* the first of redis_seeds */
     int redis_port;
+    const char *redis_seeds; /* --redis: HOST:PORT[,HOST:PORT...] */
+    int redis_replicas;      /* --redis-replicas; -1: 1 on a cluster whose masters have replicas */
     uint64_t redis_timeout_ms;
     const char *nats_url;
     const char *host_id;

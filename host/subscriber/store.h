@@ -1,5 +1,6 @@
-/* SQLite persistence of orders (snatch-subscriber's side): schema, order parsing and validation,
- * batched idempotent inserts, dead letters, and the look-ups reconciliation needs.
+/* SQLite persistence of orders (snatch-subscriber's side): schema (orders are parsed and
+ * validated by host/common/order_msg.h), batched idempotent inserts, dead letters, and the look-ups
+ * reconciliation needs.
  *
  * One store_t per thread (it owns a sqlite3 connection and prepared statements). Blocking: never
  * use it on an event loop thread.
@@ -15,10 +16,11 @@
 #ifndef SNATCH_STORE_H
 #define SNATCH_STORE_H
 
-#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "order_msg.h"
 
 typedef struct store store_t;
 
@@ -26,19 +28,6 @@ typedef enum {
     STORE_SYNC_NORMAL, /* WAL + synchronous=NORMAL: a power loss may drop the last commits */
     STORE_SYNC_FULL,   /* WAL + synchronous=FULL: a commit is on disk when it returns */
 } store_sync_t;
-
-/* An order as it is stored. Strings point into the parsed JSON document (see
- * store_parse_order) or the caller's memory; host may be NULL; created_at < 0 when absent. */
-typedef struct store_order {
-    const char *order_id;
-    const char *event;
-    const char *user;
-    const char *host;
-    int64_t qty;
-    int64_t created_at;
-    const char *payload; /* the message as received, stored verbatim */
-    size_t payload_len;
-} store_order_t;
 
 /* Opens (creating the file and schema when needed) the database at path, in WAL mode.
  * Returns 0, or -1 with err filled. */
@@ -50,24 +39,6 @@ int store_begin(store_t *s);
 int store_commit(store_t *s);
 void store_rollback(store_t *s);
 const char *store_errmsg(store_t *s);
-
-/* Parses data as an order: a JSON object with string order_id, event, user (non-empty), integer
- * qty >= 1, optional string host and integer created_at. On success returns 0, *doc holds the
- * document the strings in o point into (caller json_decref's it). On failure returns -1 with a
- * reason, *doc NULL. */
-int store_parse_order(const char *data, size_t len, store_order_t *o, json_t **doc, char *reason,
-                      size_t reasonlen);
-
-/* The fast path in front of store_parse_order: a strict scanner for the flat shape the host
- * publishes (an object whose values are plain ASCII strings without escapes or integers, no
- * repeated key). Returns 1 when data is such an object and a valid order: o is filled, its
- * strings are NUL-terminated copies in scratch (which must outlive o), o->payload is data.
- * Returns 0 for anything else, valid or not (escapes, UTF-8, nesting, floats, missing fields,
- * scratch too small...): the caller then calls store_parse_order, which decides and gives the
- * dead-letter reason. It never accepts what store_parse_order would reject, and stores the same
- * values for what both accept. Allocates nothing. */
-int store_scan_order(const char *data, size_t len, store_order_t *o, char *scratch,
-                     size_t scratchlen);
 
 /* INSERT ... ON CONFLICT(order_id) DO NOTHING. Returns 1 inserted, 0 already stored, -1 error. */
 int store_insert_order(store_t *s, const store_order_t *o);

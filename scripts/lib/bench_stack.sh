@@ -118,7 +118,7 @@ bench_event() {
     local name="$1" stock="$2" limit="${3:-1}"
     curl -sf -X PUT -H "Authorization: Bearer $BENCH_TOKEN" \
         -d "{\"stock\":$stock,\"per_user_limit\":$limit}" \
-        "$BENCH_HTTP/admin/events/$name" >/dev/null
+        "$BENCH_HTTP/admin/events/$name?reset=1" >/dev/null
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then

@@ -1,7 +1,8 @@
-/* libFuzzer target for api_parse_event_body(), the body of PUT /admin/events/{e}: a body that is
- * accepted must yield values the rest of the host can trust (the sale script and the local quota
- * take them as they are), and a refused one must carry a static reason for the 400. It runs
- * thousands of times faster than fuzz_http (no sockets), so it is where JSON edge cases get found.
+/* libFuzzer target for api_parse_event_body() and admin_parse_patch_body(), the bodies of PUT and
+ * PATCH /admin/events/{e}: a body that is accepted must yield values the rest of the host can
+ * trust (the sale script and the local quota take them as they are), and a refused one must carry a
+ * static reason for the 400. It runs thousands of times faster than fuzz_http (no sockets), so it
+ * is where JSON edge cases get found.
  *
  * Findings: crashes, sanitizer reports and leaks (jansson's allocations go through ASan), values
  * out of range, outputs written on failure, a reason that is not one of the static strings, and
@@ -21,12 +22,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admin_events.h"
 #include "api.h"
 
 #define STOCK_MAX 1000000000000LL
 #define LIMIT_MAX 1000000LL
 /* Sentinel the parser must leave alone when it refuses a body. */
 #define UNTOUCHED INT64_MIN
+
+static void check_patch(const uint8_t *data, size_t size);
 
 static void fail(const char *what, const uint8_t *data, size_t size)
 {
@@ -50,6 +54,7 @@ static void check_reason(const char *why, const char *first_why, const uint8_t *
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    check_patch(data, size);
     char *body = malloc(size ? size : 1);
     if (body == NULL)
         abort();
@@ -78,4 +83,32 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (stock != stock2 || limit != limit2)
         fail("two calls gave different values", data, size);
     return 0;
+}
+
+/* PATCH: either field may be absent (-1), not both; a refusal leaves both at -1. */
+static void check_patch(const uint8_t *data, size_t size)
+{
+    char *body = malloc(size ? size : 1);
+    if (body == NULL)
+        abort();
+    memcpy(body, data, size);
+    int64_t stock = UNTOUCHED, limit = UNTOUCHED;
+    const char *why = admin_parse_patch_body(body, size, &stock, &limit);
+    int64_t stock2, limit2;
+    const char *why2 = admin_parse_patch_body(body, size, &stock2, &limit2);
+    free(body);
+    if ((why == NULL) != (why2 == NULL))
+        fail("PATCH: accepted once, refused once", data, size);
+    if (why != NULL) {
+        check_reason(why2, why, data, size);
+        if (stock != -1 || limit != -1)
+            fail("PATCH: outputs not -1 for a refused body", data, size);
+        return;
+    }
+    if (stock == -1 && limit == -1)
+        fail("PATCH: accepted with nothing to change", data, size);
+    if (stock < -1 || stock > STOCK_MAX || limit == 0 || limit < -1 || limit > LIMIT_MAX)
+        fail("PATCH: value out of range", data, size);
+    if (stock != stock2 || limit != limit2)
+        fail("PATCH: two calls gave different values", data, size);
 }

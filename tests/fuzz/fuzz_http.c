@@ -1,5 +1,5 @@
-/* libFuzzer target for host/server/http.c: each input is sent to a real server over loopback, in pieces
- * whose size the first byte chooses, then the client half-closes and reads every answer. The
+/* libFuzzer target for host/server/http.c: each input is sent to a real server over loopback, in
+ * pieces whose size the first byte chooses, then the client half-closes and reads every answer. The
  * server runs on a loop driven from this thread between client steps. Requests whose path has an
  * odd length are answered from a 0 ms timer, the others at once, so that out-of-order answering
  * and pipelining are exercised. Findings: crashes and sanitizer reports, answers that do not parse
@@ -66,8 +66,31 @@ static void on_delay(uv_timer_t *t)
     uv_close((uv_handle_t *)t, on_delayed_closed);
 }
 
+/* Every header the policy could ask for (req.header) must be readable: each value found by
+ * http_header() lies inside the request's header records and is NUL-terminated, and the walk
+ * ends. X-User-Id, when the request has one, is found there with the same value. */
+static void check_headers(const http_request_t *req)
+{
+    static const char *const names[] = {"host", "X-USER-ID", "x-a", "content-length", "a"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        size_t iter = 0, vlen, found = 0;
+        const char *v;
+        while ((v = http_header(req, names[i], strlen(names[i]), &iter, &vlen)) != NULL) {
+            if (v < req->headers || v + vlen >= req->headers + req->headers_len || v[vlen] != '\0')
+                abort();
+            if (++found > 1024)
+                abort();
+            if (i == 1 && found == 1 &&
+                (req->user_id == NULL || vlen != req->user_id_len ||
+                 memcmp(v, req->user_id, vlen) != 0))
+                abort();
+        }
+    }
+}
+
 static void handler(http_request_t *req)
 {
+    check_headers(req);
     if (n_handled == MAX_REQUESTS) {
         fprintf(stderr, "fuzz_http: more than %d requests in one input\n", MAX_REQUESTS);
         abort();

@@ -6,6 +6,7 @@ is used. Paths come from SNATCH_BUILD_DIR / SNATCH_SOURCE_DIR (set by ctest)."""
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -417,6 +418,18 @@ class RedisCluster:
                 return False
         wait_until(ok, timeout, 0.1, "redis cluster state ok")
 
+    def cmd(self, *args):
+        """A key command (the key is args[1]) on the master owning its slot, after one MOVED."""
+        try:
+            return self.master_for_key(args[1]).cmd(*args)
+        except RuntimeError as e:
+            if not str(e).startswith("MOVED "):
+                raise
+            return self.node(int(str(e).split()[2].rsplit(":", 1)[1])).cmd(*args)
+
+    def bus_port(self, node):
+        return int(node.extra[node.extra.index("--cluster-port") + 1])
+
     def keys_for_masters(self, prefix="ev"):
         """One event name per master, each hashing ({name}) to a different master."""
         found = {}
@@ -635,8 +648,9 @@ class Host:
         finally:
             conn.close()
 
-    def create_event(self, event, stock, per_user_limit=1):
-        st, body = self.request("PUT", "/admin/events/" + event,
+    def create_event(self, event, stock, per_user_limit=1, reset=False):
+        """PUT /admin/events/<event>; an existing event needs reset=True (?reset=1)."""
+        st, body = self.request("PUT", "/admin/events/" + event + ("?reset=1" if reset else ""),
                                 body=json.dumps({"stock": stock, "per_user_limit": per_user_limit}),
                                 headers={"Authorization": "Bearer " + ADMIN_TOKEN,
                                          "Content-Type": "application/json"})
@@ -647,6 +661,101 @@ class Host:
     def snatch(self, event, user, qty=None):
         q = "?user=%s" % user + ("&qty=%d" % qty if qty is not None else "")
         return self.request("POST", "/v1/events/%s/snatch%s" % (event, q))
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class Nginx:
+    """nginx in front of hosts, running examples/nginx/snatch.conf as shipped except for its
+    listen line and upstream server addresses (one line per port in upstream_ports, with the
+    file's own parameters). conf: another file of the same shape (a test's broken variant).
+    server_extra: directives added to its server block (tests only). Stopped by its master's
+    PID (the workers are its children)."""
+
+    CONF = os.path.join(SOURCE_DIR, "examples", "nginx", "snatch.conf")
+
+    def __init__(self, workdir, upstream_ports, port=None, workers=1, conf=None, server_extra=""):
+        self.port = port or free_port()
+        self.dir = os.path.join(workdir, "nginx-%d" % self.port)
+        os.makedirs(os.path.join(self.dir, "tmp"), exist_ok=True)
+        self.upstream_ports = list(upstream_ports)
+        self.workers = workers
+        self.src = conf or self.CONF
+        self.server_extra = server_extra
+        self.proc = None
+
+    def site(self):
+        """The example file with this instance's ports."""
+        with open(self.src) as f:
+            text = f.read()
+        lines = re.findall(r"^([ \t]*)server 127\.0\.0\.1:\d+(.*;)$", text, re.M)
+        assert lines, "no 'server 127.0.0.1:PORT ...;' line in " + self.src
+        indent, params = lines[0]
+        first = [True]
+
+        def upstream(_m):
+            if not first[0]:
+                return ""
+            first[0] = False
+            return "".join("%sserver 127.0.0.1:%d%s\n" % (indent, p, params)
+                           for p in self.upstream_ports)
+        text = re.sub(r"^[ \t]*server 127\.0\.0\.1:\d+.*;\n", upstream, text, flags=re.M)
+        text, n = re.subn(r"^([ \t]*)listen [^;]*;", r"\1listen 127.0.0.1:%d;%s" % (
+            self.port, self.server_extra.replace("\\", "\\\\")), text, count=1, flags=re.M)
+        assert n == 1, "no listen line in " + self.src
+        return text
+
+    def write(self):
+        site = os.path.join(self.dir, "snatch.conf")
+        with open(site, "w") as f:
+            f.write(self.site())
+        d = self.dir
+        main = os.path.join(d, "nginx.conf")
+        with open(main, "w") as f:
+            # As root the workers would switch to nobody, who cannot use the temp dir.
+            f.write(("user root;\n" if os.getuid() == 0 else "") + (
+                "worker_processes %d;\ndaemon off;\npid %s/nginx.pid;\nerror_log %s/error.log warn;\n"
+                "events { worker_connections 4096; }\n"
+                "http {\n  access_log off;\n  client_body_temp_path %s/tmp/body;\n"
+                "  proxy_temp_path %s/tmp/proxy;\n  fastcgi_temp_path %s/tmp/fastcgi;\n"
+                "  uwsgi_temp_path %s/tmp/uwsgi;\n  scgi_temp_path %s/tmp/scgi;\n"
+                "  include %s;\n}\n") % ((self.workers,) + (d,) * 7 + (site,)))
+        return main
+
+    def start(self):
+        main = self.write()
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.proc = Proc([nginx, "-p", self.dir, "-c", main, "-e", os.path.join(self.dir, "error.log")],
+                         os.path.join(self.dir, "nginx.log")).start()
+        wait_port(self.port, proc=self.proc.p)
+        return self
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stop(self):
+        if self.proc:
+            self.proc.stop()
+
+    def error_log(self):
+        try:
+            with open(os.path.join(self.dir, "error.log")) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    # Same calls as a Host, through the balancer.
+    request = Host.request
+    snatch = Host.snatch
+
+    @property
+    def base(self):
+        return "127.0.0.1:%d" % self.port
 
     def __enter__(self):
         return self.start()
@@ -716,7 +825,9 @@ class Stack:
                 h = Host(self.tmp.path, self.redis_addr, self.nats_url, policy=self.policy,
                          threads=self.threads, host_id="h%d" % (i + 1), hosts=self.n_hosts,
                          extra=self.host_extra, query_user=self.query_user)
-                self.hosts.append(h.start())
+                # Listed before it starts: one that never gets healthy is still stopped on exit.
+                self.hosts.append(h)
+                h.start()
             return self
         except BaseException:
             self.__exit__(*sys.exc_info())

@@ -42,8 +42,8 @@ class Conn:
         self.c.close()
 
 
-def put_event(conn, event, stock=1, limit=1):
-    return conn.request("PUT", "/admin/events/" + event,
+def put_event(conn, event, stock=1, limit=1, reset=False):
+    return conn.request("PUT", "/admin/events/" + event + ("?reset=1" if reset else ""),
                         body=json.dumps({"stock": stock, "per_user_limit": limit}), headers=AUTH)
 
 
@@ -217,7 +217,7 @@ def event_4097_is_refused_at_creation_never_half_created():
         assert st.redis.cmd("EXISTS", "{ev4096}:meta") == 0, "refused event created in Redis"
         s, b = buy(h, "ev4095", "last")
         assert s == 200, (s, b)
-        s, b = put_event(c, "ev17", stock=3)  # a reset of a known event still works
+        s, b = put_event(c, "ev17", stock=3, reset=True)  # a reset of a known event still works
         assert s == 200 and b["stock"] == 3, (s, b)
         c.close()
 

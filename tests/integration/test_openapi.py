@@ -32,7 +32,7 @@ SPEC_PATH = os.path.join(SOURCE_DIR, "docs", "openapi.yaml")
 SKIPPED = {
     **{(op, "500"): "out of memory in the host" for op in (
         "getEvent", "putEvent", "getOrder", "getUserOrders", "getMetrics",
-        "getHealth")},
+        "getHealth", "patchEvent", "pauseEvent", "resumeEvent", "listEvents")},
 }
 OPS = {  # operationId -> (method, a concrete path)
     "snatch": ("POST", "/v1/events/ev/snatch?user=zz"),
@@ -42,9 +42,16 @@ OPS = {  # operationId -> (method, a concrete path)
     "getUserOrders": ("GET", "/v1/events/ev/users/zz/orders"),
     "getMetrics": ("GET", "/metrics"),
     "getHealth": ("GET", "/healthz"),
+    "patchEvent": ("PATCH", "/admin/events/ev"),
+    "pauseEvent": ("POST", "/admin/events/ev/pause"),
+    "resumeEvent": ("POST", "/admin/events/ev/resume"),
+    "listEvents": ("GET", "/admin/events"),
 }
+ADMIN_OPS = ("patchEvent", "pauseEvent", "resumeEvent", "listEvents")
 WRONG_METHOD = {"snatch": "GET", "getEvent": "POST", "putEvent": "POST", "getOrder": "DELETE",
-                "getUserOrders": "POST", "getMetrics": "PUT", "getHealth": "POST"}
+                "getUserOrders": "POST", "getMetrics": "PUT", "getHealth": "POST",
+                "patchEvent": "POST", "pauseEvent": "GET", "resumeEvent": "PUT",
+                "listEvents": "POST"}
 MAX_HEAD = 1024
 MAX_BODY = 1024
 MAX_EVENTS = 4
@@ -266,11 +273,18 @@ class OpenApiTest(unittest.TestCase):
         return self.check(op_id, request(port or self.host.port, method, path, body, headers),
                           **kw)
 
-    def admin(self, event, body, token=ADMIN_TOKEN, port=None, client=None):
+    def admin(self, event, body, token=ADMIN_TOKEN, port=None, client=None, method="PUT",
+              path=None):
         h = {"Authorization": "Bearer " + token} if token else {}
         if client:
             h["X-Forwarded-For"] = client
-        return request(port or self.host.port, "PUT", "/admin/events/" + event, body, h)
+        return request(port or self.host.port, method, path or "/admin/events/" + event, body, h)
+
+    def admin_op(self, op, event="ev", body=None, **kw):
+        """One of ADMIN_OPS on event (listEvents names none)."""
+        suffix = {"pauseEvent": "/pause", "resumeEvent": "/resume"}.get(op, "")
+        path = "/admin/events" if op == "listEvents" else "/admin/events/" + event + suffix
+        return self.admin(event, body, method=OPS[op][0], path=path, **kw)
 
     def limited(self, op_id, path, headers, n=40):
         """n reads at once: the first ones pass, then 429 rate_limited; each is checked."""
@@ -303,7 +317,8 @@ class OpenApiTest(unittest.TestCase):
             self.check("putEvent", self.admin(ev, json.dumps({"stock": stock})), 200)
         # --max-events 4: a fifth event is refused, an existing one can still be reset.
         self.check("putEvent", self.admin("fifth", '{"stock":1}'), 409, "too_many_events")
-        self.check("putEvent", self.admin("big", '{"stock":100}'), 200)
+        self.check("putEvent", self.admin("big", '{"stock":100}'), 409, "event_exists")
+        self.check("putEvent", self.admin("big?reset=1", '{"stock":100}'), 200)
         self.check("putEvent", self.admin("ev", '{"stock":-1}'), 400, "bad_request")
         self.check("putEvent", self.admin("bad!name", '{"stock":1}'), 400, "bad_request")
         self.check("putEvent", self.admin("ev", '{"stock":3}', token=None), 401, "unauthorized")
@@ -316,6 +331,10 @@ class OpenApiTest(unittest.TestCase):
                                           client=guesser), 429, "rate_limited")
         self.check("putEvent", self.admin("ev", '{"stock":3}', client=guesser), 429,
                    "rate_limited")
+        for op in ADMIN_OPS:
+            self.check(op, self.admin_op(op, body='{"stock":3}', token=None), 401, "unauthorized")
+            self.check(op, self.admin_op(op, body='{"stock":3}', client=guesser), 429,
+                       "rate_limited")
         # The hosts see the new generation within ~0.5 s.
         wait_until(lambda: request(self.host.port, "GET", "/v1/events/ev")[0] == 200, 5)
 
@@ -353,6 +372,7 @@ class OpenApiTest(unittest.TestCase):
 
         ev = self.call("getEvent", "GET", "/v1/events/ev", status=200)
         self.assertEqual((ev["sold"], ev["status"]), (3, "sold_out"))
+        self.live_admin()
         self.call("getEvent", "GET", "/v1/events/bad!name", status=400, error="bad_request")
         self.call("getEvent", "GET", "/v1/events/nosuch", status=404, error="unknown_event")
         self.limited("getEvent", "/v1/events/ev", {"X-Forwarded-For": "203.0.113.1"}, n=240)
@@ -365,6 +385,32 @@ class OpenApiTest(unittest.TestCase):
             path = OPS[op][1]
             self.call(op, method, path, body="" if method in ("POST", "PUT") else None,
                       status=405, error="method_not_allowed")
+
+    def live_admin(self):
+        """PATCH, pause, resume, list: every answer of their own."""
+        d = self.check("patchEvent", self.admin_op("patchEvent", "big", '{"stock":120}'), 200)
+        self.assertEqual((d["stock"], d["paused"]), (120, False))
+        self.check("patchEvent", self.admin_op("patchEvent", "big", '{"per_user_limit":2}'), 200)
+        for bad in ('{}', '{"stock":-1}', 'nope', '{"stock":1,"x":1}'):
+            self.check("patchEvent", self.admin_op("patchEvent", "big", bad), 400, "bad_request")
+        self.check("patchEvent", self.admin_op("patchEvent", "bad!name", '{"stock":1}'), 400,
+                   "bad_request")
+        self.check("patchEvent", self.admin_op("patchEvent", "nosuch", '{"stock":1}'), 404,
+                   "unknown_event")
+        self.check("patchEvent", self.admin_op("patchEvent", "ev", '{"stock":2}'), 409,
+                   "stock_below_sold")
+        for op in ("pauseEvent", "resumeEvent"):
+            self.check(op, self.admin_op(op, "nosuch"), 404, "unknown_event")
+            self.check(op, self.admin_op(op, "bad!name"), 400, "bad_request")
+        d = self.check("pauseEvent", self.admin_op("pauseEvent", "big"), 200)
+        self.assertTrue(d["paused"])
+        self.call("snatch", "POST", "/v1/events/big/snatch?user=pz", status=409, error="paused")
+        ev = self.call("getEvent", "GET", "/v1/events/big", status=200)
+        self.assertEqual(ev["status"], "paused")
+        d = self.check("resumeEvent", self.admin_op("resumeEvent", "big"), 200)
+        self.assertFalse(d["paused"])
+        d = self.check("listEvents", self.admin_op("listEvents"), 200)
+        self.assertEqual([e["event"] for e in d["events"]], ["big", "ev", "few", "slow"])
 
     def orders(self):
         """Order look-ups answer only to their buyer or the admin token."""
@@ -418,6 +464,9 @@ class OpenApiTest(unittest.TestCase):
         strict, admin = self.strict.port, self.admin_port
         self.check("putEvent", self.admin("ev", '{"stock":1}', port=admin), 403, "forbidden")
         self.check("putEvent", self.admin("ev", '{"stock":1}', port=strict), 404, "not_found")
+        for op in ADMIN_OPS:
+            self.check(op, self.admin_op(op, body='{"stock":1}', port=admin), 403, "forbidden")
+            self.check(op, self.admin_op(op, body='{"stock":1}', port=strict), 404, "not_found")
         self.call("getMetrics", "GET", "/metrics", port=strict, status=404, error="not_found")
         check_prometheus(self.call("getMetrics", "GET", "/metrics", port=admin, status=200))
         self.call("getHealth", "GET", "/healthz", port=admin, status=200)
@@ -490,7 +539,8 @@ class OpenApiTest(unittest.TestCase):
         try:
             d = self.call("snatch", "POST", "/v1/events/slow/snatch?user=patient", status=202)
             self.assertEqual(d["status"], "pending")
-            self.check("putEvent", self.admin("slow", '{"stock":10}'), 409, "orders_pending")
+            self.check("putEvent", self.admin("slow?reset=1", '{"stock":10}'), 409,
+                       "orders_pending")
         finally:
             self.nats.proc.send_signal(signal.SIGCONT)
 
@@ -503,7 +553,9 @@ class OpenApiTest(unittest.TestCase):
         self.call("snatch", "POST", "/v1/events/big/snatch?user=late", status=503,
                   error="unavailable")
         self.call("getEvent", "GET", "/v1/events/big", status=503, error="unavailable")
-        self.check("putEvent", self.admin("big", '{"stock":5}'), 503, "unavailable")
+        self.check("putEvent", self.admin("big?reset=1", '{"stock":5}'), 503, "unavailable")
+        for op in ADMIN_OPS:
+            self.check(op, self.admin_op(op, "big", '{"stock":5}'), 503, "unavailable")
         self.call("getOrder", "GET", "/v1/orders/0000000000000-0000000000-ev?user=alice",
                   status=503, error="unavailable")
         self.call("getUserOrders", "GET", "/v1/events/ev/users/alice/orders?user=alice",
@@ -529,7 +581,7 @@ class OpenApiTest(unittest.TestCase):
             readme = f.read()
         rows = {}
         for line in readme.splitlines():
-            m = re.match(r"^\| `(GET|POST|PUT) (/[^ `]*)", line)
+            m = re.match(r"^\| `(GET|POST|PUT|PATCH) (/[^ `]*)", line)
             if m:
                 # Statuses, not rates ("100 reads/s", "burst 200").
                 rows[m.groups()] = set(re.findall(

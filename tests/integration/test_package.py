@@ -17,7 +17,7 @@ PROGRAMS = ("snatch-host", "snatch-subscriber", "snatch-reconcile", "snatch-benc
 UNITS = ("snatch-host@.service", "snatch-subscriber.service")
 # The Debian 12 runtime libraries the programs link (package name prefixes).
 RUNTIME_LIBS = ("libc6", "libuv1", "libluajit", "libhiredis", "libnats", "libsqlite3-0",
-                "libjansson4", "libhttp-parser")
+                "libjansson4", "libhttp-parser", "libssl3")
 EXPECTED_FILES = ["./usr/bin/" + p for p in PROGRAMS] + [
     "./usr/share/snatch/deduct.lua", "./usr/share/snatch/policy.lua",
     "./usr/share/doc/snatch/README.md", "./usr/share/doc/snatch/LICENSE",

@@ -167,7 +167,7 @@ def reset_on_one_host_reaches_the_other():
         wait_until(lambda: st.redis.cmd("HLEN", "{shared}:pending") == 0, 30,
                    what="{shared}:pending to empty")
         # Reset (with orders persisted; nothing pending) -> b sees the new generation.
-        a.create_event("shared", 2)
+        a.create_event("shared", 2, reset=True)
         wait_until(lambda: b.snatch("shared", "z1")[0] == 200, 20, what="b to see the reset")
 
 

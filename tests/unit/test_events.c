@@ -162,8 +162,10 @@ static void test_installed_with_policy_quota(void **state)
     assert_int_equal(q, 4);
 }
 
-/* An admin reset bumps gen: the event is reinstalled, full quota, no longer sold out. The same
- * gen changes neither. */
+/* An admin reset bumps gen: the event is reinstalled, full quota, no longer sold out. Within a
+ * generation the host follows Redis both ways: sold out while Redis says so, selling again once
+ * a PATCH raised the stock (quota re-allocated, what is left moved by the difference), paused
+ * and resumed as {E}:meta says. */
 static void test_reset_reinstalls(void **state)
 {
     (void)state;
@@ -173,9 +175,28 @@ static void test_reset_reinstalls(void **state)
     assert_int_equal(stock_reserve(ev, 3), 0);
     stock_mark_sold_out(ev);
 
+    meta("e2", 10, 10, 1, 1);
     assert_ptr_equal(lookup("e2").ev, ev);
     assert_true(sold_out(ev));
     assert_int_equal(left(ev), 2);
+    assert_int_equal(stock_check(ev, 1), STOCK_SOLD_OUT);
+
+    meta("e2", 20, 10, 1, 1); /* PATCH stock 20 */
+    assert_ptr_equal(lookup("e2").ev, ev);
+    assert_false(sold_out(ev));
+    assert_int_equal(view_of(ev).quota, 10);
+    assert_int_equal(left(ev), 7);
+    assert_int_equal(stock_check(ev, 1), STOCK_OK);
+
+    assert_int_equal(test_redis_do(&redis, "HSET {e2}:meta paused 1"), 0);
+    lookup("e2");
+    assert_true(view_of(ev).paused);
+    assert_int_equal(stock_check(ev, 1), STOCK_PAUSED);
+    assert_int_equal(stock_reserve(ev, 1), -1);
+    assert_int_equal(test_redis_do(&redis, "HSET {e2}:meta paused 0"), 0);
+    lookup("e2");
+    assert_false(view_of(ev).paused);
+    assert_int_equal(stock_check(ev, 1), STOCK_OK);
 
     meta("e2", 8, 0, 1, 2);
     assert_ptr_equal(lookup("e2").ev, ev);

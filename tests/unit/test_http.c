@@ -104,6 +104,25 @@ static void handler(http_request_t *req)
         http_respond(req, terminated ? 200 : 500, "text/plain", buf, (size_t)n);
         return;
     }
+    if (strcmp(req->path, "/hdr") == 0) {
+        /* The query names headers (comma separated): answers name=[value][value].. for each,
+         * every line of a repeated header in order, through http_header(). */
+        char buf[2048];
+        size_t pos = 0;
+        const char *q = req->query;
+        while (*q != '\0') {
+            size_t nlen = strcspn(q, ",");
+            pos += (size_t)snprintf(buf + pos, sizeof(buf) - pos, "%.*s=", (int)nlen, q);
+            size_t iter = 0, vlen;
+            const char *v;
+            while ((v = http_header(req, q, nlen, &iter, &vlen)) != NULL)
+                pos += (size_t)snprintf(buf + pos, sizeof(buf) - pos, "[%.*s]%s", (int)vlen, v,
+                                        v[vlen] == '\0' ? "" : "(not terminated)");
+            q += nlen + (q[nlen] == ',');
+        }
+        http_respond(req, 200, "text/plain", buf, pos);
+        return;
+    }
     if (strcmp(req->path, "/big") == 0) {
         size_t len = req->query_len ? strtoull(req->query, NULL, 10) : 200000;
         char *body = malloc(len);
@@ -382,6 +401,22 @@ static const http_case_t cases[] = {
      false,
      0,
      {{200, "m=4|p=/echo|q=|u=bob|a=Basic YQ==|b=abc" ECHO_PEER}}},
+    {"every header readable by name, any case, in order, trimmed",
+     "GET /hdr?x-code,X-USER-ID,host,x-none,x-empty,x-two,transfer-encoding HTTP/1.1\r\n"
+     "Host: h1\r\nX-Code:  abc def \r\nX-User-Id: u1\r\nx-empty:\r\nX-Two: a\r\n"
+     "X-TWO: b\r\n\r\n",
+     false,
+     false,
+     0,
+     {{200, "x-code=[abc def]X-USER-ID=[u1]host=[h1]x-none=x-empty=[]x-two=[a][b]"
+            "transfer-encoding="}}},
+    {"headers of a chunked request, trailers left out",
+     "POST /hdr?x-a,transfer-encoding,x-trailer HTTP/1.1\r\nX-A: 1\r\n"
+     "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n",
+     false,
+     false,
+     0,
+     {{200, "x-a=[1]transfer-encoding=[chunked]x-trailer="}}},
     {"absent fields",
      "GET /echo HTTP/1.1\r\n\r\n",
      false,

@@ -195,6 +195,24 @@ static void test_publish_refused_is_202(void **state)
     assert_int_equal(w.inflight, 0);
 }
 
+/* Sold, but fewer replicas than --redis-replicas hold it: 202 pending, nothing published (the
+ * reconciler does it if Redis keeps the order), the unit stays sold. */
+static void test_unreplicated_is_202_unpublished(void **state)
+{
+    (void)state;
+    snatch("ev", "user=u4");
+    deduct_result_t r = sold("1700000000000-0000000004-ev");
+    r.unreplicated = true;
+    answer_deduct(r);
+    assert_int_equal(answered_status, 202);
+    assert_non_null(strstr(answered_body, "\"status\":\"pending\""));
+    assert_non_null(strstr(answered_body, "1700000000000-0000000004-ev"));
+    assert_int_equal(fake.publishes, 0);
+    assert_int_equal(fake.acked, 0);
+    assert_int_equal(local_left(), QUOTA - 1);
+    assert_int_equal(w.inflight, 0);
+}
+
 /* Every way Redis does not sell: the status and body, and the local unit given back. */
 static void test_refusals_give_the_unit_back(void **state)
 {
@@ -288,6 +306,33 @@ static void test_answered_locally(void **state)
     assert_int_equal(w.inflight, 0);
 }
 
+/* deduct.lua said the sale is paused: 409 paused, the unit given back, and from then on every
+ * request is refused locally, without Redis, until a refresh says otherwise (stock_follow). */
+static void test_paused(void **state)
+{
+    (void)state;
+    static const char paused[] =
+        "{\"error\":\"paused\",\"detail\":\"the sale of this event is paused; retry later\"}";
+    snatch("ev", "user=p1");
+    answer_deduct(failed(DEDUCT_PAUSED, NULL, NULL));
+    assert_int_equal(answered_status, 409);
+    assert_string_equal(answered_body, paused);
+    assert_int_equal(local_left(), QUOTA);
+    assert_true(view_of(ev).paused);
+    fake.deducts = 0;
+    snatch("ev", "user=p2");
+    assert_int_equal(answered_status, 409);
+    assert_string_equal(answered_body, paused);
+    assert_int_equal(fake.deducts, 0);
+    stock_follow(ev, false, false); /* a refresh after the resume */
+    fixture_forget_answers();
+    snatch("ev", "user=p3");
+    answer_deduct(failed(DEDUCT_LIMIT_REACHED, NULL, NULL));
+    assert_int_equal(answered_status, 409);
+    assert_string_equal(answered_body, "{\"error\":\"limit_reached\"}");
+    assert_int_equal(w.inflight, 0);
+}
+
 /* Fewer units left locally than asked: insufficient, not sold out, from the same check. */
 static void test_local_insufficient(void **state)
 {
@@ -323,10 +368,12 @@ int main(void)
         cmocka_unit_test_setup(test_sold_and_acknowledged, setup),
         cmocka_unit_test_setup(test_sold_not_acknowledged_is_202, setup),
         cmocka_unit_test_setup(test_publish_refused_is_202, setup),
+        cmocka_unit_test_setup(test_unreplicated_is_202_unpublished, setup),
         cmocka_unit_test_setup(test_refusals_give_the_unit_back, setup),
         cmocka_unit_test_setup(test_redis_failures, setup),
         cmocka_unit_test_setup(test_answered_locally, setup),
         cmocka_unit_test_setup(test_local_insufficient, setup),
+        cmocka_unit_test_setup(test_paused, setup),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "ratelimit.h"
@@ -623,6 +624,158 @@ static void test_example_suspicious(void **state)
 
 /* ---- reload ---------------------------------------------------------------------------- */
 
+/* ---- the request's headers, HMAC, constant-time compare --------------------------------- */
+
+/* A request's headers for req.header(): name/value pairs, names matched in any case. */
+typedef struct fake_headers {
+    const char *pairs[8][2];
+    size_t n;
+} fake_headers_t;
+
+static const char *fake_header(const void *ctx, const char *name, size_t nlen, size_t *iter,
+                               size_t *vlen)
+{
+    const fake_headers_t *h = ctx;
+    for (size_t i = *iter; i < h->n; i++) {
+        if (strlen(h->pairs[i][0]) == nlen && strncasecmp(h->pairs[i][0], name, nlen) == 0) {
+            *iter = i + 1;
+            *vlen = strlen(h->pairs[i][1]);
+            return h->pairs[i][1];
+        }
+    }
+    *iter = h->n;
+    return NULL;
+}
+
+/* admit() reads the header the buyer id names, both call forms, and answers it as the detail;
+ * order() calls a req.header kept from admit(): outside admit() it finds nothing. */
+static const char HEADER_POLICY[] =
+    "local M = {}\n"
+    "local kept\n"
+    "function M.allocate(e, c) return c.stock end\n"
+    "function M.admit(req)\n"
+    "  kept = req.header\n"
+    "  if req.user == 'noarg' then return false, 400, 'x', req.header() end\n"
+    "  local v, w = req.header(req.user), req:header(string.upper(req.user))\n"
+    "  if v ~= w then error('the two call forms differ') end\n"
+    "  if v == nil then return false, 404, 'none' end\n"
+    "  return false, 400, 'value', v\n"
+    "end\n"
+    "function M.order(o) return '{\"v\":\"' .. tostring(kept and kept('x-code')) .. '\"}' end\n"
+    "return M\n";
+
+static void admit_with(script_t *s, const char *user, const fake_headers_t *h, script_verdict_t *v)
+{
+    script_admit_req_t req = {.event = "ev1",
+                              .user = user,
+                              .qty = 1,
+                              .client = "10.0.0.1",
+                              .now_ms = util_now_ms(),
+                              .header = h ? fake_header : NULL,
+                              .header_ctx = h};
+    memset(v, 0x5a, sizeof(*v));
+    script_admit(s, &req, v);
+}
+
+static void test_request_headers(void **state)
+{
+    (void)state;
+    char path[512];
+    fixture(path, sizeof(path), "headers.lua", HEADER_POLICY);
+    script_t *s = open_ok(path);
+    fake_headers_t h = {.pairs = {{"host", "example"},
+                                  {"x-code", "abc.123"},
+                                  {"x-two", "a"},
+                                  {"x-empty", ""},
+                                  {"X-Two", "b"}},
+                        .n = 5};
+    script_verdict_t v;
+    admit_with(s, "x-code", &h, &v);
+    assert_int_equal(v.status, 400);
+    assert_string_equal(v.detail, "abc.123");
+    admit_with(s, "X-CODE", &h, &v);
+    assert_string_equal(v.detail, "abc.123");
+    admit_with(s, "x-two", &h, &v); /* a repeated header: its lines joined, in order */
+    assert_string_equal(v.detail, "a, b");
+    admit_with(s, "x-empty", &h, &v);
+    assert_int_equal(v.status, 400);
+    assert_string_equal(v.detail, "");
+    admit_with(s, "x-none", &h, &v);
+    assert_int_equal(v.status, 404);
+    admit_with(s, "x-code", NULL, &v); /* a request without headers */
+    assert_int_equal(v.status, 404);
+    admit_with(s, "noarg", &h, &v); /* a bad call is a policy error, not a crash */
+    assert_int_equal(v.status, 500);
+    assert_string_equal(v.reason, "policy_error");
+    char out[256];
+    script_order_t o = {.order_id = "1-1-ev1", .event = "ev1", .user = "u", .qty = 1};
+    assert_true(script_order(s, &o, out, sizeof(out)) > 0);
+    assert_string_equal(out, "{\"v\":\"nil\"}");
+    script_close(s);
+}
+
+/* RFC 4231's HMAC-SHA-256 test cases (5, a truncated MAC, left out), in hex and raw form, and
+ * host.ct_equal. The policy admits buyer "vectors" only when every check holds, else says
+ * which failed. */
+static const char HMAC_POLICY[] =
+    "local M = {}\n"
+    "function M.allocate(e, c) return c.stock end\n"
+    "function M.order(o) return '{}' end\n"
+    "local function unhex(h) return (h:gsub('..', function(x) return "
+    "string.char(tonumber(x, 16)) end)) end\n"
+    "local cases = {\n"
+    "  {string.rep('\\11', 20), 'Hi There',\n"
+    "   'b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7'},\n"
+    "  {'Jefe', 'what do ya want for nothing?',\n"
+    "   '5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843'},\n"
+    "  {string.rep('\\170', 20), string.rep('\\221', 50),\n"
+    "   '773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe'},\n"
+    "  {unhex('0102030405060708090a0b0c0d0e0f10111213141516171819'), string.rep('\\205', 50),\n"
+    "   '82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b'},\n"
+    "  {string.rep('\\170', 131), 'Test Using Larger Than Block-Size Key - Hash Key First',\n"
+    "   '60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54'},\n"
+    "  {string.rep('\\170', 131), 'This is a test using a larger than block-size key and a '\n"
+    "   .. 'larger than block-size data. The key needs to be hashed before being used by the '\n"
+    "   .. 'HMAC algorithm.',\n"
+    "   '9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2'},\n"
+    "}\n"
+    "function M.admit(req)\n"
+    "  for i, c in ipairs(cases) do\n"
+    "    local hex = host.hmac_sha256(c[1], c[2])\n"
+    "    if hex ~= c[3] then return false, 400, 'vector', i .. ' ' .. hex end\n"
+    "    if host.hmac_sha256(c[1], c[2], 'hex') ~= hex then return false, 400, 'hexarg', i end\n"
+    "    local raw = host.hmac_sha256(c[1], c[2], 'raw')\n"
+    "    if #raw ~= 32 or raw ~= unhex(c[3]) then return false, 400, 'raw', i end\n"
+    "    if not host.ct_equal(hex, c[3]) then return false, 400, 'ct', i end\n"
+    "  end\n"
+    "  if #host.hmac_sha256('', '') ~= 64 then return false, 400, 'empty' end\n"
+    "  if host.ct_equal('abc', 'abd') or host.ct_equal('abc', 'ab') or\n"
+    "     host.ct_equal('', 'a') or not host.ct_equal('', '') then\n"
+    "    return false, 400, 'ct_equal'\n"
+    "  end\n"
+    "  if req.user == 'badfmt' then host.hmac_sha256('k', 'm', 'base64') end\n"
+    "  if req.user == 'badarg' then host.ct_equal('a') end\n"
+    "  return true\n"
+    "end\n"
+    "return M\n";
+
+static void test_hmac_and_ct_equal(void **state)
+{
+    (void)state;
+    char path[512];
+    fixture(path, sizeof(path), "hmac.lua", HMAC_POLICY);
+    script_t *s = open_ok(path);
+    script_verdict_t v;
+    admit(s, "vectors", 1, &v);
+    if (v.status != 0)
+        fail_msg("%d %s %s", v.status, v.reason, v.detail);
+    admit(s, "badfmt", 1, &v);
+    assert_int_equal(v.status, 500);
+    admit(s, "badarg", 1, &v);
+    assert_int_equal(v.status, 500);
+    script_close(s);
+}
+
 static void test_reload_side_by_side(void **state)
 {
     (void)state;
@@ -680,6 +833,8 @@ int main(void)
         cmocka_unit_test(test_example_opens_at),
         cmocka_unit_test(test_example_suspicious),
         cmocka_unit_test(test_reload_side_by_side),
+        cmocka_unit_test(test_request_headers),
+        cmocka_unit_test(test_hmac_and_ct_equal),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -1,0 +1,240 @@
+/* See order_msg.h. */
+#include "order_msg.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char *nonempty_string(json_t *doc, const char *key)
+{
+    json_t *v = json_object_get(doc, key);
+    const char *str = json_is_string(v) ? json_string_value(v) : NULL;
+    /* Embedded NULs would make SQLite's copy differ from what JSON said. */
+    if (str == NULL || str[0] == '\0' || strlen(str) != json_string_length(v))
+        return NULL;
+    return str;
+}
+
+int store_parse_order(const char *data, size_t len, store_order_t *o, json_t **doc, char *reason,
+                      size_t reasonlen)
+{
+    json_error_t jerr;
+    json_t *d = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr), *v;
+    *doc = NULL;
+    memset(o, 0, sizeof(*o));
+    if (d == NULL) {
+        snprintf(reason, reasonlen, "not JSON: %s", jerr.text);
+        return -1;
+    }
+    if (!json_is_object(d)) {
+        snprintf(reason, reasonlen, "not a JSON object");
+        goto fail;
+    }
+    if ((o->order_id = nonempty_string(d, "order_id")) == NULL ||
+        (o->event = nonempty_string(d, "event")) == NULL ||
+        (o->user = nonempty_string(d, "user")) == NULL) {
+        snprintf(reason, reasonlen, "order_id, event and user must be non-empty strings");
+        goto fail;
+    }
+    v = json_object_get(d, "qty");
+    if (!json_is_integer(v) || json_integer_value(v) < 1) {
+        snprintf(reason, reasonlen, "qty must be an integer >= 1");
+        goto fail;
+    }
+    o->qty = json_integer_value(v);
+    v = json_object_get(d, "host");
+    if (v != NULL && !json_is_null(v) && (o->host = nonempty_string(d, "host")) == NULL) {
+        snprintf(reason, reasonlen, "host must be a string");
+        goto fail;
+    }
+    v = json_object_get(d, "created_at");
+    o->created_at = -1;
+    if (v != NULL && !json_is_null(v)) {
+        if (!json_is_integer(v)) {
+            snprintf(reason, reasonlen, "created_at must be an integer");
+            goto fail;
+        }
+        o->created_at = json_integer_value(v);
+    }
+    o->payload = data;
+    o->payload_len = len;
+    *doc = d;
+    return 0;
+fail:
+    json_decref(d);
+    memset(o, 0, sizeof(*o));
+    return -1;
+}
+
+/* The fast scanner. Nearly every message is the host's own flat object, and a general JSON
+ * parser spends most of its time building a document (one allocation per value) that is thrown
+ * away at once. This one only reads what store_parse_order would, and gives up (returns 0) at
+ * the first thing it is not sure about, so that jansson remains the judge of every odd case. */
+
+enum { F_ORDER_ID, F_EVENT, F_USER, F_HOST, F_QTY, F_CREATED_AT, F_STRINGS = F_QTY };
+
+static const struct {
+    const char *name;
+    size_t len;
+} FIELDS[] = {
+    [F_ORDER_ID] = {"order_id", 8}, [F_EVENT] = {"event", 5}, [F_USER] = {"user", 4},
+    [F_HOST] = {"host", 4},         [F_QTY] = {"qty", 3},     [F_CREATED_AT] = {"created_at", 10},
+};
+
+/* Other keys (a policy may add fields): kept only to refuse a repeated one, as jansson does. */
+#define SCAN_MAX_OTHER 8
+#define SCAN_MAX_DIGITS 18 /* always fits an int64_t; longer numbers go to jansson */
+
+typedef struct span {
+    const char *p;
+    size_t n;
+} span_t;
+
+typedef struct scan {
+    const char *p;
+    const char *end;
+} scan_t;
+
+static void skip_ws(scan_t *s)
+{
+    while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r'))
+        s->p++;
+}
+
+/* Reads one character c (after white space). */
+static bool eat(scan_t *s, char c)
+{
+    skip_ws(s);
+    if (s->p >= s->end || *s->p != c)
+        return false;
+    s->p++;
+    return true;
+}
+
+/* A string of printable ASCII without escapes; anything else is left to jansson (escapes,
+ * UTF-8 it validates, control characters it rejects). */
+static bool scan_string(scan_t *s, span_t *out)
+{
+    const char *q;
+    if (!eat(s, '"'))
+        return false;
+    for (q = s->p; q < s->end && *q != '"'; q++) {
+        unsigned char c = (unsigned char)*q;
+        if (c < 0x20 || c > 0x7e || c == '\\')
+            return false;
+    }
+    if (q >= s->end)
+        return false;
+    out->p = s->p;
+    out->n = (size_t)(q - s->p);
+    s->p = q + 1;
+    return true;
+}
+
+/* An integer as JSON writes it (no leading zero, no fraction, no exponent). */
+static bool scan_int(scan_t *s, int64_t *out)
+{
+    bool neg;
+    int64_t v = 0;
+    int digits = 0;
+    skip_ws(s);
+    neg = s->p < s->end && *s->p == '-';
+    s->p += neg;
+    for (; s->p < s->end && *s->p >= '0' && *s->p <= '9'; s->p++, digits++) {
+        if (digits == SCAN_MAX_DIGITS || (digits == 1 && v == 0))
+            return false;
+        v = v * 10 + (*s->p - '0');
+    }
+    if (digits == 0 || (s->p < s->end && (*s->p == '.' || *s->p == 'e' || *s->p == 'E')))
+        return false;
+    *out = neg ? -v : v;
+    return true;
+}
+
+static int field_of(span_t key)
+{
+    for (int f = 0; f < (int)(sizeof(FIELDS) / sizeof(FIELDS[0])); f++)
+        if (key.n == FIELDS[f].len && memcmp(key.p, FIELDS[f].name, key.n) == 0)
+            return f;
+    return -1;
+}
+
+/* A key that is not an order field: its value may be a string or an integer, once. */
+static bool scan_other(scan_t *s, span_t key, span_t *other, int *nother)
+{
+    span_t str;
+    int64_t num;
+    for (int i = 0; i < *nother; i++)
+        if (other[i].n == key.n && memcmp(other[i].p, key.p, key.n) == 0)
+            return false;
+    if (*nother == SCAN_MAX_OTHER)
+        return false;
+    other[(*nother)++] = key;
+    skip_ws(s);
+    return s->p < s->end && *s->p == '"' ? scan_string(s, &str) : scan_int(s, &num);
+}
+
+/* Copies the strings into scratch, NUL-terminated, as SQLite binds them. */
+static bool copy_strings(store_order_t *o, const span_t *str, unsigned seen, char *scratch,
+                         size_t scratchlen)
+{
+    const char **dst[F_STRINGS] = {&o->order_id, &o->event, &o->user, &o->host};
+    size_t used = 0;
+    for (int f = 0; f < F_STRINGS; f++) {
+        if (!(seen & (1u << f)))
+            continue;
+        if (str[f].n + 1 > scratchlen - used)
+            return false;
+        memcpy(scratch + used, str[f].p, str[f].n);
+        scratch[used + str[f].n] = '\0';
+        *dst[f] = scratch + used;
+        used += str[f].n + 1;
+    }
+    return true;
+}
+
+int store_scan_order(const char *data, size_t len, store_order_t *o, char *scratch,
+                     size_t scratchlen)
+{
+    scan_t s = {data, data + len};
+    span_t str[F_STRINGS] = {{0}}, other[SCAN_MAX_OTHER], key;
+    int64_t num[2] = {0, -1}; /* qty, created_at */
+    unsigned seen = 0;
+    int nother = 0;
+    const unsigned required = 1u << F_ORDER_ID | 1u << F_EVENT | 1u << F_USER | 1u << F_QTY;
+
+    memset(o, 0, sizeof(*o));
+    if (!eat(&s, '{'))
+        return 0;
+    do {
+        int f;
+        if (!scan_string(&s, &key) || !eat(&s, ':'))
+            return 0;
+        f = field_of(key);
+        if (f < 0) {
+            if (!scan_other(&s, key, other, &nother))
+                return 0;
+            continue;
+        }
+        if (seen & (1u << f))
+            return 0;
+        seen |= 1u << f;
+        if (f < F_STRINGS ? !scan_string(&s, &str[f]) || str[f].n == 0
+                          : !scan_int(&s, &num[f - F_QTY]))
+            return 0;
+    } while (eat(&s, ','));
+    if (!eat(&s, '}'))
+        return 0;
+    skip_ws(&s);
+    if (s.p != s.end || (seen & required) != required || num[0] < 1)
+        return 0;
+    if (!copy_strings(o, str, seen, scratch, scratchlen)) {
+        memset(o, 0, sizeof(*o));
+        return 0;
+    }
+    o->qty = num[0];
+    o->created_at = num[1];
+    o->payload = data;
+    o->payload_len = len;
+    return 1;
+}

@@ -1,0 +1,43 @@
+/* An order message as JetStream carries it (the host's publish, a republish): parsing and
+ * validation, shared by snatch-subscriber (what it stores or dead-letters) and the host's Redis
+ * repair (what it restores), so that both read the same orders by the same rules. Pure: no I/O;
+ * the fast scanner allocates nothing. (Names kept from the subscriber, where this began.) */
+#ifndef SNATCH_ORDER_MSG_H
+#define SNATCH_ORDER_MSG_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* An order as it is stored. Strings point into the parsed JSON document (see
+ * store_parse_order) or the caller's memory; host may be NULL; created_at < 0 when absent. */
+typedef struct store_order {
+    const char *order_id;
+    const char *event;
+    const char *user;
+    const char *host;
+    int64_t qty;
+    int64_t created_at;
+    const char *payload; /* the message as received, stored verbatim */
+    size_t payload_len;
+} store_order_t;
+
+/* Parses data as an order: a JSON object with string order_id, event, user (non-empty), integer
+ * qty >= 1, optional string host and integer created_at. On success returns 0, *doc holds the
+ * document the strings in o point into (caller json_decref's it). On failure returns -1 with a
+ * reason, *doc NULL. */
+int store_parse_order(const char *data, size_t len, store_order_t *o, json_t **doc, char *reason,
+                      size_t reasonlen);
+
+/* The fast path in front of store_parse_order: a strict scanner for the flat shape the host
+ * publishes (an object whose values are plain ASCII strings without escapes or integers, no
+ * repeated key). Returns 1 when data is such an object and a valid order: o is filled, its
+ * strings are NUL-terminated copies in scratch (which must outlive o), o->payload is data.
+ * Returns 0 for anything else, valid or not (escapes, UTF-8, nesting, floats, missing fields,
+ * scratch too small...): the caller then calls store_parse_order, which decides and gives the
+ * dead-letter reason. It never accepts what store_parse_order would reject, and stores the same
+ * values for what both accept. Allocates nothing. */
+int store_scan_order(const char *data, size_t len, store_order_t *o, char *scratch,
+                     size_t scratchlen);
+
+#endif

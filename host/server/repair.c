@@ -1,0 +1,609 @@
+/* See repair.h. Blocking; one repair_t per thread. */
+#include "repair.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "auth.h"
+#include "keyspace.h"
+#include "log.h"
+#include "metrics.h"
+#include "order_msg.h"
+#include "orders_stream.h"
+#include "util.h"
+
+#define CONNECT_TIMEOUT_MS 2000
+#define MAX_CONNS 16
+#define MAX_REDIRECTS 5
+#define REQUESTS_MAX 64
+#define NO_CONN 0xFFu
+
+/* ---- configuration and requests (process-wide) ---- */
+
+static char *script_src; /* written once before threads start */
+static bool claim_standalone;
+static cluster_seed_t seeds[MAX_CONNS];
+static int n_seeds;
+
+static pthread_mutex_t req_lock = PTHREAD_MUTEX_INITIALIZER;
+static char requests[REQUESTS_MAX][SNATCH_NAME_MAX + 1];
+static int n_requests;
+static void (*waker)(void *);
+static void *waker_arg;
+
+int repair_configure(const char *script, bool claim, const char *seed_list)
+{
+    free(script_src);
+    script_src = NULL;
+    n_seeds = cluster_parse_seeds(seed_list, seeds, MAX_CONNS);
+    if (script == NULL || n_seeds < 1 || (script_src = strdup(script)) == NULL)
+        return -1;
+    claim_standalone = claim;
+    return 0;
+}
+
+bool repair_claims_standalone(void)
+{
+    return script_src != NULL && claim_standalone;
+}
+
+bool repair_configured(void)
+{
+    return script_src != NULL;
+}
+
+void repair_set_waker(void (*fn)(void *arg), void *arg)
+{
+    pthread_mutex_lock(&req_lock);
+    waker = fn;
+    waker_arg = arg;
+    pthread_mutex_unlock(&req_lock);
+}
+
+void repair_request(const char *event, size_t len)
+{
+    bool fresh = true;
+    if (len > SNATCH_NAME_MAX)
+        return;
+    pthread_mutex_lock(&req_lock);
+    for (int i = 0; i < n_requests && fresh; i++)
+        fresh = strlen(requests[i]) != len || memcmp(requests[i], event, len) != 0;
+    if (fresh && n_requests < REQUESTS_MAX) {
+        memcpy(requests[n_requests], event, len);
+        requests[n_requests++][len] = '\0';
+    }
+    if (fresh && waker != NULL)
+        waker(waker_arg);
+    pthread_mutex_unlock(&req_lock);
+}
+
+bool repair_next_request(char *out)
+{
+    pthread_mutex_lock(&req_lock);
+    bool got = n_requests > 0;
+    if (got) {
+        strcpy(out, requests[0]);
+        memmove(requests[0], requests[1], (size_t)(n_requests - 1) * sizeof(requests[0]));
+        n_requests--;
+    }
+    pthread_mutex_unlock(&req_lock);
+    return got;
+}
+
+/* ---- Redis, routed by MOVED ---- */
+
+typedef struct conn {
+    char host[CLUSTER_HOST_MAX];
+    int port;
+    redisContext *rc;
+} conn_t;
+
+struct repair {
+    conn_t conns[MAX_CONNS]; /* the seeds first, then nodes named by MOVED or ASK */
+    int n_conns;
+    uint8_t slot_conn[CLUSTER_SLOTS]; /* where a slot was last found, NO_CONN: ask a seed */
+    const auth_config_t *auth;
+    char sha[41];
+    char token[128]; /* this process's lock token: a retry by the same host re-enters */
+};
+
+repair_t *repair_new(const auth_config_t *auth, const char *host_id)
+{
+    if (script_src == NULL)
+        return NULL;
+    repair_t *rp = calloc(1, sizeof(*rp));
+    if (rp == NULL)
+        return NULL;
+    for (int i = 0; i < n_seeds; i++) {
+        memcpy(rp->conns[i].host, seeds[i].host, sizeof(rp->conns[i].host));
+        rp->conns[i].port = seeds[i].port;
+    }
+    rp->n_conns = n_seeds;
+    memset(rp->slot_conn, NO_CONN, sizeof(rp->slot_conn));
+    rp->auth = auth;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    snprintf(rp->token, sizeof(rp->token), "%s:%d:%lld", host_id != NULL ? host_id : "",
+             (int)getpid(), (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec);
+    return rp;
+}
+
+static void drop(conn_t *c)
+{
+    if (c->rc != NULL)
+        redisFree(c->rc);
+    c->rc = NULL;
+}
+
+void repair_free(repair_t *rp)
+{
+    if (rp == NULL)
+        return;
+    for (int i = 0; i < rp->n_conns; i++)
+        drop(&rp->conns[i]);
+    free(rp);
+}
+
+static redisContext *ready(repair_t *rp, conn_t *c)
+{
+    if (c->rc != NULL)
+        return c->rc;
+    struct timeval tv = {CONNECT_TIMEOUT_MS / 1000, (CONNECT_TIMEOUT_MS % 1000) * 1000};
+    c->rc = redisConnectWithTimeout(c->host, c->port, tv);
+    char err[256];
+    if (c->rc == NULL || c->rc->err) {
+        log_warn("repair: cannot connect to redis %s:%d: %s", c->host, c->port,
+                 c->rc ? c->rc->errstr : "out of memory");
+        drop(c);
+        return NULL;
+    }
+    redisSetTimeout(c->rc, tv);
+    if (auth_redis_sync(c->rc, rp->auth, err, sizeof(err)) != 0) {
+        log_warn("repair: redis %s:%d: %s", c->host, c->port, err);
+        drop(c);
+        return NULL;
+    }
+    return c->rc;
+}
+
+static int conn_for(repair_t *rp, const char *host, int port)
+{
+    for (int i = 0; i < rp->n_conns; i++)
+        if (rp->conns[i].port == port && strcmp(rp->conns[i].host, host) == 0)
+            return i;
+    if (rp->n_conns == MAX_CONNS)
+        return -1;
+    conn_t *c = &rp->conns[rp->n_conns];
+    snprintf(c->host, sizeof(c->host), "%s", host);
+    c->port = port;
+    c->rc = NULL;
+    return rp->n_conns++;
+}
+
+/* The first seed that answers (a node that died in a failover is skipped), or -1. */
+static int any_seed(repair_t *rp)
+{
+    for (int i = 0; i < n_seeds; i++)
+        if (ready(rp, &rp->conns[i]) != NULL)
+            return i;
+    return -1;
+}
+
+/* Sends argv to the node serving key's slot; follows MOVED and ASK. The reply (caller frees),
+ * or NULL when no node could be asked or a connection failed (it is dropped: the next call
+ * reconnects, or asks a seed where the slot lives now). */
+static redisReply *cmd(repair_t *rp, const char *key, size_t keylen, int argc, const char **argv,
+                       const size_t *lens)
+{
+    unsigned slot = cluster_key_slot(key, keylen);
+    int at = rp->slot_conn[slot];
+    bool asking = false;
+    for (int hop = 0; hop <= MAX_REDIRECTS; hop++) {
+        if (at == NO_CONN || ready(rp, &rp->conns[at]) == NULL) {
+            rp->slot_conn[slot] = NO_CONN;
+            if ((at = any_seed(rp)) < 0)
+                return NULL;
+        }
+        conn_t *c = &rp->conns[at];
+        redisContext *rc = c->rc;
+        if (asking) {
+            redisReply *a = redisCommand(rc, "ASKING");
+            freeReplyObject(a);
+        }
+        redisReply *r = redisCommandArgv(rc, argc, argv, lens);
+        if (r == NULL) {
+            drop(c);
+            return NULL;
+        }
+        cluster_redirect_t to;
+        cluster_err_t ce = cluster_reply_error(r, &to);
+        if (ce != CLUSTER_ERR_MOVED && ce != CLUSTER_ERR_ASK)
+            return r;
+        freeReplyObject(r);
+        if (to.host[0] == '\0')
+            snprintf(to.host, sizeof(to.host), "%s", c->host);
+        int next = conn_for(rp, to.host, to.port);
+        if (next < 0)
+            return NULL;
+        asking = ce == CLUSTER_ERR_ASK;
+        if (!asking)
+            rp->slot_conn[slot] = (uint8_t)next;
+        at = next;
+    }
+    return NULL;
+}
+
+static bool is_noscript(const redisReply *r)
+{
+    return r != NULL && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0;
+}
+
+/* EVALSHA of repair.lua on the event's keys (KEYS: meta users orders uorders repair) with args;
+ * loads the script where a node does not have it (a restart, a promoted replica). */
+static redisReply *eval(repair_t *rp, const char *event, int nargs, const char **args,
+                        const size_t *alens)
+{
+    enum { NKEYS = 5 };
+    char keys[NKEYS][KEYSPACE_KEY_MAX];
+    const keyspace_key_t which[4] = {KEYSPACE_META, KEYSPACE_USERS, KEYSPACE_ORDERS,
+                                     KEYSPACE_UORDERS};
+    int argc = 3 + NKEYS + nargs;
+    const char **argv = malloc(sizeof(*argv) * (size_t)argc);
+    size_t *lens = malloc(sizeof(*lens) * (size_t)argc);
+    redisReply *r = NULL;
+    if (argv == NULL || lens == NULL)
+        goto out;
+    size_t elen = strlen(event);
+    for (int i = 0; i < 4; i++)
+        lens[3 + i] = (size_t)keyspace_key(keys[i], event, elen, which[i]);
+    lens[3 + 4] = (size_t)snprintf(keys[4], sizeof(keys[4]), "{%s}:repair", event);
+    for (int i = 0; i < NKEYS; i++)
+        argv[3 + i] = keys[i];
+    argv[0] = "EVALSHA";
+    lens[0] = 7;
+    argv[2] = "5";
+    lens[2] = 1;
+    memcpy(argv + 3 + NKEYS, args, sizeof(*args) * (size_t)nargs);
+    memcpy(lens + 3 + NKEYS, alens, sizeof(*alens) * (size_t)nargs);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (rp->sha[0] == '\0' || attempt > 0) {
+            const char *la[] = {"SCRIPT", "LOAD", script_src};
+            size_t ll[] = {6, 4, strlen(script_src)};
+            redisReply *l = cmd(rp, keys[0], lens[3], 3, la, ll);
+            bool ok = l != NULL && l->type == REDIS_REPLY_STRING && l->len == 40;
+            if (ok)
+                memcpy(rp->sha, l->str, 41);
+            else if (l != NULL)
+                log_warn("repair: SCRIPT LOAD: %s",
+                         l->type == REDIS_REPLY_ERROR ? l->str : "unexpected reply");
+            freeReplyObject(l);
+            if (!ok)
+                goto out;
+        }
+        argv[1] = rp->sha;
+        lens[1] = 40;
+        freeReplyObject(r);
+        r = cmd(rp, keys[0], lens[3], argc, argv, lens);
+        if (!is_noscript(r))
+            break;
+    }
+out:
+    free(argv);
+    free(lens);
+    return r;
+}
+
+/* The verdict of a repair.lua reply (element 0), or "" (an error reply: logged). */
+static const char *verdict(const redisReply *r, const char *event)
+{
+    if (r == NULL)
+        return "";
+    if (r->type == REDIS_REPLY_ERROR) {
+        log_warn("repair: %s: %s", event, r->str);
+        return "";
+    }
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
+        r->element[0]->type != REDIS_REPLY_STRING)
+        return "";
+    return r->element[0]->str;
+}
+
+static int64_t elem_int(const redisReply *r, size_t i)
+{
+    if (r->elements <= i)
+        return -1;
+    const redisReply *e = r->element[i];
+    if (e->type == REDIS_REPLY_INTEGER)
+        return e->integer;
+    if (e->type == REDIS_REPLY_STRING)
+        return strtoll(e->str, NULL, 10);
+    return -1;
+}
+
+/* ---- one repair ---- */
+
+typedef struct job {
+    repair_t *rp;
+    uint64_t started_ms;
+    const char *event;
+    char node[CLUSTER_ID_MAX];
+    char ttl[24];
+    int64_t seq_max;
+    repair_report_t *rep;
+    /* The chunk being filled: 5 strings per order, owned. */
+    int n;
+    char *args[6 + 5 * REPAIR_CHUNK];
+    size_t lens[6 + 5 * REPAIR_CHUNK];
+} job_t;
+
+static void chunk_clear(job_t *j)
+{
+    for (int i = 0; i < 5 * j->n; i++)
+        free(j->args[6 + i]);
+    j->n = 0;
+}
+
+static int flush(job_t *j)
+{
+    if (j->n == 0)
+        return 0;
+    char n[16];
+    const char *head[6] = {"chunk", j->event, j->rp->token, j->ttl, j->node, n};
+    snprintf(n, sizeof(n), "%d", j->n);
+    int nargs = 6 + 5 * j->n;
+    for (int i = 0; i < 6; i++) {
+        j->args[i] = (char *)head[i];
+        j->lens[i] = strlen(head[i]);
+    }
+    redisReply *r = eval(j->rp, j->event, nargs, (const char **)j->args, j->lens);
+    int rc = -1;
+    const char *v = verdict(r, j->event);
+    if (strcmp(v, "ok") == 0) {
+        j->rep->restored += elem_int(r, 1);
+        j->rep->units += elem_int(r, 2);
+        j->rep->skipped += elem_int(r, 3);
+        rc = 0;
+    } else if (v[0] != '\0') {
+        log_warn("repair: %s: chunk refused (%s): starting again later", j->event, v);
+    }
+    freeReplyObject(r);
+    chunk_clear(j);
+    return rc;
+}
+
+static char *dup_n(const char *s, size_t *len)
+{
+    *len = strlen(s);
+    char *d = malloc(*len + 1);
+    if (d != NULL)
+        memcpy(d, s, *len + 1);
+    return d;
+}
+
+/* Adds one parsed order of the event to the chunk (flushing a full one). */
+static int add_order(job_t *j, const store_order_t *o)
+{
+    char qty[24], created[24];
+    snprintf(qty, sizeof(qty), "%" PRId64, o->qty);
+    created[0] = '\0';
+    if (o->created_at >= 0)
+        snprintf(created, sizeof(created), "%" PRId64, o->created_at);
+    const char *f[5] = {o->order_id, o->user, qty, o->host != NULL ? o->host : "", created};
+    int at = 6 + 5 * j->n;
+    for (int i = 0; i < 5; i++) {
+        if ((j->args[at + i] = dup_n(f[i], &j->lens[at + i])) == NULL) {
+            for (int k = 0; k < i; k++)
+                free(j->args[at + k]);
+            return -1;
+        }
+    }
+    j->n++;
+    return j->n == REPAIR_CHUNK ? flush(j) : 0;
+}
+
+/* The seq of an order id of this event, or -1. */
+static int64_t id_seq(const char *id, const char *event)
+{
+    size_t elen;
+    const char *ev = keyspace_order_event(id, strlen(id), &elen);
+    if (ev == NULL || elen != strlen(event) || memcmp(ev, event, elen) != 0)
+        return -1;
+    return strtoll(id + KEYSPACE_ID_MS_DIGITS + 1, NULL, 10);
+}
+
+static int take_msg(job_t *j, natsMsg *m)
+{
+    const char *data = natsMsg_GetData(m);
+    size_t len = (size_t)natsMsg_GetDataLength(m);
+    char scratch[4 * ORDERS_PAYLOAD_MAX], reason[256];
+    store_order_t o;
+    json_t *doc = NULL;
+    int rc = 0;
+    j->rep->replayed++;
+    if (store_scan_order(data, len, &o, scratch, sizeof(scratch)) != 1 &&
+        store_parse_order(data, len, &o, &doc, reason, sizeof(reason)) != 0) {
+        j->rep->skipped++; /* the subscriber dead-letters it: not an order */
+        return 0;
+    }
+    int64_t seq = id_seq(o.order_id, j->event);
+    if (seq < 0 || strcmp(o.event, j->event) != 0) {
+        j->rep->skipped++;
+    } else {
+        if (seq > j->seq_max)
+            j->seq_max = seq;
+        rc = add_order(j, &o);
+    }
+    json_decref(doc);
+    return rc;
+}
+
+/* Reads orders.<event> from the first message to the last one the stream had when this began. */
+static int replay(job_t *j, jsCtx *js)
+{
+    char subject[sizeof(ORDERS_SUBJECT_PREFIX) + SNATCH_NAME_MAX];
+    snprintf(subject, sizeof(subject), ORDERS_SUBJECT_PREFIX "%s", j->event);
+    natsMsg *last = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s = js_GetLastMsg(&last, js, ORDERS_STREAM, subject, NULL, &jerr);
+    if (s == NATS_NOT_FOUND)
+        return 0; /* nothing was ever persisted for it */
+    if (s != NATS_OK) {
+        log_warn("repair: %s: last message: %s (%d)", j->event, natsStatus_GetText(s), (int)jerr);
+        return -1;
+    }
+    uint64_t end = natsMsg_GetSequence(last);
+    natsMsg_Destroy(last);
+    jsSubOptions so;
+    jsSubOptions_Init(&so);
+    so.Stream = ORDERS_STREAM;
+    so.Ordered = true;
+    so.Config.DeliverPolicy = js_DeliverAll;
+    natsSubscription *sub = NULL;
+    s = js_SubscribeSync(&sub, js, subject, NULL, &so, &jerr);
+    if (s != NATS_OK) {
+        log_warn("repair: %s: subscribe: %s (%d)", j->event, natsStatus_GetText(s), (int)jerr);
+        return -1;
+    }
+    int rc = 0;
+    for (;;) {
+        natsMsg *m = NULL;
+        s = natsSubscription_NextMsg(&m, sub, REPAIR_REPLAY_WAIT_MS);
+        if (s != NATS_OK) {
+            log_warn("repair: %s: replay stopped: %s", j->event, natsStatus_GetText(s));
+            rc = -1;
+            break;
+        }
+        jsMsgMetaData *meta = NULL;
+        uint64_t seq = 0;
+        if (natsMsg_GetMetaData(&meta, m) == NATS_OK) {
+            seq = meta->Sequence.Stream;
+            jsMsgMetaData_Destroy(meta);
+        }
+        rc = take_msg(j, m);
+        natsMsg_Destroy(m);
+        if (rc != 0 || seq >= end)
+            break;
+    }
+    natsSubscription_Unsubscribe(sub);
+    natsSubscription_Destroy(sub);
+    return rc;
+}
+
+static repair_result_t begin(job_t *j)
+{
+    const char *args[6] = {"begin", j->event, j->rp->token,
+                           j->ttl,  "",       claim_standalone ? "1" : "0"};
+    size_t lens[6];
+    for (int i = 0; i < 6; i++)
+        lens[i] = strlen(args[i]);
+    redisReply *r = eval(j->rp, j->event, 6, args, lens);
+    const char *v = verdict(r, j->event);
+    repair_result_t res = REPAIR_FAILED;
+    if (strcmp(v, "current") == 0)
+        res = REPAIR_CURRENT;
+    else if (strcmp(v, "busy") == 0)
+        res = REPAIR_BUSY;
+    else if (strcmp(v, "unknown_event") == 0 || strcmp(v, "unclaimed") == 0)
+        res = REPAIR_SKIPPED;
+    else if (strcmp(v, "started") == 0 && r->elements >= 3 &&
+             r->element[1]->type == REDIS_REPLY_STRING && r->element[1]->len < CLUSTER_ID_MAX) {
+        snprintf(j->node, sizeof(j->node), "%s", r->element[1]->str);
+        res = REPAIR_DONE; /* so far: started */
+    }
+    if (res == REPAIR_CURRENT && r->elements >= 2 && r->element[1]->type == REDIS_REPLY_STRING)
+        snprintf(j->rep->node, sizeof(j->rep->node), "%.*s", CLUSTER_ID_MAX - 1,
+                 r->element[1]->str);
+    freeReplyObject(r);
+    return res;
+}
+
+static int finish(job_t *j)
+{
+    char seq[24], gap[24];
+    snprintf(seq, sizeof(seq), "%" PRId64, j->seq_max);
+    snprintf(gap, sizeof(gap), "%d", REPAIR_SEQ_GAP);
+    const char *args[7] = {"finish", j->event, j->rp->token, j->ttl, j->node, seq, gap};
+    size_t lens[7];
+    for (int i = 0; i < 7; i++)
+        lens[i] = strlen(args[i]);
+    redisReply *r = eval(j->rp, j->event, 7, args, lens);
+    const char *v = verdict(r, j->event);
+    int rc = -1;
+    if (strcmp(v, "done") == 0) {
+        j->rep->sold = elem_int(r, 1);
+        j->rep->stock = elem_int(r, 2);
+        rc = 0;
+    } else if (v[0] != '\0') {
+        log_warn("repair: %s: finish refused (%s): starting again later", j->event, v);
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+static void report(const job_t *j)
+{
+    const repair_report_t *p = j->rep;
+    int64_t over = p->sold > p->stock ? p->sold - p->stock : 0;
+    metrics_repair(1, p->restored, over);
+    log_warn("repair: %s: verified on node %s in %llu ms: %" PRId64 " orders replayed, %" PRId64
+             " restored (%" PRId64 " units), %" PRId64 " skipped; sold %" PRId64 " of %" PRId64,
+             j->event, j->node, (unsigned long long)(util_mono_us() / 1000 - j->started_ms),
+             p->replayed, p->restored, p->units, p->skipped, p->sold, p->stock);
+    if (over > 0)
+        log_error("repair: %s: persisted orders exceed the stock by %" PRId64
+                  " units (Redis lost more than its replicas kept): the event answers sold out",
+                  j->event, over);
+}
+
+repair_result_t repair_event(repair_t *rp, jsCtx *js, const char *event, repair_report_t *rep)
+{
+    memset(rep, 0, sizeof(*rep));
+    job_t *j = calloc(1, sizeof(*j));
+    if (j == NULL)
+        return REPAIR_FAILED;
+    j->rp = rp;
+    j->started_ms = util_mono_us() / 1000;
+    j->event = event;
+    j->rep = rep;
+    snprintf(j->ttl, sizeof(j->ttl), "%d", REPAIR_LOCK_TTL_MS);
+    repair_result_t res = begin(j);
+    if (res != REPAIR_DONE)
+        goto out;
+    snprintf(rep->node, sizeof(rep->node), "%s", j->node);
+    if (replay(j, js) != 0 || flush(j) != 0 || finish(j) != 0) {
+        res = REPAIR_FAILED;
+        metrics_repair(0, 0, 0);
+        goto out;
+    }
+    report(j);
+out:
+    chunk_clear(j);
+    free(j);
+    return res;
+}
+
+int repair_all(repair_t *rp, jsCtx *js)
+{
+    const char *argv[] = {"SMEMBERS", KEYSPACE_EVENTS};
+    size_t lens[] = {8, strlen(KEYSPACE_EVENTS)};
+    redisReply *r = cmd(rp, KEYSPACE_EVENTS, lens[1], 2, argv, lens);
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        freeReplyObject(r);
+        return -1;
+    }
+    int done = 0;
+    for (size_t i = 0; i < r->elements; i++) {
+        const redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_STRING || !util_valid_name(e->str, e->len, SNATCH_NAME_MAX))
+            continue;
+        repair_report_t rep;
+        done += repair_event(rp, js, e->str, &rep) == REPAIR_DONE;
+    }
+    freeReplyObject(r);
+    return done;
+}
