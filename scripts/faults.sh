@@ -42,7 +42,7 @@ trap 'rm -f "$report"' EXIT
 export SNATCH_BUILD_DIR="$PWD/$build" SNATCH_SOURCE_DIR="$PWD" SNATCH_FAULTS_REPORT="$report"
 export PYTHONDONTWRITEBYTECODE=1
 files=(tests/integration/test_faults.py tests/integration/test_faults_infra.py
-       tests/integration/test_faults_redis_setup.py)
+       tests/integration/test_faults_redis_setup.py tests/integration/test_faults_jetstream.py)
 [ "$bugs" -eq 1 ] && files+=(tests/integration/test_faults_regressions.py)
 
 status=0

@@ -22,3 +22,5 @@ add_snatch_py_test(test_auth integration/test_auth.py TIMEOUT 180)
 # exactly one transition winning races, idempotent snatch retries to two hosts, the subscriber's
 # out-of-order transitions, hosts killed with -9 while releasing expired holds.
 add_snatch_py_test(test_order_life integration/test_order_life.py TIMEOUT 400)
+# host/common/nats_servers.c: --nats's URL list (one parser for every program).
+add_snatch_unit_test(test_nats_servers ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_nats_servers.c LIBS snatch_common)

@@ -38,17 +38,29 @@
 #define ORDERS_DEFAULT_MAX_BYTES (2LL << 30)
 #define ORDERS_MAX_AGE_FLAG "orders-max-age-ms"
 #define ORDERS_MAX_BYTES_FLAG "orders-max-bytes"
+/* Copies of the stream on a JetStream cluster (R3 on three nodes: a stream and its durable
+ * consumer, which inherits the count, survive the loss of any one node). JetStream's limit is 5;
+ * a standalone nats-server refuses more than 1. */
+#define ORDERS_REPLICAS_FLAG "orders-replicas"
+#define ORDERS_REPLICAS_MAX 5
 
 /* Sets the retention used when this process creates the stream (0: unlimited). Call before any
  * thread that may create the stream starts. Returns -1 with a message in err when a value is
  * out of range (age: 0 or at least the duplicate window, which JetStream requires). */
 int orders_stream_set_max_age_ms(const char *value, char *err, size_t errlen);
 int orders_stream_set_max_bytes(const char *value, char *err, size_t errlen);
+/* The replica count used when this process creates the stream (default 1). An existing stream
+ * keeps its own, with a warning when it differs. */
+int orders_stream_set_replicas(const char *value, char *err, size_t errlen);
 
 /* Makes sure the stream exists (creating it when missing; another process creating it at the
  * same time counts as success). An existing stream is left as it is, with a warning on stderr
- * when its retention differs from this process's. Returns NATS_OK or the failure, with *jerr
- * when JetStream said why. *created tells whether this call created it (may be NULL). */
+ * when its retention or replica count differs from this process's. Returns NATS_OK or the
+ * failure, with *jerr when JetStream said why; NATS_NO_RESPONDERS when the stream exists on a
+ * cluster but has no leader (an election is under way: publishes would get no answer), and
+ * NATS_TIMEOUT when JetStream did not answer within the context's Wait (what a request for
+ * the info of a stream without a leader mostly gets). *created tells whether this call created it
+ * (may be NULL). */
 natsStatus orders_stream_ensure(jsCtx *js, jsErrCode *jerr, int *created);
 
 #endif

@@ -20,6 +20,7 @@
 #include "compare.h"
 #include "keyspace.h"
 #include "log.h"
+#include "nats_servers.h"
 #include "orders_stream.h"
 #include "republish.h"
 #include "script.h"
@@ -54,7 +55,8 @@ static void usage(FILE *f)
             "                     seed nodes of a Redis Cluster\n"
             "  --db PATH          the subscriber's SQLite database (must exist: a mistyped\n"
             "                     path would make every order look missing)\n"
-            "  --nats URL         NATS server (required unless --dry-run)\n"
+            "  --nats URL[,URL...]  NATS server, or a cluster's nodes (required unless\n"
+            "                     --dry-run)\n"
             "  --event E          only this event (repeatable; default: all of snatch:events)\n"
             "  --policy PATH      the hosts' policy: republished orders get its order()\n"
             "                     payload, as the host publishes them (default: the built-in\n"
@@ -67,6 +69,7 @@ static void usage(FILE *f)
             "  --orders-max-age-ms MS, --orders-max-bytes BYTES\n"
             "                     retention of stream ORDERS if this run creates it (defaults\n"
             "                     7 days and 2 GiB, as snatch-host; 0: unlimited)\n"
+            "  --orders-replicas N  its copies on a JetStream cluster (default 1)\n"
             "  --log-format text|json  log lines on stderr (default text; the table\n"
             "                     stays on stdout)\n"
             "  --version          print the version and exit\n"
@@ -89,6 +92,7 @@ static int parse_args(int argc, char **argv, config_t *c)
         {"policy", required_argument, NULL, 'P'},
         {ORDERS_MAX_AGE_FLAG, required_argument, NULL, 'A'},
         {ORDERS_MAX_BYTES_FLAG, required_argument, NULL, 'B'},
+        {ORDERS_REPLICAS_FLAG, required_argument, NULL, 'R'},
         {"log-format", required_argument, NULL, 'l'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
@@ -108,6 +112,10 @@ static int parse_args(int argc, char **argv, config_t *c)
             c->redis = optarg; /* checked by rsync_open */
             break;
         case 'n':
+            if (nats_servers_check(optarg, err, sizeof(err)) != 0) {
+                cli_usage_error(PROG, "%s", err);
+                return -1;
+            }
             c->nats = optarg;
             break;
         case 'd':
@@ -138,6 +146,12 @@ static int parse_args(int argc, char **argv, config_t *c)
         case 'B':
             if ((ch == 'A' ? orders_stream_set_max_age_ms(optarg, err, sizeof(err))
                            : orders_stream_set_max_bytes(optarg, err, sizeof(err))) != 0) {
+                cli_usage_error(PROG, "%s", err);
+                return -1;
+            }
+            break;
+        case 'R':
+            if (orders_stream_set_replicas(optarg, err, sizeof(err)) != 0) {
                 cli_usage_error(PROG, "%s", err);
                 return -1;
             }
@@ -247,7 +261,7 @@ static natsStatus connect_nats(natsConnection **nc, const config_t *c)
     natsOptions *o = NULL;
     natsStatus s = natsOptions_Create(&o);
     if (s == NATS_OK)
-        s = natsOptions_SetURL(o, c->nats);
+        s = nats_servers_apply(o, c->nats);
     if (s == NATS_OK)
         s = auth_nats_apply(o, &c->auth);
     if (s == NATS_OK)

@@ -20,6 +20,7 @@
 #include "cli.h"
 #include "log.h"
 #include "metrics.h"
+#include "nats_servers.h"
 #include "orders.h"
 #include "orders_stream.h"
 #include "ratelimit.h"
@@ -65,7 +66,8 @@ static void usage(FILE *out)
             "  --redis-replicas N        a sale is confirmed once N replicas hold it (WAIT,\n"
             "                            at most half of --redis-timeout-ms; default: 1 on a\n"
             "                            cluster whose masters have replicas, else 0)\n"
-            "  --nats URL                NATS with JetStream (default nats://127.0.0.1:4222)\n"
+            "  --nats URL[,URL...]       NATS with JetStream: one server, or the nodes of a\n"
+            "                            cluster (default nats://127.0.0.1:4222)\n"
             "  --ack-timeout-ms MS       wait for the JetStream ack before answering 202 (5000)\n"
             "  --max-inflight N          unacknowledged orders per thread (default 4096)\n"
             "  --host-id ID              this host's name in orders (default: hostname)\n"
@@ -88,6 +90,8 @@ static void usage(FILE *out)
             "  --orders-max-age-ms MS    retention of stream ORDERS when this host creates it\n"
             "                            (default 604800000 = 7 days, 0: unlimited)\n"
             "  --orders-max-bytes BYTES  idem, size (default 2147483648, 0: unlimited)\n"
+            "  --orders-replicas N       idem, copies on a JetStream cluster (default 1, 3 on\n"
+            "                            three nodes); an existing stream keeps its own\n"
             "  --admin-listen ADDR:PORT  serve /admin/* and /metrics only there (the public\n"
             "                            listener then answers 404 for them)\n"
             "  --max-connections N       open connections of this host (default: descriptor\n"
@@ -243,6 +247,7 @@ enum {
     OPT_RATE_LIMIT_KEYS,
     OPT_ORDERS_MAX_AGE,
     OPT_ORDERS_MAX_BYTES,
+    OPT_ORDERS_REPLICAS,
     OPT_TRUSTED_PROXY,
     OPT_ALLOW_QUERY_USER,
     OPT_MAX_EVENTS,
@@ -282,6 +287,7 @@ static int parse_args(int argc, char **argv, bool *test_only)
         {"rate-limit-keys", required_argument, NULL, OPT_RATE_LIMIT_KEYS},
         {ORDERS_MAX_AGE_FLAG, required_argument, NULL, OPT_ORDERS_MAX_AGE},
         {ORDERS_MAX_BYTES_FLAG, required_argument, NULL, OPT_ORDERS_MAX_BYTES},
+        {ORDERS_REPLICAS_FLAG, required_argument, NULL, OPT_ORDERS_REPLICAS},
         {"version", no_argument, NULL, OPT_VERSION},
         {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
         {"help", no_argument, NULL, 'h'},
@@ -359,6 +365,10 @@ static int parse_args(int argc, char **argv, bool *test_only)
             cfg->redis_timeout_ms = (uint64_t)v;
             break;
         case OPT_NATS:
+            if (nats_servers_check(optarg, err, sizeof(err)) != 0) {
+                cli_usage_error("snatch-host", "%s", err);
+                return -1;
+            }
             cfg->nats_url = optarg;
             break;
         case OPT_ACK_TIMEOUT:
@@ -438,6 +448,12 @@ static int parse_args(int argc, char **argv, bool *test_only)
             break;
         case OPT_ORDERS_MAX_BYTES:
             if (orders_stream_set_max_bytes(optarg, err, sizeof(err)) != 0) {
+                cli_usage_error("snatch-host", "%s", err);
+                return -1;
+            }
+            break;
+        case OPT_ORDERS_REPLICAS:
+            if (orders_stream_set_replicas(optarg, err, sizeof(err)) != 0) {
                 cli_usage_error("snatch-host", "%s", err);
                 return -1;
             }

@@ -9,9 +9,14 @@
  *
  * Lifetime: the ack handler's closure is a slot owned by the publisher, never the lane itself, so
  * a late ack arriving after orders_lane_close finds the slot empty and is dropped; slots are
- * freed with the publisher. cnats also gets a MaxWait per publish so that its own table of
- * pending messages empties even when an ack is lost (otherwise its in-flight count would grow
- * until js_PublishMsgAsync stalls the loop). */
+ * freed with the publisher. cnats also gets a MaxWait per attempt so that its own table of
+ * pending messages empties even when an ack is lost (a stream without a leader answers none);
+ * cnats gets no MaxPending, which would make js_PublishMsgAsync wait on the loop thread.
+ *
+ * Leader changes on a JetStream cluster: an attempt answered "no responders" or not at all is
+ * published again (same Nats-Msg-Id) until the sale's ack deadline, so a leadership handed over
+ * in milliseconds (SIGTERM of the leader) costs no sale a 202; and such an answer makes the
+ * publisher check the stream, new sales answering 503 until it has a leader again. */
 #include "orders.h"
 
 #include <errno.h>
@@ -25,20 +30,33 @@
 #include "keyspace.h"
 #include "log.h"
 #include "metrics.h"
+#include "nats_servers.h"
 #include "util.h"
 
 #define MAX_LANES 256
 #define RECONNECT_WAIT_MS 250
 #define ENSURE_BACKOFF_MIN_MS 100
 #define ENSURE_BACKOFF_MAX_MS 2000
+/* The stream check's JetStream request: while the stream has no leader it goes unanswered, and
+ * the check is repeated every ENSURE_LEADERLESS_MS on top, so sales resume within about
+ * ENSURE_WAIT_MS + ENSURE_LEADERLESS_MS of the election. A creation slower than ENSURE_WAIT_MS
+ * is only seen by the next check. */
+#define ENSURE_WAIT_MS 500
+/* The longest wait for one publish attempt's answer before it is made again (see
+ * attempt_wait). */
+#define ATTEMPT_MAX_MS 1000
+#define ENSURE_LEADERLESS_MS 100
 #define RESYNC_MS 1000
 #define REOPEN_BACKOFF_MIN_MS 500
 #define REOPEN_BACKOFF_MAX_MS 5000
+
+struct conn_state;
 
 typedef struct lane_slot {
     uv_mutex_t mu;
     orders_lane_t *lane; /* NULL once the lane closed: late acks are dropped */
     bool used;
+    struct conn_state *cs; /* the publisher's: a publish nobody answered asks for a recheck */
 } lane_slot_t;
 
 /* What cnats's connection callbacks touch. cnats runs them on its own thread, possibly after
@@ -49,8 +67,10 @@ typedef struct conn_state {
     _Atomic bool stream_ok;
     _Atomic bool recheck; /* a (re)connect happened: verify the stream before accepting */
     _Atomic bool stopping;
-    _Atomic uint64_t err_logged_ms;    /* rate limit of on_error's log line */
-    _Atomic uint64_t closed_logged_ms; /* and of on_closed's */
+    _Atomic uint64_t err_logged_ms;     /* rate limit of on_error's log line */
+    _Atomic uint64_t closed_logged_ms;  /* and of on_closed's */
+    _Atomic bool stream_lost;           /* a publish went unanswered: said once per outage */
+    _Atomic uint64_t refused_logged_ms; /* rate limit of a refused publish's log line */
     /* cnats closed the connection by itself (it does after an authorization violation or a
      * failed TLS handshake) and will not reconnect it: the publisher makes a new one. */
     _Atomic bool given_up;
@@ -91,7 +111,10 @@ typedef struct pending {
     void *data;
     uint64_t deadline;
     uint64_t sent_ns; /* uv_hrtime() at publish: ack latency */
-    int prev, next;   /* publish order; next doubles as the free list link */
+    /* The message of an attempt nobody answered, handed back by cnats: published again on the
+     * next tick while the deadline allows (same Nats-Msg-Id: stored once whatever happened). */
+    natsMsg *retry;
+    int prev, next; /* publish order; next doubles as the free list link */
     int hnext;
     bool used;
 } pending_t;
@@ -99,6 +122,7 @@ typedef struct pending {
 typedef struct completion {
     char id[KEYSPACE_MSG_ID_MAX + 1];
     int status;
+    natsMsg *retry; /* the attempt went unanswered: its message, to publish again */
 } completion_t;
 
 struct orders_lane {
@@ -109,6 +133,7 @@ struct orders_lane {
     unsigned max_inflight;
     uint64_t ack_timeout_ms;
     unsigned inflight;
+    unsigned retries; /* entries holding a message to publish again */
     pending_t *pend;
     int free_head, oldest, newest;
     int *buckets;
@@ -128,12 +153,17 @@ struct orders_lane {
 
 /* ---- publisher ---------------------------------------------------------------------------- */
 
-static void on_connected(natsConnection *nc, void *closure)
+static void set_connected(conn_state_t *cs)
 {
-    (void)nc;
-    conn_state_t *cs = closure;
     atomic_store(&cs->connected, true);
     atomic_store(&cs->recheck, true);
+}
+
+static void on_connected(natsConnection *nc, void *closure)
+{
+    char url[256];
+    log_info("orders: connected to NATS at %s", nats_servers_connected(nc, url, sizeof(url)));
+    set_connected(closure);
 }
 
 static void on_disconnected(natsConnection *nc, void *closure)
@@ -150,9 +180,10 @@ static void on_reconnected(natsConnection *nc, void *closure)
     /* The server may have come back with empty storage: the stream is checked again before
      * publishes are accepted, so none is lost to "no responders". */
     conn_state_t *cs = closure;
+    char url[256];
     atomic_store(&cs->stream_ok, false);
-    log_info("orders: reconnected to NATS");
-    on_connected(nc, closure);
+    log_info("orders: reconnected to NATS at %s", nats_servers_connected(nc, url, sizeof(url)));
+    set_connected(cs);
 }
 
 /* Asynchronous errors (a refused password while reconnecting, a TLS failure): counted, logged at
@@ -195,25 +226,71 @@ static void on_closed(natsConnection *nc, void *closure)
     conn_state_release(cs);
 }
 
-/* Blocking: the publisher thread only. */
-static int ensure_stream(natsConnection *nc)
+/* cnats delivery thread: a publish got "no responders" or no answer at all, which is what a
+ * stream without a leader gives (on a cluster, for the seconds of an election). New sales answer
+ * 503 (nothing sold) until the publisher thread sees the stream led again; the publishes in
+ * flight end as they will (200 or 202). */
+static void stream_unanswered(conn_state_t *cs, natsStatus why)
+{
+    atomic_store(&cs->stream_ok, false);
+    atomic_store(&cs->recheck, true);
+    if (atomic_exchange(&cs->stream_lost, true) || atomic_load(&cs->stopping))
+        return;
+    log_warn("orders: stream %s did not acknowledge a publish (%s): no leader? Sales answer 503 "
+             "until it has one again",
+             ORDERS_STREAM, natsStatus_GetText(why));
+}
+
+/* cnats delivery thread: JetStream answered a publish with an error (the sale answers 202).
+ * Logged at most every 5 s. */
+static void publish_refused(conn_state_t *cs, const jsPubAckErr *pae)
+{
+    uint64_t now = (uint64_t)nats_Now();
+    uint64_t last = atomic_load(&cs->refused_logged_ms);
+    if (last != 0 && now - last < 5000)
+        return;
+    atomic_store(&cs->refused_logged_ms, now);
+    log_warn("orders: stream %s refused a publish: %s (%d%s%s)", ORDERS_STREAM,
+             pae != NULL ? natsStatus_GetText(pae->Err) : "?", pae != NULL ? (int)pae->ErrCode : 0,
+             pae != NULL && pae->ErrText != NULL ? ": " : "",
+             pae != NULL && pae->ErrText != NULL ? pae->ErrText : "");
+}
+
+/* Blocking: the publisher thread only. 0: the stream is there and led; 1: it has no leader (or
+ * JetStream did not answer); -1 another failure. */
+static int ensure_stream(orders_publisher_t *p)
 {
     jsCtx *js = NULL;
     jsErrCode jerr = 0;
+    jsOptions o;
     int created = 0;
-    natsStatus s = natsConnection_JetStream(&js, nc, NULL);
+    jsOptions_Init(&o);
+    o.Wait = ENSURE_WAIT_MS;
+    natsStatus s = natsConnection_JetStream(&js, p->nc, &o);
     if (s != NATS_OK)
         return -1;
     s = orders_stream_ensure(js, &jerr, &created);
+    jsCtx_Destroy(js);
     if (created)
         log_info("orders: created stream %s", ORDERS_STREAM);
-    if (s != NATS_OK) {
-        metrics_backend_error(METRICS_NATS_STREAM);
-        log_warn("orders: stream %s not ready: %s (%d); retrying", ORDERS_STREAM,
-                 natsStatus_GetText(s), (int)jerr);
+    bool leaderless = s == NATS_NO_RESPONDERS || s == NATS_TIMEOUT;
+    if (s == NATS_OK) {
+        if (atomic_exchange(&p->cs->stream_lost, false))
+            log_info("orders: stream %s answers again: selling", ORDERS_STREAM);
+        return 0;
     }
-    jsCtx_Destroy(js);
-    return s == NATS_OK ? 0 : -1;
+    metrics_backend_error(METRICS_NATS_STREAM);
+    /* Said once per outage; an election repeats this check every ENSURE_LEADERLESS_MS. */
+    const char *why = leaderless ? ", no leader (an election under way?)"
+                      : jerr == JSStreamReplicasNotSupportedErr
+                          ? ": a standalone nats-server, --" ORDERS_REPLICAS_FLAG " must be 1"
+                      : jerr == JSClusterNoPeersErr
+                          ? ": fewer JetStream nodes up than --" ORDERS_REPLICAS_FLAG "?"
+                          : "";
+    if (!atomic_exchange(&p->cs->stream_lost, true))
+        log_warn("orders: stream %s not ready: %s (%d)%s; retrying", ORDERS_STREAM,
+                 natsStatus_GetText(s), (int)jerr, why);
+    return leaderless ? 1 : -1;
 }
 
 /* Sleeps up to ms, less when a stop is requested or a reconnect asks for a stream check (the
@@ -248,6 +325,10 @@ static int open_connection(orders_publisher_t *p, bool first)
             log_warn("orders: cannot connect to %s: %s (%s); retrying", p->url,
                      natsStatus_GetText(s), nats_GetLastError(NULL));
         return -1;
+    }
+    if (s == NATS_OK) {
+        char url[256];
+        log_info("orders: connected to NATS at %s", nats_servers_connected(nc, url, sizeof(url)));
     }
     if (s == NATS_NOT_YET_CONNECTED && first) {
         /* Said at once: until it connects every sale answers 503. */
@@ -291,7 +372,13 @@ static void publisher_thread(void *arg)
         /* Callbacks can race with the initial connect: the library's status is the truth. */
         atomic_store(&cs->connected, natsConnection_Status(p->nc) == NATS_CONN_STATUS_CONNECTED);
         if (atomic_load(&cs->connected) && !atomic_load(&cs->stream_ok)) {
-            if (ensure_stream(p->nc) != 0) {
+            int rc = ensure_stream(p);
+            if (rc == 1) {
+                atomic_store(&cs->recheck, false); /* else wait_ms would not wait */
+                wait_ms(p, ENSURE_LEADERLESS_MS);
+                continue;
+            }
+            if (rc != 0) {
                 wait_ms(p, backoff);
                 backoff = backoff * 2 > ENSURE_BACKOFF_MAX_MS ? ENSURE_BACKOFF_MAX_MS : backoff * 2;
                 continue;
@@ -310,7 +397,7 @@ static int set_options(orders_publisher_t *p)
     natsOptions *o = NULL;
     natsStatus s = natsOptions_Create(&o);
     if (s == NATS_OK)
-        s = natsOptions_SetURL(o, p->url);
+        s = nats_servers_apply(o, p->url);
     if (s == NATS_OK)
         s = natsOptions_SetMaxReconnect(o, -1);
     if (s == NATS_OK)
@@ -360,8 +447,10 @@ int orders_publisher_start_auth(orders_publisher_t **out, const char *url,
     uv_mutex_init(&p->mu);
     uv_mutex_init(&p->nc_mu);
     uv_cond_init(&p->cond);
-    for (; slots < MAX_LANES; slots++)
+    for (; slots < MAX_LANES; slots++) {
         uv_mutex_init(&p->slots[slots].mu);
+        p->slots[slots].cs = p->cs;
+    }
     if (uv_thread_create(&p->thread, publisher_thread, p) != 0) {
         snprintf(err, errlen, "cannot start the NATS thread");
         goto fail_sync;
@@ -448,6 +537,7 @@ static int pending_add(orders_lane_t *l, const char *id, orders_ack_fn cb, void 
     e->data = data;
     e->deadline = uv_now(l->loop) + l->ack_timeout_ms;
     e->sent_ns = uv_hrtime();
+    e->retry = NULL;
     e->used = true;
     e->hnext = l->buckets[b];
     l->buckets[b] = i;
@@ -477,6 +567,11 @@ static void pending_unlink(orders_lane_t *l, int i)
         l->pend[e->next].prev = e->prev;
     else
         l->newest = e->prev;
+    if (e->retry != NULL) {
+        natsMsg_Destroy(e->retry);
+        e->retry = NULL;
+        l->retries--;
+    }
     e->used = false;
     e->next = l->free_head;
     l->free_head = i;
@@ -494,15 +589,82 @@ static void pending_finish(orders_lane_t *l, int i, int status)
     cb(status, data);
 }
 
+/* ---- lane: publishing -------------------------------------------------------------------------
+ */
+
+static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure);
+
+/* The lane's JetStream context, made again when the publisher replaced its connection. */
+static int lane_js(orders_lane_t *l)
+{
+    if (l->js != NULL && l->js_gen != atomic_load(&l->p->nc_gen)) {
+        jsCtx_Destroy(l->js); /* of a connection cnats gave up: it lets go of that one */
+        l->js = NULL;
+    }
+    if (l->js != NULL)
+        return 0;
+    jsOptions o;
+    jsOptions_Init(&o);
+    /* No MaxPending: past it cnats makes the publishing thread wait (StallWait), and this is a
+     * loop thread. The lane's max_inflight is the bound; cnats's own table also holds attempts
+     * we already gave up on, until their MaxWait drops them, so it stays below about twice the
+     * lane's window even when no answer ever comes (a stream without a leader). */
+    o.PublishAsync.AckHandler = on_pub_ack;
+    o.PublishAsync.AckHandlerClosure = l->slot;
+    uv_mutex_lock(&l->p->nc_mu);
+    natsStatus s = natsConnection_JetStream(&l->js, l->p->nc, &o);
+    l->js_gen = atomic_load(&l->p->nc_gen);
+    uv_mutex_unlock(&l->p->nc_mu);
+    return s == NATS_OK ? 0 : -1;
+}
+
+/* How long cnats waits for one attempt's answer: half the ack timeout, at most ATTEMPT_MAX_MS,
+ * so that an attempt lost in a leader change (sent to a leader that stepped down) or right
+ * after a reconnect (the ack's route to the new node not known yet) is made again before the
+ * sale's deadline; never past the deadline. A healthy stream answers in milliseconds. */
+static int64_t attempt_wait(const orders_lane_t *l, uint64_t deadline, uint64_t now)
+{
+    uint64_t half = l->ack_timeout_ms > 1 ? l->ack_timeout_ms / 2 : 1;
+    if (half > ATTEMPT_MAX_MS)
+        half = ATTEMPT_MAX_MS;
+    uint64_t left = deadline > now ? deadline - now : 1;
+    return (int64_t)(left < half ? left : half);
+}
+
+/* Loop thread: publishes entry i's unanswered message again. "No responders" means nothing was
+ * stored; a timeout may hide a stored message, whose repeat JetStream acknowledges as a
+ * duplicate (Nats-Msg-Id), so either way the order is stored once. A failure keeps the message
+ * for the next tick. */
+static void republish(orders_lane_t *l, int i, uint64_t now)
+{
+    pending_t *e = &l->pend[i];
+    jsPubOptions po;
+    if (lane_js(l) != 0)
+        return;
+    jsPubOptions_Init(&po);
+    po.MsgId = e->id;
+    po.MaxWait = attempt_wait(l, e->deadline, now);
+    natsMsg *m = e->retry;
+    if (js_PublishMsgAsync(l->js, &m, &po) != NATS_OK)
+        return;
+    e->retry = NULL; /* cnats owns it again */
+    l->retries--;
+}
+
 /* ---- lane: ack delivery ---------------------------------------------------------------------- */
 
 /* cnats delivery thread. Copies what the loop needs and hands it over; never touches pending. */
 static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
 {
     (void)js;
-    (void)pae;
     lane_slot_t *slot = closure;
     const char *id = NULL;
+    bool unanswered =
+        pa == NULL && pae != NULL && (pae->Err == NATS_NO_RESPONDERS || pae->Err == NATS_TIMEOUT);
+    if (unanswered)
+        stream_unanswered(slot->cs, pae->Err);
+    else if (pa == NULL)
+        publish_refused(slot->cs, pae);
     if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) != NATS_OK || id == NULL)
         goto out;
     uv_mutex_lock(&slot->mu);
@@ -522,6 +684,9 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
             completion_t *c = &l->queue[l->qlen++];
             snprintf(c->id, sizeof(c->id), "%s", id);
             c->status = pa != NULL ? 0 : -1;
+            c->retry = unanswered ? msg : NULL;
+            if (unanswered)
+                msg = NULL; /* the loop owns it now */
         }
         uv_mutex_unlock(&l->qmu);
         uv_async_send(&l->async);
@@ -544,10 +709,19 @@ static void on_async(uv_async_t *h)
     l->drain = batch;
     l->dcap = cap;
     uv_mutex_unlock(&l->qmu);
-    for (size_t k = 0; k < n && !l->closing; k++) {
-        int i = pending_find(l, batch[k].id);
-        if (i >= 0) /* else: a late ack for a publish that already timed out */
-            pending_finish(l, i, batch[k].status);
+    uint64_t now = uv_now(l->loop);
+    for (size_t k = 0; k < n; k++) {
+        completion_t *c = &batch[k];
+        /* Not found: a late answer for a publish that already timed out. */
+        int i = l->closing ? -1 : pending_find(l, c->id);
+        if (i >= 0 && c->retry != NULL && l->pend[i].deadline > now && l->pend[i].retry == NULL) {
+            l->pend[i].retry = c->retry;
+            l->retries++;
+            continue;
+        }
+        natsMsg_Destroy(c->retry);
+        if (i >= 0)
+            pending_finish(l, i, c->status);
     }
 }
 
@@ -557,6 +731,9 @@ static void on_timer(uv_timer_t *t)
     uint64_t now = uv_now(l->loop);
     while (!l->closing && l->oldest >= 0 && l->pend[l->oldest].deadline <= now)
         pending_finish(l, l->oldest, -1);
+    for (int i = l->oldest; i >= 0 && l->retries > 0 && !l->closing; i = l->pend[i].next)
+        if (l->pend[i].retry != NULL)
+            republish(l, i, now);
 }
 
 /* ---- lane: public -------------------------------------------------------------------------------
@@ -564,6 +741,9 @@ static void on_timer(uv_timer_t *t)
 
 static void lane_free(orders_lane_t *l)
 {
+    /* Answers queued after the last on_async (none come once the slot is detached). */
+    for (size_t k = 0; k < l->qlen; k++)
+        natsMsg_Destroy(l->queue[k].retry);
     free(l->pend);
     free(l->buckets);
     free(l->queue);
@@ -650,33 +830,18 @@ int orders_publish_hdr(orders_lane_t *lane, const char *event, const char *order
     natsMsg *msg = NULL;
     jsPubOptions po;
     orders_lane_t *l = lane;
-    if (l == NULL || l->closing || l->inflight >= l->max_inflight || !orders_publisher_ready(l->p))
+    /* Not orders_publisher_ready(): the sale is deducted already, and a stream that went
+     * without a leader since it was admitted may have one again before the deadline (the
+     * attempt is made again until then); while cnats reconnects it buffers the publish. */
+    if (l == NULL || l->closing || l->inflight >= l->max_inflight || !atomic_load(&l->p->have_nc))
         return -1;
     if (strlen(order_id) > KEYSPACE_MSG_ID_MAX || len > INT32_MAX)
         return -1;
     if (snprintf(subject, sizeof(subject), ORDERS_SUBJECT_PREFIX "%s", event) >=
         (int)sizeof(subject))
         return -1;
-    if (l->js != NULL && l->js_gen != atomic_load(&l->p->nc_gen)) {
-        jsCtx_Destroy(l->js); /* of a connection cnats gave up: it lets go of that one */
-        l->js = NULL;
-    }
-    if (l->js == NULL) {
-        jsOptions o;
-        jsOptions_Init(&o);
-        /* Above our own bound, so that cnats never stalls the loop: its count also holds
-         * publishes we already gave up on, until its MaxWait drops them. */
-        o.PublishAsync.MaxPending = 2 * (int64_t)l->max_inflight + 64;
-        o.PublishAsync.AckHandler = on_pub_ack;
-        o.PublishAsync.AckHandlerClosure = l->slot;
-        o.PublishAsync.StallWait = 1;
-        uv_mutex_lock(&l->p->nc_mu);
-        natsStatus s = natsConnection_JetStream(&l->js, l->p->nc, &o);
-        l->js_gen = atomic_load(&l->p->nc_gen);
-        uv_mutex_unlock(&l->p->nc_mu);
-        if (s != NATS_OK)
-            return -1;
-    }
+    if (lane_js(l) != 0)
+        return -1;
     if (natsMsg_Create(&msg, subject, NULL, payload, (int)len) != NATS_OK)
         return -1;
     for (int h = 0; h < nhdr; h++) {
@@ -687,10 +852,10 @@ int orders_publish_hdr(orders_lane_t *lane, const char *event, const char *order
     }
     jsPubOptions_Init(&po);
     po.MsgId = order_id;
-    po.MaxWait = (int64_t)l->ack_timeout_ms;
     /* The slot is reserved before the publish: the ack may arrive before this function returns,
      * but it is only processed on this loop, after we return. */
     int i = pending_add(l, order_id, cb, data);
+    po.MaxWait = attempt_wait(l, l->pend[i].deadline, uv_now(l->loop));
     if (js_PublishMsgAsync(l->js, &msg, &po) != NATS_OK) {
         natsMsg_Destroy(msg);
         pending_unlink(l, i); /* -1 means cb is never called */

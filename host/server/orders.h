@@ -5,9 +5,10 @@
  * orders_publisher_t owns the one NATS connection of the process (cnats runs its own I/O threads;
  * the connection is thread-safe). It connects and makes sure the stream exists on a background
  * thread, retrying, so no loop thread ever blocks on NATS. Each loop thread gets an orders_lane_t:
- * publishes go out with js_PublishMsgAsync (never blocking: the lane bounds its in-flight count
- * below the library's MaxPending), and acknowledgements, which cnats delivers on its own thread,
- * are handed back to the lane's loop through a uv_async_t, so the callback runs on the loop. */
+ * publishes go out with js_PublishMsgAsync (never blocking: the library gets no MaxPending, which
+ * would make it wait; the lane bounds its in-flight count), and acknowledgements, which cnats
+ * delivers on its own thread, are handed back to the lane's loop through a uv_async_t, so the
+ * callback runs on the loop. */
 #ifndef SNATCH_ORDERS_H
 #define SNATCH_ORDERS_H
 
@@ -21,15 +22,17 @@
 typedef struct orders_publisher orders_publisher_t;
 typedef struct orders_lane orders_lane_t;
 
-/* Starts connecting to url in the background (never blocks for long). Returns 0 or -1 (bad url,
- * out of memory) with err filled. */
+/* Starts connecting to url (one URL or a comma list of a cluster's nodes) in the background (never
+ * blocks for long). Returns 0 or -1 (bad url, out of memory) with err filled. */
 int orders_publisher_start(orders_publisher_t **out, const char *url, char *err, size_t errlen);
 /* The same with credentials and TLS for NATS (auth may be NULL; read only during the call). */
 typedef struct auth_config auth_config_t;
 int orders_publisher_start_auth(orders_publisher_t **out, const char *url,
                                 const auth_config_t *auth, char *err, size_t errlen);
 
-/* Connected and the stream exists: a publish now has a chance to be acknowledged. */
+/* Connected, the stream exists and, as far as the last publishes and checks tell, has a leader:
+ * a publish now has a chance to be acknowledged. A publish answered "no responders" or not at
+ * all makes it false until the publisher thread sees the stream led again. */
 bool orders_publisher_ready(const orders_publisher_t *p);
 
 /* Closes the connection (after waiting up to timeout_ms for in-flight acks) and frees p. */
@@ -40,12 +43,13 @@ void orders_publisher_stop(orders_publisher_t *p, int64_t timeout_ms);
 typedef void (*orders_ack_fn)(int status, void *data);
 
 /* A lane for one loop; max_inflight bounds its unacknowledged publishes; ack_timeout_ms bounds
- * the wait for each acknowledgement. */
+ * the wait for each acknowledgement (an unanswered attempt is made again within it). */
 int orders_lane_start(orders_lane_t **out, orders_publisher_t *p, uv_loop_t *loop,
                       unsigned max_inflight, uint64_t ack_timeout_ms);
 
 /* Publishes one order. Returns 0 when it was handed to NATS (cb will run exactly once, later), or
- * -1 when it was not (not ready, lane full): cb is not called then. Call on the lane's loop. */
+ * -1 when it was not (no connection yet, lane full): cb is not called then. Call on the lane's
+ * loop. */
 int orders_publish(orders_lane_t *lane, const char *event, const char *order_id,
                    const char *payload, size_t len, orders_ack_fn cb, void *data);
 

@@ -15,6 +15,7 @@
 #include "auth.h"
 #include "log.h"
 #include "metrics.h"
+#include "nats_servers.h"
 #include "repair.h"
 #include "republish.h"
 #include "script.h"
@@ -64,7 +65,7 @@ static int connect_nats(reconciler_t *r)
         natsOptions *opts = NULL;
         natsStatus s = natsOptions_Create(&opts);
         if (s == NATS_OK)
-            s = natsOptions_SetURL(opts, r->nats_url);
+            s = nats_servers_apply(opts, r->nats_url);
         if (s == NATS_OK)
             s = natsOptions_SetTimeout(opts, CONNECT_TIMEOUT_MS);
         if (s == NATS_OK)

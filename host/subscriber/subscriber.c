@@ -41,6 +41,7 @@
 #include "cli.h"
 #include "log.h"
 #include "metrics_http.h"
+#include "nats_servers.h"
 #include "orders_stream.h"
 #include "promtext.h"
 #include "store.h"
@@ -92,9 +93,10 @@ static void sleep_ms(int ms)
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: snatch-subscriber --nats URL --db PATH [options]\n"
+            "usage: snatch-subscriber --nats URL[,URL...] --db PATH [options]\n"
             "Persists JetStream stream ORDERS into SQLite, exactly once per order id.\n"
-            "  --nats URL        NATS server (e.g. nats://127.0.0.1:4222)\n"
+            "  --nats URL[,URL...]  NATS server (e.g. nats://127.0.0.1:4222), or the\n"
+            "                    nodes of a cluster, comma separated\n"
             "  --db PATH         SQLite database (created with its schema when missing)\n"
             "  --batch N         messages per fetch and per transaction (default %d)\n"
             "  --durable NAME    durable consumer name (default snatch-subscriber)\n"
@@ -129,6 +131,7 @@ static int parse_args(int argc, char **argv, config_t *c)
     };
     int ch;
     int64_t v;
+    char err[256];
     *c = (config_t){.durable = "snatch-subscriber",
                     .stream = ORDERS_STREAM,
                     .batch = DEFAULT_BATCH,
@@ -137,6 +140,10 @@ static int parse_args(int argc, char **argv, config_t *c)
     while ((ch = getopt_long(argc, argv, CLI_OPTSTRING "h", opts, NULL)) != -1) {
         switch (ch) {
         case 'n':
+            if (nats_servers_check(optarg, err, sizeof(err)) != 0) {
+                cli_usage_error("snatch-subscriber", "%s", err);
+                return -1;
+            }
             c->url = optarg;
             break;
         case 'd':
@@ -204,15 +211,34 @@ static int parse_args(int argc, char **argv, config_t *c)
     return 0;
 }
 
+static void on_disconnected(natsConnection *nc, void *closure)
+{
+    (void)nc;
+    (void)closure;
+    if (!stop_requested)
+        log_warn("subscriber: disconnected from NATS");
+}
+
+/* cnats's thread: says which node of a cluster the subscriber went on with. */
+static void on_reconnected(natsConnection *nc, void *closure)
+{
+    char url[256];
+    (void)closure;
+    log_info("subscriber: reconnected to %s", nats_servers_connected(nc, url, sizeof(url)));
+}
+
 /* Blocks (retrying) until connected; NULL only when a stop was requested. */
 static natsConnection *connect_nats(const char *url, const auth_config_t *auth)
 {
     natsOptions *o = NULL;
     natsConnection *nc = NULL;
     bool logged = false;
-    if (natsOptions_Create(&o) != NATS_OK || natsOptions_SetURL(o, url) != NATS_OK ||
+    if (natsOptions_Create(&o) != NATS_OK || nats_servers_apply(o, url) != NATS_OK ||
         natsOptions_SetMaxReconnect(o, -1) != NATS_OK ||
-        natsOptions_SetReconnectWait(o, 250) != NATS_OK || auth_nats_apply(o, auth) != NATS_OK) {
+        natsOptions_SetReconnectWait(o, 250) != NATS_OK ||
+        natsOptions_SetDisconnectedCB(o, on_disconnected, NULL) != NATS_OK ||
+        natsOptions_SetReconnectedCB(o, on_reconnected, NULL) != NATS_OK ||
+        auth_nats_apply(o, auth) != NATS_OK) {
         log_error("subscriber: bad NATS url or options %s: %s", url, nats_GetLastError(NULL));
         natsOptions_Destroy(o);
         return NULL;
@@ -228,8 +254,10 @@ static natsConnection *connect_nats(const char *url, const auth_config_t *auth)
         sleep_ms(500);
     }
     natsOptions_Destroy(o);
-    if (nc != NULL)
-        log_info("subscriber: connected to %s", url);
+    if (nc != NULL) {
+        char at[256];
+        log_info("subscriber: connected to %s", nats_servers_connected(nc, at, sizeof(at)));
+    }
     return nc;
 }
 
@@ -650,6 +678,8 @@ static void *fetch_main(void *arg)
         jsErrCode jerr = 0;
         natsStatus s = natsSubscription_Fetch(&list, f->sub, f->c->batch, FETCH_TIMEOUT_MS, &jerr);
         if (s == NATS_OK && list.Count > 0) {
+            if (errors > 0)
+                log_info("subscriber: fetching again after %d failed fetches", errors);
             errors = 0;
             queue_push(&f->q, &list); /* even when stopping: the writer still persists it */
             continue;
@@ -657,8 +687,11 @@ static void *fetch_main(void *arg)
         natsMsgList_Destroy(&list);
         if (s == NATS_OK || s == NATS_TIMEOUT)
             continue;
+        /* On a cluster: while the consumer's leader is elected again (seconds), then the
+         * fetches go on; a run of failures binds the consumer again (resubscribe). */
         if (errors++ == 0)
-            log_warn("subscriber: fetch: %s (%d)", natsStatus_GetText(s), (int)jerr);
+            log_warn("subscriber: fetch: %s (%d): %s; retrying", natsStatus_GetText(s), (int)jerr,
+                     nats_GetLastError(NULL));
         sleep_ms(FETCH_TIMEOUT_MS);
         if (errors >= RESUBSCRIBE_AFTER_ERRORS) {
             if (!resubscribe(f))

@@ -3,7 +3,8 @@
  * window. Ids are deterministic ("<ms>-<seq>-<event>" with a fixed ms), so running it twice
  * republishes the same orders: JetStream's dedup and the subscriber's upsert must absorb that.
  *
- *   orders-fill --nats URL [--count N] [--first SEQ] [--event E] [--raw DATA] [--no-msg-id]
+ *   orders-fill --nats URL[,URL...] [--count N] [--first SEQ] [--event E] [--raw DATA]
+ *               [--no-msg-id] [--orders-replicas N]
  *
  * --no-msg-id publishes without Nats-Msg-Id, so JetStream stores repeats (the subscriber's
  * upsert must absorb them). --raw publishes DATA once on orders.<event> (no Nats-Msg-Id): a
@@ -47,6 +48,7 @@ int main(int argc, char **argv)
         {"event", required_argument, NULL, 'e'},
         {"raw", required_argument, NULL, 'r'},
         {"no-msg-id", no_argument, NULL, 'x'},
+        {ORDERS_REPLICAS_FLAG, required_argument, NULL, 'R'},
         {NULL, 0, NULL, 0},
     };
     const char *url = NULL, *event = "e1", *raw = NULL;
@@ -55,7 +57,7 @@ int main(int argc, char **argv)
     jsCtx *js = NULL;
     jsOptions jo;
     jsPubOptions po;
-    char subject[128], id[128], payload[512];
+    char subject[128], id[128], payload[512], err[128];
     int ch, rc = 1;
     bool msg_id = true;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -77,6 +79,12 @@ int main(int argc, char **argv)
             break;
         case 'x':
             msg_id = false;
+            break;
+        case 'R':
+            if (orders_stream_set_replicas(optarg, err, sizeof(err)) != 0) {
+                fprintf(stderr, "orders-fill: %s\n", err);
+                return 2;
+            }
             break;
         default:
             return 2;
