@@ -13,6 +13,5 @@ add_snatch_py_test(nginx integration/test_nginx.py TIMEOUT 120)
 # Issue 11, the cluster fault suite: Redis Cluster (3+3), JetStream cluster (3), three hosts
 # behind nginx; kill -9 of the event's Redis master, of the ORDERS stream leader, of a host; a
 # rolling SIGTERM restart of every node; the event's master cut off by nftables (alone, and split
-# brain). Skipped (exit 77) by a snatch-host without the cluster flags.
+# brain). Fails on a snatch-host without the cluster flags.
 add_snatch_py_test(cluster_faults integration/test_cluster_faults.py TIMEOUT 600)
-set_tests_properties(cluster_faults PROPERTIES SKIP_RETURN_CODE 77)

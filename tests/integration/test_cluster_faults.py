@@ -17,7 +17,7 @@ A 202 (deducted, not confirmed) whose deduction the promoted replica does not ho
 SQLite row has either is what "its fate follows what Redis keeps" means: reported as
 dropped_202, counted as err, and the buyer holds nothing (verify checks rows == sold).
 
-Skips (exit 77) when snatch-host lacks the cluster flags (--redis-replicas, --orders-replicas).
+Fails when snatch-host lacks the cluster flags (--redis-replicas, --orders-replicas).
 SNATCH_CLUSTER_BROKEN=1 runs the split-brain case against a broken variant (no
 min-replicas-to-write, --redis-replicas 0): it must fail."""
 import atexit
@@ -33,7 +33,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 from harness import Nginx, Suite, binary, wait_until  # noqa: E402
 from test_faults_common import FaultStack, MultiCrowd, sold, verify  # noqa: E402
 
-SKIP = 77
 STOCK = 2000
 BUYERS = 100000
 BROKEN = bool(os.environ.get("SNATCH_CLUSTER_BROKEN"))
@@ -56,9 +55,10 @@ def require_cluster_flags():
                          text=True).stdout
     missing = [f for f in ("--redis-replicas", "--orders-replicas") if f not in out]
     if missing:
-        print("SKIP: this snatch-host has no %s (Redis Cluster / JetStream cluster support)"
+        # A failure, not a skip: the suite must never pass by not running.
+        print("FAIL: this snatch-host has no %s (Redis Cluster / JetStream cluster support)"
               % ", ".join(missing), flush=True)
-        sys.exit(SKIP)
+        sys.exit(1)
 
 
 # ---- the stack -----------------------------------------------------------------------------
