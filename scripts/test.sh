@@ -24,15 +24,19 @@ done
 
 if [ "$asan" -eq 1 ]; then scripts/setup.sh --asan; else scripts/setup.sh; fi
 
+# Two tests at a time: most of them wait on their servers, not on the CPU, and the suite stays
+# well under its 30-minute budget. The cluster fault suite (a dozen servers, timed faults) runs
+# alone (RUN_SERIAL in tests/cluster.cmake).
+jobs=(-j2)
 status=0
 echo "== release build"
-ctest --test-dir build --output-on-failure "${filter[@]}" || status=1
+ctest --test-dir build --output-on-failure "${jobs[@]}" "${filter[@]}" || status=1
 if [ "$asan" -eq 1 ]; then
   echo "== ASan+UBSan build"
   export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1"
   export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
   export LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:print_suppressions=0"
-  ctest --test-dir build-asan --output-on-failure "${filter[@]}" || status=1
+  ctest --test-dir build-asan --output-on-failure "${jobs[@]}" "${filter[@]}" || status=1
 fi
 if [ "$fuzz" -eq 1 ]; then
   # Only the fuzz targets are built there (they bring their own sanitizers); the smoke tests

@@ -15,3 +15,4 @@ add_snatch_py_test(nginx integration/test_nginx.py TIMEOUT 120)
 # rolling SIGTERM restart of every node; the event's master cut off by nftables (alone, and split
 # brain). Fails on a snatch-host without the cluster flags.
 add_snatch_py_test(cluster_faults integration/test_cluster_faults.py TIMEOUT 600)
+set_tests_properties(cluster_faults PROPERTIES RUN_SERIAL TRUE)
