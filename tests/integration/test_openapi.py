@@ -531,6 +531,10 @@ class OpenApiTest(unittest.TestCase):
         self.life_held = [self.call("snatch", "POST", "/v1/events/big/snatch?user=cy%d" % i,
                                     port=hp, status=200)["order_id"] for i in range(2)]
         # A reset waits until no order is held (their release would land in the new sale).
+        # Their acknowledged ids leave {big}:pending on the host's next flush; until then the
+        # reset is refused as orders_pending, which is checked first.
+        wait_until(lambda: self.redis.cmd("HLEN", "{big}:pending") == 0, 10,
+                   what="acknowledged orders deleted from {big}:pending")
         self.check("putEvent", self.admin("big?reset=1", '{"stock":100}', port=hp), 409,
                    "orders_held")
 
