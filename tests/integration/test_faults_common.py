@@ -335,7 +335,9 @@ def verify(st, event, stock, answers, fault, expect_sellout=True, reconcile=True
         return want <= rows
 
     try:
-        wait_until(have_all, 30, 0.1, "subscriber to persist every 200")
+        # A subscriber killed with a batch fetched and not acknowledged gets it again only after
+        # the consumer's AckWait (30 s, snatch-subscriber's ACK_WAIT_NS): wait past that.
+        wait_until(have_all, 45, 0.1, "subscriber to persist every 200")
         missing_before = 0
     except AssertionError:
         got = {r[0] for r in st.sub.query("SELECT order_id FROM orders WHERE event=?", (event,))}
