@@ -27,7 +27,7 @@ REPORT_ENV = "SNATCH_FAULTS_REPORT"
 
 class Answer:
     __slots__ = ("user", "host", "status", "body", "latency", "attempts", "cut", "t0", "t1", "why",
-                 "first")
+                 "first", "raw")
 
     def __init__(self, user):
         self.user = user
@@ -41,6 +41,7 @@ class Answer:
         self.latency = 0.0
         self.attempts = 0
         self.cut = 0  # attempts whose connection died after the request went out
+        self.raw = None  # (headers, raw body bytes) of an answer whose body is not JSON
 
 
 class MultiCrowd:
@@ -79,7 +80,9 @@ class MultiCrowd:
             return self._next
 
     def _one(self, conns, hi, path):
-        """One attempt on host hi: (status, body) or raises OSError/HTTPException."""
+        """One attempt on host hi: (status, body, raw) or raises OSError/HTTPException. body is the
+        parsed JSON, or the text when it is not JSON; raw is then (headers, bytes) for the report,
+        else None."""
         conn = conns.get(hi)
         if conn is None:
             conn = http.client.HTTPConnection("127.0.0.1", self.hosts[hi].port, timeout=self.timeout)
@@ -88,7 +91,7 @@ class MultiCrowd:
         try:
             conn.request("POST", path)
             r = conn.getresponse()
-            data = r.read().decode("utf-8", "replace")
+            raw = r.read()
         except (OSError, http.client.HTTPException) as e:
             conn.close()
             conns.pop(hi, None)
@@ -96,10 +99,11 @@ class MultiCrowd:
         if r.getheader("Connection", "").lower() == "close":
             conn.close()
             conns.pop(hi, None)
+        data = raw.decode("utf-8", "replace")
         try:
-            return r.status, json.loads(data)
+            return r.status, json.loads(data), None
         except ValueError:
-            return r.status, data
+            return r.status, data, (r.getheaders(), raw)
 
     def _worker(self):
         conns = {}
@@ -117,7 +121,7 @@ class MultiCrowd:
                 a.attempts += 1
                 t0 = time.time()
                 try:
-                    a.status, a.body = self._one(conns, hi, path)
+                    a.status, a.body, a.raw = self._one(conns, hi, path)
                     a.host = hi
                     a.latency = time.time() - t0
                     break
@@ -313,6 +317,14 @@ def verify(st, event, stock, answers, fault, expect_sellout=True, reconcile=True
     """
     ok = [a for a in answers if a.status == 200]
     pend = [a for a in answers if a.status == 202]
+    bad = [a for a in ok + pend if not isinstance(a.body, dict) or "order_id" not in a.body]
+    for a in bad[:5]:
+        print("  BAD BODY: status=%d user=%s host=%d attempts=%d cut=%d (%s) sent %.3f took %.3fs "
+              "headers=%r raw=%r body=%r" % (
+                  a.status, a.user, a.host, a.attempts, a.cut, a.why, a.t0, a.t1 - a.t0,
+                  a.raw[0] if a.raw else None, a.raw[1] if a.raw else None, a.body), flush=True)
+    assert not bad, "%d answers 200/202 without a JSON order (first: status=%d raw=%r)" % (
+        len(bad), bad[0].status, bad[0].raw[1] if bad[0].raw else bad[0].body)
     ids_ok = [a.body["order_id"] for a in ok]
     ids_pend = [a.body["order_id"] for a in pend]
     # Before reconciliation: the subscriber alone must hold every 200 (JetStream acked it).
@@ -323,7 +335,9 @@ def verify(st, event, stock, answers, fault, expect_sellout=True, reconcile=True
         return want <= rows
 
     try:
-        wait_until(have_all, 30, 0.1, "subscriber to persist every 200")
+        # A subscriber killed with a batch fetched and not acknowledged gets it again only after
+        # the consumer's AckWait (30 s, snatch-subscriber's ACK_WAIT_NS): wait past that.
+        wait_until(have_all, 45, 0.1, "subscriber to persist every 200")
         missing_before = 0
     except AssertionError:
         got = {r[0] for r in st.sub.query("SELECT order_id FROM orders WHERE event=?", (event,))}
