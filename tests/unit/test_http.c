@@ -345,6 +345,16 @@ static double now_ms(void)
     return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
 }
 
+/* Waits (bounded: the clients closed their ends, so the server only has to notice) until the
+ * server holds n connections. */
+static void wait_connections(fixture_t *fx, size_t n)
+{
+    double deadline = now_ms() + 10000;
+    while (connections(fx) != n && now_ms() < deadline)
+        usleep(5000);
+    assert_int_equal(connections(fx), n);
+}
+
 /* ---- cases as data ---- */
 
 typedef struct {
@@ -709,7 +719,17 @@ static void run_case(fixture_t *fx, const http_case_t *tc)
     run_case_split(fx, tc, 0);
 }
 
+/* The timeouts are far beyond any stall of a loaded machine: only the timeout tests (timeout_cfg)
+ * may see a connection time out, or a slow client would get a 408 or lose its idle connection. */
 static const http_config_t test_cfg = {
+    .max_head_bytes = 512,
+    .max_body_bytes = 256,
+    .header_timeout_ms = 60000,
+    .idle_timeout_ms = 60000,
+    .max_pipeline = 4,
+};
+
+static const http_config_t timeout_cfg = {
     .max_head_bytes = 512,
     .max_body_bytes = 256,
     .header_timeout_ms = 300,
@@ -720,6 +740,12 @@ static const http_config_t test_cfg = {
 static int setup(void **state)
 {
     *state = fixture_start(&test_cfg);
+    return 0;
+}
+
+static int setup_timeouts(void **state)
+{
+    *state = fixture_start(&timeout_cfg);
     return 0;
 }
 
@@ -933,10 +959,7 @@ static void test_peer_closes_pending(void **state)
     assert_true(sees_eof(cl));
     client_close(cl);
 
-    double deadline = now_ms() + 3000;
-    while (connections(fx) > 0 && now_ms() < deadline)
-        usleep(10000);
-    assert_int_equal(connections(fx), 0);
+    wait_connections(fx, 0);
 }
 
 static void test_big_response(void **state)
@@ -977,6 +1000,18 @@ static void test_many_connections(void **state)
     free(cls);
 }
 
+/* Sends a request and half of the next head in one write; returns once the first is answered. */
+static void busy_with_half_head(client_t *cl)
+{
+    const char *reqs = "GET /busy HTTP/1.1\r\n\r\nGET /half HTTP/1.1\r\n";
+    send_all(cl, reqs, strlen(reqs));
+    response_t r;
+    assert_int_equal(read_response(cl, &r, false), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "/busy");
+    free(r.body);
+}
+
 /* http_server_close with a busy and an idle connection: the idle one is closed at once, the busy
  * one gets its answer with Connection: close, then on_closed runs and the loop ends. */
 static void test_server_close_drains(void **state)
@@ -986,18 +1021,22 @@ static void test_server_close_drains(void **state)
     client_t *idle = client_open(fx->port);
     client_t *busy = client_open(fx->port);
     client_t *partial = client_open(fx->port);
-    send_all(busy, "GET /delay/200 HTTP/1.1\r\n\r\n", 27);
-    send_all(partial, "GET /x HTTP/1.1\r\n", 17);
-    double deadline = now_ms() + 2000;
-    while (connections(fx) < 3 && now_ms() < deadline)
-        usleep(5000);
-    usleep(20000);
+    /* Each first answer proves that the server has read what follows it in the same write: a
+     * request still with the handler, and a half head. The delay outlasts any stall before the
+     * close. */
+    const char *reqs = "GET /first HTTP/1.1\r\n\r\nGET /delay/1000 HTTP/1.1\r\n\r\n";
+    send_all(busy, reqs, strlen(reqs));
+    busy_with_half_head(partial);
+    response_t r;
+    assert_int_equal(read_response(busy, &r, false), 0);
+    assert_string_equal(r.body, "/first");
+    free(r.body);
+    wait_connections(fx, 3);
     on_loop(fx, do_close, NULL);
     assert_true(sees_eof(idle));
     assert_true(sees_eof(partial));
-    response_t r;
     assert_int_equal(read_response(busy, &r, false), 0);
-    assert_string_equal(r.body, "/delay/200");
+    assert_string_equal(r.body, "/delay/1000");
     assert_true(r.close);
     free(r.body);
     assert_true(sees_eof(busy));
@@ -1049,25 +1088,23 @@ static void test_connection_cap(void **state)
     client_t *idle2 = client_open(fx->port);
     roundtrip(idle1, "/a");
     roundtrip(idle2, "/b");
-    /* The client reads an answer before the server's loop has filed the connection as idle;
-     * under a loaded machine that window is long enough for the buyer to arrive inside it. */
-    usleep(50000);
+    /* No wait needed: the server files a connection as idle in the callback that writes its
+     * answer, before it can accept the buyer. */
     client_t *buyer = client_open(fx->port);
     roundtrip(buyer, "/buy");
     assert_true(sees_eof(idle1)); /* the longest idle went */
     roundtrip(idle2, "/still");
-    send_all(buyer, "GET /half HTTP/1.1\r\n", 20);
-    send_all(idle2, "GET /half HTTP/1.1\r\n", 20);
-    usleep(20000);
+    /* A complete request and a half head in one write arrive in one read, so the first answer
+     * proves that the server holds the half head: both connections are busy. */
+    busy_with_half_head(buyer);
+    busy_with_half_head(idle2);
     int before = http_errors(503);
     assert_refused(fx->port);
     assert_int_equal(http_errors(503), before + 1);
     client_close(idle1);
     client_close(idle2);
     client_close(buyer);
-    double deadline = now_ms() + 2000;
-    while (connections(fx) > 0 && now_ms() < deadline)
-        usleep(5000);
+    wait_connections(fx, 0);
     client_t *after = client_open(fx->port);
     roundtrip(after, "/after");
     client_close(after);
@@ -1087,9 +1124,7 @@ static void test_connection_cap_per_client(void **state)
     roundtrip(b, "/b");
     assert_refused(fx->port);
     client_close(a);
-    double deadline = now_ms() + 2000;
-    while (connections(fx) > 1 && now_ms() < deadline)
-        usleep(5000);
+    wait_connections(fx, 1);
     client_t *c = client_open(fx->port);
     roundtrip(c, "/c");
     client_close(b);
@@ -1144,8 +1179,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_keep_alive_many, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pipeline_deep, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_backpressure, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_header_timeout, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_idle_timeout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_header_timeout, setup_timeouts, teardown),
+        cmocka_unit_test_setup_teardown(test_idle_timeout, setup_timeouts, teardown),
         cmocka_unit_test_setup_teardown(test_peer_closes_pending, setup, teardown),
         cmocka_unit_test_setup_teardown(test_big_response, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_connections, setup, teardown),
