@@ -8,7 +8,8 @@
 
 /* As natsSubscription_Fetch(list, sub, batch, timeout_ms, jerr), and never more than batch
  * messages: when messages are already waiting in the subscription they are returned alone (at
- * most batch of them, at once, without a new pull request). */
+ * most batch of them, at once, without a new pull request; NATS_TIMEOUT with none when what
+ * waited was only a status message). */
 natsStatus fetch_batch(natsMsgList *list, natsSubscription *sub, int batch, int64_t timeout_ms,
                        jsErrCode *jerr);
 
