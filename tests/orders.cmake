@@ -14,6 +14,11 @@ add_snatch_py_test(test_reconcile integration/test_reconcile.py TIMEOUT 240)
 # store.c: the fast order scanner against the JSON parser (differential), idempotent inserts.
 add_snatch_unit_test(test_store ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_store.c LIBS snatch_store)
 
+# fetch.c: the subscriber's pull never returns more than its batch (cnats 3.4.1's Fetch overflows
+# its array when messages already wait in the subscription), against a real nats-server.
+add_snatch_unit_test(test_fetch ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_fetch.c LIBS snatch_fetch)
+target_include_directories(test_fetch PRIVATE ${CMAKE_SOURCE_DIR}/tests/unit)
+
 # Credentials for Redis (requirepass, ACL user) and NATS (user/password, token, TLS with a CA):
 # host, subscriber and snatch-reconcile against servers started with them; wrong ones -> 503.
 add_snatch_py_test(test_auth integration/test_auth.py TIMEOUT 180)

@@ -39,6 +39,7 @@
 
 #include "auth.h"
 #include "cli.h"
+#include "fetch.h"
 #include "log.h"
 #include "metrics_http.h"
 #include "nats_servers.h"
@@ -676,7 +677,7 @@ static void *fetch_main(void *arg)
     while (!stop_requested && !queue_aborted(&f->q)) {
         natsMsgList list = {0};
         jsErrCode jerr = 0;
-        natsStatus s = natsSubscription_Fetch(&list, f->sub, f->c->batch, FETCH_TIMEOUT_MS, &jerr);
+        natsStatus s = fetch_batch(&list, f->sub, f->c->batch, FETCH_TIMEOUT_MS, &jerr);
         if (s == NATS_OK && list.Count > 0) {
             if (errors > 0)
                 log_info("subscriber: fetching again after %d failed fetches", errors);
