@@ -108,12 +108,14 @@ static void meta_json(char *buf, size_t cap, size_t *pos, const char *event, siz
 
 /* ---- PATCH /admin/events/{e}, POST /admin/events/{e}/pause|resume ---- */
 
-const char *admin_parse_patch_body(const char *body, size_t len, int64_t *stock, int64_t *limit)
+/* One rule for both bodies. put: stock is required and an absent per_user_limit means 1;
+ * otherwise (PATCH) either may be absent (-1), not both. Outputs are written on success only. */
+const char *admin_parse_event_fields(const char *body, size_t len, bool put, int64_t *stock,
+                                     int64_t *limit)
 {
     json_error_t jerr;
     json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
     const char *why = NULL;
-    *stock = *limit = -1;
     if (root == NULL)
         return "body is not valid JSON";
     if (!json_is_object(root)) {
@@ -122,7 +124,7 @@ const char *admin_parse_patch_body(const char *body, size_t len, int64_t *stock,
     }
     json_t *s = json_object_get(root, "stock");
     json_t *l = json_object_get(root, "per_user_limit");
-    if (s != NULL &&
+    if ((put || s != NULL) &&
         (!json_is_integer(s) || json_integer_value(s) < 0 || json_integer_value(s) > STOCK_MAX)) {
         why = "stock must be an integer from 0 to 10^12";
         goto out;
@@ -141,9 +143,15 @@ const char *admin_parse_patch_body(const char *body, size_t len, int64_t *stock,
         goto out;
     }
     *stock = s != NULL ? json_integer_value(s) : -1;
-    *limit = l != NULL ? json_integer_value(l) : -1;
+    *limit = l != NULL ? json_integer_value(l) : (put ? 1 : -1);
 out:
     json_decref(root);
+    return why;
+}
+
+const char *admin_parse_patch_body(const char *body, size_t len, int64_t *stock, int64_t *limit)
+{
+    const char *why = admin_parse_event_fields(body, len, false, stock, limit);
     if (why != NULL)
         *stock = *limit = -1;
     return why;

@@ -364,39 +364,7 @@ static void on_event_indexed(redisReply *r, const char *err, void *data)
  * success or the reason. */
 const char *api_parse_event_body(const char *body, size_t len, int64_t *stock, int64_t *limit)
 {
-    json_error_t jerr;
-    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
-    const char *why = NULL;
-    if (root == NULL)
-        return "body is not valid JSON";
-    if (!json_is_object(root)) {
-        why = "body must be a JSON object";
-        goto out;
-    }
-    json_t *s = json_object_get(root, "stock");
-    json_t *l = json_object_get(root, "per_user_limit");
-    if (!json_is_integer(s) || json_integer_value(s) < 0 ||
-        json_integer_value(s) > 1000000000000LL) {
-        why = "stock must be an integer from 0 to 10^12";
-        goto out;
-    }
-    if (l == NULL) {
-        *limit = 1;
-    } else if (!json_is_integer(l) || json_integer_value(l) < 1 ||
-               json_integer_value(l) > 1000000) {
-        why = "per_user_limit must be an integer from 1 to 10^6";
-        goto out;
-    } else {
-        *limit = json_integer_value(l);
-    }
-    if (json_object_size(root) != (l ? 2u : 1u)) {
-        why = "unknown field: only stock and per_user_limit";
-        goto out;
-    }
-    *stock = json_integer_value(s);
-out:
-    json_decref(root);
-    return why;
+    return admin_parse_event_fields(body, len, true, stock, limit);
 }
 
 bool api_admin_allowed(http_request_t *req, int route)

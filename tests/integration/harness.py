@@ -314,7 +314,29 @@ def redis_key_slot(key):
     return crc % 16384
 
 
-class RedisCluster:
+class _NodeGroup:
+    """Servers started together (self.nodes, self.start()); stopped by PID, each one, also when
+    the start fails half-way."""
+
+    def stop(self):
+        for n in self.nodes:
+            try:
+                n.stop()
+            except Exception:
+                n.kill9()
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class RedisCluster(_NodeGroup):
     """masters x (1 + replicas) redis-servers in cluster mode on loopback ports, formed with
     `redis-cli --cluster create`. Nodes are RedisServer objects (kill9/stop/start each one; a node
     restarted on its port and dir rejoins with its nodes.conf). extra: more arguments for every
@@ -444,25 +466,8 @@ class RedisCluster:
             i += 1
         return [found[p] for p in sorted(found)]
 
-    def stop(self):
-        for n in self.nodes:
-            try:
-                n.stop()
-            except Exception:
-                n.kill9()
 
-    def __enter__(self):
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc):
-        self.stop()
-
-
-class NatsCluster:
+class NatsCluster(_NodeGroup):
     """n nats-servers forming one JetStream cluster over loopback routes. Nodes are NatsServer
     objects (kill9/stop/start each; a node restarted keeps its store and name)."""
 
@@ -519,23 +524,6 @@ class NatsCluster:
         info = self.stream_info(stream)
         name = (info.get("cluster") or {}).get("leader")
         return self.by_name(name) if name else None
-
-    def stop(self):
-        for n in self.nodes:
-            try:
-                n.stop()
-            except Exception:
-                n.kill9()
-
-    def __enter__(self):
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 class Subscriber:
