@@ -52,6 +52,9 @@
 -- The order id is minted here, once: "<13-digit ms>-<10-digit seq>-<event>". It increases with
 -- time (Redis's clock, the same for every host), so SQLite appends; it is unique because seq
 -- only grows (a reset keeps it); and it names its event, so GET /v1/orders/{id} finds it.
+-- Globals read per buyer are locals here: a global is a table lookup at each use.
+local ARGV, KEYS, redis, tonumber, unpack = ARGV, KEYS, redis, tonumber, unpack
+local find, format, sub, floor = string.find, string.format, string.sub, math.floor
 local event, host, n = ARGV[1], ARGV[2], tonumber(ARGV[4])
 -- Buyers start at ARGV[B + 1]: B + 3 * i - 2 .. B + 3 * i are buyer i's user, qty and key.
 local B = 7
@@ -64,7 +67,7 @@ local hold_ms, keep = tonumber(ARGV[5]) or 0, ARGV[6] == '1' and '1' or '0'
 local qtys = {}
 for i = 1, n do
   local q = ARGV[B + 3 * i - 1]
-  if not string.find(q, '^[1-9]%d*$') then
+  if q ~= '1' and not find(q, '^[1-9]%d*$') then
     return redis.error_reply('ERR snatch: bad qty')
   end
   qtys[i] = tonumber(q)
@@ -127,12 +130,20 @@ end
 
 -- Names the host accepts need no JSON escaping: the record is built by concatenation then,
 -- the same JSON cjson would write (any other name still goes through cjson).
-local function plain(s) return string.find(s, '^[%w_.:@%-]+$') ~= nil end
+local function plain(s) return find(s, '^[%w_.:@%-]+$') ~= nil end
 local fast = plain(event) and plain(host)
-local ms_str = string.format('%d', ms)
+local ms_str = format('%d', ms)
 local head = '{"event":"' .. event .. '","host":"' .. host .. '","created_at":' .. ms_str ..
   ',"order_id":"'
-local until_str = hold_ms > 0 and string.format('%d', ms + hold_ms) or '0'
+local until_str = hold_ms > 0 and format('%d', ms + hold_ms) or '0'
+-- Order ids without a string.format per buyer (its cost is most of a buyer's Lua): the seq's
+-- last two digits come from DIGITS, the rest changes once per hundred orders. The same string
+-- as format('%013d-%010d-%s', ms, seq, event).
+local DIGITS = '0001020304050607080910111213141516171819202122232425262728293031323334353637383940' ..
+  '414243444546474849505152535455565758596061626364656667686970717273747576777879808182838485' ..
+  '8687888990919293949596979899'
+local id_ms, id_tail = format('%013d-', ms), '-' .. event
+local id_hi, id_head = -1, nil
 
 -- ---- Idempotency keys (only buyers that send one pay for this) ----
 -- {E}:idem:<user>|<key>, a string that expires after the window: {qty, gen, first reply}.
@@ -159,7 +170,7 @@ local function idem_keep(user, key, qty, reply)
     'PX', idem_window)
 end
 
-local out, orders, pending = {}, {}, {}
+local out, orders, pending, no = {}, {}, {}, 0 -- no: #orders (= #pending)
 local holds, states = {}, {}
 local bought, bought_ids = {}, {} -- users who bought in this batch, in order; their new ids
 local sold_now, seq = 0, seq0
@@ -180,7 +191,12 @@ for i = 1, n do
     held[user] = h + qty
     sold_now = sold_now + qty
     seq = seq + 1
-    local id = string.format('%013d-%010d-%s', ms, seq, event)
+    local hi = floor(seq / 100)
+    if hi ~= id_hi then
+      id_hi, id_head = hi, id_ms .. format('%08d', hi)
+    end
+    local lo = (seq - hi * 100) * 2
+    local id = id_head .. sub(DIGITS, lo + 1, lo + 2) .. id_tail
     local rec
     if fast and plain(user) then
       rec = head .. id .. '","qty":' .. ARGV[B + 3 * i - 1] .. ',"user":"' .. user .. '"}'
@@ -188,10 +204,9 @@ for i = 1, n do
       rec = cjson.encode({
         order_id = id, event = event, user = user, qty = qty, host = host, created_at = ms })
     end
-    orders[#orders + 1] = id
-    orders[#orders + 1] = rec
-    pending[#pending + 1] = id
-    pending[#pending + 1] = ms_str
+    orders[no + 1], orders[no + 2] = id, rec
+    pending[no + 1], pending[no + 2] = id, ms_str
+    no = no + 2
     if hold_ms > 0 then
       holds[#holds + 1] = until_str
       holds[#holds + 1] = id
