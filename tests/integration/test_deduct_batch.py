@@ -193,5 +193,22 @@ def holds_and_idempotency_keys_in_one_batch():
         assert r.cmd("ZCARD", "{k}:holds") == 2 and hgetall(r, "{k}:meta")["sold"] == "3"
 
 
+@suite.case
+def order_ids_keep_their_layout_across_seq_digits():
+    # deduct.lua builds the seq's digits in two parts (the last two from a table): ids across a
+    # hundred, across a million and past ten digits are what "%013d-%010d-%s" writes.
+    with Redis() as r:
+        for seq0 in (0, 97, 999998, 9999999998):
+            ev = "s%d" % seq0
+            create(r, ev, 10, 1)
+            r.cmd("HSET", "{%s}:meta" % ev, "seq", seq0)
+            out = batch(r, ev, [("a", 1), ("b", 1), ("c", 1), ("d", 1)])
+            ids = [o[1] for o in out]
+            ms = int(ids[0][:13])
+            assert ids == ["%013d-%010d-%s" % (ms, seq0 + i, ev) for i in (1, 2, 3, 4)], ids
+            rec = json.loads(hgetall(r, "{%s}:orders" % ev)[ids[3]])
+            assert rec["order_id"] == ids[3] and rec["created_at"] == ms, rec
+
+
 if __name__ == "__main__":
     suite.run()
