@@ -54,7 +54,7 @@
 -- only grows (a reset keeps it); and it names its event, so GET /v1/orders/{id} finds it.
 -- Globals read per buyer are locals here: a global is a table lookup at each use.
 local ARGV, KEYS, redis, tonumber, unpack = ARGV, KEYS, redis, tonumber, unpack
-local find, format, sub, floor = string.find, string.format, string.sub, math.floor
+local find, format = string.find, string.format
 local event, host, n = ARGV[1], ARGV[2], tonumber(ARGV[4])
 -- Buyers start at ARGV[B + 1]: B + 3 * i - 2 .. B + 3 * i are buyer i's user, qty and key.
 local B = 7
@@ -136,14 +136,6 @@ local ms_str = format('%d', ms)
 local head = '{"event":"' .. event .. '","host":"' .. host .. '","created_at":' .. ms_str ..
   ',"order_id":"'
 local until_str = hold_ms > 0 and format('%d', ms + hold_ms) or '0'
--- Order ids without a string.format per buyer (its cost is most of a buyer's Lua): the seq's
--- last two digits come from DIGITS, the rest changes once per hundred orders. The same string
--- as format('%013d-%010d-%s', ms, seq, event).
-local DIGITS = '0001020304050607080910111213141516171819202122232425262728293031323334353637383940' ..
-  '414243444546474849505152535455565758596061626364656667686970717273747576777879808182838485' ..
-  '8687888990919293949596979899'
-local id_ms, id_tail = format('%013d-', ms), '-' .. event
-local id_hi, id_head = -1, nil
 
 -- ---- Idempotency keys (only buyers that send one pay for this) ----
 -- {E}:idem:<user>|<key>, a string that expires after the window: {qty, gen, first reply}.
@@ -173,6 +165,7 @@ end
 local out, orders, pending, no = {}, {}, {}, 0 -- no: #orders (= #pending)
 local holds, states = {}, {}
 local bought, bought_ids = {}, {} -- users who bought in this batch, in order; their new ids
+local held_str = {}
 local sold_now, seq = 0, seq0
 for i = 1, n do
   local user, qty, key = ARGV[B + 3 * i - 2], qtys[i], ARGV[B + 3 * i]
@@ -189,14 +182,11 @@ for i = 1, n do
     out[i] = {'limit_reached', h, gen}
   else
     held[user] = h + qty
+    -- A first purchase's count is the qty as it arrived: no number to format for HSET.
+    held_str[user] = h == 0 and ARGV[B + 3 * i - 1] or nil
     sold_now = sold_now + qty
     seq = seq + 1
-    local hi = floor(seq / 100)
-    if hi ~= id_hi then
-      id_hi, id_head = hi, id_ms .. format('%08d', hi)
-    end
-    local lo = (seq - hi * 100) * 2
-    local id = id_head .. sub(DIGITS, lo + 1, lo + 2) .. id_tail
+    local id = format('%013d-%010d-%s', ms, seq, event)
     local rec
     if fast and plain(user) then
       rec = head .. id .. '","qty":' .. ARGV[B + 3 * i - 1] .. ',"user":"' .. user .. '"}'
@@ -244,7 +234,7 @@ if sold_now > 0 then
     u[#u + 1] = user
     u[#u + 1] = p and (p .. ',' .. bought_ids[user]) or bought_ids[user]
     c[#c + 1] = user
-    c[#c + 1] = held[user]
+    c[#c + 1] = held_str[user] or held[user]
   end
   redis.call('HSET', KEYS[4], unpack(u))
   redis.call('HSET', KEYS[2], unpack(c))

@@ -195,8 +195,8 @@ def holds_and_idempotency_keys_in_one_batch():
 
 @suite.case
 def order_ids_keep_their_layout_across_seq_digits():
-    # deduct.lua builds the seq's digits in two parts (the last two from a table): ids across a
-    # hundred, across a million and past ten digits are what "%013d-%010d-%s" writes.
+    # Ids across a hundred, across a million and past ten seq digits are what "%013d-%010d-%s"
+    # writes (keyspace.h's layout, which the readers parse).
     with Redis() as r:
         for seq0 in (0, 97, 999998, 9999999998):
             ev = "s%d" % seq0
