@@ -8,14 +8,13 @@ import json
 import os
 import random
 import signal
-import socket
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import ADMIN_TOKEN, SOURCE_DIR, Stack, Suite, wait_until  # noqa: E402
+from harness import ADMIN_TOKEN, SOURCE_DIR, Stack, Suite, js_publish, wait_until  # noqa: E402
 
 suite = Suite()
 PAY_TOKEN = "test-payment-token-0123456789"
@@ -316,28 +315,6 @@ def same_key_other_qty_is_422():
         assert snatch(h, "iz", "zed")[0] == 200
         assert snatch(h, "iz", "ann", "kz")[0] == 409
         assert snatch(h, "iz", "ann", "kz")[0] == 409
-
-
-def js_publish(port, subject, msg_id, headers, payload):
-    """Publishes one message with headers to JetStream (HPUB); returns the ack."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        f = s.makefile("rb")
-        f.readline()
-        hdr = "NATS/1.0\r\nNats-Msg-Id: %s\r\n" % msg_id
-        hdr += "".join("%s: %s\r\n" % kv for kv in headers.items()) + "\r\n"
-        hb, pb = hdr.encode(), payload.encode()
-        s.sendall(b'CONNECT {"verbose":false,"headers":true}\r\nSUB _INBOX.t 1\r\n'
-                  b"HPUB %s _INBOX.t %d %d\r\n%s%s\r\nPING\r\n"
-                  % (subject.encode(), len(hb), len(hb) + len(pb), hb, pb))
-        while True:
-            line = f.readline()
-            if line.startswith(b"MSG "):
-                n = int(line.split()[-1])
-                return json.loads(f.read(n + 2)[:n])
-            if line.startswith(b"PING"):
-                s.sendall(b"PONG\r\n")
-            if not line or line.startswith(b"-ERR"):
-                raise OSError(line)
 
 
 @suite.case
