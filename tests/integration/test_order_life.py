@@ -466,5 +466,40 @@ def repair_replays_holds_and_transitions():
         assert snatch(h, "rh", "erin")[0] == 200
 
 
+@suite.case
+def repair_counts_each_order_once():
+    """--redis-repair restores an order once however many messages of stream ORDERS hold it: the
+    host's batches of concurrent sales, another batch of all of them (one twice), and single
+    republishes of half of them (what a reconciler sends): sold and every buyer's count are counted once."""
+    with life_stack(0, extra=["--redis-repair"]) as st:
+        h, r = st.host, st.redis
+        h.create_event("rb", 100, per_user_limit=3)
+        users = ["b%d" % i for i in range(20)]
+        with ThreadPoolExecutor(20) as ex:
+            res = list(ex.map(lambda u: snatch(h, "rb", u), users))
+        assert all(s == 200 for s, _ in res), res
+        ids = [b["order_id"] for _, b in res]
+        wait_until(lambda: st.sub.rows("rb") == 20 and r.cmd("HLEN", "{rb}:pending") == 0, 20,
+                   what="every order persisted")
+        payload = dict(st.sub.query("SELECT order_id, payload FROM orders WHERE event='rb'"))
+        recs = [payload[i] for i in sorted(ids, reverse=True)] + [payload[ids[0]]]
+        ack = js_publish(st.nats.port, "orders.rb", "%s+%d" % (max(ids), len(recs)),
+                         {"Snatch-Orders": str(len(recs))}, "\n".join(recs))
+        assert "error" not in ack and "duplicate" not in ack, ack
+        for i in ids[:10]:  # the other ten are in batches only
+            assert "error" not in js_publish(st.nats.port, "orders.rb", i, {}, payload[i])
+        # The node "loses" every order of the event.
+        r.cmd("DEL", "{rb}:orders", "{rb}:users", "{rb}:uorders")
+        r.cmd("HSET", "{rb}:meta", "sold", "0", "owner", "0123456789abcdef")
+        assert snatch(h, "rb", "zed")[0] == 503  # repairing: the repair starts
+        run_id = r.cmd("INFO", "server").split("run_id:")[1].split()[0]
+        wait_until(lambda: meta(st, "rb").get("owner") == run_id, 20, what="repaired")
+        assert meta(st, "rb")["sold"] == "20", meta(st, "rb")
+        got = r.cmd("HGETALL", "{rb}:users")
+        assert dict(zip(got[::2], got[1::2])) == {u: "1" for u in users}, got
+        assert r.cmd("HLEN", "{rb}:orders") == 20
+        assert snatch(h, "rb", "zed")[0] == 200
+
+
 if __name__ == "__main__":
     suite.run()
