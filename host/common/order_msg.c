@@ -238,3 +238,60 @@ int store_scan_order(const char *data, size_t len, store_order_t *o, char *scrat
     o->payload_len = len;
     return 1;
 }
+
+/* ---- the records of a body ---- */
+
+void order_body_init(order_body_t *b, const char *data, size_t len, const char *count_hdr)
+{
+    int64_t n = 0;
+    if (data == NULL) /* cnats's empty body */
+        data = "", len = 0;
+    b->p = data;
+    b->end = data + len;
+    b->seen = 0;
+    b->batch = count_hdr != NULL;
+    b->done = false;
+    b->declared = 1;
+    if (count_hdr == NULL)
+        return;
+    b->declared = -1;
+    for (const char *c = count_hdr; *c != '\0'; c++) {
+        if (*c < '0' || *c > '9' || n > 100000000)
+            return;
+        n = n * 10 + (*c - '0');
+    }
+    if (count_hdr[0] != '\0' && n >= 1)
+        b->declared = n;
+}
+
+bool order_body_next(order_body_t *b, const char **rec, size_t *len)
+{
+    if (b->done)
+        return false;
+    if (!b->batch) {
+        *rec = b->p;
+        *len = (size_t)(b->end - b->p);
+        b->done = true;
+        b->seen++;
+        return true;
+    }
+    /* The last piece after a trailing '\n' is no record; an empty body is one (bad) record. */
+    if (b->p == b->end && b->seen > 0) {
+        b->done = true;
+        return false;
+    }
+    const char *nl = memchr(b->p, '\n', (size_t)(b->end - b->p));
+    *rec = b->p;
+    *len = nl != NULL ? (size_t)(nl - b->p) : (size_t)(b->end - b->p);
+    if (nl != NULL)
+        b->p = nl + 1;
+    else
+        b->done = true;
+    b->seen++;
+    return true;
+}
+
+bool order_body_mismatch(const order_body_t *b)
+{
+    return b->seen != b->declared;
+}

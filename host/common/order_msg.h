@@ -6,6 +6,7 @@
 #define SNATCH_ORDER_MSG_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -40,5 +41,26 @@ int store_parse_order(const char *data, size_t len, store_order_t *o, json_t **d
  * values for what both accept. Allocates nothing. */
 int store_scan_order(const char *data, size_t len, store_order_t *o, char *scratch,
                      size_t scratchlen);
+
+/* The records of one message body (README "The ORDERS stream"). A message with header
+ * Snatch-Orders: <n> (a batch) holds n records separated by one '\n' (a trailing '\n' is
+ * allowed); without it the whole body is one record, as every message was before batches (a
+ * policy's order() may hold a newline, and such an order is never batched). Every consumer reads
+ * bodies through this, record by record, then judges each one with store_scan_order /
+ * store_parse_order: a bad record does not spoil its neighbours. Allocates nothing. */
+typedef struct order_body {
+    const char *p, *end;
+    bool batch, done;
+    int64_t declared; /* Snatch-Orders; 1 without it; -1 when it is not a count >= 1 */
+    int64_t seen;     /* records returned so far */
+} order_body_t;
+
+/* count_hdr: the value of Snatch-Orders, NULL when absent. */
+void order_body_init(order_body_t *b, const char *data, size_t len, const char *count_hdr);
+/* The next record (not NUL-terminated, may be empty: a bad record then), false after the last. */
+bool order_body_next(order_body_t *b, const char **rec, size_t *len);
+/* After the last record: the header announced another count than the body held (a broken
+ * message: its good records are still orders, the mismatch is the consumer's to report). */
+bool order_body_mismatch(const order_body_t *b);
 
 #endif

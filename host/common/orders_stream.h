@@ -18,6 +18,9 @@
  * Snatch-Transition: <state>, payload {"order_id","event","user","qty","state","at"}. */
 #define ORDERS_HDR_HOLD_UNTIL "Snatch-Hold-Until"
 #define ORDERS_HDR_TRANSITION "Snatch-Transition"
+/* A batch: one message holding n > 1 orders of one event and one hold_until, one record a line,
+ * Nats-Msg-Id "<first order id>+<n>" (order_msg.h reads it). */
+#define ORDERS_HDR_COUNT "Snatch-Orders"
 
 /* The largest order payload (the policy's order()) published, NUL included; beyond it the
  * built-in format is published instead. The same bound for the host and every republish. */

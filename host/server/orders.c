@@ -20,6 +20,7 @@
 #include "orders.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <nats/nats.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -49,6 +50,12 @@
 #define RESYNC_MS 1000
 #define REOPEN_BACKOFF_MIN_MS 500
 #define REOPEN_BACKOFF_MAX_MS 5000
+/* A batch message's caps: far below NATS's max_payload (1 MB by default), and a bound on what
+ * one lost message costs in 202s. A full batch leaves at once. */
+#define BATCH_MAX_RECORDS 256
+#define BATCH_MAX_BYTES (64 * 1024)
+/* (event, hold_until) pairs a lane keeps open in one loop turn; one more flushes the oldest. */
+#define OPEN_BATCHES 8
 
 struct conn_state;
 
@@ -103,12 +110,31 @@ struct orders_publisher {
     _Atomic uint64_t nc_gen;
 };
 
-/* One publish waiting for its ack. Linked in publish order (oldest first, which is also deadline
+/* Who waits for one order's ack. */
+typedef struct waiter {
+    orders_ack_fn cb;
+    void *data;
+} waiter_t;
+
+/* Orders published in this loop turn for one (event, hold_until), leaving as one message when
+ * the turn ends (on_check) or the batch is full. */
+typedef struct batch {
+    char event[SNATCH_NAME_MAX + 1];
+    int64_t hold_until;
+    char first[KEYSPACE_ORDER_ID_MAX + 1];
+    char *body; /* the records, one a line; reused from message to message */
+    size_t len, cap;
+    waiter_t *w; /* n waiters, handed to the message's pending entry */
+    unsigned n, wcap;
+} batch_t;
+
+/* One message waiting for its ack. Linked in publish order (oldest first, which is also deadline
  * order since every publish gets the same timeout) and in a hash chain keyed by order id. */
 typedef struct pending {
     char id[KEYSPACE_MSG_ID_MAX + 1];
-    orders_ack_fn cb;
-    void *data;
+    waiter_t one;   /* a message of one order */
+    waiter_t *many; /* a batch's n waiters (owned) */
+    unsigned n;     /* orders of the message */
     uint64_t deadline;
     uint64_t sent_ns; /* uv_hrtime() at publish: ack latency */
     /* The message of an attempt nobody answered, handed back by cnats: published again on the
@@ -132,8 +158,8 @@ struct orders_lane {
     jsCtx *js; /* created on the first publish once the publisher is ready */
     unsigned max_inflight;
     uint64_t ack_timeout_ms;
-    unsigned inflight;
-    unsigned retries; /* entries holding a message to publish again */
+    unsigned inflight; /* orders published and not answered yet, in open batches too */
+    unsigned retries;  /* entries holding a message to publish again */
     pending_t *pend;
     int free_head, oldest, newest;
     int *buckets;
@@ -146,6 +172,12 @@ struct orders_lane {
     size_t dcap;
     uv_async_t async;
     uv_timer_t timer;
+    /* The open batches leave at the end of the loop turn: on_check flushes them; the idle
+     * handle, active while one is open, keeps the loop from blocking in poll before that. */
+    batch_t batches[OPEN_BATCHES];
+    unsigned open; /* batches holding orders */
+    uv_check_t check;
+    uv_idle_t idle;
     int open_handles;
     bool closing;
     uint64_t js_gen; /* the publisher's nc_gen when js was made */
@@ -526,15 +558,17 @@ static int pending_find(orders_lane_t *l, const char *id)
     return -1;
 }
 
-static int pending_add(orders_lane_t *l, const char *id, orders_ack_fn cb, void *data)
+/* A new entry for a message of n orders (counted in inflight already); its waiters are the
+ * caller's to set. */
+static int pending_add(orders_lane_t *l, const char *id, unsigned n)
 {
     int i = l->free_head;
     pending_t *e = &l->pend[i];
     unsigned b = hash_id(id) & (l->nbuckets - 1);
     l->free_head = e->next;
     snprintf(e->id, sizeof(e->id), "%s", id);
-    e->cb = cb;
-    e->data = data;
+    e->n = n;
+    e->many = NULL;
     e->deadline = uv_now(l->loop) + l->ack_timeout_ms;
     e->sent_ns = uv_hrtime();
     e->retry = NULL;
@@ -548,7 +582,6 @@ static int pending_add(orders_lane_t *l, const char *id, orders_ack_fn cb, void 
     else
         l->oldest = i;
     l->newest = i;
-    l->inflight++;
     return i;
 }
 
@@ -575,18 +608,33 @@ static void pending_unlink(orders_lane_t *l, int i)
     e->used = false;
     e->next = l->free_head;
     l->free_head = i;
-    l->inflight--;
+    l->inflight -= e->n;
 }
 
-/* Unlinks entry i, then runs its callback (which may publish again and reuse the entry). */
+/* Answers n waiters (taken from their owner first: a callback may publish again). sent_ns 0:
+ * the message never left (no ack to count). */
+static void answer(waiter_t *w, unsigned n, int status, uint64_t sent_ns)
+{
+    metrics_orders_inflight(-(int64_t)n);
+    for (unsigned k = 0; k < n; k++) {
+        if (sent_ns != 0)
+            metrics_orders_ack(status == 0, sent_ns);
+        w[k].cb(status, w[k].data);
+    }
+}
+
+/* Unlinks entry i, then runs its orders' callbacks (which may publish again and reuse the
+ * entry): every order of a message gets the message's answer. */
 static void pending_finish(orders_lane_t *l, int i, int status)
 {
-    orders_ack_fn cb = l->pend[i].cb;
-    void *data = l->pend[i].data;
-    metrics_orders_ack(status == 0, l->pend[i].sent_ns);
+    pending_t *e = &l->pend[i];
+    waiter_t one = e->one, *many = e->many;
+    unsigned n = e->n;
+    uint64_t sent_ns = e->sent_ns;
+    e->many = NULL;
     pending_unlink(l, i);
-    metrics_orders_inflight(-1);
-    cb(status, data);
+    answer(many != NULL ? many : &one, n, status, sent_ns);
+    free(many);
 }
 
 /* ---- lane: publishing -------------------------------------------------------------------------
@@ -744,6 +792,12 @@ static void lane_free(orders_lane_t *l)
     /* Answers queued after the last on_async (none come once the slot is detached). */
     for (size_t k = 0; k < l->qlen; k++)
         natsMsg_Destroy(l->queue[k].retry);
+    for (unsigned k = 0; k < OPEN_BATCHES; k++) {
+        free(l->batches[k].body);
+        free(l->batches[k].w);
+    }
+    for (int i = 0; l->pend != NULL && i < (int)l->max_inflight; i++)
+        free(l->pend[i].many);
     free(l->pend);
     free(l->buckets);
     free(l->queue);
@@ -800,8 +854,12 @@ int orders_lane_start(orders_lane_t **out, orders_publisher_t *p, uv_loop_t *loo
         goto fail;
     l->async.data = l;
     l->timer.data = l;
-    l->open_handles = 2;
-    uv_timer_init(loop, &l->timer); /* cannot fail */
+    l->check.data = l;
+    l->idle.data = l;
+    l->open_handles = 4;
+    uv_timer_init(loop, &l->timer); /* these cannot fail */
+    uv_check_init(loop, &l->check);
+    uv_idle_init(loop, &l->idle);
     /* A quarter of the timeout keeps the overshoot small without waking up too often. */
     uint64_t tick = l->ack_timeout_ms / 4 > 100 ? 100 : l->ack_timeout_ms / 4;
     uv_timer_start(&l->timer, on_timer, tick ? tick : 1, tick ? tick : 1);
@@ -816,33 +874,22 @@ fail:
     return rc;
 }
 
-int orders_publish(orders_lane_t *lane, const char *event, const char *order_id,
-                   const char *payload, size_t len, orders_ack_fn cb, void *data)
-{
-    return orders_publish_hdr(lane, event, order_id, payload, len, NULL, 0, cb, data);
-}
-
-int orders_publish_hdr(orders_lane_t *lane, const char *event, const char *order_id,
-                       const char *payload, size_t len, const char *const *hdrs, int nhdr,
-                       orders_ack_fn cb, void *data)
+/* Publishes one message for n orders, counted in inflight already (many: a batch's n > 1
+ * waiters, which the pending entry then owns). -1: not handed to NATS, nothing taken, no
+ * callback run; the caller answers. */
+static int send_msg(orders_lane_t *l, const char *event, const char *id, const char *body,
+                    size_t len, const char *const *hdrs, int nhdr, waiter_t one, waiter_t *many,
+                    unsigned n)
 {
     char subject[sizeof(ORDERS_SUBJECT_PREFIX) + SNATCH_NAME_MAX + 1];
     natsMsg *msg = NULL;
     jsPubOptions po;
-    orders_lane_t *l = lane;
-    /* Not orders_publisher_ready(): the sale is deducted already, and a stream that went
-     * without a leader since it was admitted may have one again before the deadline (the
-     * attempt is made again until then); while cnats reconnects it buffers the publish. */
-    if (l == NULL || l->closing || l->inflight >= l->max_inflight || !atomic_load(&l->p->have_nc))
-        return -1;
-    if (strlen(order_id) > KEYSPACE_MSG_ID_MAX || len > INT32_MAX)
-        return -1;
     if (snprintf(subject, sizeof(subject), ORDERS_SUBJECT_PREFIX "%s", event) >=
         (int)sizeof(subject))
         return -1;
     if (lane_js(l) != 0)
         return -1;
-    if (natsMsg_Create(&msg, subject, NULL, payload, (int)len) != NATS_OK)
+    if (natsMsg_Create(&msg, subject, NULL, body, (int)len) != NATS_OK)
         return -1;
     for (int h = 0; h < nhdr; h++) {
         if (natsMsgHeader_Set(msg, hdrs[2 * h], hdrs[2 * h + 1]) != NATS_OK) {
@@ -851,16 +898,203 @@ int orders_publish_hdr(orders_lane_t *lane, const char *event, const char *order
         }
     }
     jsPubOptions_Init(&po);
-    po.MsgId = order_id;
+    po.MsgId = id;
     /* The slot is reserved before the publish: the ack may arrive before this function returns,
      * but it is only processed on this loop, after we return. */
-    int i = pending_add(l, order_id, cb, data);
+    int i = pending_add(l, id, n);
+    l->pend[i].one = one;
+    l->pend[i].many = many;
     po.MaxWait = attempt_wait(l, l->pend[i].deadline, uv_now(l->loop));
     if (js_PublishMsgAsync(l->js, &msg, &po) != NATS_OK) {
         natsMsg_Destroy(msg);
-        pending_unlink(l, i); /* -1 means cb is never called */
+        l->pend[i].many = NULL; /* the caller's still */
+        l->pend[i].n = 0;       /* and so is the count */
+        pending_unlink(l, i);
         return -1;
     }
+    return 0;
+}
+
+static bool lane_accepts(const orders_lane_t *l)
+{
+    /* Not orders_publisher_ready(): the sale is deducted already, and a stream that went
+     * without a leader since it was admitted may have one again before the deadline (the
+     * attempt is made again until then); while cnats reconnects it buffers the publish. */
+    return l != NULL && !l->closing && l->inflight < l->max_inflight && atomic_load(&l->p->have_nc);
+}
+
+/* A message of its own for one order, now. */
+static int publish_one(orders_lane_t *l, const char *event, const char *msg_id, const char *payload,
+                       size_t len, const char *const *hdrs, int nhdr, orders_ack_fn cb, void *data)
+{
+    if (!lane_accepts(l) || strlen(msg_id) > KEYSPACE_MSG_ID_MAX || len > INT32_MAX)
+        return -1;
+    l->inflight++;
+    if (send_msg(l, event, msg_id, payload, len, hdrs, nhdr, (waiter_t){cb, data}, NULL, 1) != 0) {
+        l->inflight--;
+        return -1;
+    }
+    metrics_orders_inflight(1);
+    return 0;
+}
+
+int orders_publish_hdr(orders_lane_t *lane, const char *event, const char *msg_id,
+                       const char *payload, size_t len, const char *const *hdrs, int nhdr,
+                       orders_ack_fn cb, void *data)
+{
+    return publish_one(lane, event, msg_id, payload, len, hdrs, nhdr, cb, data);
+}
+
+/* ---- lane: batches ------------------------------------------------------------------------- */
+
+/* Sends batch b as one message and empties it. Not handed to NATS: its orders are answered -1
+ * at once (they stay pending in Redis; reconciliation republishes them). */
+static void batch_flush(orders_lane_t *l, batch_t *b)
+{
+    char id[KEYSPACE_MSG_ID_MAX + 1], until[24], count[16];
+    const char *hdrs[4];
+    int nhdr = 0;
+    unsigned n = b->n;
+    if (n == 0)
+        return;
+    if (n == 1)
+        snprintf(id, sizeof(id), "%s", b->first);
+    else
+        snprintf(id, sizeof(id), "%s+%hu", b->first, (unsigned short)n); /* n <= 256 */
+    if (b->hold_until > 0) {
+        snprintf(until, sizeof(until), "%" PRId64, b->hold_until);
+        hdrs[2 * nhdr] = ORDERS_HDR_HOLD_UNTIL;
+        hdrs[2 * nhdr++ + 1] = until;
+    }
+    if (n > 1) {
+        snprintf(count, sizeof(count), "%u", n);
+        hdrs[2 * nhdr] = ORDERS_HDR_COUNT;
+        hdrs[2 * nhdr++ + 1] = count;
+    }
+    waiter_t one = b->w[0], *many = NULL;
+    if (n > 1) { /* the message's entry takes the array; the next batch makes another */
+        many = b->w;
+        b->w = NULL;
+        b->wcap = 0;
+    }
+    size_t len = b->len;
+    b->n = 0;
+    b->len = 0;
+    l->open--;
+    /* b is empty before any callback runs (a callback may publish again). */
+    if (send_msg(l, b->event, id, b->body, len, hdrs, nhdr, one, many, n) == 0)
+        return;
+    l->inflight -= n;
+    answer(many != NULL ? many : &one, n, -1, 0);
+    free(many);
+}
+
+static void flush_all(orders_lane_t *l)
+{
+    for (unsigned k = 0; k < OPEN_BATCHES; k++)
+        batch_flush(l, &l->batches[k]);
+}
+
+/* The end of a loop turn: what this turn's callbacks published leaves now. */
+static void on_check(uv_check_t *h)
+{
+    orders_lane_t *l = h->data;
+    flush_all(l);
+    if (l->open == 0) {
+        uv_idle_stop(&l->idle);
+        uv_check_stop(&l->check);
+    }
+}
+
+static void on_idle(uv_idle_t *h)
+{
+    (void)h; /* only there so that poll does not block while a batch waits for on_check */
+}
+
+/* The open batch for (event, hold_until) with room for a record of len bytes: an empty one is
+ * taken, a full one sent first, and with every batch taken by another pair, one is sent. NULL
+ * when the lane closed meanwhile (a callback of a failed send). */
+static batch_t *batch_for(orders_lane_t *l, const char *event, int64_t hold_until, size_t len)
+{
+    while (!l->closing) {
+        batch_t *hit = NULL, *empty = NULL;
+        for (unsigned k = 0; k < OPEN_BATCHES && hit == NULL; k++) {
+            batch_t *b = &l->batches[k];
+            if (b->n == 0)
+                empty = empty != NULL ? empty : b;
+            else if (b->hold_until == hold_until && strcmp(b->event, event) == 0)
+                hit = b;
+        }
+        if (hit != NULL && hit->n < BATCH_MAX_RECORDS && hit->len + 1 + len <= BATCH_MAX_BYTES)
+            return hit;
+        if (hit == NULL && empty != NULL) {
+            snprintf(empty->event, sizeof(empty->event), "%s", event);
+            empty->hold_until = hold_until;
+            return empty;
+        }
+        batch_flush(l, hit != NULL ? hit : &l->batches[0]);
+    }
+    return NULL;
+}
+
+/* Appends one record; -1 out of memory (nothing appended). */
+static int batch_append(orders_lane_t *l, batch_t *b, const char *order_id, const char *payload,
+                        size_t len, waiter_t w)
+{
+    if (b->n == b->wcap) {
+        unsigned cap = b->wcap ? b->wcap * 2 : 16;
+        waiter_t *nw = realloc(b->w, cap * sizeof(*nw));
+        if (nw == NULL)
+            return -1;
+        b->w = nw;
+        b->wcap = cap;
+    }
+    if (b->len + 1 + len > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + 1 + len)
+            cap *= 2;
+        char *body = realloc(b->body, cap);
+        if (body == NULL)
+            return -1;
+        b->body = body;
+        b->cap = cap;
+    }
+    if (b->n > 0)
+        b->body[b->len++] = '\n';
+    memcpy(b->body + b->len, payload, len);
+    b->len += len;
+    if (b->n == 0) {
+        snprintf(b->first, sizeof(b->first), "%s", order_id);
+        if (l->open++ == 0) {
+            uv_idle_start(&l->idle, on_idle);
+            uv_check_start(&l->check, on_check);
+        }
+    }
+    b->w[b->n++] = w;
+    return 0;
+}
+
+int orders_publish(orders_lane_t *lane, const char *event, const char *order_id, int64_t hold_until,
+                   const char *payload, size_t len, orders_ack_fn cb, void *data)
+{
+    orders_lane_t *l = lane;
+    char until[24];
+    const char *hdr[2] = {ORDERS_HDR_HOLD_UNTIL, until};
+    if (hold_until < 0)
+        hold_until = 0;
+    if (!lane_accepts(l) || strlen(event) > SNATCH_NAME_MAX ||
+        strlen(order_id) > KEYSPACE_ORDER_ID_MAX)
+        return -1;
+    /* A record holding a newline (a policy's order()) could not be told apart from two: it
+     * travels alone, as does one too big for a batch. */
+    if (len >= BATCH_MAX_BYTES || memchr(payload, '\n', len) != NULL) {
+        snprintf(until, sizeof(until), "%" PRId64, hold_until);
+        return publish_one(l, event, order_id, payload, len, hdr, hold_until > 0, cb, data);
+    }
+    batch_t *b = batch_for(l, event, hold_until, len);
+    if (b == NULL || batch_append(l, b, order_id, payload, len, (waiter_t){cb, data}) != 0)
+        return -1;
+    l->inflight++;
     metrics_orders_inflight(1);
     return 0;
 }
@@ -891,10 +1125,25 @@ void orders_lane_close(orders_lane_t *lane)
         uv_mutex_unlock(&l->slot->mu);
     }
     l->closing = true; /* before the callbacks: a publish from one of them is refused */
+    for (unsigned k = 0; k < OPEN_BATCHES; k++) {
+        batch_t *b = &l->batches[k];
+        unsigned n = b->n;
+        if (n == 0)
+            continue;
+        waiter_t *w = b->w;
+        b->w = NULL;
+        b->wcap = b->n = 0;
+        l->open--;
+        l->inflight -= n;
+        answer(w, n, -1, 0);
+        free(w);
+    }
     while (l->oldest >= 0)
         pending_finish(l, l->oldest, -1);
     jsCtx_Destroy(l->js);
     l->js = NULL;
     uv_close((uv_handle_t *)&l->async, on_lane_handle_closed);
     uv_close((uv_handle_t *)&l->timer, on_lane_handle_closed);
+    uv_close((uv_handle_t *)&l->check, on_lane_handle_closed);
+    uv_close((uv_handle_t *)&l->idle, on_lane_handle_closed);
 }

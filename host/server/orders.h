@@ -1,6 +1,7 @@
 /* Host side of the order pipeline: each sold ticket becomes a JetStream message on stream ORDERS,
  * subject orders.<event>, header Nats-Msg-Id = order id (JetStream drops duplicates inside its
- * window, so republishing is always safe).
+ * window, so republishing is always safe); the orders of one loop turn share a message (a batch,
+ * see orders_publish).
  *
  * orders_publisher_t owns the one NATS connection of the process (cnats runs its own I/O threads;
  * the connection is thread-safe). It connects and makes sure the stream exists on a background
@@ -42,23 +43,32 @@ void orders_publisher_stop(orders_publisher_t *p, int64_t timeout_ms);
  * order stays pending in Redis, reconciliation republishes it). Runs on the lane's loop thread. */
 typedef void (*orders_ack_fn)(int status, void *data);
 
-/* A lane for one loop; max_inflight bounds its unacknowledged publishes; ack_timeout_ms bounds
- * the wait for each acknowledgement (an unanswered attempt is made again within it). */
+/* A lane for one loop; max_inflight bounds its unanswered orders (counted one by one, however
+ * many share a message); ack_timeout_ms bounds the wait for each message's acknowledgement (an
+ * unanswered attempt is made again within it). */
 int orders_lane_start(orders_lane_t **out, orders_publisher_t *p, uv_loop_t *loop,
                       unsigned max_inflight, uint64_t ack_timeout_ms);
 
-/* Publishes one order. Returns 0 when it was handed to NATS (cb will run exactly once, later), or
- * -1 when it was not (no connection yet, lane full): cb is not called then. Call on the lane's
- * loop. */
-int orders_publish(orders_lane_t *lane, const char *event, const char *order_id,
+/* Publishes one order (hold_until > 0: sold held until then, header Snatch-Hold-Until). The
+ * orders a loop turn publishes for the same (event, hold_until) leave together, as one message
+ * (a batch: README "The ORDERS stream"), when the turn ends or the batch is full; a lone order
+ * leaves alone at the end of its turn, no timer. Every order of a message gets the message's
+ * answer. Call it once per order id: a batch's Nats-Msg-Id is "<first order id>+<n>", so a second
+ * batch starting with the same order could be taken for the first one's duplicate; a publish of
+ * an order again (an idempotent replay) goes through orders_publish_hdr. Returns 0 when the order
+ * was taken (cb will run exactly once, later; -1 too when NATS refuses the message at the end of
+ * the turn), or -1 when it was not (no connection made yet, lane full or closing): cb is not
+ * called then. Call on the lane's loop. */
+int orders_publish(orders_lane_t *lane, const char *event, const char *order_id, int64_t hold_until,
                    const char *payload, size_t len, orders_ack_fn cb, void *data);
 
-/* The same with headers: hdrs holds nhdr (name, value) pairs. msg_id may be a transition's
- * ("<order id>:<state>", at most KEYSPACE_MSG_ID_MAX bytes). */
+/* One message of its own, sent now, with headers: hdrs holds nhdr (name, value) pairs. msg_id
+ * may be a transition's ("<order id>:<state>", at most KEYSPACE_MSG_ID_MAX bytes). */
 int orders_publish_hdr(orders_lane_t *lane, const char *event, const char *msg_id,
                        const char *payload, size_t len, const char *const *hdrs, int nhdr,
                        orders_ack_fn cb, void *data);
 
+/* Orders taken and not answered yet (in open batches too): max_inflight bounds this count. */
 unsigned orders_lane_inflight(const orders_lane_t *lane);
 
 /* Fails (status -1) every publish still waiting, then frees the lane once its handles close.

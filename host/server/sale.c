@@ -82,14 +82,15 @@ static void real_deduct(worker_t *w, const char *event, const char *user, int64_
 }
 
 static int real_publish(worker_t *w, const char *event, const char *order_id, const char *payload,
-                        size_t len, int64_t hold_until, orders_ack_fn cb, void *data)
+                        size_t len, int64_t hold_until, bool replay, orders_ack_fn cb, void *data)
 {
     char until[24];
     const char *hdr[2] = {ORDERS_HDR_HOLD_UNTIL, until};
-    if (hold_until <= 0)
-        return orders_publish(w->orders, event, order_id, payload, len, cb, data);
+    if (!replay)
+        return orders_publish(w->orders, event, order_id, hold_until, payload, len, cb, data);
     snprintf(until, sizeof(until), "%" PRId64, hold_until);
-    return orders_publish_hdr(w->orders, event, order_id, payload, len, hdr, 1, cb, data);
+    return orders_publish_hdr(w->orders, event, order_id, payload, len, hdr, hold_until > 0, cb,
+                              data);
 }
 
 static void real_acked(worker_t *w, const char *order_id)
@@ -194,7 +195,7 @@ static void on_order_acked(int status, void *data)
 
 /* host: the host that sold it (another one's for a replayed idempotency key: the payload is
  * the one that host published, so a second publish is an exact duplicate). */
-static void publish_order(sale_t *s, const char *host)
+static void publish_order(sale_t *s, const char *host, bool replay)
 {
     worker_t *w = s->w;
     char payload[ORDERS_PAYLOAD_MAX];
@@ -208,7 +209,7 @@ static void publish_order(sale_t *s, const char *host)
     if (len < 0)
         len = script_order_default(&o, payload, sizeof(payload));
     if (len < 0 || backend->publish(w, s->event, s->order_id, payload, (size_t)len, s->hold_until,
-                                    on_order_acked, s) != 0) {
+                                    replay, on_order_acked, s) != 0) {
         reply_order(s, 202);
         sale_finish(s);
     }
@@ -235,12 +236,13 @@ static void on_deducted(const deduct_result_t *r, void *data)
             return;
         }
         if (!r->replay) {
-            publish_order(s, s->w->host->cfg.host_id);
+            publish_order(s, s->w->host->cfg.host_id, false);
             return;
         }
         /* The order is published again (the same message id, so JetStream keeps one) so that
          * this 200 too means durable. */
-        publish_order(s, r->host != NULL && r->host[0] != '\0' ? r->host : s->w->host->cfg.host_id);
+        publish_order(s, r->host != NULL && r->host[0] != '\0' ? r->host : s->w->host->cfg.host_id,
+                      true);
         return;
     case DEDUCT_KEY_REUSED:
         sale_unreserve(s);

@@ -22,9 +22,10 @@ typedef struct sale_backend {
     void (*deduct)(worker_t *w, const char *event, const char *user, int64_t qty, const char *key,
                    deduct_fn cb, void *data);
     /* Publishes the order (hold_until > 0: sold held until then, said in a header); cb(status)
-     * once JetStream acknowledged it (0) or not. 0 or -1. */
+     * once JetStream acknowledged it (0) or not. 0 or -1. replay: published before (an
+     * Idempotency-Key's repeat), so in a message of its own (orders_publish). */
     int (*publish)(worker_t *w, const char *event, const char *order_id, const char *payload,
-                   size_t len, int64_t hold_until, orders_ack_fn cb, void *data);
+                   size_t len, int64_t hold_until, bool replay, orders_ack_fn cb, void *data);
     void (*acked)(worker_t *w, const char *order_id); /* {event}:pending may forget it */
 } sale_backend_t;
 void sale_set_backend(const sale_backend_t *b);

@@ -443,38 +443,74 @@ static int64_t header_ms(natsMsg *m, const char *name)
     return ms;
 }
 
-/* Persists one message inside the open transaction: 1 inserted, 0 duplicate, 2 dead letter,
- * -1 SQLite error. A message with header Snatch-Transition is an order's transition. */
-static int write_msg(store_t *st, natsMsg *m)
+static int dead_letter(store_t *st, natsMsg *m, const char *reason, const char *data, size_t len)
 {
-    const char *data = natsMsg_GetData(m);
-    size_t len = (size_t)natsMsg_GetDataLength(m);
-    char scratch[SCRATCH_BYTES], reason[256];
-    const char *transition = NULL;
-    store_order_t o;
-    json_t *doc = NULL;
-    int rc;
-    if (natsMsgHeader_Get(m, ORDERS_HDR_TRANSITION, &transition) == NATS_OK && transition != NULL) {
-        rc = store_insert_transition(st, transition, data, len, reason, sizeof(reason));
-        if (rc != 2)
-            return rc;
-        goto dead;
-    }
-    if (store_scan_order(data, len, &o, scratch, sizeof(scratch)) == 1) {
-        o.hold_until = header_ms(m, ORDERS_HDR_HOLD_UNTIL);
-        return store_insert_order(st, &o);
-    }
-    if (store_parse_order(data, len, &o, &doc, reason, sizeof(reason)) != 0)
-        goto dead;
-    o.hold_until = header_ms(m, ORDERS_HDR_HOLD_UNTIL);
-    rc = store_insert_order(st, &o);
-    json_decref(doc);
-    return rc;
-dead:
     if (store_dead_letter(st, natsMsg_GetSubject(m), reason, data, len) != 0)
         return -1;
     log_warn("subscriber: dead letter on %s: %s", natsMsg_GetSubject(m), reason);
     return 2;
+}
+
+/* Persists one record of an order message: 1 inserted, 0 duplicate, 2 dead letter (the record
+ * alone), -1 SQLite error. */
+static int write_record(store_t *st, natsMsg *m, const char *data, size_t len, int64_t hold_until)
+{
+    char scratch[SCRATCH_BYTES], reason[256];
+    store_order_t o;
+    json_t *doc = NULL;
+    if (store_scan_order(data, len, &o, scratch, sizeof(scratch)) == 1) {
+        o.hold_until = hold_until;
+        return store_insert_order(st, &o);
+    }
+    if (store_parse_order(data, len, &o, &doc, reason, sizeof(reason)) != 0)
+        return dead_letter(st, m, reason, data, len);
+    o.hold_until = hold_until;
+    int rc = store_insert_order(st, &o);
+    json_decref(doc);
+    return rc;
+}
+
+static int tally(stats_t *d, int rc)
+{
+    if (rc == 0)
+        d->duplicates++;
+    else if (rc == 1)
+        d->persisted++;
+    else if (rc == 2)
+        d->dead++;
+    return rc < 0 ? -1 : 0;
+}
+
+/* Persists one message inside the open transaction, record by record (a batch holds several:
+ * order_msg.h), counting each record's outcome in d; -1 SQLite error. A bad record is
+ * dead-lettered alone and its good neighbours stored; a batch whose Snatch-Orders differs from
+ * the records its body holds keeps its good records too, and the whole message goes to
+ * dead_letters besides, so the mismatch is seen. A message with header Snatch-Transition is an
+ * order's transition. */
+static int write_msg(store_t *st, natsMsg *m, stats_t *d)
+{
+    const char *data = natsMsg_GetData(m);
+    size_t len = (size_t)natsMsg_GetDataLength(m);
+    char reason[256];
+    const char *transition = NULL, *count = NULL, *rec;
+    size_t rlen;
+    order_body_t b;
+    if (natsMsgHeader_Get(m, ORDERS_HDR_TRANSITION, &transition) == NATS_OK && transition != NULL) {
+        int rc = store_insert_transition(st, transition, data, len, reason, sizeof(reason));
+        return tally(d, rc != 2 ? rc : dead_letter(st, m, reason, data, len));
+    }
+    if (natsMsgHeader_Get(m, ORDERS_HDR_COUNT, &count) != NATS_OK)
+        count = NULL;
+    int64_t hold_until = header_ms(m, ORDERS_HDR_HOLD_UNTIL);
+    order_body_init(&b, data, len, count);
+    while (order_body_next(&b, &rec, &rlen))
+        if (tally(d, write_record(st, m, rec, rlen, hold_until)) != 0)
+            return -1;
+    if (!order_body_mismatch(&b))
+        return 0;
+    snprintf(reason, sizeof(reason), "%s: %s, the body holds %lld records (good ones stored)",
+             ORDERS_HDR_COUNT, count != NULL ? count : "absent", (long long)b.seen);
+    return tally(d, dead_letter(st, m, reason, data, len));
 }
 
 static int write_batch(store_t *st, natsMsgList *list, stats_t *t)
@@ -483,21 +519,9 @@ static int write_batch(store_t *st, natsMsgList *list, stats_t *t)
     int64_t t0 = now_ns();
     if (store_begin(st) != 0)
         goto fail;
-    for (int i = 0; i < list->Count; i++) {
-        switch (write_msg(st, list->Msgs[i])) {
-        case 0:
-            d.duplicates++;
-            break;
-        case 1:
-            d.persisted++;
-            break;
-        case 2:
-            d.dead++;
-            break;
-        default:
+    for (int i = 0; i < list->Count; i++)
+        if (write_msg(st, list->Msgs[i], &d) != 0)
             goto fail;
-        }
-    }
     if (store_commit(st) != 0)
         goto fail;
     t->persisted += d.persisted;

@@ -56,6 +56,28 @@ def wait_until(pred, timeout=10.0, step=0.05, what="condition"):
     raise AssertionError("timed out waiting for " + what)
 
 
+def js_publish(port, subject, msg_id, headers, payload):
+    """Publishes one message with headers to JetStream (HPUB); returns the ack."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        f = s.makefile("rb")
+        f.readline()
+        hdr = "NATS/1.0\r\nNats-Msg-Id: %s\r\n" % msg_id
+        hdr += "".join("%s: %s\r\n" % kv for kv in headers.items()) + "\r\n"
+        hb, pb = hdr.encode(), payload.encode()
+        s.sendall(b'CONNECT {"verbose":false,"headers":true}\r\nSUB _INBOX.t 1\r\n'
+                  b"HPUB %s _INBOX.t %d %d\r\n%s%s\r\nPING\r\n"
+                  % (subject.encode(), len(hb), len(hb) + len(pb), hb, pb))
+        while True:
+            line = f.readline()
+            if line.startswith(b"MSG "):
+                n = int(line.split()[-1])
+                return json.loads(f.read(n + 2)[:n])
+            if line.startswith(b"PING"):
+                s.sendall(b"PONG\r\n")
+            if not line or line.startswith(b"-ERR"):
+                raise OSError(line)
+
+
 def all_threads_stopped(pid):
     """True once /proc shows every thread of pid in state T (stopped by a signal)."""
     for tid in os.listdir("/proc/%d/task" % pid):

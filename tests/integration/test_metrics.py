@@ -148,7 +148,9 @@ def metrics_valid_under_load_and_counting():
 
         assert value(ss, "snatch_subscriber_rows_persisted_total") == S
         batches = value(ss, "snatch_subscriber_batch_size_messages_count")
-        assert batches >= 1 and value(ss, "snatch_subscriber_batch_size_messages_sum") == S
+        # Messages, not orders: the orders of one host loop turn share a message.
+        msgs = value(ss, "snatch_subscriber_batch_size_messages_sum")
+        assert batches >= 1 and batches <= msgs <= S, (batches, msgs, S)
         assert value(ss, "snatch_subscriber_commit_duration_seconds_count") == batches
         assert stypes["snatch_subscriber_commit_duration_seconds"] == "histogram"
         assert value(ss, "snatch_subscriber_dead_letters_total") == 0

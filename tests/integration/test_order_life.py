@@ -8,14 +8,13 @@ import json
 import os
 import random
 import signal
-import socket
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import ADMIN_TOKEN, SOURCE_DIR, Stack, Suite, wait_until  # noqa: E402
+from harness import ADMIN_TOKEN, SOURCE_DIR, Stack, Suite, js_publish, wait_until  # noqa: E402
 
 suite = Suite()
 PAY_TOKEN = "test-payment-token-0123456789"
@@ -318,28 +317,6 @@ def same_key_other_qty_is_422():
         assert snatch(h, "iz", "ann", "kz")[0] == 409
 
 
-def js_publish(port, subject, msg_id, headers, payload):
-    """Publishes one message with headers to JetStream (HPUB); returns the ack."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        f = s.makefile("rb")
-        f.readline()
-        hdr = "NATS/1.0\r\nNats-Msg-Id: %s\r\n" % msg_id
-        hdr += "".join("%s: %s\r\n" % kv for kv in headers.items()) + "\r\n"
-        hb, pb = hdr.encode(), payload.encode()
-        s.sendall(b'CONNECT {"verbose":false,"headers":true}\r\nSUB _INBOX.t 1\r\n'
-                  b"HPUB %s _INBOX.t %d %d\r\n%s%s\r\nPING\r\n"
-                  % (subject.encode(), len(hb), len(hb) + len(pb), hb, pb))
-        while True:
-            line = f.readline()
-            if line.startswith(b"MSG "):
-                n = int(line.split()[-1])
-                return json.loads(f.read(n + 2)[:n])
-            if line.startswith(b"PING"):
-                s.sendall(b"PONG\r\n")
-            if not line or line.startswith(b"-ERR"):
-                raise OSError(line)
-
-
 @suite.case
 def subscriber_takes_transitions_in_any_order():
     with Stack(hosts=1) as st:  # the host makes the stream
@@ -487,6 +464,41 @@ def repair_replays_holds_and_transitions():
         assert dict(zip(users[::2], users[1::2])) == {"alice": "1", "dave": "1"}, users
         assert pay(h, ids["dave"])[0] == 200
         assert snatch(h, "rh", "erin")[0] == 200
+
+
+@suite.case
+def repair_counts_each_order_once():
+    """--redis-repair restores an order once however many messages of stream ORDERS hold it: the
+    host's batches of concurrent sales, another batch of all of them (one twice), and single
+    republishes of half of them (what a reconciler sends): sold and every buyer's count are counted once."""
+    with life_stack(0, extra=["--redis-repair"]) as st:
+        h, r = st.host, st.redis
+        h.create_event("rb", 100, per_user_limit=3)
+        users = ["b%d" % i for i in range(20)]
+        with ThreadPoolExecutor(20) as ex:
+            res = list(ex.map(lambda u: snatch(h, "rb", u), users))
+        assert all(s == 200 for s, _ in res), res
+        ids = [b["order_id"] for _, b in res]
+        wait_until(lambda: st.sub.rows("rb") == 20 and r.cmd("HLEN", "{rb}:pending") == 0, 20,
+                   what="every order persisted")
+        payload = dict(st.sub.query("SELECT order_id, payload FROM orders WHERE event='rb'"))
+        recs = [payload[i] for i in sorted(ids, reverse=True)] + [payload[ids[0]]]
+        ack = js_publish(st.nats.port, "orders.rb", "%s+%d" % (max(ids), len(recs)),
+                         {"Snatch-Orders": str(len(recs))}, "\n".join(recs))
+        assert "error" not in ack and "duplicate" not in ack, ack
+        for i in ids[:10]:  # the other ten are in batches only
+            assert "error" not in js_publish(st.nats.port, "orders.rb", i, {}, payload[i])
+        # The node "loses" every order of the event.
+        r.cmd("DEL", "{rb}:orders", "{rb}:users", "{rb}:uorders")
+        r.cmd("HSET", "{rb}:meta", "sold", "0", "owner", "0123456789abcdef")
+        assert snatch(h, "rb", "zed")[0] == 503  # repairing: the repair starts
+        run_id = r.cmd("INFO", "server").split("run_id:")[1].split()[0]
+        wait_until(lambda: meta(st, "rb").get("owner") == run_id, 20, what="repaired")
+        assert meta(st, "rb")["sold"] == "20", meta(st, "rb")
+        got = r.cmd("HGETALL", "{rb}:users")
+        assert dict(zip(got[::2], got[1::2])) == {u: "1" for u in users}, got
+        assert r.cmd("HLEN", "{rb}:orders") == 20
+        assert snatch(h, "rb", "zed")[0] == 200
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """snatch-subscriber against a real nats-server: the stream is pre-filled with orders-fill (a test
 helper publishing host-shaped orders), and SQLite must end up holding each order exactly once
 whatever happens: duplicates, malformed messages, kill -9, SIGTERM, NATS starting late."""
+import json
 import os
 import signal
 import sqlite3
@@ -10,7 +11,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import NatsServer, Subscriber, TempDir, binary, free_port, wait_until  # noqa: E402
+from harness import (NatsServer, Subscriber, TempDir, binary, free_port, js_publish,  # noqa: E402
+                     wait_until)
 
 
 def fill(url, count, first=1, event="e1", *extra):
@@ -77,6 +79,48 @@ class SubscriberTest(unittest.TestCase):
         self.assertEqual(row[1:6], ("e1", "u7", 1, "fill", 1795596636082))
         self.assertIn('"order_id":"1795596636082-0000000007-e1"', row[6])
         self.assertIn("duplicates 300", s.proc.log_text())
+
+    def test_batch_messages(self):
+        """A batch (README "The ORDERS stream") is stored record by record; the same orders again
+        as single republishes are ignored (SQLite's primary key); a bad record is dead-lettered
+        alone, its neighbours stored; a Snatch-Orders that disagrees with the body keeps the
+        good records and dead-letters the message."""
+        fill(self.nats.url, 0, 1)  # makes the stream
+
+        def rec(n):
+            oid = "1795596636082-%010d-e1" % n
+            return oid, json.dumps({"order_id": oid, "event": "e1", "user": "u%d" % n, "qty": 1,
+                                    "host": "h1", "created_at": 1}, separators=(",", ":"))
+
+        def batch(ids, count=None, extra=(), first=None):
+            recs = [rec(n) for n in ids]
+            body = "\n".join([r for _, r in recs] + list(extra))
+            n = count if count is not None else len(recs) + len(extra)
+            msg_id = "%s+%d" % (first or recs[0][0], n)
+            ack = js_publish(self.nats.port, "orders.e1", msg_id, {"Snatch-Orders": str(n)}, body)
+            self.assertNotIn("error", ack)
+            self.assertNotIn("duplicate", ack)
+
+        batch([1, 2, 3])
+        for n in (1, 2, 3):  # a reconciler republishing the batch's orders one by one
+            oid, body = rec(n)
+            self.assertNotIn("error", js_publish(self.nats.port, "orders.e1", oid, {}, body))
+        batch([3, 2, 1], first="again")  # another batch holding them all: stored once still
+        batch([4, 5], extra=['{"order_id":"bad"}'])
+        batch([6, 7], count=5)
+        s = self.subscriber().start()
+        wait_until(lambda: s.rows() >= 7 and count(s.db, "dead_letters") >= 2, 30,
+                   what="7 rows, 2 dead letters")
+        time.sleep(0.5)
+        self.assertEqual(s.stop(), 0)
+        self.assertEqual(s.rows(), 7)
+        got = s.query("SELECT order_id, user FROM orders ORDER BY order_id")
+        self.assertEqual(got, [(rec(n)[0], "u%d" % n) for n in range(1, 8)])
+        dl = s.query("SELECT reason, data FROM dead_letters ORDER BY id")
+        self.assertEqual(len(dl), 2)
+        self.assertEqual(bytes(dl[0][1]), b'{"order_id":"bad"}')
+        self.assertIn("Snatch-Orders: 5", dl[1][0])
+        self.assertIn("duplicates 6", s.proc.log_text())
 
     def test_malformed_goes_to_dead_letters(self):
         fill(self.nats.url, 100, 1)

@@ -64,10 +64,11 @@ static void fake_deduct(worker_t *wk, const char *event, const char *user, int64
 }
 
 static int fake_publish(worker_t *wk, const char *event, const char *order_id, const char *payload,
-                        size_t len, int64_t hold_until, orders_ack_fn cb, void *data)
+                        size_t len, int64_t hold_until, bool replay, orders_ack_fn cb, void *data)
 {
     (void)wk;
     (void)hold_until;
+    (void)replay;
     (void)event;
     (void)order_id;
     fake.publishes++;

@@ -1,6 +1,7 @@
 /* host/subscriber/store.c: the fast order scanner must never accept what the JSON parser
  * rejects and must store the same values (checked on hand-written cases and on 50 000 seeded
- * mutations of a real order); inserts are idempotent per order id; dead letters are kept. */
+ * mutations of a real order); inserts are idempotent per order id; dead letters are kept. The
+ * body parser (order_msg.h) splits a batch into its records and checks Snatch-Orders. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -154,6 +155,101 @@ static void test_insert_is_idempotent_and_dead_letters_kept(void **state)
 /* A transition may come before its order, twice, or for an order sold without a hold: the
  * row ends in the state Redis decided, each history row once, a released hold's units out of
  * the event's totals. A second open of an old-schema database adds the columns. */
+/* Records of a body: at most 8 kept, each as "<len>:<record>". */
+typedef struct records {
+    int n;
+    char rec[8][256];
+    int mismatch;
+} records_t;
+
+static void split(const char *body, const char *count, records_t *r)
+{
+    order_body_t b;
+    const char *rec;
+    size_t len;
+    memset(r, 0, sizeof(*r));
+    order_body_init(&b, body, strlen(body), count);
+    while (order_body_next(&b, &rec, &len)) {
+        assert_true(r->n < 8);
+        snprintf(r->rec[r->n++], sizeof(r->rec[0]), "%.*s", (int)len, rec);
+    }
+    assert_false(order_body_next(&b, &rec, &len)); /* stays at the end */
+    r->mismatch = order_body_mismatch(&b);
+}
+
+static int good(const char *rec)
+{
+    char scratch[512];
+    store_order_t o;
+    return store_scan_order(rec, strlen(rec), &o, scratch, sizeof(scratch));
+}
+
+static void test_body_records(void **state)
+{
+    (void)state;
+    records_t r;
+    char body[2048];
+    const char *o2 = "{\"order_id\":\"1795596636082-0000000002-e1\",\"event\":\"e1\","
+                     "\"user\":\"u2\",\"qty\":2}";
+    /* One record, no header: today's message, whole (a newline inside stays inside). */
+    split(ORDER, NULL, &r);
+    assert_int_equal(r.n, 1);
+    assert_string_equal(r.rec[0], ORDER);
+    assert_false(r.mismatch);
+    snprintf(body, sizeof(body), "%s\n", ORDER);
+    split(body, NULL, &r);
+    assert_int_equal(r.n, 1);
+    assert_string_equal(r.rec[0], body);
+    assert_true(good(r.rec[0])); /* trailing white space of one JSON object */
+    /* n records with the header, with or without a trailing newline. */
+    snprintf(body, sizeof(body), "%s\n%s\n%s", ORDER, o2, ORDER);
+    split(body, "3", &r);
+    assert_int_equal(r.n, 3);
+    assert_string_equal(r.rec[0], ORDER);
+    assert_string_equal(r.rec[1], o2);
+    assert_string_equal(r.rec[2], ORDER);
+    assert_false(r.mismatch);
+    strcat(body, "\n");
+    split(body, "3", &r);
+    assert_int_equal(r.n, 3);
+    assert_string_equal(r.rec[2], ORDER);
+    assert_false(r.mismatch);
+    /* Snatch-Orders disagreeing with the body, or not a count: every record still returned. */
+    split(body, "4", &r);
+    assert_int_equal(r.n, 3);
+    assert_true(r.mismatch);
+    split(body, "2", &r);
+    assert_int_equal(r.n, 3);
+    assert_true(r.mismatch);
+    split(body, "x3", &r);
+    assert_int_equal(r.n, 3);
+    assert_true(r.mismatch);
+    split(body, "0", &r);
+    assert_true(r.mismatch);
+    /* A bad record among good ones: returned as it is, for the caller to judge (dead letter);
+     * its neighbours are good. An empty line is a record too (a bad one). */
+    snprintf(body, sizeof(body), "%s\n{\"order_id\":1}\n\n%s", ORDER, o2);
+    split(body, "4", &r);
+    assert_int_equal(r.n, 4);
+    assert_false(r.mismatch);
+    assert_true(good(r.rec[0]));
+    assert_false(good(r.rec[1]));
+    assert_string_equal(r.rec[2], "");
+    assert_true(good(r.rec[3]));
+    /* Empty bodies: one empty (bad) record, never none. */
+    split("", NULL, &r);
+    assert_int_equal(r.n, 1);
+    split("", "1", &r);
+    assert_int_equal(r.n, 1);
+    assert_false(r.mismatch);
+    order_body_t b;
+    const char *rec;
+    size_t len;
+    order_body_init(&b, NULL, 0, NULL); /* cnats's empty body */
+    assert_true(order_body_next(&b, &rec, &len));
+    assert_int_equal(len, 0);
+}
+
 static void test_transitions_in_any_order(void **state)
 {
     (void)state;
@@ -214,6 +310,7 @@ int main(void)
         cmocka_unit_test(test_scanner_agrees_on_mutations),
         cmocka_unit_test(test_insert_is_idempotent_and_dead_letters_kept),
         cmocka_unit_test(test_transitions_in_any_order),
+        cmocka_unit_test(test_body_records),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
