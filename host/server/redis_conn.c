@@ -32,6 +32,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <hiredis/async.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -312,6 +313,162 @@ static void send_auth(redis_conn_t *c)
     c->auth_inflight = true;
 }
 
+/* ---- reply objects ----
+ *
+ * hiredis 0.14 builds every reply with calloc/malloc: a batch's reply (an array of per-buyer
+ * arrays of strings and integers) costs a dozen allocations per buyer, and glibc's calloc does
+ * not go through its per-thread cache. These functions build the same redisReply trees from
+ * nodes kept on a per-thread free list: a node holds a short string or a short element vector
+ * inline, only longer ones are allocated. Every reply is built, read and freed on its
+ * connection's loop thread, so the list needs no lock; a thread's nodes are freed when it ends. */
+
+#define NODE_INLINE 64
+#define NODE_CACHE_MAX 4096
+
+typedef struct node {
+    redisReply r; /* first: hiredis and our callers see a plain redisReply */
+    struct node *next_free;
+    union {
+        char str[NODE_INLINE];
+        redisReply *elem[NODE_INLINE / sizeof(redisReply *)];
+    } in;
+} node_t;
+
+static _Thread_local node_t *node_cache;
+static _Thread_local size_t node_cached;
+static _Thread_local bool node_key_set;
+static pthread_key_t node_key;
+static pthread_once_t node_once = PTHREAD_ONCE_INIT;
+
+static void node_cache_drop(void *unused)
+{
+    (void)unused;
+    while (node_cache != NULL) {
+        node_t *n = node_cache;
+        node_cache = n->next_free;
+        free(n);
+    }
+    node_cached = 0;
+}
+
+static void node_key_init(void)
+{
+    if (pthread_key_create(&node_key, node_cache_drop) != 0)
+        abort(); /* only EAGAIN/ENOMEM at start-up */
+}
+
+static node_t *node_get(const redisReadTask *task, int type)
+{
+    node_t *n = node_cache;
+    if (n != NULL) {
+        node_cache = n->next_free;
+        node_cached--;
+    } else if ((n = malloc(sizeof(*n))) == NULL) {
+        return NULL;
+    }
+    n->r = (redisReply){.type = type};
+    if (task->parent != NULL) {
+        redisReply *parent = task->parent->obj;
+        parent->element[task->idx] = &n->r;
+    }
+    return n;
+}
+
+static void node_put(node_t *n)
+{
+    if (node_cached >= NODE_CACHE_MAX) {
+        free(n);
+        return;
+    }
+    if (!node_key_set) {
+        /* The thread's first cached node: have its list freed when the thread ends. */
+        pthread_once(&node_once, node_key_init);
+        pthread_setspecific(node_key, &node_key);
+        node_key_set = true;
+    }
+    n->next_free = node_cache;
+    node_cache = n;
+    node_cached++;
+}
+
+static void *node_string(const redisReadTask *task, char *str, size_t len)
+{
+    node_t *n = node_get(task, task->type);
+    if (n == NULL)
+        return NULL;
+    char *buf = len < NODE_INLINE ? n->in.str : malloc(len + 1);
+    if (buf == NULL) {
+        node_put(n);
+        return NULL;
+    }
+    memcpy(buf, str, len);
+    buf[len] = '\0';
+    n->r.str = buf;
+    n->r.len = len;
+    return n;
+}
+
+static void *node_array(const redisReadTask *task, int elements)
+{
+    node_t *n = node_get(task, REDIS_REPLY_ARRAY);
+    if (n == NULL)
+        return NULL;
+    size_t k = elements > 0 ? (size_t)elements : 0;
+    if (k > 0) {
+        n->r.element = k <= ARRAY_SIZE(n->in.elem) ? n->in.elem : malloc(k * sizeof(redisReply *));
+        if (n->r.element == NULL) {
+            node_put(n);
+            return NULL;
+        }
+        memset(n->r.element, 0, k * sizeof(redisReply *));
+    }
+    n->r.elements = k;
+    return n;
+}
+
+static void *node_integer(const redisReadTask *task, long long value)
+{
+    node_t *n = node_get(task, REDIS_REPLY_INTEGER);
+    if (n != NULL)
+        n->r.integer = value;
+    return n;
+}
+
+static void *node_nil(const redisReadTask *task)
+{
+    return node_get(task, REDIS_REPLY_NIL);
+}
+
+static void node_free(void *reply)
+{
+    node_t *n = reply;
+    if (n == NULL)
+        return;
+    if (n->r.type == REDIS_REPLY_ARRAY && n->r.element != NULL) {
+        /* A reply hiredis gave up on half-way has NULL slots. */
+        for (size_t i = 0; i < n->r.elements; i++)
+            node_free(n->r.element[i]);
+        if (n->r.element != n->in.elem)
+            free(n->r.element);
+    } else if (n->r.str != NULL && n->r.str != n->in.str) {
+        free(n->r.str);
+    }
+    node_put(n);
+}
+
+static redisReplyObjectFunctions node_fns = {
+    .createString = node_string,
+    .createArray = node_array,
+    .createInteger = node_integer,
+    .createNil = node_nil,
+    .freeObject = node_free,
+};
+
+redisReplyObjectFunctions *redis_conn_reply_fns(void)
+{
+    return &node_fns;
+}
+
 /* ---- hiredis event hooks ---- */
 
 /* One per connection, freed in its close callback (after hiredis has let go of it). */
@@ -532,6 +689,7 @@ static void connect_now(redis_conn_t *c)
         return;
     }
     ac->data = c;
+    ac->c.reader->fn = &node_fns; /* before any reply: every object is built by node_fns */
     if (attach(c, ac) != 0) {
         log_connect_failed(c, "cannot attach to the loop");
         redisAsyncFree(ac);
