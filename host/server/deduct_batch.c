@@ -215,7 +215,7 @@ void deduct_submit_key(deduct_batcher_t *b, const char *event, const char *user,
     memcpy(by->user, user, ulen + 1);
     by->key_len = klen;
     memcpy(by->key, klen > 0 ? key : "", klen + 1);
-    by->qty_len = (size_t)snprintf(by->qty, sizeof(by->qty), "%" PRId64, qty);
+    by->qty_len = util_i64(by->qty, qty);
     if (ev->tail != NULL)
         ev->tail->next = by;
     else
@@ -442,9 +442,9 @@ static void send_batch(deduct_batcher_t *b, ev_state_t *ev)
     args[1] = b->host_id;
     alens[1] = strlen(b->host_id);
     args[2] = deadline;
-    alens[2] = (size_t)snprintf(deadline, sizeof(deadline), "%" PRId64, until);
+    alens[2] = util_i64(deadline, until);
     args[3] = count;
-    alens[3] = (size_t)snprintf(count, sizeof(count), "%zu", n);
+    alens[3] = util_i64(count, (int64_t)n);
     args[4] = b->hold_ms;
     alens[4] = strlen(b->hold_ms);
     args[5] = b->keep ? "1" : "0";

@@ -94,7 +94,7 @@ struct req {
     size_t *argvlen;
     char *buf;
     size_t cap;
-    char numkeys[16];
+    char numkeys[UTIL_I64_LEN];
     /* REQ_LOAD: which source it loads, so a late reply cannot clobber a newer sha. */
     uint64_t script_gen;
     /* REQ_SET_SCRIPT: the candidate (owned until adopted) and whom to tell. */
@@ -1084,13 +1084,13 @@ static int copy_eval_args(redis_conn_t *c, req_t *r, int numkeys, int argc, cons
     r->argv = (const char **)(void *)r->buf;
     r->argvlen = (size_t *)(void *)(r->buf + n * sizeof(char *));
     char *p = r->buf + n * (sizeof(char *) + sizeof(size_t));
-    int nk = snprintf(r->numkeys, sizeof(r->numkeys), "%d", numkeys);
+    size_t nk = util_i64(r->numkeys, numkeys);
     r->argv[0] = "EVALSHA";
     r->argvlen[0] = 7;
     r->argv[1] = c->sha;
     r->argvlen[1] = 40;
     r->argv[2] = r->numkeys;
-    r->argvlen[2] = (size_t)nk;
+    r->argvlen[2] = nk;
     for (int i = 0; i < argc; i++) {
         size_t len = argvlen ? argvlen[i] : strlen(argv[i]);
         memcpy(p, argv[i], len);
