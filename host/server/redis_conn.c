@@ -32,11 +32,13 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <hiredis/async.h>
+#include <hiredis/sds.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "metrics.h"
@@ -51,6 +53,8 @@
 #define CONNECT_TIMEOUT_MS 1000
 /* Records kept for reuse beyond this many are freed: bounds memory after a burst. */
 #define FREE_LIST_MAX 8192
+/* Formatting and output buffers up to this size are kept for the next commands. */
+#define FMT_KEEP_MAX (256 * 1024)
 /* Retries of a setup command (AUTH, SCRIPT LOAD) refused on a live connection, e.g. LOADING while
  * Redis reads its AOF or BUSY while a script runs: short, because the first success after the
  * load decides when the host sells again. */
@@ -124,6 +128,8 @@ struct redis_conn {
     char sha[41];
 
     req_t *head, *tail; /* in flight, oldest first */
+    char *fmt;          /* format_command's buffer */
+    size_t fmt_cap;
     req_t *free_list;
     size_t n_free;
     size_t n_live; /* records handed out: the client is freed only when they are all back */
@@ -194,6 +200,7 @@ static void client_free(redis_conn_t *c)
         free(r->buf);
         free(r);
     }
+    free(c->fmt);
     free(c->script);
     free(c->user);
     free(c->password);
@@ -260,10 +267,73 @@ static void arm_tick(redis_conn_t *c)
     uv_timer_start(&c->tick_timer, on_tick, every, every);
 }
 
+static size_t digits(size_t v)
+{
+    size_t n = 1;
+    while (v >= 10) {
+        v /= 10;
+        n++;
+    }
+    return n;
+}
+
+static char *put_count(char *p, char type, size_t v)
+{
+    *p++ = type;
+    p += util_i64(p, (int64_t)v);
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
+}
+
+/* The command in the protocol's multi-bulk form, in c's reused buffer (a batch's EVALSHA is
+ * kilobytes: hiredis's own formatting would allocate it per call). Returns its length, or 0
+ * when out of memory; *out is c->fmt or, for a command larger than FMT_KEEP_MAX, a buffer the
+ * caller frees. */
+static size_t format_command(redis_conn_t *c, int argc, const char **argv, const size_t *argvlen,
+                             char **out)
+{
+    size_t need = 1 + digits((size_t)argc) + 2;
+    for (int i = 0; i < argc; i++) {
+        size_t n = argvlen != NULL ? argvlen[i] : strlen(argv[i]);
+        need += 1 + digits(n) + 2 + n + 2;
+    }
+    char *buf = c->fmt;
+    if (need > FMT_KEEP_MAX) {
+        buf = malloc(need);
+    } else if (need > c->fmt_cap) {
+        buf = realloc(c->fmt, need);
+        if (buf != NULL) {
+            c->fmt = buf;
+            c->fmt_cap = need;
+        }
+    }
+    if (buf == NULL)
+        return 0;
+    char *p = put_count(buf, '*', (size_t)argc);
+    for (int i = 0; i < argc; i++) {
+        size_t n = argvlen != NULL ? argvlen[i] : strlen(argv[i]);
+        p = put_count(p, '$', n);
+        memcpy(p, argv[i], n);
+        p += n;
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    *out = buf;
+    return (size_t)(p - buf);
+}
+
 /* Hands r to hiredis and tracks it. Returns 0, or -1 (r untouched, not queued). */
 static int send_req(redis_conn_t *c, req_t *r, int argc, const char **argv, const size_t *argvlen)
 {
-    if (redisAsyncCommandArgv(c->ac, on_reply, r, argc, argv, argvlen) != REDIS_OK)
+    char *cmd = NULL;
+    size_t len = format_command(c, argc, argv, argvlen, &cmd);
+    if (len == 0)
+        return -1;
+    int rc = redisAsyncFormattedCommand(c->ac, on_reply, r, cmd, len);
+    if (cmd != c->fmt)
+        free(cmd);
+    if (rc != REDIS_OK)
         return -1;
     r->sent_ns = uv_hrtime();
     fifo_push(c, r);
@@ -568,6 +638,30 @@ static int attach(redis_conn_t *c, redisAsyncContext *ac)
     return 0;
 }
 
+/* What redisAsyncHandleWrite does in the common case (the whole output buffer goes in one
+ * write), except that the buffer is emptied rather than freed: hiredis would allocate a new one,
+ * kilobytes per batch, at every loop iteration. Returns false when hiredis must take over (a
+ * partial or failed write, an error already seen, a connection not set up): it then writes the
+ * rest, waits for EPOLLOUT or reports the error, as always. */
+static bool write_all(redisAsyncContext *ac, const poller_t *p)
+{
+    sds obuf = ac->c.obuf;
+    size_t len = sdslen(obuf);
+    if (ac->c.err != 0 || !(ac->c.flags & REDIS_CONNECTED) || !(p->events & UV_READABLE) ||
+        (p->events & UV_WRITABLE) || sdsalloc(obuf) > FMT_KEEP_MAX)
+        return false;
+    if (len == 0)
+        return true;
+    ssize_t n = write(ac->c.fd, obuf, len);
+    if (n < 0 || (size_t)n != len) {
+        if (n > 0)
+            sdsrange(obuf, (int)n, -1);
+        return false;
+    }
+    sdsclear(obuf);
+    return true;
+}
+
 static void on_flush(uv_prepare_t *h)
 {
     redis_conn_t *c = container_of(h, redis_conn_t, flush);
@@ -575,6 +669,8 @@ static void on_flush(uv_prepare_t *h)
     if (c->ac == NULL)
         return;
     poller_t *p = c->ac->ev.data; /* outlives a failed write: freed only in its close callback */
+    if (write_all(c->ac, p))
+        return;
     p->flushing = true;
     redisAsyncHandleWrite(c->ac);
     p->flushing = false;
