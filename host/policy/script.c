@@ -33,8 +33,15 @@
 #define ERRORS_LOGGED_PER_SEC 5
 #define LOG_LINE_MAX 1024
 
+/* The fields of admit()'s request table: their names are made once per state and kept in the
+ * registry, so a call sets them without interning the names again. */
+enum { K_EVENT, K_USER, K_QTY, K_CLIENT, K_NOW_MS, K_HEADER, K__COUNT };
+static const char *const admit_keys[K__COUNT] = {"event",  "user",   "qty",
+                                                 "client", "now_ms", "header"};
+
 struct script {
     lua_State *L;
+    int ref_key[K__COUNT];
     int ref_traceback;
     int ref_allocate;
     int ref_admit;
@@ -488,6 +495,10 @@ static int load_policy(script_t *s, const char *path, char *err, size_t errlen)
     s->ref_header = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_createtable(L, 0, 6);
     s->ref_ord = luaL_ref(L, LUA_REGISTRYINDEX);
+    for (int i = 0; i < K__COUNT; i++) {
+        lua_pushstring(L, admit_keys[i]);
+        s->ref_key[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
     return 0;
 }
 
@@ -678,12 +689,23 @@ static int call_admit(script_t *s, const script_admit_req_t *r, script_verdict_t
 
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref_req); /* [handler, admit, req] */
     int t = handler + 2;
-    set_str(L, t, "event", r->event);
-    set_str(L, t, "user", r->user);
-    set_num(L, t, "qty", (lua_Number)r->qty);
-    set_str(L, t, "client", r->client);
-    set_num(L, t, "now_ms", (lua_Number)r->now_ms);
-    lua_pushstring(L, "header");
+    const int *k = s->ref_key;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, k[K_EVENT]);
+    lua_pushstring(L, r->event ? r->event : "");
+    lua_rawset(L, t);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, k[K_USER]);
+    lua_pushstring(L, r->user ? r->user : "");
+    lua_rawset(L, t);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, k[K_QTY]);
+    lua_pushnumber(L, (lua_Number)r->qty);
+    lua_rawset(L, t);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, k[K_CLIENT]);
+    lua_pushstring(L, r->client ? r->client : "");
+    lua_rawset(L, t);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, k[K_NOW_MS]);
+    lua_pushnumber(L, (lua_Number)r->now_ms);
+    lua_rawset(L, t);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, k[K_HEADER]);
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref_header);
     lua_rawset(L, t);
     s->cur = r;
