@@ -2,10 +2,11 @@
 -- thread). Edit, check with `snatch-host --test`, then `kill -HUP` the host to reload it: a
 -- policy that fails to load is refused and the old one keeps running.
 --
--- The host calls three functions:
+-- The host calls these functions:
 --   allocate(event, cluster)  how many tickets this host may sell from its local quota
 --   admit(req)                may this request try to buy? (every request not already sold out)
---   order(o)                  the order's JSON payload, published to JetStream and stored
+--   order(o)                  optional: the order's JSON payload, published to JetStream and
+--                             stored (without it: the built-in format, see below)
 -- and reads the settings below. From the host you get `host`:
 --   host.now_ms()                      wall clock, ms
 --   host.log(msg)                      one line on stderr: "policy: msg"
@@ -83,26 +84,14 @@ function M.admit(req)
 end
 
 -- order --------------------------------------------------------------------------------------
--- The payload every consumer of the ORDERS stream reads. The fields are the host's built-in
--- format; add fields here, but keep these. The values are already restricted to
--- [A-Za-z0-9_.:@-], the escaper only guards against a future change of that rule.
--- order() must be a pure function of o: reconciliation calls it again for an order whose
--- publish was not acknowledged (the host's reconciler thread, snatch-reconcile --policy), from
--- the facts Redis recorded, and the stored row must not depend on which call delivered it.
-local escapes = { ['"'] = '\\"', ['\\'] = '\\\\' }
-local function json_str(s)
-  return '"' .. s:gsub('[%z\1-\31"\\]', function(c)
-    return escapes[c] or string.format('\\u%04x', c:byte())
-  end) .. '"'
-end
-
-function M.order(o)
-  return '{"order_id":' .. json_str(o.order_id) ..
-    ',"event":' .. json_str(o.event) ..
-    ',"user":' .. json_str(o.user) ..
-    ',"qty":' .. string.format('%d', o.qty) ..
-    ',"host":' .. json_str(o.host) ..
-    ',"created_at":' .. string.format('%d', o.created_at) .. '}'
-end
+-- The payload every consumer of the ORDERS stream reads. This policy defines no order(), so the
+-- host publishes its built-in format, in C, without a Lua call per sold ticket:
+--   {"order_id":"...","event":"...","user":"...","qty":1,"host":"...","created_at":1700000000000}
+-- To add fields, define M.order(o) returning that JSON object with your fields added (keep these);
+-- o has order_id, event, user, qty, host, created_at. It must be a pure function of o:
+-- reconciliation calls it again for an order whose publish was not acknowledged (the host's
+-- reconciler thread, snatch-reconcile --policy), from the facts Redis recorded, and the stored
+-- row must not depend on which call delivered it. The values are already restricted to
+-- [A-Za-z0-9_.:@-]; escape them anyway if you build JSON from other data.
 
 return M

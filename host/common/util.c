@@ -61,6 +61,22 @@ int util_parse_i64(const char *s, size_t len, int64_t min, int64_t max, int64_t 
     return 0;
 }
 
+size_t util_i64(char *dst, int64_t v)
+{
+    char tmp[UTIL_I64_LEN];
+    size_t i = sizeof(tmp), n = 0;
+    /* In unsigned arithmetic, so that INT64_MIN has a magnitude. */
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    do {
+        tmp[--i] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    if (v < 0)
+        dst[n++] = '-';
+    memcpy(dst + n, tmp + i, sizeof(tmp) - i);
+    return n + sizeof(tmp) - i;
+}
+
 int util_json_str(char *buf, size_t cap, size_t *pos, const char *s, size_t len)
 {
     static const char hex[] = "0123456789abcdef";

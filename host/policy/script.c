@@ -33,8 +33,15 @@
 #define ERRORS_LOGGED_PER_SEC 5
 #define LOG_LINE_MAX 1024
 
+/* The fields of admit()'s request table: their names are made once per state and kept in the
+ * registry, so a call sets them without interning the names again. */
+enum { K_EVENT, K_USER, K_QTY, K_CLIENT, K_NOW_MS, K_HEADER, K__COUNT };
+static const char *const admit_keys[K__COUNT] = {"event",  "user",   "qty",
+                                                 "client", "now_ms", "header"};
+
 struct script {
     lua_State *L;
+    int ref_key[K__COUNT];
     int ref_traceback;
     int ref_allocate;
     int ref_admit;
@@ -334,13 +341,19 @@ static int setup_state(lua_State *L)
 
 /* ---- loading --------------------------------------------------------------------------- */
 
-/* Stack: [.., module] -> [.., module]; refs module[name] when it is a function. */
-static int resolve_function(script_t *s, const char *path, const char *name, int *ref, char *err,
-                            size_t errlen)
+/* Stack: [.., module] -> [.., module]; refs module[name] when it is a function. An optional one
+ * may be absent (nil): *ref is then LUA_NOREF. */
+static int resolve_function(script_t *s, const char *path, const char *name, bool optional,
+                            int *ref, char *err, size_t errlen)
 {
     lua_State *L = s->L;
     lua_pushstring(L, name);
     lua_rawget(L, -2); /* [.., module, fn] */
+    if (optional && lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        *ref = LUA_NOREF;
+        return 0;
+    }
     if (!lua_isfunction(L, -1)) {
         snprintf(err, errlen, "%s: the returned table has no function '%s' (found %s)", path, name,
                  luaL_typename(L, -1));
@@ -468,9 +481,9 @@ static int load_policy(script_t *s, const char *path, char *err, size_t errlen)
                  luaL_typename(L, -1));
         return -1;
     }
-    if (resolve_function(s, path, "allocate", &s->ref_allocate, err, errlen) < 0 ||
-        resolve_function(s, path, "admit", &s->ref_admit, err, errlen) < 0 ||
-        resolve_function(s, path, "order", &s->ref_order, err, errlen) < 0 ||
+    if (resolve_function(s, path, "allocate", false, &s->ref_allocate, err, errlen) < 0 ||
+        resolve_function(s, path, "admit", false, &s->ref_admit, err, errlen) < 0 ||
+        resolve_function(s, path, "order", true, &s->ref_order, err, errlen) < 0 ||
         read_settings(s, path, err, errlen) < 0)
         return -1;
     lua_pop(L, 1);                                     /* [handler] */
@@ -482,6 +495,10 @@ static int load_policy(script_t *s, const char *path, char *err, size_t errlen)
     s->ref_header = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_createtable(L, 0, 6);
     s->ref_ord = luaL_ref(L, LUA_REGISTRYINDEX);
+    for (int i = 0; i < K__COUNT; i++) {
+        lua_pushstring(L, admit_keys[i]);
+        s->ref_key[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
     return 0;
 }
 
@@ -672,12 +689,23 @@ static int call_admit(script_t *s, const script_admit_req_t *r, script_verdict_t
 
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref_req); /* [handler, admit, req] */
     int t = handler + 2;
-    set_str(L, t, "event", r->event);
-    set_str(L, t, "user", r->user);
-    set_num(L, t, "qty", (lua_Number)r->qty);
-    set_str(L, t, "client", r->client);
-    set_num(L, t, "now_ms", (lua_Number)r->now_ms);
-    lua_pushstring(L, "header");
+    const int *k = s->ref_key;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, k[K_EVENT]);
+    lua_pushstring(L, r->event ? r->event : "");
+    lua_rawset(L, t);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, k[K_USER]);
+    lua_pushstring(L, r->user ? r->user : "");
+    lua_rawset(L, t);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, k[K_QTY]);
+    lua_pushnumber(L, (lua_Number)r->qty);
+    lua_rawset(L, t);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, k[K_CLIENT]);
+    lua_pushstring(L, r->client ? r->client : "");
+    lua_rawset(L, t);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, k[K_NOW_MS]);
+    lua_pushnumber(L, (lua_Number)r->now_ms);
+    lua_rawset(L, t);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, k[K_HEADER]);
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref_header);
     lua_rawset(L, t);
     s->cur = r;
@@ -706,6 +734,9 @@ void script_admit(script_t *s, const script_admit_req_t *req, script_verdict_t *
 
 int script_order(script_t *s, const script_order_t *o, char *out, size_t cap)
 {
+    /* Without order() the payload is the built-in format, and no Lua runs per sold ticket. */
+    if (s->ref_order == LUA_NOREF)
+        return script_order_default(o, out, cap);
     lua_State *L = s->L;
     int top = lua_gettop(L);
     int handler = push_call(L, s->ref_traceback, s->ref_order); /* [handler, order] */
@@ -743,9 +774,8 @@ out:
     return rc;
 }
 
-static int append(char *buf, size_t cap, size_t *pos, const char *s)
+static int append(char *buf, size_t cap, size_t *pos, const char *s, size_t len)
 {
-    size_t len = strlen(s);
     if (len > cap - *pos)
         return -1;
     memcpy(buf + *pos, s, len);
@@ -753,29 +783,36 @@ static int append(char *buf, size_t cap, size_t *pos, const char *s)
     return 0;
 }
 
+#define APPEND_LIT(buf, cap, pos, lit) append((buf), (cap), (pos), (lit), sizeof(lit) - 1)
+
 static int append_str(char *buf, size_t cap, size_t *pos, const char *s)
 {
     s = s ? s : "";
     return util_json_str(buf, cap, pos, s, strlen(s));
 }
 
+static int append_i64(char *buf, size_t cap, size_t *pos, int64_t v)
+{
+    char num[UTIL_I64_LEN];
+    return append(buf, cap, pos, num, util_i64(num, v));
+}
+
 int script_order_default(const script_order_t *o, char *out, size_t cap)
 {
-    char qty[24], created[24];
     size_t pos = 0;
 
     if (cap == 0)
         return -1;
-    snprintf(qty, sizeof(qty), "%lld", (long long)o->qty);
-    snprintf(created, sizeof(created), "%lld", (long long)o->created_ms);
-    if (append(out, cap, &pos, "{\"order_id\":") < 0 ||
-        append_str(out, cap, &pos, o->order_id) < 0 || append(out, cap, &pos, ",\"event\":") < 0 ||
-        append_str(out, cap, &pos, o->event) < 0 || append(out, cap, &pos, ",\"user\":") < 0 ||
-        append_str(out, cap, &pos, o->user) < 0 || append(out, cap, &pos, ",\"qty\":") < 0 ||
-        append(out, cap, &pos, qty) < 0 || append(out, cap, &pos, ",\"host\":") < 0 ||
+    if (APPEND_LIT(out, cap, &pos, "{\"order_id\":") < 0 ||
+        append_str(out, cap, &pos, o->order_id) < 0 ||
+        APPEND_LIT(out, cap, &pos, ",\"event\":") < 0 || append_str(out, cap, &pos, o->event) < 0 ||
+        APPEND_LIT(out, cap, &pos, ",\"user\":") < 0 || append_str(out, cap, &pos, o->user) < 0 ||
+        APPEND_LIT(out, cap, &pos, ",\"qty\":") < 0 || append_i64(out, cap, &pos, o->qty) < 0 ||
+        APPEND_LIT(out, cap, &pos, ",\"host\":") < 0 ||
         append_str(out, cap, &pos, o->host_id) < 0 ||
-        append(out, cap, &pos, ",\"created_at\":") < 0 || append(out, cap, &pos, created) < 0 ||
-        append(out, cap, &pos, "}") < 0 || pos >= cap)
+        APPEND_LIT(out, cap, &pos, ",\"created_at\":") < 0 ||
+        append_i64(out, cap, &pos, o->created_ms) < 0 || APPEND_LIT(out, cap, &pos, "}") < 0 ||
+        pos >= cap)
         return -1;
     out[pos] = '\0';
     return (int)pos;

@@ -22,6 +22,8 @@
 #define BATCH_BYTES_MAX 32768 /* user names and quantities per batch */
 #define ACKS_RIDE_MAX 512     /* acknowledged ids per batch */
 #define EVENT_BUCKETS 256
+/* Buyer records kept for reuse: a buyer costs no malloc in steady state. */
+#define SPARE_MAX 1024
 #define QTY_LEN 24
 #define ID_CAP (KEYSPACE_ORDER_ID_MAX + 1)
 /* deduct.lua's ARGV before the buyers: event, host_id, deadline_ms, n, hold_ms, keep,
@@ -72,6 +74,8 @@ struct deduct_batcher {
     int outstanding; /* batches whose reply is still to come */
     bool closing;
     ev_state_t *buckets[EVENT_BUCKETS];
+    buyer_t *spare; /* free buyer records, linked by next */
+    size_t n_spare;
     /* send_batch's argument vectors, reused: redis_eval copies what it sends, so they are free
      * again as soon as it returns (~60 KiB that would otherwise be allocated per batch). */
     const char *argv[ARGC_MAX];
@@ -128,10 +132,36 @@ static bool will_send(void *arg, const char *event, size_t len)
     return ev != NULL && ev->inflight > 0 && ev->queued > 0;
 }
 
+static buyer_t *buyer_get(deduct_batcher_t *b)
+{
+    buyer_t *by = b->spare;
+    if (by == NULL)
+        return malloc(sizeof(*by));
+    b->spare = by->next;
+    b->n_spare--;
+    return by;
+}
+
+static void buyer_put(deduct_batcher_t *b, buyer_t *by)
+{
+    if (b->n_spare >= SPARE_MAX) {
+        free(by);
+        return;
+    }
+    by->next = b->spare;
+    b->spare = by;
+    b->n_spare++;
+}
+
 static void maybe_free(deduct_batcher_t *b)
 {
     if (!b->closing || b->outstanding > 0)
         return;
+    while (b->spare != NULL) {
+        buyer_t *by = b->spare;
+        b->spare = by->next;
+        free(by);
+    }
     for (size_t i = 0; i < EVENT_BUCKETS; i++) {
         ev_state_t *e = b->buckets[i];
         while (e != NULL) {
@@ -201,9 +231,8 @@ void deduct_submit_key(deduct_batcher_t *b, const char *event, const char *user,
 {
     size_t ulen = strlen(user), klen = key != NULL ? strlen(key) : 0;
     ev_state_t *ev = b->closing ? NULL : event_state(b, event, strlen(event));
-    buyer_t *by = ev != NULL && ulen <= SNATCH_NAME_MAX && klen <= DEDUCT_IDEM_KEY_MAX
-                      ? malloc(sizeof(*by))
-                      : NULL;
+    buyer_t *by =
+        ev != NULL && ulen <= SNATCH_NAME_MAX && klen <= DEDUCT_IDEM_KEY_MAX ? buyer_get(b) : NULL;
     if (by == NULL) {
         fail_one(cb, data, DEDUCT_ERROR, b->closing ? deduct_err_closing : deduct_err_nomem, NULL);
         return;
@@ -215,7 +244,7 @@ void deduct_submit_key(deduct_batcher_t *b, const char *event, const char *user,
     memcpy(by->user, user, ulen + 1);
     by->key_len = klen;
     memcpy(by->key, klen > 0 ? key : "", klen + 1);
-    by->qty_len = (size_t)snprintf(by->qty, sizeof(by->qty), "%" PRId64, qty);
+    by->qty_len = util_i64(by->qty, qty);
     if (ev->tail != NULL)
         ev->tail->next = by;
     else
@@ -336,7 +365,7 @@ static void finish_batch(batch_t *bt)
     for (buyer_t *by = bt->head; by != NULL;) {
         buyer_t *next = by->next;
         by->cb(&by->res, by->data);
-        free(by);
+        buyer_put(b, by);
         by = next;
     }
     free(bt);
@@ -442,9 +471,9 @@ static void send_batch(deduct_batcher_t *b, ev_state_t *ev)
     args[1] = b->host_id;
     alens[1] = strlen(b->host_id);
     args[2] = deadline;
-    alens[2] = (size_t)snprintf(deadline, sizeof(deadline), "%" PRId64, until);
+    alens[2] = util_i64(deadline, until);
     args[3] = count;
-    alens[3] = (size_t)snprintf(count, sizeof(count), "%zu", n);
+    alens[3] = util_i64(count, (int64_t)n);
     args[4] = b->hold_ms;
     alens[4] = strlen(b->hold_ms);
     args[5] = b->keep ? "1" : "0";

@@ -155,12 +155,12 @@ pending_t *pending_new(uv_loop_t *loop, redis_client_t *const *redis)
 
 void pending_ack(pending_t *p, const char *order_id)
 {
-    size_t elen;
-    if (p == NULL || keyspace_order_event(order_id, strlen(order_id), &elen) == NULL)
+    size_t elen, len = p != NULL ? strlen(order_id) : 0;
+    if (p == NULL || len >= sizeof(p->ids[0]) || keyspace_order_event(order_id, len, &elen) == NULL)
         return; /* reconciliation will clean the entry up */
     if (p->n == ACK_BATCH_MAX)
         pending_flush(p);
-    snprintf(p->ids[p->n++], sizeof(p->ids[0]), "%s", order_id);
+    memcpy(p->ids[p->n++], order_id, len + 1);
     if (!uv_is_active((uv_handle_t *)&p->flush))
         uv_timer_start(&p->flush, on_flush, 1, 0);
 }

@@ -32,10 +32,13 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <hiredis/async.h>
+#include <hiredis/sds.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "metrics.h"
@@ -50,6 +53,8 @@
 #define CONNECT_TIMEOUT_MS 1000
 /* Records kept for reuse beyond this many are freed: bounds memory after a burst. */
 #define FREE_LIST_MAX 8192
+/* Formatting and output buffers up to this size are kept for the next commands. */
+#define FMT_KEEP_MAX (256 * 1024)
 /* Retries of a setup command (AUTH, SCRIPT LOAD) refused on a live connection, e.g. LOADING while
  * Redis reads its AOF or BUSY while a script runs: short, because the first success after the
  * load decides when the host sells again. */
@@ -93,7 +98,7 @@ struct req {
     size_t *argvlen;
     char *buf;
     size_t cap;
-    char numkeys[16];
+    char numkeys[UTIL_I64_LEN];
     /* REQ_LOAD: which source it loads, so a late reply cannot clobber a newer sha. */
     uint64_t script_gen;
     /* REQ_SET_SCRIPT: the candidate (owned until adopted) and whom to tell. */
@@ -123,6 +128,8 @@ struct redis_conn {
     char sha[41];
 
     req_t *head, *tail; /* in flight, oldest first */
+    char *fmt;          /* format_command's buffer */
+    size_t fmt_cap;
     req_t *free_list;
     size_t n_free;
     size_t n_live; /* records handed out: the client is freed only when they are all back */
@@ -193,6 +200,7 @@ static void client_free(redis_conn_t *c)
         free(r->buf);
         free(r);
     }
+    free(c->fmt);
     free(c->script);
     free(c->user);
     free(c->password);
@@ -259,10 +267,73 @@ static void arm_tick(redis_conn_t *c)
     uv_timer_start(&c->tick_timer, on_tick, every, every);
 }
 
+static size_t digits(size_t v)
+{
+    size_t n = 1;
+    while (v >= 10) {
+        v /= 10;
+        n++;
+    }
+    return n;
+}
+
+static char *put_count(char *p, char type, size_t v)
+{
+    *p++ = type;
+    p += util_i64(p, (int64_t)v);
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
+}
+
+/* The command in the protocol's multi-bulk form, in c's reused buffer (a batch's EVALSHA is
+ * kilobytes: hiredis's own formatting would allocate it per call). Returns its length, or 0
+ * when out of memory; *out is c->fmt or, for a command larger than FMT_KEEP_MAX, a buffer the
+ * caller frees. */
+static size_t format_command(redis_conn_t *c, int argc, const char **argv, const size_t *argvlen,
+                             char **out)
+{
+    size_t need = 1 + digits((size_t)argc) + 2;
+    for (int i = 0; i < argc; i++) {
+        size_t n = argvlen != NULL ? argvlen[i] : strlen(argv[i]);
+        need += 1 + digits(n) + 2 + n + 2;
+    }
+    char *buf = c->fmt;
+    if (need > FMT_KEEP_MAX) {
+        buf = malloc(need);
+    } else if (need > c->fmt_cap) {
+        buf = realloc(c->fmt, need);
+        if (buf != NULL) {
+            c->fmt = buf;
+            c->fmt_cap = need;
+        }
+    }
+    if (buf == NULL)
+        return 0;
+    char *p = put_count(buf, '*', (size_t)argc);
+    for (int i = 0; i < argc; i++) {
+        size_t n = argvlen != NULL ? argvlen[i] : strlen(argv[i]);
+        p = put_count(p, '$', n);
+        memcpy(p, argv[i], n);
+        p += n;
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    *out = buf;
+    return (size_t)(p - buf);
+}
+
 /* Hands r to hiredis and tracks it. Returns 0, or -1 (r untouched, not queued). */
 static int send_req(redis_conn_t *c, req_t *r, int argc, const char **argv, const size_t *argvlen)
 {
-    if (redisAsyncCommandArgv(c->ac, on_reply, r, argc, argv, argvlen) != REDIS_OK)
+    char *cmd = NULL;
+    size_t len = format_command(c, argc, argv, argvlen, &cmd);
+    if (len == 0)
+        return -1;
+    int rc = redisAsyncFormattedCommand(c->ac, on_reply, r, cmd, len);
+    if (cmd != c->fmt)
+        free(cmd);
+    if (rc != REDIS_OK)
         return -1;
     r->sent_ns = uv_hrtime();
     fifo_push(c, r);
@@ -310,6 +381,162 @@ static void send_auth(redis_conn_t *c)
         return;
     }
     c->auth_inflight = true;
+}
+
+/* ---- reply objects ----
+ *
+ * hiredis 0.14 builds every reply with calloc/malloc: a batch's reply (an array of per-buyer
+ * arrays of strings and integers) costs a dozen allocations per buyer, and glibc's calloc does
+ * not go through its per-thread cache. These functions build the same redisReply trees from
+ * nodes kept on a per-thread free list: a node holds a short string or a short element vector
+ * inline, only longer ones are allocated. Every reply is built, read and freed on its
+ * connection's loop thread, so the list needs no lock; a thread's nodes are freed when it ends. */
+
+#define NODE_INLINE 64
+#define NODE_CACHE_MAX 4096
+
+typedef struct node {
+    redisReply r; /* first: hiredis and our callers see a plain redisReply */
+    struct node *next_free;
+    union {
+        char str[NODE_INLINE];
+        redisReply *elem[NODE_INLINE / sizeof(redisReply *)];
+    } in;
+} node_t;
+
+static _Thread_local node_t *node_cache;
+static _Thread_local size_t node_cached;
+static _Thread_local bool node_key_set;
+static pthread_key_t node_key;
+static pthread_once_t node_once = PTHREAD_ONCE_INIT;
+
+static void node_cache_drop(void *unused)
+{
+    (void)unused;
+    while (node_cache != NULL) {
+        node_t *n = node_cache;
+        node_cache = n->next_free;
+        free(n);
+    }
+    node_cached = 0;
+}
+
+static void node_key_init(void)
+{
+    if (pthread_key_create(&node_key, node_cache_drop) != 0)
+        abort(); /* only EAGAIN/ENOMEM at start-up */
+}
+
+static node_t *node_get(const redisReadTask *task, int type)
+{
+    node_t *n = node_cache;
+    if (n != NULL) {
+        node_cache = n->next_free;
+        node_cached--;
+    } else if ((n = malloc(sizeof(*n))) == NULL) {
+        return NULL;
+    }
+    n->r = (redisReply){.type = type};
+    if (task->parent != NULL) {
+        redisReply *parent = task->parent->obj;
+        parent->element[task->idx] = &n->r;
+    }
+    return n;
+}
+
+static void node_put(node_t *n)
+{
+    if (node_cached >= NODE_CACHE_MAX) {
+        free(n);
+        return;
+    }
+    if (!node_key_set) {
+        /* The thread's first cached node: have its list freed when the thread ends. */
+        pthread_once(&node_once, node_key_init);
+        pthread_setspecific(node_key, &node_key);
+        node_key_set = true;
+    }
+    n->next_free = node_cache;
+    node_cache = n;
+    node_cached++;
+}
+
+static void *node_string(const redisReadTask *task, char *str, size_t len)
+{
+    node_t *n = node_get(task, task->type);
+    if (n == NULL)
+        return NULL;
+    char *buf = len < NODE_INLINE ? n->in.str : malloc(len + 1);
+    if (buf == NULL) {
+        node_put(n);
+        return NULL;
+    }
+    memcpy(buf, str, len);
+    buf[len] = '\0';
+    n->r.str = buf;
+    n->r.len = len;
+    return n;
+}
+
+static void *node_array(const redisReadTask *task, int elements)
+{
+    node_t *n = node_get(task, REDIS_REPLY_ARRAY);
+    if (n == NULL)
+        return NULL;
+    size_t k = elements > 0 ? (size_t)elements : 0;
+    if (k > 0) {
+        n->r.element = k <= ARRAY_SIZE(n->in.elem) ? n->in.elem : malloc(k * sizeof(redisReply *));
+        if (n->r.element == NULL) {
+            node_put(n);
+            return NULL;
+        }
+        memset(n->r.element, 0, k * sizeof(redisReply *));
+    }
+    n->r.elements = k;
+    return n;
+}
+
+static void *node_integer(const redisReadTask *task, long long value)
+{
+    node_t *n = node_get(task, REDIS_REPLY_INTEGER);
+    if (n != NULL)
+        n->r.integer = value;
+    return n;
+}
+
+static void *node_nil(const redisReadTask *task)
+{
+    return node_get(task, REDIS_REPLY_NIL);
+}
+
+static void node_free(void *reply)
+{
+    node_t *n = reply;
+    if (n == NULL)
+        return;
+    if (n->r.type == REDIS_REPLY_ARRAY && n->r.element != NULL) {
+        /* A reply hiredis gave up on half-way has NULL slots. */
+        for (size_t i = 0; i < n->r.elements; i++)
+            node_free(n->r.element[i]);
+        if (n->r.element != n->in.elem)
+            free(n->r.element);
+    } else if (n->r.str != NULL && n->r.str != n->in.str) {
+        free(n->r.str);
+    }
+    node_put(n);
+}
+
+static redisReplyObjectFunctions node_fns = {
+    .createString = node_string,
+    .createArray = node_array,
+    .createInteger = node_integer,
+    .createNil = node_nil,
+    .freeObject = node_free,
+};
+
+redisReplyObjectFunctions *redis_conn_reply_fns(void)
+{
+    return &node_fns;
 }
 
 /* ---- hiredis event hooks ---- */
@@ -411,6 +638,30 @@ static int attach(redis_conn_t *c, redisAsyncContext *ac)
     return 0;
 }
 
+/* What redisAsyncHandleWrite does in the common case (the whole output buffer goes in one
+ * write), except that the buffer is emptied rather than freed: hiredis would allocate a new one,
+ * kilobytes per batch, at every loop iteration. Returns false when hiredis must take over (a
+ * partial or failed write, an error already seen, a connection not set up): it then writes the
+ * rest, waits for EPOLLOUT or reports the error, as always. */
+static bool write_all(redisAsyncContext *ac, const poller_t *p)
+{
+    sds obuf = ac->c.obuf;
+    size_t len = sdslen(obuf);
+    if (ac->c.err != 0 || !(ac->c.flags & REDIS_CONNECTED) || !(p->events & UV_READABLE) ||
+        (p->events & UV_WRITABLE) || sdsalloc(obuf) > FMT_KEEP_MAX)
+        return false;
+    if (len == 0)
+        return true;
+    ssize_t n = write(ac->c.fd, obuf, len);
+    if (n < 0 || (size_t)n != len) {
+        if (n > 0)
+            sdsrange(obuf, (int)n, -1);
+        return false;
+    }
+    sdsclear(obuf);
+    return true;
+}
+
 static void on_flush(uv_prepare_t *h)
 {
     redis_conn_t *c = container_of(h, redis_conn_t, flush);
@@ -418,6 +669,8 @@ static void on_flush(uv_prepare_t *h)
     if (c->ac == NULL)
         return;
     poller_t *p = c->ac->ev.data; /* outlives a failed write: freed only in its close callback */
+    if (write_all(c->ac, p))
+        return;
     p->flushing = true;
     redisAsyncHandleWrite(c->ac);
     p->flushing = false;
@@ -532,6 +785,7 @@ static void connect_now(redis_conn_t *c)
         return;
     }
     ac->data = c;
+    ac->c.reader->fn = &node_fns; /* before any reply: every object is built by node_fns */
     if (attach(c, ac) != 0) {
         log_connect_failed(c, "cannot attach to the loop");
         redisAsyncFree(ac);
@@ -926,13 +1180,13 @@ static int copy_eval_args(redis_conn_t *c, req_t *r, int numkeys, int argc, cons
     r->argv = (const char **)(void *)r->buf;
     r->argvlen = (size_t *)(void *)(r->buf + n * sizeof(char *));
     char *p = r->buf + n * (sizeof(char *) + sizeof(size_t));
-    int nk = snprintf(r->numkeys, sizeof(r->numkeys), "%d", numkeys);
+    size_t nk = util_i64(r->numkeys, numkeys);
     r->argv[0] = "EVALSHA";
     r->argvlen[0] = 7;
     r->argv[1] = c->sha;
     r->argvlen[1] = 40;
     r->argv[2] = r->numkeys;
-    r->argvlen[2] = (size_t)nk;
+    r->argvlen[2] = nk;
     for (int i = 0; i < argc; i++) {
         size_t len = argvlen ? argvlen[i] : strlen(argv[i]);
         memcpy(p, argv[i], len);

@@ -41,6 +41,10 @@ int redis_reply_str(const redisReply *r, size_t i, char *out, size_t cap);
 /* Element i of an array reply as an integer; -1 when it is none. */
 int64_t redis_reply_int(const redisReply *r, size_t i);
 
+/* The reply builders every connection's reader uses: the same redisReply trees as hiredis's
+ * own, from a per-thread cache of nodes (freeObject returns them). Exposed for tests. */
+redisReplyObjectFunctions *redis_conn_reply_fns(void);
+
 /* Starts connecting to host:port (numeric address) on loop. script is the source of the Lua
  * script run by redis_conn_eval (copied). timeout_ms bounds every command. Returns 0 or -errno. */
 int redis_conn_start(redis_conn_t **out, uv_loop_t *loop, const char *host, int port,

@@ -122,6 +122,19 @@ bool trust_contains(const trust_list_t *l, const char *addr, size_t len)
 
 static void format_addr(int family, const uint8_t addr[16], char *out)
 {
+    if (family == AF_INET) {
+        /* What inet_ntop writes, without its sprintf: this runs for nearly every sale. */
+        for (int i = 0; i < 4; i++) {
+            unsigned v = addr[i];
+            if (v >= 100)
+                *out++ = (char)('0' + v / 100);
+            if (v >= 10)
+                *out++ = (char)('0' + v / 10 % 10);
+            *out++ = (char)('0' + v % 10);
+            *out++ = i < 3 ? '.' : '\0';
+        }
+        return;
+    }
     if (inet_ntop(family, addr, out, TRUST_ADDR_MAX) == NULL)
         out[0] = '\0';
 }

@@ -104,16 +104,25 @@ def nats_down_fails_closed_and_recovers():
 POLICY_SRC = os.path.join(os.environ.get("SNATCH_SOURCE_DIR", os.path.join(
     os.path.dirname(__file__), "..", "..")), "lua", "policy.lua")
 DEDUCT = ("--deduct", os.path.join(os.path.dirname(POLICY_SRC), "deduct.lua"))
-ORDER_TAIL = "',\"created_at\":' .. string.format('%d', o.created_at) .. '}'"
+# The default policy defines no order() (the host's built-in payload): this one adds it.
+EXTRA_ORDER = """
+function M.order(o)
+  return string.format('{"order_id":"%s","event":"%s","user":"%s","qty":%d,"host":"%s",' ..
+    '"created_at":%d,"channel":"web"}', o.order_id, o.event, o.user, o.qty, o.host, o.created_at)
+end
+
+return M
+"""
 
 
 def extra_field_policy(dirpath):
     with open(POLICY_SRC) as f:
         text = f.read()
-    assert ORDER_TAIL in text, "lua/policy.lua's order() changed: update this test"
+    assert "function M.order" not in text and text.rstrip().endswith("return M"), \
+        "lua/policy.lua changed: update this test"
     path = os.path.join(dirpath, "extra_policy.lua")
     with open(path, "w") as f:
-        f.write(text.replace(ORDER_TAIL, ORDER_TAIL[:-len(" .. '}'")] + " .. ',\"channel\":\"web\"}'"))
+        f.write(text.rstrip()[:-len("return M")] + EXTRA_ORDER)
     return path
 
 

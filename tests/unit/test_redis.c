@@ -29,6 +29,7 @@
 #include "metrics_sample.h"
 #include "pending.h"
 #include "redis.h"
+#include "redis_conn.h"
 
 /* Round trips redis.c reported to metrics.c. */
 static int rtt_samples(void)
@@ -418,6 +419,49 @@ static void test_eval_many_in_order(void **state)
         done++;
     }
     assert_int_equal(done, N);
+    close_and_drain(c);
+}
+
+/* Commands of every size on one connection, several loop iterations in a row: small ones
+ * formatted in the connection's reused buffer, one larger than what it keeps, and an output
+ * buffer larger than the socket takes at once (partial writes, EPOLLOUT). Every reply comes back
+ * in order with the right bytes. */
+static void test_large_and_small_commands(void **state)
+{
+    (void)state;
+    enum { BIG = 3 * 1024 * 1024, ROUNDS = 3, SMALL = 50 };
+    redis_client_t *c = start_client(INCR_SCRIPT, 10000);
+    char *big = malloc(BIG);
+    assert_non_null(big);
+    for (size_t i = 0; i < BIG; i++)
+        big[i] = (char)('a' + i % 26);
+    for (int round = 0; round < ROUNDS; round++) {
+        static result_t small[SMALL];
+        result_t set = {0}, len = {0}, range = {0};
+        memset(small, 0, sizeof(small));
+        int order = 0;
+        for (int i = 0; i < SMALL; i++) {
+            small[i].index = i;
+            small[i].order_counter = &order;
+            eval_incr(c, &small[i], "counter", i);
+        }
+        const char *argv[] = {"SET", "big", big};
+        const size_t lens[] = {3, 3, (size_t)BIG - (size_t)round};
+        redis_command(c, on_result, &set, 3, argv, lens);
+        cmd(c, &len, "STRLEN", "big", NULL);
+        cmd(c, &range, "GETRANGE", "big", "1000");
+        assert_true(wait_count(&order, SMALL, 10000));
+        assert_true(wait_count(&range.calls, 1, 10000));
+        for (int i = 0; i < SMALL; i++) {
+            assert_true(small[i].in_order);
+            assert_int_equal(atoi(small[i].el[0]), i);
+        }
+        assert_string_equal(set.str, "OK");
+        assert_int_equal(len.integer, BIG - round);
+        /* GETRANGE big 1000 (no end): an error; the reply order held. */
+        assert_int_equal(range.type, REDIS_REPLY_ERROR);
+    }
+    free(big);
     close_and_drain(c);
 }
 
@@ -1061,6 +1105,92 @@ static void test_busy_then_ready(void **state)
     close_and_drain(c);
 }
 
+/* ---- reply objects ---- */
+
+static void assert_same_reply(const redisReply *a, const redisReply *b)
+{
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_int_equal(a->type, b->type);
+    switch (a->type) {
+    case REDIS_REPLY_ARRAY:
+        assert_int_equal(a->elements, b->elements);
+        for (size_t i = 0; i < a->elements; i++)
+            assert_same_reply(a->element[i], b->element[i]);
+        break;
+    case REDIS_REPLY_INTEGER:
+        assert_int_equal(a->integer, b->integer);
+        break;
+    case REDIS_REPLY_NIL:
+        break;
+    default:
+        assert_int_equal(a->len, b->len);
+        assert_memory_equal(a->str, b->str, a->len);
+        assert_int_equal(a->str[a->len], '\0');
+        break;
+    }
+}
+
+/* Reads every reply of wire in pieces of `step` bytes with both readers. */
+static void compare_readers(const char *wire, size_t len, size_t step, int want)
+{
+    redisReader *ours = redisReaderCreateWithFunctions(redis_conn_reply_fns());
+    redisReader *theirs = redisReaderCreate();
+    int got = 0;
+    for (size_t off = 0; off < len; off += step) {
+        size_t n = len - off < step ? len - off : step;
+        assert_int_equal(redisReaderFeed(ours, wire + off, n), REDIS_OK);
+        assert_int_equal(redisReaderFeed(theirs, wire + off, n), REDIS_OK);
+        for (;;) {
+            void *a = NULL, *b = NULL;
+            assert_int_equal(redisReaderGetReply(ours, &a), REDIS_OK);
+            assert_int_equal(redisReaderGetReply(theirs, &b), REDIS_OK);
+            assert_true((a == NULL) == (b == NULL));
+            if (a == NULL)
+                break;
+            assert_same_reply(a, b);
+            redis_conn_reply_fns()->freeObject(a);
+            freeReplyObject(b);
+            got++;
+        }
+    }
+    assert_int_equal(got, want);
+    /* A reply cut off in the middle is freed with the reader. */
+    assert_int_equal(redisReaderFeed(ours, "*3\r\n$2\r\nab\r\n*2\r\n:1\r\n", 20), REDIS_OK);
+    void *a = NULL;
+    assert_int_equal(redisReaderGetReply(ours, &a), REDIS_OK);
+    assert_null(a);
+    redisReaderFree(ours);
+    redisReaderFree(theirs);
+}
+
+/* The connections' reply builders give the same trees as hiredis's own, inline and allocated
+ * strings and vectors alike, whatever pieces the input arrives in. */
+static void test_reply_objects(void **state)
+{
+    (void)state;
+    char wire[8192];
+    size_t len = 0;
+    char long_str[200];
+    memset(long_str, 'x', sizeof(long_str));
+#define PUT(...) len += (size_t)snprintf(wire + len, sizeof(wire) - len, __VA_ARGS__)
+    PUT("+OK\r\n-ERR something\r\n:-42\r\n$-1\r\n*-1\r\n*0\r\n$0\r\n\r\n");
+    PUT("$63\r\n%.63s\r\n$64\r\n%.64s\r\n$200\r\n%.200s\r\n", long_str, long_str, long_str);
+    /* A batch reply: more buyers than a node holds inline, each an array of mixed elements. */
+    PUT("*20\r\n");
+    for (int i = 0; i < 20; i++)
+        PUT("*7\r\n$2\r\nok\r\n$31\r\n1700000000000-0000000001-ev%04d\r\n:%d\r\n:1\r\n"
+            ":1700000000000\r\n:0\r\n$-1\r\n",
+            i, 1000 - i);
+    PUT("*9\r\n:1\r\n:2\r\n:3\r\n:4\r\n:5\r\n:6\r\n:7\r\n:8\r\n*1\r\n*1\r\n$70\r\n%.70s\r\n",
+        long_str);
+#undef PUT
+    assert_true(len < sizeof(wire));
+    compare_readers(wire, len, len, 12);
+    compare_readers(wire, len, 1, 12);
+    compare_readers(wire, len, 7, 12);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN); /* as the host does: hiredis writes to sockets the server closed */
@@ -1069,8 +1199,10 @@ int main(void)
     if (getenv("TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("TEST_FILTER"));
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_reply_objects),
         cmocka_unit_test_setup_teardown(test_roundtrip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_eval_many_in_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_large_and_small_commands, setup, teardown),
         cmocka_unit_test_setup_teardown(test_noscript_recovery, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deduct_script, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_group_commit, setup, teardown),

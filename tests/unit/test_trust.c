@@ -7,6 +7,9 @@
 
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+#include <stdio.h>
+
 #include "trust.h"
 
 static bool has(const trust_list_t *l, const char *a)
@@ -109,12 +112,37 @@ static void test_forwarded_for(void **state)
         "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff");
 }
 
+/* IPv4 addresses come out exactly as inet_ntop writes them, for every octet value in every
+ * position, from a direct peer, a mapped IPv6 peer and an X-Forwarded-For hop. */
+static void test_ipv4_text(void **state)
+{
+    (void)state;
+    trust_list_t l = {0};
+    assert_int_equal(trust_parse(&l, "127.0.0.1"), 0);
+    for (unsigned v = 0; v < 256; v++) {
+        uint8_t a[4] = {(uint8_t)v, (uint8_t)(255 - v), (uint8_t)(v / 3), (uint8_t)(v * 7)};
+        for (int rot = 0; rot < 4; rot++) {
+            uint8_t b[4] = {a[rot % 4], a[(rot + 1) % 4], a[(rot + 2) % 4], a[(rot + 3) % 4]};
+            char want[INET_ADDRSTRLEN], mapped[64], out[TRUST_ADDR_MAX];
+            assert_non_null(inet_ntop(AF_INET, b, want, sizeof(want)));
+            trust_client(&l, want, NULL, 0, out);
+            assert_string_equal(out, want);
+            snprintf(mapped, sizeof(mapped), "::ffff:%s", want);
+            trust_client(&l, mapped, NULL, 0, out);
+            assert_string_equal(out, want);
+            trust_client(&l, "127.0.0.1", want, strlen(want), out);
+            assert_string_equal(out, want);
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_and_contains),
         cmocka_unit_test(test_default_is_loopback),
         cmocka_unit_test(test_forwarded_for),
+        cmocka_unit_test(test_ipv4_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
