@@ -31,6 +31,7 @@
 #include <nats/nats.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sqlite3.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -825,6 +826,9 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    /* Before SQLite initialises: no global mutex around every SQLite allocation to keep counts
+     * nobody reads. */
+    sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
     if (store_open(&st, c.db, c.sync, err, sizeof(err)) != 0) {
         log_error("subscriber: %s", err);
         auth_free(&c.auth);
