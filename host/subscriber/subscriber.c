@@ -31,6 +31,7 @@
 #include <nats/nats.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sqlite3.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,6 +56,8 @@
 /* Measured with scripts/bench_subscriber.sh: 2000 and 4000 beat 1000 (half the fsyncs and pull
  * requests); a batch is still only a few ms of SQLite work. */
 #define DEFAULT_BATCH 2000
+/* Measured with scripts/benchmark_sell.sh: see the --linger text in usage(). */
+#define DEFAULT_LINGER_MS 20
 #define QUEUE_DEPTH 2      /* batches fetched and not yet acknowledged: one written, one ahead */
 #define SCRATCH_BYTES 1024 /* room for one order's strings; bigger orders take the slow path */
 
@@ -64,6 +67,7 @@ typedef struct config {
     const char *durable;
     const char *stream;
     int batch;
+    int linger_ms;
     store_sync_t sync;
     auth_config_t auth;
     const char *metrics_listen;
@@ -100,6 +104,9 @@ static void usage(FILE *f)
             "                    nodes of a cluster, comma separated\n"
             "  --db PATH         SQLite database (created with its schema when missing)\n"
             "  --batch N         messages per fetch and per transaction (default %d)\n"
+            "  --linger MS       after a fetch that did not fill the batch, let messages\n"
+            "                    gather this long before the next (default %d; 0: fetch\n"
+            "                    again at once); a persisted order is that much later\n"
             "  --durable NAME    durable consumer name (default snatch-subscriber)\n"
             "  --stream NAME     stream to consume (default ORDERS)\n"
             "  --metrics-listen ADDR:PORT  serve Prometheus metrics at GET /metrics\n"
@@ -111,7 +118,7 @@ static void usage(FILE *f)
             "  --version         print the version and exit\n"
             "  -h, --help        this text\n" AUTH_NATS_USAGE
             "SIGTERM/SIGINT: finishes the batches already fetched (commit + acks) and exits 0.\n",
-            DEFAULT_BATCH);
+            DEFAULT_BATCH, DEFAULT_LINGER_MS);
 }
 
 static int parse_args(int argc, char **argv, config_t *c)
@@ -120,6 +127,7 @@ static int parse_args(int argc, char **argv, config_t *c)
         {"nats", required_argument, NULL, 'n'},
         {"db", required_argument, NULL, 'd'},
         {"batch", required_argument, NULL, 'b'},
+        {"linger", required_argument, NULL, 'g'},
         {"durable", required_argument, NULL, 'u'},
         {"stream", required_argument, NULL, 's'},
         {"sync", required_argument, NULL, 'y'},
@@ -136,6 +144,7 @@ static int parse_args(int argc, char **argv, config_t *c)
     *c = (config_t){.durable = "snatch-subscriber",
                     .stream = ORDERS_STREAM,
                     .batch = DEFAULT_BATCH,
+                    .linger_ms = DEFAULT_LINGER_MS,
                     .sync = STORE_SYNC_FULL};
     cli_init();
     while ((ch = getopt_long(argc, argv, CLI_OPTSTRING "h", opts, NULL)) != -1) {
@@ -169,6 +178,11 @@ static int parse_args(int argc, char **argv, config_t *c)
             if (cli_int_opt("snatch-subscriber", "--batch", optarg, 1, 100000, &v) != 0)
                 return -1;
             c->batch = (int)v;
+            break;
+        case 'g':
+            if (cli_int_opt("snatch-subscriber", "--linger", optarg, 0, 1000, &v) != 0)
+                return -1;
+            c->linger_ms = (int)v;
             break;
         case 'y':
             if (strcmp(optarg, "full") == 0)
@@ -693,6 +707,18 @@ static bool resubscribe(fetcher_t *f)
     return f->sub != NULL;
 }
 
+/* After a fetch that did not fill the batch, messages gather on the server for linger_ms, so
+ * that the next fetch takes them in one burst: per message, nats-server's consumer and our
+ * socket wake up once per fetch rather than once per message or two, and SQLite commits (one
+ * fsync, the B-trees' last pages rewritten) a few times a second rather than after every couple
+ * of messages. Also spaces out the fetches answered at once without a message (a 408 "Requests
+ * Pending" while an older request of ours is still open on the server). */
+static void linger(const config_t *c, int fetched)
+{
+    if (fetched < c->batch && c->linger_ms > 0 && !stop_requested)
+        sleep_ms(c->linger_ms);
+}
+
 /* The fetcher thread: pulls batches until a stop, then ends the queue. */
 static void *fetch_main(void *arg)
 {
@@ -702,16 +728,18 @@ static void *fetch_main(void *arg)
         natsMsgList list = {0};
         jsErrCode jerr = 0;
         natsStatus s = fetch_batch(&list, f->sub, f->c->batch, FETCH_TIMEOUT_MS, &jerr);
-        if (s == NATS_OK && list.Count > 0) {
+        int n = s == NATS_OK ? list.Count : 0;
+        if (n > 0) {
             if (errors > 0)
                 log_info("subscriber: fetching again after %d failed fetches", errors);
             errors = 0;
             queue_push(&f->q, &list); /* even when stopping: the writer still persists it */
+        } else
+            natsMsgList_Destroy(&list);
+        if (s == NATS_OK || s == NATS_TIMEOUT) {
+            linger(f->c, n);
             continue;
         }
-        natsMsgList_Destroy(&list);
-        if (s == NATS_OK || s == NATS_TIMEOUT)
-            continue;
         /* On a cluster: while the consumer's leader is elected again (seconds), then the
          * fetches go on; a run of failures binds the consumer again (resubscribe). */
         if (errors++ == 0)
@@ -798,6 +826,9 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    /* Before SQLite initialises: no global mutex around every SQLite allocation to keep counts
+     * nobody reads. */
+    sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
     if (store_open(&st, c.db, c.sync, err, sizeof(err)) != 0) {
         log_error("subscriber: %s", err);
         auth_free(&c.auth);
@@ -824,8 +855,9 @@ int main(int argc, char **argv)
         rc = stop_requested ? 0 : 1;
         goto out;
     }
-    log_info("subscriber: consuming %s as durable %s, batch %d, db %s (sync %s)", c.stream,
-             c.durable, c.batch, c.db, c.sync == STORE_SYNC_FULL ? "full" : "normal");
+    log_info("subscriber: consuming %s as durable %s, batch %d, linger %d ms, db %s (sync %s)",
+             c.stream, c.durable, c.batch, c.linger_ms, c.db,
+             c.sync == STORE_SYNC_FULL ? "full" : "normal");
     rc = run(&sub, js, st, &c, &t) == 0 ? 0 : 1;
     /* Push the last acks out before closing, or they are redelivered (harmlessly) later. */
     natsConnection_FlushTimeout(nc, 2000);

@@ -1,6 +1,7 @@
 """snatch-subscriber against a real nats-server: the stream is pre-filled with orders-fill (a test
 helper publishing host-shaped orders), and SQLite must end up holding each order exactly once
 whatever happens: duplicates, malformed messages, kill -9, SIGTERM, NATS starting late."""
+import http.client
 import json
 import os
 import signal
@@ -45,6 +46,21 @@ def count(db, table="orders", where="", args=()):
         return con.execute("SELECT count(*) FROM %s %s" % (table, where), args).fetchone()[0]
     finally:
         con.close()
+
+
+def transactions(port):
+    """The subscriber's committed transactions so far (its batch histogram's count), or None."""
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/metrics")
+        body = conn.getresponse().read().decode()
+        conn.close()
+    except OSError:
+        return None
+    for line in body.splitlines():
+        if line.startswith("snatch_subscriber_batch_size_messages_count "):
+            return float(line.split()[1])
+    return None
 
 
 class SubscriberTest(unittest.TestCase):
@@ -258,12 +274,44 @@ class SubscriberTest(unittest.TestCase):
         finally:
             late.stop()
 
+    def test_linger_gathers_a_trickle(self):
+        """--linger: after a fetch that did not fill the batch, the subscriber lets messages
+        gather for that long, so a trickle of orders is committed a few transactions a second,
+        not one per message; each order is still stored once. (--linger 0 commits about one
+        transaction per message here.)"""
+        fill(self.nats.url, 0, 1)  # makes the stream
+        mport = free_port()
+        s = self.subscriber(extra=("--linger", "300", "--metrics-listen",
+                                   "127.0.0.1:%d" % mport)).start()
+        wait_until(lambda: transactions(mport) is not None, 15, what="subscriber metrics")
+        n, t0 = 60, time.time()
+        for i in range(1, n + 1):
+            oid = "1795596636082-%010d-e1" % i
+            body = json.dumps({"order_id": oid, "event": "e1", "user": "u%d" % i, "qty": 1,
+                               "host": "h1", "created_at": 1}, separators=(",", ":"))
+            self.assertNotIn("error", js_publish(self.nats.port, "orders.e1", oid, {}, body))
+            time.sleep(0.01)
+        took = time.time() - t0
+        wait_until(lambda: s.rows() >= n, 30, what="%d rows" % n)
+        # One fetch (and so at most one transaction) per 300 ms of publishing, plus the first and
+        # the last; however slowly the machine published.
+        self.assertLessEqual(transactions(mport), took / 0.3 + 3)
+        self.assertEqual(s.stop(), 0)
+        self.assertEqual(s.rows(), n)
+
     def test_help_and_bad_flags(self):
         out = subprocess.run([binary("snatch-subscriber"), "--help"], stdout=subprocess.PIPE,
                              timeout=10)
         self.assertEqual(out.returncode, 0)
         self.assertIn(b"--batch", out.stdout)
         self.assertIn(b"--sync", out.stdout)
+        self.assertIn(b"--linger", out.stdout)
+        for v in ("-1", "1001", "x"):
+            bad = subprocess.run([binary("snatch-subscriber"), "--nats", "nats://127.0.0.1:1",
+                                  "--db", "x.db", "--linger", v], stderr=subprocess.PIPE,
+                                 timeout=10)
+            self.assertEqual(bad.returncode, 2, v)
+            self.assertIn(b"--linger", bad.stderr)
         bad = subprocess.run([binary("snatch-subscriber"), "--nats", "x"], stderr=subprocess.PIPE,
                              timeout=10)
         self.assertEqual(bad.returncode, 2)

@@ -152,11 +152,65 @@ static void never_more_than_batch_with_a_status_waiting(void **state)
     fetch_with_messages_waiting(true);
 }
 
+static void *publish_one_later(void *arg)
+{
+    (void)arg;
+    test_sleep_ms(200); /* the fetch below waits on an empty stream by then */
+    publish(1);
+    return NULL;
+}
+
+/* What the subscriber's --linger builds on: the fetch does not wait for its batch to fill. On an
+ * empty stream it returns with the first message that comes, long before its timeout (nats-server
+ * answers natsSubscription_Fetch's no_wait request with an expiry as a one-shot request); with
+ * messages in the stream it returns those at once, in one fetch; and it leaves no pull request
+ * open on the server: a message published after it waits in the stream for the next fetch, so
+ * that messages gather there while the subscriber lingers. */
+static void returns_what_came_without_waiting_for_the_batch(void **state)
+{
+    (void)state;
+    natsMsgList list = {0};
+    pthread_t tid;
+    int waiting = -1;
+    subscribe(3);
+    assert_int_equal(pthread_create(&tid, NULL, publish_one_later, NULL), 0);
+    int64_t t0 = nats_Now();
+    assert_int_equal(fetch_batch(&list, sub, 100, 20000, NULL), NATS_OK);
+    int64_t took = nats_Now() - t0;
+    pthread_join(tid, NULL);
+    assert_int_equal(list.Count, 1);
+    assert_in_range(took, 0, 10000); /* far below the 20 s asked: it did not wait for 100 */
+    natsMsg_Ack(list.Msgs[0], NULL);
+    natsMsgList_Destroy(&list);
+
+    publish(30);
+    assert_int_equal(fetch_batch(&list, sub, 100, 20000, NULL), NATS_OK);
+    assert_int_equal(list.Count, 30);
+    for (int j = 0; j < list.Count; j++)
+        natsMsg_Ack(list.Msgs[j], NULL);
+    natsMsgList_Destroy(&list);
+
+    publish(1);
+    test_sleep_ms(300);
+    assert_int_equal(natsSubscription_GetPending(sub, &waiting, NULL), NATS_OK);
+    assert_int_equal(waiting, 0);
+    assert_int_equal(fetch_batch(&list, sub, 100, 20000, NULL), NATS_OK);
+    assert_int_equal(list.Count, 1);
+    natsMsg_Ack(list.Msgs[0], NULL);
+    natsMsgList_Destroy(&list);
+
+    /* Nothing in the stream: a timeout with no message, at the timeout. */
+    assert_int_equal(fetch_batch(&list, sub, 100, 300, NULL), NATS_TIMEOUT);
+    assert_int_equal(list.Count, 0);
+    natsMsgList_Destroy(&list);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(never_more_than_batch_with_messages_waiting),
         cmocka_unit_test(never_more_than_batch_with_a_status_waiting),
+        cmocka_unit_test(returns_what_came_without_waiting_for_the_batch),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
