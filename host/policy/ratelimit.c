@@ -4,12 +4,10 @@
  * hundred nanoseconds and never across anything that blocks, so loop threads may take it.
  *
  * A bucket that has refilled completely is indistinguishable from a new one, so it is "stale":
- * found again, it starts afresh, and a new key takes a free bucket or else the least recently
- * used one of its stripe (stale ones gather at that end). When a stripe is full of live buckets
- * (more distinct active keys than capacity), its least recently used bucket is reused all the
- * same; that key then starts again with a full bucket. Memory stays bounded whatever keys an
- * attacker invents. Nothing is freed ahead of need: with a new key per request (a sale's
- * opening wave), looking at the cold end on every call cost a cache miss per call.
+ * every call frees up to two stale buckets from the cold end of its stripe's LRU list. When a
+ * stripe is full of live buckets anyway (more distinct active keys than capacity), its least
+ * recently used bucket is reused; that key then starts again with a full bucket. Memory stays
+ * bounded whatever keys an attacker invents.
  *
  * Keys longer than KEY_MAX keep their first bytes plus two independent 64-bit seeded hashes of
  * the whole key, and are flagged, so they never collide with a short key by construction. */
@@ -28,6 +26,7 @@
 #define KEY_MAX 128
 #define KEY_PREFIX (KEY_MAX - 16)
 #define DEFAULT_CAPACITY 65536
+#define RECLAIM_PER_CALL 2
 #define NONE (-1)
 
 typedef struct bucket {
@@ -203,6 +202,18 @@ static double refilled(const bucket_t *b, uint64_t now_us)
     return t > b->burst ? b->burst : t;
 }
 
+static void reclaim_stale(stripe_t *st, uint64_t now_us)
+{
+    for (int n = 0; n < RECLAIM_PER_CALL && st->oldest != NONE; n++) {
+        int32_t i = st->oldest;
+        if (refilled(&st->buckets[i], now_us) < st->buckets[i].burst)
+            return;
+        detach(st, i);
+        st->buckets[i].next = st->free;
+        st->free = i;
+    }
+}
+
 static int32_t find(stripe_t *st, uint64_t h, const char *k, size_t klen, bool hashed)
 {
     for (int32_t i = st->heads[h & st->mask]; i != NONE; i = st->buckets[i].next) {
@@ -272,21 +283,17 @@ bool ratelimit_take(const char *key, size_t len, double rate, double burst, doub
     stripe_t *st = &stripes[h >> STRIPE_SHIFT];
 
     pthread_mutex_lock(&st->lock);
+    reclaim_stale(st, now_us);
     int32_t i = find(st, h, k, klen, hashed);
-    bucket_t *b;
     if (i == NONE) {
         i = insert(st, h, k, klen, hashed, burst, now_us);
-        b = &st->buckets[i];
     } else {
         lru_unlink(st, i);
         lru_push(st, i);
-        b = &st->buckets[i];
-        /* Stale: the new bucket it stands for (under the burst in force now). */
-        double t = refilled(b, now_us);
-        b->tokens = t >= b->burst ? burst : t;
     }
+    bucket_t *b = &st->buckets[i];
     b->burst = burst; /* the policy may have changed (reload): the new numbers apply */
-    b->tokens = b->tokens > burst ? burst : b->tokens;
+    b->tokens = refilled(b, now_us);
     b->rate = rate;
     if (now_us > b->last_us)
         b->last_us = now_us;
