@@ -467,6 +467,10 @@ int orders_publisher_start_auth(orders_publisher_t **out, const char *url,
     orders_publisher_t *p = calloc(1, sizeof(*p));
     int slots = 0;
     *out = NULL;
+    /* Before cnats's first use (later calls change nothing): its locks would otherwise spin up
+     * to 2000 times before sleeping, and the threads they wait for (the loop threads, cnats's
+     * own) share a few cores, so spinning only burns the time the holder needs to finish. */
+    nats_Open(0);
     if (p == NULL || (p->url = strdup(url)) == NULL ||
         (p->cs = calloc(1, sizeof(*p->cs))) == NULL) {
         snprintf(err, errlen, "out of memory");
