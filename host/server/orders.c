@@ -743,7 +743,9 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
         /* Out of memory: the ack is dropped and the lane's timeout fails the publish. */
         if (l->qlen < l->qcap) {
             completion_t *c = &l->queue[l->qlen++];
-            snprintf(c->id, sizeof(c->id), "%s", id);
+            size_t idl = strnlen(id, sizeof(c->id) - 1);
+            memcpy(c->id, id, idl);
+            c->id[idl] = '\0';
             c->status = pa != NULL ? 0 : -1;
             c->retry = unanswered ? msg : NULL;
             if (unanswered)
@@ -964,23 +966,26 @@ int orders_publish_hdr(orders_lane_t *lane, const char *event, const char *msg_i
  * at once (they stay pending in Redis; reconciliation republishes them). */
 static void batch_flush(orders_lane_t *l, batch_t *b)
 {
-    char id[KEYSPACE_MSG_ID_MAX + 1], until[24], count[16];
+    char id[KEYSPACE_MSG_ID_MAX + 1], until[UTIL_I64_LEN + 1], count[UTIL_I64_LEN + 1];
     const char *hdrs[4];
     int nhdr = 0;
     unsigned n = b->n;
     if (n == 0)
         return;
-    if (n == 1)
-        snprintf(id, sizeof(id), "%s", b->first);
-    else
-        snprintf(id, sizeof(id), "%s+%hu", b->first, (unsigned short)n); /* n <= 256 */
+    /* "<first>" or "<first>+<n>": first is at most KEYSPACE_ORDER_ID_MAX, n <= 256. */
+    size_t fl = strlen(b->first);
+    memcpy(id, b->first, fl + 1);
+    if (n > 1) {
+        id[fl] = '+';
+        id[fl + 1 + util_i64(id + fl + 1, n)] = '\0';
+    }
     if (b->hold_until > 0) {
-        snprintf(until, sizeof(until), "%" PRId64, b->hold_until);
+        until[util_i64(until, b->hold_until)] = '\0';
         hdrs[2 * nhdr] = ORDERS_HDR_HOLD_UNTIL;
         hdrs[2 * nhdr++ + 1] = until;
     }
     if (n > 1) {
-        snprintf(count, sizeof(count), "%u", n);
+        count[util_i64(count, n)] = '\0';
         hdrs[2 * nhdr] = ORDERS_HDR_COUNT;
         hdrs[2 * nhdr++ + 1] = count;
     }
