@@ -124,12 +124,14 @@ static ev_state_t *event_state(deduct_batcher_t *b, const char *name, size_t len
     return e;
 }
 
-/* pending.c's carrier: a batch with buyers queued behind it leaves as soon as its reply comes,
- * and takes the event's acknowledged ids along. */
+/* pending.c's carrier: while the event sells (a batch in flight or buyers queued), its next
+ * batch takes the acknowledged ids along; an HDEL of their own waits until it goes quiet. Under
+ * load the buyers who will make that batch are often still on their way when pending.c looks,
+ * and asking for queued buyers too cost an HDEL per batch. */
 static bool will_send(void *arg, const char *event, size_t len)
 {
     const ev_state_t *ev = find_event(arg, event, len);
-    return ev != NULL && ev->inflight > 0 && ev->queued > 0;
+    return ev != NULL && (ev->inflight > 0 || ev->queued > 0);
 }
 
 static buyer_t *buyer_get(deduct_batcher_t *b)

@@ -46,6 +46,8 @@
 /* The longest wait for one publish attempt's answer before it is made again (see
  * attempt_wait). */
 #define ATTEMPT_MAX_MS 1000
+/* The grid attempt deadlines are shortened onto (see attempt_wait). */
+#define ATTEMPT_GRID_MS 32
 #define ENSURE_LEADERLESS_MS 100
 #define RESYNC_MS 1000
 #define REOPEN_BACKOFF_MIN_MS 500
@@ -465,6 +467,10 @@ int orders_publisher_start_auth(orders_publisher_t **out, const char *url,
     orders_publisher_t *p = calloc(1, sizeof(*p));
     int slots = 0;
     *out = NULL;
+    /* Before cnats's first use (later calls change nothing): its locks would otherwise spin up
+     * to 2000 times before sleeping, and the threads they wait for (the loop threads, cnats's
+     * own) share a few cores, so spinning only burns the time the holder needs to finish. */
+    nats_Open(0);
     if (p == NULL || (p->url = strdup(url)) == NULL ||
         (p->cs = calloc(1, sizeof(*p->cs))) == NULL) {
         snprintf(err, errlen, "out of memory");
@@ -676,7 +682,14 @@ static int64_t attempt_wait(const orders_lane_t *l, uint64_t deadline, uint64_t 
     if (half > ATTEMPT_MAX_MS)
         half = ATTEMPT_MAX_MS;
     uint64_t left = deadline > now ? deadline - now : 1;
-    return (int64_t)(left < half ? left : half);
+    int64_t wait = (int64_t)(left < half ? left : half);
+    /* cnats keeps a timeout for every attempt, answered or not, and its timer thread wakes at
+     * each distinct deadline to deliver them (as messages the ack handler drops): deadlines
+     * shortened onto a grid wake it once per ATTEMPT_GRID_MS instead of once per publish. */
+    if (wait < 4 * ATTEMPT_GRID_MS)
+        return wait;
+    int64_t at = nats_Now() + wait;
+    return wait - at % ATTEMPT_GRID_MS;
 }
 
 /* Loop thread: publishes entry i's unanswered message again. "No responders" means nothing was
@@ -730,7 +743,9 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
         /* Out of memory: the ack is dropped and the lane's timeout fails the publish. */
         if (l->qlen < l->qcap) {
             completion_t *c = &l->queue[l->qlen++];
-            snprintf(c->id, sizeof(c->id), "%s", id);
+            size_t idl = strnlen(id, sizeof(c->id) - 1);
+            memcpy(c->id, id, idl);
+            c->id[idl] = '\0';
             c->status = pa != NULL ? 0 : -1;
             c->retry = unanswered ? msg : NULL;
             if (unanswered)
@@ -951,23 +966,26 @@ int orders_publish_hdr(orders_lane_t *lane, const char *event, const char *msg_i
  * at once (they stay pending in Redis; reconciliation republishes them). */
 static void batch_flush(orders_lane_t *l, batch_t *b)
 {
-    char id[KEYSPACE_MSG_ID_MAX + 1], until[24], count[16];
+    char id[KEYSPACE_MSG_ID_MAX + 1], until[UTIL_I64_LEN + 1], count[UTIL_I64_LEN + 1];
     const char *hdrs[4];
     int nhdr = 0;
     unsigned n = b->n;
     if (n == 0)
         return;
-    if (n == 1)
-        snprintf(id, sizeof(id), "%s", b->first);
-    else
-        snprintf(id, sizeof(id), "%s+%hu", b->first, (unsigned short)n); /* n <= 256 */
+    /* "<first>" or "<first>+<n>": first is at most KEYSPACE_ORDER_ID_MAX, n <= 256. */
+    size_t fl = strlen(b->first);
+    memcpy(id, b->first, fl + 1);
+    if (n > 1) {
+        id[fl] = '+';
+        id[fl + 1 + util_i64(id + fl + 1, n)] = '\0';
+    }
     if (b->hold_until > 0) {
-        snprintf(until, sizeof(until), "%" PRId64, b->hold_until);
+        until[util_i64(until, b->hold_until)] = '\0';
         hdrs[2 * nhdr] = ORDERS_HDR_HOLD_UNTIL;
         hdrs[2 * nhdr++ + 1] = until;
     }
     if (n > 1) {
-        snprintf(count, sizeof(count), "%u", n);
+        count[util_i64(count, n)] = '\0';
         hdrs[2 * nhdr] = ORDERS_HDR_COUNT;
         hdrs[2 * nhdr++ + 1] = count;
     }

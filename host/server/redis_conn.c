@@ -1321,6 +1321,13 @@ int64_t redis_reply_int(const redisReply *r, size_t i)
 {
     char buf[32];
     int64_t v = -1;
+    /* An integer as such (several per sale in a deduction's reply), with the text path's
+     * answer: util_parse_i64 takes at most 19 characters, so 19-digit negatives give -1. */
+    if (r->type == REDIS_REPLY_ARRAY && i < r->elements &&
+        r->element[i]->type == REDIS_REPLY_INTEGER) {
+        long long x = r->element[i]->integer;
+        return x <= -1000000000000000000LL ? -1 : (int64_t)x;
+    }
     if (redis_reply_str(r, i, buf, sizeof(buf)) == 0)
         util_parse_i64(buf, strlen(buf), INT64_MIN + 1, INT64_MAX, &v);
     return v;

@@ -7,7 +7,6 @@
  * (limit reached, sold out, error, timeout), so refusals never burn local stock. */
 #include "sale.h"
 
-#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,11 +83,11 @@ static void real_deduct(worker_t *w, const char *event, const char *user, int64_
 static int real_publish(worker_t *w, const char *event, const char *order_id, const char *payload,
                         size_t len, int64_t hold_until, bool replay, orders_ack_fn cb, void *data)
 {
-    char until[24];
+    char until[UTIL_I64_LEN + 1];
     const char *hdr[2] = {ORDERS_HDR_HOLD_UNTIL, until};
     if (!replay)
         return orders_publish(w->orders, event, order_id, hold_until, payload, len, cb, data);
-    snprintf(until, sizeof(until), "%" PRId64, hold_until);
+    until[util_i64(until, hold_until)] = '\0';
     return orders_publish_hdr(w->orders, event, order_id, payload, len, hdr, hold_until > 0, cb,
                               data);
 }
@@ -169,11 +168,19 @@ static void reply_order(sale_t *s, int status)
     memcpy(body + pos, ",\"user\":", 8);
     pos += 8;
     util_json_str(body, sizeof(body), &pos, s->user, strlen(s->user));
-    pos += (size_t)snprintf(body + pos, sizeof(body) - pos, ",\"qty\":%" PRId64, s->qty);
+    /* Validated names and ids: the body stays far below its 512 bytes. */
+    memcpy(body + pos, ",\"qty\":", 7);
+    pos += 7;
+    pos += util_i64(body + pos, s->qty);
     /* Without a hold the body stays what it always was; a 202 keeps its "pending" status. */
-    if (s->hold_until > 0)
-        pos += (size_t)snprintf(body + pos, sizeof(body) - pos, "%s\"hold_until\":%" PRId64,
-                                status == 200 ? ",\"status\":\"held\"," : ",", s->hold_until);
+    if (s->hold_until > 0) {
+        const char *mid =
+            status == 200 ? ",\"status\":\"held\",\"hold_until\":" : ",\"hold_until\":";
+        size_t ml = strlen(mid);
+        memcpy(body + pos, mid, ml);
+        pos += ml;
+        pos += util_i64(body + pos, s->hold_until);
+    }
     body[pos++] = '}';
     metrics_outcome(status == 200 ? OUTCOME_SOLD : OUTCOME_PENDING);
     reply_json(s->req, ROUTE_SNATCH, status, body, pos);
@@ -220,7 +227,8 @@ static void on_deducted(const deduct_result_t *r, void *data)
     sale_t *s = data;
     switch (r->verdict) {
     case DEDUCT_OK:
-        snprintf(s->order_id, sizeof(s->order_id), "%s", r->order_id);
+        s->order_id[0] = '\0';
+        strncat(s->order_id, r->order_id, sizeof(s->order_id) - 1);
         s->created_ms = r->created_ms;
         s->hold_until = r->hold_until;
         /* A replay: the first request with this key sold it, here or on another host, and may

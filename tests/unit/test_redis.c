@@ -1191,6 +1191,45 @@ static void test_reply_objects(void **state)
     compare_readers(wire, len, 7, 12);
 }
 
+/* redis_reply_int reads integers directly: the same answers as through their decimal text (at
+ * most 19 characters, so a 19-digit negative gives -1), and strings still go by their text. */
+static void test_reply_int(void **state)
+{
+    (void)state;
+    const long long ints[] = {0,
+                              1,
+                              -1,
+                              1700000000000LL,
+                              INT64_MAX,
+                              -999999999999999999LL,
+                              -1000000000000000000LL,
+                              INT64_MIN + 1,
+                              INT64_MIN};
+    const int64_t want[] = {0,  1,  -1, 1700000000000LL, INT64_MAX, -999999999999999999LL,
+                            -1, -1, -1};
+    for (size_t k = 0; k < sizeof(ints) / sizeof(ints[0]); k++) {
+        redisReply e = {.type = REDIS_REPLY_INTEGER, .integer = ints[k]};
+        redisReply *el[1] = {&e};
+        redisReply arr = {.type = REDIS_REPLY_ARRAY, .elements = 1, .element = el};
+        assert_int_equal(redis_reply_int(&arr, 0), want[k]);
+        char txt[32];
+        assert_int_equal(redis_reply_str(&arr, 0, txt, sizeof(txt)), 0);
+        char expect[32];
+        snprintf(expect, sizeof(expect), "%lld", ints[k]);
+        assert_string_equal(txt, expect);
+        assert_int_equal(redis_reply_int(&arr, 1), -1); /* past the end */
+    }
+    char num[] = "-42", bad[] = "4x";
+    redisReply s1 = {.type = REDIS_REPLY_STRING, .str = num, .len = 3};
+    redisReply s2 = {.type = REDIS_REPLY_STRING, .str = bad, .len = 2};
+    redisReply *el[2] = {&s1, &s2};
+    redisReply arr = {.type = REDIS_REPLY_ARRAY, .elements = 2, .element = el};
+    assert_int_equal(redis_reply_int(&arr, 0), -42);
+    assert_int_equal(redis_reply_int(&arr, 1), -1);
+    redisReply notarr = {.type = REDIS_REPLY_INTEGER, .integer = 5};
+    assert_int_equal(redis_reply_int(&notarr, 0), -1);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN); /* as the host does: hiredis writes to sockets the server closed */
@@ -1200,6 +1239,7 @@ int main(void)
         cmocka_set_test_filter(getenv("TEST_FILTER"));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reply_objects),
+        cmocka_unit_test(test_reply_int),
         cmocka_unit_test_setup_teardown(test_roundtrip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_eval_many_in_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_large_and_small_commands, setup, teardown),
