@@ -248,6 +248,9 @@ static natsConnection *connect_nats(const char *url, const auth_config_t *auth)
     natsOptions *o = NULL;
     natsConnection *nc = NULL;
     bool logged = false;
+    /* Before cnats's first use: its locks would otherwise spin before sleeping, burning the time
+     * the holder (the writer, cnats's own threads, on a few shared cores) needs to finish. */
+    nats_Open(0);
     if (natsOptions_Create(&o) != NATS_OK || nats_servers_apply(o, url) != NATS_OK ||
         natsOptions_SetMaxReconnect(o, -1) != NATS_OK ||
         natsOptions_SetReconnectWait(o, 250) != NATS_OK ||
