@@ -4,7 +4,7 @@
 # concurrencies, next to nginx `return 409` measured the same way in the same run.
 #
 # Per run: durable sales/s (200s: JetStream acknowledged; from the host's /metrics), answers/s,
-# p50/p99/p99.9, Redis CPU microseconds per sale (/proc/<redis pid>/stat utime+stime over the run
+# p50/p99/p99.9, Redis CPU microseconds per sale (/proc/<redis pid>/stat utime+stime+cutime+cstime over the run
 # divided by the sales; the same for NATS, the subscriber and the host) and the mean deduction batch size (snatch_deduct_batch_size in /metrics;
 # "-" for a build without it). Several builds can be compared in one session (before/after): each
 # round starts a fresh stack per build, in alternating order, so that load from elsewhere on the
@@ -68,11 +68,13 @@ function done(summary, latency, requests)
 end
 LUA
 
-# CPU ticks (utime+stime) of Redis, NATS, the subscriber and the host, space separated.
+# CPU ticks of Redis, NATS, the subscriber and the host, space separated: utime+stime plus
+# cutime+cstime, so that Redis's AOF-rewrite children (forked as the AOF grows, and a real cost
+# of every sale's bytes) count once they have exited; one still running at the end is missed.
 stack_ticks() {
     local p
     for p in "$STACK_REDIS_PID" "$STACK_NATS_PID" "$STACK_SUB_PID" "${STACK_HOST_PIDS[0]}"; do
-        awk '{ printf "%d ", $14 + $15 }' "/proc/$p/stat"
+        awk '{ printf "%d ", $14 + $15 + $16 + $17 }' "/proc/$p/stat"
     done
 }
 metric() { # NAME-with-labels: value from the host's /metrics, 0 when absent
