@@ -502,6 +502,22 @@ static int load_policy(script_t *s, const char *path, char *err, size_t errlen)
     return 0;
 }
 
+/* Sets req[key] (key: a name kept in the registry, so not interned again per call) in the table
+ * at index t. */
+static void req_set_str(lua_State *L, int t, int key_ref, const char *v)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, key_ref);
+    lua_pushstring(L, v ? v : "");
+    lua_rawset(L, t);
+}
+
+static void req_set_num(lua_State *L, int t, int key_ref, lua_Number v)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, key_ref);
+    lua_pushnumber(L, v);
+    lua_rawset(L, t);
+}
+
 int script_open(script_t **out, const char *path, const script_env_t *env, char *err, size_t errlen)
 {
     script_env_t dflt = {.host_id = "", .hosts = 1};
@@ -690,21 +706,11 @@ static int call_admit(script_t *s, const script_admit_req_t *r, script_verdict_t
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref_req); /* [handler, admit, req] */
     int t = handler + 2;
     const int *k = s->ref_key;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, k[K_EVENT]);
-    lua_pushstring(L, r->event ? r->event : "");
-    lua_rawset(L, t);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, k[K_USER]);
-    lua_pushstring(L, r->user ? r->user : "");
-    lua_rawset(L, t);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, k[K_QTY]);
-    lua_pushnumber(L, (lua_Number)r->qty);
-    lua_rawset(L, t);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, k[K_CLIENT]);
-    lua_pushstring(L, r->client ? r->client : "");
-    lua_rawset(L, t);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, k[K_NOW_MS]);
-    lua_pushnumber(L, (lua_Number)r->now_ms);
-    lua_rawset(L, t);
+    req_set_str(L, t, k[K_EVENT], r->event);
+    req_set_str(L, t, k[K_USER], r->user);
+    req_set_num(L, t, k[K_QTY], (lua_Number)r->qty);
+    req_set_str(L, t, k[K_CLIENT], r->client);
+    req_set_num(L, t, k[K_NOW_MS], (lua_Number)r->now_ms);
     lua_rawgeti(L, LUA_REGISTRYINDEX, k[K_HEADER]);
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref_header);
     lua_rawset(L, t);
