@@ -18,6 +18,7 @@
 #include "metrics.h"
 #include "reply.h"
 #include "stock.h"
+#include "token_gate.h"
 #include "util.h"
 
 #define STOCK_MAX 1000000000000LL
@@ -241,7 +242,7 @@ static void update(http_request_t *req, const char *event, size_t len, int64_t s
 
 void admin_patch_event(http_request_t *req, const char *event, size_t len)
 {
-    if (!api_admin_allowed(req, ROUTE_ADMIN_EVENT))
+    if (!token_gate_admin(req, ROUTE_ADMIN_EVENT))
         return;
     if (!util_valid_name(event, len, SNATCH_NAME_MAX)) {
         reply_error(req, ROUTE_ADMIN_EVENT, 400, "bad_request", "invalid event name");
@@ -258,7 +259,7 @@ void admin_patch_event(http_request_t *req, const char *event, size_t len)
 
 void admin_pause_event(http_request_t *req, const char *event, size_t len, bool pause)
 {
-    if (!api_admin_allowed(req, ROUTE_ADMIN_EVENT))
+    if (!token_gate_admin(req, ROUTE_ADMIN_EVENT))
         return;
     if (!util_valid_name(event, len, SNATCH_NAME_MAX)) {
         reply_error(req, ROUTE_ADMIN_EVENT, 400, "bad_request", "invalid event name");
@@ -411,7 +412,7 @@ nomem:
 void admin_list_events(http_request_t *req)
 {
     worker_t *w = worker_of(req);
-    if (!api_admin_allowed(req, ROUTE_ADMIN_EVENT))
+    if (!token_gate_admin(req, ROUTE_ADMIN_EVENT))
         return;
     if (!redis_usable(w)) {
         reply_error(req, ROUTE_ADMIN_EVENT, 503, "unavailable", NULL);

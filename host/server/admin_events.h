@@ -10,7 +10,6 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "api.h"
 #include "http.h"
 #include "worker.h"
 

@@ -21,6 +21,7 @@
 #include "reply.h"
 #include "sale.h"
 #include "stock.h"
+#include "token_gate.h"
 #include "util.h"
 #include "worker.h"
 
@@ -90,9 +91,6 @@ static worker_t *worker_of(http_request_t *req)
 #define READ_ADDR_BURST 200.0
 #define READ_USER_RATE 5.0
 #define READ_USER_BURST 20.0
-/* Failed admin authentications per client address: 10 at once, then one per 5 s. */
-#define AUTH_FAIL_RATE 0.2
-#define AUTH_FAIL_BURST 10.0
 
 /* Takes a token of key prefix+name. cost < 0 gives tokens back. */
 static bool take(const char *prefix, const char *name, size_t nlen, double rate, double burst,
@@ -116,30 +114,6 @@ static bool read_limited(http_request_t *req, int route, const char *user, size_
         reply_error(req, route, 429, "rate_limited", "too many reads; slow down");
         return true;
     }
-    return false;
-}
-
-static bool authorized(worker_t *w, http_request_t *req);
-
-/* The admin token, with failures slowed down per client address: each attempt takes a token
- * of the address's bucket and a success gives it back, so only failures stay counted and a
- * guesser gets 429 (without the token being compared) once the bucket is empty.
- * Returns true when authorized; otherwise the request has been answered (401 or 429). */
-static bool admin_gate(http_request_t *req, int route)
-{
-    char client[TRUST_ADDR_MAX];
-    caller_client(req, client);
-    size_t clen = strlen(client);
-    if (!take("snatch.auth:", client, clen, AUTH_FAIL_RATE, AUTH_FAIL_BURST, 1)) {
-        reply_error(req, route, 429, "rate_limited",
-                    "too many failed authentications from this address; retry later");
-        return false;
-    }
-    if (authorized(worker_of(req), req)) {
-        take("snatch.auth:", client, clen, AUTH_FAIL_RATE, AUTH_FAIL_BURST, -1);
-        return true;
-    }
-    reply_error(req, route, 401, "unauthorized", NULL);
     return false;
 }
 
@@ -232,18 +206,6 @@ static void get_event(http_request_t *req, const char *event, size_t len)
 }
 
 /* ---- PUT /admin/events/{e} ---- */
-
-static bool authorized(worker_t *w, http_request_t *req)
-{
-    const host_config_t *cfg = &w->host->cfg;
-    static const char bearer[] = "Bearer ";
-    if (req->authorization == NULL || req->authorization_len < sizeof(bearer) - 1 ||
-        strncasecmp(req->authorization, bearer, sizeof(bearer) - 1) != 0)
-        return false;
-    const char *tok = req->authorization + sizeof(bearer) - 1;
-    size_t tlen = req->authorization_len - (sizeof(bearer) - 1);
-    return util_secret_equal(tok, tlen, cfg->admin_token, cfg->admin_token_len);
-}
 
 typedef struct admin_put {
     http_request_t *req;
@@ -367,19 +329,10 @@ const char *api_parse_event_body(const char *body, size_t len, int64_t *stock, i
     return admin_parse_event_fields(body, len, true, stock, limit);
 }
 
-bool api_admin_allowed(http_request_t *req, int route)
-{
-    if (worker_of(req)->host->cfg.admin_token_len == 0) {
-        reply_error(req, route, 403, "forbidden", "admin disabled: no --admin-token-file");
-        return false;
-    }
-    return admin_gate(req, route);
-}
-
 static void put_event(http_request_t *req, const char *event, size_t len)
 {
     worker_t *w = worker_of(req);
-    if (!api_admin_allowed(req, ROUTE_ADMIN_EVENT))
+    if (!token_gate_admin(req, ROUTE_ADMIN_EVENT))
         return;
     if (!util_valid_name(event, len, SNATCH_NAME_MAX)) {
         reply_error(req, ROUTE_ADMIN_EVENT, 400, "bad_request", "invalid event name");
@@ -450,7 +403,8 @@ static bool order_reader(http_request_t *req, int route, bool *admin, char *buye
     *admin = false;
     buyer[0] = '\0';
     if (req->authorization != NULL && cfg->admin_token_len > 0) {
-        if (!admin_gate(req, route))
+        if (!token_gate_check(req, route, "snatch.auth:", cfg->admin_token, cfg->admin_token_len,
+                              NULL))
             return false;
         *admin = true;
         return !read_limited(req, route, NULL, 0);

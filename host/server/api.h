@@ -13,10 +13,6 @@
 /* The http_handler_fn of every worker (req->server_data is the worker_t). */
 void api_handle(http_request_t *req);
 
-/* The admin checks every /admin route makes: admin enabled (403), the bearer token, failures
- * throttled per client address (401, 429). Returns true, or false once req is answered. */
-bool api_admin_allowed(http_request_t *req, int route);
-
 /* Parses an admin PUT body {"stock":N,"per_user_limit":K} (per_user_limit optional, default 1;
  * no other field). Returns NULL and fills the outputs, or a static reason for a 400. Pure: the
  * fuzz target drives it directly. */

@@ -16,6 +16,7 @@
 #include "orders.h"
 #include "ratelimit.h"
 #include "reply.h"
+#include "token_gate.h"
 #include "util.h"
 
 /* order.lua's KEYS, in its order. */
@@ -23,10 +24,6 @@ static const keyspace_key_t life_keys[] = {KEYSPACE_META,  KEYSPACE_USERS, KEYSP
                                            KEYSPACE_HOLDS, KEYSPACE_STATE, KEYSPACE_TPENDING};
 #define LIFE_NKEYS ((int)ARRAY_SIZE(life_keys))
 #define LIFE_ARGS_MAX 4
-
-/* Failed payment-token checks per client address: as for the admin token. */
-#define AUTH_FAIL_RATE 0.2
-#define AUTH_FAIL_BURST 10.0
 
 /* EVAL order.lua: op, event, then up to LIFE_ARGS_MAX - 2 more arguments. The first key is the
  * event's {E}:meta, so a Redis Cluster router sends it to the event's slot. */
@@ -213,38 +210,6 @@ static void op_start(worker_t *w, http_request_t *req, const char *id, size_t le
     life_eval(w, pay ? "pay" : "cancel", op->event, elen, op->id, buyer, on_op_decided, op);
 }
 
-static bool take(const char *prefix, const char *client, double cost)
-{
-    char key[32 + TRUST_ADDR_MAX];
-    int n = snprintf(key, sizeof(key), "%s%s", prefix, client);
-    return ratelimit_take(key, (size_t)n, AUTH_FAIL_RATE, AUTH_FAIL_BURST, cost, util_mono_us());
-}
-
-/* The payment side's bearer token, compared in constant time; failures slowed down per client
- * address (each attempt takes a token, a success gives it back). */
-static bool payment_authorized(worker_t *w, http_request_t *req)
-{
-    static const char bearer[] = "Bearer ";
-    const host_config_t *cfg = &w->host->cfg;
-    char client[TRUST_ADDR_MAX];
-    caller_client(req, client);
-    if (!take("snatch.payauth:", client, 1)) {
-        reply_error(req, ROUTE_ORDER, 429, "rate_limited",
-                    "too many failed authentications from this address; retry later");
-        return false;
-    }
-    if (req->authorization != NULL && req->authorization_len >= sizeof(bearer) - 1 &&
-        strncasecmp(req->authorization, bearer, sizeof(bearer) - 1) == 0 &&
-        util_secret_equal(req->authorization + sizeof(bearer) - 1,
-                          req->authorization_len - (sizeof(bearer) - 1), cfg->payment_token,
-                          cfg->payment_token_len)) {
-        take("snatch.payauth:", client, -1);
-        return true;
-    }
-    reply_error(req, ROUTE_ORDER, 401, "unauthorized", "the payment token is required");
-    return false;
-}
-
 void life_pay(worker_t *w, http_request_t *req, const char *id, size_t len)
 {
     if (w->host->cfg.payment_token_len == 0) {
@@ -252,7 +217,8 @@ void life_pay(worker_t *w, http_request_t *req, const char *id, size_t len)
                     "payments disabled: no --payment-token-file");
         return;
     }
-    if (!payment_authorized(w, req))
+    if (!token_gate_check(req, ROUTE_ORDER, "snatch.payauth:", w->host->cfg.payment_token,
+                          w->host->cfg.payment_token_len, "the payment token is required"))
         return;
     op_start(w, req, id, len, true, NULL);
 }
