@@ -198,7 +198,9 @@ def kill9_stream_leader_mid_sale():
     """h1 is made to sit on the leader (step-downs until the leader is h1's node)."""
     def prepare(st):
         h1 = node_of(st.hosts[0].proc)
-        return move_leader(st, lambda lead: lead.port == h1)
+        # Each step-down lands on one of the two other nodes at random (JetStream 2.9 takes no
+        # preference): 8 tries missed h1's node once in a CI run; 20 miss one time in a million.
+        return move_leader(st, lambda lead: lead.port == h1, tries=20)
 
     def check(st, answers, r):
         assert "h1" in r["on_target"], r["on_target"]
