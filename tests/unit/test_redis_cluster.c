@@ -539,15 +539,20 @@ typedef struct {
 } finish_t;
 
 /* Ends a migration 200 ms from now, from another thread, while the test's command waits out
- * TRYAGAIN: the last key goes, then every master learns the new owner. */
+ * TRYAGAIN: the last key goes, then every master learns the new owner, the importing node first
+ * (the documented order: else it answers MOVED back to the old owner, which answers MOVED to
+ * it, until the redirection limit). */
 static void *finish_migration(void *arg)
 {
     finish_t *f = arg;
     struct timespec ts = {0, 200 * 1000000L};
     nanosleep(&ts, NULL);
     f->rc = node_do(f->from, "MIGRATE 127.0.0.1 %d %s 0 5000", f->to->port, f->key);
+    if (f->rc == 0)
+        f->rc = node_do(f->to, "CLUSTER SETSLOT %u NODE %s", f->slot, f->to_id);
     for (int i = 0; i < 3 && f->rc == 0; i++)
-        f->rc = node_do(f->all[i], "CLUSTER SETSLOT %u NODE %s", f->slot, f->to_id);
+        if (f->all[i] != f->to)
+            f->rc = node_do(f->all[i], "CLUSTER SETSLOT %u NODE %s", f->slot, f->to_id);
     return NULL;
 }
 
