@@ -1,13 +1,21 @@
 /* Blocking Redis for reconciliation, standalone or cluster (see cluster_sync.h). */
 #include "cluster_sync.h"
 
+#include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cluster_slots.h"
 
 #define SEEDS_MAX 16
+/* A slot moves once per migration or failover: more hops than this is a loop. */
+#define REDIRECTS_MAX 5
+/* TRYAGAIN lasts while a migration splits a multi-key command's keys: ~1 s in all. */
+#define TRYAGAIN_MAX 20
+#define TRYAGAIN_MS 50
 
 typedef struct link {
     char host[CLUSTER_HOST_MAX];
@@ -21,9 +29,13 @@ struct rsync {
     const auth_config_t *auth;
     struct timeval tv;
     bool cluster;
-    link_t *links; /* standalone: one, the server; cluster: one per master in map */
+    /* Standalone: one, the server. Cluster: the masters of the last map read, then nodes a
+     * MOVED or ASK named since (a promoted replica, a node the map did not list yet). */
+    link_t *links;
     size_t n_links;
-    cluster_map_t map;
+    size_t n_masters;
+    uint16_t slot_link[CLUSTER_SLOTS]; /* index into links, or CLUSTER_NO_NODE */
+    unsigned long redirects;
 };
 
 static redisContext *dial(const rsync_t *rs, const char *host, int port, char *err, size_t errlen)
@@ -45,20 +57,47 @@ static redisContext *dial(const rsync_t *rs, const char *host, int port, char *e
     return c;
 }
 
-static void drop_links(rsync_t *rs)
+static void drop_links(link_t *links, size_t n)
 {
-    for (size_t i = 0; i < rs->n_links; i++)
-        if (rs->links[i].ctx != NULL)
-            redisFree(rs->links[i].ctx);
-    free(rs->links);
-    rs->links = NULL;
-    rs->n_links = 0;
+    for (size_t i = 0; i < n; i++)
+        if (links[i].ctx != NULL)
+            redisFree(links[i].ctx);
+    free(links);
 }
 
-/* Takes m as the map: a link per master, keeping the connections of those already known. */
+/* Index of host:port in links, or -1. */
+static int find_link(const link_t *links, size_t n, const char *host, int port)
+{
+    for (size_t i = 0; i < n; i++)
+        if (links[i].port == port && strcmp(links[i].host, host) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* Index of the link to host:port, added (not connected) when new; -1 when out of memory. */
+static int link_to(rsync_t *rs, const char *host, int port)
+{
+    int i = find_link(rs->links, rs->n_links, host, port);
+    if (i >= 0)
+        return i;
+    if (rs->n_links >= CLUSTER_NO_NODE)
+        return -1;
+    link_t *grown = realloc(rs->links, (rs->n_links + 1) * sizeof(*grown));
+    if (grown == NULL)
+        return -1;
+    rs->links = grown;
+    link_t *l = &rs->links[rs->n_links];
+    snprintf(l->host, sizeof(l->host), "%s", host);
+    l->port = port;
+    l->ctx = NULL;
+    return (int)rs->n_links++;
+}
+
+/* Takes m's masters and slots (m is freed): a link per master, keeping the connections of those
+ * already known; links only a redirection had named go. */
 static int adopt_map(rsync_t *rs, cluster_map_t *m, char *err, size_t errlen)
 {
-    link_t *links = calloc(m->n_nodes, sizeof(*links));
+    link_t *links = calloc(m->n_nodes > 0 ? m->n_nodes : 1, sizeof(*links));
     if (links == NULL) {
         snprintf(err, errlen, "out of memory");
         cluster_map_free(m);
@@ -67,18 +106,18 @@ static int adopt_map(rsync_t *rs, cluster_map_t *m, char *err, size_t errlen)
     for (size_t i = 0; i < m->n_nodes; i++) {
         snprintf(links[i].host, sizeof(links[i].host), "%s", m->nodes[i].host);
         links[i].port = m->nodes[i].port;
-        for (size_t k = 0; k < rs->n_links; k++)
-            if (rs->links[k].ctx != NULL && rs->links[k].port == links[i].port &&
-                strcmp(rs->links[k].host, links[i].host) == 0) {
-                links[i].ctx = rs->links[k].ctx;
-                rs->links[k].ctx = NULL;
-            }
+        int k = find_link(rs->links, rs->n_links, links[i].host, links[i].port);
+        if (k >= 0) {
+            links[i].ctx = rs->links[k].ctx;
+            rs->links[k].ctx = NULL;
+        }
     }
-    drop_links(rs);
+    drop_links(rs->links, rs->n_links);
     rs->links = links;
     rs->n_links = m->n_nodes;
-    cluster_map_free(&rs->map);
-    rs->map = *m;
+    rs->n_masters = m->n_nodes;
+    memcpy(rs->slot_link, m->slot_node, sizeof(rs->slot_link));
+    cluster_map_free(m);
     return 0;
 }
 
@@ -117,7 +156,7 @@ rsync_t *rsync_open(const char *seeds, const auth_config_t *auth, int timeout_ms
     rs->auth = auth;
     rs->tv = (struct timeval){timeout_ms / 1000, (timeout_ms % 1000) * 1000};
     for (size_t s = 0; s < CLUSTER_SLOTS; s++)
-        rs->map.slot_node[s] = CLUSTER_NO_NODE;
+        rs->slot_link[s] = CLUSTER_NO_NODE;
     for (int i = 0; i < rs->n_seeds; i++) {
         const cluster_seed_t *sd = &rs->seeds[i];
         redisContext *c = dial(rs, sd->host, sd->port, err, errlen);
@@ -139,6 +178,7 @@ rsync_t *rsync_open(const char *seeds, const auth_config_t *auth, int timeout_ms
             rs->links[0].port = sd->port;
             rs->links[0].ctx = c;
             rs->n_links = 1;
+            rs->n_masters = 1;
             return rs;
         }
         rs->cluster = true;
@@ -177,19 +217,9 @@ int rsync_refresh(rsync_t *rs, char *err, size_t errlen)
     return -1;
 }
 
-redisContext *rsync_ctx(rsync_t *rs, const char *key, size_t keylen, char *err, size_t errlen)
+/* The link's connection, made when needed and made anew when the last one broke. */
+static redisContext *link_ctx(rsync_t *rs, link_t *l, char *err, size_t errlen)
 {
-    link_t *l = NULL;
-    if (!rs->cluster) {
-        l = &rs->links[0];
-    } else {
-        unsigned slot = cluster_key_slot(key, keylen);
-        if (rs->map.slot_node[slot] == CLUSTER_NO_NODE) {
-            snprintf(err, errlen, "no master serves slot %u", slot);
-            return NULL;
-        }
-        l = &rs->links[rs->map.slot_node[slot]];
-    }
     if (l->ctx != NULL && l->ctx->err) {
         redisFree(l->ctx);
         l->ctx = NULL;
@@ -199,6 +229,124 @@ redisContext *rsync_ctx(rsync_t *rs, const char *key, size_t keylen, char *err, 
     return l->ctx;
 }
 
+static void nap_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+/* One round trip of the formatted command on link li, after ASKING when asking (both pipelined
+ * on the same connection, as ASK requires). NULL with err when the connection failed (it is
+ * dropped: the next call reconnects). */
+static redisReply *round_trip(rsync_t *rs, int li, bool asking, const char *cmd, size_t len,
+                              char *err, size_t errlen)
+{
+    link_t *l = &rs->links[li];
+    redisContext *c = link_ctx(rs, l, err, errlen);
+    if (c == NULL)
+        return NULL;
+    redisReply *r = NULL;
+    if (asking && redisAppendCommand(c, "ASKING") != REDIS_OK)
+        goto fail;
+    if (redisAppendFormattedCommand(c, cmd, len) != REDIS_OK)
+        goto fail;
+    if (asking) {
+        if (redisGetReply(c, (void **)&r) != REDIS_OK)
+            goto fail;
+        freeReplyObject(r);
+        r = NULL;
+    }
+    if (redisGetReply(c, (void **)&r) != REDIS_OK)
+        goto fail;
+    return r;
+fail:
+    snprintf(err, errlen, "%s:%d: %s", l->host, l->port, c->err ? c->errstr : "out of memory");
+    redisFree(c);
+    l->ctx = NULL;
+    return NULL;
+}
+
+/* Sends the formatted command to the master of slot, following MOVED (the slot's link is
+ * updated), ASK (ASKING then the command on the named node, the map unchanged) and TRYAGAIN
+ * (resent after a short sleep), each a bounded number of times. */
+static redisReply *route(rsync_t *rs, unsigned slot, const char *cmd, size_t len, char *err,
+                         size_t errlen)
+{
+    int li = 0, tries = 0;
+    bool asking = false;
+    if (rs->cluster) {
+        if (rs->slot_link[slot] == CLUSTER_NO_NODE) {
+            snprintf(err, errlen, "no master serves slot %u", slot);
+            return NULL;
+        }
+        li = rs->slot_link[slot];
+    }
+    for (int hops = 0;; hops++) {
+        redisReply *r = round_trip(rs, li, asking, cmd, len, err, errlen);
+        cluster_redirect_t to;
+        cluster_err_t ce =
+            r != NULL && rs->cluster ? cluster_reply_error(r, &to) : CLUSTER_ERR_NONE;
+        if (ce == CLUSTER_ERR_TRYAGAIN && tries < TRYAGAIN_MAX) {
+            freeReplyObject(r);
+            tries++;
+            nap_ms(TRYAGAIN_MS);
+            li = rs->slot_link[slot];
+            asking = false;
+            continue;
+        }
+        if ((ce != CLUSTER_ERR_MOVED && ce != CLUSTER_ERR_ASK) || hops == REDIRECTS_MAX)
+            return r;
+        if (to.host[0] == '\0')
+            snprintf(to.host, sizeof(to.host), "%s", rs->links[li].host);
+        int next = link_to(rs, to.host, to.port);
+        if (next < 0)
+            return r; /* out of memory: the caller sees the redirection as an error */
+        freeReplyObject(r);
+        rs->redirects++;
+        asking = ce == CLUSTER_ERR_ASK;
+        if (!asking)
+            rs->slot_link[to.slot < CLUSTER_SLOTS ? to.slot : slot] = (uint16_t)next;
+        li = next;
+    }
+}
+
+redisReply *rsync_command(rsync_t *rs, const char *key, char *err, size_t errlen, const char *fmt,
+                          ...)
+{
+    char *cmd = NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    int len = redisvFormatCommand(&cmd, fmt, ap);
+    va_end(ap);
+    if (len < 0) {
+        snprintf(err, errlen, "cannot format %s", fmt);
+        return NULL;
+    }
+    redisReply *r = route(rs, cluster_key_slot(key, strlen(key)), cmd, (size_t)len, err, errlen);
+    redisFreeCommand(cmd);
+    return r;
+}
+
+redisReply *rsync_command_argv(rsync_t *rs, const char *key, size_t keylen, int argc,
+                               const char **argv, const size_t *lens, char *err, size_t errlen)
+{
+    char *cmd = NULL;
+    long long len = redisFormatCommandArgv(&cmd, argc, argv, lens);
+    if (len < 0) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    redisReply *r = route(rs, cluster_key_slot(key, keylen), cmd, (size_t)len, err, errlen);
+    redisFreeCommand(cmd);
+    return r;
+}
+
+unsigned long rsync_redirects(const rsync_t *rs)
+{
+    return rs->redirects;
+}
+
 bool rsync_is_cluster(const rsync_t *rs)
 {
     return rs->cluster;
@@ -206,14 +354,13 @@ bool rsync_is_cluster(const rsync_t *rs)
 
 size_t rsync_masters(const rsync_t *rs)
 {
-    return rs->n_links;
+    return rs->n_masters;
 }
 
 void rsync_close(rsync_t *rs)
 {
     if (rs == NULL)
         return;
-    drop_links(rs);
-    cluster_map_free(&rs->map);
+    drop_links(rs->links, rs->n_links);
     free(rs);
 }

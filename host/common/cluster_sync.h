@@ -2,11 +2,14 @@
  * snatch-reconcile; never a loop thread): a standalone server, or a Redis Cluster through its
  * slot map (cluster_slots.h), with one hiredis connection per master, made when first needed.
  *
- * It does not follow redirections itself: the map is read when opened and again by
- * rsync_refresh (the host's reconciler does it at each pass); a command sent on a stale map gets
- * MOVED or CLUSTERDOWN as an error reply, which fails that event's step for this pass. Callers
- * walk the events index on its own master (rsync_ctx(KEYSPACE_EVENTS)), then each event on its
- * master (rsync_ctx of one of its keys): no command ever spans two slots. One thread at a time. */
+ * The map is read when opened and again by rsync_refresh (the host's reconciler does it at each
+ * pass). Between two reads a slot may move (a failover, a resharding): a command then follows
+ * MOVED (the slot's entry is updated, the command resent to the named node), ASK (ASKING then
+ * the command, on the importing node, the map unchanged) and TRYAGAIN (resent after 50 ms),
+ * each a bounded number of times; CLUSTERDOWN comes back as the error reply it is. Blocking:
+ * the TRYAGAIN sleep is allowed on the reconciliation threads, never on a loop thread. Every
+ * command names the key whose slot routes it: no command ever spans two slots. One thread at a
+ * time. */
 #ifndef SNATCH_CLUSTER_SYNC_H
 #define SNATCH_CLUSTER_SYNC_H
 
@@ -28,10 +31,20 @@ rsync_t *rsync_open(const char *seeds, const auth_config_t *auth, int timeout_ms
  * standalone server), or -1 with err. */
 int rsync_refresh(rsync_t *rs, char *err, size_t errlen);
 
-/* The connection to the master serving key (standalone: the server), made when needed and made
- * anew when the last one broke. NULL with err (no master for the slot, cannot connect). Valid
- * until the next rsync_* call that may reconnect (rsync_ctx, rsync_refresh, rsync_close). */
-redisContext *rsync_ctx(rsync_t *rs, const char *key, size_t keylen, char *err, size_t errlen);
+/* Runs the command (hiredis format) on the master serving key (standalone: the server),
+ * following redirections. The reply (the caller frees it; it may be an error reply: CLUSTERDOWN,
+ * a redirection still unresolved after 5 hops, WRONGTYPE...), or NULL with err when no reply came
+ * (no master for the slot, cannot connect, the connection broke or timed out: it is dropped and
+ * made anew by the next command). */
+redisReply *rsync_command(rsync_t *rs, const char *key, char *err, size_t errlen, const char *fmt,
+                          ...);
+/* The same with an argument vector (lens may be NULL), routed by key (keylen bytes). */
+redisReply *rsync_command_argv(rsync_t *rs, const char *key, size_t keylen, int argc,
+                               const char **argv, const size_t *lens, char *err, size_t errlen);
+
+/* How many MOVED and ASK this client followed: a cursor (HSCAN) is only good on the node that
+ * gave it, so a scan that saw this change while it went on must start over or give up. */
+unsigned long rsync_redirects(const rsync_t *rs);
 
 bool rsync_is_cluster(const rsync_t *rs);
 /* Masters in the map (1 on a standalone server). */

@@ -12,7 +12,7 @@
 #include <string.h>
 
 typedef struct event_scan {
-    redisContext *rc;
+    rsync_t *rs;
     jsCtx *js;
     const reconcile_render_t *render;
     store_t *st;
@@ -38,12 +38,12 @@ static int on_order(const char *id, size_t idlen, const char *rec, size_t reclen
     if (e->js == NULL)
         return 0;
     if (reconcile_publish(e->js, e->render, e->event, id, rec, reclen,
-                          reconcile_hold_until(e->rc, e->event, id)) != 0) {
+                          reconcile_hold_until(e->rs, e->event, id)) != 0) {
         reconcile_skip("%s: order %s: JetStream publish failed", e->event, id);
         return 0; /* still counted as missing */
     }
     e->row->republished++;
-    if (reconcile_hdel(e->rc, e->pending_key, id) != 0) {
+    if (reconcile_hdel(e->rs, e->pending_key, id) != 0) {
         e->why = "Redis HDEL failed";
         return -1;
     }
@@ -62,21 +62,23 @@ static int on_pending_stored(const char *id, size_t idlen, const char *ms, size_
         e->why = "SQLite lookup failed";
         return -1;
     }
-    if (has && reconcile_hdel(e->rc, e->pending_key, id) != 0) {
+    if (has && reconcile_hdel(e->rs, e->pending_key, id) != 0) {
         e->why = "Redis HDEL failed";
         return -1;
     }
     return 0;
 }
 
-static int read_meta(redisContext *rc, const char *event, reconcile_row_t *row)
+static int read_meta(rsync_t *rs, const char *event, reconcile_row_t *row, char *err, size_t errlen)
 {
     char key[KEYSPACE_KEY_MAX];
     keyspace_key(key, event, strlen(event), KEYSPACE_META);
     /* sold_before: what the generations before the last reset sold. Their order records stay in
      * {E}:orders and their rows in SQLite, so every unit ever sold is what SQLite is held to. */
-    redisReply *r = redisCommand(rc, "HMGET %s stock sold sold_before", key);
+    redisReply *r = rsync_command(rs, key, err, errlen, "HMGET %s stock sold sold_before", key);
     int ok = r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 3;
+    if (r != NULL && !ok)
+        snprintf(err, errlen, "%s", r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
     if (ok) {
         redisReply *stock = r->element[0], *sold = r->element[1], *before = r->element[2];
         row->stock = stock->type == REDIS_REPLY_STRING ? strtoll(stock->str, NULL, 10) : -1;
@@ -89,11 +91,11 @@ static int read_meta(redisContext *rc, const char *event, reconcile_row_t *row)
     return ok ? 0 : -1;
 }
 
-int reconcile_event(redisContext *rc, natsConnection *nc, const reconcile_render_t *render,
-                    store_t *st, const char *event, reconcile_row_t *row, char *err, size_t errlen)
+int reconcile_event(rsync_t *rs, natsConnection *nc, const reconcile_render_t *render, store_t *st,
+                    const char *event, reconcile_row_t *row, char *err, size_t errlen)
 {
-    char orders_key[KEYSPACE_KEY_MAX];
-    event_scan_t e = {.rc = rc, .render = render, .st = st, .event = event, .row = row};
+    char orders_key[KEYSPACE_KEY_MAX], why[256] = "Redis scan failed";
+    event_scan_t e = {.rs = rs, .render = render, .st = st, .event = event, .row = row};
     int rc2 = -1;
     memset(row, 0, sizeof(*row));
     snprintf(row->event, sizeof(row->event), "%s", event);
@@ -105,16 +107,17 @@ int reconcile_event(redisContext *rc, natsConnection *nc, const reconcile_render
         jsCtx_Destroy(e.js);
         return -1;
     }
-    if (read_meta(rc, event, row) != 0) {
-        snprintf(err, errlen, "%s: Redis: %s", event, rc->err ? rc->errstr : "bad reply");
+    if (read_meta(rs, event, row, why, sizeof(why)) != 0) {
+        snprintf(err, errlen, "%s: Redis: %s", event, why);
         goto out;
     }
-    if (e.js != NULL && reconcile_hscan(rc, e.pending_key, on_pending_stored, &e) != 0)
+    if (e.js != NULL &&
+        reconcile_hscan(rs, e.pending_key, on_pending_stored, &e, why, sizeof(why)) != 0)
         goto fail;
     /* Every transition not yet acknowledged: before the totals, which count held and paid. */
-    if (e.js != NULL && reconcile_transitions(rc, e.js, event, INT64_MAX) < 0)
+    if (e.js != NULL && reconcile_transitions(rs, e.js, event, INT64_MAX) < 0)
         goto fail;
-    if (reconcile_hscan(rc, orders_key, on_order, &e) != 0)
+    if (reconcile_hscan(rs, orders_key, on_order, &e, why, sizeof(why)) != 0)
         goto fail;
     if (store_event_totals(st, event, &row->sqlite_rows, &row->sqlite_units) != 0) {
         e.why = "SQLite totals failed";
@@ -125,8 +128,7 @@ int reconcile_event(redisContext *rc, natsConnection *nc, const reconcile_render
     rc2 = 0;
     goto out;
 fail:
-    snprintf(err, errlen, "%s: %s", event,
-             e.why ? e.why : (rc->err ? rc->errstr : "Redis scan failed"));
+    snprintf(err, errlen, "%s: %s", event, e.why ? e.why : why);
 out:
     jsCtx_Destroy(e.js);
     return rc2;

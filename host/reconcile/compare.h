@@ -28,7 +28,7 @@ typedef struct reconcile_row {
  * orders.<event>, Nats-Msg-Id = order id, payload = the Redis record rendered by render) and
  * deletes its {E}:pending entry once acknowledged; pending entries of orders already in SQLite are
  * deleted too. Returns 0 (row filled) or -1 with err filled (Redis, SQLite or NATS failure). */
-int reconcile_event(redisContext *rc, natsConnection *nc, const reconcile_render_t *render,
-                    store_t *st, const char *event, reconcile_row_t *row, char *err, size_t errlen);
+int reconcile_event(rsync_t *rs, natsConnection *nc, const reconcile_render_t *render, store_t *st,
+                    const char *event, reconcile_row_t *row, char *err, size_t errlen);
 
 #endif

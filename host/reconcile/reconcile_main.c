@@ -216,15 +216,16 @@ static void print_table(const reconcile_row_t *rows, size_t n)
     fflush(stdout);
 }
 
-/* The connection of the master serving event's keys; NULL with err. */
-static redisContext *event_ctx(rsync_t *rs, const char *event, char *err, size_t errlen)
+/* After a failed event on a standalone server: whether the server still answers (if not,
+ * nothing else can be read). A cluster's other masters may still serve the other events. */
+static bool redis_gone(rsync_t *rs)
 {
-    char key[KEYSPACE_KEY_MAX], why[256];
-    int n = keyspace_key(key, event, strlen(event), KEYSPACE_META);
-    redisContext *rc = rsync_ctx(rs, key, (size_t)n, why, sizeof(why));
-    if (rc == NULL && snprintf(err, errlen, "%s: Redis: %s", event, why) >= (int)errlen)
-        err[errlen - 1] = '\0'; /* cut, still a message */
-    return rc;
+    char err[256];
+    if (rsync_is_cluster(rs))
+        return false;
+    redisReply *r = rsync_command(rs, "", err, sizeof(err), "PING");
+    freeReplyObject(r);
+    return r == NULL;
 }
 
 /* Polls until no event has missing orders or the deadline passed. Updates rows' sqlite columns
@@ -237,9 +238,7 @@ static int wait_caught_up(rsync_t *rs, store_t *st, reconcile_row_t *rows, size_
         int64_t missing = 0;
         for (size_t i = 0; i < n; i++) {
             reconcile_row_t now;
-            redisContext *rc = event_ctx(rs, rows[i].event, err, sizeof(err));
-            if (rc == NULL ||
-                reconcile_event(rc, NULL, NULL, st, rows[i].event, &now, err, sizeof(err)) != 0) {
+            if (reconcile_event(rs, NULL, NULL, st, rows[i].event, &now, err, sizeof(err)) != 0) {
                 log_error("reconcile: %s", err);
                 return -1;
             }
@@ -346,9 +345,7 @@ int main(int argc, char **argv)
         goto out;
     }
     if (c.nevents == 0) {
-        redisContext *index =
-            rsync_ctx(rs, KEYSPACE_EVENTS, strlen(KEYSPACE_EVENTS), err, sizeof(err));
-        if (index == NULL || reconcile_list_events(index, &listed, &nlisted) != 0) {
+        if (reconcile_list_events(rs, &listed, &nlisted) != 0) {
             log_error("reconcile: cannot read %s", KEYSPACE_EVENTS);
             goto out;
         }
@@ -366,16 +363,12 @@ int main(int argc, char **argv)
             continue;
         }
         /* One event that cannot be reconciled must not keep the others from it. */
-        redisContext *rc = event_ctx(rs, ev, err, sizeof(err));
-        if (rc == NULL) {
-            snprintf(rows[i].event, sizeof(rows[i].event), "%s", ev);
-        } else if (reconcile_event(rc, nc, &rr, st, ev, &rows[i], err, sizeof(err)) == 0) {
+        if (reconcile_event(rs, nc, &rr, st, ev, &rows[i], err, sizeof(err)) == 0)
             continue;
-        }
         log_error("reconcile: %s (the other events go on)", err);
         failed = true;
-        if (rc != NULL && rc->err && !rsync_is_cluster(rs))
-            break; /* the Redis connection is gone: nothing else can be read */
+        if (redis_gone(rs))
+            break;
     }
     print_table(rows, n);
     status = 0;

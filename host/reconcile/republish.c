@@ -69,15 +69,22 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-int reconcile_list_events(redisContext *rc, char ***events, size_t *n)
+int reconcile_list_events(rsync_t *rs, char ***events, size_t *n)
 {
-    redisReply *r = redisCommand(rc, "SMEMBERS %s", KEYSPACE_EVENTS);
+    char err[256];
+    redisReply *r =
+        rsync_command(rs, KEYSPACE_EVENTS, err, sizeof(err), "SMEMBERS %s", KEYSPACE_EVENTS);
     char **v = NULL;
     size_t k = 0;
     *events = NULL;
     *n = 0;
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY)
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        log_warn("reconcile: %s: %s", KEYSPACE_EVENTS,
+                 r == NULL                      ? err
+                 : r->type == REDIS_REPLY_ERROR ? r->str
+                                                : "bad reply");
         goto fail;
+    }
     if (r->elements > 0 && (v = calloc(r->elements, sizeof(*v))) == NULL)
         goto fail;
     for (size_t i = 0; i < r->elements; i++) {
@@ -114,15 +121,26 @@ void reconcile_free_events(char **events, size_t n)
     free(events);
 }
 
-int reconcile_hscan(redisContext *rc, const char *key, reconcile_scan_fn fn, void *data)
+int reconcile_hscan(rsync_t *rs, const char *key, reconcile_scan_fn fn, void *data, char *err,
+                    size_t errlen)
 {
     char cursor[32] = "0";
     do {
-        redisReply *r = redisCommand(rc, "HSCAN %s %s COUNT " SCAN_COUNT, key, cursor);
-        if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        unsigned long moves = rsync_redirects(rs);
+        redisReply *r =
+            rsync_command(rs, key, err, errlen, "HSCAN %s %s COUNT " SCAN_COUNT, key, cursor);
+        if (r == NULL)
+            return -1;
+        if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
             r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_ARRAY) {
-            if (r != NULL)
-                freeReplyObject(r);
+            snprintf(err, errlen, "HSCAN %s: %s", key,
+                     r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
+            freeReplyObject(r);
+            return -1;
+        }
+        if (strcmp(cursor, "0") != 0 && rsync_redirects(rs) != moves) {
+            snprintf(err, errlen, "HSCAN %s: its slot moved during the scan", key);
+            freeReplyObject(r);
             return -1;
         }
         snprintf(cursor, sizeof(cursor), "%s", r->element[0]->str);
@@ -145,13 +163,13 @@ int reconcile_ensure_stream(jsCtx *js)
     return orders_stream_ensure(js, NULL, NULL) == NATS_OK ? 0 : -1;
 }
 
-int64_t reconcile_hold_until(redisContext *rc, const char *event, const char *id)
+int64_t reconcile_hold_until(rsync_t *rs, const char *event, const char *id)
 {
-    char key[KEYSPACE_KEY_MAX], name[16];
+    char key[KEYSPACE_KEY_MAX], name[16], err[256];
     long long a = 0, b = 0;
     int64_t until = 0;
     keyspace_key(key, event, strlen(event), KEYSPACE_STATE);
-    redisReply *r = redisCommand(rc, "HGET %s %s", key, id);
+    redisReply *r = rsync_command(rs, key, err, sizeof(err), "HGET %s %s", key, id);
     /* "held <until> ..." or "<state> <at> <until>" (lua/order.lua) */
     if (r != NULL && r->type == REDIS_REPLY_STRING &&
         sscanf(r->str, "%15s %lld %lld", name, &a, &b) >= 2)
@@ -231,7 +249,7 @@ int reconcile_publish_transition(jsCtx *js, const char *event, const char *id, c
 }
 
 typedef struct tscan {
-    redisContext *rc;
+    rsync_t *rs;
     jsCtx *js;
     const char *event;
     char key[KEYSPACE_KEY_MAX];
@@ -247,32 +265,41 @@ static int on_transition(const char *id, size_t idlen, const char *entry, size_t
         return 0; /* young: its host is probably still waiting for the ack */
     if (reconcile_publish_transition(t->js, t->event, id, entry, len) != 0)
         return 0; /* counted and logged; the next pass tries again */
-    if (reconcile_hdel(t->rc, t->key, id) != 0)
+    if (reconcile_hdel(t->rs, t->key, id) != 0)
         return -1;
     t->done++;
     return 0;
 }
 
-int reconcile_transitions(redisContext *rc, jsCtx *js, const char *event, int64_t cutoff_ms)
+int reconcile_transitions(rsync_t *rs, jsCtx *js, const char *event, int64_t cutoff_ms)
 {
-    tscan_t t = {.rc = rc, .js = js, .event = event, .cutoff = cutoff_ms};
+    tscan_t t = {.rs = rs, .js = js, .event = event, .cutoff = cutoff_ms};
+    char err[256];
     keyspace_key(t.key, event, strlen(event), KEYSPACE_TPENDING);
-    if (reconcile_hscan(rc, t.key, on_transition, &t) != 0)
+    if (reconcile_hscan(rs, t.key, on_transition, &t, err, sizeof(err)) != 0) {
+        log_warn("reconcile: %s: transitions: %s", event, err);
         return -1;
+    }
     return t.done;
 }
 
-int reconcile_hdel(redisContext *rc, const char *key, const char *field)
+int reconcile_hdel(rsync_t *rs, const char *key, const char *field)
 {
-    redisReply *r = redisCommand(rc, "HDEL %s %s", key, field);
+    char err[256];
+    redisReply *r = rsync_command(rs, key, err, sizeof(err), "HDEL %s %s", key, field);
     int ok = r != NULL && r->type == REDIS_REPLY_INTEGER;
+    if (!ok)
+        log_warn("reconcile: HDEL %s %s: %s", key, field,
+                 r == NULL                      ? err
+                 : r->type == REDIS_REPLY_ERROR ? r->str
+                                                : "bad reply");
     if (r != NULL)
         freeReplyObject(r);
     return ok ? 0 : -1;
 }
 
 typedef struct pending_scan {
-    redisContext *rc;
+    rsync_t *rs;
     jsCtx *js;
     const reconcile_render_t *render;
     const char *event;
@@ -296,9 +323,12 @@ static int on_pending(const char *id, size_t idlen, const char *ms, size_t mslen
     if (p->max > 0 && p->done >= p->max)
         return 1;
     p->stale++;
-    r = redisCommand(p->rc, "HGET %s %s", p->orders_key, id);
-    if (r == NULL)
+    char err[256];
+    r = rsync_command(p->rs, p->orders_key, err, sizeof(err), "HGET %s %s", p->orders_key, id);
+    if (r == NULL) {
+        log_warn("reconcile: HGET %s %s: %s", p->orders_key, id, err);
         return -1;
+    }
     if (r->type != REDIS_REPLY_STRING) {
         /* No record to publish: nothing reconciliation can do but report it. */
         log_warn("reconcile: pending %s has no record in %s", id, p->orders_key);
@@ -306,7 +336,7 @@ static int on_pending(const char *id, size_t idlen, const char *ms, size_t mslen
         return 0;
     }
     int ok = reconcile_publish(p->js, p->render, p->event, id, r->str, r->len,
-                               reconcile_hold_until(p->rc, p->event, id)) == 0;
+                               reconcile_hold_until(p->rs, p->event, id)) == 0;
     freeReplyObject(r);
     if (!ok) {
         /* This order (or the whole event) cannot be published now: the next event may be fine.
@@ -315,7 +345,7 @@ static int on_pending(const char *id, size_t idlen, const char *ms, size_t mslen
         p->publish_failed = true;
         return 2;
     }
-    if (reconcile_hdel(p->rc, p->pending_key, id) != 0)
+    if (reconcile_hdel(p->rs, p->pending_key, id) != 0)
         return -1;
     p->done++;
     return 0;
@@ -333,17 +363,13 @@ int reconcile_pending(rsync_t *rs, natsConnection *nc, const reconcile_render_t 
     char err[256];
     if (stale != NULL)
         *stale = 0;
-    redisContext *index = rsync_ctx(rs, KEYSPACE_EVENTS, strlen(KEYSPACE_EVENTS), err, sizeof(err));
-    if (index == NULL) {
-        log_warn("reconcile: %s: %s", KEYSPACE_EVENTS, err);
-        return -1;
-    }
-    if (reconcile_list_events(index, &events, &n) != 0)
+    if (reconcile_list_events(rs, &events, &n) != 0)
         return -1;
     if (natsConnection_JetStream(&js, nc, NULL) != NATS_OK || reconcile_ensure_stream(js) != 0)
         goto out;
     for (size_t i = 0; i < n; i++) {
-        pending_scan_t p = {.js = js,
+        pending_scan_t p = {.rs = rs,
+                            .js = js,
                             .render = render,
                             .event = events[i],
                             .cutoff = reconcile_wall_ms() - older_than_ms,
@@ -351,17 +377,12 @@ int reconcile_pending(rsync_t *rs, natsConnection *nc, const reconcile_render_t 
         keyspace_key(p.orders_key, events[i], strlen(events[i]), KEYSPACE_ORDERS);
         keyspace_key(p.pending_key, events[i], strlen(events[i]), KEYSPACE_PENDING);
         /* Each event on its own master: one that is down does not stop the others. */
-        p.rc = rsync_ctx(rs, p.pending_key, strlen(p.pending_key), err, sizeof(err));
-        if (p.rc == NULL) {
-            reconcile_skip("%s: Redis: %s", events[i], err);
-            unreachable = true;
-            continue;
-        }
-        int rc2 = reconcile_hscan(p.rc, p.pending_key, on_pending, &p);
+        snprintf(err, sizeof(err), "scan failed");
+        int rc2 = reconcile_hscan(rs, p.pending_key, on_pending, &p, err, sizeof(err));
         total += p.done;
         if (rc2 >= 0) {
             /* Transitions decided in Redis whose ack never came (lua/order.lua). */
-            int t = reconcile_transitions(p.rc, js, events[i], p.cutoff);
+            int t = reconcile_transitions(rs, js, events[i], p.cutoff);
             if (t >= 0)
                 total += t;
             else
@@ -371,7 +392,7 @@ int reconcile_pending(rsync_t *rs, natsConnection *nc, const reconcile_render_t 
         if (rc2 < 0 && !rsync_is_cluster(rs))
             goto out;
         if (rc2 < 0) {
-            reconcile_skip("%s: Redis: %s", events[i], p.rc->err ? p.rc->errstr : "scan failed");
+            reconcile_skip("%s: Redis: %s", events[i], err);
             unreachable = true;
             continue;
         }

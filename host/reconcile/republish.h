@@ -17,9 +17,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* SMEMBERS snatch:events into a malloc'd array of malloc'd strings, sorted. rc: the connection
- * of the index's master (rsync_ctx of KEYSPACE_EVENTS). Returns 0 or -1. */
-int reconcile_list_events(redisContext *rc, char ***events, size_t *n);
+/* SMEMBERS snatch:events (on the index's master) into a malloc'd array of malloc'd strings,
+ * sorted. Returns 0 or -1. */
+int reconcile_list_events(rsync_t *rs, char ***events, size_t *n);
 void reconcile_free_events(char **events, size_t n);
 
 /* Turns an order's Redis record (the facts deduct.lua stored) into the payload to publish: the
@@ -57,8 +57,11 @@ int64_t reconcile_wall_ms(void);
 /* Called per field/value by reconcile_hscan; non-zero stops the scan with that value. */
 typedef int (*reconcile_scan_fn)(const char *field, size_t flen, const char *value, size_t vlen,
                                  void *data);
-/* HSCAN key with fn for each field/value. Returns 0, fn's value, or -1 on a Redis failure. */
-int reconcile_hscan(redisContext *rc, const char *key, reconcile_scan_fn fn, void *data);
+/* HSCAN key with fn for each field/value. Returns 0, fn's value, or -1 on a Redis failure (the
+ * reason in err; also when the key's slot moved during the scan: a cursor is only good on the
+ * node that gave it, the next pass scans again). */
+int reconcile_hscan(rsync_t *rs, const char *key, reconcile_scan_fn fn, void *data, char *err,
+                    size_t errlen);
 /* Creates the ORDERS stream if missing (reconciliation may run before any host did). 0 or -1. */
 int reconcile_ensure_stream(jsCtx *js);
 /* Blocking publish of one order given by its Redis record, rendered by render (may be NULL);
@@ -67,7 +70,7 @@ int reconcile_ensure_stream(jsCtx *js);
 int reconcile_publish(jsCtx *js, const reconcile_render_t *render, const char *event,
                       const char *id, const char *record, size_t len, int64_t hold_until);
 /* The hold deadline of order id from {E}:state (0: paid at once, or unknown). */
-int64_t reconcile_hold_until(redisContext *rc, const char *event, const char *id);
+int64_t reconcile_hold_until(rsync_t *rs, const char *event, const char *id);
 /* Blocking publish of one {E}:tpending entry of order id (value "<at> <state> <payload>", as
  * lua/order.lua wrote it): Nats-Msg-Id "<id>:<state>", header Snatch-Transition. 0 once
  * acknowledged; -1 (publish failed, or a malformed entry: skipped and logged). */
@@ -75,9 +78,9 @@ int reconcile_publish_transition(jsCtx *js, const char *event, const char *id, c
                                  size_t len);
 /* Republishes every {E}:tpending entry of event older than cutoff_ms (wall clock; INT64_MAX:
  * all) and HDELs each once acknowledged. Returns how many, or -1 on a Redis failure. */
-int reconcile_transitions(redisContext *rc, jsCtx *js, const char *event, int64_t cutoff_ms);
+int reconcile_transitions(rsync_t *rs, jsCtx *js, const char *event, int64_t cutoff_ms);
 
 /* HDEL key field; 0 or -1. */
-int reconcile_hdel(redisContext *rc, const char *key, const char *field);
+int reconcile_hdel(rsync_t *rs, const char *key, const char *field);
 
 #endif

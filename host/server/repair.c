@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "auth.h"
+#include "cluster_sync.h"
 #include "keyspace.h"
 #include "log.h"
 #include "metrics.h"
@@ -18,17 +19,14 @@
 #include "util.h"
 
 #define CONNECT_TIMEOUT_MS 2000
-#define MAX_CONNS 16
-#define MAX_REDIRECTS 5
+#define MAX_SEEDS 16
 #define REQUESTS_MAX 64
-#define NO_CONN 0xFFu
 
 /* ---- configuration and requests (process-wide) ---- */
 
-static char *script_src; /* written once before threads start */
+static char *script_src; /* written once before threads start, as seed_src */
+static char *seed_src;
 static bool claim_standalone;
-static cluster_seed_t seeds[MAX_CONNS];
-static int n_seeds;
 
 static pthread_mutex_t req_lock = PTHREAD_MUTEX_INITIALIZER;
 static char requests[REQUESTS_MAX][SNATCH_NAME_MAX + 1];
@@ -38,10 +36,12 @@ static void *waker_arg;
 
 int repair_configure(const char *script, bool claim, const char *seed_list)
 {
+    cluster_seed_t seeds[MAX_SEEDS];
     free(script_src);
-    script_src = NULL;
-    n_seeds = cluster_parse_seeds(seed_list, seeds, MAX_CONNS);
-    if (script == NULL || n_seeds < 1 || (script_src = strdup(script)) == NULL)
+    free(seed_src);
+    script_src = seed_src = NULL;
+    if (script == NULL || cluster_parse_seeds(seed_list, seeds, MAX_SEEDS) < 1 ||
+        (seed_src = strdup(seed_list)) == NULL || (script_src = strdup(script)) == NULL)
         return -1;
     claim_standalone = claim;
     return 0;
@@ -95,18 +95,11 @@ bool repair_next_request(char *out)
     return got;
 }
 
-/* ---- Redis, routed by MOVED ---- */
-
-typedef struct conn {
-    char host[CLUSTER_HOST_MAX];
-    int port;
-    redisContext *rc;
-} conn_t;
+/* ---- Redis, routed by cluster_sync (MOVED, ASK, TRYAGAIN followed there) ---- */
 
 struct repair {
-    conn_t conns[MAX_CONNS]; /* the seeds first, then nodes named by MOVED or ASK */
-    int n_conns;
-    uint8_t slot_conn[CLUSTER_SLOTS]; /* where a slot was last found, NO_CONN: ask a seed */
+    rsync_t *rs; /* opened at the first command, again after it failed to open */
+    bool stale;  /* a command got no reply: read the map again before the next */
     const auth_config_t *auth;
     char sha[41];
     char token[128]; /* this process's lock token: a retry by the same host re-enters */
@@ -119,12 +112,6 @@ repair_t *repair_new(const auth_config_t *auth, const char *host_id)
     repair_t *rp = calloc(1, sizeof(*rp));
     if (rp == NULL)
         return NULL;
-    for (int i = 0; i < n_seeds; i++) {
-        memcpy(rp->conns[i].host, seeds[i].host, sizeof(rp->conns[i].host));
-        rp->conns[i].port = seeds[i].port;
-    }
-    rp->n_conns = n_seeds;
-    memset(rp->slot_conn, NO_CONN, sizeof(rp->slot_conn));
     rp->auth = auth;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -133,109 +120,40 @@ repair_t *repair_new(const auth_config_t *auth, const char *host_id)
     return rp;
 }
 
-static void drop(conn_t *c)
-{
-    if (c->rc != NULL)
-        redisFree(c->rc);
-    c->rc = NULL;
-}
-
 void repair_free(repair_t *rp)
 {
     if (rp == NULL)
         return;
-    for (int i = 0; i < rp->n_conns; i++)
-        drop(&rp->conns[i]);
+    rsync_close(rp->rs);
     free(rp);
 }
 
-static redisContext *ready(repair_t *rp, conn_t *c)
-{
-    if (c->rc != NULL)
-        return c->rc;
-    struct timeval tv = {CONNECT_TIMEOUT_MS / 1000, (CONNECT_TIMEOUT_MS % 1000) * 1000};
-    c->rc = redisConnectWithTimeout(c->host, c->port, tv);
-    char err[256];
-    if (c->rc == NULL || c->rc->err) {
-        log_warn("repair: cannot connect to redis %s:%d: %s", c->host, c->port,
-                 c->rc ? c->rc->errstr : "out of memory");
-        drop(c);
-        return NULL;
-    }
-    redisSetTimeout(c->rc, tv);
-    if (auth_redis_sync(c->rc, rp->auth, err, sizeof(err)) != 0) {
-        log_warn("repair: redis %s:%d: %s", c->host, c->port, err);
-        drop(c);
-        return NULL;
-    }
-    return c->rc;
-}
-
-static int conn_for(repair_t *rp, const char *host, int port)
-{
-    for (int i = 0; i < rp->n_conns; i++)
-        if (rp->conns[i].port == port && strcmp(rp->conns[i].host, host) == 0)
-            return i;
-    if (rp->n_conns == MAX_CONNS)
-        return -1;
-    conn_t *c = &rp->conns[rp->n_conns];
-    snprintf(c->host, sizeof(c->host), "%s", host);
-    c->port = port;
-    c->rc = NULL;
-    return rp->n_conns++;
-}
-
-/* The first seed that answers (a node that died in a failover is skipped), or -1. */
-static int any_seed(repair_t *rp)
-{
-    for (int i = 0; i < n_seeds; i++)
-        if (ready(rp, &rp->conns[i]) != NULL)
-            return i;
-    return -1;
-}
-
-/* Sends argv to the node serving key's slot; follows MOVED and ASK. The reply (caller frees),
- * or NULL when no node could be asked or a connection failed (it is dropped: the next call
- * reconnects, or asks a seed where the slot lives now). */
+/* Sends argv to the master serving key's slot. The reply (caller frees), or NULL when no node
+ * could be asked or a connection failed: a master that died leaves the map stale until its
+ * replica is promoted, so the next command reads the map again first. */
 static redisReply *cmd(repair_t *rp, const char *key, size_t keylen, int argc, const char **argv,
                        const size_t *lens)
 {
-    unsigned slot = cluster_key_slot(key, keylen);
-    int at = rp->slot_conn[slot];
-    bool asking = false;
-    for (int hop = 0; hop <= MAX_REDIRECTS; hop++) {
-        if (at == NO_CONN || ready(rp, &rp->conns[at]) == NULL) {
-            rp->slot_conn[slot] = NO_CONN;
-            if ((at = any_seed(rp)) < 0)
-                return NULL;
-        }
-        conn_t *c = &rp->conns[at];
-        redisContext *rc = c->rc;
-        if (asking) {
-            redisReply *a = redisCommand(rc, "ASKING");
-            freeReplyObject(a);
-        }
-        redisReply *r = redisCommandArgv(rc, argc, argv, lens);
-        if (r == NULL) {
-            drop(c);
+    char err[256];
+    if (rp->rs == NULL) {
+        rp->rs = rsync_open(seed_src, rp->auth, CONNECT_TIMEOUT_MS, err, sizeof(err));
+        if (rp->rs == NULL) {
+            log_warn("repair: redis %s: %s", seed_src, err);
             return NULL;
         }
-        cluster_redirect_t to;
-        cluster_err_t ce = cluster_reply_error(r, &to);
-        if (ce != CLUSTER_ERR_MOVED && ce != CLUSTER_ERR_ASK)
-            return r;
-        freeReplyObject(r);
-        if (to.host[0] == '\0')
-            snprintf(to.host, sizeof(to.host), "%s", c->host);
-        int next = conn_for(rp, to.host, to.port);
-        if (next < 0)
-            return NULL;
-        asking = ce == CLUSTER_ERR_ASK;
-        if (!asking)
-            rp->slot_conn[slot] = (uint8_t)next;
-        at = next;
+        rp->stale = false;
     }
-    return NULL;
+    if (rp->stale && rsync_refresh(rp->rs, err, sizeof(err)) != 0) {
+        log_warn("repair: redis cluster map: %s", err);
+        return NULL;
+    }
+    rp->stale = false;
+    redisReply *r = rsync_command_argv(rp->rs, key, keylen, argc, argv, lens, err, sizeof(err));
+    if (r == NULL) {
+        log_warn("repair: redis %s: %s", argv[0], err);
+        rp->stale = true;
+    }
+    return r;
 }
 
 static bool is_noscript(const redisReply *r)

@@ -11,9 +11,11 @@
 
 #include <cmocka.h>
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <uv.h>
 
 #include "cluster_slots.h"
@@ -493,10 +495,9 @@ static const char *sync_get(rsync_t *rs, const char *key, char *out, size_t cap)
 {
     char err[256];
     out[0] = '\0';
-    redisContext *ctx = rsync_ctx(rs, key, strlen(key), err, sizeof(err));
-    if (ctx == NULL)
-        return out;
-    redisReply *r = redisCommand(ctx, "GET %s", key);
+    redisReply *r = rsync_command(rs, key, err, sizeof(err), "GET %s", key);
+    if (r == NULL)
+        fprintf(stderr, "GET %s: %s\n", key, err);
     if (r != NULL && (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_ERROR))
         snprintf(out, cap, "%s", r->str);
     freeReplyObject(r);
@@ -528,6 +529,105 @@ static void test_sync(void **state)
     rsync_close(rs);
     assert_null(rsync_open("127.0.0.1:1", NULL, 500, err, sizeof(err)));
     assert_null(rsync_open("localhost:6379", NULL, 500, err, sizeof(err)));
+}
+
+typedef struct {
+    test_redis_t *from, *to, **all;
+    const char *to_id, *key;
+    unsigned slot;
+    int rc;
+} finish_t;
+
+/* Ends a migration 200 ms from now, from another thread, while the test's command waits out
+ * TRYAGAIN: the last key goes, then every master learns the new owner, the importing node first
+ * (the documented order: else it answers MOVED back to the old owner, which answers MOVED to
+ * it, until the redirection limit). */
+static void *finish_migration(void *arg)
+{
+    finish_t *f = arg;
+    struct timespec ts = {0, 200 * 1000000L};
+    nanosleep(&ts, NULL);
+    f->rc = node_do(f->from, "MIGRATE 127.0.0.1 %d %s 0 5000", f->to->port, f->key);
+    if (f->rc == 0)
+        f->rc = node_do(f->to, "CLUSTER SETSLOT %u NODE %s", f->slot, f->to_id);
+    for (int i = 0; i < 3 && f->rc == 0; i++)
+        if (f->all[i] != f->to)
+            f->rc = node_do(f->all[i], "CLUSTER SETSLOT %u NODE %s", f->slot, f->to_id);
+    return NULL;
+}
+
+/* The blocking client after its map went stale: a slot moved (with its key) after the map was
+ * read answers MOVED, followed and remembered; mid-migration a key already gone answers ASK
+ * (ASKING then the command on the importing node, the map unchanged), and keys split between
+ * the two nodes answer TRYAGAIN until the migration ends, then MOVED. */
+static void test_sync_redirects(void **state)
+{
+    (void)state;
+    test_redis_t *ms[3];
+    char ids[3][41], err[256], buf[64], name[32], key[64];
+    assert_int_equal(masters(ms, ids), 3);
+    rsync_t *rs = rsync_open(cluster.seeds, NULL, 2000, err, sizeof(err));
+    assert_non_null(rs);
+
+    assert_non_null(name_on_master("sm", name, sizeof(name), ms[0], NULL));
+    snprintf(key, sizeof(key), "{%s}:pending", name);
+    unsigned slot = cluster_key_slot(key, strlen(key));
+    assert_int_equal(node_do(ms[0], "HSET %s o1 1 o2 2", key), 0);
+    redisReply *r = rsync_command(rs, key, err, sizeof(err), "HLEN %s", key);
+    assert_non_null(r);
+    assert_int_equal(r->integer, 2);
+    freeReplyObject(r);
+    move_slot(slot, ms[0], ids[0], ms[1], ids[1], ms, key);
+    r = rsync_command(rs, key, err, sizeof(err), "HDEL %s o1", key); /* MOVED, followed */
+    assert_non_null(r);
+    if (r->type == REDIS_REPLY_ERROR)
+        fprintf(stderr, "HDEL: %s\n", r->str);
+    assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+    assert_int_equal(r->integer, 1);
+    freeReplyObject(r);
+    assert_int_equal(rsync_redirects(rs), 1);
+    r = test_redis_cmd(ms[1], "HLEN %s", key);
+    assert_int_equal(r->integer, 1);
+    freeReplyObject(r);
+    r = rsync_command(rs, key, err, sizeof(err), "HDEL %s o2", key);
+    assert_int_equal(r->integer, 1);
+    freeReplyObject(r);
+    assert_int_equal(rsync_redirects(rs), 1); /* the map learned the move */
+
+    char old[64], stay[64];
+    assert_non_null(name_on_master("sa", name, sizeof(name), ms[1], NULL));
+    snprintf(old, sizeof(old), "{%s}:old", name);
+    snprintf(stay, sizeof(stay), "{%s}:stay", name);
+    slot = cluster_key_slot(old, strlen(old));
+    assert_int_equal(node_do(ms[1], "SET %s gone", old), 0);
+    assert_int_equal(node_do(ms[1], "SET %s here", stay), 0);
+    assert_string_equal(sync_get(rs, old, buf, sizeof(buf)), "gone");
+    assert_int_equal(node_do(ms[2], "CLUSTER SETSLOT %u IMPORTING %s", slot, ids[1]), 0);
+    assert_int_equal(node_do(ms[1], "CLUSTER SETSLOT %u MIGRATING %s", slot, ids[2]), 0);
+    assert_int_equal(node_do(ms[1], "MIGRATE 127.0.0.1 %d %s 0 5000", ms[2]->port, old), 0);
+    unsigned long before = rsync_redirects(rs);
+    assert_string_equal(sync_get(rs, old, buf, sizeof(buf)), "gone");  /* ASK */
+    assert_string_equal(sync_get(rs, stay, buf, sizeof(buf)), "here"); /* still on ms[1] */
+    assert_int_equal(rsync_redirects(rs), before + 1);
+    assert_string_equal(sync_get(rs, old, buf, sizeof(buf)), "gone"); /* ASK again: no MOVED */
+    assert_int_equal(rsync_redirects(rs), before + 2);
+
+    finish_t f = {
+        .from = ms[1], .to = ms[2], .all = ms, .to_id = ids[2], .key = stay, .slot = slot};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, finish_migration, &f), 0);
+    r = rsync_command(rs, old, err, sizeof(err), "MGET %s %s", old, stay); /* TRYAGAIN, MOVED */
+    pthread_join(th, NULL);
+    assert_int_equal(f.rc, 0);
+    assert_non_null(r);
+    if (r->type == REDIS_REPLY_ERROR)
+        fprintf(stderr, "MGET: %s\n", r->str);
+    assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(r->elements, 2);
+    assert_string_equal(r->element[0]->str, "gone");
+    assert_string_equal(r->element[1]->str, "here");
+    freeReplyObject(r);
+    rsync_close(rs);
 }
 
 /* kill -9 of the master of an event: commands for it fail at once (nothing ran) until the
@@ -595,9 +695,7 @@ static void test_failover(void **state)
     char err[256];
     rsync_t *rs = rsync_open(cluster.seeds, NULL, 2000, err, sizeof(err));
     assert_non_null(rs);
-    redisContext *ctx = rsync_ctx(rs, key, strlen(key), err, sizeof(err));
-    assert_non_null(ctx);
-    redisReply *r = redisCommand(ctx, "GET %s", key);
+    redisReply *r = rsync_command(rs, key, err, sizeof(err), "GET %s", key);
     assert_non_null(r);
     assert_string_equal(r->str, "4");
     freeReplyObject(r);
@@ -642,6 +740,7 @@ int main(void)
         cmocka_unit_test_teardown(test_wait, teardown),
         cmocka_unit_test_teardown(test_deduct_wait, teardown),
         cmocka_unit_test_teardown(test_sync, teardown),
+        cmocka_unit_test_teardown(test_sync_redirects, teardown),
         cmocka_unit_test_teardown(test_failover, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
