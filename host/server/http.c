@@ -316,7 +316,11 @@ static void tl_unlink(http_server_t *srv, conn_t *c)
  * once. */
 static void tl_put(http_server_t *srv, conn_t *c, uint8_t id, uint64_t deadline)
 {
-    if (c->tl == id && c->deadline == deadline)
+    /* Same list, same deadline: the position stands, except that an idle connection settled
+     * again (it just did something) goes behind the others idle since the same millisecond,
+     * so that the first of the idle list is the longest idle one (shed_candidate). */
+    if (c->tl == id && c->deadline == deadline &&
+        (id != TL_IDLE || c->tnext == NULL || c->tnext->deadline != deadline))
         return;
     tl_unlink(srv, c);
     if (id == TL_NONE)
