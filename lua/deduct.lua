@@ -9,8 +9,9 @@
 --                              owner, base                    (written by lua/repair.lua)
 --   KEYS[2] {E}:users    hash  user -> units bought
 --   KEYS[3] {E}:orders   hash  order_id -> order record: "<qty> <host> <user>" when the names
---                              are plain (see `rec` below), else the JSON; a record starting
---                              with '{' (this, an earlier version's, repair.lua's) is JSON
+--                              are plain (see `rec` below); a record starting with '{' is the
+--                              order's JSON (this script's for other names, an earlier
+--                              version's, repair.lua's), which every reader still takes
 --   KEYS[4] {E}:uorders  hash  user -> order ids, comma separated
 --   KEYS[5] {E}:pending  hash  order_id -> ms; deleted once JetStream acknowledged the order,
 --                              so what is left is what reconciliation must republish
