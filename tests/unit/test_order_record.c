@@ -179,6 +179,62 @@ static void test_malformed_refused(void **state)
                      -1);
 }
 
+/* Random values over an alphabet of the characters that matter: whatever is accepted is an
+ * order whose fields are the value's words, and it is JSON that the subscriber's parser takes
+ * (no escape was needed). Deterministic (a fixed seed), under ASan too. */
+static uint32_t next_rand(uint32_t *seed)
+{
+    *seed = *seed * 1103515245u + 12345u;
+    return *seed >> 16;
+}
+
+/* Random values, mostly near the compact form (words of name characters, spaces), with the
+ * characters that must be refused mixed in: whatever is accepted is an order whose fields are
+ * the value's words, and JSON that the subscriber's parser takes (no escape was needed).
+ * Deterministic (a fixed seed), under ASan too. */
+static void test_random_values(void **state)
+{
+    (void)state;
+    static const char good[] = "0123456789aZz_.:@-", bad[] = " {\"\\/\x80\t\n";
+    const char *id = "1764530000123-0000000042-concert";
+    uint32_t seed = 12345;
+    int accepted = 0;
+    for (int i = 0; i < 50000; i++) {
+        char val[40], buf[ORDER_RECORD_JSON_MAX];
+        size_t len = 0;
+        int words = 1 + (int)(next_rand(&seed) % 4);
+        for (int w = 0; w < words; w++) {
+            if (w > 0)
+                val[len++] = ' ';
+            size_t wl = next_rand(&seed) % 6;
+            for (size_t k = 0; k < wl; k++)
+                val[len++] = next_rand(&seed) % 20 == 0
+                                 ? bad[next_rand(&seed) % (sizeof(bad) - 1)]
+                                 : good[next_rand(&seed) % (sizeof(good) - 1)];
+        }
+        const char *json = NULL;
+        int n = order_record_json(id, strlen(id), val, len, buf, sizeof(buf), &json);
+        if (n < 0 || (len > 0 && val[0] == '{'))
+            continue;
+        accepted++;
+        store_order_t o;
+        json_t *doc = NULL;
+        char reason[128], w0[16], w1[16], w2[16], copy[sizeof(val) + 1];
+        assert_int_equal(store_parse_order(json, (size_t)n, &o, &doc, reason, sizeof(reason)), 0);
+        memcpy(copy, val, len);
+        copy[len] = '\0';
+        assert_int_equal(sscanf(copy, "%15s %15s %15s", w0, w1, w2), 3);
+        char qty[24];
+        snprintf(qty, sizeof(qty), "%lld", (long long)o.qty);
+        assert_string_equal(qty, w0);
+        assert_string_equal(o.host, w1);
+        assert_string_equal(o.user, w2);
+        assert_string_equal(o.order_id, id);
+        json_decref(doc);
+    }
+    assert_true(accepted > 1000);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -187,6 +243,7 @@ int main(void)
         cmocka_unit_test(test_longest_names_fit),
         cmocka_unit_test(test_json_passes_through),
         cmocka_unit_test(test_malformed_refused),
+        cmocka_unit_test(test_random_values),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
