@@ -8,7 +8,10 @@
 --                              (written by PUT/PATCH /admin/events/E and .../pause|resume),
 --                              owner, base                    (written by lua/repair.lua)
 --   KEYS[2] {E}:users    hash  user -> units bought
---   KEYS[3] {E}:orders   hash  order_id -> order record (JSON, the built-in payload)
+--   KEYS[3] {E}:orders   hash  order_id -> order record: "<qty> <host> <user>" when the names
+--                              are plain (see `rec` below); a record starting with '{' is the
+--                              order's JSON (this script's for other names, an earlier
+--                              version's, repair.lua's), which every reader still takes
 --   KEYS[4] {E}:uorders  hash  user -> order ids, comma separated
 --   KEYS[5] {E}:pending  hash  order_id -> ms; deleted once JetStream acknowledged the order,
 --                              so what is left is what reconciliation must republish
@@ -128,13 +131,14 @@ for j = 1, #users do
   held[users[j]] = tonumber(got[j]) or 0
 end
 
--- Names the host accepts need no JSON escaping: the record is built by concatenation then,
--- the same JSON cjson would write (any other name still goes through cjson).
+-- Names the host accepts are plain: the record is then the compact "<qty> <host> <user>", from
+-- which (with the id, which names the ms and the event) order_record_json() in
+-- host/common/order_msg.c rebuilds the order's JSON byte for byte. Plain names have no space,
+-- so the form is unambiguous; a record starting with '{' is JSON (any other name, via cjson).
 local function plain(s) return find(s, '^[%w_.:@%-]+$') ~= nil end
 local fast = plain(event) and plain(host)
 local ms_str = format('%d', ms)
-local head = '{"event":"' .. event .. '","host":"' .. host .. '","created_at":' .. ms_str ..
-  ',"order_id":"'
+local host_sp = ' ' .. host .. ' '
 local until_str = hold_ms > 0 and format('%d', ms + hold_ms) or '0'
 
 -- ---- Idempotency keys (only buyers that send one pay for this) ----
@@ -189,7 +193,7 @@ for i = 1, n do
     local id = format('%013d-%010d-%s', ms, seq, event)
     local rec
     if fast and plain(user) then
-      rec = head .. id .. '","qty":' .. ARGV[B + 3 * i - 1] .. ',"user":"' .. user .. '"}'
+      rec = ARGV[B + 3 * i - 1] .. host_sp .. user
     else
       rec = cjson.encode({
         order_id = id, event = event, user = user, qty = qty, host = host, created_at = ms })

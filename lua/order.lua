@@ -8,7 +8,8 @@
 -- The keyspace is host/common/keyspace.h's; every key is in the event's hash tag {E}:
 --   KEYS[1] {E}:meta      hash  stock, sold, ...        sold goes down when a hold is released
 --   KEYS[2] {E}:users     hash  user -> units bought    idem, unless the hold said keep
---   KEYS[3] {E}:orders    hash  order_id -> record      read only (an order is never deleted)
+--   KEYS[3] {E}:orders    hash  order_id -> record      read only (an order is never deleted):
+--                               "<qty> <host> <user>" (deduct.lua) or JSON (starts with '{')
 --   KEYS[4] {E}:holds     zset  order_id by hold deadline (ms): the held orders
 --   KEYS[5] {E}:state     hash  order_id -> "held <until> <keep> <qty> <user>"
 --                                            | "<paid|expired|cancelled> <at> <until>"
@@ -38,6 +39,12 @@ local function words(s)
 end
 
 local function plain(s) return string.find(s, '^[%w_.:@%-]+$') ~= nil end
+
+-- The buyer of an {E}:orders record, in either of its forms (deduct.lua).
+local function record_user(rec)
+  if string.byte(rec, 1) == 123 then return cjson.decode(rec).user end -- '{'
+  return string.match(rec, '^%d+ %S+ (%S+)$')
+end
 
 local function payload_of(id, user, qty, to)
   if plain(id) and plain(event) and plain(user) then
@@ -113,7 +120,7 @@ if not rec then return {'unknown'} end
 local st = redis.call('HGET', KEYS[5], id)
 local w = st and words(st) or nil
 if op == 'cancel' then
-  local owner = w and w[1] == 'held' and w[5] or cjson.decode(rec).user
+  local owner = w and w[1] == 'held' and w[5] or record_user(rec)
   if owner ~= ARGV[4] then return {'forbidden'} end
 end
 local want = op == 'pay' and 'paid' or 'cancelled'

@@ -162,6 +162,8 @@ if op == 'chunk' or op == 'held' then
       local rec = {order_id = id, event = event, user = user, qty = qty}
       if host ~= '' then rec.host = host end
       if created then rec.created_at = created end
+      -- Restored as JSON (a record may lack host or created_at, which the compact form of
+      -- deduct.lua cannot say); every reader takes both forms.
       redis.call('HSET', KEYS[3], id, cjson.encode(rec))
       local prev = redis.call('HGET', KEYS[4], user)
       redis.call('HSET', KEYS[4], user, prev and (prev .. ',' .. id) or id)

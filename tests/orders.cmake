@@ -29,3 +29,6 @@ add_snatch_py_test(test_auth integration/test_auth.py TIMEOUT 180)
 add_snatch_py_test(test_order_life integration/test_order_life.py TIMEOUT 400)
 # host/common/nats_servers.c: --nats's URL list (one parser for every program).
 add_snatch_unit_test(test_nats_servers ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_nats_servers.c LIBS snatch_common)
+# {E}:orders compact records: every reader answers the JSON as before; JSON records of an
+# earlier version are still read and republished.
+add_snatch_py_test(test_compact_records integration/test_compact_records.py TIMEOUT 120)

@@ -5,7 +5,10 @@
  * Keys of one event share the hash tag {event}, so Redis Cluster keeps them on one slot:
  *   {E}:meta     hash  stock, sold, limit, gen, seq   (PUT /admin/events/E)
  *   {E}:users    hash  user -> units bought
- *   {E}:orders   hash  order id -> order record (JSON)
+ *   {E}:orders   hash  order id -> order record: "<qty> <host> <user>" (plain names, which
+ *                      every name the host accepts is), or the order's JSON (starts with '{':
+ *                      written by earlier versions, by lua/repair.lua, or for names that need
+ *                      escaping). order_record_json() (order_msg.h) gives the JSON of either.
  *   {E}:uorders  hash  user -> order ids, comma separated
  *   {E}:pending  hash  order id -> ms; deleted once JetStream acknowledged the order
  * Order life (lua/order.lua; deduct.lua writes the first two for an order sold with a hold):

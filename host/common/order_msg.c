@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "util.h"
+
 static const char *nonempty_string(json_t *doc, const char *key)
 {
     json_t *v = json_object_get(doc, key);
@@ -294,4 +296,107 @@ bool order_body_next(order_body_t *b, const char **rec, size_t *len)
 bool order_body_mismatch(const order_body_t *b)
 {
     return b->seen != b->declared;
+}
+
+/* ---- {E}:orders values ---- */
+
+/* deduct.lua's plain(): a name that is a JSON string without escapes. */
+static bool plain_name(const char *s, size_t len)
+{
+    if (len == 0)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '.' || c == ':' || c == '@' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+static bool all_digits(const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+    return true;
+}
+
+static size_t digit_run(const char *s, size_t len)
+{
+    size_t n = 0;
+    while (n < len && s[n] >= '0' && s[n] <= '9')
+        n++;
+    return n;
+}
+
+typedef struct out_buf {
+    char *p;
+    size_t cap, pos;
+    bool full;
+} out_buf_t;
+
+static void put(out_buf_t *o, const char *s, size_t len)
+{
+    if (o->full || len > o->cap - o->pos) {
+        o->full = true;
+        return;
+    }
+    memcpy(o->p + o->pos, s, len);
+    o->pos += len;
+}
+
+#define PUT_LIT(o, lit) put(o, lit, sizeof(lit) - 1)
+
+int order_record_json(const char *id, size_t idlen, const char *val, size_t vlen, char *buf,
+                      size_t cap, const char **json)
+{
+    if (vlen > 0 && val[0] == '{') {
+        *json = val;
+        return (int)vlen;
+    }
+    /* The id as deduct.lua mints it, "%013d-%010d-<event>": its ms is created_at, its tail the
+     * event. Read by digit runs, as a seq past 10 digits still makes an order. */
+    size_t ms_digits = digit_run(id, idlen);
+    size_t seq_at = ms_digits + 1;
+    size_t seq_digits = seq_at < idlen ? digit_run(id + seq_at, idlen - seq_at) : 0;
+    size_t event_at = seq_at + seq_digits + 1;
+    if (ms_digits < 13 || ms_digits > 18 || ms_digits >= idlen || id[ms_digits] != '-' ||
+        seq_digits < 10 || event_at >= idlen || id[event_at - 1] != '-' ||
+        !plain_name(id + event_at, idlen - event_at))
+        return -1;
+    const char *sp1 = memchr(val, ' ', vlen);
+    const char *sp2 = sp1 != NULL ? memchr(sp1 + 1, ' ', vlen - (size_t)(sp1 + 1 - val)) : NULL;
+    if (sp2 == NULL)
+        return -1;
+    size_t qlen = (size_t)(sp1 - val), hlen = (size_t)(sp2 - sp1 - 1);
+    const char *host = sp1 + 1, *user = sp2 + 1;
+    size_t ulen = vlen - (size_t)(user - val);
+    /* qty as deduct.lua accepts it: no sign, no leading zero. */
+    if (qlen == 0 || qlen > UTIL_I64_LEN || val[0] == '0' || !all_digits(val, qlen) ||
+        !plain_name(host, hlen) || !plain_name(user, ulen))
+        return -1;
+    int64_t ms = 0;
+    for (size_t i = 0; i < ms_digits; i++)
+        ms = ms * 10 + (id[i] - '0');
+    char msbuf[UTIL_I64_LEN];
+    size_t mslen = util_i64(msbuf, ms);
+    out_buf_t o = {.p = buf, .cap = cap};
+    PUT_LIT(&o, "{\"event\":\"");
+    put(&o, id + event_at, idlen - event_at);
+    PUT_LIT(&o, "\",\"host\":\"");
+    put(&o, host, hlen);
+    PUT_LIT(&o, "\",\"created_at\":");
+    put(&o, msbuf, mslen);
+    PUT_LIT(&o, ",\"order_id\":\"");
+    put(&o, id, idlen);
+    PUT_LIT(&o, "\",\"qty\":");
+    put(&o, val, qlen);
+    PUT_LIT(&o, ",\"user\":\"");
+    put(&o, user, ulen);
+    PUT_LIT(&o, "\"}");
+    if (o.full || o.pos > INT32_MAX)
+        return -1;
+    *json = buf;
+    return (int)o.pos;
 }

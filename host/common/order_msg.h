@@ -63,4 +63,20 @@ bool order_body_next(order_body_t *b, const char **rec, size_t *len);
  * message: its good records are still orders, the mismatch is the consumer's to report). */
 bool order_body_mismatch(const order_body_t *b);
 
+/* An {E}:orders value (host/common/keyspace.h, lua/deduct.lua): the compact "<qty> <host> <user>"
+ * deduct.lua stores when every name is plain ([A-Za-z0-9_.:@-], which every name the host
+ * accepts is), or, starting with '{', the order's JSON itself (a record of an earlier version,
+ * one restored by lua/repair.lua, a name that needs escaping). The id (field) gives the rest. */
+#define ORDER_RECORD_JSON_MAX 512
+
+/* The order's JSON, exactly the bytes deduct.lua stored before records were compact:
+ * {"event":E,"host":H,"created_at":<the id's ms>,"order_id":id,"qty":Q,"user":U}. A JSON value is
+ * used as it is (*json = val, nothing copied); a compact one is written into buf (cap bytes;
+ * ORDER_RECORD_JSON_MAX holds every order of names the host accepts) and *json = buf. Returns the
+ * JSON's length, or -1 (val is neither form, id is not "<13 digits>-<10 digits>-<plain event>"
+ * (more digits are read too: a seq past 10 digits), or it does not fit). Every reader of {E}:orders
+ * goes through this. Allocates nothing. */
+int order_record_json(const char *id, size_t idlen, const char *val, size_t vlen, char *buf,
+                      size_t cap, const char **json);
+
 #endif

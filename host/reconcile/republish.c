@@ -8,6 +8,7 @@
 
 #include "keyspace.h"
 #include "log.h"
+#include "order_msg.h"
 #include "orders_stream.h"
 #include "util.h"
 
@@ -182,8 +183,16 @@ int64_t reconcile_hold_until(rsync_t *rs, const char *event, const char *id)
 int reconcile_publish(jsCtx *js, const reconcile_render_t *render, const char *event,
                       const char *id, const char *record, size_t len, int64_t hold_until)
 {
-    char subject[256], payload[ORDERS_PAYLOAD_MAX];
+    char subject[256], payload[ORDERS_PAYLOAD_MAX], json[ORDER_RECORD_JSON_MAX];
     const char *body = record;
+    /* Renderer and message see the order's JSON, whichever form Redis holds. */
+    int jl = order_record_json(id, strlen(id), record, len, json, sizeof(json), &body);
+    if (jl < 0) {
+        reconcile_skip("%s: order %s: unreadable record in Redis", event, id);
+        return -1;
+    }
+    record = body;
+    len = (size_t)jl;
     if (render != NULL && render->fn != NULL) {
         int n = render->fn(render->ctx, record, len, payload, sizeof(payload));
         if (n < 0)

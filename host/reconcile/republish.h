@@ -64,7 +64,8 @@ int reconcile_hscan(rsync_t *rs, const char *key, reconcile_scan_fn fn, void *da
                     size_t errlen);
 /* Creates the ORDERS stream if missing (reconciliation may run before any host did). 0 or -1. */
 int reconcile_ensure_stream(jsCtx *js);
-/* Blocking publish of one order given by its Redis record, rendered by render (may be NULL);
+/* Blocking publish of one order given by its {E}:orders value (either form: order_record_json
+ * gives the JSON that render, which may be NULL, renders; -1 for a value it cannot read);
  * hold_until > 0: it was sold held (header Snatch-Hold-Until), as the host published it.
  * 0 once JetStream acknowledged it (stored or duplicate). */
 int reconcile_publish(jsCtx *js, const reconcile_render_t *render, const char *event,

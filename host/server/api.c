@@ -16,6 +16,7 @@
 #include "life.h"
 #include "log.h"
 #include "metrics.h"
+#include "order_msg.h"
 #include "ratelimit.h"
 #include "repair.h"
 #include "reply.h"
@@ -393,7 +394,14 @@ typedef struct order_view {
     metrics_route_t route;
     char event[SNATCH_NAME_MAX + 1];
     char user[SNATCH_NAME_MAX + 1]; /* GET /v1/orders/{id}: the buyer asking ("" for admin) */
+    char *ids; /* the user's order ids, comma separated: the fields of the records asked for */
 } order_view_t;
+
+static void view_free(order_view_t *v)
+{
+    free(v->ids);
+    free(v);
+}
 
 /* Order data answers only to its buyer or the admin token. Sets *admin and fills buyer (the
  * validated buyer id, NUL-terminated) or answers (400, 401, 403, 429) and returns false. */
@@ -459,17 +467,18 @@ static void on_user_records(redisReply *r, const char *err, void *data)
     (void)err;
     if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
         reply_error(v->req, ROUTE_USER_ORDERS, 503, "unavailable", NULL);
-        free(v);
+        view_free(v);
         return;
     }
-    size_t cap = 128 + r->elements * 256;
+    /* A compact record grows to at most ORDER_RECORD_JSON_MAX bytes of JSON. */
+    size_t cap = 128 + r->elements * (256 + ORDER_RECORD_JSON_MAX);
     for (size_t i = 0; i < r->elements; i++)
         if (r->element[i]->type == REDIS_REPLY_STRING)
             cap += r->element[i]->len;
     char *body = malloc(cap);
     if (body == NULL) {
         reply_error(v->req, ROUTE_USER_ORDERS, 503, "unavailable", NULL);
-        free(v);
+        view_free(v);
         return;
     }
     size_t pos = 0;
@@ -482,19 +491,36 @@ static void on_user_records(redisReply *r, const char *err, void *data)
     memcpy(body + pos, ",\"orders\":[", 11);
     pos += 11;
     size_t n = 0;
+    const char *id = v->ids;
     for (size_t i = 0; i < r->elements; i++) {
-        if (r->element[i]->type != REDIS_REPLY_STRING)
+        size_t idlen = strcspn(id, ",");
+        const char *next = id[idlen] == ',' ? id + idlen + 1 : id + idlen;
+        const redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_STRING) {
+            id = next;
             continue;
+        }
+        size_t at = pos + (n > 0);
+        const char *json;
+        int len = order_record_json(id, idlen, e->str, e->len, body + at, cap - at - 2, &json);
+        if (len < 0) {
+            /* Left out of the list rather than breaking its JSON; the order is still there. */
+            log_warn("api: order %.*s: unreadable record in Redis", (int)idlen, id);
+            id = next;
+            continue;
+        }
         if (n++)
             body[pos++] = ',';
-        memcpy(body + pos, r->element[i]->str, r->element[i]->len);
-        pos += r->element[i]->len;
+        if (json != body + pos)
+            memcpy(body + pos, json, (size_t)len);
+        pos += (size_t)len;
+        id = next;
     }
     memcpy(body + pos, "]}", 2);
     pos += 2;
     reply_json(v->req, ROUTE_USER_ORDERS, 200, body, pos);
     free(body);
-    free(v);
+    view_free(v);
 }
 
 static void on_user_ids(redisReply *r, const char *err, void *data)
@@ -541,6 +567,14 @@ static void on_user_ids(redisReply *r, const char *err, void *data)
     argv[0] = "HMGET";
     lens[0] = 5;
     lens[1] = (size_t)keyspace_key(key, v->event, strlen(v->event), KEYSPACE_ORDERS);
+    /* The reply has the records only: their ids are needed to read them. */
+    if ((v->ids = strndup(r->str, r->len)) == NULL) {
+        free(argv);
+        free(lens);
+        reply_error(v->req, ROUTE_USER_ORDERS, 503, "unavailable", NULL);
+        free(v);
+        return;
+    }
     argv[1] = key;
     size_t n = 2, start = 0;
     for (size_t i = 0; i <= r->len; i++) {

@@ -13,6 +13,7 @@
 #include "keyspace.h"
 #include "log.h"
 #include "metrics.h"
+#include "order_msg.h"
 #include "orders.h"
 #include "ratelimit.h"
 #include "reply.h"
@@ -247,9 +248,10 @@ void life_cancel(worker_t *w, http_request_t *req, const char *id, size_t len)
 typedef struct life_view {
     http_request_t *req;
     char buyer[SNATCH_NAME_MAX + 1]; /* "" for the admin token */
+    char id[KEYSPACE_ORDER_ID_MAX + 1];
 } life_view_t;
 
-/* True when the stored order record (JSON, "user" field) belongs to buyer. */
+/* True when the order's JSON ("user" field) belongs to buyer. */
 static bool record_of(const char *rec, size_t len, const char *buyer)
 {
     json_t *root = json_loadb(rec, len, 0, NULL);
@@ -259,16 +261,16 @@ static bool record_of(const char *rec, size_t len, const char *buyer)
     return mine;
 }
 
-/* The record with the state's fields added before its closing brace. state: order.lua's
+/* The order's JSON with the state's fields added before its closing brace. state: order.lua's
  * "held <until> ..." or "<state> <at> <until>". */
-static void reply_with_state(http_request_t *req, const redisReply *rec, const redisReply *st)
+static void reply_with_state(http_request_t *req, const char *rec, size_t len, const redisReply *st)
 {
     char name[16] = "";
     long long a = 0, b = 0;
     char extra[160];
     int n;
     if (sscanf(st->str, "%15s %lld %lld", name, &a, &b) < 2) {
-        reply_json(req, ROUTE_ORDER, 200, rec->str, rec->len);
+        reply_json(req, ROUTE_ORDER, 200, rec, len);
         return;
     }
     if (strcmp(name, "held") == 0)
@@ -278,16 +280,16 @@ static void reply_with_state(http_request_t *req, const redisReply *rec, const r
                      ",\"status\":\"%s\",\"status_at\":%lld,\"hold_until\":%lld}", name, a, b);
     else
         n = snprintf(extra, sizeof(extra), ",\"status\":\"%s\",\"status_at\":%lld}", name, a);
-    size_t cut = rec->len;
-    while (cut > 0 && rec->str[cut - 1] != '}')
+    size_t cut = len;
+    while (cut > 0 && rec[cut - 1] != '}')
         cut--;
-    char *body = malloc(rec->len + (size_t)n + 1);
+    char *body = malloc(len + (size_t)n + 1);
     if (cut == 0 || body == NULL) {
         free(body);
-        reply_json(req, ROUTE_ORDER, 200, rec->str, rec->len);
+        reply_json(req, ROUTE_ORDER, 200, rec, len);
         return;
     }
-    memcpy(body, rec->str, cut - 1);
+    memcpy(body, rec, cut - 1);
     memcpy(body + cut - 1, extra, (size_t)n);
     reply_json(req, ROUTE_ORDER, 200, body, cut - 1 + (size_t)n);
     free(body);
@@ -302,15 +304,27 @@ static void on_view(redisReply *r, const char *err, void *data)
         goto out;
     }
     const redisReply *rec = r->element[0], *st = r->element[1];
+    char buf[ORDER_RECORD_JSON_MAX];
+    const char *json = NULL;
+    int len = -1;
+    if (rec->type == REDIS_REPLY_STRING &&
+        (len = order_record_json(v->id, strlen(v->id), rec->str, rec->len, buf, sizeof(buf),
+                                 &json)) < 0) {
+        /* Nobody's order then: the admin token is told it is broken. */
+        log_warn("life: order %s: unreadable record in Redis", v->id);
+        if (v->buyer[0] == '\0') {
+            reply_error(v->req, ROUTE_ORDER, 500, "internal", "the order record is unreadable");
+            goto out;
+        }
+    }
     /* Someone else's order is answered exactly like a missing one: ids are sequential, and a
      * 403 would confirm to a prober that the neighbouring id exists. */
-    if (rec->type != REDIS_REPLY_STRING ||
-        (v->buyer[0] != '\0' && !record_of(rec->str, rec->len, v->buyer)))
+    if (len < 0 || (v->buyer[0] != '\0' && !record_of(json, (size_t)len, v->buyer)))
         reply_error(v->req, ROUTE_ORDER, 404, "unknown_order", NULL);
     else if (st->type != REDIS_REPLY_STRING) /* paid at once: the record as it always was */
-        reply_json(v->req, ROUTE_ORDER, 200, rec->str, rec->len);
+        reply_json(v->req, ROUTE_ORDER, 200, json, (size_t)len);
     else
-        reply_with_state(v->req, rec, st);
+        reply_with_state(v->req, json, (size_t)len, st);
 out:
     free(v);
 }
@@ -319,7 +333,6 @@ void life_get(worker_t *w, http_request_t *req, const char *id, size_t len, cons
 {
     size_t elen;
     const char *event = keyspace_order_event(id, len, &elen);
-    char idz[KEYSPACE_ORDER_ID_MAX + 1];
     life_view_t *v = event != NULL && w->host->life_src != NULL ? malloc(sizeof(*v)) : NULL;
     if (v == NULL) {
         reply_error(req, ROUTE_ORDER, 503, "unavailable", NULL);
@@ -327,9 +340,9 @@ void life_get(worker_t *w, http_request_t *req, const char *id, size_t len, cons
     }
     v->req = req;
     snprintf(v->buyer, sizeof(v->buyer), "%s", buyer);
-    memcpy(idz, id, len);
-    idz[len] = '\0';
-    life_eval(w, "get", event, elen, idz, NULL, on_view, v);
+    memcpy(v->id, id, len);
+    v->id[len] = '\0';
+    life_eval(w, "get", event, elen, v->id, NULL, on_view, v);
 }
 
 /* ---- the expiry sweeper ---- */

@@ -56,6 +56,19 @@ def wait_until(pred, timeout=10.0, step=0.05, what="condition"):
     raise AssertionError("timed out waiting for " + what)
 
 
+def order_json(oid, value):
+    """The order's JSON text of an {E}:orders value in either form (README "Redis data"): a
+    test's reading of host/common/order_msg.c order_record_json; None when it is neither."""
+    if value.startswith("{"):
+        return value
+    m = re.fullmatch(r"(\d{13,18})-\d{10,}-([\w.:@-]+)", oid, re.ASCII)
+    v = re.fullmatch(r"([1-9]\d*) ([\w.:@-]+) ([\w.:@-]+)", value, re.ASCII)
+    if not m or not v:
+        return None
+    return ('{"event":"%s","host":"%s","created_at":%d,"order_id":"%s","qty":%s,"user":"%s"}'
+            % (m[2], v[2], int(m[1]), oid, v[1], v[3]))
+
+
 def js_publish(port, subject, msg_id, headers, payload):
     """Publishes one message with headers to JetStream (HPUB); returns the ack."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:

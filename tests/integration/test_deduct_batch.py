@@ -1,14 +1,15 @@
 """lua/deduct.lua's batch form against a real redis-server: each buyer of a batch is checked
 and deducted in order with its own outcome, stock that runs out inside a batch sells exactly to
 zero, the same buyer twice gets exactly the per-user limit, an expired or unknown batch changes
-nothing, and acknowledged ids riding on a batch leave {E}:pending. The order records keep the
-format the readers (GET /v1/orders, snatch-reconcile) parse."""
+nothing, and acknowledged ids riding on a batch leave {E}:pending. The order records are the
+compact "<qty> <host> <user>" that, with the id, gives back the JSON the readers (GET /v1/orders,
+snatch-reconcile) serve; a name that is not plain keeps the JSON form."""
 import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import SOURCE_DIR, RedisServer, Suite, TempDir  # noqa: E402
+from harness import SOURCE_DIR, RedisServer, Suite, TempDir, order_json  # noqa: E402
 
 with open(os.path.join(SOURCE_DIR, "lua", "deduct.lua")) as f:
     DEDUCT = f.read()
@@ -69,14 +70,18 @@ def mixed_outcomes_in_one_batch():
         assert sorted(ids) == ids, "ids must increase in batch order"
         orders = hgetall(r, "{m}:orders")
         assert set(orders) == set(ids), orders
-        rec = json.loads(orders[ids[1]])
-        assert rec == {"order_id": ids[1], "event": "m", "user": "c", "qty": 2, "host": "h1",
-                       "created_at": out[3][4]}, rec
+        assert orders[ids[1]] == "2 h1 c", orders
+        # Byte for byte the JSON this script stored before records were compact.
+        assert order_json(ids[1], orders[ids[1]]) == (
+            '{"event":"m","host":"h1","created_at":%d,"order_id":"%s","qty":2,"user":"c"}'
+            % (out[3][4], ids[1])), orders
         assert hgetall(r, "{m}:uorders") == {"a": ids[0], "c": ids[1], "d": ids[2]}
         # A name the host would refuse still makes valid JSON (the script's escaping path).
         create(r, "m2", 5, 2)
         batch(r, "m2", [('q"\\x', 1), ("p", 1)])
-        recs = [json.loads(v) for v in hgetall(r, "{m2}:orders").values()]
+        raw = hgetall(r, "{m2}:orders")
+        assert sorted(v[0] for v in raw.values()) == ["1", "{"], raw  # p compact, q"\x JSON
+        recs = [json.loads(order_json(k, v)) for k, v in raw.items()]
         assert sorted(x["user"] for x in recs) == ['p', 'q"\\x'], recs
         assert all(set(x) == {"order_id", "event", "user", "qty", "host", "created_at"}
                    for x in recs), recs
@@ -206,7 +211,7 @@ def order_ids_keep_their_layout_across_seq_digits():
             ids = [o[1] for o in out]
             ms = int(ids[0][:13])
             assert ids == ["%013d-%010d-%s" % (ms, seq0 + i, ev) for i in (1, 2, 3, 4)], ids
-            rec = json.loads(hgetall(r, "{%s}:orders" % ev)[ids[3]])
+            rec = json.loads(order_json(ids[3], hgetall(r, "{%s}:orders" % ev)[ids[3]]))
             assert rec["order_id"] == ids[3] and rec["created_at"] == ms, rec
 
 

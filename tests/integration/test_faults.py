@@ -5,13 +5,14 @@ that tolerates two dead hosts), SIGTERM under load, SIGHUP storms. Every case en
 invariant check of test_faults_common.verify and prints one FAULT line.
 
 test_faults_infra.py holds the faults of Redis, NATS and the subscriber."""
+import json
 import os
 import signal
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Suite, wait_until  # noqa: E402
+from harness import Suite, order_json, wait_until  # noqa: E402
 from test_faults_common import (FaultStack, MultiCrowd, rss_kb, sanitized_build,  # noqa: E402
                                 statuses, sold, verify, wait_sold)
 
@@ -140,7 +141,9 @@ def sigterm_case(label, acks_in_flight, strict=False):
         # Every order the stopped host sold was acknowledged before it exited: nothing of it is
         # left pending in Redis, and the subscriber has all of it without reconciliation.
         orders = st.redis.cmd("HGETALL", "{%s}:orders" % ev)
-        mine = {k for k, v in zip(orders[::2], orders[1::2]) if '"host":"%s"' % victim.host_id in v}
+        mine = {k for k, v in zip(orders[::2], orders[1::2])
+                if json.loads(order_json(k, v))["host"] == victim.host_id}
+        assert mine, "the stopped host sold nothing"
         pending = set(st.redis.cmd("HKEYS", "{%s}:pending" % ev))
 
         def persisted():

@@ -14,7 +14,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import ADMIN_TOKEN, SOURCE_DIR, Stack, Suite, js_publish, wait_until  # noqa: E402
+from harness import (ADMIN_TOKEN, SOURCE_DIR, Stack, Suite, js_publish, order_json,  # noqa: E402
+                     wait_until)
 
 suite = Suite()
 PAY_TOKEN = "test-payment-token-0123456789"
@@ -177,7 +178,8 @@ def without_hold_nothing_changes_for_clients():
         assert s == 200 and sorted(b) == ["event", "order_id", "qty", "user"], b
         oid = b["order_id"]
         s, g = get(h, oid, "alice")
-        assert s == 200 and json.loads(st.redis.cmd("HGET", "{h0}:orders", oid)) == g, g
+        assert s == 200 and json.loads(order_json(oid, st.redis.cmd("HGET", "{h0}:orders",
+                                                                   oid))) == g, g
         assert "status" not in g
         assert st.redis.cmd("HLEN", "{h0}:state") == 0
         assert pay(h, oid) == (200, {"order_id": oid, "status": "paid"})
