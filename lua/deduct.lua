@@ -30,9 +30,13 @@
 --   refuses, so that 503 stays true. Host and Redis clocks must agree to well within the
 --   host's --redis-timeout-ms (NTP does); 0 disables the check.
 --
--- Reply: an array of n replies, one per buyer in ARGV order. Buyers are served in that order,
--- each checked against what the earlier ones left (the same user twice sees their first count):
---   {"ok", order_id, remaining, gen, created_ms, hold_until}   hold_until 0: paid at once
+-- Reply: an array of n replies, one per buyer in ARGV order, then, when any buyer bought, one
+-- more: {gen, created_ms, hold_until, first_seq}. Buyers are served in that order, each checked
+-- against what the earlier ones left (the same user twice sees their first count):
+--   remaining (an integer)              bought: the units left after this buyer. The order id is
+--                                       the batch's: the k-th buyer who bought (k from 0) has
+--                                       seq first_seq + k, so its id is "<created_ms>-<seq>-<event>"
+--                                       (host/common/keyspace.h); hold_until 0: paid at once
 --   {"sold_out", remaining, gen}        nothing left (remaining 0)
 --   {"insufficient", remaining, gen}    fewer left than qty
 --   {"limit_reached", held, gen}        the buyer would exceed per_user_limit
@@ -215,14 +219,16 @@ for i = 1, n do
     else
       bought_ids[user] = ids .. ',' .. id
     end
-    out[i] = {'ok', id, remaining - qty, gen, ms, until_str}
-  end
-  if key ~= '' and not replay then
-    local r = out[i]
-    if r[1] == 'ok' then
-      r = {'ok', r[2], r[3], gen, ms_str, until_str, host}
+    -- The rest of an "ok" is the batch's (see the reply's last element): a number is what a
+    -- buyer's reply costs least, in Lua and on the wire.
+    out[i] = remaining - qty
+    if key ~= '' then
+      idem_keep(user, key, ARGV[B + 3 * i - 1],
+        {'ok', id, remaining - qty, gen, ms_str, until_str, host})
     end
-    idem_keep(user, key, ARGV[B + 3 * i - 1], r)
+  end
+  if key ~= '' and not replay and type(out[i]) == 'table' then
+    idem_keep(user, key, ARGV[B + 3 * i - 1], out[i])
   end
 end
 
@@ -248,5 +254,6 @@ if sold_now > 0 then
     redis.call('ZADD', prefix .. 'holds', unpack(holds))
     redis.call('HSET', prefix .. 'state', unpack(states))
   end
+  out[n + 1] = {gen, ms_str, until_str, seq0 + 1}
 end
 return out

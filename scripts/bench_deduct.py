@@ -65,8 +65,10 @@ class Redis:
         t, rest = line[:1], line[1:-2]
         if t == b"-":
             raise RuntimeError(rest.decode())
-        if t in b"+:":
+        if t == b"+":
             return rest
+        if t == b":":
+            return int(rest)
         if t == b"$":
             n = int(rest)
             return None if n < 0 else self.f.read(n + 2)[:-2]
@@ -98,9 +100,17 @@ def argv_for(users, hold_ms=0, acks=()):
 
 
 def sold_ids(reply):
+    """The ids a batch sold, from deduct.lua's short reply (a buyer who bought answers an
+    integer; the last element is {gen, created_ms, hold_until, first_seq}) or the long one of
+    scripts before it ({"ok", id, ...} per buyer)."""
     if not isinstance(reply, list):
         return []  # a cut-down script (measuring its parts)
-    return [x[1] for x in reply if isinstance(x, list) and x[0] == b"ok"]
+    ids = [x[1] for x in reply if isinstance(x, list) and x and x[0] == b"ok"]
+    bought = sum(1 for x in reply if isinstance(x, int))
+    if bought:
+        ms, seq = int(reply[-1][1]), int(reply[-1][3])
+        ids += [b"%013d-%010d-e" % (ms, seq + i) for i in range(bought)]
+    return ids
 
 
 def run(a, k, aof):

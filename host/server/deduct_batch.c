@@ -378,17 +378,60 @@ static void finish_batch(batch_t *bt)
     maybe_free(b);
 }
 
+/* What deduct.lua's last element says of every buyer of the batch who bought. */
+typedef struct sold_batch {
+    int64_t gen, created_ms, hold_until, seq; /* seq: the next buyer's */
+} sold_batch_t;
+
+/* The batch's last element, {gen, created_ms, hold_until, first_seq}; false when absent or
+ * malformed. */
+static bool decode_sold(const redisReply *r, sold_batch_t *sb)
+{
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 4)
+        return false;
+    *sb = (sold_batch_t){.gen = redis_reply_int(r, 0),
+                         .created_ms = redis_reply_int(r, 1),
+                         .hold_until = redis_reply_int(r, 2),
+                         .seq = redis_reply_int(r, 3)};
+    return sb->gen >= 0 && sb->created_ms >= 0 && sb->seq > 0;
+}
+
+/* A buyer who bought: deduct.lua answers the units left; the rest is the batch's. */
+static void decode_bought(const redisReply *r, sold_batch_t *sb, const ev_state_t *ev, buyer_t *by)
+{
+    by->res = (deduct_result_t){
+        .verdict = DEDUCT_ERROR, .remaining = -1, .gen = -1, .err = deduct_err_bad_reply};
+    if (sb == NULL ||
+        keyspace_order_id(by->id, ID_CAP, sb->created_ms, sb->seq, ev->name, ev->len) < 0) {
+        by->res.detail = "ok without its batch";
+        return;
+    }
+    sb->seq++;
+    by->res = (deduct_result_t){.verdict = DEDUCT_OK,
+                                .order_id = by->id,
+                                .remaining = r->integer,
+                                .gen = sb->gen,
+                                .created_ms = sb->created_ms,
+                                .hold_until = sb->hold_until > 0 ? sb->hold_until : 0};
+}
+
 static void on_batch_reply(redisReply *reply, const char *err, void *data)
 {
     batch_t *bt = data;
-    bool whole = reply != NULL && reply->type == REDIS_REPLY_ARRAY && reply->elements == bt->n;
+    bool whole = reply != NULL && reply->type == REDIS_REPLY_ARRAY &&
+                 (reply->elements == bt->n || reply->elements == bt->n + 1);
+    sold_batch_t sold, *sb = NULL;
+    if (whole && reply->elements == bt->n + 1 && decode_sold(reply->element[bt->n], &sold))
+        sb = &sold;
     size_t i = 0;
     for (buyer_t *by = bt->head; by != NULL; by = by->next, i++) {
-        if (whole)
+        if (!whole)
+            by->res = batch_failure(reply, err);
+        else if (reply->element[i]->type == REDIS_REPLY_INTEGER)
+            decode_bought(reply->element[i], sb, bt->ev, by);
+        else
             decode_one(reply->element[i], &by->res, by->id, by->host, by->verdict,
                        sizeof(by->verdict));
-        else
-            by->res = batch_failure(reply, err);
     }
     /* redis_eval_wait's rule: WAIT follows a reply that is not an error. */
     if (bt->replicas > 0 && reply != NULL && reply->type != REDIS_REPLY_ERROR)

@@ -175,6 +175,28 @@ class TempDir:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
+def deduct_reply(event, n, out):
+    """lua/deduct.lua's reply for n buyers in the long form tests compare: a buyer who bought
+    answers an integer (units left) and the batch's last element {gen, created_ms, hold_until,
+    first_seq} completes it into ["ok", order_id, remaining, gen, created_ms, hold_until].
+    Asserts the short form's rules: the last element exactly when someone bought."""
+    if not isinstance(out, list):
+        return out
+    assert len(out) in (n, n + 1), out
+    tail = out[n] if len(out) == n + 1 else None
+    bought = [o for o in out[:n] if isinstance(o, int)]
+    assert (tail is not None) == bool(bought), out
+    seq, res = (int(tail[3]) if tail else 0), []
+    for o in out[:n]:
+        if isinstance(o, int):
+            ms = int(tail[1])
+            res.append(["ok", "%013d-%010d-%s" % (ms, seq, event), o, tail[0], ms, tail[2]])
+            seq += 1
+        else:
+            res.append(o)
+    return res
+
+
 class RedisServer:
     """extra: more redis-server arguments. auth: the AUTH arguments ((password,) or (user,
     password)) that cmd() sends first, for a server started with requirepass or ACL users."""

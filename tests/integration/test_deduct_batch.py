@@ -9,7 +9,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import SOURCE_DIR, RedisServer, Suite, TempDir, order_json  # noqa: E402
+from harness import (SOURCE_DIR, RedisServer, Suite, TempDir, deduct_reply,  # noqa: E402
+                     order_json)
 
 with open(os.path.join(SOURCE_DIR, "lua", "deduct.lua")) as f:
     DEDUCT = f.read()
@@ -26,7 +27,7 @@ def batch(r, event, buyers, acks=(), deadline=0, hold_ms=0, keep=0, window=36000
     for b in buyers:
         user, qty, key = b if len(b) == 3 else (b[0], b[1], "")
         argv += [user, qty, key]
-    return r.cmd("EVAL", DEDUCT, 5, *keys(event), *argv, *acks)
+    return deduct_reply(event, len(buyers), r.cmd("EVAL", DEDUCT, 5, *keys(event), *argv, *acks))
 
 
 def hgetall(r, key):
@@ -196,6 +197,23 @@ def holds_and_idempotency_keys_in_one_batch():
         assert out2[0][0] == "replay" and out2[0][1] == out[0][1], out2
         assert out2[1][0] == "ok" and out2[1][5] == "0", out2
         assert r.cmd("ZCARD", "{k}:holds") == 2 and hgetall(r, "{k}:meta")["sold"] == "3"
+
+
+@suite.case
+def reply_is_short_for_buyers_who_bought():
+    # A buyer who bought answers only the units left; what every such buyer shares comes once,
+    # as the batch's last element, and only when someone bought (the host builds each order id
+    # from it: the ids must be the ones {E}:orders holds).
+    with Redis() as r:
+        create(r, "w", 2, 1)
+        raw = r.cmd("EVAL", DEDUCT, 5, *keys("w"), "w", "h1", 0, 3, 0, 0, 3600000,
+                    "a", 1, "", "b", 1, "", "c", 1, "")
+        assert raw[:2] == [1, 0] and raw[2] == ["sold_out", 0, "7"], raw
+        assert len(raw) == 4 and raw[3][0] == "7" and raw[3][2] == "0" and raw[3][3] == 1, raw
+        ms = int(raw[3][1])
+        assert set(hgetall(r, "{w}:orders")) == {"%013d-%010d-w" % (ms, s) for s in (1, 2)}
+        raw = r.cmd("EVAL", DEDUCT, 5, *keys("w"), "w", "h1", 0, 1, 0, 0, 3600000, "d", 1, "")
+        assert raw == [["sold_out", 0, "7"]], raw
 
 
 @suite.case

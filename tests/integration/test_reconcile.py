@@ -10,7 +10,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (SOURCE_DIR, NatsServer, RedisServer, Subscriber, TempDir, binary,  # noqa: E402
-                     wait_until)
+                     deduct_reply, wait_until)
 
 with open(os.path.join(SOURCE_DIR, "lua", "deduct.lua")) as f:
     DEDUCT = f.read()
@@ -41,8 +41,8 @@ class ReconcileTest(unittest.TestCase):
 
     def sell(self, event, user, qty=1, hold_ms=0):
         keys = ["{%s}:%s" % (event, k) for k in ("meta", "users", "orders", "uorders", "pending")]
-        reply = self.redis.cmd("EVAL", DEDUCT, 5, *keys, event, "h1", 0, 1, hold_ms, 0, 60000,
-                               user, qty, "")[0]
+        reply = deduct_reply(event, 1, self.redis.cmd(
+            "EVAL", DEDUCT, 5, *keys, event, "h1", 0, 1, hold_ms, 0, 60000, user, qty, ""))[0]
         self.assertEqual(reply[0], "ok", reply)
         return reply[1]
 

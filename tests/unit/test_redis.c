@@ -26,6 +26,7 @@
 #include <uv.h>
 
 #include "deduct_batch.h"
+#include "keyspace.h"
 #include "metrics_sample.h"
 #include "pending.h"
 #include "redis.h"
@@ -524,14 +525,24 @@ static char *read_source(const char *rel)
     return buf;
 }
 
-/* deduct.lua answers a batch with one reply per buyer: a batch of one is unwrapped here. */
+/* deduct.lua answers a batch with one reply per buyer, then, when someone bought, the batch's
+ * {gen, created_ms, hold_until, first_seq}: a batch of one is unwrapped here; a sale becomes str
+ * "ok", the units left in integer and the batch's element in el[]. */
 static void on_batch_of_one(redisReply *r, const char *err, void *data)
 {
-    if (r != NULL && r->type == REDIS_REPLY_ARRAY) {
-        assert_int_equal(r->elements, 1);
-        r = r->element[0];
+    result_t *res = data;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        on_result(r, err, data);
+        return;
     }
-    on_result(r, err, data);
+    if (r->elements == 2 && r->element[0]->type == REDIS_REPLY_INTEGER) {
+        on_result(r->element[1], err, data);
+        res->integer = r->element[0]->integer;
+        snprintf(res->str, sizeof(res->str), "ok");
+        return;
+    }
+    assert_int_equal(r->elements, 1);
+    on_result(r->element[0], err, data);
 }
 
 static void deduct(redis_client_t *c, result_t *res, const char *ev, const char *user,
@@ -569,14 +580,20 @@ static void test_deduct_script(void **state)
     assert_true(wait_count(&res[4].calls, 1, 5000));
     for (int i = 0; i < 3; i++) {
         assert_int_equal(res[i].type, REDIS_REPLY_ARRAY);
-        assert_string_equal(res[i].el[0], "ok");
-        /* <13-digit ms>-<10-digit seq>-e */
-        assert_int_equal(strlen(res[i].el[1]), 13 + 1 + 10 + 2);
-        assert_string_equal(res[i].el[1] + 24, "-e");
-        assert_int_equal(atoi(res[i].el[2]), 2 - i);
-        assert_string_equal(res[i].el[3], "1");
+        assert_string_equal(res[i].str, "ok");
+        assert_int_equal(res[i].integer, 2 - i);
+        assert_string_equal(res[i].el[0], "1"); /* gen */
+        assert_int_equal(strlen(res[i].el[1]), 13);
+        assert_string_equal(res[i].el[2], "0");      /* paid at once */
+        assert_int_equal(atoi(res[i].el[3]), i + 1); /* the order's seq */
+        /* The id the host builds from them is the one Redis keeps. */
+        char id[64];
+        assert_true(keyspace_order_id(id, sizeof(id), atoll(res[i].el[1]), i + 1, "e", 1) > 0);
+        redisReply *has = admin("HEXISTS {e}:orders %s", id);
+        assert_non_null(has);
+        assert_int_equal(has->integer, 1);
+        freeReplyObject(has);
     }
-    assert_string_not_equal(res[0].el[1], res[1].el[1]);
     for (int i = 3; i < 5; i++) {
         assert_string_equal(res[i].el[0], "sold_out");
         assert_int_equal(atoi(res[i].el[1]), 0);
@@ -597,7 +614,7 @@ static void test_deduct_script(void **state)
     deduct(c, &badqty, "f", "u2", "0");
     deduct(c, &unknown, "nosuch", "u1", "1");
     assert_true(wait_count(&unknown.calls, 1, 5000));
-    assert_string_equal(twice[0].el[0], "ok");
+    assert_string_equal(twice[0].str, "ok");
     assert_string_equal(twice[1].el[0], "limit_reached");
     assert_int_equal(atoi(twice[1].el[1]), 1);
     assert_false(badqty.null_reply);
