@@ -470,8 +470,9 @@ static void on_user_records(redisReply *r, const char *err, void *data)
         view_free(v);
         return;
     }
-    /* A compact record grows to at most ORDER_RECORD_JSON_MAX bytes of JSON. */
-    size_t cap = 128 + r->elements * (256 + ORDER_RECORD_JSON_MAX);
+    /* The head with both names (escaped, at most 6 bytes a character), then per record at most
+     * ORDER_RECORD_JSON_MAX bytes of JSON from a compact one, or the stored JSON's length. */
+    size_t cap = 64 + 12 * SNATCH_NAME_MAX + r->elements * (256 + ORDER_RECORD_JSON_MAX);
     for (size_t i = 0; i < r->elements; i++)
         if (r->element[i]->type == REDIS_REPLY_STRING)
             cap += r->element[i]->len;
