@@ -95,6 +95,17 @@ static int on_pending_stored(const char *field, size_t flen, const char *value, 
     return 0;
 }
 
+int reconcile_forget_stored(rsync_t *rs, store_t *st, const char *event, char *err, size_t errlen)
+{
+    char why[256] = "Redis scan failed";
+    event_scan_t e = {.rs = rs, .st = st, .event = event};
+    keyspace_key(e.pending_key, event, strlen(event), KEYSPACE_PENDING);
+    if (reconcile_hscan(rs, e.pending_key, on_pending_stored, &e, why, sizeof(why)) == 0)
+        return 0;
+    snprintf(err, errlen, "%s: %s", event, e.why ? e.why : why);
+    return -1;
+}
+
 static int read_meta(rsync_t *rs, const char *event, reconcile_row_t *row, char *err, size_t errlen)
 {
     char key[KEYSPACE_KEY_MAX];
