@@ -1,9 +1,9 @@
 /* {event}:pending bookkeeping of one loop thread: entries (one per deduction batch) whose orders
  * JetStream all acknowledged leave the hash in batches: as extra arguments of the next deduction
- * batch of their event (deduct_batch.h, no round trip of their own), else by one HDEL per event on
- * the next loop turn, never one per sale. Best effort: an entry left behind only makes
- * reconciliation republish a message that JetStream and SQLite both de-duplicate. Loop thread only.
- */
+ * batch of their event (deduct_batch.h, no round trip of their own), else by one HDEL per event
+ * on the next loop turn, never one per sale. Best effort: an entry left behind only makes
+ * reconciliation republish messages that JetStream and SQLite both de-duplicate. Loop thread
+ * only. */
 #ifndef SNATCH_PENDING_H
 #define SNATCH_PENDING_H
 
@@ -21,9 +21,8 @@ typedef struct pending pending_t;
 pending_t *pending_new(uv_loop_t *loop, redis_client_t *const *redis);
 
 /* Queues an entry's field (its batch's first order id: pending_batch_release) for deletion from
- * its event's {event}:pending; taken by the
- * next deduction batch of its event, or sent on the next loop turn (at once when the queue is
- * full). p NULL: nothing. */
+ * its event's {event}:pending; taken by the next deduction batch of its event, or sent on the
+ * next loop turn (at once when the queue is full). p NULL: nothing. */
 void pending_ack(pending_t *p, const char *order_id);
 
 /* Sends the batch now, every event. */
