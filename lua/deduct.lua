@@ -13,15 +13,18 @@
 --                              order's JSON (this script's for other names, an earlier
 --                              version's, repair.lua's), which every reader still takes
 --   KEYS[4] {E}:uorders  hash  user -> order ids, comma separated
---   KEYS[5] {E}:pending  hash  order_id -> ms; deleted once JetStream acknowledged the order,
---                              so what is left is what reconciliation must republish
+--   KEYS[5] {E}:pending  hash  one entry per batch that sold: its first order id -> "<ms> <n>"
+--                              (its n orders: consecutive seqs, same ms and event); deleted once
+--                              JetStream acknowledged all n, so what is left is what
+--                              reconciliation must republish. The previous version wrote one
+--                              entry per order, "<ms>": readers still take it as n = 1.
 -- and, named from KEYS[1]'s "{E}:" (same hash tag, same slot), only when used:
 --   {E}:holds zset and {E}:state hash (an order sold with a hold; see lua/order.lua)
 --   {E}:idem:<user>|<key>  string, expires after the window (a buyer with an idempotency key)
 -- ARGV: event, host_id, deadline_ms, n, hold_ms, keep, idem_window_ms, then n times (user, qty,
---   idempotency key or ""), then any number of order ids of this event that JetStream
---   acknowledged, deleted from KEYS[5] (riding on a batch costs no round trip of its own; they
---   are deleted whatever the buyers' outcome).
+--   idempotency key or ""), then any number of KEYS[5] fields (batches' first order ids) whose
+--   orders JetStream all acknowledged, deleted (riding on a batch costs no round trip of its
+--   own; they are deleted whatever the buyers' outcome).
 --   hold_ms > 0: each order is held until created + hold_ms (lua/order.lua pays, cancels or
 --   expires it); keep "1": a released hold does not give the buyer's per-user count back.
 --   idem_window_ms: how long an idempotency key's decision is kept.
@@ -170,7 +173,7 @@ local function idem_keep(user, key, qty, reply)
     'PX', idem_window)
 end
 
-local out, orders, pending, no = {}, {}, {}, 0 -- no: #orders (= #pending)
+local out, orders, no = {}, {}, 0 -- no: #orders
 local holds, states = {}, {}
 local bought, bought_ids = {}, {} -- users who bought in this batch, in order; their new ids
 local held_str = {}
@@ -203,7 +206,6 @@ for i = 1, n do
         order_id = id, event = event, user = user, qty = qty, host = host, created_at = ms })
     end
     orders[no + 1], orders[no + 2] = id, rec
-    pending[no + 1], pending[no + 2] = id, ms_str
     no = no + 2
     if hold_ms > 0 then
       holds[#holds + 1] = until_str
@@ -235,7 +237,9 @@ end
 if sold_now > 0 then
   redis.call('HSET', KEYS[1], 'sold', sold + sold_now, 'seq', seq)
   redis.call('HSET', KEYS[3], unpack(orders))
-  redis.call('HSET', KEYS[5], unpack(pending))
+  -- One entry names the batch's orders: seq0 + 1 .. seq, all minted at ms.
+  redis.call('HSET', KEYS[5], format('%013d-%010d-%s', ms, seq0 + 1, event),
+    ms_str .. ' ' .. format('%d', seq - seq0))
   local prev = redis.call('HMGET', KEYS[4], unpack(bought))
   local u, c = {}, {}
   for j = 1, #bought do

@@ -2,7 +2,7 @@
 """Redis cost of lua/deduct.lua alone: starts a private redis-server on a free loopback port in a
 temp dir, creates an event with huge stock, runs N batches of K new buyers each through EVALSHA
 (one connection, one batch at a time, as a host's loop thread sends them; each batch carries the
-ids the batch before sold, as acknowledged orders ride on batches to leave {E}:pending), and
+{E}:pending entry of the batch before, as acknowledged batches ride on batches to leave it), and
 prints per K:
   - script us/batch and us/buyer: INFO commandstats' evalsha usec (the time Redis spends inside
     the script, its redis.call()s included),
@@ -92,7 +92,7 @@ def cpu_s(pid):
 
 def argv_for(users, hold_ms=0, acks=()):
     # event, host_id, deadline_ms, n, hold_ms, keep, idem_window_ms, then (user, qty, key) each,
-    # then the order ids JetStream acknowledged (deleted from {E}:pending)
+    # then the {E}:pending fields (batches' first order ids) JetStream acknowledged, deleted
     argv = ["e", "h1", 0, len(users), hold_ms, 0, 3600000]
     for u in users:
         argv += [u, 1, ""]
@@ -113,6 +113,11 @@ def sold_ids(reply):
     return ids
 
 
+def acked_entry(reply):
+    # A batch's {E}:pending entry is named by its first order id.
+    return sold_ids(reply)[:1]
+
+
 def run(a, k, aof):
     port = free_port()
     d = tempfile.mkdtemp(prefix="snatch-bench-deduct.")
@@ -129,7 +134,7 @@ def run(a, k, aof):
             for _ in range(200):
                 users = ["w%d" % (u + i) for i in range(20)]
                 u += 20
-                acks = sold_ids(r.cmd("EVALSHA", sha, 5, *keys, *argv_for(users, 0, acks)))
+                acks = acked_entry(r.cmd("EVALSHA", sha, 5, *keys, *argv_for(users, 0, acks)))
         aof0 = int(r.info("persistence").get("aof_current_size", 0))
         r.cmd("CONFIG", "RESETSTAT")
         c0, ch0 = cpu_s(p.pid)
@@ -141,10 +146,10 @@ def run(a, k, aof):
                 continue
             users = ["u%d" % (u + i) for i in range(k)]
             u += k
-            # The orders of the batch before were acknowledged meanwhile: their ids ride along,
-            # as the host's pending deletes do.
+            # The orders of the batch before were acknowledged meanwhile: its entry rides
+            # along, as the host's pending deletes do.
             reply = r.cmd("EVALSHA", sha, 5, *keys, *argv_for(users, a.hold_ms, acks))
-            acks = sold_ids(reply) if a.acks else []
+            acks = acked_entry(reply) if a.acks else []
         wall = time.monotonic() - t0
         c1, ch1 = cpu_s(p.pid)
         stats = r.info("commandstats")
@@ -182,7 +187,7 @@ def main():
     ap.add_argument("--both", action="store_true", help="without then with --aof")
     ap.add_argument("--hold-ms", type=int, default=0, help="orders sold with a hold")
     ap.add_argument("--no-acks", dest="acks", action="store_false",
-                    help="no acknowledged ids riding on the batches")
+                    help="no acknowledged entries riding on the batches")
     ap.add_argument("--runs", type=int, default=1, help="repeat each measurement")
     ap.add_argument("-v", "--verbose", action="store_true", help="the script's redis.call()s")
     ap.add_argument("--single", action="store_true", help="old one-buyer ARGV")

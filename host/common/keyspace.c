@@ -2,6 +2,7 @@
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <string.h>
 
 static const char *const suffixes[KEYSPACE__ALL] = {
     [KEYSPACE_META] = "meta",       [KEYSPACE_USERS] = "users",       [KEYSPACE_ORDERS] = "orders",
@@ -45,4 +46,49 @@ const char *keyspace_order_event(const char *id, size_t len, size_t *elen)
         return NULL;
     *elen = len - KEYSPACE_ID_EVENT_AT;
     return event;
+}
+
+/* A decimal of 1..digits digits into *v. 0 or -1. */
+static int parse_num(const char *s, size_t n, size_t digits, int64_t *v)
+{
+    if (n == 0 || n > digits || !all_digits(s, n))
+        return -1;
+    int64_t x = 0;
+    for (size_t i = 0; i < n; i++)
+        x = x * 10 + (s[i] - '0');
+    *v = x;
+    return 0;
+}
+
+int keyspace_pending_parse(const char *field, size_t flen, const char *value, size_t vlen,
+                           keyspace_pending_t *out)
+{
+    keyspace_pending_t e = {.n = 1};
+    if ((e.event = keyspace_order_event(field, flen, &e.elen)) == NULL)
+        return -1;
+    /* keyspace_order_event checked the digits: these cannot fail. */
+    parse_num(field, KEYSPACE_ID_MS_DIGITS, KEYSPACE_ID_MS_DIGITS, &e.id_ms);
+    parse_num(field + KEYSPACE_ID_MS_DIGITS + 1, KEYSPACE_ID_SEQ_DIGITS, KEYSPACE_ID_SEQ_DIGITS,
+              &e.seq);
+    const char *sp = memchr(value, ' ', vlen);
+    size_t mlen = sp != NULL ? (size_t)(sp - value) : vlen;
+    if (parse_num(value, mlen, 18, &e.ms) != 0)
+        return -1;
+    if (sp != NULL) {
+        size_t nlen = vlen - mlen - 1;
+        if (parse_num(sp + 1, nlen, 10, &e.n) != 0 || sp[1] == '0' || e.n < 1 ||
+            e.n > KEYSPACE_PENDING_N_MAX)
+            return -1;
+    }
+    if (e.seq + e.n - 1 > 9999999999LL)
+        return -1;
+    *out = e;
+    return 0;
+}
+
+int keyspace_pending_id(const keyspace_pending_t *e, int64_t i, char *out, size_t cap)
+{
+    if (i < 0 || i >= e->n)
+        return -1;
+    return keyspace_order_id(out, cap, e->id_ms, e->seq + i, e->event, e->elen);
 }

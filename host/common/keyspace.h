@@ -10,7 +10,10 @@
  *                      written by earlier versions, by lua/repair.lua, or for names that need
  *                      escaping). order_record_json() (order_msg.h) gives the JSON of either.
  *   {E}:uorders  hash  user -> order ids, comma separated
- *   {E}:pending  hash  order id -> ms; deleted once JetStream acknowledged the order
+ *   {E}:pending  hash  one entry per deduction batch that sold: its first order id ->
+ *                      "<ms> <n>" (its n orders, consecutive seqs); deleted once JetStream
+ *                      acknowledged every one of them. An entry of the previous version, one
+ *                      per order, "<ms>", is read as n = 1 (keyspace_pending_parse).
  * Order life (lua/order.lua; deduct.lua writes the first two for an order sold with a hold):
  *   {E}:holds    zset  order id by hold deadline (ms): orders held, not yet paid
  *   {E}:state    hash  order id -> "held <until> <keep> <qty> <user>" | "<state> <at> <until>"
@@ -67,5 +70,25 @@ int keyspace_order_id(char *out, size_t cap, int64_t ms, int64_t seq, const char
 /* The event an order id names (a pointer into id, *elen bytes), or NULL when id is not an
  * order id (layout, digits, or the event name rule). */
 const char *keyspace_order_event(const char *id, size_t len, size_t *elen);
+
+/* A {E}:pending entry: the orders of one deduction batch. Their ids differ only in seq: seq ..
+ * seq + n - 1 after the field's ms, same event. ms is the value's (when they were sold). */
+typedef struct keyspace_pending {
+    int64_t ms;
+    int64_t n;
+    int64_t id_ms, seq;
+    const char *event; /* into the field */
+    size_t elen;
+} keyspace_pending_t;
+/* More orders than a batch can hold (deduct_batch.c sends at most 256 buyers) is malformed. */
+#define KEYSPACE_PENDING_N_MAX 65536
+/* Parses an entry (field, value): value "<ms> <n>", or "<ms>" (n = 1, the previous version's
+ * entry of one order). Returns 0, or -1 when malformed: field not an order id, a value of
+ * another form, n out of 1..KEYSPACE_PENDING_N_MAX, or seqs past the id's digits. */
+int keyspace_pending_parse(const char *field, size_t flen, const char *value, size_t vlen,
+                           keyspace_pending_t *out);
+/* Writes the i-th order id (0 <= i < e->n) of a parsed entry into out (cap bytes). Returns its
+ * length, or -1. */
+int keyspace_pending_id(const keyspace_pending_t *e, int64_t i, char *out, size_t cap);
 
 #endif

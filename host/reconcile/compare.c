@@ -7,6 +7,7 @@
 #include "orders_stream.h"
 #include "republish.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,23 @@ typedef struct event_scan {
     reconcile_row_t *row;
     const char *why;
 } event_scan_t;
+
+/* After on_order republished the order id: its {E}:pending entry goes when it names that order
+ * alone. An entry of several orders stays (the others may be missing still): the next pass, or
+ * the host's reconciler, removes it once SQLite or JetStream has them all. */
+static int forget_single(event_scan_t *e, const char *id)
+{
+    char err[256];
+    redisReply *r =
+        rsync_command(e->rs, e->pending_key, err, sizeof(err), "HGET %s %s", e->pending_key, id);
+    if (r == NULL)
+        return -1;
+    keyspace_pending_t p;
+    bool single = r->type == REDIS_REPLY_STRING &&
+                  keyspace_pending_parse(id, strlen(id), r->str, r->len, &p) == 0 && p.n == 1;
+    freeReplyObject(r);
+    return single ? reconcile_hdel(e->rs, e->pending_key, id) : 0;
+}
 
 static int on_order(const char *id, size_t idlen, const char *rec, size_t reclen, void *data)
 {
@@ -43,30 +61,49 @@ static int on_order(const char *id, size_t idlen, const char *rec, size_t reclen
         return 0; /* still counted as missing */
     }
     e->row->republished++;
-    if (reconcile_hdel(e->rs, e->pending_key, id) != 0) {
+    if (forget_single(e, id) != 0) {
         e->why = "Redis HDEL failed";
         return -1;
     }
     return 0;
 }
 
-/* A pending entry whose order SQLite already holds: the host died between the ack and HDEL. */
-static int on_pending_stored(const char *id, size_t idlen, const char *ms, size_t mslen, void *data)
+/* A pending entry whose orders SQLite all holds already: the host died between the acks and the
+ * HDEL. A malformed entry is left (the host's reconciler logs it). */
+static int on_pending_stored(const char *field, size_t flen, const char *value, size_t vlen,
+                             void *data)
 {
     event_scan_t *e = data;
-    (void)idlen;
-    (void)ms;
-    (void)mslen;
-    int has = store_has_order(e->st, id);
-    if (has < 0) {
-        e->why = "SQLite lookup failed";
-        return -1;
+    keyspace_pending_t p;
+    if (keyspace_pending_parse(field, flen, value, vlen, &p) != 0)
+        return 0;
+    for (int64_t i = 0; i < p.n; i++) {
+        char id[KEYSPACE_ORDER_ID_MAX + 1];
+        keyspace_pending_id(&p, i, id, sizeof(id));
+        int has = store_has_order(e->st, id);
+        if (has < 0) {
+            e->why = "SQLite lookup failed";
+            return -1;
+        }
+        if (!has)
+            return 0;
     }
-    if (has && reconcile_hdel(e->rs, e->pending_key, id) != 0) {
+    if (reconcile_hdel(e->rs, e->pending_key, field) != 0) {
         e->why = "Redis HDEL failed";
         return -1;
     }
     return 0;
+}
+
+int reconcile_forget_stored(rsync_t *rs, store_t *st, const char *event, char *err, size_t errlen)
+{
+    char why[256] = "Redis scan failed";
+    event_scan_t e = {.rs = rs, .st = st, .event = event};
+    keyspace_key(e.pending_key, event, strlen(event), KEYSPACE_PENDING);
+    if (reconcile_hscan(rs, e.pending_key, on_pending_stored, &e, why, sizeof(why)) == 0)
+        return 0;
+    snprintf(err, errlen, "%s: %s", event, e.why ? e.why : why);
+    return -1;
 }
 
 static int read_meta(rsync_t *rs, const char *event, reconcile_row_t *row, char *err, size_t errlen)

@@ -26,9 +26,15 @@ typedef struct reconcile_row {
 
 /* Compares one event. With nc != NULL, republishes every order missing from SQLite (subject
  * orders.<event>, Nats-Msg-Id = order id, payload = the Redis record rendered by render) and
- * deletes its {E}:pending entry once acknowledged; pending entries of orders already in SQLite are
- * deleted too. Returns 0 (row filled) or -1 with err filled (Redis, SQLite or NATS failure). */
+ * deletes its {E}:pending entry once acknowledged when the entry names that order alone; pending
+ * entries whose orders SQLite all holds are deleted too (reconcile_forget_stored). Returns 0
+ * (row filled) or -1 with err filled (Redis, SQLite or NATS failure). */
 int reconcile_event(rsync_t *rs, natsConnection *nc, const reconcile_render_t *render, store_t *st,
                     const char *event, reconcile_row_t *row, char *err, size_t errlen);
+
+/* Deletes event's {E}:pending entries whose orders SQLite all holds (the host died between the
+ * acks and the HDEL, or reconcile_event republished them and the subscriber caught up). 0, or
+ * -1 with err filled. */
+int reconcile_forget_stored(rsync_t *rs, store_t *st, const char *event, char *err, size_t errlen);
 
 #endif

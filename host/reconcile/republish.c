@@ -2,8 +2,9 @@
  * reconciliation thread or snatch-reconcile's main thread).
  *
  * Redis is read with HSCAN so that a large {E}:orders hash never blocks Redis for long. Each
- * republish waits for its JetStream ack before the {E}:pending entry goes: a crash in between
- * leaves the entry, and the next pass republishes it again, which is harmless. */
+ * republish waits for its JetStream ack, and a {E}:pending entry (a deduction batch's orders)
+ * goes once all of its orders were acknowledged: a crash in between leaves the entry, and the
+ * next pass republishes them again, which is harmless. */
 #include "republish.h"
 
 #include "keyspace.h"
@@ -321,42 +322,64 @@ typedef struct pending_scan {
     int64_t stale;
 } pending_scan_t;
 
-static int on_pending(const char *id, size_t idlen, const char *ms, size_t mslen, void *data)
+/* One order of an entry, republished from its record: 0 once JetStream has it, 1 when it has no
+ * record (nothing reconciliation can do but report it), 2 when the publish failed, -1 when
+ * Redis did. */
+static int republish_one(pending_scan_t *p, const char *id)
 {
-    pending_scan_t *p = data;
-    redisReply *r;
-    (void)idlen;
-    (void)mslen;
-    if (strtoll(ms, NULL, 10) > p->cutoff)
-        return 0; /* young: the host is probably still waiting for its ack */
-    if (p->max > 0 && p->done >= p->max)
-        return 1;
-    p->stale++;
     char err[256];
-    r = rsync_command(p->rs, p->orders_key, err, sizeof(err), "HGET %s %s", p->orders_key, id);
+    redisReply *r =
+        rsync_command(p->rs, p->orders_key, err, sizeof(err), "HGET %s %s", p->orders_key, id);
     if (r == NULL) {
         log_warn("reconcile: HGET %s %s: %s", p->orders_key, id, err);
         return -1;
     }
     if (r->type != REDIS_REPLY_STRING) {
-        /* No record to publish: nothing reconciliation can do but report it. */
         log_warn("reconcile: pending %s has no record in %s", id, p->orders_key);
         freeReplyObject(r);
-        return 0;
+        return 1;
     }
     int ok = reconcile_publish(p->js, p->render, p->event, id, r->str, r->len,
                                reconcile_hold_until(p->rs, p->event, id)) == 0;
     freeReplyObject(r);
-    if (!ok) {
-        /* This order (or the whole event) cannot be published now: the next event may be fine.
-         * If NATS itself is gone, every event fails the same way and the pass ends there. */
-        reconcile_skip("%s: pending order %s: JetStream publish failed", p->event, id);
-        p->publish_failed = true;
-        return 2;
+    if (ok)
+        return 0;
+    /* This order (or the whole event) cannot be published now: the next event may be fine.
+     * If NATS itself is gone, every event fails the same way and the pass ends there. */
+    reconcile_skip("%s: pending order %s: JetStream publish failed", p->event, id);
+    p->publish_failed = true;
+    return 2;
+}
+
+/* An entry names a deduction batch's orders (keyspace_pending_parse): each is republished (those
+ * JetStream already has are de-duplicated by their message id), and the entry goes once all
+ * are acknowledged. */
+static int on_pending(const char *field, size_t flen, const char *value, size_t vlen, void *data)
+{
+    pending_scan_t *p = data;
+    keyspace_pending_t e;
+    if (keyspace_pending_parse(field, flen, value, vlen, &e) != 0) {
+        log_warn("reconcile: %s: malformed entry %.*s in %s, left", p->event, (int)flen, field,
+                 p->pending_key);
+        return 0;
     }
-    if (reconcile_hdel(p->rs, p->pending_key, id) != 0)
+    if (e.ms > p->cutoff)
+        return 0; /* young: the host is probably still waiting for its acks */
+    if (p->max > 0 && p->done >= p->max)
+        return 1;
+    p->stale += e.n;
+    bool whole = true;
+    for (int64_t i = 0; i < e.n; i++) {
+        char id[KEYSPACE_ORDER_ID_MAX + 1];
+        keyspace_pending_id(&e, i, id, sizeof(id));
+        int rc = republish_one(p, id);
+        if (rc < 0 || rc == 2)
+            return rc;
+        whole &= rc == 0;
+        p->done += rc == 0;
+    }
+    if (whole && reconcile_hdel(p->rs, p->pending_key, field) != 0)
         return -1;
-    p->done++;
     return 0;
 }
 

@@ -20,7 +20,7 @@
 #endif
 #define BATCH_MAX 256         /* buyers per batch */
 #define BATCH_BYTES_MAX 32768 /* user names and quantities per batch */
-#define ACKS_RIDE_MAX 512     /* acknowledged ids per batch */
+#define ACKS_RIDE_MAX 512     /* acknowledged entries per batch */
 #define EVENT_BUCKETS 256
 /* Buyer records kept for reuse: a buyer costs no malloc in steady state. */
 #define SPARE_MAX 1024
@@ -359,17 +359,42 @@ static deduct_result_t batch_failure(const redisReply *reply, const char *err)
     return res;
 }
 
+static bool minted(const buyer_t *by)
+{
+    return by->res.verdict == DEDUCT_OK && !by->res.replay;
+}
+
+/* The batch's {E}:pending entry, shared by the orders it sold (deduct.lua minted them in buyer
+ * order: the first one names the entry). NULL when it sold nothing. */
+static pending_batch_t *batch_entry(const batch_t *bt)
+{
+    const char *first = NULL;
+    int orders = 0;
+    for (const buyer_t *by = bt->head; by != NULL; by = by->next)
+        if (minted(by) && orders++ == 0)
+            first = by->id;
+    pending_batch_t *pb = orders > 0 ? pending_batch_new(first, orders) : NULL;
+    for (buyer_t *by = bt->head; by != NULL; by = by->next)
+        if (minted(by))
+            by->res.batch = pb;
+    return pb;
+}
+
 /* Answers the batch's buyers with their decoded results, then lets the next batch go. */
 static void finish_batch(batch_t *bt)
 {
     deduct_batcher_t *b = bt->b;
     ev_state_t *ev = bt->ev;
+    pending_batch_t *pb = batch_entry(bt);
     for (buyer_t *by = bt->head; by != NULL;) {
         buyer_t *next = by->next;
         by->cb(&by->res, by->data);
         buyer_put(b, by);
         by = next;
     }
+    char key[ID_CAP];
+    if (pending_batch_release(pb, false, key)) /* every sale already acknowledged */
+        pending_ack(b->pending, key);
     free(bt);
     ev->inflight--;
     b->outstanding--;

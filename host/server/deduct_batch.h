@@ -3,8 +3,9 @@
  * batch form) as soon as its reply comes: no timer, so a lone buyer on an idle host goes out at
  * once, and under load each round trip carries whatever queued during the previous one (a
  * database's group commit). Each buyer is still checked and deducted atomically, with its own
- * outcome. Acknowledged order ids queued in pending.c ride on the next batch of their event as
- * its HDEL of {event}:pending (pending_take); pending.c's loop-turn flush sends those no batch
+ * outcome. A batch that sold leaves one {event}:pending entry (its orders' pending_batch_t);
+ * the entries whose orders were all acknowledged, queued in pending.c, ride on the next batch of
+ * their event as its HDEL (pending_take); pending.c's loop-turn flush sends those no batch
  * is about to carry.
  *
  * Runs on its loop thread only; callbacks run there. */
@@ -60,6 +61,10 @@ typedef struct deduct_result {
      * a failover may lose the sale. Not to be confirmed: the order stays in {E}:pending, and
      * reconciliation publishes it if Redis keeps it. */
     bool unreplicated;
+    /* OK, not a replay: the {E}:pending entry of the batch that sold it, valid during the
+     * callback; a sale that publishes its order holds it (pending_batch_hold) and releases it
+     * once JetStream answered. NULL when out of memory. */
+    pending_batch_t *batch;
 } deduct_result_t;
 
 typedef void (*deduct_fn)(const deduct_result_t *r, void *data);

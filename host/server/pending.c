@@ -169,6 +169,47 @@ void pending_ack(pending_t *p, const char *order_id)
         uv_timer_start(&p->flush, on_flush, 1, 0);
 }
 
+struct pending_batch {
+    int refs;
+    int unacked; /* orders of the batch not acknowledged yet */
+    char key[KEYSPACE_ORDER_ID_MAX + 1];
+};
+
+pending_batch_t *pending_batch_new(const char *key, int orders)
+{
+    size_t len = strlen(key);
+    if (len >= KEYSPACE_ORDER_ID_MAX + 1 || orders < 1)
+        return NULL;
+    pending_batch_t *pb = malloc(sizeof(*pb));
+    if (pb == NULL)
+        return NULL;
+    pb->refs = 1;
+    pb->unacked = orders;
+    memcpy(pb->key, key, len + 1);
+    return pb;
+}
+
+void pending_batch_hold(pending_batch_t *pb)
+{
+    if (pb != NULL)
+        pb->refs++;
+}
+
+bool pending_batch_release(pending_batch_t *pb, bool acked, char key[KEYSPACE_ORDER_ID_MAX + 1])
+{
+    if (pb == NULL)
+        return false;
+    if (acked)
+        pb->unacked--;
+    if (--pb->refs > 0)
+        return false;
+    bool all = pb->unacked == 0;
+    if (all)
+        memcpy(key, pb->key, sizeof(pb->key));
+    free(pb);
+    return all;
+}
+
 int pending_inflight(const pending_t *p)
 {
     return p != NULL ? p->inflight : 0;

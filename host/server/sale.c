@@ -36,6 +36,8 @@ typedef struct sale {
     int64_t hold_until;                /* 0: paid at once */
     bool admitted;                     /* admit() already ran */
     bool reserved;                     /* holds qty units of the local quota */
+    bool acked;                        /* JetStream acknowledged the order */
+    pending_batch_t *batch;            /* its {event}:pending entry, held until the publish ended */
     char key[DEDUCT_IDEM_KEY_MAX + 1]; /* Idempotency-Key, "" when none */
     char client[TRUST_ADDR_MAX]; /* caller_client(), "" until needed (the sold-out path never is) */
 } sale_t;
@@ -92,9 +94,9 @@ static int real_publish(worker_t *w, const char *event, const char *order_id, co
                               data);
 }
 
-static void real_acked(worker_t *w, const char *order_id)
+static void real_acked(worker_t *w, const char *key)
 {
-    pending_ack(pending(w), order_id);
+    pending_ack(pending(w), key);
 }
 
 static const sale_backend_t real_backend = {
@@ -124,9 +126,13 @@ static void log_limited(const char *fmt, const char *arg)
     log_error(fmt, arg);
 }
 
-/* Ends a sale: answers, frees, and lets shutdown know one fewer is in flight. */
+/* Ends a sale: frees, and lets shutdown know one fewer is in flight. The last order of its batch
+ * to end lets the batch's {event}:pending entry go if JetStream acknowledged them all. */
 static void sale_finish(sale_t *s)
 {
+    char key[KEYSPACE_ORDER_ID_MAX + 1];
+    if (pending_batch_release(s->batch, s->acked, key))
+        backend->acked(s->w, key);
     s->w->inflight--;
     free(s);
 }
@@ -190,7 +196,7 @@ static void on_order_acked(int status, void *data)
 {
     sale_t *s = data;
     if (status == 0) {
-        backend->acked(s->w, s->order_id);
+        s->acked = true;
         reply_order(s, 200);
     } else {
         /* Deducted and recorded in Redis, not (yet) in JetStream: reconciliation republishes it
@@ -231,6 +237,8 @@ static void on_deducted(const deduct_result_t *r, void *data)
         strncat(s->order_id, r->order_id, sizeof(s->order_id) - 1);
         s->created_ms = r->created_ms;
         s->hold_until = r->hold_until;
+        s->batch = r->batch;
+        pending_batch_hold(s->batch);
         /* A replay: the first request with this key sold it, here or on another host, and may
          * still be waiting for its ack; nothing was taken now. */
         if (r->replay)
@@ -450,6 +458,8 @@ void sale_snatch(worker_t *w, http_request_t *req, const char *event, size_t eve
     }
     s->hold_until = 0;
     s->reserved = false;
+    s->acked = false;
+    s->batch = NULL;
     s->w = w;
     s->req = req;
     s->qty = qty;

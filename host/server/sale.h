@@ -26,7 +26,9 @@ typedef struct sale_backend {
      * Idempotency-Key's repeat), so in a message of its own (orders_publish). */
     int (*publish)(worker_t *w, const char *event, const char *order_id, const char *payload,
                    size_t len, int64_t hold_until, bool replay, orders_ack_fn cb, void *data);
-    void (*acked)(worker_t *w, const char *order_id); /* {event}:pending may forget it */
+    /* Every order of a deduction batch was acknowledged: {event}:pending may forget the batch's
+     * entry (key: its field, the batch's first order id). */
+    void (*acked)(worker_t *w, const char *key);
 } sale_backend_t;
 void sale_set_backend(const sale_backend_t *b);
 

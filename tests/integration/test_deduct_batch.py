@@ -1,9 +1,10 @@
 """lua/deduct.lua's batch form against a real redis-server: each buyer of a batch is checked
 and deducted in order with its own outcome, stock that runs out inside a batch sells exactly to
 zero, the same buyer twice gets exactly the per-user limit, an expired or unknown batch changes
-nothing, and acknowledged ids riding on a batch leave {E}:pending. The order records are the
-compact "<qty> <host> <user>" that, with the id, gives back the JSON the readers (GET /v1/orders,
-snatch-reconcile) serve; a name that is not plain keeps the JSON form."""
+nothing, a batch that sold leaves one {E}:pending entry, and acknowledged entries riding on a
+batch leave it. The order records are the compact "<qty> <host> <user>" that, with the id, gives
+back the JSON the readers (GET /v1/orders, snatch-reconcile) serve; a name that is not plain
+keeps the JSON form."""
 import json
 import os
 import sys
@@ -86,7 +87,10 @@ def mixed_outcomes_in_one_batch():
         assert sorted(x["user"] for x in recs) == ['p', 'q"\\x'], recs
         assert all(set(x) == {"order_id", "event", "user", "qty", "host", "created_at"}
                    for x in recs), recs
-        assert set(hgetall(r, "{m}:pending")) == set(ids)
+        # One {E}:pending entry for the batch: its first order -> "<ms> <n>" (seqs 1..3)
+        ms = [o for o in out if o[0] == "ok"][0][4]
+        assert hgetall(r, "{m}:pending") == {ids[0]: "%d 3" % ms}
+        assert [i.split("-")[1] for i in ids] == ["%010d" % k for k in (1, 2, 3)], ids
 
         # insufficient for a qty while a smaller one still fits
         create(r, "q", 3, 5)
@@ -108,7 +112,9 @@ def stock_runs_out_inside_a_batch_exactly_to_zero():
         assert sold == 37, sold
         assert hgetall(r, "{z}:meta")["sold"] == "37"
         assert int(r.cmd("HLEN", "{z}:orders")) == 37
-        assert int(r.cmd("HLEN", "{z}:pending")) == 37
+        # one entry per batch that sold: 20 + 17, the third sold nothing
+        pend = hgetall(r, "{z}:pending")
+        assert sorted(int(v.split()[1]) for v in pend.values()) == [17, 20], pend
 
 
 @suite.case
@@ -152,22 +158,22 @@ def expired_unknown_and_malformed_change_nothing():
 
 
 @suite.case
-def acknowledged_ids_ride_on_a_batch():
+def acknowledged_entries_ride_on_a_batch():
     with Redis() as r:
         create(r, "p", 10, 1)
-        out = batch(r, "p", [("a", 1), ("b", 1), ("c", 1)])
-        ids = [o[1] for o in out]
-        assert int(r.cmd("HLEN", "{p}:pending")) == 3
-        out = batch(r, "p", [("d", 1), ("a", 1)], acks=ids[:2])
+        first = batch(r, "p", [("a", 1), ("b", 1), ("c", 1)])[0][1]
+        second = batch(r, "p", [("x", 1), ("y", 1)])[0][1]
+        assert set(hgetall(r, "{p}:pending")) == {first, second}
+        out = batch(r, "p", [("d", 1), ("a", 1)], acks=[first])
         assert [o[0] for o in out] == ["ok", "limit_reached"], out
         d = out[0][1]
-        assert set(hgetall(r, "{p}:pending")) == {ids[2], d}
+        assert set(hgetall(r, "{p}:pending")) == {second, d}
         # They are deleted whatever the buyers' outcome, even when the batch expired.
-        out = batch(r, "p", [("e", 1)], acks=[ids[2]], deadline=1)
+        out = batch(r, "p", [("e", 1)], acks=[second], deadline=1)
         assert out == [["expired"]], out
         assert set(hgetall(r, "{p}:pending")) == {d}
         # The records stay: only the pending entries go.
-        assert int(r.cmd("HLEN", "{p}:orders")) == 4
+        assert int(r.cmd("HLEN", "{p}:orders")) == 6
 
 
 @suite.case

@@ -53,6 +53,56 @@ def stalled_nats_gives_202_then_the_order_lands_once():
 
 
 @suite.case
+def stalled_nats_leaves_one_entry_per_batch_and_every_order_lands_once():
+    """Buyers deducted in one batch while JetStream acknowledges nothing: every one gets 202, their
+    batch leaves one {E}:pending entry naming all of them. nats-server is then killed with their
+    messages unread (they never reach the stream) and restarted: the reconciler republishes each
+    order of the entry, SQLite holds each once and the entry goes."""
+    with Stack(hosts=1, threads=1, host_extra=FAST_RECONCILE) as st:
+        st.host.create_event("grp", 50)
+        N = 12
+        out = {}
+
+        def buy(i):
+            out[i] = st.host.snatch("grp", "g%d" % i)
+
+        st.nats.proc.sigstop()
+        killed = False
+        try:
+            # Redis stopped (well inside --redis-timeout-ms): the first buyer's batch waits for
+            # it, the others queue behind it and leave together as the next batch.
+            st.redis.proc.sigstop()
+            try:
+                crowd = [threading.Thread(target=buy, args=(i,)) for i in range(N)]
+                for t in crowd:
+                    t.start()
+                time.sleep(0.3)
+            finally:
+                st.redis.proc.send_signal(signal.SIGCONT)
+            for t in crowd:
+                t.join(30)
+            assert sorted(r[0] for r in out.values()) == [202] * N, out
+            ids = sorted(r[1]["order_id"] for r in out.values())
+            entries = st.redis.cmd("HGETALL", "{grp}:pending")
+            entries = dict(zip(entries[::2], entries[1::2]))
+            assert sum(int(v.split()[1]) for v in entries.values()) == N, entries
+            assert len(entries) < N, entries  # at least one entry names several orders
+            assert set(entries) <= set(ids), (entries, ids)
+            st.nats.kill9()  # the messages it had not read die with it
+            killed = True
+        finally:
+            if not killed:
+                st.nats.proc.send_signal(signal.SIGCONT)
+        st.nats.start()
+        wait_until(lambda: st.sub.rows("grp") == N, 30, what="every order in SQLite")
+        wait_until(lambda: pending(st, "grp") == 0, 30, what="the entries cleared")
+        time.sleep(1.5)  # another reconciliation pass must not add anything
+        stored = sorted(r[0] for r in st.sub.query(
+            "SELECT order_id FROM orders WHERE event='grp'"))
+        assert stored == ids, (stored, ids)
+
+
+@suite.case
 def host_killed_between_deduction_and_ack_is_republished_by_another_host():
     with Stack(hosts=2, threads=1, host_extra=FAST_RECONCILE) as st:
         a, b = st.hosts

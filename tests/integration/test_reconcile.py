@@ -151,6 +151,85 @@ class ReconcileTest(unittest.TestCase):
         self.assertEqual(sorted(r[0] for r in self.sub.query("SELECT order_id FROM orders")),
                          sorted(ids))
 
+    def sell_batch(self, event, users):
+        """One EVAL of several buyers, as a host's deduction batch: one {E}:pending entry."""
+        keys = ["{%s}:%s" % (event, k) for k in ("meta", "users", "orders", "uorders", "pending")]
+        argv = [event, "h1", 0, len(users), 0, 0, 60000]
+        for u in users:
+            argv += [u, 1, ""]
+        out = self.redis.cmd("EVAL", DEDUCT, 5, *keys, *argv)
+        self.assertEqual([o[0] for o in out], ["ok"] * len(users), out)
+        return [o[1] for o in out], out[0][4]
+
+    def pending(self, event):
+        v = self.redis.cmd("HGETALL", "{%s}:pending" % event) or []
+        return dict(zip(v[::2], v[1::2]))
+
+    def stored(self, event):
+        return sorted(r[0] for r in self.sub.query(
+            "SELECT order_id FROM orders WHERE event=? ORDER BY order_id", (event,)))
+
+    def test_batch_entry_partly_acknowledged(self):
+        """A batch of five orders, the first two acknowledged by JetStream and the other three
+        not: its one entry stays; the pending pass republishes every order of it (the two again,
+        de-duplicated), SQLite holds each once, and the entry is gone after."""
+        self.create_event("evb", 20)
+        ids, ms = self.sell_batch("evb", ["u%d" % i for i in range(5)])
+        self.assertEqual(self.pending("evb"), {ids[0]: "%d 5" % ms})
+        # The two acknowledged: published through an entry naming only them, then the real
+        # entry put back (what a host leaves when the acks of the other three never came).
+        self.redis.cmd("HSET", "{evb}:pending", ids[0], "%d 2" % ms)
+        time.sleep(0.05)
+        code, out = self.reconcile("--pending", "0")
+        self.assertEqual(code, 0, out)
+        self.assertIn("republished 2 pending", out)
+        wait_until(lambda: self.stored("evb") == ids[:2], 20, what="the first two rows")
+        self.redis.cmd("HSET", "{evb}:pending", ids[0], "%d 5" % ms)
+        code, out = self.reconcile("--pending", "0")
+        self.assertEqual(code, 0, out)
+        self.assertIn("republished 5 pending", out)
+        self.assertEqual(self.pending("evb"), {})
+        wait_until(lambda: self.stored("evb") == ids, 20, what="five rows")
+        time.sleep(0.3)  # a duplicate would land as late as the last row
+        self.assertEqual(self.sub.query("SELECT count(*) FROM orders WHERE event='evb'")[0][0], 5)
+
+    def test_old_form_and_malformed_entries(self):
+        """Entries of the previous version (one per order, value "<ms>") are still republished
+        and deleted; a malformed entry is left alone and does not stop the others."""
+        self.create_event("evo", 20)
+        ids, ms = self.sell_batch("evo", ["a", "b", "c"])
+        self.redis.cmd("DEL", "{evo}:pending")
+        for i in ids:
+            self.redis.cmd("HSET", "{evo}:pending", i, ms)
+        bad = {"%013d-%010d-evo" % (ms, 90): "%d x" % ms, "not-an-id": str(ms),
+               "%013d-%010d-evo" % (ms, 91): "%d 0" % ms}
+        for k, v in bad.items():
+            self.redis.cmd("HSET", "{evo}:pending", k, v)
+        time.sleep(0.05)
+        code, out = self.reconcile("--pending", "0")
+        self.assertEqual(code, 0, out)
+        self.assertIn("republished 3 pending", out)
+        self.assertEqual(self.pending("evo"), bad)
+        wait_until(lambda: self.stored("evo") == ids, 20, what="three rows")
+
+    def test_compare_with_batch_and_old_entries(self):
+        """snatch-reconcile's comparison: a batch's orders missing from SQLite are republished;
+        its entry goes once SQLite holds all of them (after --wait); an old-form entry whose
+        order SQLite holds goes too."""
+        self.create_event("evc", 20)
+        ids, ms = self.sell_batch("evc", ["a", "b", "c", "d"])
+        code, out = self.reconcile("--event", "evc", "--wait", "30")
+        self.assertEqual(code, 0, out)
+        self.assertEqual(self.row(out, "evc")["republished"], 4)
+        self.assertEqual(self.stored("evc"), ids)
+        self.assertEqual(self.pending("evc"), {})
+        self.redis.cmd("HSET", "{evc}:pending", ids[2], ms)  # an old-form entry, persisted
+        code, out = self.reconcile("--event", "evc")
+        self.assertEqual(code, 0, out)
+        self.assertEqual(self.row(out, "evc")["republished"], 0)
+        self.assertEqual(self.pending("evc"), {})
+        self.assertEqual(len(self.stored("evc")), 4)
+
     def test_unreachable_and_usage(self):
         code, _ = self.reconcile("--dry-run", "--bogus")
         self.assertEqual(code, 2)

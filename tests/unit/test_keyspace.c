@@ -77,12 +77,79 @@ static void test_order_event_refuses(void **state)
     }
 }
 
+static const char *pending_id(const keyspace_pending_t *e, int64_t i, char *buf, size_t cap)
+{
+    return keyspace_pending_id(e, i, buf, cap) < 0 ? "" : buf;
+}
+
+/* {E}:pending entries: "<ms> <n>" names the batch's n consecutive orders; "<ms>" (the previous
+ * version's entry of one order) is one. */
+static void test_pending_entry(void **state)
+{
+    (void)state;
+    static const char f[] = "1700000000000-0000000042-concert";
+    char id[KEYSPACE_ORDER_ID_MAX + 1];
+    keyspace_pending_t e;
+    assert_int_equal(keyspace_pending_parse(f, strlen(f), "1700000000123 3", 15, &e), 0);
+    assert_int_equal(e.ms, 1700000000123LL);
+    assert_int_equal(e.n, 3);
+    assert_int_equal(e.elen, 7);
+    assert_memory_equal(e.event, "concert", 7);
+    assert_string_equal(pending_id(&e, 0, id, sizeof(id)), f);
+    assert_string_equal(pending_id(&e, 2, id, sizeof(id)), "1700000000000-0000000044-concert");
+    assert_int_equal(keyspace_pending_id(&e, 3, id, sizeof(id)), -1);
+    assert_int_equal(keyspace_pending_id(&e, -1, id, sizeof(id)), -1);
+
+    assert_int_equal(keyspace_pending_parse(f, strlen(f), "1700000000000", 13, &e), 0);
+    assert_int_equal(e.n, 1);
+    assert_int_equal(e.ms, 1700000000000LL);
+    assert_string_equal(pending_id(&e, 0, id, sizeof(id)), f);
+
+    /* The last seq an id can hold ends the entry. */
+    static const char top[] = "1700000000000-9999999998-e";
+    assert_int_equal(keyspace_pending_parse(top, strlen(top), "5 2", 3, &e), 0);
+    assert_string_equal(pending_id(&e, 1, id, sizeof(id)), "1700000000000-9999999999-e");
+    assert_int_equal(keyspace_pending_parse(top, strlen(top), "5 3", 3, &e), -1);
+
+    static const char *bad_values[] = {
+        "",
+        " ",
+        "12 ",
+        " 3",
+        "12 0",
+        "12 03",
+        "12 -1",
+        "12 1 1",
+        "12  1",
+        "x",
+        "1x",
+        "12 x",
+        "-5",
+        "12 65537",
+        "1234567890123456789",
+        "12 99999999999",
+    };
+    for (size_t i = 0; i < sizeof(bad_values) / sizeof(bad_values[0]); i++) {
+        e.n = 77;
+        assert_int_equal(
+            keyspace_pending_parse(f, strlen(f), bad_values[i], strlen(bad_values[i]), &e), -1);
+        assert_int_equal(e.n, 77);
+    }
+    assert_int_equal(keyspace_pending_parse(f, strlen(f), "12 65536", 8, &e), 0);
+    static const char *bad_fields[] = {"", "x", "1700000000000-0000000042-", "1700000000000-42-e",
+                                       "1700000000000-0000000042-a b"};
+    for (size_t i = 0; i < sizeof(bad_fields) / sizeof(bad_fields[0]); i++)
+        assert_int_equal(
+            keyspace_pending_parse(bad_fields[i], strlen(bad_fields[i]), "12 1", 4, &e), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_keys),
         cmocka_unit_test(test_order_id_round_trip),
         cmocka_unit_test(test_order_event_refuses),
+        cmocka_unit_test(test_pending_entry),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

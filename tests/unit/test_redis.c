@@ -632,6 +632,7 @@ typedef struct {
     char id[96];
     int64_t remaining, held;
     const char *err;
+    pending_batch_t *batch; /* on_buyer_keep: held, as a sale holds it until its publish ended */
 } buyer_res_t;
 
 static int buyer_calls;
@@ -646,6 +647,14 @@ static void on_buyer(const deduct_result_t *r, void *data)
     b->remaining = r->remaining;
     b->held = r->held;
     b->err = r->err;
+}
+
+static void on_buyer_keep(const deduct_result_t *r, void *data)
+{
+    buyer_res_t *b = data;
+    on_buyer(r, data);
+    b->batch = r->batch;
+    pending_batch_hold(b->batch);
 }
 
 static long long admin_int(const char *fmt, const char *arg)
@@ -712,24 +721,79 @@ static void test_batch_group_commit(void **state)
     assert_int_equal(res[5].remaining, 0);
     assert_string_not_equal(res[1].id, res[2].id);
     assert_int_equal(admin_int("HGET {g}:meta %s", "sold"), 5);
-    assert_int_equal(admin_int("HLEN {g}:pending%s", ""), 5);
+    /* One {E}:pending entry per batch that sold, named by its first order: a's, and b's for
+     * b, c, d, e. */
+    assert_int_equal(admin_int("HLEN {g}:pending%s", ""), 2);
+    char want_val[64];
+    snprintf(want_val, sizeof(want_val), "%.13s 4", res[1].id);
+    redisReply *v = admin("HGET {g}:pending %s", res[1].id);
+    assert_int_equal(v->type, REDIS_REPLY_STRING);
+    assert_string_equal(v->str, want_val);
+    freeReplyObject(v);
 
-    /* Acknowledged ids ride on the next batch of their event... */
+    /* Acknowledged entries ride on the next batch of their event... */
     pending_ack(p, res[0].id);
-    pending_ack(p, res[1].id);
     buyer_res_t late = {0};
     deduct_submit(b, "g", "h", 1, on_buyer, &late);
     assert_true(wait_count(&late.calls, 1, 5000));
     assert_int_equal(late.verdict, DEDUCT_SOLD_OUT);
-    assert_int_equal(admin_int("HLEN {g}:pending%s", ""), 3);
+    assert_int_equal(admin_int("HLEN {g}:pending%s", ""), 1);
     run_for(20); /* pending's loop-turn flush found nothing left to send */
     assert_int_equal(pending_inflight(p), 0);
-    assert_int_equal(admin_int("HLEN {g}:pending%s", ""), 3);
+    assert_int_equal(admin_int("HLEN {g}:pending%s", ""), 1);
     /* ...or, with no batch about to go, leave by an HDEL of their own on the next loop turn. */
-    pending_ack(p, res[2].id);
+    pending_ack(p, res[1].id);
     run_for(20);
     wait_hdels(p);
-    assert_int_equal(admin_int("HLEN {g}:pending%s", ""), 2);
+    assert_int_equal(admin_int("HLEN {g}:pending%s", ""), 0);
+    close_batcher_and_drain(b, p, c);
+}
+
+/* A batch's {E}:pending entry goes only once every order it sold was acknowledged: the batcher
+ * hands its sales a pending_batch_t, and the last release of an all-acknowledged batch queues the
+ * entry's HDEL. One order not acknowledged: the entry stays (reconciliation's). */
+static void test_batch_entry_needs_every_ack(void **state)
+{
+    (void)state;
+    redis_client_t *c = start_client(read_source("lua/deduct.lua"), 5000);
+    admin_ok("HSET {q}:meta stock 10 sold 0 limit 1 gen 1");
+    pending_t *p = pending_new(&loop, &c);
+    deduct_batcher_t *b = deduct_batcher_new(c, p, "h1", 5000);
+    char key[KEYSPACE_ORDER_ID_MAX + 1];
+    for (int round = 0; round < 2; round++) {
+        buyer_calls = 0;
+        buyer_res_t res[4];
+        memset(res, 0, sizeof(res));
+        redisContext *sleeper = admin_sleep(1);
+        static const char *users[2][4] = {{"a", "b", "b", "c"}, {"d", "e", "f", "e"}};
+        for (int i = 0; i < 4; i++)
+            deduct_submit(b, "q", users[round][i], 1, on_buyer_keep, &res[i]);
+        assert_true(wait_count(&buyer_calls, 4, 5000));
+        redisFree(sleeper);
+        /* users[0] alone, then a batch of three buyers, two of whom bought */
+        assert_int_equal(res[2].verdict, round == 0 ? DEDUCT_LIMIT_REACHED : DEDUCT_OK);
+        assert_null(res[round == 0 ? 2 : 3].batch);
+        assert_ptr_equal(res[1].batch, res[round == 0 ? 3 : 2].batch);
+        assert_ptr_not_equal(res[0].batch, res[1].batch);
+        assert_int_equal(admin_int("HLEN {q}:pending%s", ""), round == 0 ? 2 : 3);
+        /* users[0]'s batch: acknowledged, its entry goes */
+        assert_true(pending_batch_release(res[0].batch, true, key));
+        assert_string_equal(key, res[0].id);
+        pending_ack(p, key);
+        /* the batch of two: one acknowledged, the other not (round 0) or both (round 1) */
+        buyer_res_t *second = &res[round == 0 ? 3 : 2];
+        assert_false(pending_batch_release(res[1].batch, true, key));
+        bool all = pending_batch_release(second->batch, round == 1, key);
+        assert_int_equal(all, round == 1);
+        if (all) {
+            assert_string_equal(key, res[1].id);
+            pending_ack(p, key);
+        }
+        run_for(20);
+        wait_hdels(p);
+        /* round 0 leaves the entry of b, c; round 1 removes both of its own */
+        assert_int_equal(admin_int("HLEN {q}:pending%s", ""), 1);
+    }
     close_batcher_and_drain(b, p, c);
 }
 
@@ -760,7 +824,7 @@ static void test_batch_carries_acks(void **state)
     wait_hdels(p);
     assert_int_equal(res[0].verdict, DEDUCT_OK);
     assert_int_equal(res[1].verdict, DEDUCT_OK);
-    /* Sold ids are new entries; the two acknowledged ones went with y's batch. */
+    /* x's and y's batches are new entries; the two acknowledged ones went with y's batch. */
     assert_int_equal(admin_int("HLEN {m}:pending%s", ""), 2);
     assert_int_equal(admin_int("HEXISTS {m}:pending %s", "1700000000000-0000000001-m"), 0);
     assert_int_equal(admin_int("HLEN {o}:pending%s", ""), 0);
@@ -1264,6 +1328,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_deduct_script, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_group_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_carries_acks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batch_entry_needs_every_ack, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_connection_lost, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timeout_then_recovers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_killed_and_restarted, setup, teardown),

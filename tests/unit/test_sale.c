@@ -12,6 +12,8 @@
 #include <cmocka.h>
 
 #include "host_fixture.h"
+#include "keyspace.h"
+#include "pending.h"
 #include "redis.h"
 #include "sale.h"
 
@@ -145,11 +147,71 @@ static http_request_t *snatch(const char *event, const char *query)
     return req;
 }
 
+/* What the batcher does after its callbacks: drops its reference to the batch's entry. */
+static void batcher_release(pending_batch_t *pb)
+{
+    char key[KEYSPACE_ORDER_ID_MAX + 1];
+    if (pending_batch_release(pb, false, key))
+        fake_acked(&w, key);
+}
+
+/* A batch of one: a sold order comes with its batch's {E}:pending entry, as from the batcher. */
 static void answer_deduct(deduct_result_t r)
 {
     assert_int_equal(fake.deducts, 1);
     assert_int_equal(answers, 0); /* nothing answered while Redis is asked */
+    if (r.verdict == DEDUCT_OK && !r.replay && r.batch == NULL)
+        r.batch = pending_batch_new(r.order_id, 1);
     fake.deduct_fn(&r, fake.deduct_data);
+    batcher_release(r.batch);
+}
+
+/* Two buyers sold in one deduction batch (one {E}:pending entry): the entry may go only once
+ * both orders were acknowledged, whatever order the acks come in; one 202 keeps it. */
+static void batch_of_two(bool second_acked)
+{
+    static const char *ids[2] = {"1700000000000-0000000007-ev", "1700000000000-0000000008-ev"};
+    deduct_fn fn[2];
+    void *data[2];
+    orders_ack_fn ack[2];
+    void *ack_data[2];
+    snatch("ev", "user=b1");
+    fn[0] = fake.deduct_fn;
+    data[0] = fake.deduct_data;
+    snatch("ev", "user=b2");
+    fn[1] = fake.deduct_fn;
+    data[1] = fake.deduct_data;
+    pending_batch_t *pb = pending_batch_new(ids[0], 2);
+    for (int i = 0; i < 2; i++) {
+        deduct_result_t r = sold(ids[i]);
+        r.batch = pb;
+        fn[i](&r, data[i]);
+        ack[i] = fake.ack_fn;
+        ack_data[i] = fake.ack_data;
+    }
+    batcher_release(pb);
+    assert_int_equal(fake.publishes, 2);
+    ack[1](second_acked ? 0 : -1, ack_data[1]);
+    assert_int_equal(fake.acked, 0);
+    assert_int_equal(answered_status, second_acked ? 200 : 202);
+    ack[0](0, ack_data[0]);
+    assert_int_equal(answered_status, 200);
+    assert_int_equal(fake.acked, second_acked ? 1 : 0);
+    if (second_acked)
+        assert_string_equal(fake.acked_id, ids[0]);
+    assert_int_equal(w.inflight, 0);
+}
+
+static void test_batch_entry_goes_with_every_ack(void **state)
+{
+    (void)state;
+    batch_of_two(true);
+}
+
+static void test_batch_entry_stays_without_every_ack(void **state)
+{
+    (void)state;
+    batch_of_two(false);
 }
 
 static void test_sold_and_acknowledged(void **state)
@@ -370,6 +432,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_sold_and_acknowledged, setup),
         cmocka_unit_test_setup(test_sold_not_acknowledged_is_202, setup),
+        cmocka_unit_test_setup(test_batch_entry_goes_with_every_ack, setup),
+        cmocka_unit_test_setup(test_batch_entry_stays_without_every_ack, setup),
         cmocka_unit_test_setup(test_publish_refused_is_202, setup),
         cmocka_unit_test_setup(test_unreplicated_is_202_unpublished, setup),
         cmocka_unit_test_setup(test_refusals_give_the_unit_back, setup),
