@@ -157,7 +157,7 @@ class ReconcileTest(unittest.TestCase):
         argv = [event, "h1", 0, len(users), 0, 0, 60000]
         for u in users:
             argv += [u, 1, ""]
-        out = self.redis.cmd("EVAL", DEDUCT, 5, *keys, *argv)
+        out = deduct_reply(event, len(users), self.redis.cmd("EVAL", DEDUCT, 5, *keys, *argv))
         self.assertEqual([o[0] for o in out], ["ok"] * len(users), out)
         return [o[1] for o in out], out[0][4]
 
