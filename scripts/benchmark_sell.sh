@@ -18,6 +18,8 @@ usage() {
 usage: $0 [--builds "after=build before=/tmp/base/build"] [--conns "50 100 200"] [--duration S]
           [--rounds N] [--tools "bench wrk"] [--no-nginx] [--out DIR]
   default: --builds "after=build" --conns "50 100 200" --duration 5 --rounds 1 --tools "bench wrk"
+  A build is LABEL=DIR, or LABEL=DIR,ARG,ARG... to start its Redis with those arguments too, e.g.
+  norewrite=build,--auto-aof-rewrite-percentage,0 (no AOF rewrite during the run).
 USAGE
 }
 
@@ -114,8 +116,13 @@ PY
     fi
 }
 
-run_snatch() { # round label builddir
-    local round="$1" label="$2" dir="$3" c tool b
+run_snatch() { # round label builddir[,redis-arg...]
+    local round="$1" label="$2" dir="${3%%,*}" c tool b
+    local rargs=() a
+    if [[ "$3" == *,* ]]; then
+        IFS=, read -r -a a <<<"${3#*,}"
+        for b in "${a[@]}"; do rargs+=(--redis-arg "$b"); done
+    fi
     for b in snatch-host snatch-subscriber; do
         [ -x "$dir/$b" ] || { echo "benchmark_sell: $dir/$b missing" >&2; exit 1; }
     done
@@ -124,7 +131,7 @@ run_snatch() { # round label builddir
     # Each build runs with the Lua of its own source tree (deduct.lua beside policy.lua).
     local policy="$ROOT/lua/policy.lua"
     [ -f "$dir/../lua/policy.lua" ] && policy="$(cd "$dir/.." && pwd)/lua/policy.lua"
-    stack_start --aof --threads 2 --policy "$policy" >/dev/null
+    stack_start --aof --threads 2 --policy "$policy" "${rargs[@]}" >/dev/null
     stack_up=1
     sleep 0.5
     kill -0 "$STACK_SUB_PID" 2>/dev/null || { echo "benchmark_sell: the subscriber died" >&2; exit 1; }

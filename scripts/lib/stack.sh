@@ -31,10 +31,11 @@ stack_wait_port() { # port [seconds] [pid]
 }
 
 stack_start() {
-  local hosts=1 threads=2 policy="$STACK_ROOT/lua/policy.lua" aof=0 i
+  local hosts=1 threads=2 policy="$STACK_ROOT/lua/policy.lua" aof=0 i extra_redis=()
   while [ $# -gt 0 ]; do
     case "$1" in
       --hosts) hosts=$2; shift ;;
+      --redis-arg) extra_redis+=("$2"); shift ;;
       --threads) threads=$2; shift ;;
       --policy) policy=$2; shift ;;
       --aof) aof=1 ;;
@@ -51,6 +52,7 @@ stack_start() {
                     --daemonize no --protected-mode no)
   if [ "$aof" -eq 1 ]; then redis_args+=(--appendonly yes --appendfsync always)
   else redis_args+=(--appendonly no); fi
+  redis_args+=("${extra_redis[@]}")
   redis-server "${redis_args[@]}" >"$STACK_DIR/redis.log" 2>&1 &
   STACK_REDIS_PID=$!
   STACK_PIDS+=("$STACK_REDIS_PID")
