@@ -57,7 +57,8 @@
 --   {"replay", order_id, remaining, gen, created_ms, hold_until, host}   the first one's order
 --   {"sold_out" | "insufficient" | "limit_reached", n, gen, "replay"}  its refusal
 --   {"key_reused", qty}                 the key was first used with another qty
--- A malformed batch (bad n or qty) is an error reply and changes nothing.
+-- A malformed batch (bad n or qty), or one that could mint an order id past 10 seq digits, is
+-- an error reply and changes nothing.
 --
 -- The order id is minted here, once: "<13-digit ms>-<10-digit seq>-<event>". It increases with
 -- time (Redis's clock, the same for every host), so SQLite appends; it is unique because seq
@@ -121,6 +122,11 @@ end
 local stock, sold, limit, gen = tonumber(meta[1]), tonumber(meta[2]) or 0,
   tonumber(meta[3]) or 1, meta[4] or '0'
 local seq0 = tonumber(meta[5]) or 0
+-- Order ids carry 10 seq digits (keyspace.h), the layout every reader parses: a batch that could
+-- mint past them is refused whole and changes nothing (ten billion orders of one event).
+if seq0 + n > 9999999999 then
+  return redis.error_reply('ERR snatch: order ids exhausted')
+end
 
 -- Redis work per batch, not per buyer: one HMGET of the buyers' counts, one of their order
 -- lists, one HSET per hash written. What is left per buyer is Lua (a few microseconds).

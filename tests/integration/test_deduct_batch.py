@@ -224,10 +224,11 @@ def reply_is_short_for_buyers_who_bought():
 
 @suite.case
 def order_ids_keep_their_layout_across_seq_digits():
-    # Ids across a hundred, across a million and past ten seq digits are what "%013d-%010d-%s"
-    # writes (keyspace.h's layout, which the readers parse).
+    # Ids across a hundred, across a million and up to the last of ten seq digits are what
+    # "%013d-%010d-%s" writes (keyspace.h's layout, which the readers parse); a batch that could
+    # go past ten digits is refused and changes nothing.
     with Redis() as r:
-        for seq0 in (0, 97, 999998, 9999999998):
+        for seq0 in (0, 97, 999998, 9999999995):
             ev = "s%d" % seq0
             create(r, ev, 10, 1)
             r.cmd("HSET", "{%s}:meta" % ev, "seq", seq0)
@@ -237,6 +238,13 @@ def order_ids_keep_their_layout_across_seq_digits():
             assert ids == ["%013d-%010d-%s" % (ms, seq0 + i, ev) for i in (1, 2, 3, 4)], ids
             rec = json.loads(order_json(ids[3], hgetall(r, "{%s}:orders" % ev)[ids[3]]))
             assert rec["order_id"] == ids[3] and rec["created_at"] == ms, rec
+        try:
+            batch(r, "s9999999995", [("e", 1)])
+            raise AssertionError("an order id past ten seq digits was minted")
+        except RuntimeError as e:
+            assert "order ids exhausted" in str(e), e
+        meta = hgetall(r, "{s9999999995}:meta")
+        assert meta["seq"] == "9999999999" and meta["sold"] == "4", meta
 
 
 if __name__ == "__main__":
