@@ -191,9 +191,16 @@ def other_node(rc, *not_these):
 
 
 def owner(rc, ev, via):
+    """The port of the master that via says holds ev's slot; None when via did not answer (a
+    node of a cluster under fault and load may miss one query: the caller asks again)."""
     from harness import redis_key_slot
     slot = redis_key_slot("{%s}:meta" % ev)
-    for start, end, port, _ in rc.slots(via=via):
+    try:
+        slots = rc.slots(via=via)
+    except RuntimeError as e:
+        print("  CLUSTER SLOTS via %d: %s (asking again)" % (via.port, e), flush=True)
+        return None
+    for start, end, port, _ in slots:
         if start <= slot <= end:
             return port
     return None
