@@ -1,10 +1,11 @@
 /* Order life endpoints and the expiry sweeper (see life.h). Redis decides (lua/order.lua, one
- * EVAL per request or per batch of expired holds); this file publishes what was decided and
+ * EVALSHA per request or per batch of expired holds); this file publishes what was decided and
  * answers only once JetStream has it, as the sale does. */
 #include "life.h"
 
 #include <inttypes.h>
 #include <jansson.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,38 +27,106 @@ static const keyspace_key_t life_keys[] = {KEYSPACE_META,  KEYSPACE_USERS, KEYSP
 #define LIFE_NKEYS ((int)ARRAY_SIZE(life_keys))
 #define LIFE_ARGS_MAX 4
 
-/* EVAL order.lua: op, event, then up to LIFE_ARGS_MAX - 2 more arguments. The first key is the
- * event's {E}:meta, so a Redis Cluster router sends it to the event's slot. */
+/* An order.lua call in flight. It goes as EVALSHA: the script's ~6 KB would otherwise be sent,
+ * and hashed by Redis, at every call (every GET /v1/orders/{id}, every sweep). A node that does
+ * not know the script yet (restarted, flushed, a new master) answers NOSCRIPT; the call then goes
+ * once more as EVAL, which also teaches it the script. */
+typedef struct life_call {
+    worker_t *w;
+    redis_reply_fn fn;
+    void *data;
+    bool as_eval;
+    int argc;
+    const char *argv[3 + LIFE_NKEYS + LIFE_ARGS_MAX];
+    size_t lens[3 + LIFE_NKEYS + LIFE_ARGS_MAX];
+    char keys[LIFE_NKEYS][KEYSPACE_KEY_MAX];
+    char nkeys[8];
+    char args[LIFE_ARGS_MAX][KEYSPACE_ORDER_ID_MAX + 1]; /* op, event, a1, a2: copied */
+} life_call_t;
+
+int life_script_sha(const char *src, char out[41])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (EVP_Digest(src, strlen(src), md, &n, EVP_sha1(), NULL) != 1 || n != 20)
+        return -1;
+    for (unsigned i = 0; i < n; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+    return 0;
+}
+
+static bool noscript(const redisReply *r)
+{
+    return r != NULL && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0;
+}
+
+static void life_send(life_call_t *c);
+
+static void on_life_reply(redisReply *r, const char *err, void *data)
+{
+    life_call_t *c = data;
+    if (noscript(r) && !c->as_eval) {
+        c->as_eval = true;
+        life_send(c);
+        return;
+    }
+    c->fn(r, err, c->data);
+    free(c);
+}
+
+static void life_send(life_call_t *c)
+{
+    const host_t *h = c->w->host;
+    c->argv[0] = c->as_eval ? "EVAL" : "EVALSHA";
+    c->lens[0] = strlen(c->argv[0]);
+    c->argv[1] = c->as_eval ? h->life_src : h->life_sha;
+    c->lens[1] = strlen(c->argv[1]);
+    redis_command(c->w->redis, on_life_reply, c, c->argc, c->argv, c->lens);
+}
+
+/* Copies a into the call's next argument. False when it does not fit (no valid argument is that
+ * long: the caller validated ids, names and numbers). */
+static bool life_arg(life_call_t *c, int i, const char *a, size_t len)
+{
+    if (len >= sizeof(c->args[i]))
+        return false;
+    memcpy(c->args[i], a, len);
+    c->args[i][len] = '\0';
+    c->argv[c->argc] = c->args[i];
+    c->lens[c->argc++] = len;
+    return true;
+}
+
+/* order.lua: op, event, then up to LIFE_ARGS_MAX - 2 more arguments. The first key is the
+ * event's {E}:meta, so a Redis Cluster router sends it to the event's slot. fn gets a NULL reply
+ * with "nomem" when the call could not be made. */
 static void life_eval(worker_t *w, const char *op, const char *event, size_t elen, const char *a1,
                       const char *a2, redis_reply_fn fn, void *data)
 {
-    char keys[LIFE_NKEYS][KEYSPACE_KEY_MAX], nkeys[8];
-    const char *argv[3 + LIFE_NKEYS + LIFE_ARGS_MAX];
-    size_t lens[3 + LIFE_NKEYS + LIFE_ARGS_MAX];
-    int argc = 0;
-    argv[argc] = "EVAL";
-    lens[argc++] = 4;
-    argv[argc] = w->host->life_src;
-    lens[argc++] = strlen(w->host->life_src);
-    lens[argc] = (size_t)snprintf(nkeys, sizeof(nkeys), "%d", LIFE_NKEYS);
-    argv[argc++] = nkeys;
+    life_call_t *c = malloc(sizeof(*c));
+    if (c == NULL) {
+        fn(NULL, "nomem", data);
+        return;
+    }
+    c->w = w;
+    c->fn = fn;
+    c->data = data;
+    c->as_eval = false;
+    c->argc = 2;
+    c->lens[c->argc] = (size_t)snprintf(c->nkeys, sizeof(c->nkeys), "%d", LIFE_NKEYS);
+    c->argv[c->argc++] = c->nkeys;
     for (int i = 0; i < LIFE_NKEYS; i++) {
-        lens[argc] = (size_t)keyspace_key(keys[i], event, elen, life_keys[i]);
-        argv[argc++] = keys[i];
+        c->lens[c->argc] = (size_t)keyspace_key(c->keys[i], event, elen, life_keys[i]);
+        c->argv[c->argc++] = c->keys[i];
     }
-    argv[argc] = op;
-    lens[argc++] = strlen(op);
-    argv[argc] = event;
-    lens[argc++] = elen;
-    if (a1 != NULL) {
-        argv[argc] = a1;
-        lens[argc++] = strlen(a1);
+    if (!life_arg(c, 0, op, strlen(op)) || !life_arg(c, 1, event, elen) ||
+        (a1 != NULL && !life_arg(c, 2, a1, strlen(a1))) ||
+        (a2 != NULL && !life_arg(c, 3, a2, strlen(a2)))) {
+        free(c);
+        fn(NULL, "too long", data);
+        return;
     }
-    if (a2 != NULL) {
-        argv[argc] = a2;
-        lens[argc++] = strlen(a2);
-    }
-    redis_command(w->redis, fn, data, argc, argv, lens);
+    life_send(c);
 }
 
 static void ignore_reply(redisReply *r, const char *err, void *data)

@@ -9,7 +9,8 @@
  * Every transition decided in Redis is published on stream ORDERS (Nats-Msg-Id "<id>:<state>")
  * before anyone is told about it; its {E}:tpending entry goes once JetStream acknowledged it,
  * and reconciliation republishes what stays. Loop thread only; Redis through redis_command
- * (EVAL of order.lua, first key {E}:meta), never blocking. */
+ * (EVALSHA of order.lua, EVAL when a node answers NOSCRIPT; first key {E}:meta), never
+ * blocking. */
 #ifndef SNATCH_LIFE_H
 #define SNATCH_LIFE_H
 
@@ -18,6 +19,10 @@
 
 #include "http.h"
 #include "worker.h"
+
+/* The SHA1 (hex, NUL-terminated) of order.lua's source, by which EVALSHA names it (host_t's
+ * life_sha). 0 or -1. */
+int life_script_sha(const char *src, char out[41]);
 
 /* POST /v1/orders/{id}/pay and DELETE /v1/orders/{id}. Answer req (now or later). */
 void life_pay(worker_t *w, http_request_t *req, const char *id, size_t len);

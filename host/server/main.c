@@ -18,6 +18,7 @@
 
 #include "auth.h"
 #include "cli.h"
+#include "life.h"
 #include "log.h"
 #include "metrics.h"
 #include "nats_servers.h"
@@ -173,6 +174,10 @@ static int read_life_script(host_config_t *cfg, const char *path)
     host.life_src = util_read_file(path, NULL);
     if (host.life_src == NULL) {
         log_error("cannot read the order script %s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (life_script_sha(host.life_src, host.life_sha) != 0) {
+        log_error("cannot hash the order script %s", path);
         return -1;
     }
     return 0;

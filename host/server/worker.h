@@ -54,7 +54,8 @@ typedef struct life_sweeper life_sweeper_t;
 
 typedef struct host {
     host_config_t cfg;
-    char *life_src; /* lua/order.lua, read at start (life.h) */
+    char *life_src;    /* lua/order.lua, read at start (life.h) */
+    char life_sha[41]; /* its SHA1, hex: what EVALSHA names it by (life_script_sha) */
     orders_publisher_t *orders;
     _Atomic bool stopping;
 } host_t;

@@ -111,6 +111,43 @@ def hold_then_pay():
         wait_until(lambda: st.redis.cmd("HLEN", "{hp}:tpending") == 0, 10, what="tpending empty")
 
 
+def script_calls(st):
+    """{command: calls} of EVAL and EVALSHA from Redis's commandstats."""
+    out = {}
+    for line in st.redis.cmd("INFO", "commandstats").split("\r\n"):
+        for name in ("eval", "evalsha"):
+            if line.startswith("cmdstat_%s:calls=" % name):
+                out[name] = int(line.split("calls=")[1].split(",")[0])
+    return out
+
+
+@suite.case
+def order_script_goes_by_sha_and_survives_a_flush():
+    # order.lua (~6 KB) is named by its SHA1: a look-up sends no script. A Redis that forgot
+    # it (SCRIPT FLUSH, a restart, a new master) answers NOSCRIPT once; the call goes again as
+    # EVAL and the next ones by SHA1 again.
+    with life_stack(60000) as st:
+        h = st.host
+        h.create_event("sha", 1)
+        s, b = snatch(h, "sha", "alice")
+        assert s == 200, (s, b)
+        oid = b["order_id"]
+        assert get(h, oid, "alice")[0] == 200
+        before = script_calls(st)
+        for _ in range(5):
+            assert get(h, oid, "alice")[0] == 200
+        after = script_calls(st)
+        assert after.get("eval", 0) == before.get("eval", 0), (before, after)
+        assert after["evalsha"] >= before["evalsha"] + 5, (before, after)
+        st.redis.cmd("SCRIPT", "FLUSH")
+        s, g = get(h, oid, "alice")
+        assert s == 200 and g["status"] == "held", (s, g)
+        again = script_calls(st)
+        assert again.get("eval", 0) > after.get("eval", 0), (after, again)
+        s, p = pay(h, oid)
+        assert s == 200 and p["status"] == "paid", (s, p)
+
+
 @suite.case
 def hold_expires_and_another_buyer_gets_the_ticket():
     with life_stack(1200) as st:
