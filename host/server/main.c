@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <nats/nats.h>
+#include <openssl/crypto.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -652,6 +653,12 @@ int main(int argc, char **argv)
 {
     bool test_only = false;
     char err[1024];
+    /* libcrypto's first initialisation decides whether it cleans up at exit, and that cleanup
+     * frees what cnats (with TLS) already freed: SSL's compression-method list, which cnats
+     * frees when its library closes (ASan: a crash in OPENSSL_cleanup at exit, test_auth's
+     * nats_tls). The host's own uses (order.lua's SHA1, the policy's HMAC) must not initialise
+     * it first with that cleanup. */
+    OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, NULL);
     log_init("snatch-host", LOG_FORMAT_TEXT);
     if (parse_args(argc, argv, &test_only) != 0)
         return 2;
