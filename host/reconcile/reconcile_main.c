@@ -9,6 +9,7 @@
 #include <hiredis/hiredis.h>
 #include <limits.h>
 #include <nats/nats.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -307,6 +308,9 @@ int main(int argc, char **argv)
     char err[512];
     int status = 3;
 
+    /* As in snatch-host: the policy's HMAC must not initialise libcrypto with an exit cleanup
+     * that frees again what cnats (with TLS) freed when it closed. */
+    OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, NULL);
     log_init("snatch-reconcile", LOG_FORMAT_TEXT);
     if (parse_args(argc, argv, &c) != 0)
         return 2;
