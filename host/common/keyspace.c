@@ -25,21 +25,14 @@ int keyspace_order_id(char *out, size_t cap, int64_t ms, int64_t seq, const char
     return n < 0 || (size_t)n >= cap ? -1 : n;
 }
 
-static int all_digits(const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (s[i] < '0' || s[i] > '9')
-            return 0;
-    return 1;
-}
-
 const char *keyspace_order_event(const char *id, size_t len, size_t *elen)
 {
     if (len <= KEYSPACE_ID_EVENT_AT)
         return NULL;
     const char *seq = id + KEYSPACE_ID_MS_DIGITS + 1;
     if (id[KEYSPACE_ID_MS_DIGITS] != '-' || seq[KEYSPACE_ID_SEQ_DIGITS] != '-' ||
-        !all_digits(id, KEYSPACE_ID_MS_DIGITS) || !all_digits(seq, KEYSPACE_ID_SEQ_DIGITS))
+        !util_all_digits(id, KEYSPACE_ID_MS_DIGITS) ||
+        !util_all_digits(seq, KEYSPACE_ID_SEQ_DIGITS))
         return NULL;
     const char *event = id + KEYSPACE_ID_EVENT_AT;
     if (!util_valid_name(event, len - KEYSPACE_ID_EVENT_AT, SNATCH_NAME_MAX))
@@ -51,7 +44,7 @@ const char *keyspace_order_event(const char *id, size_t len, size_t *elen)
 /* A decimal of 1..digits digits into *v. 0 or -1. */
 static int parse_num(const char *s, size_t n, size_t digits, int64_t *v)
 {
-    if (n == 0 || n > digits || !all_digits(s, n))
+    if (n == 0 || n > digits || !util_all_digits(s, n))
         return -1;
     int64_t x = 0;
     for (size_t i = 0; i < n; i++)

@@ -305,19 +305,8 @@ static bool plain_name(const char *s, size_t len)
 {
     if (len == 0)
         return false;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '_' || c == '.' || c == ':' || c == '@' || c == '-'))
-            return false;
-    }
-    return true;
-}
-
-static bool all_digits(const char *s, size_t len)
-{
     for (size_t i = 0; i < len; i++)
-        if (s[i] < '0' || s[i] > '9')
+        if (!util_name_char((unsigned char)s[i]))
             return false;
     return true;
 }
@@ -373,7 +362,7 @@ int order_record_json(const char *id, size_t idlen, const char *val, size_t vlen
     const char *host = sp1 + 1, *user = sp2 + 1;
     size_t ulen = vlen - (size_t)(user - val);
     /* qty as deduct.lua accepts it: no sign, no leading zero. */
-    if (qlen == 0 || qlen > UTIL_I64_LEN || val[0] == '0' || !all_digits(val, qlen) ||
+    if (qlen == 0 || qlen > UTIL_I64_LEN || val[0] == '0' || !util_all_digits(val, qlen) ||
         !plain_name(host, hlen) || !plain_name(user, ulen))
         return -1;
     int64_t ms = 0;

@@ -33,6 +33,13 @@ int util_parse_hostport(const char *s, char *host, size_t cap, int min_port, int
  * token, no wildcard, no whitespace), an SQLite text value and a JSON string without escapes.
  * Nothing else reaches Redis, NATS or SQL. Inline so that snatch-reconcile (which does not link
  * the host's code) applies the very same rule. */
+/* A character names may hold (deduct.lua's plain(): a JSON string without escapes). */
+static inline bool util_name_char(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '.' || c == ':' || c == '@' || c == '-';
+}
+
 static inline bool util_valid_name(const char *s, size_t len, size_t max_len)
 {
     if (s == NULL || len == 0 || len > max_len || len > SNATCH_NAME_MAX)
@@ -41,11 +48,18 @@ static inline bool util_valid_name(const char *s, size_t len, size_t max_len)
         return false;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  c == '_' || c == '.' || c == ':' || c == '@' || c == '-';
-        if (!ok || (c == '.' && i + 1 < len && s[i + 1] == '.'))
+        if (!util_name_char(c) || (c == '.' && i + 1 < len && s[i + 1] == '.'))
             return false;
     }
+    return true;
+}
+
+/* True when s[0..n) are all decimal digits (n 0: true). */
+static inline bool util_all_digits(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (s[i] < '0' || s[i] > '9')
+            return false;
     return true;
 }
 

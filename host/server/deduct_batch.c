@@ -365,14 +365,19 @@ static bool minted(const buyer_t *by)
 }
 
 /* The batch's {E}:pending entry, shared by the orders it sold (deduct.lua minted them in buyer
- * order: the first one names the entry). NULL when it sold nothing. */
+ * order: the first one names the entry). NULL when it sold nothing, or when a buyer's reply was
+ * not understood: the orders counted here might then be fewer than the entry names, and
+ * deleting it would lose the others, so it stays for reconciliation. */
 static pending_batch_t *batch_entry(const batch_t *bt)
 {
     const char *first = NULL;
     int orders = 0;
-    for (const buyer_t *by = bt->head; by != NULL; by = by->next)
+    for (const buyer_t *by = bt->head; by != NULL; by = by->next) {
+        if (by->res.err == deduct_err_bad_reply)
+            return NULL;
         if (minted(by) && orders++ == 0)
             first = by->id;
+    }
     pending_batch_t *pb = orders > 0 ? pending_batch_new(first, orders) : NULL;
     for (buyer_t *by = bt->head; by != NULL; by = by->next)
         if (minted(by))

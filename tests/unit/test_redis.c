@@ -797,6 +797,42 @@ static void test_batch_entry_needs_every_ack(void **state)
     close_batcher_and_drain(b, p, c);
 }
 
+/* A batch whose reply is not all understood: the buyers who bought still learn it, but none
+ * holds the batch's {E}:pending entry, since the orders counted could be fewer than the entry
+ * names and deleting it would lose the others (reconciliation keeps them). The script answers
+ * its first buyer a sale and every other one a verdict deduct.lua never gives. */
+static const char HALF_KNOWN_SCRIPT[] = "local n = tonumber(ARGV[4])\n"
+                                        "local out = {1}\n"
+                                        "for i = 2, n do out[i] = {'bogus'} end\n"
+                                        "out[n + 1] = {'1', '1700000000000', '0', 7}\n"
+                                        "return out\n";
+
+static void test_batch_entry_not_kept_on_a_bad_reply(void **state)
+{
+    (void)state;
+    redis_client_t *c = start_client(HALF_KNOWN_SCRIPT, 5000);
+    pending_t *p = pending_new(&loop, &c);
+    deduct_batcher_t *b = deduct_batcher_new(c, p, "h1", 5000);
+    buyer_calls = 0;
+    buyer_res_t res[3];
+    memset(res, 0, sizeof(res));
+    redisContext *sleeper = admin_sleep(1);
+    deduct_submit(b, "hk", "a", 1, on_buyer_keep, &res[0]); /* alone: understood */
+    deduct_submit(b, "hk", "b", 1, on_buyer_keep, &res[1]); /* these two: one batch */
+    deduct_submit(b, "hk", "c", 1, on_buyer_keep, &res[2]);
+    assert_true(wait_count(&buyer_calls, 3, 5000));
+    redisFree(sleeper);
+    assert_int_equal(res[0].verdict, DEDUCT_OK);
+    assert_non_null(res[0].batch);
+    assert_int_equal(res[1].verdict, DEDUCT_OK);
+    assert_string_equal(res[1].id, "1700000000000-0000000007-hk");
+    assert_ptr_equal(res[2].err, deduct_err_bad_reply);
+    assert_null(res[1].batch);
+    char key[KEYSPACE_ORDER_ID_MAX + 1];
+    assert_true(pending_batch_release(res[0].batch, true, key));
+    close_batcher_and_drain(b, p, c);
+}
+
 /* While a batch is in flight with buyers queued behind it, acknowledged ids of its event wait
  * for the next batch instead of costing an HDEL; those of other events go by HDEL. */
 static void test_batch_carries_acks(void **state)
@@ -1329,6 +1365,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_batch_group_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_carries_acks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_entry_needs_every_ack, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batch_entry_not_kept_on_a_bad_reply, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_connection_lost, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timeout_then_recovers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_killed_and_restarted, setup, teardown),
