@@ -29,6 +29,10 @@
 --            publishing again: it is persisted). -> {'ok', settled, released units}
 --   'finish' seq_max (the largest seq of any persisted order of the event), gap
 --            -> {'done', sold, stock}
+--   'release' (a repair that failed after 'begin': NATS or Redis went away mid-replay) drops
+--            the lock if it is still this token, so the next attempt, this host's or another's,
+--            need not wait out the ttl while every buyer of the event gets 503 repairing
+--            -> {'released'} or {'not_held'}
 --   'chunk', 'held', 'settle' and 'finish' answer {'lost_lock'} when the lock is no longer this token, and
 --   {'moved'} when they run on another node than 'begin' did (node ~= this node's id): the
 --   repairer starts again from 'begin'.
@@ -67,6 +71,12 @@ local function guard()
   if not holds_lock() then return {'lost_lock'} end
   redis.call('PEXPIRE', KEYS[5], ttl)
   return nil
+end
+
+if op == 'release' then
+  if not holds_lock() then return {'not_held'} end
+  redis.call('DEL', KEYS[5])
+  return {'released'}
 end
 
 if op == 'begin' then

@@ -661,6 +661,16 @@ static int finish(job_t *j)
     return rc;
 }
 
+/* Best effort: Redis may be what failed. The lock's ttl is the fallback. */
+static void release(job_t *j)
+{
+    const char *args[5] = {"release", j->event, j->rp->token, j->ttl, j->node};
+    size_t lens[5];
+    for (int i = 0; i < 5; i++)
+        lens[i] = strlen(args[i]);
+    freeReplyObject(eval(j->rp, j->event, 5, args, lens));
+}
+
 static void report(const job_t *j)
 {
     const repair_report_t *p = j->rep;
@@ -697,6 +707,7 @@ repair_result_t repair_event(repair_t *rp, jsCtx *js, const char *event, repair_
         finish(j) != 0) {
         res = REPAIR_FAILED;
         metrics_repair(0, 0, 0);
+        release(j);
         goto out;
     }
     report(j);

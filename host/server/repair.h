@@ -37,8 +37,10 @@
  * and published after the replay read the stream (held in a host's buffer) must not share its
  * id with a new one; this is far more ids than a node mints in the seconds a failover takes. */
 #define REPAIR_SEQ_GAP 100000
-/* The lock's lifetime, renewed at each chunk: a repairer that died holds nobody up for long. */
-#define REPAIR_LOCK_TTL_MS 30000
+/* The lock's lifetime, renewed at each call: a repairer that died holds nobody up for long
+ * (one that failed releases it at once). Above REPAIR_REPLAY_WAIT_MS, the longest wait between
+ * two renewals. */
+#define REPAIR_LOCK_TTL_MS 10000
 /* The longest wait for the next message of a replay before the repair gives up (retried). */
 #define REPAIR_REPLAY_WAIT_MS 5000
 

@@ -295,5 +295,32 @@ def cluster_failover_without_gate():
     assert res["oversold"] > 0 and res["over_limit"] > 0, res
 
 
+@suite.case
+def failed_repair_releases_its_lock():
+    """A repair that fails after it took the event's lock gives the lock back, so the next
+    attempt (this host's or another's) need not wait out the lock's ttl (10 s, 30 s before) while every buyer of
+    the event gets 503 repairing. The rolling restart of the cluster suite hit that: a NATS node
+    restarted under a replay, the host was restarted next, and its lock outlived the sale.
+    Here the replay fails because the ORDERS stream is gone."""
+    with Stack(hosts=0, subscriber=False) as st:
+        event = "rl"
+        h = Host(st.tmp.path, st.redis_addr, st.nats_url, host_id="h1",
+                 extra=["--reconcile-interval-ms", "600000", "--redis-repair"])
+        st.hosts.append(h)
+        h.start()
+        h.create_event(event, 100)
+        # As if another node had verified the event: deduct.lua gates it, the host repairs.
+        st.redis.cmd("HSET", "{%s}:meta" % event, "owner", "another-node")
+        st.nats.request("$JS.API.STREAM.DELETE.ORDERS")
+        got = crowd(h.port, event, ["u1"], threads=1)
+        assert [(s, b.get("error")) for (_, s, b) in got] == [(503, "repairing")], got
+        failed = 'snatch_repairs_total{result="error"}'
+        wait_until(lambda: metric(h, failed) >= 1, 15, 0.05, "a failed repair")
+        wait_until(lambda: st.redis.cmd("EXISTS", "{%s}:repair" % event) == 0, 5, 0.05,
+                   "the lock released (PTTL %s)" % st.redis.cmd("PTTL", "{%s}:repair" % event))
+        assert meta(st.redis, event).get("sold") in (None, "0"), meta(st.redis, event)
+        print("  lock released after the failed repair; nothing sold", flush=True)
+
+
 if __name__ == "__main__":
     suite.run()

@@ -295,6 +295,16 @@ static void test_lock_and_node(void **state)
     assert_int_equal(r->type, REDIS_REPLY_ERROR); /* a malformed chunk changes nothing */
     freeReplyObject(r);
     assert_int_equal(hget_int("{e}:meta", "sold"), 2);
+    /* A failed repair gives the lock back; another token's release leaves it alone. */
+    r = repair("e", "release", "e", "other", TTL, run_id, NULL);
+    expect_verdict(r, "not_held");
+    freeReplyObject(r);
+    r = repair("e", "release", "e", TOKEN, TTL, run_id, NULL);
+    expect_verdict(r, "released");
+    freeReplyObject(r);
+    r = repair("e", "begin", "e", "other", TTL, "", "1", NULL);
+    expect_verdict(r, "started");
+    freeReplyObject(r);
 }
 
 /* Orders of the sale before a reset (seq <= base) are never restored. An event without base
