@@ -68,9 +68,10 @@ static int life_script_compiles(const char *path, const char *src, size_t len, c
         snprintf(err, errlen, "%s: out of memory", path);
         return -1;
     }
-    int rc = luaL_loadbuffer(L, src, len, "=line") == 0 ? 0 : -1;
+    /* An empty chunk name: the message starts ":LINE: ", so it reads "PATH:LINE: ...". */
+    int rc = luaL_loadbuffer(L, src, len, "=") == 0 ? 0 : -1;
     if (rc != 0)
-        snprintf(err, errlen, "%s: %s", path, lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
+        snprintf(err, errlen, "%s%s", path, lua_tostring(L, -1) ? lua_tostring(L, -1) : ": ?");
     lua_close(L);
     return rc;
 }

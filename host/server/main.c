@@ -237,10 +237,11 @@ static void on_hup(uv_signal_t *h, int signum)
         host.life_src = life;
         memcpy(host.life_sha, life_sha, sizeof(host.life_sha));
     }
-    log_info("reload: policy %s, deduct script %s (%s), order script %s (%s, sha1 %s) handed "
-             "to %d threads",
-             host.cfg.policy_path, host.cfg.deduct_path, deduct ? "read" : "kept", life_path,
-             life_what, host.life_sha, n_workers);
+    log_info(
+        "reload: policy %s, deduct script %s (%s), order script %s (%s, serving sha1 %s) handed "
+        "to %d threads",
+        host.cfg.policy_path, host.cfg.deduct_path, deduct ? "read" : "kept", life_path, life_what,
+        host.life_sha, n_workers);
     free(deduct);
 }
 

@@ -2,6 +2,7 @@
 script is refused and the old one keeps serving; snatch-host --test tells them apart."""
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -68,6 +69,10 @@ def test_flag_validates():
         write(bad, BROKEN)
         p = subprocess.run([binary("snatch-host"), "--test", bad], capture_output=True)
         assert p.returncode != 0 and b"broken.lua" in p.stderr, p
+        # An order script that does not compile stops the start, before any connection.
+        p = subprocess.run([binary("snatch-host"), "--order-script", bad, st.policy],
+                           capture_output=True, timeout=30)
+        assert p.returncode != 0 and b"order script refused" in p.stderr, p
 
 
 @suite.case
@@ -218,12 +223,14 @@ def order_script_is_reloaded_and_a_broken_one_refused():
         look_ups()
         assert script_known(st, new), "the host does not run the new order script"
         assert not script_known(st, orig), "a thread still runs the old order script"
-        assert "(new, sha1 %s)" % sha1(new) in h.proc.log_text()
+        assert "(new, serving sha1 %s)" % sha1(new) in h.proc.log_text()
         # (2) A script that does not compile is refused; the previous one keeps serving.
         write(order, "local x = (\n" + orig)
         hup_and_wait()
-        wait_until(lambda: "order script refused, the old one keeps serving: " + order
-                   in h.proc.log_text(), 5, what="the refusal in the log")
+        refused = re.compile(r"order script refused, the old one keeps serving: %s:\d+: "
+                             % re.escape(order))
+        wait_until(lambda: refused.search(h.proc.log_text()), 5,
+                   what="the refusal in the log, with the line")
         st.redis.cmd("SCRIPT", "FLUSH")
         look_ups()
         assert script_known(st, new) and not script_known(st, orig)
