@@ -318,6 +318,8 @@ void worker_post_reload(worker_t *w, const char *deduct_source, const char *life
 {
     char *copy = deduct_source ? strdup(deduct_source) : NULL;
     char *life = life_src && life_sha ? strdup(life_src) : NULL;
+    if ((deduct_source && copy == NULL) || (life_src && life_sha && life == NULL))
+        log_error("worker %d: out of memory: a script of this reload is not handed over", w->id);
     uv_mutex_lock(&w->reload_lock);
     free(w->pending_deduct);
     w->pending_deduct = copy;
