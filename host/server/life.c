@@ -3,8 +3,11 @@
  * answers only once JetStream has it, as the sale does. */
 #include "life.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <lauxlib.h>
+#include <lua.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,6 +58,49 @@ int life_script_sha(const char *src, char out[41])
     return 0;
 }
 
+/* Compiles without running: a syntax error is all a scratch state can find (redis.call and
+ * KEYS exist only inside Redis). */
+static int life_script_compiles(const char *path, const char *src, size_t len, char *err,
+                                size_t errlen)
+{
+    lua_State *L = luaL_newstate();
+    if (L == NULL) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        return -1;
+    }
+    /* An empty chunk name: the message starts ":LINE: ", so it reads "PATH:LINE: ...". */
+    int rc = luaL_loadbuffer(L, src, len, "=") == 0 ? 0 : -1;
+    if (rc != 0)
+        snprintf(err, errlen, "%s%s", path, lua_tostring(L, -1) ? lua_tostring(L, -1) : ": ?");
+    lua_close(L);
+    return rc;
+}
+
+int life_script_read(const char *path, char **src, char sha[41], char *err, size_t errlen)
+{
+    size_t len;
+    *src = util_read_file(path, &len);
+    if (*src == NULL) {
+        snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (strlen(*src) != len) {
+        snprintf(err, errlen, "%s holds a NUL byte", path);
+        goto fail;
+    }
+    if (life_script_compiles(path, *src, len, err, errlen) != 0)
+        goto fail;
+    if (life_script_sha(*src, sha) != 0) {
+        snprintf(err, errlen, "cannot hash %s", path);
+        goto fail;
+    }
+    return 0;
+fail:
+    free(*src);
+    *src = NULL;
+    return -1;
+}
+
 static bool noscript(const redisReply *r)
 {
     return r != NULL && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0;
@@ -76,10 +122,12 @@ static void on_life_reply(redisReply *r, const char *err, void *data)
 
 static void life_send(life_call_t *c)
 {
-    const host_t *h = c->w->host;
+    /* The worker's current copy (a SIGHUP may have replaced it since a NOSCRIPT retry's first
+     * try): redis_command copies the arguments, so no call holds a pointer into it. */
+    const worker_t *w = c->w;
     c->argv[0] = c->as_eval ? "EVAL" : "EVALSHA";
     c->lens[0] = strlen(c->argv[0]);
-    c->argv[1] = c->as_eval ? h->life_src : h->life_sha;
+    c->argv[1] = c->as_eval ? w->life_src : w->life_sha;
     c->lens[1] = strlen(c->argv[1]);
     redis_command(c->w->redis, on_life_reply, c, c->argc, c->argv, c->lens);
 }
@@ -261,7 +309,7 @@ static void op_start(worker_t *w, http_request_t *req, const char *id, size_t le
         reply_error(req, ROUTE_ORDER, 400, "bad_request", "invalid order id");
         return;
     }
-    if (w->redis == NULL || !redis_client_ready(w->redis) || w->host->life_src == NULL) {
+    if (w->redis == NULL || !redis_client_ready(w->redis) || w->life_src == NULL) {
         reply_error(req, ROUTE_ORDER, 503, "unavailable", NULL);
         return;
     }
@@ -402,7 +450,7 @@ void life_get(worker_t *w, http_request_t *req, const char *id, size_t len, cons
 {
     size_t elen;
     const char *event = keyspace_order_event(id, len, &elen);
-    life_view_t *v = event != NULL && w->host->life_src != NULL ? malloc(sizeof(*v)) : NULL;
+    life_view_t *v = event != NULL && w->life_src != NULL ? malloc(sizeof(*v)) : NULL;
     if (v == NULL) {
         reply_error(req, ROUTE_ORDER, 503, "unavailable", NULL);
         return;
@@ -558,7 +606,7 @@ static void on_tick(uv_timer_t *t)
 
 life_sweeper_t *life_sweeper_start(worker_t *w, uint64_t interval_ms)
 {
-    if (interval_ms == 0 || w->host->life_src == NULL)
+    if (interval_ms == 0 || w->life_src == NULL)
         return NULL;
     life_sweeper_t *s = calloc(1, sizeof(*s));
     if (s == NULL)

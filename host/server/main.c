@@ -2,9 +2,9 @@
  *
  * Start: policy validated -> stock/metrics/rate limiter -> NATS publisher (connects in the
  * background) -> N worker threads (each: policy state, Redis, order lane, listener).
- * The main thread then only waits for signals on its own loop: SIGHUP validates the policy and
- * deduct script and hands them to every worker; SIGTERM/SIGINT stop accepting, let in-flight
- * sales finish, close, exit 0. */
+ * The main thread then only waits for signals on its own loop: SIGHUP validates the policy,
+ * reads the deduct script and order.lua and hands them to every worker; SIGTERM/SIGINT stop
+ * accepting, let in-flight sales finish, close, exit 0. */
 #include <errno.h>
 #include <getopt.h>
 #include <nats/nats.h>
@@ -113,8 +113,9 @@ static void usage(FILE *out)
             "  --expire-interval-ms MS   release expired holds every MS (default 1000, 0: off)\n"
             "  --version                 print the version and exit\n"
             "  -h, --help                this text\n" AUTH_REDIS_USAGE AUTH_NATS_USAGE
-            "\nSignals: HUP reloads the policy and deduct script (a broken one is refused and the\n"
-            "old one keeps serving); TERM/INT stop accepting, finish in-flight sales, exit 0.\n");
+            "\nSignals: HUP reloads the policy, deduct and order scripts (a broken one is refused\n"
+            "and the old one keeps serving); TERM/INT stop accepting, finish in-flight sales,\n"
+            "exit 0.\n");
 }
 
 static int parse_hostport(const char *s, const char **host_out, int *port, char *buf, size_t cap)
@@ -157,31 +158,49 @@ static int read_token(const char *path, host_config_t *cfg)
                            &cfg->admin_token_len);
 }
 
-/* lua/order.lua, read once at start: next to the deduct script unless --order-script. */
+/* lua/order.lua, read at start and on SIGHUP: next to the deduct script unless --order-script. */
+static char life_path[4096];
+
 static int read_life_script(host_config_t *cfg, const char *path)
 {
-    char buf[4096];
-    if (path == NULL) {
+    char err[1024];
+    if (path != NULL) {
+        snprintf(life_path, sizeof(life_path), "%s", path);
+    } else {
         /* Looked for as deduct.lua is (a --deduct copy elsewhere has none beside it). */
         const char *slash = strrchr(cfg->deduct_path, '/');
         size_t dir = slash ? (size_t)(slash - cfg->deduct_path + 1) : 0;
-        snprintf(buf, sizeof(buf), "%.*sorder.lua", (int)dir, cfg->deduct_path);
-        if (access(buf, R_OK) != 0)
-            snprintf(buf, sizeof(buf), "%s/order.lua", SNATCH_DATA_DIR);
-        if (access(buf, R_OK) != 0)
-            snprintf(buf, sizeof(buf), "%s/lua/order.lua", SNATCH_SOURCE_DIR);
-        path = buf;
+        snprintf(life_path, sizeof(life_path), "%.*sorder.lua", (int)dir, cfg->deduct_path);
+        if (access(life_path, R_OK) != 0)
+            snprintf(life_path, sizeof(life_path), "%s/order.lua", SNATCH_DATA_DIR);
+        if (access(life_path, R_OK) != 0)
+            snprintf(life_path, sizeof(life_path), "%s/lua/order.lua", SNATCH_SOURCE_DIR);
     }
-    host.life_src = util_read_file(path, NULL);
-    if (host.life_src == NULL) {
-        log_error("cannot read the order script %s: %s", path, strerror(errno));
-        return -1;
-    }
-    if (life_script_sha(host.life_src, host.life_sha) != 0) {
-        log_error("cannot hash the order script %s", path);
+    if (life_script_read(life_path, &host.life_src, host.life_sha, err, sizeof(err)) != 0) {
+        log_error("order script refused: %s", err);
         return -1;
     }
     return 0;
+}
+
+/* SIGHUP: the new order.lua if it is good and differs from the one the workers have (host's,
+ * then replaced: main thread only once they started). NULL: they keep theirs. what says why. */
+static char *reload_life_script(char sha[41], const char **what)
+{
+    char err[1024];
+    char *src = NULL;
+    if (life_script_read(life_path, &src, sha, err, sizeof(err)) != 0) {
+        log_error("reload: order script refused, the old one keeps serving: %s", err);
+        *what = "refused";
+        return NULL;
+    }
+    if (strcmp(sha, host.life_sha) == 0) {
+        free(src);
+        *what = "unchanged";
+        return NULL;
+    }
+    *what = "new";
+    return src;
 }
 
 static int check_policy(const char *path, char *err, size_t errlen)
@@ -207,11 +226,23 @@ static void on_hup(uv_signal_t *h, int signum)
     char *deduct = util_read_file(host.cfg.deduct_path, NULL);
     if (deduct == NULL)
         log_warn("reload: cannot read %s, keeping the deduct script", host.cfg.deduct_path);
+    char life_sha[41] = "";
+    const char *life_what;
+    char *life = reload_life_script(life_sha, &life_what);
     for (int i = 0; i < n_workers; i++)
-        worker_post_reload(&workers[i], deduct);
+        worker_post_reload(&workers[i], deduct, life, life_sha);
     reconciler_post_reload(reconciler);
+    if (life != NULL) {
+        free(host.life_src);
+        host.life_src = life;
+        memcpy(host.life_sha, life_sha, sizeof(host.life_sha));
+    }
+    log_info(
+        "reload: policy %s, deduct script %s (%s), order script %s (%s, serving sha1 %s) handed "
+        "to %d threads",
+        host.cfg.policy_path, host.cfg.deduct_path, deduct ? "read" : "kept", life_path, life_what,
+        host.life_sha, n_workers);
     free(deduct);
-    log_info("reload: policy %s handed to %d threads", host.cfg.policy_path, n_workers);
 }
 
 static void on_stop_signal(uv_signal_t *h, int signum)

@@ -135,10 +135,21 @@ static void do_reload(worker_t *w)
     uv_mutex_lock(&w->reload_lock);
     char *deduct = w->pending_deduct;
     w->pending_deduct = NULL;
+    char *life = w->pending_life;
+    w->pending_life = NULL;
+    char life_sha[41];
+    memcpy(life_sha, w->pending_life_sha, sizeof(life_sha));
     uv_mutex_unlock(&w->reload_lock);
     if (deduct != NULL && w->redis != NULL)
         redis_client_set_script(w->redis, deduct, on_script_loaded, w);
     free(deduct);
+    /* No SCRIPT LOAD: the first EVALSHA of the new SHA1 answers NOSCRIPT and goes again as EVAL,
+     * on every node that is asked (a cluster's masters learn it lazily). */
+    if (life != NULL) {
+        free(w->life_src);
+        w->life_src = life;
+        memcpy(w->life_sha, life_sha, sizeof(w->life_sha));
+    }
 }
 
 static void on_wakeup(uv_async_t *a)
@@ -188,6 +199,14 @@ static int setup(worker_t *w)
     if (script_open(&w->script, cfg->policy_path, &env, err, sizeof(err)) != 0) {
         log_error("worker %d: policy: %s", w->id, err);
         return -1;
+    }
+    if (w->host->life_src != NULL) {
+        w->life_src = strdup(w->host->life_src);
+        if (w->life_src == NULL) {
+            log_error("worker %d: out of memory", w->id);
+            return -1;
+        }
+        memcpy(w->life_sha, w->host->life_sha, sizeof(w->life_sha));
     }
     char *deduct = util_read_file(cfg->deduct_path, NULL);
     if (deduct == NULL) {
@@ -263,6 +282,8 @@ static void worker_main(void *arg)
 out:
     script_close(w->script);
     w->script = NULL;
+    free(w->life_src);
+    w->life_src = NULL;
     if (uv_loop_close(&w->loop) != 0)
         log_warn("worker %d: loop closed with handles still open", w->id);
 }
@@ -292,12 +313,21 @@ int worker_start(worker_t *w, host_t *host, int id)
     return atomic_load(&w->ready) == 1 ? 0 : -1;
 }
 
-void worker_post_reload(worker_t *w, const char *deduct_source)
+void worker_post_reload(worker_t *w, const char *deduct_source, const char *life_src,
+                        const char *life_sha)
 {
     char *copy = deduct_source ? strdup(deduct_source) : NULL;
+    char *life = life_src && life_sha ? strdup(life_src) : NULL;
+    if ((deduct_source && copy == NULL) || (life_src && life_sha && life == NULL))
+        log_error("worker %d: out of memory: a script of this reload is not handed over", w->id);
     uv_mutex_lock(&w->reload_lock);
     free(w->pending_deduct);
     w->pending_deduct = copy;
+    if (life != NULL) {
+        free(w->pending_life);
+        w->pending_life = life;
+        snprintf(w->pending_life_sha, sizeof(w->pending_life_sha), "%s", life_sha);
+    }
     uv_mutex_unlock(&w->reload_lock);
     atomic_store(&w->reload_pending, 1);
     uv_async_send(&w->wakeup);
@@ -314,5 +344,7 @@ void worker_join(worker_t *w)
     uv_thread_join(&w->thread);
     free(w->pending_deduct);
     w->pending_deduct = NULL;
+    free(w->pending_life);
+    w->pending_life = NULL;
     uv_mutex_destroy(&w->reload_lock);
 }

@@ -54,7 +54,9 @@ typedef struct life_sweeper life_sweeper_t;
 
 typedef struct host {
     host_config_t cfg;
-    char *life_src;    /* lua/order.lua, read at start (life.h) */
+    /* lua/order.lua as last handed to the workers (life_script_read): read at start, replaced
+     * by main on SIGHUP after the workers took their own copies at setup. */
+    char *life_src;
     char life_sha[41]; /* its SHA1, hex: what EVALSHA names it by (life_script_sha) */
     orders_publisher_t *orders;
     _Atomic bool stopping;
@@ -70,6 +72,8 @@ typedef struct worker {
     http_server_t *http;
     redis_client_t *redis;
     script_t *script;
+    char *life_src;    /* this thread's copy of order.lua (life.c), replaced on reload */
+    char life_sha[41]; /* its SHA1 */
     orders_lane_t *orders;
     pending_t *pending;       /* acknowledged orders leaving {event}:pending (pending.h) */
     deduct_batcher_t *deduct; /* group commit of deductions (deduct_batch.h) */
@@ -84,6 +88,8 @@ typedef struct worker {
     _Atomic int reload_pending;
     _Atomic int stop_pending;
     char *pending_deduct; /* new Redis script source, handed over under reload_lock */
+    char *pending_life;   /* new order.lua source and its SHA1, idem */
+    char pending_life_sha[41];
     uv_mutex_t reload_lock;
     _Atomic int ready;         /* 1 listener up, -1 setup failed */
     http_server_t *admin_http; /* --admin-listen, on worker 0 only */
@@ -94,8 +100,10 @@ typedef struct worker {
  * is bound, or a negative error (message logged). */
 int worker_start(worker_t *w, host_t *host, int id);
 
-/* Asks the worker to reload the policy (and deduct script source, copied; may be NULL). */
-void worker_post_reload(worker_t *w, const char *deduct_source);
+/* Asks the worker to reload the policy, and to take the deduct script source and order.lua's
+ * source with its SHA1 (copied; each may be NULL: the worker keeps the one it has). */
+void worker_post_reload(worker_t *w, const char *deduct_source, const char *life_src,
+                        const char *life_sha);
 
 /* Asks the worker to stop accepting, finish in-flight requests, close everything and return. */
 void worker_post_stop(worker_t *w);

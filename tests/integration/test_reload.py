@@ -1,6 +1,8 @@
 """Live policy reload: SIGHUP under load drops nothing and puts the new rule in force; a broken
 script is refused and the old one keeps serving; snatch-host --test tells them apart."""
+import hashlib
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -67,6 +69,10 @@ def test_flag_validates():
         write(bad, BROKEN)
         p = subprocess.run([binary("snatch-host"), "--test", bad], capture_output=True)
         assert p.returncode != 0 and b"broken.lua" in p.stderr, p
+        # An order script that does not compile stops the start, before any connection.
+        p = subprocess.run([binary("snatch-host"), "--order-script", bad, st.policy],
+                           capture_output=True, timeout=30)
+        assert p.returncode != 0 and b"order script refused" in p.stderr, p
 
 
 @suite.case
@@ -165,6 +171,71 @@ def broken_deduct_script_is_refused_by_redis_old_keeps_selling():
         time.sleep(0.5)
         assert h.snatch("d", "three")[0] == 200
         assert st.redis.cmd("HGET", "{d}:meta", "sold") == "3"
+
+
+def sha1(text):
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def script_known(st, text):
+    return st.redis.cmd("SCRIPT", "EXISTS", sha1(text)) == [1]
+
+
+@suite.case
+def order_script_is_reloaded_and_a_broken_one_refused():
+    from harness import ADMIN_TOKEN, SOURCE_DIR
+    st = ReloadStack(threads=2)
+    order = os.path.join(st.tmp.path, "order.lua")
+    with open(os.path.join(SOURCE_DIR, "lua", "order.lua")) as f:
+        orig = f.read()
+    write(order, orig)
+    # Worker 0's sweeper runs order.lua for every event at every tick, besides the look-ups.
+    st.host_extra = ("--order-script", order, "--expire-interval-ms", "100")
+    with st:
+        h = st.host
+        h.create_event("o", 100)
+        s, b = h.snatch("o", "plain-1")
+        assert s == 200, (s, b)
+        oid = b["order_id"]
+
+        def look_ups():
+            # New connections: both threads get some (SO_REUSEPORT), and the sweeper ticks. As
+            # the admin: a buyer's reads are rate-limited below this.
+            for _ in range(12):
+                s, g = h.request("GET", "/v1/orders/" + oid,
+                                 headers={"Authorization": "Bearer " + ADMIN_TOKEN})
+                assert s == 200 and g["order_id"] == oid, (s, g)
+            time.sleep(0.3)
+
+        def hup_and_wait():
+            done = reloads_ok(h) + st.threads
+            h.hup()
+            wait_until(lambda: reloads_ok(h) >= done, 10, what="reload on every thread")
+
+        look_ups()
+        assert script_known(st, orig)
+        # (1) A new script (here: the same with a comment, so a SHA1 of its own). Once Redis
+        # forgot every script, only what the threads now run comes back (NOSCRIPT -> EVAL).
+        new = "-- reloaded\n" + orig
+        write(order, new)
+        hup_and_wait()
+        st.redis.cmd("SCRIPT", "FLUSH")
+        look_ups()
+        assert script_known(st, new), "the host does not run the new order script"
+        assert not script_known(st, orig), "a thread still runs the old order script"
+        assert "(new, serving sha1 %s)" % sha1(new) in h.proc.log_text()
+        # (2) A script that does not compile is refused; the previous one keeps serving.
+        write(order, "local x = (\n" + orig)
+        hup_and_wait()
+        refused = re.compile(r"order script refused, the old one keeps serving: %s:\d+: "
+                             % re.escape(order))
+        wait_until(lambda: refused.search(h.proc.log_text()), 5,
+                   what="the refusal in the log, with the line")
+        st.redis.cmd("SCRIPT", "FLUSH")
+        look_ups()
+        assert script_known(st, new) and not script_known(st, orig)
+        assert h.proc.alive()
+        assert h.snatch("o", "plain-2")[0] == 200
 
 
 if __name__ == "__main__":
