@@ -4,6 +4,7 @@
 #include "compare.h"
 
 #include "keyspace.h"
+#include "log.h"
 #include "orders_stream.h"
 #include "republish.h"
 
@@ -11,6 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Order ids republished since the last forget_singles: their entries are read in one HMGET. */
+#define FORGET_BATCH 256
 
 typedef struct event_scan {
     rsync_t *rs;
@@ -21,23 +25,58 @@ typedef struct event_scan {
     char pending_key[KEYSPACE_KEY_MAX];
     reconcile_row_t *row;
     const char *why;
+    size_t nforget;
+    char forget[FORGET_BATCH][KEYSPACE_ORDER_ID_MAX + 1];
 } event_scan_t;
 
-/* After on_order republished the order id: its {E}:pending entry goes when it names that order
+/* The orders on_order republished: the {E}:pending entry of each goes when it names that order
  * alone. An entry of several orders stays (the others may be missing still): the next pass, or
- * the host's reconciler, removes it once SQLite or JetStream has them all. */
-static int forget_single(event_scan_t *e, const char *id)
+ * the host's reconciler, removes it once SQLite or JetStream has them all. Only a batch's first
+ * order names its entry, so the others find nothing: one HMGET for all of them, one HDEL. */
+static int forget_singles(event_scan_t *e)
 {
+    const char *argv[FORGET_BATCH + 2];
     char err[256];
+    size_t n = e->nforget, k = 0;
+    int rc = 0;
+    e->nforget = 0;
+    if (n == 0)
+        return 0;
+    argv[1] = e->pending_key;
+    for (size_t i = 0; i < n; i++)
+        argv[i + 2] = e->forget[i];
+    argv[0] = "HMGET";
+    size_t keylen = strlen(e->pending_key);
     redisReply *r =
-        rsync_command(e->rs, e->pending_key, err, sizeof(err), "HGET %s %s", e->pending_key, id);
-    if (r == NULL)
-        return -1;
-    keyspace_pending_t p;
-    bool single = r->type == REDIS_REPLY_STRING &&
-                  keyspace_pending_parse(id, strlen(id), r->str, r->len, &p) == 0 && p.n == 1;
+        rsync_command_argv(e->rs, e->pending_key, keylen, (int)n + 2, argv, NULL, err, sizeof(err));
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != n) {
+        rc = -1;
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const redisReply *v = r->element[i];
+        keyspace_pending_t p;
+        if (v->type == REDIS_REPLY_STRING &&
+            keyspace_pending_parse(e->forget[i], strlen(e->forget[i]), v->str, v->len, &p) == 0 &&
+            p.n == 1)
+            argv[2 + k++] = e->forget[i];
+    }
     freeReplyObject(r);
-    return single ? reconcile_hdel(e->rs, e->pending_key, id) : 0;
+    r = NULL;
+    if (k == 0)
+        goto out;
+    argv[0] = "HDEL";
+    r = rsync_command_argv(e->rs, e->pending_key, keylen, (int)k + 2, argv, NULL, err, sizeof(err));
+    rc = r != NULL && r->type == REDIS_REPLY_INTEGER ? 0 : -1;
+out:
+    if (rc != 0)
+        log_warn("reconcile: %s: %s", e->pending_key,
+                 r == NULL                      ? err
+                 : r->type == REDIS_REPLY_ERROR ? r->str
+                                                : "bad reply");
+    if (r != NULL)
+        freeReplyObject(r);
+    return rc;
 }
 
 static int on_order(const char *id, size_t idlen, const char *rec, size_t reclen, void *data)
@@ -61,7 +100,8 @@ static int on_order(const char *id, size_t idlen, const char *rec, size_t reclen
         return 0; /* still counted as missing */
     }
     e->row->republished++;
-    if (forget_single(e, id) != 0) {
+    snprintf(e->forget[e->nforget++], sizeof(e->forget[0]), "%s", id);
+    if (e->nforget == FORGET_BATCH && forget_singles(e) != 0) {
         e->why = "Redis HDEL failed";
         return -1;
     }
@@ -154,7 +194,13 @@ int reconcile_event(rsync_t *rs, natsConnection *nc, const reconcile_render_t *r
     /* Every transition not yet acknowledged: before the totals, which count held and paid. */
     if (e.js != NULL && reconcile_transitions(rs, e.js, event, INT64_MAX) < 0)
         goto fail;
-    if (reconcile_hscan(rs, orders_key, on_order, &e, why, sizeof(why)) != 0)
+    int scanned = reconcile_hscan(rs, orders_key, on_order, &e, why, sizeof(why));
+    /* Also after a failed scan: what was republished before it loses its entry as it did. */
+    if (forget_singles(&e) != 0 && scanned == 0) {
+        e.why = "Redis HDEL failed";
+        goto fail;
+    }
+    if (scanned != 0)
         goto fail;
     if (store_event_totals(st, event, &row->sqlite_rows, &row->sqlite_units) != 0) {
         e.why = "SQLite totals failed";

@@ -339,7 +339,7 @@ int main(int argc, char **argv)
         goto out;
     }
     if (c.pending_ms >= 0) {
-        int done = reconcile_pending(rs, nc, &rr, c.pending_ms, 0, NULL);
+        int done = reconcile_pending(rs, nc, &rr, c.pending_ms, 0, NULL, NULL);
         printf("republished %d pending orders\n", done < 0 ? 0 : done);
         status = done < 0 ? 3 : 0;
         goto out;

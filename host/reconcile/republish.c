@@ -320,7 +320,53 @@ typedef struct pending_scan {
     int64_t done;
     bool publish_failed;
     int64_t stale;
+    int64_t malformed;
 } pending_scan_t;
+
+/* A malformed {E}:pending entry stays for an operator (which orders it names is unknown, so it
+ * is never deleted) and is found again at every pass: it is logged the first time and then once
+ * per MALFORMED_RELOG_MS while it stays, not at every pass. The entries logged are remembered as
+ * hashes in a fixed table; when MALFORMED_SLOTS entries were logged within the period, the
+ * others are only counted (reconcile_pending's *malformed) until a slot is free again. */
+#define MALFORMED_SLOTS 64
+#define MALFORMED_RELOG_MS (10 * 60 * 1000)
+
+static uint64_t fnv1a(uint64_t h, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 0x100000001b3ULL;
+    return (h ^ 0xff) * 0x100000001b3ULL; /* ends each part: "ab","c" differs from "a","bc" */
+}
+
+static bool malformed_log_due(const char *key, const char *field, size_t flen, const char *value,
+                              size_t vlen)
+{
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    static struct {
+        uint64_t hash;
+        int64_t logged_ms; /* 0: free */
+    } seen[MALFORMED_SLOTS];
+    uint64_t h =
+        fnv1a(fnv1a(fnv1a(0xcbf29ce484222325ULL, key, strlen(key)), field, flen), value, vlen);
+    int64_t now = reconcile_wall_ms();
+    int slot = -1;
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < MALFORMED_SLOTS; i++) {
+        bool fresh = seen[i].logged_ms != 0 && now - seen[i].logged_ms < MALFORMED_RELOG_MS;
+        if (fresh && seen[i].hash == h) {
+            slot = -1;
+            break;
+        }
+        if (!fresh && slot < 0)
+            slot = i;
+    }
+    if (slot >= 0) {
+        seen[slot].hash = h;
+        seen[slot].logged_ms = now;
+    }
+    pthread_mutex_unlock(&lock);
+    return slot >= 0;
+}
 
 /* One order of an entry, republished from its record: 0 once JetStream has it, 1 when it has no
  * record (nothing reconciliation can do but report it), 2 when the publish failed, -1 when
@@ -359,8 +405,12 @@ static int on_pending(const char *field, size_t flen, const char *value, size_t 
     pending_scan_t *p = data;
     keyspace_pending_t e;
     if (keyspace_pending_parse(field, flen, value, vlen, &e) != 0) {
-        log_warn("reconcile: %s: malformed entry %.*s in %s, left", p->event, (int)flen, field,
-                 p->pending_key);
+        p->malformed++;
+        if (malformed_log_due(p->pending_key, field, flen, value, vlen))
+            log_warn("reconcile: %s: malformed entry %.*s = \"%.*s\" in %s, left (logged again "
+                     "in %d min if it stays)",
+                     p->event, (int)(flen < 128 ? flen : 128), field, (int)(vlen < 64 ? vlen : 64),
+                     value, p->pending_key, MALFORMED_RELOG_MS / 60000);
         return 0;
     }
     if (e.ms > p->cutoff)
@@ -384,17 +434,19 @@ static int on_pending(const char *field, size_t flen, const char *value, size_t 
 }
 
 int reconcile_pending(rsync_t *rs, natsConnection *nc, const reconcile_render_t *render,
-                      int64_t older_than_ms, int64_t max_orders, int64_t *stale)
+                      int64_t older_than_ms, int64_t max_orders, int64_t *stale, int64_t *malformed)
 {
     char **events = NULL;
     size_t n = 0;
     jsCtx *js = NULL;
-    int64_t total = 0, seen = 0;
+    int64_t total = 0, seen = 0, bad = 0;
     int result = -1;
     bool unreachable = false;
     char err[256];
     if (stale != NULL)
         *stale = 0;
+    if (malformed != NULL)
+        *malformed = 0;
     if (reconcile_list_events(rs, &events, &n) != 0)
         return -1;
     if (natsConnection_JetStream(&js, nc, NULL) != NATS_OK || reconcile_ensure_stream(js) != 0)
@@ -421,6 +473,7 @@ int reconcile_pending(rsync_t *rs, natsConnection *nc, const reconcile_render_t 
                 rc2 = -1; /* the event's node failed: as for a failed scan */
         }
         seen += p.stale;
+        bad += p.malformed;
         if (rc2 < 0 && !rsync_is_cluster(rs))
             goto out;
         if (rc2 < 0) {
@@ -443,6 +496,8 @@ out:
     reconcile_free_events(events, n);
     if (stale != NULL)
         *stale = seen;
+    if (malformed != NULL)
+        *malformed = bad;
     if (result < 0 && total > 0)
         log_warn("reconcile: republished %lld pending orders before failing", (long long)total);
     return result;

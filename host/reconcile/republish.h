@@ -37,14 +37,16 @@ typedef struct reconcile_render {
  * entry (all events of snatch:events; an entry is a deduction batch's orders, or one order in the
  * previous version's form) older than older_than_ms (wall clock, as written by deduct.lua) - the
  * host crashed or lost an ack - and HDELs the entry once JetStream acknowledged all of them.
- * Malformed entries are logged and left. Stops at max_orders (<= 0: no limit; checked between
- * entries) so one pass stays short. The index is read on its master, each event's
+ * Malformed entries are left, logged once per 10 minutes each (at most 64 entries per period),
+ * and counted in *malformed (may be NULL; also when failing). Stops at max_orders (<= 0: no limit;
+ * checked between entries) so one pass stays short. The index is read on its master, each event's
  * entries on theirs. Returns the number republished, or -1 when Redis or NATS failed (entries
  * not yet done stay pending for the next pass; on a cluster, events on reachable masters are
  * still done). *stale (may be NULL) gets
  * the number of orders of the entries found older than older_than_ms, also when failing. */
 int reconcile_pending(rsync_t *rs, natsConnection *nc, const reconcile_render_t *render,
-                      int64_t older_than_ms, int64_t max_orders, int64_t *stale);
+                      int64_t older_than_ms, int64_t max_orders, int64_t *stale,
+                      int64_t *malformed);
 
 /* Orders and events skipped so far by this process (bad name, publish refused): each is logged
  * (rate-limited) and the rest of the pass goes on. */

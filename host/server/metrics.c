@@ -52,8 +52,9 @@ static _Atomic uint64_t reloads_ok, reloads_failed;
 static _Atomic int64_t orders_inflight;
 static _Atomic int64_t connections[METRICS_SLOTS];
 static _Atomic uint64_t rec_passes_ok, rec_passes_failed, rec_stale_seen, rec_republished;
+static _Atomic uint64_t rec_malformed_seen;
 static _Atomic uint64_t repairs_ok, repairs_failed, repair_restored, repair_gated, repair_oversold;
-static _Atomic int64_t rec_stale_last;
+static _Atomic int64_t rec_stale_last, rec_malformed_last;
 
 static pthread_mutex_t lua_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct {
@@ -124,15 +125,19 @@ void metrics_orders_ack(int ok, uint64_t sent_ns)
         BUMP(slots[my_slot].ack_failed);
 }
 
-void metrics_reconcile_pass(int ok, int64_t stale, int64_t republished)
+void metrics_reconcile_pass(int ok, int64_t stale, int64_t republished, int64_t malformed)
 {
     atomic_fetch_add(ok ? &rec_passes_ok : &rec_passes_failed, 1);
     if (stale > 0)
         atomic_fetch_add(&rec_stale_seen, (uint64_t)stale);
     if (republished > 0)
         atomic_fetch_add(&rec_republished, (uint64_t)republished);
-    if (ok) /* a failed pass saw only part of the backlog: keep the last full count */
-        atomic_store(&rec_stale_last, stale);
+    if (malformed > 0)
+        atomic_fetch_add(&rec_malformed_seen, (uint64_t)malformed);
+    if (!ok)
+        return; /* a failed pass saw only part of the backlog: keep the last full counts */
+    atomic_store(&rec_stale_last, stale);
+    atomic_store(&rec_malformed_last, malformed);
 }
 
 void metrics_repair(int ok, int64_t restored, int64_t oversold)
@@ -355,6 +360,14 @@ static void render_orders(prom_buf_t *o)
                 "Pending orders older than the grace period found by the last pass.");
     prom_printf(o, "snatch_reconciler_pending_orders %lld\n",
                 (long long)atomic_load(&rec_stale_last));
+    prom_family(o, "snatch_reconciler_malformed_pending_total", "counter",
+                "Malformed pending entries found by the reconciler's passes (left in Redis).");
+    prom_printf(o, "snatch_reconciler_malformed_pending_total %llu\n",
+                (unsigned long long)atomic_load(&rec_malformed_seen));
+    prom_family(o, "snatch_reconciler_malformed_pending", "gauge",
+                "Malformed pending entries found by the last pass.");
+    prom_printf(o, "snatch_reconciler_malformed_pending %lld\n",
+                (long long)atomic_load(&rec_malformed_last));
     prom_family(o, "snatch_repairs_total", "counter",
                 "Repairs of an event's Redis state from the persisted orders, by result.");
     prom_printf(o, "snatch_repairs_total{result=\"ok\"} %llu\n",

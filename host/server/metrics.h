@@ -56,8 +56,8 @@ void metrics_deduct_unreplicated(void);
  * publish. */
 void metrics_orders_ack(int ok, uint64_t sent_ns);
 /* One pass of the host's reconciler: ok, stale pending entries it found, how many of them it
- * republished. */
-void metrics_reconcile_pass(int ok, int64_t stale, int64_t republished);
+ * republished, malformed pending entries it found (left in Redis). */
+void metrics_reconcile_pass(int ok, int64_t stale, int64_t republished, int64_t malformed);
 /* Redis repair (repair.h): a repair finished (ok) or failed, the orders it restored, and the
  * units by which the event's persisted orders exceed its stock afterwards (0 normally). */
 void metrics_repair(int ok, int64_t restored, int64_t oversold);

@@ -128,18 +128,19 @@ static void open_policy(reconciler_t *r)
 
 static void pass(reconciler_t *r)
 {
-    int64_t stale = 0;
+    int64_t stale = 0, malformed = 0;
     if (atomic_exchange(&r->reload_pending, false))
         open_policy(r);
     reconcile_render_t rr = {.fn = render, .ctx = r->script};
     if (connect_all(r) != 0) {
         r->failing = true;
         drop_connections(r);
-        metrics_reconcile_pass(0, 0, 0);
+        metrics_reconcile_pass(0, 0, 0, 0);
         return;
     }
-    int n = reconcile_pending(r->rs, r->nc, &rr, r->older_than_ms, MAX_PER_PASS, &stale);
-    metrics_reconcile_pass(n >= 0, stale, n);
+    int n =
+        reconcile_pending(r->rs, r->nc, &rr, r->older_than_ms, MAX_PER_PASS, &stale, &malformed);
+    metrics_reconcile_pass(n >= 0, stale, n, malformed);
     r->failing = n < 0;
     if (n < 0) {
         log_warn("reconciler: pass failed (Redis or NATS); retrying next interval");

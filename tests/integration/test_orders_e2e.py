@@ -207,6 +207,51 @@ def orphan_an_order(st, host, event):
     return st.redis.cmd("HKEYS", "{%s}:orders" % event)[0]
 
 
+def metric(st, sample):
+    status, text = st.host.request("GET", "/metrics")
+    assert status == 200, (status, text)
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) == 2 and f[0] == sample:
+            return float(f[1])
+    return None
+
+
+@suite.case
+def malformed_pending_entries_are_logged_once_counted_and_left():
+    """{E}:pending entries in neither form (written by hand, or by a bug) are left for an
+    operator: the host's reconciler logs each once, not at every pass, and counts them in
+    /metrics at every pass."""
+    with Stack(hosts=1, threads=2, host_extra=("--reconcile-interval-ms", "100")) as st:
+        st.host.create_event("bad", 10)
+        bad = {"1700000000000-0000000007-bad": "garbage", "not-an-id": "1700000000000 2"}
+        for k, v in bad.items():
+            st.redis.cmd("HSET", "{bad}:pending", k, v)
+        ok = 'snatch_reconciler_passes_total{result="ok"}'
+        first = metric(st, ok)
+        wait_until(lambda: metric(st, ok) >= first + 8, 30, what="8 reconciler passes")
+        log = st.host.proc.log_text()
+        for k in bad:
+            lines = [ln for ln in log.splitlines() if "malformed entry " + k in ln]
+            assert len(lines) == 1, (k, lines)
+        assert metric(st, "snatch_reconciler_malformed_pending") == 2
+        assert metric(st, "snatch_reconciler_malformed_pending_total") >= 2 * 8
+        st.redis.cmd("HDEL", "{bad}:pending", "not-an-id")  # an operator mended it
+        passes = metric(st, ok)
+        wait_until(lambda: metric(st, ok) >= passes + 2, 30, what="2 more passes")
+        assert metric(st, "snatch_reconciler_malformed_pending") == 1
+        v = st.redis.cmd("HGETALL", "{bad}:pending")
+        assert dict(zip(v[::2], v[1::2])) == {"1700000000000-0000000007-bad": "garbage"}, v
+        # Many: the host remembers 64 logged entries, the others are counted but not logged.
+        for i in range(70):
+            st.redis.cmd("HSET", "{bad}:pending", "junk-%d" % i, "x")
+        passes = metric(st, ok)
+        wait_until(lambda: metric(st, ok) >= passes + 3, 30, what="3 more passes")
+        assert metric(st, "snatch_reconciler_malformed_pending") == 71
+        log = st.host.proc.log_text()
+        assert sum("malformed entry " in ln for ln in log.splitlines()) == 64, log[-3000:]
+
+
 @suite.case
 def republished_order_has_the_policy_payload_host_thread():
     with tempfile.TemporaryDirectory(prefix="snatch-policy-") as d:

@@ -230,6 +230,26 @@ class ReconcileTest(unittest.TestCase):
         self.assertEqual(self.pending("evc"), {})
         self.assertEqual(len(self.stored("evc")), 4)
 
+    def test_compare_forgets_single_entries(self):
+        """snatch-reconcile's comparison with the subscriber down (nothing lands in SQLite): the
+        single-order entries of the orders it republished go at once, a batch entry stays whole
+        (its orders are not all in SQLite yet), and reading the entries costs no HGET per
+        republished order (the only HGETs left are the hold reads of {E}:state)."""
+        self.create_event("evs", 300)
+        for i in range(260):  # more than one HMGET's worth (256)
+            self.sell("evs", "s%d" % i)
+        ids, ms = self.sell_batch("evs", ["b%d" % i for i in range(5)])
+        self.sub.stop()
+        self.redis.cmd("CONFIG", "RESETSTAT")
+        code, out = self.reconcile("--event", "evs")
+        self.assertEqual(code, 1, out)
+        self.assertEqual(self.row(out, "evs")["republished"], 265)
+        self.assertEqual(self.pending("evs"), {ids[0]: "%d 5" % ms})
+        stats = self.redis.cmd("INFO", "commandstats")
+        hget = [ln for ln in stats.splitlines() if ln.startswith("cmdstat_hget:")]
+        calls = int(hget[0].split("calls=")[1].split(",")[0]) if hget else 0
+        self.assertLessEqual(calls, 265, stats)
+
     def test_unreachable_and_usage(self):
         code, _ = self.reconcile("--dry-run", "--bogus")
         self.assertEqual(code, 2)

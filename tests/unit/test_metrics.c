@@ -42,7 +42,8 @@ static void test_recorded_values(void **state)
     metrics_http_error(431);
     metrics_backend_error(METRICS_REDIS_PENDING_HDEL);
     metrics_lua_counter("bots", 4, 2);
-    metrics_reconcile_pass(1, 3, 2);
+    metrics_reconcile_pass(1, 3, 2, 1);
+    metrics_reconcile_pass(0, 0, 0, 1);
     metrics_deduct_batch(3);
     metrics_deduct_batch(100);
     stock_install("ev1", 3, 100, 1, 40, 1, false);
@@ -52,6 +53,8 @@ static void test_recorded_values(void **state)
     assert_true(sample(t, "snatch_snatch_outcomes_total{outcome=\"sold_out_local\"}") == 1);
     assert_true(sample(t, "snatch_http_errors_total{status=\"431\"}") == 1);
     assert_true(sample(t, "snatch_reconciler_republished_total") == 2);
+    assert_true(sample(t, "snatch_reconciler_malformed_pending_total") == 2);
+    assert_true(sample(t, "snatch_reconciler_malformed_pending") == 1);
     assert_true(sample(t, "snatch_deduct_batch_size_bucket{le=\"4\"}") == 1);
     assert_true(sample(t, "snatch_deduct_batch_size_count") == 2);
     assert_true(sample(t, "snatch_deduct_batch_size_sum") == 103);
