@@ -12,9 +12,8 @@ and the tests start the same thing the same way.
 
 Loopback only: 6 redis-servers (3 masters, 1 replica each, min-replicas-to-write 1; with
 --redis-replicas-per-master 2: 9, and a master that died for good leaves a promoted replica that
-still has one), 3 nats-servers
-(one JetStream cluster), 3 snatch-hosts, nginx (examples/nginx/snatch.conf) in front, the
-subscriber. Each in its own directory under DIR. `up` runs in a session of its own (cluster.sh
+still has one), 3 nats-servers (one JetStream cluster), 3 snatch-hosts, nginx
+(examples/nginx/snatch.conf) in front, the subscriber. Each in its own directory under DIR. `up` runs in a session of its own (cluster.sh
 starts it with setsid) so the servers outlive it and a Ctrl-C in the terminal does not reach them."""
 import argparse
 import json
