@@ -11,8 +11,9 @@ add_snatch_py_test(cluster_sale integration/test_cluster_sale.py TIMEOUT 300)
 # X-User-Id behind it).
 add_snatch_py_test(nginx integration/test_nginx.py TIMEOUT 120)
 # Issue 11, the cluster fault suite: Redis Cluster (3+3), JetStream cluster (3), three hosts
-# behind nginx; kill -9 of the event's Redis master, of the ORDERS stream leader, of a host; a
-# rolling SIGTERM restart of every node; the event's master cut off by nftables (alone, and split
-# brain). Fails on a snatch-host without the cluster flags.
+# behind nginx; kill -9 of the event's Redis master (also never restarted, on 3+6), of the ORDERS
+# stream leader, of a host; a rolling SIGTERM restart of every node; the event's master cut off by
+# nftables (alone, and split brain); scripts/cluster.sh (1 and 2 replicas per master). Fails on a
+# snatch-host without the cluster flags.
 add_snatch_py_test(cluster_faults integration/test_cluster_faults.py TIMEOUT 600)
 set_tests_properties(cluster_faults PROPERTIES RUN_SERIAL TRUE)

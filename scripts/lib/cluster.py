@@ -2,16 +2,18 @@
 (tests/integration/harness.py: RedisCluster, NatsCluster, Subscriber, Host, Nginx), so the script
 and the tests start the same thing the same way.
 
-    cluster.py up     --dir DIR [--port N] [--threads N]   start everything, write DIR/state.json
+    cluster.py up     --dir DIR [--port N] [--threads N] [--redis-replicas-per-master N]
+                                                           start everything, write DIR/state.json
     cluster.py down   --dir DIR                            stop exactly the PIDs in state.json
     cluster.py status --dir DIR                            each process, the Redis cluster, the
                                                            ORDERS stream, the hosts' health
     cluster.py env    --dir DIR                            shell assignments for scripts
     cluster.py events --dir DIR [--prefix P]               one event name per Redis master
 
-Loopback only: 6 redis-servers (3 masters, 3 replicas, min-replicas-to-write 1), 3 nats-servers
-(one JetStream cluster), 3 snatch-hosts, nginx (examples/nginx/snatch.conf) in front, the
-subscriber. Each in its own directory under DIR. `up` runs in a session of its own (cluster.sh
+Loopback only: 6 redis-servers (3 masters, 1 replica each, min-replicas-to-write 1; with
+--redis-replicas-per-master 2: 9, and a master that died for good leaves a promoted replica that
+still has one), 3 nats-servers (one JetStream cluster), 3 snatch-hosts, nginx
+(examples/nginx/snatch.conf) in front, the subscriber. Each in its own directory under DIR. `up` runs in a session of its own (cluster.sh
 starts it with setsid) so the servers outlive it and a Ctrl-C in the terminal does not reach them."""
 import argparse
 import json
@@ -32,6 +34,9 @@ HOSTS = 3
 # A master that has lost its replica refuses writes (NOREPLICAS) instead of acknowledging sales
 # a failover could forget. The replica acknowledges every second; 2 s of silence is "lost".
 REDIS_EXTRA = ["--min-replicas-to-write", "1", "--min-replicas-max-lag", "2"]
+# Whatever the replicas per master, the hosts WAIT for 1 (cluster_flags) and a master needs 1 to
+# write: a 200 is on two nodes, and with 2 replicas per master one dead node never stops a shard
+# (WAIT 2 / min-replicas-to-write 2 would answer 202 / 503 on its shard until it is back).
 # What the order of `down` is: the balancer first (no new buyers), the hosts (they finish their
 # sales), the subscriber (it commits what it fetched), then NATS and Redis.
 STOP_ORDER = ("nginx", "host", "subscriber", "nats", "redis")
@@ -102,7 +107,8 @@ def up(args):
         os.replace(tmp, state_path(d))
 
     try:
-        rc = RedisCluster(os.path.join(d, "redis"), extra=REDIS_EXTRA)
+        rc = RedisCluster(os.path.join(d, "redis"), replicas=args.redis_replicas_per_master,
+                          extra=REDIS_EXTRA)
         os.makedirs(rc.workdir, exist_ok=True)
         started.append(rc)
         rc.start()
@@ -289,7 +295,11 @@ def main():
     ap.add_argument("--dir", default=os.environ.get("SNATCH_CLUSTER_DIR", "/tmp/snatch-cluster"))
     ap.add_argument("--port", type=int, default=None, help="nginx's port (default: a free one)")
     ap.add_argument("--threads", type=int, default=1, help="loop threads per host (default 1)")
+    ap.add_argument("--redis-replicas-per-master", type=int, default=1, metavar="N",
+                    help="up: Redis replicas of each of the 3 masters, 1..5 (default 1)")
     args = ap.parse_args()
+    if not 1 <= args.redis_replicas_per_master <= 5:
+        ap.error("--redis-replicas-per-master: 1..5 (min-replicas-to-write 1 needs one)")
     {"up": up, "down": down, "status": status, "env": env, "events": events}[args.cmd](args)
 
 

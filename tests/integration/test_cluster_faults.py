@@ -2,8 +2,9 @@
 min-replicas-to-write 1), a 3-node JetStream cluster (stream ORDERS with 3 replicas), three hosts
 (--redis-replicas 1: a batch is confirmed only once a replica holds it) behind nginx running
 examples/nginx/snatch.conf, and the subscriber. One fault per case, mid-sale: kill -9 of the Redis
-master owning the event, kill -9 of the ORDERS stream leader, kill -9 of a host behind nginx, a
-rolling SIGTERM restart of every node one by one, and the event's master cut off by nftables.
+master owning the event (restarted after the failover; and, on 3 masters + 6 replicas, never
+restarted), kill -9 of the ORDERS stream leader, kill -9 of a host behind nginx, a rolling SIGTERM
+restart of every node one by one, and the event's master cut off by nftables.
 
 The buyers go through nginx; their pace is held down while the fault lasts (so the sale is still
 running when the cluster is whole again), then released: the stock must sell out. Every case
@@ -19,7 +20,9 @@ dropped_202, counted as err, and the buyer holds nothing (verify checks rows == 
 
 Fails when snatch-host lacks the cluster flags (--redis-replicas, --orders-replicas).
 SNATCH_CLUSTER_BROKEN=1 runs the split-brain case against a broken variant (no
-min-replicas-to-write, --redis-replicas 0): it must fail."""
+min-replicas-to-write, --redis-replicas 0): it must fail. SNATCH_CLUSTER_ONE_REPLICA=1 runs
+redis_master_kill9_never_back on one replica per master: the promoted replica has none, refuses
+every write (NOREPLICAS) and the stock is left unsold: it must fail."""
 import atexit
 import os
 import re
@@ -36,6 +39,7 @@ from test_faults_common import FaultStack, MultiCrowd, sold, verify  # noqa: E40
 STOCK = 2000
 BUYERS = 100000
 BROKEN = bool(os.environ.get("SNATCH_CLUSTER_BROKEN"))
+ONE_REPLICA = bool(os.environ.get("SNATCH_CLUSTER_ONE_REPLICA"))
 # A master that lost its replica refuses writes (NOREPLICAS) after 2 s instead of acknowledging
 # sales a failover would forget (the replica acknowledges every second).
 REDIS_EXTRA = [] if BROKEN else ["--min-replicas-to-write", "1", "--min-replicas-max-lag", "2"]
@@ -66,8 +70,9 @@ def require_cluster_flags():
 class ClusterStack(FaultStack):
     """FaultStack on a Redis Cluster and a JetStream cluster, three hosts, nginx in front."""
 
-    def __init__(self):
-        super().__init__(hosts=3, threads=1, redis_cluster={"extra": REDIS_EXTRA},
+    def __init__(self, replicas=1):
+        super().__init__(hosts=3, threads=1,
+                         redis_cluster={"extra": REDIS_EXTRA, "replicas": replicas},
                          nats_cluster={}, host_extra=HOST_EXTRA)
         self.lb = None
 
@@ -306,6 +311,45 @@ def redis_master_kill9():
         finish(st, ev, crowd, "kill -9 redis master of event", times)
 
 
+def replica_online(node):
+    """node (a master) has a replica attached and in sync."""
+    try:
+        text = node.cmd("INFO", "replication")
+    except (OSError, RuntimeError):
+        return False
+    return any(line.startswith("slave") and "state=online" in line for line in text.split("\r\n"))
+
+
+@suite.case
+def redis_master_kill9_never_back():
+    """The event's master dies and stays dead. With two replicas per master the promoted one
+    keeps the other as its replica, so min-replicas-to-write 1 and WAIT 1 are met and the sale
+    sells out with no operator. SNATCH_CLUSTER_ONE_REPLICA=1 runs it on one replica per master
+    (what README's Known limits describes): the new master has no replica, refuses every write
+    (NOREPLICAS), and the stock is left unsold: it must fail."""
+    replicas = 1 if ONE_REPLICA else 2
+    with ClusterStack(replicas=replicas) as st:
+        rc, ev = st.redis, "rd"
+        crowd = start_sale(st, ev)
+        m = rc.master_for_key("{%s}:meta" % ev)
+        times = {"fault": time.time()}
+        m.kill9()
+        via = other_node(rc, m)
+
+        def promoted():
+            port = owner(rc, ev, via)
+            return port if port not in (None, m.port) else None
+        new = rc.node(wait_until(promoted, 20, 0.05, "replica promoted"))
+        times["promoted"] = time.time()
+        # Not a condition of the case (the sell-out is): when the new master could write again.
+        try:
+            wait_until(lambda: replica_online(new), 10, 0.05, "a replica online on the new master")
+            times["replica_online"] = time.time()
+        except AssertionError as e:
+            print("  %s" % e, flush=True)
+        finish(st, ev, crowd, "kill -9 redis master, never back (%d replicas)" % replicas, times)
+
+
 @suite.case
 def stream_leader_kill9():
     with ClusterStack() as st:
@@ -419,6 +463,17 @@ def partition_split_brain_nftables():
 def cluster_sh_up_status_down():
     """scripts/cluster.sh: up starts the whole cluster, a sale goes through its nginx, status
     says every process is up, down stops exactly the recorded PIDs."""
+    cluster_sh_case()
+
+
+@suite.case
+def cluster_sh_two_replicas_per_master():
+    """cluster.sh up --redis-replicas-per-master 2: 9 redis-servers, status lists two replicas
+    for every master's slots, down stops them all; 0 is refused before anything starts."""
+    cluster_sh_case(per_master=2)
+
+
+def cluster_sh_case(per_master=None):
     from harness import SOURCE_DIR, TempDir
     import json
     import urllib.request
@@ -431,16 +486,24 @@ def cluster_sh_up_status_down():
                            stderr=subprocess.STDOUT, text=True, timeout=120)
         return p.returncode, p.stdout
     try:
-        rc, out = run("up")
+        if per_master is None:
+            rc, out = run("up")
+        else:
+            rc, out = run("up", "--redis-replicas-per-master", "0")
+            assert rc == 2 and "1..5" in out and not os.path.exists(d), (rc, out)
+            rc, out = run("up", "--redis-replicas-per-master", str(per_master))
         assert rc == 0, out
         with open(os.path.join(d, "state.json")) as f:
             st = json.load(f)
         pids = [p["pid"] for p in st["procs"]]
         assert sorted(p["kind"] for p in st["procs"]) == sorted(
-            ["redis"] * 6 + ["nats"] * 3 + ["subscriber"] + ["host"] * 3 + ["nginx"]), st
+            ["redis"] * 3 * (1 + (per_master or 1)) + ["nats"] * 3 + ["subscriber"] +
+            ["host"] * 3 + ["nginx"]), st
         rc, out = run("status")
         assert rc == 0 and "DOWN" not in out and "cluster_state:ok" in out, out
         assert "stream ORDERS" in out, out
+        reps = re.findall(r"^  slots .* replicas (\S+)$", out, re.M)
+        assert len(reps) == 3 and all(len(r.split(",")) == (per_master or 1) for r in reps), out
         with open(st["token_file"]) as f:
             token = f.read().strip()
         req = urllib.request.Request(st["admin_urls"][0] + "/admin/events/sh", method="PUT",
