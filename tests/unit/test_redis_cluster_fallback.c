@@ -6,7 +6,9 @@
  * (503 for a buyer); after it, both clients find the cluster again without a restart: the one
  * started with every node as a seed through its seeds, the one whose only seed was a master that
  * is gone through the replicas its last map listed. Each key's command then runs once on its new
- * master, which holds what the old one had. Every wait is bounded. */
+ * master, which holds what the old one had. The blocking client of reconciliation, opened with
+ * that one master as its seed, reads the map again from those replicas too. Every wait is
+ * bounded. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,6 +21,7 @@
 #include <uv.h>
 
 #include "cluster_slots.h"
+#include "cluster_sync.h"
 #include "redis.h"
 #include "redis_server.h"
 
@@ -31,6 +34,7 @@
 static uv_loop_t loop;
 static test_cluster_t cluster;
 static redis_client_t *clients[2];
+static rsync_t *blocking; /* the reconciler's client */
 
 static void on_guard(uv_timer_t *t)
 {
@@ -159,6 +163,9 @@ static void test_all_masters_gone(void **state)
     snprintf(one_master, sizeof(one_master), "127.0.0.1:%d", ms[0]->port);
     redis_client_t *every = start_client(0, cluster.seeds);
     redis_client_t *single = start_client(1, one_master);
+    char err[256];
+    blocking = rsync_open(one_master, NULL, 1000, err, sizeof(err));
+    assert_non_null(blocking);
 
     for (int i = 0; i < N_MASTERS; i++) {
         result_t a = incr(every, keys[i], 1), b = incr(single, keys[i], 1);
@@ -210,6 +217,19 @@ static void test_all_masters_gone(void **state)
     }
     assert_true(redis_client_ready(every));
     assert_true(redis_client_ready(single));
+
+    if (rsync_refresh(blocking, err, sizeof(err)) != 0)
+        fprintf(stderr, "rsync_refresh: %s\n", err);
+    assert_int_equal(rsync_masters(blocking), N_MASTERS);
+    unsigned long redirects = rsync_redirects(blocking);
+    for (int i = 0; i < N_MASTERS; i++) {
+        redisReply *r = rsync_command(blocking, keys[i], err, sizeof(err), "GET %s", keys[i]);
+        assert_non_null(r);
+        assert_int_equal(r->type, REDIS_REPLY_STRING);
+        assert_string_equal(r->str, "4");
+        freeReplyObject(r);
+    }
+    assert_int_equal(rsync_redirects(blocking), redirects); /* read from the new map, no MOVED */
 }
 
 static int teardown(void **state)
@@ -219,6 +239,8 @@ static int teardown(void **state)
         redis_client_close(clients[i]);
         clients[i] = NULL;
     }
+    rsync_close(blocking);
+    blocking = NULL;
     for (int i = 0; i < 2000 && uv_loop_alive(&loop); i++)
         uv_run(&loop, UV_RUN_NOWAIT);
     assert_false(uv_loop_alive(&loop));
