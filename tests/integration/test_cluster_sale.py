@@ -83,5 +83,62 @@ def sells_out_exactly_on_a_cluster():
               % (",".join(events), S, short))
 
 
+@suite.case
+def every_master_gone_at_once():
+    """Every master the host knows is killed at once (a lost rack) and the operator promotes their
+    replicas (CLUSTER FAILOVER TAKEOVER: with no master left, no replica can be elected). The
+    host answers 503 while it has no route, then finds the cluster again through its seeds,
+    without a restart, and the sale sells exactly its stock."""
+    with Stack(hosts=1, threads=2, redis_cluster={}) as st:
+        S = 30
+        events = st.redis.keys_for_masters("gone")
+        for e in events:
+            st.host.create_event(e, S)
+        answers = {e: crowd(st.host.port, e, ["%s-a%d" % (e, i) for i in range(10)], threads=5)
+                   for e in events}
+        for e in events:
+            assert by_status(answers[e]) == {200: 10}, (e, by_status(answers[e]))
+        masters = st.redis.masters()
+        replicas = [n for n in st.redis.nodes if n not in masters]
+        for m in masters:
+            m.kill9()
+        for e in events:
+            s, body = st.host.snatch(e, "%s-none" % e)
+            assert s == 503, (e, s, body)  # no route: nothing sold
+        for r in replicas:
+            r.cmd("CLUSTER", "FAILOVER", "TAKEOVER")
+        st.redis.wait_ok(30)
+        t0 = time.time()
+        for e in events:  # one buyer at a time until the event sells again (503 until then)
+            for i in range(300):
+                s, body = st.host.snatch(e, "%s-p%d" % (e, i))
+                answers[e].append(("%s-p%d" % (e, i), s, body))
+                if s in (200, 202):
+                    break
+                assert s == 503 and time.time() - t0 < 30, (e, s, body)
+                time.sleep(0.1)
+        found_in = time.time() - t0
+        for e in events:
+            answers[e] += crowd(st.host.port, e, ["%s-b%d" % (e, i) for i in range(40)],
+                                threads=8)
+        for e in events:
+            counts = by_status(answers[e])
+            assert set(counts) <= {200, 202, 409, 503}, (e, counts)
+            ok = [(u, b) for u, s, b in answers[e] if s in (200, 202)]
+            assert len(ok) == S, (e, counts)  # no oversell, no undersell
+            assert len({u for u, _ in ok}) == S, "a buyer got two tickets"
+            master = st.redis.master_for_key("{%s}:meta" % e)
+            assert master not in masters
+            assert int(master.cmd("HGET", "{%s}:meta" % e, "sold")) == S
+        rc, out = st.reconcile("--wait", "20")
+        assert rc == 0, out
+        for e in events:
+            wait_until(lambda: st.sub.rows(e) >= S, 30, what="subscriber catch-up")
+            ids = {b["order_id"] for _, s, b in answers[e] if s in (200, 202)}
+            rows = st.sub.query("SELECT order_id FROM orders WHERE event=?", (e,))
+            assert {r[0] for r in rows} == ids, (e, len(rows))
+        print("every master gone: the host sold again %.1f s after the takeover" % found_in)
+
+
 if __name__ == "__main__":
     sys.exit(suite.run())
