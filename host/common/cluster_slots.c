@@ -112,6 +112,31 @@ static int add_master(cluster_map_t *m, const redisReply *e, const char *asked, 
     return (int)m->n_nodes++;
 }
 
+static bool addr_in(const cluster_seed_t *list, size_t n, const char *host, int port)
+{
+    for (size_t i = 0; i < n; i++)
+        if (list[i].port == port && strcmp(list[i].host, host) == 0)
+            return true;
+    return false;
+}
+
+/* Remembered as a place to find the cluster again if every master goes (see
+ * cluster_fallback_addrs). Returns 0 or -1. */
+static int add_replica(cluster_map_t *m, const cluster_node_t *n, char *err, size_t errlen)
+{
+    if (addr_in(m->replicas, m->n_replicas, n->host, n->port))
+        return 0;
+    cluster_seed_t *grown = realloc(m->replicas, (m->n_replicas + 1) * sizeof(*grown));
+    if (grown == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    m->replicas = grown;
+    snprintf(grown[m->n_replicas].host, sizeof(grown[0].host), "%s", n->host);
+    grown[m->n_replicas++].port = n->port;
+    return 0;
+}
+
 static int read_entry(cluster_map_t *m, const redisReply *e, const char *asked, char *err,
                       size_t errlen)
 {
@@ -127,7 +152,8 @@ static int read_entry(cluster_map_t *m, const redisReply *e, const char *asked, 
     }
     for (size_t i = 3; i < e->elements; i++) {
         cluster_node_t replica;
-        if (read_node(e->element[i], asked, &replica, err, errlen) != 0)
+        if (read_node(e->element[i], asked, &replica, err, errlen) != 0 ||
+            add_replica(m, &replica, err, errlen) != 0)
             return -1;
     }
     int idx = add_master(m, e, asked, err, errlen);
@@ -143,6 +169,8 @@ int cluster_map_parse(cluster_map_t *m, const redisReply *r, const char *asked_h
 {
     m->nodes = NULL;
     m->n_nodes = 0;
+    m->replicas = NULL;
+    m->n_replicas = 0;
     for (size_t s = 0; s < CLUSTER_SLOTS; s++)
         m->slot_node[s] = CLUSTER_NO_NODE;
     if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
@@ -157,6 +185,7 @@ int cluster_map_parse(cluster_map_t *m, const redisReply *r, const char *asked_h
         }
     if (m->n_nodes == 0) {
         snprintf(err, errlen, "CLUSTER SLOTS: no slot is served");
+        cluster_map_free(m);
         return -1;
     }
     m->covered = true;
@@ -175,6 +204,9 @@ void cluster_map_free(cluster_map_t *m)
     free(m->nodes);
     m->nodes = NULL;
     m->n_nodes = 0;
+    free(m->replicas);
+    m->replicas = NULL;
+    m->n_replicas = 0;
     for (size_t s = 0; s < CLUSTER_SLOTS; s++)
         m->slot_node[s] = CLUSTER_NO_NODE;
 }
@@ -344,4 +376,20 @@ int cluster_parse_seeds(const char *seeds, cluster_seed_t *out, int max)
             return n;
         p = end + 1;
     }
+}
+
+int cluster_fallback_addrs(const cluster_seed_t *seeds, int n_seeds, const cluster_map_t *m,
+                           cluster_seed_t *out, int max)
+{
+    int n = 0;
+    size_t n_replicas = m != NULL ? m->n_replicas : 0;
+    for (size_t i = 0; i < (size_t)n_seeds + n_replicas && n < max; i++) {
+        const cluster_seed_t *a =
+            i < (size_t)n_seeds ? &seeds[i] : &m->replicas[i - (size_t)n_seeds];
+        if (addr_in(out, (size_t)n, a->host, a->port) ||
+            (m != NULL && cluster_map_find(m, a->host, a->port) >= 0))
+            continue;
+        out[n++] = *a;
+    }
+    return n;
 }

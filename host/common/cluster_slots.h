@@ -27,6 +27,12 @@ uint16_t cluster_crc16(const char *buf, size_t len);
  * it when that part is not empty, else of the whole key. */
 unsigned cluster_key_slot(const char *key, size_t len);
 
+/* A node's address: a seed, or a replica a map listed. */
+typedef struct cluster_seed {
+    char host[CLUSTER_HOST_MAX];
+    int port;
+} cluster_seed_t;
+
 typedef struct cluster_node {
     char host[CLUSTER_HOST_MAX]; /* numeric address */
     int port;
@@ -40,6 +46,8 @@ typedef struct cluster_map {
     uint16_t slot_node[CLUSTER_SLOTS]; /* index into nodes, or CLUSTER_NO_NODE */
     bool covered;                      /* every slot has a master */
     bool masters_have_replicas;        /* every master has at least one replica */
+    cluster_seed_t *replicas;          /* every replica listed, each once */
+    size_t n_replicas;
 } cluster_map_t;
 
 /* Reads a CLUSTER SLOTS reply into m (whose previous content is not freed: start from zeroes
@@ -87,14 +95,15 @@ cluster_err_t cluster_parse_error(const char *str, size_t len, cluster_redirect_
 /* The same for a reply: CLUSTER_ERR_NONE unless it is an error reply. */
 cluster_err_t cluster_reply_error(const redisReply *r, cluster_redirect_t *to);
 
-typedef struct cluster_seed {
-    char host[CLUSTER_HOST_MAX];
-    int port;
-} cluster_seed_t;
-
 /* Parses "HOST:PORT[,HOST:PORT...]" (numeric addresses; an IPv6 address's port follows its last
  * colon) into out. Returns how many, or -1 (empty element, no port, a port out of range, a name
  * instead of an address, more than max). */
 int cluster_parse_seeds(const char *seeds, cluster_seed_t *out, int max);
+
+/* Where to look for the cluster when none of m's masters gives a map (all of them gone at once):
+ * the seeds, then the replicas m listed (m may be NULL), each address once and none of m's
+ * masters (those are asked already). Fills out with at most max; returns how many. */
+int cluster_fallback_addrs(const cluster_seed_t *seeds, int n_seeds, const cluster_map_t *m,
+                           cluster_seed_t *out, int max);
 
 #endif

@@ -35,6 +35,9 @@ struct rsync {
     size_t n_links;
     size_t n_masters;
     uint16_t slot_link[CLUSTER_SLOTS]; /* index into links, or CLUSTER_NO_NODE */
+    /* The replicas of the last map: asked for the map after the seeds when no master answers. */
+    cluster_seed_t *replicas;
+    size_t n_replicas;
     unsigned long redirects;
 };
 
@@ -117,6 +120,11 @@ static int adopt_map(rsync_t *rs, cluster_map_t *m, char *err, size_t errlen)
     rs->n_links = m->n_nodes;
     rs->n_masters = m->n_nodes;
     memcpy(rs->slot_link, m->slot_node, sizeof(rs->slot_link));
+    free(rs->replicas);
+    rs->replicas = m->replicas;
+    rs->n_replicas = m->n_replicas;
+    m->replicas = NULL;
+    m->n_replicas = 0;
     cluster_map_free(m);
     return 0;
 }
@@ -191,16 +199,28 @@ rsync_t *rsync_open(const char *seeds, const auth_config_t *auth, int timeout_ms
     return NULL;
 }
 
+/* The i-th address asked for the map after the masters: a seed, then a replica of the last map. */
+static const cluster_seed_t *other_addr(const rsync_t *rs, size_t i)
+{
+    size_t n_seeds = (size_t)rs->n_seeds;
+    return i < n_seeds ? &rs->seeds[i] : &rs->replicas[i - n_seeds];
+}
+
 int rsync_refresh(rsync_t *rs, char *err, size_t errlen)
 {
     if (!rs->cluster)
         return 0;
     snprintf(err, errlen, "no cluster node answers");
-    /* Masters already connected first, then every seed. */
-    for (size_t i = 0; i < rs->n_links + (size_t)rs->n_seeds; i++) {
+    /* The masters first, then every seed, then the last map's replicas: every master gone at
+     * once (replicas taken over) still finds the cluster when no seed is left. */
+    size_t n_others = (size_t)rs->n_seeds + rs->n_replicas;
+    for (size_t i = 0; i < rs->n_links + n_others; i++) {
         bool known = i < rs->n_links;
-        const char *host = known ? rs->links[i].host : rs->seeds[i - rs->n_links].host;
-        int port = known ? rs->links[i].port : rs->seeds[i - rs->n_links].port;
+        const cluster_seed_t *other = known ? NULL : other_addr(rs, i - rs->n_links);
+        const char *host = known ? rs->links[i].host : other->host;
+        int port = known ? rs->links[i].port : other->port;
+        if (!known && find_link(rs->links, rs->n_links, host, port) >= 0)
+            continue; /* asked as a master already */
         redisContext *c = known ? rs->links[i].ctx : NULL;
         bool own = c == NULL || c->err;
         if (own && (c = dial(rs, host, port, err, errlen)) == NULL)
@@ -362,5 +382,6 @@ void rsync_close(rsync_t *rs)
     if (rs == NULL)
         return;
     drop_links(rs->links, rs->n_links);
+    free(rs->replicas);
     free(rs);
 }

@@ -27,8 +27,8 @@ typedef struct rsync rsync_t;
 rsync_t *rsync_open(const char *seeds, const auth_config_t *auth, int timeout_ms, char *err,
                     size_t errlen);
 
-/* Reads the cluster map again (from a master already connected, else the seeds). 0 (also on a
- * standalone server), or -1 with err. */
+/* Reads the cluster map again: from a master of the last map, else a seed, else a replica the last
+ * map listed (every master gone at once). 0 (also on a standalone server), or -1 with err. */
 int rsync_refresh(rsync_t *rs, char *err, size_t errlen);
 
 /* Runs the command (hiredis format) on the master serving key (standalone: the server),

@@ -10,6 +10,14 @@
  * REFRESH_BACKOFF_MAX_MS. A MOVED updates its slot at once, before the refresh confirms it. A
  * node the map no longer names is closed once its last request came back.
  *
+ * When no master of the map can be asked (every one of them gone at once: a lost rack, replicas
+ * promoted by CLUSTER FAILOVER TAKEOVER), or those that can failed REFRESH_FAILS_FALLBACK times
+ * in a row (a master restarted empty, out of the cluster), the map is asked of other addresses: the
+ * --redis seeds, then the replicas the last map listed. Connections to them are opened then, used
+ * for CLUSTER SLOTS only (never a command: a slot's master is only ever taken from a map or a
+ * MOVED), asked with backoff up to REFRESH_BACKOFF_MAX_MS, and closed once a master of the map
+ * answers again.
+ *
  * Runs on its loop's thread only. */
 #include "redis.h"
 
@@ -30,6 +38,10 @@
 #define REFRESH_BACKOFF_MAX_MS 1000
 #define RETRY_EVERY_MS 10 /* TRYAGAIN, or a node whose connection is still being made */
 #define SEED_PROBE_MS 200 /* mode undecided: look for a ready seed this often */
+/* Maps refused in a row by the masters that are reachable before other nodes are asked too. */
+#define REFRESH_FAILS_FALLBACK 3
+/* Seeds plus the replicas of a map of up to 16 masters with 3 replicas each. */
+#define FALLBACK_MAX (REDIS_SEEDS_MAX + 48)
 
 const char redis_err_cluster_down[] = "cluster cannot serve the slot";
 
@@ -96,6 +108,15 @@ struct redis_client {
     bool refresh_inflight;
     uint64_t refresh_backoff_ms;
     size_t refresh_rr; /* which node asks next */
+    int refresh_fails; /* in a row, from the map's masters */
+
+    /* No master of the map answers: where else the map is asked (see the top). */
+    cluster_seed_t fallback[FALLBACK_MAX];
+    redis_conn_t *fallback_conn[FALLBACK_MAX];
+    int n_fallback;
+    int fallback_rr;
+    uint64_t fallback_backoff_ms;
+    uint64_t fallback_due_ns; /* not asked again before */
 
     uv_timer_t refresh_timer;
     uv_timer_t retry_timer;
@@ -294,6 +315,122 @@ static void refresh_failed(redis_client_t *c)
         c->refresh_backoff_ms = REFRESH_BACKOFF_MAX_MS;
 }
 
+/* ---- no master of the map answers: the seeds and replicas ---- */
+
+typedef struct {
+    redis_client_t *c;
+    char host[CLUSTER_HOST_MAX];
+    int port;
+} fallback_ask_t;
+
+static void close_fallback(redis_client_t *c)
+{
+    for (int i = 0; i < c->n_fallback; i++) {
+        redis_conn_t *f = c->fallback_conn[i];
+        c->fallback_conn[i] = NULL;
+        if (f == NULL)
+            continue;
+        redis_conn_on_ready(f, NULL, NULL);
+        redis_conn_close(f);
+    }
+    c->n_fallback = 0;
+    c->fallback_backoff_ms = REFRESH_SOON_MS;
+    c->fallback_due_ns = 0;
+}
+
+static void on_fallback_ready(redis_conn_t *conn, void *arg)
+{
+    if (redis_conn_usable(conn))
+        schedule_refresh(arg, 0);
+}
+
+/* Connections to the seeds and the last map's replicas, unless open already. */
+static void open_fallback(redis_client_t *c)
+{
+    if (c->n_fallback > 0)
+        return;
+    cluster_seed_t addrs[FALLBACK_MAX];
+    int n = cluster_fallback_addrs(c->seeds, c->n_seeds, c->map, addrs, FALLBACK_MAX);
+    for (int i = 0; i < n; i++) {
+        if (node_find(c, addrs[i].host, addrs[i].port) != NULL)
+            continue; /* a node already: asked as such */
+        redis_conn_t *conn = new_conn(c, addrs[i].host, addrs[i].port);
+        if (conn == NULL)
+            continue;
+        redis_conn_on_ready(conn, on_fallback_ready, c);
+        c->fallback[c->n_fallback] = addrs[i];
+        c->fallback_conn[c->n_fallback++] = conn;
+    }
+    if (c->n_fallback > 0)
+        log_warn("redis: no master of the cluster map answers: asking %d other nodes (seeds, "
+                 "replicas) for the map",
+                 c->n_fallback);
+}
+
+static void on_fallback_slots(redisReply *reply, const char *err, void *data)
+{
+    fallback_ask_t *a = data;
+    redis_client_t *c = a->c;
+    c->refresh_inflight = false;
+    c->live--;
+    cluster_map_t *m = NULL;
+    if (!c->closing && reply != NULL)
+        m = read_map(reply, a->host);
+    (void)err;
+    if (m != NULL)
+        log_info("redis: cluster map read from %s:%d", a->host, a->port);
+    free(a);
+    if (c->closing) {
+        if (m != NULL) {
+            cluster_map_free(m);
+            free(m);
+        }
+        maybe_free_client(c);
+        return;
+    }
+    if (m != NULL) {
+        install_map(c, m);
+        c->refresh_fails = 0; /* the next refresh asks its masters first */
+    }
+    /* Asked again with backoff, until one of the map's masters answers (the map may still name
+     * the masters that are gone: the node asked has not seen the failover yet). */
+    refresh_failed(c);
+}
+
+/* Asks one usable fallback connection for the map, at most every fallback_backoff_ms. False
+ * when none was asked (none usable, or not yet due). */
+static bool ask_fallback(redis_client_t *c)
+{
+    open_fallback(c);
+    uint64_t now = uv_hrtime();
+    if (now < c->fallback_due_ns)
+        return false;
+    for (int k = 0; k < c->n_fallback; k++) {
+        int i = (c->fallback_rr + k) % c->n_fallback;
+        redis_conn_t *f = c->fallback_conn[i];
+        if (!redis_conn_usable(f))
+            continue;
+        fallback_ask_t *a = malloc(sizeof(*a));
+        if (a == NULL)
+            break;
+        c->fallback_rr = i + 1;
+        c->fallback_due_ns = now + c->fallback_backoff_ms * 1000000u;
+        c->fallback_backoff_ms *= 2;
+        if (c->fallback_backoff_ms > REFRESH_BACKOFF_MAX_MS)
+            c->fallback_backoff_ms = REFRESH_BACKOFF_MAX_MS;
+        a->c = c;
+        snprintf(a->host, sizeof(a->host), "%s", c->fallback[i].host);
+        a->port = c->fallback[i].port;
+        static const char *argv[] = {"CLUSTER", "SLOTS"};
+        static const size_t lens[] = {7, 5};
+        c->refresh_inflight = true;
+        c->live++;
+        redis_conn_command(f, on_fallback_slots, a, 2, argv, lens);
+        return true;
+    }
+    return false;
+}
+
 static void on_slots(redisReply *reply, const char *err, void *data)
 {
     node_t *n = data;
@@ -308,10 +445,15 @@ static void on_slots(redisReply *reply, const char *err, void *data)
     if (c->closing)
         return;
     if (m == NULL) {
+        c->refresh_fails++;
         refresh_failed(c);
         return;
     }
+    c->refresh_fails = 0;
     c->refresh_backoff_ms = REFRESH_SOON_MS;
+    if (c->n_fallback > 0)
+        log_info("redis: %s:%d, a master of the cluster map, answers again", n->host, n->port);
+    close_fallback(c);
     install_map(c, m);
     schedule_refresh(c, REFRESH_EVERY_MS);
 }
@@ -321,6 +463,8 @@ static void send_refresh(redis_client_t *c)
     if (c->refresh_inflight || c->closing)
         return;
     node_t *n = any_ready_node(c);
+    if ((n == NULL || c->refresh_fails >= REFRESH_FAILS_FALLBACK) && ask_fallback(c))
+        return;
     if (n == NULL) {
         refresh_failed(c);
         return;
@@ -765,6 +909,7 @@ int redis_client_start_seeds(redis_client_t **out, uv_loop_t *loop, const char *
     c->loop = loop;
     c->timeout_ms = timeout_ms;
     c->refresh_backoff_ms = REFRESH_SOON_MS;
+    c->fallback_backoff_ms = REFRESH_SOON_MS;
     c->script = strdup(script);
     c->user = user != NULL ? strdup(user) : NULL;
     c->password = password != NULL ? strdup(password) : NULL;
@@ -1051,6 +1196,7 @@ void redis_client_close(redis_client_t *c)
         r = next;
     }
     close_seeds(c, NULL);
+    close_fallback(c);
     if (c->single != NULL)
         redis_conn_close(c->single);
     c->single = NULL;

@@ -6,8 +6,9 @@
  * deadline), ASK (ASKING then the command back to back on the named node, once), TRYAGAIN
  * (resent shortly, within the deadline), and fails CLUSTERDOWN, an unroutable slot or an
  * unreachable master at once with redis_err_cluster_down (nothing ran: callers answer 503) while
- * the map is read again from any reachable node, with backoff. A promoted replica's NOSCRIPT is
- * the connection's (script loaded, EVAL retried). Each of these resends is safe: the command did
+ * the map is read again from any reachable master, with backoff (from the seeds and the last
+ * map's replicas when no master answers: every master gone at once). A promoted replica's NOSCRIPT
+ * is the connection's (script loaded, EVAL retried). Each of these resends is safe: the command did
  * not run. A connection lost after sending stays redis_err_lost (the command may have run).
  *
  * Standalone or cluster is decided once, when the first seed answers: CLUSTER SLOTS answers

@@ -8,7 +8,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Stack, Suite, wait_until  # noqa: E402
+from harness import Stack, Suite, redis_key_slot, wait_until  # noqa: E402
 from loadgen import crowd, by_status  # noqa: E402
 
 suite = Suite()
@@ -81,6 +81,98 @@ def sells_out_exactly_on_a_cluster():
         short = sum(metric(h, "snatch_deduct_unreplicated_batches_total") for h in st.hosts)
         print("events %s on 3 masters: %d sold each, unreplicated batches %d"
               % (",".join(events), S, short))
+
+
+def masters_lost(back_empty):
+    """Every master the host knows is killed at once (a lost rack) and the operator promotes their
+    replicas (CLUSTER FAILOVER TAKEOVER: with no master left, no replica can be elected). The
+    host answers 503 while it has no route, then finds the cluster again through its seeds,
+    without a restart, and the sale sells exactly its stock. back_empty: the dead masters come
+    back first, on their ports but empty (no data, no nodes.conf): reachable, they give the host
+    no map."""
+    with Stack(hosts=1, threads=2, redis_cluster={}) as st:
+        S = 30
+        events = st.redis.keys_for_masters("gone")
+        for e in events:
+            st.host.create_event(e, S)
+        answers = {e: crowd(st.host.port, e, ["%s-a%d" % (e, i) for i in range(10)], threads=5)
+                   for e in events}
+        for e in events:
+            assert by_status(answers[e]) == {200: 10}, (e, by_status(answers[e]))
+        masters = st.redis.masters()
+        replicas = [n for n in st.redis.nodes if n not in masters]
+        for m in masters:
+            m.kill9()
+        if back_empty:
+            for m in masters:
+                os.remove(os.path.join(m.dir, "nodes.conf"))
+                m.start()
+        for e in events:
+            s, body = st.host.snatch(e, "%s-none" % e)
+            assert s == 503, (e, s, body)  # no route: nothing sold
+        for r in replicas:
+            r.cmd("CLUSTER", "FAILOVER", "TAKEOVER")
+
+        def taken_over():  # the empty nodes back on the old ports are in no cluster: not asked
+            try:
+                if any(st.redis._info(r, "cluster").get("cluster_state") != "ok"
+                       for r in replicas):
+                    return False
+                return {p for _, _, p, _ in st.redis.slots(via=replicas[0])} == \
+                    {r.port for r in replicas}
+            except (OSError, RuntimeError):
+                return False
+        wait_until(taken_over, 30, 0.1, "replicas taken over")
+        t0 = time.time()
+        for e in events:  # one buyer at a time until the event sells again (503 until then)
+            for i in range(300):
+                s, body = st.host.snatch(e, "%s-p%d" % (e, i))
+                answers[e].append(("%s-p%d" % (e, i), s, body))
+                if s in (200, 202):
+                    break
+                assert s == 503 and time.time() - t0 < 30, (e, s, body)
+                time.sleep(0.1)
+        found_in = time.time() - t0
+        # Then crowds until sold out: the nodes' views of the takeover converge over about a
+        # second (a master may still name an old one for a while: 503, nothing ran), and each
+        # buyer tries once.
+        for e in events:
+            for k in range(20):
+                answers[e] += crowd(st.host.port, e, ["%s-b%d-%d" % (e, k, i) for i in range(20)],
+                                    threads=8)
+                if by_status(answers[e]).get(409):
+                    break
+                time.sleep(0.2)
+        for e in events:
+            counts = by_status(answers[e])
+            assert set(counts) <= {200, 202, 409, 503}, (e, counts)
+            ok = [(u, b) for u, s, b in answers[e] if s in (200, 202)]
+            assert len(ok) == S, (e, counts)  # no oversell, no undersell
+            assert len({u for u, _ in ok}) == S, "a buyer got two tickets"
+            slot = redis_key_slot("{%s}" % e)
+            master = next(st.redis.node(p) for a, b, p, _ in st.redis.slots(via=replicas[0])
+                          if a <= slot <= b)
+            assert master in replicas, master.port
+            assert int(master.cmd("HGET", "{%s}:meta" % e, "sold")) == S
+        rc, out = st.reconcile("--wait", "20")
+        assert rc == 0, out
+        for e in events:
+            wait_until(lambda: st.sub.rows(e) >= S, 30, what="subscriber catch-up")
+            ids = {b["order_id"] for _, s, b in answers[e] if s in (200, 202)}
+            rows = st.sub.query("SELECT order_id FROM orders WHERE event=?", (e,))
+            assert {r[0] for r in rows} == ids, (e, len(rows))
+        print("every master gone%s: the host sold again %.1f s after the takeover"
+              % (", back empty" if back_empty else "", found_in))
+
+
+@suite.case
+def every_master_gone_at_once():
+    masters_lost(back_empty=False)
+
+
+@suite.case
+def every_master_back_empty():
+    masters_lost(back_empty=True)
 
 
 if __name__ == "__main__":

@@ -94,7 +94,11 @@ static void test_map_parse(void **state)
     assert_null(cluster_map_node(&m, 16384));
     assert_int_equal(cluster_map_find(&m, "127.0.0.1", 7002), 1);
     assert_int_equal(cluster_map_find(&m, "127.0.0.1", 7009), -1);
+    assert_int_equal(m.n_replicas, 1);
+    assert_string_equal(m.replicas[0].host, "127.0.0.1");
+    assert_int_equal(m.replicas[0].port, 7005);
     cluster_map_free(&m);
+    assert_null(m.replicas);
     /* Without an address for the empty host, the reply cannot be used. */
     assert_int_equal(cluster_map_parse(&m, r, NULL, err, sizeof(err)), -1);
     freeReplyObject(r);
@@ -126,6 +130,9 @@ static void test_map_malformed(void **state)
         "*1\r\n*3\r\n:0\r\n:10\r\n*1\r\n$9\r\n127.0.0.1\r\n",               /* no port */
         "*1\r\n*3\r\n$1\r\n0\r\n:10\r\n*2\r\n$9\r\n127.0.0.1\r\n:7001\r\n", /* slot as string */
         "*1\r\n*4\r\n:0\r\n:10\r\n*2\r\n$9\r\n127.0.0.1\r\n:7001\r\n:3\r\n", /* bad replica */
+        /* a replica read, then a bad entry: what was read is freed */
+        "*2\r\n*4\r\n:0\r\n:10\r\n*2\r\n$9\r\n127.0.0.1\r\n:7001\r\n"
+        "*2\r\n$9\r\n127.0.0.1\r\n:7004\r\n:5\r\n",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         redisReply *r = resp(bad[i]);
@@ -133,6 +140,7 @@ static void test_map_malformed(void **state)
         assert_int_equal(cluster_map_parse(&m, r, "127.0.0.1", err, sizeof(err)), -1);
         assert_true(err[0] != '\0');
         assert_null(m.nodes);
+        assert_null(m.replicas);
         freeReplyObject(r);
     }
     assert_int_equal(cluster_map_parse(&m, NULL, NULL, err, sizeof(err)), -1);
@@ -191,6 +199,33 @@ static void test_map_diff(void **state)
     assert_int_equal(none.n, 0);
     cluster_map_free(&a);
     cluster_map_free(&b);
+}
+
+/* Where a router looks once every master it knew is gone: the seeds, then the replicas the
+ * last map listed, each once, never a master of that map (asked already). */
+static void test_fallback_addrs(void **state)
+{
+    (void)state;
+    static cluster_map_t m;
+    char err[128];
+    cluster_seed_t seeds[4], out[8];
+    assert_int_equal(cluster_parse_seeds("127.0.0.1:7001,127.0.0.1:7009,127.0.0.1:7005,"
+                                         "127.0.0.1:7009",
+                                         seeds, 4),
+                     4);
+    assert_int_equal(cluster_fallback_addrs(seeds, 4, NULL, out, 8), 3);
+    assert_int_equal(out[2].port, 7005);
+    redisReply *r = resp(THREE);
+    assert_int_equal(cluster_map_parse(&m, r, "127.0.0.1", err, sizeof(err)), 0);
+    freeReplyObject(r);
+    assert_int_equal(cluster_fallback_addrs(seeds, 4, &m, out, 8), 2); /* 7001: a master */
+    assert_int_equal(out[0].port, 7009);
+    assert_int_equal(out[1].port, 7005);
+    assert_int_equal(cluster_fallback_addrs(seeds, 1, &m, out, 8), 1); /* the replica alone */
+    assert_int_equal(out[0].port, 7005);
+    assert_int_equal(cluster_fallback_addrs(seeds, 4, &m, out, 1), 1); /* at most max */
+    assert_int_equal(out[0].port, 7009);
+    cluster_map_free(&m);
 }
 
 static void test_errors(void **state)
@@ -277,7 +312,7 @@ int main(void)
         cmocka_unit_test(test_crc16_vectors), cmocka_unit_test(test_hash_tags),
         cmocka_unit_test(test_map_parse),     cmocka_unit_test(test_map_malformed),
         cmocka_unit_test(test_map_diff),      cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_seeds),
+        cmocka_unit_test(test_seeds),         cmocka_unit_test(test_fallback_addrs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
