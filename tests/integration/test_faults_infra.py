@@ -284,6 +284,8 @@ def nats_stalled_long_loop_answers():
             os.kill(st.nats.proc.pid, signal.SIGCONT)
         print("stall: /healthz answered %d times, slowest %.2fs, %d failed %s; sold %d" % (
             n, slowest, len(fails), fails[:3], sold(st, ev)), flush=True)
+        print("".join(line for line in st.host.proc.log_text().splitlines(True)
+                      if "orders:" in line), end="", flush=True)
         answers = sell_out(st, ev, STALL_STOCK, crowd, timeout=60)
         res = verify(st, ev, STALL_STOCK, answers, "nats SIGSTOP 15s, wide crowd",
                      note="outage=%.1fs probes=%d slowest_probe=%.2fs" % (
@@ -291,6 +293,11 @@ def nats_stalled_long_loop_answers():
         assert not fails and slowest <= STALL_PROBE_BOUND_S, (
             "the host did not answer /healthz while NATS was frozen: %d failed (%s), slowest "
             "%.2fs" % (len(fails), fails[:3], slowest))
+        # The stall filled the socket buffers, or this case tested nothing: the host's write to
+        # the frozen server ran into the write deadline and cnats dropped the connection.
+        assert "orders: disconnected from NATS" in st.host.proc.log_text(), (
+            "the connection to the frozen NATS was never dropped: the socket buffers did not "
+            "fill (widen the crowd)")
         assert st.host.proc.alive()
         return res
 
