@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import signal
 import sys
 import threading
@@ -266,6 +267,12 @@ def nats_stalled_long_loop_answers():
     publishes fill the socket buffers. The loop threads must keep answering (/healthz, the 503s
     of new sales), and afterwards the usual invariants hold."""
     ev = "nstall"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = STALL_CONNS + 256  # the crowd's sockets, and the test's own files
+    if soft != resource.RLIM_INFINITY and soft < want:
+        assert hard == resource.RLIM_INFINITY or hard >= want, (
+            "this case needs %d open files, the hard limit is %d" % (want, hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     st = FaultStack(hosts=1, threads=2, host_extra=(
         "--ack-timeout-ms", str(STALL_ACK_TIMEOUT_MS), "--redis-timeout-ms", "1000"))
     st.policy = padded_policy(os.path.join(st.tmp.path, "policy.lua"))
