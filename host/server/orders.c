@@ -52,11 +52,11 @@
 #define RESYNC_MS 1000
 #define REOPEN_BACKOFF_MIN_MS 500
 #define REOPEN_BACKOFF_MAX_MS 5000
-/* How long one write to the NATS socket may wait for room (cnats's write deadline). A publish
- * only waits when the server has not read the socket buffers' megabytes, so a server that reads
- * at all, however slowly, never trips it; past it cnats drops the connection and reconnects,
- * and the publishes in flight are made again (see send_msg). Without it the loop thread's write
- * to a server that stopped reading (SIGSTOP, hung, swapping) blocks until it reads again. */
+/* How long one write to the NATS socket may wait for room (cnats's write deadline). A write
+ * only waits once the socket buffers (megabytes) are full, the server that far behind, and
+ * gives up when it frees no room for this long: cnats then drops the connection and reconnects,
+ * and the publishes are made again (see send_msg). Without it the loop thread's write to a
+ * server that stopped reading (SIGSTOP, hung, swapping) blocks until it reads again. */
 #define WRITE_DEADLINE_MS 250
 /* A batch message's caps: far below NATS's max_payload (1 MB by default), and a bound on what
  * one lost message costs in 202s. A full batch leaves at once. */
