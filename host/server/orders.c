@@ -52,6 +52,12 @@
 #define RESYNC_MS 1000
 #define REOPEN_BACKOFF_MIN_MS 500
 #define REOPEN_BACKOFF_MAX_MS 5000
+/* How long one write to the NATS socket may wait for room (cnats's write deadline). A write
+ * only waits once the socket buffers (megabytes) are full, the server that far behind, and
+ * gives up when it frees no room for this long: cnats then drops the connection and reconnects,
+ * and the publishes are made again (see send_msg). Without it the loop thread's write to a
+ * server that stopped reading (SIGSTOP, hung, swapping) blocks until it reads again. */
+#define WRITE_DEADLINE_MS 250
 /* A batch message's caps: far below NATS's max_payload (1 MB by default), and a bound on what
  * one lost message costs in 202s. A full batch leaves at once. */
 #define BATCH_MAX_RECORDS 256
@@ -139,8 +145,9 @@ typedef struct pending {
     unsigned n;     /* orders of the message */
     uint64_t deadline;
     uint64_t sent_ns; /* uv_hrtime() at publish: ack latency */
-    /* The message of an attempt nobody answered, handed back by cnats: published again on the
-     * next tick while the deadline allows (same Nats-Msg-Id: stored once whatever happened). */
+    /* The message of an attempt nobody answered, handed back by cnats, or one held while the
+     * connection is down (send_msg): published again on the next tick while the deadline allows
+     * (same Nats-Msg-Id: stored once whatever happened). */
     natsMsg *retry;
     int prev, next; /* publish order; next doubles as the free list link */
     int hnext;
@@ -450,10 +457,12 @@ static int set_options(orders_publisher_t *p)
      * every buyer's path to the 200. The lanes already gather a loop turn's orders into batch
      * messages, so each publish is written at once by the loop thread itself (about 0.6 ms off
      * the JetStream ack, see docs/BENCHMARKS.md). A server that stops reading blocks that write
-     * once the socket buffer is full, up to cnats's write deadline, as the flusher's full-buffer
-     * write under the connection lock blocked the lanes before. */
+     * once the socket buffer is full: the write deadline bounds it, and while cnats then
+     * reconnects the lanes leave the connection alone (lane_linked). */
     if (s == NATS_OK)
         s = natsOptions_SetSendAsap(o, true);
+    if (s == NATS_OK)
+        s = natsOptions_SetWriteDeadline(o, WRITE_DEADLINE_MS);
     if (s == NATS_OK && p->auth != NULL)
         s = auth_nats_apply(o, p->auth);
     if (s != NATS_OK) {
@@ -654,6 +663,26 @@ static void pending_finish(orders_lane_t *l, int i, int status)
 /* ---- lane: publishing -------------------------------------------------------------------------
  */
 
+/* Whether the lane may call into the connection now. While cnats reconnects, its reconnect
+ * thread holds the connection's lock through each attempt's TCP connect and wait for the
+ * server's INFO (up to the connect timeout, 2 s, again and again against a server that accepts
+ * but does not answer): a publish from the loop would wait for that lock. So the lanes keep
+ * what they publish meanwhile and send it once connected again (the timer's republish). The
+ * flag is the callbacks' (and the publisher thread's resync), so a drop is seen a moment late:
+ * a publish in that moment waits at most one connect attempt. */
+static bool lane_linked(const orders_lane_t *l)
+{
+    return atomic_load(&l->p->cs->connected);
+}
+
+/* A publish failed for the connection's sake (not for the message's): worth making again. */
+static bool link_lost(natsStatus s)
+{
+    return s == NATS_CONNECTION_DISCONNECTED || s == NATS_TIMEOUT || s == NATS_IO_ERROR ||
+           s == NATS_CONNECTION_CLOSED || s == NATS_INSUFFICIENT_BUFFER ||
+           s == NATS_NOT_YET_CONNECTED;
+}
+
 static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure);
 
 /* The lane's JetStream context, made again when the publisher replaced its connection. */
@@ -703,21 +732,24 @@ static int64_t attempt_wait(const orders_lane_t *l, uint64_t deadline, uint64_t 
 /* Loop thread: publishes entry i's unanswered message again. "No responders" means nothing was
  * stored; a timeout may hide a stored message, whose repeat JetStream acknowledges as a
  * duplicate (Nats-Msg-Id), so either way the order is stored once. A failure keeps the message
- * for the next tick. */
-static void republish(orders_lane_t *l, int i, uint64_t now)
+ * for the next tick; one failed for the connection's sake (link_lost) ends the tick's pass
+ * (the connection is likely going down under it). */
+static natsStatus republish(orders_lane_t *l, int i, uint64_t now)
 {
     pending_t *e = &l->pend[i];
     jsPubOptions po;
     if (lane_js(l) != 0)
-        return;
+        return NATS_ERR;
     jsPubOptions_Init(&po);
     po.MsgId = e->id;
     po.MaxWait = attempt_wait(l, e->deadline, now);
     natsMsg *m = e->retry;
-    if (js_PublishMsgAsync(l->js, &m, &po) != NATS_OK)
-        return;
+    natsStatus s = js_PublishMsgAsync(l->js, &m, &po);
+    if (s != NATS_OK)
+        return s;
     e->retry = NULL; /* cnats owns it again */
     l->retries--;
+    return NATS_OK;
 }
 
 /* ---- lane: ack delivery ---------------------------------------------------------------------- */
@@ -802,9 +834,11 @@ static void on_timer(uv_timer_t *t)
     uint64_t now = uv_now(l->loop);
     while (!l->closing && l->oldest >= 0 && l->pend[l->oldest].deadline <= now)
         pending_finish(l, l->oldest, -1);
+    if (!lane_linked(l))
+        return;
     for (int i = l->oldest; i >= 0 && l->retries > 0 && !l->closing; i = l->pend[i].next)
-        if (l->pend[i].retry != NULL)
-            republish(l, i, now);
+        if (l->pend[i].retry != NULL && link_lost(republish(l, i, now)))
+            break;
 }
 
 /* ---- lane: public -------------------------------------------------------------------------------
@@ -907,10 +941,11 @@ static int send_msg(orders_lane_t *l, const char *event, const char *id, const c
     char subject[sizeof(ORDERS_SUBJECT_PREFIX) + SNATCH_NAME_MAX + 1];
     natsMsg *msg = NULL;
     jsPubOptions po;
+    bool linked = lane_linked(l); /* once: a held message needs no jsCtx, a sent one does */
     if (snprintf(subject, sizeof(subject), ORDERS_SUBJECT_PREFIX "%s", event) >=
         (int)sizeof(subject))
         return -1;
-    if (lane_js(l) != 0)
+    if (linked && lane_js(l) != 0)
         return -1;
     if (natsMsg_Create(&msg, subject, NULL, body, (int)len) != NATS_OK)
         return -1;
@@ -927,22 +962,33 @@ static int send_msg(orders_lane_t *l, const char *event, const char *id, const c
     int i = pending_add(l, id, n);
     l->pend[i].one = one;
     l->pend[i].many = many;
-    po.MaxWait = attempt_wait(l, l->pend[i].deadline, uv_now(l->loop));
-    if (js_PublishMsgAsync(l->js, &msg, &po) != NATS_OK) {
-        natsMsg_Destroy(msg);
-        l->pend[i].many = NULL; /* the caller's still */
-        l->pend[i].n = 0;       /* and so is the count */
-        pending_unlink(l, i);
-        return -1;
+    natsStatus s = NATS_CONNECTION_DISCONNECTED;
+    if (linked) {
+        po.MaxWait = attempt_wait(l, l->pend[i].deadline, uv_now(l->loop));
+        s = js_PublishMsgAsync(l->js, &msg, &po);
     }
-    return 0;
+    if (s == NATS_OK)
+        return 0;
+    /* Not connected, or the connection failed under this write (the write deadline passed: cnats
+     * drops it and reconnects): the message is held for the timer to publish again, same id,
+     * until the deadline. */
+    if (link_lost(s)) {
+        l->pend[i].retry = msg;
+        l->retries++;
+        return 0;
+    }
+    natsMsg_Destroy(msg);
+    l->pend[i].many = NULL; /* the caller's still */
+    l->pend[i].n = 0;       /* and so is the count */
+    pending_unlink(l, i);
+    return -1;
 }
 
 static bool lane_accepts(const orders_lane_t *l)
 {
     /* Not orders_publisher_ready(): the sale is deducted already, and a stream that went
      * without a leader since it was admitted may have one again before the deadline (the
-     * attempt is made again until then); while cnats reconnects it buffers the publish. */
+     * attempt is made again until then); while cnats reconnects the lane holds the publish. */
     return l != NULL && !l->closing && l->inflight < l->max_inflight && atomic_load(&l->p->have_nc);
 }
 

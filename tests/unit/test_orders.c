@@ -340,7 +340,7 @@ static void test_server_down(void **state)
     run_until(&loop, &d, d.sent, 5000);
     assert_int_equal(d.acked + d.failed, d.sent);
     wait_ready(p, false);
-    /* Not ready, but a sale already deducted is still handed over (cnats buffers it while it
+    /* Not ready, but a sale already deducted is still taken (the lane holds it while cnats
      * reconnects): it fails within the ack timeout, the server being down. */
     int done = d.acked + d.failed;
     assert_int_equal(orders_publish(d.lane, "e1", "x-0-e1", 0, "{}", 2, on_ack, &d), 0);
@@ -373,6 +373,44 @@ static void test_server_down(void **state)
     close_lane(&loop, d.lane);
     orders_publisher_stop(p, 1000);
     uv_loop_close(&loop);
+}
+
+/* A publish made while the connection is down is held by the lane (cnats's reconnect thread
+ * holds the connection's lock through its attempts: the loop does not call in) and made once
+ * reconnected: acknowledged, with the server back within the ack timeout. */
+static void test_held_while_down(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    orders_publisher_t *p = NULL;
+    char err[256];
+    driver_t d = {0};
+    seen_t seen;
+    uv_loop_init(&loop);
+    assert_int_equal(orders_publisher_start(&p, srv.url, err, sizeof(err)), 0);
+    wait_ready(p, true);
+    assert_int_equal(orders_lane_start(&d.lane, p, &loop, 8, 20000), 0);
+    test_nats_stop(&srv);
+    wait_ready(p, false);
+    const char *rec = "{\"order_id\":\"1795596636082-0000000001-held\"}";
+    assert_int_equal(orders_publish(d.lane, "held", "1795596636082-0000000001-held", 0, rec,
+                                    strlen(rec), on_ack, &d),
+                     0);
+    d.sent = 1;
+    run_until(&loop, &d, 1, 500);
+    assert_int_equal(d.acked + d.failed, 0); /* held, no answer yet */
+    assert_int_equal(orders_lane_inflight(d.lane), 1);
+    assert_int_equal(test_nats_start(&srv), 0);
+    run_until(&loop, &d, 1, 20000);
+    assert_int_equal(d.acked, 1);
+    assert_int_equal(d.failed, 0);
+    stream_read(srv.url, ORDERS_SUBJECT_PREFIX "held", &seen);
+    assert_int_equal(seen.msgs, 1);
+    assert_string_equal(seen.msg_id, "1795596636082-0000000001-held");
+    close_lane(&loop, d.lane);
+    orders_publisher_stop(p, 1000);
+    uv_loop_close(&loop);
+    assert_int_equal(inflight_gauge(), 0);
 }
 
 static void test_no_server(void **state)
@@ -424,6 +462,7 @@ int main(void)
         cmocka_unit_test(test_no_server),       cmocka_unit_test(test_publish_10000),
         cmocka_unit_test(test_same_id_twice),   cmocka_unit_test(test_close_fails_pending),
         cmocka_unit_test(test_batch_coalesces), cmocka_unit_test(test_server_down),
+        cmocka_unit_test(test_held_while_down),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
