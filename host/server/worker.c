@@ -128,7 +128,7 @@ static void on_script_loaded(int ok, const char *err, void *arg)
 }
 
 /* The script goes to every connection; one that cannot take it now keeps it and loads it first
- * thing once Redis is back (redis_client_set_script), the old one serving until then. */
+ * thing once Redis is back (redis_client_set_script): the SIGHUP is not lost to an outage. */
 static void reload_deduct(worker_t *w, const char *deduct)
 {
     w->deduct_unanswered++;
@@ -136,8 +136,8 @@ static void reload_deduct(worker_t *w, const char *deduct)
     redis_client_set_script(w->redis, deduct, on_script_loaded, w);
     if (w->deduct_unanswered == 0 || !redis_client_script_parked(w->redis))
         return;
-    log_warn("worker %d: deduct script pending: Redis (or a master) is not reachable; loaded once "
-             "it is back, the old one serves until then",
+    log_warn("worker %d: deduct script pending: Redis (or a master) is not reachable; the new "
+             "script is loaded there first thing once it is back",
              w->id);
     w->deduct_parked_logged = true;
 }

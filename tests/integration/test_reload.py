@@ -267,7 +267,9 @@ def scripts_reloaded_while_redis_is_down_serve_after_the_reconnect():
         oid = b["order_id"]
         assert script_known(st, old_deduct)
         st.redis.stop()
-        wait_until(lambda: h.snatch("w", "down")[0] == 503, 10, what="503 while Redis is down")
+        wait_until(lambda: host_log_count(h, "redis: connection to") >= st.threads, 10,
+                   what="every thread's connection lost")
+        assert h.snatch("w", "down")[0] == 503
         # Distinguishable by their SHA1 (a comment line): what Redis knows after its restart is
         # only what the host loaded into it.
         new_deduct = "-- reloaded while Redis was down\n" + old_deduct
