@@ -49,6 +49,7 @@ static _Atomic int next_slot = 1; /* slot 0: threads that never registered */
 static _Thread_local int my_slot;
 
 static _Atomic uint64_t reloads_ok, reloads_failed;
+static _Atomic int64_t deduct_pending;
 static _Atomic int64_t orders_inflight;
 static _Atomic int64_t connections[METRICS_SLOTS];
 static _Atomic uint64_t rec_passes_ok, rec_passes_failed, rec_stale_seen, rec_republished;
@@ -157,6 +158,11 @@ void metrics_repair_gated(void)
 void metrics_policy_reload(int ok)
 {
     atomic_fetch_add(ok ? &reloads_ok : &reloads_failed, 1);
+}
+
+void metrics_deduct_script_pending(int delta)
+{
+    atomic_fetch_add(&deduct_pending, delta);
 }
 
 void metrics_http_error(int status)
@@ -435,6 +441,9 @@ char *metrics_render(size_t *len)
                 (unsigned long long)atomic_load(&reloads_ok));
     prom_printf(&o, "snatch_policy_reloads_total{result=\"error\"} %llu\n",
                 (unsigned long long)atomic_load(&reloads_failed));
+    prom_family(&o, "snatch_deduct_script_pending", "gauge",
+                "Deduct script reloads, per thread, that Redis has not answered yet.");
+    prom_printf(&o, "snatch_deduct_script_pending %lld\n", (long long)atomic_load(&deduct_pending));
     render_stock_families(&o);
     pthread_mutex_lock(&lua_lock);
     prom_family(&o, "snatch_policy_counter_total", "counter",

@@ -42,6 +42,8 @@ void metrics_request(metrics_route_t route, int status, uint64_t received_ns);
 void metrics_outcome(metrics_outcome_t outcome);
 void metrics_redis_rtt(uint64_t usec);
 void metrics_policy_reload(int ok);
+/* Deduct script replacements (SIGHUP) not yet answered by Redis, e.g. sent during an outage. */
+void metrics_deduct_script_pending(int delta);
 void metrics_http_error(int status); /* parse-level errors: 400, 408, 413, 431 */
 /* host.counter(name, inc) from policy scripts: at most 64 distinct names, others are dropped. */
 void metrics_lua_counter(const char *name, size_t len, double inc);

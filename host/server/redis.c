@@ -126,6 +126,10 @@ struct redis_client {
 
     redis_owner_fn owner_fn;
     void *owner_arg;
+
+    struct script_round *round; /* the newest script replacement not finished yet */
+    uint64_t rounds;            /* replacements so far */
+    uint64_t script_round;      /* the one that gave script (0: the first script) */
 };
 
 static void route(rreq_t *r);
@@ -165,12 +169,15 @@ static void on_handle_closed(uv_handle_t *h)
     maybe_free_client(c);
 }
 
+static void round_join(redis_client_t *c, redis_conn_t *conn);
+
 static redis_conn_t *new_conn(redis_client_t *c, const char *host, int port)
 {
     redis_conn_t *conn = NULL;
     if (redis_conn_start_auth(&conn, c->loop, host, port, c->script, c->timeout_ms, c->user,
                               c->password) != 0)
         return NULL;
+    round_join(c, conn);
     return conn;
 }
 
@@ -495,17 +502,6 @@ typedef struct {
     int seed;
 } probe_t;
 
-/* A refusal that says "not now" (a server loading its data, busy with a script, a replica cut
- * from its master) rather than "no cluster here": the mode is not decided on it. */
-static bool is_transient(const char *err)
-{
-    static const char *const words[] = {"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"};
-    for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
-        if (strncmp(err, words[i], strlen(words[i])) == 0)
-            return true;
-    return false;
-}
-
 static void on_probe(redisReply *reply, const char *err, void *data)
 {
     probe_t *p = data;
@@ -532,7 +528,8 @@ static void on_probe(redisReply *reply, const char *err, void *data)
         uv_timer_stop(&c->refresh_timer);
         return;
     }
-    if (reply->type == REDIS_REPLY_ERROR && is_transient(reply->str)) {
+    /* "Not now" rather than "no cluster here": the mode is not decided on it. */
+    if (reply->type == REDIS_REPLY_ERROR && redis_err_transient(reply->str)) {
         return; /* asked again by the probe timer */
     }
     if (reply->type == REDIS_REPLY_ERROR) {
@@ -1092,36 +1089,72 @@ void redis_eval(redis_client_t *c, redis_reply_fn fn, void *data, int numkeys, i
 
 /* ---- script replacement ---- */
 
-typedef struct {
+/* One SIGHUP's script on every connection. A connection that cannot take it now keeps it
+ * parked (redis_conn_set_script), so the round ends only when every node answered; one that is
+ * closed meanwhile (its node left the map, a seed once the mode is known) has no say, and a
+ * connection made meanwhile is asked too. */
+typedef struct script_round {
     redis_client_t *c;
+    uint64_t seq;
     int waiting;
-    int ok;
-    const char *err;
+    int accepted;
+    const char *err; /* the first refusal */
     char *script;
     void (*on_done)(int ok, const char *err, void *arg);
     void *arg;
 } script_round_t;
 
-static void on_conn_script(int ok, const char *err, void *arg)
+static void round_step(script_round_t *s)
 {
-    script_round_t *s = arg;
-    if (!ok && s->ok) {
-        s->ok = 0;
-        s->err = err;
-    }
+    redis_client_t *c = s->c;
     if (--s->waiting > 0)
         return;
-    redis_client_t *c = s->c;
-    if (s->ok) {
+    if (c->round == s)
+        c->round = NULL;
+    if (s->err == NULL && s->accepted == 0)
+        s->err = redis_err_not_connected;
+    if (s->err == NULL && s->seq > c->script_round) {
         free(c->script);
         c->script = s->script; /* connections made from now on load it */
         s->script = NULL;
+        c->script_round = s->seq;
     }
-    s->on_done(s->ok, s->err, s->arg);
+    s->on_done(s->err == NULL, s->err, s->arg);
     free(s->script);
     free(s);
     c->live--;
     maybe_free_client(c);
+}
+
+static void on_conn_script(int ok, const char *err, void *arg)
+{
+    script_round_t *s = arg;
+    if (ok)
+        s->accepted++;
+    else if (s->err == NULL && (err != redis_err_closing || s->c->closing))
+        s->err = err;
+    round_step(s);
+}
+
+static void round_join(redis_client_t *c, redis_conn_t *conn)
+{
+    if (c->round == NULL)
+        return;
+    c->round->waiting++;
+    redis_conn_set_script(conn, c->round->script, on_conn_script, c->round);
+}
+
+bool redis_client_script_parked(const redis_client_t *c)
+{
+    if (c->single != NULL)
+        return redis_conn_script_parked(c->single);
+    for (int i = 0; i < c->n_seeds; i++)
+        if (redis_conn_script_parked(c->seed_conn[i]))
+            return true;
+    for (size_t i = 0; i < c->n_nodes; i++)
+        if (redis_conn_script_parked(c->nodes[i]->conn))
+            return true;
+    return false;
 }
 
 void redis_client_set_script(redis_client_t *c, const char *script,
@@ -1155,14 +1188,15 @@ void redis_client_set_script(redis_client_t *c, const char *script,
         return;
     }
     s->c = c;
-    s->ok = 1;
+    s->seq = ++c->rounds;
     s->on_done = on_done;
     s->arg = arg;
     s->waiting = (int)n + 1; /* + this call, so an early answer cannot finish it */
     c->live++;
+    c->round = s;
     for (size_t i = 0; i < n; i++)
         redis_conn_set_script(conns[i], script, on_conn_script, s);
-    on_conn_script(1, NULL, s);
+    round_step(s);
 }
 
 /* ---- the rest ---- */

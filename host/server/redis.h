@@ -86,10 +86,16 @@ void redis_eval_wait(redis_client_t *c, redis_reply_fn fn, redis_wait_fn wait_fn
                      int replicas, uint64_t wait_ms, int numkeys, int argc, const char **argv,
                      const size_t *argvlen);
 
-/* Replaces the script (SIGHUP) on every connection. on_done(ok, err, arg) is called once, on the
- * loop thread, when every connection answered: ok when all accepted it. */
+/* Replaces the script (SIGHUP) on every connection. A connection that cannot take it now (Redis
+ * or a master unreachable, LOADING) keeps it parked and loads it before anything else once it
+ * can: on_done(ok, err, arg) is called once, on the loop thread, when every connection answered
+ * (connections closed meanwhile have no say; ones made meanwhile are asked too): ok when all
+ * accepted it. A later call's script replaces one still parked (err redis_err_superseded). */
 void redis_client_set_script(redis_client_t *c, const char *script,
                              void (*on_done)(int ok, const char *err, void *arg), void *arg);
+
+/* A script given to redis_client_set_script waits for a connection that cannot take it yet. */
+bool redis_client_script_parked(const redis_client_t *c);
 
 /* Cluster: the node id of the master that serves key's slot now (valid until the next map
  * change, i.e. until control returns to the loop), or NULL (standalone, unknown slot). */

@@ -16,7 +16,10 @@
  *    waits for the pending replies, which is what a timeout cannot do.
  *  - reconnection with exponential backoff, logging once per state change rather than per try;
  *  - the script: SCRIPT LOAD on every (re)connection, EVALSHA, and on NOSCRIPT (Redis restarted
- *    or flushed its cache) one transparent EVAL retry plus a new SCRIPT LOAD.
+ *    or flushed its cache) one transparent EVAL retry plus a new SCRIPT LOAD. A new script
+ *    (SIGHUP) that cannot be offered now (not connected, connection lost before the answer,
+ *    LOADING or BUSY) is parked and offered first at the next chance: the old one keeps the
+ *    connection until Redis accepted the new one, so no EVALSHA names a script Redis lacks.
  * While not connected every command fails at once: nothing is queued while Redis is away.
  *
  * hiredis's own libuv adapter is not used: it ignores a poll error status, so a connection reset
@@ -72,6 +75,7 @@ const char redis_err_bad_args[] = "bad arguments";
 const char redis_err_unsupported[] = "unsupported command";
 const char redis_err_nomem[] = "out of memory";
 const char redis_err_not_ready[] = "not authenticated";
+const char redis_err_superseded[] = "superseded by a newer script";
 
 typedef enum {
     REQ_COMMAND,    /* the caller's command, reply passed through */
@@ -101,8 +105,10 @@ struct req {
     char numkeys[UTIL_I64_LEN];
     /* REQ_LOAD: which source it loads, so a late reply cannot clobber a newer sha. */
     uint64_t script_gen;
-    /* REQ_SET_SCRIPT: the candidate (owned until adopted) and whom to tell. */
+    /* REQ_SET_SCRIPT: the candidate (owned until adopted), its place in the order of
+     * redis_conn_set_script calls, and whom to tell. */
     char *new_script;
+    uint64_t script_seq;
     void (*on_done)(int ok, const char *err, void *arg);
     void *arg;
 };
@@ -126,6 +132,14 @@ struct redis_conn {
     char *script;
     uint64_t script_gen;
     char sha[41];
+    uint64_t script_seq; /* set_script call that gave script (0: the first one) */
+    uint64_t last_seq;   /* set_script calls so far */
+
+    /* A new script waiting for a connection that can take it (see the top). */
+    char *parked;
+    uint64_t parked_seq;
+    void (*parked_done)(int ok, const char *err, void *arg);
+    void *parked_arg;
 
     req_t *head, *tail; /* in flight, oldest first */
     char *fmt;          /* format_command's buffer */
@@ -202,6 +216,7 @@ static void client_free(redis_conn_t *c)
     }
     free(c->fmt);
     free(c->script);
+    free(c->parked);
     free(c->user);
     free(c->password);
     free(c);
@@ -357,6 +372,59 @@ static void send_load(redis_conn_t *c)
         return;
     }
     c->load_inflight = true;
+}
+
+/* SCRIPT LOAD of the parked script; its answer adopts it (set_script_done). */
+static void send_parked(redis_conn_t *c)
+{
+    if (c->parked == NULL || c->ac == NULL || !c->connected || !c->authed)
+        return;
+    req_t *r = req_get(c, REQ_SET_SCRIPT);
+    if (r == NULL)
+        return; /* stays parked: the next setup step or reconnection tries again */
+    const char *argv[] = {"SCRIPT", "LOAD", c->parked};
+    const size_t len[] = {6, 4, strlen(c->parked)};
+    if (send_req(c, r, 3, argv, len) != 0) {
+        req_put(c, r);
+        return;
+    }
+    r->new_script = c->parked;
+    r->script_seq = c->parked_seq;
+    r->on_done = c->parked_done;
+    r->arg = c->parked_arg;
+    c->parked = NULL;
+}
+
+/* The script step of a connection's setup: a parked new script first, so that a reload made
+ * while Redis was away is what the connection serves once it is ready. */
+static void send_script(redis_conn_t *c)
+{
+    if (c->parked != NULL)
+        send_parked(c);
+    else if (!c->sha_ok)
+        send_load(c);
+}
+
+/* Keeps a new script for the next chance to offer it; of two, the later call wins. */
+static void park(redis_conn_t *c, char *script, uint64_t seq,
+                 void (*on_done)(int ok, const char *err, void *arg), void *arg)
+{
+    if (seq < c->script_seq || (c->parked != NULL && seq < c->parked_seq)) {
+        free(script);
+        on_done(0, redis_err_superseded, arg);
+        return;
+    }
+    char *old = c->parked;
+    void (*old_done)(int, const char *, void *) = c->parked_done;
+    void *old_arg = c->parked_arg;
+    c->parked = script;
+    c->parked_seq = seq;
+    c->parked_done = on_done;
+    c->parked_arg = arg;
+    if (old != NULL) {
+        free(old);
+        old_done(0, redis_err_superseded, old_arg);
+    }
 }
 
 /* AUTH before anything else on a new connection; the password never reaches a log. */
@@ -745,7 +813,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     c->authed = c->password == NULL;
     c->setup_backoff_ms = SETUP_BACKOFF_MIN_MS;
     if (c->authed) {
-        send_load(c);
+        send_script(c);
         notify(c);
     } else {
         send_auth(c);
@@ -934,8 +1002,8 @@ static void on_setup_timer(uv_timer_t *t)
         return;
     if (!c->authed)
         send_auth(c);
-    else if (!c->sha_ok)
-        send_load(c);
+    else
+        send_script(c);
 }
 
 static void auth_done(redis_conn_t *c, redisReply *reply)
@@ -948,7 +1016,7 @@ static void auth_done(redis_conn_t *c, redisReply *reply)
         return;
     }
     c->authed = true;
-    send_load(c);
+    send_script(c);
     notify(c);
 }
 
@@ -966,22 +1034,52 @@ static void load_done(redis_conn_t *c, req_t *r, redisReply *reply)
     mark_ready(c);
 }
 
+bool redis_err_transient(const char *err)
+{
+    static const char *const words[] = {"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"};
+    for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+        if (strncmp(err, words[i], strlen(words[i])) == 0)
+            return true;
+    return false;
+}
+
 static void set_script_done(redis_conn_t *c, req_t *r, redisReply *reply, const char *err)
 {
-    if (reply == NULL) {
+    if (reply == NULL && c->closing) {
         r->on_done(0, err, r->arg);
+        return;
+    }
+    if (reply == NULL || (reply->type == REDIS_REPLY_ERROR && redis_err_transient(reply->str))) {
+        /* Not refused, only not taken yet: offered again on this or the next connection. */
+        if (reply != NULL)
+            setup_refused(c, METRICS_REDIS_SCRIPT_LOAD, "SCRIPT LOAD", reply);
+        park(c, r->new_script, r->script_seq, r->on_done, r->arg);
+        r->new_script = NULL;
         return;
     }
     if (reply->type != REDIS_REPLY_STRING || reply->len != 40) {
         r->on_done(0, reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected reply", r->arg);
+        send_script(c); /* a connection that went for the new script goes back to its own */
+        return;
+    }
+    if (r->script_seq < c->script_seq) {
+        r->on_done(0, redis_err_superseded, r->arg);
         return;
     }
     free(c->script);
     c->script = r->new_script;
     r->new_script = NULL;
     c->script_gen++;
+    c->script_seq = r->script_seq;
     adopt_sha(c, reply);
     mark_ready(c); /* also recovers a client whose first script did not compile */
+    if (c->parked != NULL && c->parked_seq < c->script_seq) {
+        void (*done)(int, const char *, void *) = c->parked_done;
+        void *arg = c->parked_arg;
+        free(c->parked);
+        c->parked = NULL;
+        done(0, redis_err_superseded, arg);
+    }
     r->on_done(1, NULL, r->arg);
 }
 
@@ -1228,8 +1326,8 @@ void redis_conn_eval(redis_conn_t *c, redis_reply_fn fn, void *data, int numkeys
     }
 }
 
-/* Chosen behaviour while not connected: fail at once (on_done(0, "not connected")) rather than
- * keep the source pending; the caller (SIGHUP) can simply retry. */
+/* Not connected: the source is parked (on_done comes once a connection took or refused it, or
+ * at close), so a SIGHUP during an outage is not lost. */
 void redis_conn_set_script(redis_conn_t *c, const char *script,
                            void (*on_done)(int ok, const char *err, void *arg), void *arg)
 {
@@ -1237,28 +1335,38 @@ void redis_conn_set_script(redis_conn_t *c, const char *script,
         on_done(0, redis_err_closing, arg);
         return;
     }
-    if (!c->connected || c->ac == NULL || !c->authed) {
-        on_done(0, redis_err_not_connected, arg);
-        return;
-    }
-    req_t *r = req_get(c, REQ_SET_SCRIPT);
     char *copy = strdup(script);
-    if (r == NULL || copy == NULL) {
-        free(copy);
-        if (r != NULL)
-            req_put(c, r);
+    if (copy == NULL) {
         on_done(0, redis_err_nomem, arg);
         return;
     }
-    r->new_script = copy;
-    r->on_done = on_done;
-    r->arg = arg;
+    uint64_t seq = ++c->last_seq;
+    if (!c->connected || c->ac == NULL || !c->authed) {
+        park(c, copy, seq, on_done, arg);
+        return;
+    }
+    req_t *r = req_get(c, REQ_SET_SCRIPT);
+    if (r == NULL) {
+        free(copy);
+        on_done(0, redis_err_nomem, arg);
+        return;
+    }
     const char *argv[] = {"SCRIPT", "LOAD", copy};
     const size_t len[] = {6, 4, strlen(copy)};
     if (send_req(c, r, 3, argv, len) != 0) {
         req_put(c, r);
-        on_done(0, redis_err_not_connected, arg);
+        park(c, copy, seq, on_done, arg);
+        return;
     }
+    r->new_script = copy;
+    r->script_seq = seq;
+    r->on_done = on_done;
+    r->arg = arg;
+}
+
+bool redis_conn_script_parked(const redis_conn_t *c)
+{
+    return c != NULL && c->parked != NULL;
 }
 
 void redis_conn_on_ready(redis_conn_t *c, void (*fn)(redis_conn_t *c, void *arg), void *arg)
@@ -1281,6 +1389,11 @@ void redis_conn_close(redis_conn_t *c)
     c->closing = true;
     c->connected = false;
     c->sha_ok = false;
+    if (c->parked != NULL) {
+        free(c->parked);
+        c->parked = NULL;
+        c->parked_done(0, redis_err_closing, c->parked_arg);
+    }
     redisAsyncContext *ac = c->ac;
     c->ac = NULL;
     /* Called from inside one of our hiredis callbacks, hiredis defers this free until that

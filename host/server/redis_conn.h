@@ -33,7 +33,12 @@ extern const char redis_err_no_script[]; /* redis_conn_eval before the script wa
 extern const char redis_err_bad_args[];
 extern const char redis_err_unsupported[];
 extern const char redis_err_nomem[];
-extern const char redis_err_not_ready[]; /* connected, not yet authenticated */
+extern const char redis_err_not_ready[];  /* connected, not yet authenticated */
+extern const char redis_err_superseded[]; /* set_script: a later call's script replaced it */
+
+/* A Redis error that says "not now" (loading its data, busy with a script, cut from its master,
+ * a cluster in flux) rather than "no". */
+bool redis_err_transient(const char *err);
 
 /* Element i of an array reply as a NUL-terminated string in out (cap bytes; integers are
  * printed). Returns 0, or -1 (not an array, no such element, other type, too long). */
@@ -71,10 +76,15 @@ void redis_conn_eval(redis_conn_t *c, redis_reply_fn fn, void *data, int numkeys
                      const char **argv, const size_t *argvlen);
 
 /* Replaces the script (SIGHUP). The new source is sent with SCRIPT LOAD; only when Redis accepts
- * it does redis_conn_eval switch to it. on_done(ok, err, arg) reports the outcome on the loop
- * thread. */
+ * it does redis_conn_eval switch to it. Not connected (or lost before the answer, or LOADING /
+ * BUSY), it is parked and sent first when the connection can take it; a later call's script
+ * replaces a parked one. on_done(ok, err, arg) reports the outcome on the loop thread, once:
+ * accepted, refused, superseded, or closing. */
 void redis_conn_set_script(redis_conn_t *c, const char *script,
                            void (*on_done)(int ok, const char *err, void *arg), void *arg);
+
+/* A new script waits for this connection (see redis_conn_set_script). */
+bool redis_conn_script_parked(const redis_conn_t *c);
 
 /* Connected and authenticated: commands (not evals) can be sent. */
 bool redis_conn_usable(const redis_conn_t *c);

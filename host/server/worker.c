@@ -113,9 +113,33 @@ static void begin_stop(worker_t *w)
 static void on_script_loaded(int ok, const char *err, void *arg)
 {
     worker_t *w = arg;
-    if (!ok)
+    w->deduct_unanswered--;
+    metrics_deduct_script_pending(-1);
+    if (err == redis_err_superseded || err == redis_err_closing)
+        return; /* a later reload's script, or the stop: nothing to tell */
+    if (!ok) {
         log_error("worker %d: Redis refused the new deduct script, keeping the old: %s", w->id,
                   err ? err : "?");
+    } else if (w->deduct_parked_logged && w->deduct_unanswered == 0) {
+        log_info("worker %d: deduct script loaded by Redis (a reload that waited for it)", w->id);
+    }
+    if (w->deduct_unanswered == 0)
+        w->deduct_parked_logged = false;
+}
+
+/* The script goes to every connection; one that cannot take it now keeps it and loads it first
+ * thing once Redis is back (redis_client_set_script): the SIGHUP is not lost to an outage. */
+static void reload_deduct(worker_t *w, const char *deduct)
+{
+    w->deduct_unanswered++;
+    metrics_deduct_script_pending(1);
+    redis_client_set_script(w->redis, deduct, on_script_loaded, w);
+    if (w->deduct_unanswered == 0 || !redis_client_script_parked(w->redis))
+        return;
+    log_warn("worker %d: deduct script pending: Redis (or a master) is not reachable; the new "
+             "script is loaded there first thing once it is back",
+             w->id);
+    w->deduct_parked_logged = true;
 }
 
 static void do_reload(worker_t *w)
@@ -141,7 +165,7 @@ static void do_reload(worker_t *w)
     memcpy(life_sha, w->pending_life_sha, sizeof(life_sha));
     uv_mutex_unlock(&w->reload_lock);
     if (deduct != NULL && w->redis != NULL)
-        redis_client_set_script(w->redis, deduct, on_script_loaded, w);
+        reload_deduct(w, deduct);
     free(deduct);
     /* No SCRIPT LOAD: the first EVALSHA of the new SHA1 answers NOSCRIPT and goes again as EVAL,
      * on every node that is asked (a cluster's masters learn it lazily). */

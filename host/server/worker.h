@@ -84,6 +84,10 @@ typedef struct worker {
     bool lane_closed; /* shutdown: the order lane is gone, the acks flushed */
     bool stopping;    /* loop thread only */
     bool http_closed; /* every connection closed (loop thread only) */
+    /* Deduct script replacements Redis has not answered yet, and whether this thread logged
+     * one as waiting for Redis (loop thread only). */
+    int deduct_unanswered;
+    bool deduct_parked_logged;
     /* Set by other threads, consumed on wakeup. */
     _Atomic int reload_pending;
     _Atomic int stop_pending;

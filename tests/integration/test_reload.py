@@ -238,5 +238,119 @@ def order_script_is_reloaded_and_a_broken_one_refused():
         assert h.snatch("o", "plain-2")[0] == 200
 
 
+def host_log_count(h, text):
+    return h.proc.log_text().count(text)
+
+
+@suite.case
+def scripts_reloaded_while_redis_is_down_serve_after_the_reconnect():
+    """A SIGHUP while Redis is down: the new deduct script waits (pending) and is what every
+    thread loads once Redis is back, without a second SIGHUP; so is the new order script."""
+    import shutil
+    from harness import ADMIN_TOKEN, SOURCE_DIR
+    # AOF: the restarted Redis still has the event (and, like any restarted Redis, no script).
+    st = ReloadStack(threads=2, subscriber=False, aof_always=True)
+    deduct = os.path.join(st.tmp.path, "deduct.lua")
+    order = os.path.join(st.tmp.path, "order.lua")
+    shutil.copy(os.path.join(SOURCE_DIR, "lua", "deduct.lua"), deduct)
+    shutil.copy(os.path.join(SOURCE_DIR, "lua", "order.lua"), order)
+    with open(deduct) as f:
+        old_deduct = f.read()
+    with open(order) as f:
+        old_order = f.read()
+    st.host_extra = ("--deduct", deduct, "--order-script", order)
+    with st:
+        h = st.host
+        h.create_event("w", 100000)
+        s, b = h.snatch("w", "before")
+        assert s == 200, (s, b)
+        oid = b["order_id"]
+        assert script_known(st, old_deduct)
+        st.redis.stop()
+        wait_until(lambda: host_log_count(h, "redis: connection to") >= st.threads, 10,
+                   what="every thread's connection lost")
+        assert h.snatch("w", "down")[0] == 503
+        # Distinguishable by their SHA1 (a comment line): what Redis knows after its restart is
+        # only what the host loaded into it.
+        new_deduct = "-- reloaded while Redis was down\n" + old_deduct
+        new_order = "-- reloaded while Redis was down\n" + old_order
+        write(deduct, new_deduct)
+        write(order, new_order)
+        done = reloads_ok(h) + st.threads
+        h.hup()
+        wait_until(lambda: reloads_ok(h) >= done, 10, what="the reload on every thread")
+        time.sleep(0.3)  # a few refused reconnections with the reload taken
+        st.redis.start()
+        # Each thread sells again once its connection has a script loaded (one try at most every
+        # 2 s while Redis was away): 8 buyers in a row sold, on new connections (SO_REUSEPORT
+        # spreads them over both threads).
+        buyers = iter("after-%d" % i for i in range(100000))
+        wait_until(lambda: all(h.snatch("w", next(buyers))[0] == 200 for _ in range(8)), 15,
+                   what="sales again after the restart")
+        assert script_known(st, new_deduct), "the new deduct script is not in Redis"
+        assert not script_known(st, old_deduct), "a thread still serves the old deduct script"
+        s, g = h.request("GET", "/v1/orders/" + oid,
+                         headers={"Authorization": "Bearer " + ADMIN_TOKEN})
+        assert s == 200 and g["order_id"] == oid, (s, g)
+        assert script_known(st, new_order) and not script_known(st, old_order)
+        # Observable: pending at the reload, then loaded, on each thread; counted on the way.
+        wait_until(lambda: host_log_count(h, "deduct script loaded by Redis") == st.threads, 10,
+                   what="each thread's 'loaded' line")
+        assert host_log_count(h, "deduct script pending") == st.threads, h.proc.log_text()[-3000:]
+        assert "Redis refused the new deduct script" not in h.proc.log_text()
+        _, m = h.request("GET", "/metrics")
+        assert "\nsnatch_deduct_script_pending 0\n" in m, m[-3000:]
+
+
+@suite.case
+def deduct_script_reloaded_while_a_cluster_master_is_down():
+    """On a Redis Cluster: a SIGHUP while the event's master is killed. The other masters take
+    the new deduct script at once; the promoted replica gets it before its first sale, and the
+    reload ends accepted (the dead master has no say)."""
+    import shutil
+    from harness import SOURCE_DIR
+    st = ReloadStack(threads=2, subscriber=False, redis_cluster={})
+    deduct = os.path.join(st.tmp.path, "deduct.lua")
+    shutil.copy(os.path.join(SOURCE_DIR, "lua", "deduct.lua"), deduct)
+    with open(deduct) as f:
+        old = f.read()
+    st.host_extra = ("--deduct", deduct)
+    with st:
+        h = st.host
+        ev = st.redis.keys_for_masters("rl")[0]
+        h.create_event(ev, 100000)
+        assert h.snatch(ev, "before")[0] == 200
+        m = st.redis.master_for_key("{%s}:meta" % ev)
+        others = [n for n in st.redis.masters() if n.port != m.port]
+        # The host's seed connections loaded the old script on every node, replicas too: forget
+        # it there, so that what the promoted replica knows is what the host loaded since.
+        for r in st.redis.replicas_of(m):
+            r.cmd("SCRIPT", "FLUSH")
+        m.kill9()
+        lost = "redis: connection to 127.0.0.1:%d lost" % m.port
+        wait_until(lambda: host_log_count(h, lost) >= st.threads, 10,
+                   what="every thread's connection to the killed master lost")
+        new = "-- reloaded while a master was down\n" + old
+        write(deduct, new)
+        done = reloads_ok(h) + st.threads
+        h.hup()
+        wait_until(lambda: reloads_ok(h) >= done, 10, what="the reload on every thread")
+        wait_until(lambda: all(n.cmd("SCRIPT", "EXISTS", sha1(new)) == [1] for n in others), 10,
+                   what="the live masters took the new script")
+        # Failover, then the event's repair on its new master: sales resume (202 too: the
+        # promoted replica has no replica of its own for WAIT).
+        buyers = iter("after-%d" % i for i in range(100000))
+        wait_until(lambda: all(h.snatch(ev, next(buyers))[0] in (200, 202) for _ in range(8)),
+                   30, step=0.2, what="sales again on the promoted replica")
+        nm = st.redis.master_for_key("{%s}:meta" % ev)
+        assert nm.port != m.port
+        assert nm.cmd("SCRIPT", "EXISTS", sha1(new)) == [1], "the promoted master lacks the new script"
+        assert nm.cmd("SCRIPT", "EXISTS", sha1(old)) == [0], "the promoted master got the old script"
+        assert host_log_count(h, "deduct script pending") == st.threads
+        wait_until(lambda: host_log_count(h, "deduct script loaded by Redis") == st.threads, 10,
+                   what="each thread's 'loaded' line (the dead master has no say)")
+        assert "Redis refused the new deduct script" not in h.proc.log_text()
+
+
 if __name__ == "__main__":
     suite.run()

@@ -1027,15 +1027,63 @@ static void test_set_script(void **state)
     assert_string_equal(b2.str, "B");
     close_and_drain(c);
 
-    /* Not connected: refused at once. */
+    /* Not connected: kept for the connection (test_set_script_while_down), until the close. */
     redis_client_t *d = NULL;
     assert_int_equal(redis_client_start(&d, &loop, "127.0.0.1", free_port(), "return 1", 100), 0);
     done_t nc = {0};
     redis_client_set_script(d, "return 2", on_script_done, &nc);
+    run_for(100);
+    assert_int_equal(nc.calls, 0);
+    assert_true(redis_client_script_parked(d));
+    close_and_drain(d);
     assert_int_equal(nc.calls, 1);
     assert_int_equal(nc.ok, 0);
-    assert_string_equal(nc.err, "not connected");
-    close_and_drain(d);
+    assert_string_equal(nc.err, "closing");
+}
+
+/* A new script given while Redis is down is what the connection loads once Redis is back (the
+ * reload is not lost); of two given meanwhile the later wins; one Redis refuses when it is back
+ * leaves the old one serving. */
+static void test_set_script_while_down(void **state)
+{
+    (void)state;
+    redis_client_t *c = start_client("return 'A'", 5000);
+    stop_redis();
+    assert_true(run_until(is_not_ready, c, 3000));
+    done_t b = {0}, cc = {0};
+    redis_client_set_script(c, "return 'B'", on_script_done, &b);
+    redis_client_set_script(c, "return 'C'", on_script_done, &cc);
+    assert_int_equal(b.calls, 1);
+    assert_int_equal(b.ok, 0);
+    assert_string_equal(b.err, "superseded by a newer script");
+    assert_int_equal(cc.calls, 0);
+    assert_true(redis_client_script_parked(c));
+    assert_int_equal(start_redis(), 0);
+    assert_true(run_until(is_ready, c, 10000));
+    assert_int_equal(cc.calls, 1);
+    assert_int_equal(cc.ok, 1);
+    assert_false(redis_client_script_parked(c));
+    result_t r = {0};
+    eval_plain(c, &r);
+    assert_true(wait_count(&r.calls, 1, 3000));
+    assert_string_equal(r.str, "C");
+    /* Only the new script went to the new server, and by SCRIPT LOAD. */
+    assert_int_equal(cmd_calls("script|load"), 1);
+    assert_int_equal(cmd_calls("eval"), 0);
+
+    stop_redis();
+    assert_true(run_until(is_not_ready, c, 3000));
+    done_t broken = {0};
+    redis_client_set_script(c, "return (", on_script_done, &broken);
+    assert_int_equal(start_redis(), 0);
+    assert_true(run_until(is_ready, c, 10000));
+    assert_int_equal(broken.calls, 1);
+    assert_int_equal(broken.ok, 0);
+    result_t r2 = {0};
+    eval_plain(c, &r2);
+    assert_true(wait_count(&r2.calls, 1, 3000));
+    assert_string_equal(r2.str, "C");
+    close_and_drain(c);
 }
 
 static void test_close_with_pending(void **state)
@@ -1370,6 +1418,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_timeout_then_recovers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_killed_and_restarted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_set_script, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_set_script_while_down, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_with_pending, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_from_callback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_server, setup, teardown),

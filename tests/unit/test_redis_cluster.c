@@ -703,6 +703,88 @@ static void test_failover(void **state)
     rsync_close(rs);
 }
 
+/* A master that still has a replica (an earlier test may have promoted one that has none). */
+static test_redis_t *master_with_replica(void)
+{
+    for (unsigned slot = 0; slot < CLUSTER_SLOTS; slot += 997) {
+        test_redis_t *m = test_cluster_master_of(&cluster, slot, NULL);
+        redisReply *r = m ? test_redis_cmd(m, "CLUSTER SLOTS") : NULL;
+        bool found = false;
+        for (size_t k = 0; r != NULL && r->type == REDIS_REPLY_ARRAY && k < r->elements; k++) {
+            redisReply *e = r->element[k];
+            found = found || ((unsigned)e->element[0]->integer <= slot &&
+                              slot <= (unsigned)e->element[1]->integer && e->elements > 3);
+        }
+        freeReplyObject(r);
+        if (found)
+            return m;
+    }
+    return NULL;
+}
+
+typedef struct {
+    int calls;
+    int ok;
+    const char *err;
+} done_t;
+
+static void on_script_done(int ok, const char *err, void *arg)
+{
+    done_t *d = arg;
+    d->calls++;
+    d->ok = ok;
+    d->err = err;
+}
+
+/* A script reload while a master is down (killed, its replica promoted later): the master's
+ * connection keeps the script, the promoted replica's new connection loads it before its first
+ * EVALSHA, and the reload ends accepted (the dead master has no say). */
+static void test_set_script_master_down(void **state)
+{
+    (void)state;
+    redis_client_t *c = start_client_with("return 'A'", 1000);
+    char name[32], other[32];
+    test_redis_t *m = master_with_replica();
+    assert_non_null(m);
+    assert_non_null(name_on_master("sd", name, sizeof(name), m, NULL));
+    test_redis_t *o = NULL;
+    for (int i = 0; o == NULL || o == m; i++) {
+        snprintf(other, sizeof(other), "sdo%d", i);
+        o = test_cluster_master_of(&cluster, cluster_key_slot(other, strlen(other)), NULL);
+    }
+    result_t a = {0};
+    eval_incr(c, &a, name);
+    assert_true(wait_count(&a.calls, 1, 3000));
+    assert_string_equal(a.str, "A");
+
+    test_redis_kill9(m);
+    run_for(200); /* the connection sees it */
+    done_t done = {0};
+    redis_client_set_script(c, "return 'B'", on_script_done, &done);
+    assert_true(redis_client_script_parked(c));
+    run_for(200); /* the live masters answer (an EVALSHA sent before that names the old one) */
+    result_t b = {0};
+    eval_incr(c, &b, other);
+    assert_true(wait_count(&b.calls, 1, 3000));
+    assert_string_equal(b.str, "B"); /* a master that was up took it at once */
+    assert_int_equal(done.calls, 0); /* waits for the dead master's shard */
+
+    result_t res = {0};
+    for (int i = 0; i < 200; i++) {
+        res = (result_t){0};
+        eval_incr(c, &res, name);
+        assert_true(wait_count(&res.calls, 1, 3000));
+        if (res.type == REDIS_REPLY_STRING)
+            break;
+        run_for(50);
+    }
+    assert_string_equal(res.str, "B");
+    assert_true(wait_count(&done.calls, 1, 5000));
+    assert_int_equal(done.ok, 1);
+    assert_false(redis_client_script_parked(c));
+    close_and_drain(c);
+}
+
 static int teardown(void **state)
 {
     (void)state;
@@ -742,6 +824,7 @@ int main(void)
         cmocka_unit_test_teardown(test_sync, teardown),
         cmocka_unit_test_teardown(test_sync_redirects, teardown),
         cmocka_unit_test_teardown(test_failover, teardown),
+        cmocka_unit_test_teardown(test_set_script_master_down, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
