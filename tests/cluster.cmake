@@ -21,3 +21,7 @@ add_snatch_py_test(nginx integration/test_nginx.py TIMEOUT 120)
 # snatch-host without the cluster flags.
 add_snatch_py_test(cluster_faults integration/test_cluster_faults.py TIMEOUT 600)
 set_tests_properties(cluster_faults PROPERTIES RUN_SERIAL TRUE)
+# host/common/cluster_sync.c's redirection bounds against a scripted fake node (exact counts of
+# TRYAGAIN, MOVED), whatever the machine's load.
+add_snatch_unit_test(test_cluster_sync ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_cluster_sync.c
+  LIBS snatch_common)

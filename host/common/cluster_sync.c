@@ -293,7 +293,7 @@ fail:
 static redisReply *route(rsync_t *rs, unsigned slot, const char *cmd, size_t len, char *err,
                          size_t errlen)
 {
-    int li = 0, tries = 0;
+    int li = 0, tries = 0, hops = 0; /* TRYAGAIN retries are not redirections: counted apart */
     bool asking = false;
     if (rs->cluster) {
         if (rs->slot_link[slot] == CLUSTER_NO_NODE) {
@@ -302,7 +302,7 @@ static redisReply *route(rsync_t *rs, unsigned slot, const char *cmd, size_t len
         }
         li = rs->slot_link[slot];
     }
-    for (int hops = 0;; hops++) {
+    for (;;) {
         redisReply *r = round_trip(rs, li, asking, cmd, len, err, errlen);
         cluster_redirect_t to;
         cluster_err_t ce =
@@ -315,7 +315,7 @@ static redisReply *route(rsync_t *rs, unsigned slot, const char *cmd, size_t len
             asking = false;
             continue;
         }
-        if ((ce != CLUSTER_ERR_MOVED && ce != CLUSTER_ERR_ASK) || hops == REDIRECTS_MAX)
+        if ((ce != CLUSTER_ERR_MOVED && ce != CLUSTER_ERR_ASK) || hops++ == REDIRECTS_MAX)
             return r;
         if (to.host[0] == '\0')
             snprintf(to.host, sizeof(to.host), "%s", rs->links[li].host);
