@@ -58,7 +58,8 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: snatch-host [options] POLICY.lua\n"
-            "       snatch-host --test POLICY.lua   (validate a policy and exit, like nginx -t)\n"
+            "       snatch-host --test POLICY.lua   (validate a policy and the Redis scripts, "
+            "exit, like nginx -t)\n"
             "\n"
             "  --listen ADDR:PORT        where to serve HTTP (default 127.0.0.1:8080)\n"
             "  --threads N               event-loop threads (default: CPU count)\n"
@@ -99,7 +100,8 @@ static void usage(FILE *out)
             "  --max-connections N       open connections of this host (default: descriptor\n"
             "                            limit - 256); near it idle keep-alive ones are shed\n"
             "  --max-connections-per-client N  per client address (default 0: no cap)\n"
-            "  --test                    load and validate POLICY, print the verdict, exit\n"
+            "  --test                    load and validate POLICY, compile the deduct and order\n"
+            "                            scripts, print the verdict, exit\n"
             "  --trusted-proxy CIDR[,CIDR...]  peers whose X-User-Id and X-Forwarded-For are\n"
             "                            believed; repeatable (default 127.0.0.0/8,::1)\n"
             "  --allow-query-user        ?user= names the buyer (load tools, demo); without it\n"
@@ -160,6 +162,7 @@ static int read_token(const char *path, host_config_t *cfg)
 
 /* lua/order.lua, read at start and on SIGHUP: next to the deduct script unless --order-script. */
 static char life_path[4096];
+static const char *order_script_arg; /* --order-script, else found next to deduct.lua */
 
 static int read_life_script(host_config_t *cfg, const char *path)
 {
@@ -359,7 +362,7 @@ static int parse_args(int argc, char **argv, bool *test_only)
         strcpy(host_id_buf, "host");
     cfg->host_id = host_id_buf;
     trust_default(&cfg->trusted_proxies);
-    const char *token_path = NULL, *payment_path = NULL, *order_script = NULL;
+    const char *token_path = NULL, *payment_path = NULL;
     bool trusted_given = false;
     cfg->expire_interval_ms = 1000;
     int c;
@@ -526,7 +529,7 @@ static int parse_args(int argc, char **argv, bool *test_only)
             payment_path = optarg;
             break;
         case OPT_ORDER_SCRIPT:
-            order_script = optarg;
+            order_script_arg = optarg;
             break;
         case OPT_EXPIRE_INTERVAL:
             if (cli_int_opt("snatch-host", "--expire-interval-ms", optarg, 0, 3600000, &v))
@@ -596,8 +599,22 @@ static int parse_args(int argc, char **argv, bool *test_only)
         read_token_into(payment_path, "payment", cfg->payment_token, sizeof(cfg->payment_token),
                         &cfg->payment_token_len) != 0)
         return -1;
-    if (!*test_only && read_life_script(cfg, order_script) != 0)
+    return 0;
+}
+
+/* deduct.lua is loaded into Redis by every connection; one that does not compile would be
+ * refused there at each attempt while every sale answered 503. So the start (and --test) stop
+ * on it first, as for order.lua (same check: LuaJIT parses the Lua 5.1 Redis runs). A SIGHUP's
+ * new one is judged by Redis itself (the old one keeps serving). */
+static int check_deduct_script(const char *path)
+{
+    char err[1024], sha[41];
+    char *src = NULL;
+    if (life_script_read(path, &src, sha, err, sizeof(err)) != 0) {
+        log_error("deduct script refused: %s", err);
         return -1;
+    }
+    free(src);
     return 0;
 }
 
@@ -703,8 +720,12 @@ int main(int argc, char **argv)
         log_error("policy %s: %s", host.cfg.policy_path, err);
         return 1;
     }
+    if (check_deduct_script(host.cfg.deduct_path) != 0 ||
+        read_life_script(&host.cfg, order_script_arg) != 0)
+        return 1;
     if (test_only) {
-        printf("snatch-host: policy %s is valid\n", host.cfg.policy_path);
+        printf("snatch-host: policy %s is valid; deduct script %s and order script %s compile\n",
+               host.cfg.policy_path, host.cfg.deduct_path, life_path);
         return 0;
     }
     signal(SIGPIPE, SIG_IGN);

@@ -65,6 +65,7 @@ def test_flag_validates():
     with ReloadStack(subscriber=False) as st:
         good = subprocess.run([binary("snatch-host"), "--test", st.policy], capture_output=True)
         assert good.returncode == 0, good
+        assert b"deduct script" in good.stdout and b"order script" in good.stdout, good
         bad = os.path.join(st.tmp.path, "broken.lua")
         write(bad, BROKEN)
         p = subprocess.run([binary("snatch-host"), "--test", bad], capture_output=True)
@@ -73,6 +74,17 @@ def test_flag_validates():
         p = subprocess.run([binary("snatch-host"), "--order-script", bad, st.policy],
                            capture_output=True, timeout=30)
         assert p.returncode != 0 and b"order script refused" in p.stderr, p
+        # --test compiles both Redis scripts too, naming the file and line of the error; a
+        # deduct script that does not compile stops the start as well (Redis would refuse it at
+        # every connection while every sale answered 503).
+        for flag, what in (("--deduct", b"deduct script refused"),
+                           ("--order-script", b"order script refused")):
+            p = subprocess.run([binary("snatch-host"), flag, bad, "--test", st.policy],
+                               capture_output=True, timeout=30)
+            assert p.returncode == 1 and what in p.stderr and b"broken.lua:1:" in p.stderr, p
+        p = subprocess.run([binary("snatch-host"), "--deduct", bad, st.policy],
+                           capture_output=True, timeout=30)
+        assert p.returncode != 0 and b"deduct script refused" in p.stderr, p
 
 
 @suite.case
