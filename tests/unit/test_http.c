@@ -1117,7 +1117,9 @@ static void test_connection_cap(void **state)
     roundtrip(idle1, "/a");
     roundtrip(idle2, "/b");
     /* No wait needed: the server files a connection as idle in the callback that writes its
-     * answer, before it can accept the buyer. */
+     * answer, before it can accept the buyer (an answer left to a uv_write is re-filed by on_write,
+     * which libuv runs before it polls again); idle1 and idle2 filed in the same millisecond keep
+     * their order (tl_put). */
     client_t *buyer = client_open(fx->port);
     roundtrip(buyer, "/buy");
     assert_shed(idle1, idle2); /* the longest idle went */
