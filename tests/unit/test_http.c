@@ -237,12 +237,16 @@ typedef struct {
     size_t body_len;
 } response_t;
 
-static client_t *client_open(int port)
+/* rcvbuf > 0 fixes the socket's receive buffer (set before connect, so the window is small from
+ * the start): a client that does not read then holds the server's answer in its write queue. */
+static client_t *client_open_rcvbuf(int port, int rcvbuf)
 {
     client_t *cl = calloc(1, sizeof(*cl));
     assert_non_null(cl);
     cl->fd = socket(AF_INET, SOCK_STREAM, 0);
     assert_true(cl->fd >= 0);
+    if (rcvbuf > 0)
+        assert_int_equal(setsockopt(cl->fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)), 0);
     struct timeval tv = {.tv_sec = 5};
     setsockopt(cl->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     setsockopt(cl->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
@@ -252,6 +256,11 @@ static client_t *client_open(int port)
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     assert_int_equal(connect(cl->fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
     return cl;
+}
+
+static client_t *client_open(int port)
+{
+    return client_open_rcvbuf(port, 0);
 }
 
 static void client_close(client_t *cl)
@@ -336,6 +345,25 @@ static bool sees_eof(client_t *cl)
     char b[256];
     ssize_t n = recv(cl->fd, b, sizeof(b), 0);
     return n == 0;
+}
+
+/* Asserts that the server closed `shed` to make room for a new connection, and says what was seen
+ * instead when it did not: whether `kept` (which must stay open) was closed in its place. */
+static void assert_shed(client_t *shed, client_t *kept)
+{
+    char b[256];
+    ssize_t n = shed->len ? (ssize_t)shed->len : recv(shed->fd, b, sizeof(b), 0);
+    if (n == 0)
+        return;
+    int err = errno;
+    ssize_t k = recv(kept->fd, b, sizeof(b), MSG_PEEK | MSG_DONTWAIT);
+    fail_msg("connection to shed not closed: %s; the one to keep %s",
+             n > 0           ? "bytes received"
+             : err == EAGAIN ? "no EOF within 5 s"
+                             : strerror(err),
+             k == 0  ? "was closed instead"
+             : k > 0 ? "received bytes"
+                     : "is open");
 }
 
 static double now_ms(void)
@@ -1089,10 +1117,12 @@ static void test_connection_cap(void **state)
     roundtrip(idle1, "/a");
     roundtrip(idle2, "/b");
     /* No wait needed: the server files a connection as idle in the callback that writes its
-     * answer, before it can accept the buyer. */
+     * answer, before it can accept the buyer (an answer left to a uv_write is re-filed by on_write,
+     * which libuv runs before it polls again); idle1 and idle2 filed in the same millisecond keep
+     * their order (tl_put). */
     client_t *buyer = client_open(fx->port);
     roundtrip(buyer, "/buy");
-    assert_true(sees_eof(idle1)); /* the longest idle went */
+    assert_shed(idle1, idle2); /* the longest idle went */
     roundtrip(idle2, "/still");
     /* A complete request and a half head in one write arrive in one read, so the first answer
      * proves that the server holds the half head: both connections are busy. */
@@ -1108,6 +1138,70 @@ static void test_connection_cap(void **state)
     client_t *after = client_open(fx->port);
     roundtrip(after, "/after");
     client_close(after);
+    fixture_stop(fx);
+    http_limits_free(cfg.limits);
+}
+
+/* Reads one 200 answer whose body is body_len bytes without keeping it. */
+static void drain_response(client_t *cl, size_t body_len)
+{
+    char *end;
+    while (!(end = memmem(cl->buf, cl->len, "\r\n\r\n", 4)))
+        assert_true(client_fill(cl) > 0);
+    size_t hlen = (size_t)(end - cl->buf) + 4;
+    assert_int_equal(strncmp(cl->buf, "HTTP/1.1 200 ", 13), 0);
+    char want[64];
+    snprintf(want, sizeof(want), "\r\nContent-Length: %zu\r\n", body_len);
+    assert_non_null(memmem(cl->buf, hlen, want, strlen(want)));
+    client_consume(cl, hlen);
+    for (size_t left = body_len; left > 0;) {
+        if (cl->len == 0)
+            assert_true(client_fill(cl) > 0);
+        size_t n = cl->len < left ? cl->len : left;
+        client_consume(cl, n);
+        left -= n;
+    }
+}
+
+/* More than the kernel buffers of one connection can hold: the server's send buffer grows up to
+ * tcp_wmem's max (4 MiB on Debian); the client's receive buffer is fixed small. */
+static size_t beyond_socket_buffers(void)
+{
+    long lo = 0, def = 0, max = 4L << 20;
+    FILE *f = fopen("/proc/sys/net/ipv4/tcp_wmem", "r");
+    if (f) {
+        if (fscanf(f, "%ld %ld %ld", &lo, &def, &max) != 3)
+            max = 4L << 20;
+        fclose(f);
+    }
+    return (size_t)max * 2 + (1 << 20);
+}
+
+/* A connection is idle from when its last answer has left, not from when it was asked: while its
+ * client has not read a big answer (the rest waits in a uv_write), it is busy, and once the client
+ * has read it, it is the connection idle for the shortest time, so a new one sheds the other. */
+static void test_connection_cap_idle_since_answer(void **state)
+{
+    (void)state;
+    size_t big = beyond_socket_buffers();
+    http_config_t cfg = test_cfg;
+    cfg.limits = http_limits_new(2, 0);
+    fixture_t *fx = fixture_start(&cfg);
+    client_t *slow = client_open_rcvbuf(fx->port, 65536);
+    client_t *quick = client_open(fx->port);
+    char req[64];
+    int n = snprintf(req, sizeof(req), "GET /big?%zu HTTP/1.1\r\n\r\n", big);
+    send_all(slow, req, (size_t)n);
+    assert_true(client_fill(slow) > 0); /* the answer is being written */
+    roundtrip(quick, "/quick");
+    drain_response(slow, big);
+    client_t *buyer = client_open(fx->port);
+    roundtrip(buyer, "/buy");
+    assert_shed(quick, slow);
+    roundtrip(slow, "/still");
+    client_close(slow);
+    client_close(quick);
+    client_close(buyer);
     fixture_stop(fx);
     http_limits_free(cfg.limits);
 }
@@ -1186,6 +1280,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_many_connections, setup, teardown),
         cmocka_unit_test(test_server_close_drains),
         cmocka_unit_test(test_connection_cap),
+        cmocka_unit_test(test_connection_cap_idle_since_answer),
         cmocka_unit_test(test_connection_cap_per_client),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
