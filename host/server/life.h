@@ -25,9 +25,9 @@
 int life_script_sha(const char *src, char out[41]);
 
 /* Reads order.lua at path into *src (malloc'd, the caller's) and its SHA1 into sha, at start and
- * on SIGHUP (disk I/O: main thread only; the start checks deduct.lua with it too). A script that does not compile is refused here, not at
- * every call in Redis: it is parsed in a scratch LuaJIT state (Redis runs Lua 5.1, which LuaJIT
- * parses). 0, or -1 with err set and *src NULL. */
+ * on SIGHUP (disk I/O: main thread only; the start checks deduct.lua with it too). A script that
+ * does not compile is refused here, not at every call in Redis: it is parsed in a scratch LuaJIT
+ * state (Redis runs Lua 5.1, which LuaJIT parses). 0, or -1 with err set and *src NULL. */
 int life_script_read(const char *path, char **src, char sha[41], char *err, size_t errlen);
 
 /* POST /v1/orders/{id}/pay and DELETE /v1/orders/{id}. Answer req (now or later). */
