@@ -182,8 +182,24 @@ def finish(st, ev, crowd, fault, times):
     return res
 
 
+def create_event_retrying(st, ev, stock, seconds=10.0):
+    """PUT /admin/events/<ev>, again while it answers 503, as an operator would: right after the
+    cluster comes up (or a case before it), a loaded machine can delay a replica's once-a-second
+    ack past min-replicas-max-lag (2 s here), and its master then refuses writes (NOREPLICAS)
+    until the next ack. A refused PUT wrote nothing (the refusal comes at the script's first
+    write), so repeating it is safe."""
+    end = time.time() + seconds
+    while True:
+        try:
+            return st.host.create_event(ev, stock)
+        except AssertionError as e:
+            if ": 503 " not in str(e) or time.time() > end:
+                raise
+            time.sleep(0.2)
+
+
 def start_sale(st, ev, rate=SLOW):
-    st.host.create_event(ev, STOCK)
+    create_event_retrying(st, ev, STOCK)
     crowd = PacedCrowd([st.lb], ev, ["%s%d" % (ev, i) for i in range(BUYERS)], threads=12,
                        stop_at=time.time() + 240, rate=rate).start()
     wait_sold_cluster(st, ev, STOCK // 10)
