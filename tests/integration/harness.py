@@ -492,6 +492,12 @@ class RedisCluster(_NodeGroup):
                     up = sum(1 for k, v in rep.items() if k.startswith("slave") and "state=online" in v)
                     if up < self.replicas or len(self.replicas_of(self.node(port))) < self.replicas:
                         return False
+                    # With min-replicas-to-write, a replica online whose last ack is older than
+                    # min-replicas-max-lag does not count: its master refuses writes until the
+                    # next ack (on a loaded machine, right after the cluster came up).
+                    good = rep.get("min_slaves_good_slaves")
+                    if good is not None and int(good) < self.replicas:
+                        return False
                 return covered == 16384
             except (OSError, RuntimeError, StopIteration):
                 return False
