@@ -14,9 +14,10 @@
  * promoted by CLUSTER FAILOVER TAKEOVER), or those that can failed REFRESH_FAILS_FALLBACK times
  * in a row (a master restarted empty, out of the cluster), the map is asked of other addresses: the
  * --redis seeds, then the replicas the last map listed. Connections to them are opened then, used
- * for CLUSTER SLOTS only (never a command: a slot's master is only ever taken from a map or a
- * MOVED), asked with backoff up to REFRESH_BACKOFF_MAX_MS, and closed once a master of the map
- * answers again.
+ * for CLUSTER SLOTS only (never a caller's command: a slot's master is only ever taken from a map
+ * or a MOVED; like every new connection they SCRIPT LOAD the script, and a SIGHUP's script while
+ * its round is open, which a replica takes harmlessly and a closing one has no say in), asked
+ * with backoff up to REFRESH_BACKOFF_MAX_MS, and closed once a master of the map answers again.
  *
  * Runs on its loop's thread only. */
 #include "redis.h"
