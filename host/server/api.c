@@ -21,6 +21,7 @@
 #include "repair.h"
 #include "reply.h"
 #include "sale.h"
+#include "stallwatch.h"
 #include "stock.h"
 #include "token_gate.h"
 #include "util.h"
@@ -643,16 +644,22 @@ static void get_metrics(http_request_t *req)
     free(text);
 }
 
+/* A stalled loop thread (stallwatch.h) makes the host unhealthy whatever Redis and NATS say:
+ * the threads still running answer for it, so a balancer can take the host out. */
 static void get_health(http_request_t *req)
 {
     worker_t *w = worker_of(req);
     bool redis_ok = redis_usable(w);
     bool nats_ok = orders_publisher_ready(w->host->orders);
-    char body[128];
-    int n = snprintf(body, sizeof(body), "{\"status\":\"%s\",\"redis\":%s,\"nats\":%s}",
-                     redis_ok && nats_ok ? "ok" : "degraded", redis_ok ? "true" : "false",
-                     nats_ok ? "true" : "false");
-    reply_json(req, ROUTE_HEALTH, redis_ok && nats_ok ? 200 : 503, body, (size_t)n);
+    char stall[192], body[384];
+    bool stalled = stallwatch_describe(stall, sizeof(stall)) > 0;
+    int n = snprintf(body, sizeof(body), "{\"status\":\"%s\",\"redis\":%s,\"nats\":%s%s%s%s}",
+                     stalled               ? "stalled"
+                     : redis_ok && nats_ok ? "ok"
+                                           : "degraded",
+                     redis_ok ? "true" : "false", nats_ok ? "true" : "false",
+                     stalled ? ",\"detail\":\"" : "", stalled ? stall : "", stalled ? "\"" : "");
+    reply_json(req, ROUTE_HEALTH, redis_ok && nats_ok && !stalled ? 200 : 503, body, (size_t)n);
 }
 
 /* ---- routing ---- */

@@ -9,6 +9,7 @@
 #include "redis.h"
 #include "repair.h"
 #include "script.h"
+#include "stallwatch.h"
 
 typedef struct lookup {
     worker_t *w;
@@ -26,7 +27,9 @@ stock_event_t *events_install(worker_t *w, const char *event, size_t len, int64_
                            .per_user_limit = limit,
                            .hosts = w->host->cfg.hosts,
                            .host_id = w->host->cfg.host_id};
+    stallwatch_doing(STALL_DOING_ALLOCATE);
     int64_t q = script_allocate(w->script, event, &cl);
+    stallwatch_doing(STALL_DOING_LOOP);
     if (quota != NULL)
         *quota = q;
     if (room_held)

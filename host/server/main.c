@@ -29,6 +29,7 @@
 #include "reconciler.h"
 #include "repair.h"
 #include "script.h"
+#include "stallwatch.h"
 #include "stock.h"
 #include "util.h"
 #include "worker.h"
@@ -53,6 +54,7 @@ static int64_t max_per_client; /* 0: no cap */
  * reconciler, files, libuv's internals. */
 #define FD_RESERVE 256
 static log_format_t log_format = LOG_FORMAT_TEXT;
+static int64_t stall_exit_ms = STALL_EXIT_DEFAULT_MS;
 
 static void usage(FILE *out)
 {
@@ -113,6 +115,10 @@ static void usage(FILE *out)
             "  --order-script PATH       Redis order-life script (default: order.lua next to\n"
             "                            the deduct script, else " SNATCH_DATA_DIR "/order.lua)\n"
             "  --expire-interval-ms MS   release expired holds every MS (default 1000, 0: off)\n"
+            "  --stall-exit-ms MS        a loop thread stuck in one turn this long (an endless\n"
+            "                            policy loop) makes the host exit with status 70, for\n"
+            "                            its supervisor to restart it (default 10000, 0: never;\n"
+            "                            else at least 1000)\n"
             "  --version                 print the version and exit\n"
             "  -h, --help                this text\n" AUTH_REDIS_USAGE AUTH_NATS_USAGE
             "\nSignals: HUP reloads the policy, deduct and order scripts (a broken one is refused\n"
@@ -297,6 +303,7 @@ enum {
     OPT_PAYMENT_TOKEN,
     OPT_ORDER_SCRIPT,
     OPT_EXPIRE_INTERVAL,
+    OPT_STALL_EXIT,
 };
 
 static int parse_args(int argc, char **argv, bool *test_only)
@@ -340,6 +347,7 @@ static int parse_args(int argc, char **argv, bool *test_only)
         {"payment-token-file", required_argument, NULL, OPT_PAYMENT_TOKEN},
         {"order-script", required_argument, NULL, OPT_ORDER_SCRIPT},
         {"expire-interval-ms", required_argument, NULL, OPT_EXPIRE_INTERVAL},
+        {"stall-exit-ms", required_argument, NULL, OPT_STALL_EXIT},
         AUTH_REDIS_OPTIONS,
         AUTH_NATS_OPTIONS,
         {NULL, 0, NULL, 0}};
@@ -535,6 +543,15 @@ static int parse_args(int argc, char **argv, bool *test_only)
             if (cli_int_opt("snatch-host", "--expire-interval-ms", optarg, 0, 3600000, &v))
                 return -1;
             cfg->expire_interval_ms = (uint64_t)v;
+            break;
+        case OPT_STALL_EXIT:
+            if (cli_int_opt("snatch-host", "--stall-exit-ms", optarg, 0, 86400000, &stall_exit_ms))
+                return -1;
+            if (stall_exit_ms != 0 && stall_exit_ms < STALL_THRESHOLD_MS) {
+                cli_usage_error("snatch-host", "--stall-exit-ms is 0 (never) or at least %d",
+                                STALL_THRESHOLD_MS);
+                return -1;
+            }
             break;
         case OPT_MAX_CONNS:
             if (cli_int_opt("snatch-host", "--max-connections", optarg, 1, 1 << 24, &max_conns))
@@ -765,6 +782,9 @@ int main(int argc, char **argv)
     uv_signal_start(&sig_hup, on_hup, SIGHUP);
     uv_signal_start(&sig_term, on_stop_signal, SIGTERM);
     uv_signal_start(&sig_int, on_stop_signal, SIGINT);
+    /* Before the workers: a thread stuck in its very first turn is caught too. */
+    if (stallwatch_start((uint64_t)stall_exit_ms) != 0)
+        return 1;
     int status = 0;
     for (n_workers = 0; n_workers < host.cfg.threads; n_workers++) {
         if (worker_start(&workers[n_workers], &host, n_workers) != 0) {
@@ -789,6 +809,7 @@ int main(int argc, char **argv)
     }
     for (int i = 0; i < n_workers; i++)
         worker_join(&workers[i]);
+    stallwatch_stop();
     /* Workers are gone: wait briefly for acks still on the wire, then close NATS. */
     orders_publisher_stop(host.orders, 2000);
     reconciler_stop(reconciler);

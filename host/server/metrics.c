@@ -12,6 +12,7 @@
 #include <uv.h>
 
 #include "promtext.h"
+#include "stallwatch.h"
 #include "stock.h"
 
 #define METRICS_SLOTS 64
@@ -453,5 +454,6 @@ char *metrics_render(size_t *len)
                     lua_counters[i].value);
     pthread_mutex_unlock(&lua_lock);
     render_backend_errors(&o);
+    stallwatch_render(&o);
     return prom_finish(&o, len);
 }

@@ -21,6 +21,7 @@
 #include "ratelimit.h"
 #include "repair.h"
 #include "reply.h"
+#include "stallwatch.h"
 #include "stock.h"
 #include "util.h"
 
@@ -218,7 +219,9 @@ static void publish_order(sale_t *s, const char *host, bool replay)
                         .qty = s->qty,
                         .host_id = host,
                         .created_ms = s->created_ms};
+    stallwatch_doing(STALL_DOING_ORDER);
     int len = script_order(w->script, &o, payload, sizeof(payload));
+    stallwatch_doing(STALL_DOING_LOOP);
     if (len < 0)
         len = script_order_default(&o, payload, sizeof(payload));
     if (len < 0 || backend->publish(w, s->event, s->order_id, payload, (size_t)len, s->hold_until,
@@ -338,7 +341,9 @@ static int admit(sale_t *s)
                              .header = sale_header,
                              .header_ctx = s->req};
     script_verdict_t v;
+    stallwatch_doing(STALL_DOING_ADMIT);
     script_admit(s->w->script, &ar, &v);
+    stallwatch_doing(STALL_DOING_LOOP);
     s->admitted = true;
     if (v.status == 0)
         return 0;

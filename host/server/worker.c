@@ -16,6 +16,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "pending.h"
+#include "stallwatch.h"
 #include "util.h"
 
 #define REFRESH_MS 500
@@ -147,7 +148,10 @@ static void do_reload(worker_t *w)
     char err[512];
     script_env_t env = {.host_id = w->host->cfg.host_id, .hosts = w->host->cfg.hosts};
     script_t *fresh = NULL;
-    if (script_open(&fresh, w->host->cfg.policy_path, &env, err, sizeof(err)) != 0) {
+    stallwatch_doing(STALL_DOING_RELOAD);
+    int rc = script_open(&fresh, w->host->cfg.policy_path, &env, err, sizeof(err));
+    stallwatch_doing(STALL_DOING_LOOP);
+    if (rc != 0) {
         /* main validated the file, so this is a race with an edit: keep serving the old one. */
         log_error("worker %d: policy reload refused, old policy keeps serving: %s", w->id, err);
         metrics_policy_reload(0);
@@ -294,6 +298,7 @@ static void worker_main(void *arg)
 {
     worker_t *w = arg;
     metrics_thread_register();
+    stallwatch_attach(&w->loop, w->id);
     if (setup(w) != 0) {
         atomic_store(&w->ready, -1);
         uv_sem_post(start_sem);
@@ -304,6 +309,7 @@ static void worker_main(void *arg)
     uv_sem_post(start_sem);
     uv_run(&w->loop, UV_RUN_DEFAULT);
 out:
+    stallwatch_detach(&w->loop, w->id);
     script_close(w->script);
     w->script = NULL;
     free(w->life_src);
