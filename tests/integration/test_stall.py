@@ -1,0 +1,183 @@
+"""A policy whose admit() never returns for one buyer ("wedge"): LuaJIT cannot interrupt it, so
+the loop thread that took that request is wedged for good. The loop-stall watchdog must see it:
+the host's other thread keeps selling, /healthz answers 503 "stalled" with the reason (from the
+thread still running), /metrics counts it, the log says it once; with --stall-exit-ms the
+process exits with status 70 (for its supervisor to restart it), and after it, as after a
+kill -9, reconciliation leaves every invariant intact (no oversell, every 200 a row).
+
+Real redis-server, nats-server and subscriber (harness.Stack); bounded in time throughout."""
+import http.client
+import os
+import socket
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import SOURCE_DIR, Suite, wait_until  # noqa: E402
+from test_faults_common import FaultStack, MultiCrowd, sold, verify, wait_sold  # noqa: E402
+
+suite = Suite()
+
+STOCK = 400
+BIG_STOCK = 50000
+EXIT_STATUS = 70  # README: snatch-host's exit status after --stall-exit-ms
+WEDGE = "wedge"
+# A request to the wedged thread is never answered: short timeouts, then a new connection
+# (which the kernel may give the other thread).
+PROBE_TIMEOUT_S = 1.0
+
+
+def wedge_policy(path):
+    """lua/policy.lua with an endless loop at the top of admit() for buyer WEDGE only."""
+    with open(os.path.join(SOURCE_DIR, "lua", "policy.lua")) as f:
+        src = f.read()
+    head = "function M.admit(req)\n"
+    assert src.count(head) == 1, "lua/policy.lua has no 'function M.admit(req)': update the test"
+    src = src.replace(head, head + "  if req.user == '%s' then\n    local n = 0\n"
+                      "    while true do n = n + 1 end\n  end\n" % WEDGE)
+    with open(path, "w") as f:
+        f.write(src)
+    return path
+
+
+def users(prefix, n=6000):
+    return ["%s%d" % (prefix, i) for i in range(n)]
+
+
+def stack(exit_ms):
+    st = FaultStack(hosts=1, threads=2, host_extra=("--stall-exit-ms", str(exit_ms)))
+    st.policy = wedge_policy(os.path.join(st.tmp.path, "policy.lua"))
+    return st
+
+
+def send_wedge(port):
+    """The wedging request, on a connection of its own that is never read from: the thread
+    that takes it never answers. Returns the socket (closed by the caller)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(b"POST /v1/events/ev/snatch?user=" + WEDGE.encode() + b" HTTP/1.1\r\n"
+              b"Host: t\r\nContent-Length: 0\r\n\r\n")
+    return s
+
+
+def try_get(port, path):
+    """(status, body text) on a new connection, or None when it landed on the wedged thread."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=PROBE_TIMEOUT_S)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read().decode("utf-8", "replace")
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+def get_answered(port, path, timeout=30.0):
+    """GET until a thread that still runs answers it."""
+    got = []
+
+    def answered():
+        r = try_get(port, path)
+        if r is not None:
+            got.append(r)
+        return r is not None
+    wait_until(answered, timeout, 0.05, "an answer to GET %s from a running thread" % path)
+    return got[-1]
+
+
+def healthz_stalled(port, timeout=20.0):
+    """Waits for /healthz 503 "stalled" (answered by the other thread); returns its body."""
+    seen = []
+
+    def stalled():
+        r = try_get(port, "/healthz")
+        if r is not None and r[0] == 503 and '"stalled"' in r[1]:
+            seen.append(r[1])
+            return True
+        return False
+    wait_until(stalled, timeout, 0.1, "/healthz 503 stalled")
+    return seen[-1]
+
+
+def stall_lines(log):
+    return [line for line in log.splitlines() if "stall: loop thread" in line]
+
+
+@suite.case
+def stalled_thread_flagged_others_keep_selling():
+    """--stall-exit-ms 0: the host keeps running with one thread wedged; everything the watchdog
+    shows, and the other thread's sales during the stall."""
+    ev = "ev"
+    with stack(0) as st:
+        h = st.host
+        # More than the crowd buys in the case's time: the sale must still run during the stall.
+        h.create_event(ev, BIG_STOCK)
+        crowd = MultiCrowd([h], ev, users("b", BIG_STOCK), threads=4, stop_at=time.time() + 90,
+                           timeout=2.0).start()
+        wait_sold(st, ev, 20)
+        wedge = send_wedge(h.port)
+        try:
+            body = healthz_stalled(h.port)
+            t_stalled = time.time()
+            assert "loop thread" in body and "admit()" in body, body
+            sold_then = sold(st, ev)
+            # The other thread goes on selling while the wedged one stays wedged.
+            wait_sold(st, ev, sold_then + 40, timeout=60)
+            status, text = get_answered(h.port, "/metrics")
+            assert status == 200, (status, text[:300])
+            assert "\nsnatch_loop_stalled 1\n" in text, [
+                ln for ln in text.splitlines() if "loop_stall" in ln]
+            assert "\nsnatch_loop_stalls_total 1\n" in text
+            status, body = get_answered(h.port, "/healthz")
+            assert status == 503 and '"stalled"' in body, (status, body)
+            crowd.stop()
+            answers = crowd.join()
+            served = [a for a in answers if a.status == 200 and a.t0 >= t_stalled]
+            assert served, "no sale was answered 200 during the stall"
+            lines = stall_lines(h.proc.log_text())
+            assert len(lines) == 1, "want one stall line, got: %r" % lines
+            assert "admit()" in lines[0] and "--stall-exit-ms 0" in lines[0], lines[0]
+            assert h.proc.alive(), "exited with --stall-exit-ms 0"
+        finally:
+            wedge.close()
+        # A wedged thread never finishes a SIGTERM's drain: the supervisor's kill it is.
+        h.kill9()
+        verify(st, ev, BIG_STOCK, answers, "loop thread stalled, kill -9", expect_sellout=False,
+               note="200s during the stall: %d" % len(served))
+
+
+@suite.case
+def stall_exit_ms_ends_the_process_with_status_70():
+    """--stall-exit-ms 2000: the process exits with 70 about 2 s into the stall; a restarted
+    host sells the rest, and the invariants hold."""
+    ev = "ev"
+    with stack(2000) as st:
+        h = st.host
+        h.create_event(ev, STOCK)
+        crowd = MultiCrowd([h], ev, users("c"), threads=6, stop_at=time.time() + 90,
+                           timeout=2.0).start()
+        wait_sold(st, ev, 20)
+        wedge = send_wedge(h.port)
+        try:
+            rc = h.proc.p.wait(30)
+        finally:
+            wedge.close()
+        h.proc.log.close()
+        log = h.proc.log_text()
+        assert rc == EXIT_STATUS, "exit status %s, want %d:\n%s" % (rc, EXIT_STATUS, log[-2000:])
+        lines = stall_lines(log)
+        assert len(lines) == 2, "want the stall line and the exit line, got: %r" % lines
+        assert "admit()" in lines[0] and "status 70" in lines[1], lines
+        # The supervisor's restart: the same host sells the rest to the crowd still buying.
+        h.start()
+        answers = []
+        try:
+            wait_until(lambda: sold(st, ev) >= STOCK, 60, 0.1, "sold out after the restart")
+        finally:
+            crowd.stop()
+            answers = crowd.join()
+        verify(st, ev, STOCK, answers, "loop thread stalled, exit 70, restart")
+
+
+if __name__ == "__main__":
+    suite.run()
