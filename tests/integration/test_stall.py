@@ -7,10 +7,14 @@ kill -9, reconciliation leaves every invariant intact (no oversell, every 200 a 
 
 Real redis-server, nats-server and subscriber (harness.Stack); bounded in time throughout."""
 import http.client
+import json
 import os
 import socket
 import sys
 import time
+
+import jsonschema
+import yaml
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import SOURCE_DIR, Suite, wait_until  # noqa: E402
@@ -99,6 +103,16 @@ def healthz_stalled(port, timeout=20.0):
     return seen[-1]
 
 
+def check_health_spec(body):
+    """The stalled /healthz body against docs/openapi.yaml's 503 of getHealth."""
+    with open(os.path.join(SOURCE_DIR, "docs", "openapi.yaml")) as f:
+        spec = yaml.safe_load(f)
+    r = spec["paths"]["/healthz"]["get"]["responses"]["503"]
+    schema = r["content"]["application/json"]["schema"]
+    resolver = jsonschema.RefResolver.from_schema(spec)
+    jsonschema.Draft4Validator(schema, resolver=resolver).validate(json.loads(body))
+
+
 def stall_lines(log):
     return [line for line in log.splitlines() if "stall: loop thread" in line]
 
@@ -120,6 +134,7 @@ def stalled_thread_flagged_others_keep_selling():
             body = healthz_stalled(h.port)
             t_stalled = time.time()
             assert "loop thread" in body and "admit()" in body, body
+            check_health_spec(body)
             sold_then = sold(st, ev)
             # The other thread goes on selling while the wedged one stays wedged.
             wait_sold(st, ev, sold_then + 40, timeout=60)
