@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import socket
+import subprocess
 import sys
 import time
 
@@ -17,7 +18,7 @@ import jsonschema
 import yaml
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import SOURCE_DIR, Suite, wait_until  # noqa: E402
+from harness import SOURCE_DIR, Suite, binary, wait_until  # noqa: E402
 from test_faults_common import FaultStack, MultiCrowd, sold, verify, wait_sold  # noqa: E402
 
 suite = Suite()
@@ -192,6 +193,19 @@ def stall_exit_ms_ends_the_process_with_status_70():
             crowd.stop()
             answers = crowd.join()
         verify(st, ev, STOCK, answers, "loop thread stalled, exit 70, restart")
+
+
+@suite.case
+def stall_exit_ms_flag_checked():
+    """0 or at least the stall threshold (1000): anything else is a one-line usage error."""
+    for bad in ("500", "-1", "10x", "86400001"):
+        p = subprocess.run([binary("snatch-host"), "--stall-exit-ms", bad, "x.lua"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+        err = p.stderr.decode()
+        assert p.returncode == 2 and len(err.splitlines()) == 1, (bad, p.returncode, err)
+        assert "--stall-exit-ms" in err, err
+    p = subprocess.run([binary("snatch-host"), "--help"], stdout=subprocess.PIPE, timeout=30)
+    assert b"--stall-exit-ms" in p.stdout
 
 
 if __name__ == "__main__":
