@@ -66,10 +66,13 @@ static const char *doing_name(stall_slot_t *s)
 
 /* ---- loop threads ---- */
 
+/* The loop's cached time (no clock read): libuv set it at the top of this turn, from the same
+ * monotonic clock as uv_hrtime(). The stamp is the turn's start; what follows it, the wait for
+ * I/O (at most a heartbeat) and the callbacks, counts as the turn. */
 static void on_prepare(uv_prepare_t *p)
 {
     stall_slot_t *s = p->data;
-    atomic_store_explicit(&s->stamp_ms, now_ms(), memory_order_relaxed);
+    atomic_store_explicit(&s->stamp_ms, uv_now(p->loop) + 1, memory_order_relaxed);
 }
 
 static void on_heartbeat(uv_timer_t *t)

@@ -3,8 +3,8 @@
  * for good, and nothing on that thread can notice: its buyers' connections hang, and the kernel
  * keeps handing it 1/N of the new ones (SO_REUSEPORT).
  *
- * Each loop thread stamps the time of every turn (one clock read and one relaxed store, in a
- * uv_prepare handle, right before the loop waits for I/O), and a heartbeat timer makes an idle
+ * Each loop thread stamps the start of every turn (one relaxed store of the loop's cached time,
+ * in a uv_prepare handle, right before the loop waits for I/O), and a heartbeat timer makes an idle
  * loop turn at least every STALL_HEARTBEAT_MS. A thread of its own reads the stamps every
  * STALL_TICK_MS. A turn running past STALL_THRESHOLD_MS is a stall: logged once, shown by
  * /metrics and /healthz (answered by the threads still running); past --stall-exit-ms the
