@@ -651,15 +651,17 @@ static void get_health(http_request_t *req)
     worker_t *w = worker_of(req);
     bool redis_ok = redis_usable(w);
     bool nats_ok = orders_publisher_ready(w->host->orders);
-    char stall[192], body[384];
-    bool stalled = stallwatch_describe(stall, sizeof(stall)) > 0;
-    int n = snprintf(body, sizeof(body), "{\"status\":\"%s\",\"redis\":%s,\"nats\":%s%s%s%s}",
-                     stalled               ? "stalled"
-                     : redis_ok && nats_ok ? "ok"
-                                           : "degraded",
-                     redis_ok ? "true" : "false", nats_ok ? "true" : "false",
-                     stalled ? ",\"detail\":\"" : "", stalled ? stall : "", stalled ? "\"" : "");
-    reply_json(req, ROUTE_HEALTH, redis_ok && nats_ok && !stalled ? 200 : 503, body, (size_t)n);
+    char stall[192], detail[224] = "", body[384];
+    bool ok = redis_ok && nats_ok;
+    const char *status = ok ? "ok" : "degraded";
+    if (stallwatch_describe(stall, sizeof(stall)) > 0) {
+        ok = false;
+        status = "stalled";
+        snprintf(detail, sizeof(detail), ",\"detail\":\"%s\"", stall);
+    }
+    int n = snprintf(body, sizeof(body), "{\"status\":\"%s\",\"redis\":%s,\"nats\":%s%s}", status,
+                     redis_ok ? "true" : "false", nats_ok ? "true" : "false", detail);
+    reply_json(req, ROUTE_HEALTH, ok ? 200 : 503, body, (size_t)n);
 }
 
 /* ---- routing ---- */
