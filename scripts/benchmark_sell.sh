@@ -6,7 +6,11 @@
 # Per run: durable sales/s (200s: JetStream acknowledged; from the host's /metrics), answers/s,
 # p50/p99/p99.9, Redis CPU microseconds per sale (/proc/<redis pid>/stat utime+stime+cutime+cstime over the run
 # divided by the sales; the same for NATS, the subscriber and the host) and the mean deduction batch size (snatch_deduct_batch_size in /metrics;
-# "-" for a build without it). Several builds can be compared in one session (before/after): each
+# "-" for a build without it). The load tool's own CPU per request (its user+system time) is
+# recorded for every run, and nginx's (its workers' utime+stime) per answer in the host column of
+# its rows, so the CPU budget of a sale can be read off one run. --soldout also runs each build's
+# host against a sold-out event (every answer a 409 from the local quota: the host's HTTP floor,
+# host CPU per answer in the host column, target LABEL-soldout). Several builds can be compared in one session (before/after): each
 # round starts a fresh stack per build, in alternating order, so that load from elsewhere on the
 # machine falls on both alike; the load average is recorded with every run.
 # Writes OUT/sell.csv and prints a table of medians over the rounds.
@@ -16,7 +20,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 usage() {
     cat <<USAGE
 usage: $0 [--builds "after=build before=/tmp/base/build"] [--conns "50 100 200"] [--duration S]
-          [--rounds N] [--tools "bench wrk"] [--no-nginx] [--out DIR]
+          [--rounds N] [--tools "bench wrk"] [--no-nginx] [--soldout] [--out DIR]
   default: --builds "after=build" --conns "50 100 200" --duration 5 --rounds 1 --tools "bench wrk"
   A build is LABEL=DIR, or LABEL=DIR,ARG,ARG... to start its Redis with those arguments too, e.g.
   norewrite=build,--auto-aof-rewrite-percentage,0 (no AOF rewrite during the run).
@@ -24,6 +28,7 @@ USAGE
 }
 
 builds="after=$ROOT/build" conns="50 100 200" dur=5 rounds=1 tools="bench wrk" nginx=1 out=""
+soldout=0
 while [ $# -gt 0 ]; do
     case "$1" in
     --builds) builds="$2"; shift ;;
@@ -32,6 +37,7 @@ while [ $# -gt 0 ]; do
     --rounds) rounds="$2"; shift ;;
     --tools) tools="$2"; shift ;;
     --no-nginx) nginx=0 ;;
+    --soldout) soldout=1 ;;
     --out) out="$2"; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
@@ -50,7 +56,7 @@ BENCH="${BENCH:-$ROOT/build/snatch-bench}"
 out="${out:-$ROOT/results/sell-$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$out"
 csv="$out/sell.csv"
-echo "round,target,tool,connections,answers_per_s,sales_per_s,p50_us,p99_us,p999_us,redis_us_per_sale,nats_us_per_sale,subscriber_us_per_sale,host_us_per_sale,mean_batch,load1" >"$csv"
+echo "round,target,tool,connections,answers_per_s,sales_per_s,p50_us,p99_us,p999_us,redis_us_per_sale,nats_us_per_sale,subscriber_us_per_sale,host_us_per_sale,mean_batch,load1,tool_us_per_req" >"$csv"
 tmp="$(mktemp -d /tmp/snatch-sell.XXXXXX)"
 stack_up=0
 cleanup() {
@@ -85,11 +91,21 @@ metric() { # NAME-with-labels: value from the host's /metrics, 0 when absent
 }
 load1() { cut -d' ' -f1 /proc/loadavg; }
 
-# measure TOOL URL CONNS -> "answers_per_s p50 p99 p999" (latencies in microseconds)
+# measure TOOL URL CONNS -> "answers_per_s p50 p99 p999 tool_us_per_req" (latencies in microseconds)
+# The tool's own user+system seconds go to $tmp/cpu.txt (bash's time keyword: the rusage of the
+# tool, which timeout waits for).
 measure() {
-    local tool="$1" url="$2" c="$3"
+    local r
+    r="$(measure_tool "$@")"
+    set -- $r
+    echo "$r $(awk -v a="$1" -v d="$dur" '{ printf "%.2f", (a > 0 ? ($1 + $2) * 1e6 / (a * d) : 0) }' \
+        "$tmp/cpu.txt")"
+}
+measure_tool() {
+    local tool="$1" url="$2" c="$3" TIMEFORMAT='%3U %3S'
     if [ "$tool" = wrk ]; then
-        timeout $((dur + 60)) wrk -t1 -c"$c" -d"${dur}s" -s "$tmp/buyers.lua" "$url" >"$tmp/wrk.txt" 2>&1 || true
+        { time timeout $((dur + 60)) wrk -t1 -c"$c" -d"${dur}s" -s "$tmp/buyers.lua" "$url" \
+            >"$tmp/wrk.txt" 2>&1 || true; } 2>"$tmp/cpu.txt"
         python3 - "$tmp/wrk.txt" <<'PY'
 import json, sys
 for line in open(sys.argv[1]):
@@ -101,8 +117,8 @@ else:
     print("0 0 0 0")
 PY
     else
-        timeout $((dur + 60)) "$BENCH" --quiet -t 1 -c "$c" -d "$dur" -m POST --json "$tmp/b.json" \
-            "$url" >/dev/null 2>&1 || true
+        { time timeout $((dur + 60)) "$BENCH" --quiet -t 1 -c "$c" -d "$dur" -m POST \
+            --json "$tmp/b.json" "$url" >/dev/null 2>&1 || true; } 2>"$tmp/cpu.txt"
         python3 - "$tmp/b.json" <<'PY'
 import json, sys
 try:
@@ -114,6 +130,44 @@ except Exception:
 PY
         rm -f "$tmp/b.json"
     fi
+}
+
+# One run of TOOL at CONNS against the stack: MODE sell (a huge stock; CPU per sale) or soldout
+# (an event of 1 ticket, so the rest are 409s from the local quota; CPU per answer).
+sell_run() { # round label tool conns mode
+    local round="$1" label="$2" tool="$3" c="$4" mode="$5" ev stock=1000000000 target="$2"
+    ev="s${round}${label}${tool}${c}${mode}"
+    if [ "$mode" = soldout ]; then stock=1 target="$label-soldout"; fi
+    stack_create_event "$ev" "$stock" 1 >/dev/null
+    local sold0 t0 bs0 bc0 l r sold1 t1 bs1 bc1
+    sold0="$(metric 'snatch_snatch_outcomes_total{outcome="sold"}')"
+    bs0="$(metric snatch_deduct_batch_size_sum)"
+    bc0="$(metric snatch_deduct_batch_size_count)"
+    t0="$(stack_ticks)"
+    l="$(load1)"
+    r="$(measure "$tool" "$STACK_URL/v1/events/$ev/snatch" "$c")"
+    sold1="$(metric 'snatch_snatch_outcomes_total{outcome="sold"}')"
+    bs1="$(metric snatch_deduct_batch_size_sum)"
+    bc1="$(metric snatch_deduct_batch_size_count)"
+    t1="$(stack_ticks)"
+    python3 - "$round" "$target" "$tool" "$c" "$r" "$sold0" "$sold1" "$t0" "$t1" \
+        "$bs0" "$bs1" "$bc0" "$bc1" "$dur" "$l" "$(getconf CLK_TCK)" "$mode" >>"$csv" <<'PY'
+import sys
+(rd, target, tool, c, r, s0, s1, t0, t1, bs0, bs1, bc0, bc1, dur, l, tck, mode) = sys.argv[1:]
+rps, p50, p99, p999, tool_us = r.split()
+sales = float(s1) - float(s0)
+# Sales are counted over the tool's whole run (the tool's own duration is dur seconds).
+sales_s = sales / float(dur)
+cpu = [(float(b) - float(a)) * 1e6 / float(tck) for a, b in zip(t0.split(), t1.split())]
+# Per sale; on a sold-out event per answer (nearly all of them 409s).
+unit = sales if mode == "sell" else float(rps) * float(dur)
+per_sale = [round(x / unit, 2) if unit > 0 else 0 for x in cpu]
+bc = float(bc1) - float(bc0)
+mean_batch = round((float(bs1) - float(bs0)) / bc, 2) if bc > 0 else "-"
+print(",".join(str(x) for x in [rd, target, tool, c, rps, round(sales_s, 1), p50, p99, p999] +
+               per_sale + [mean_batch, l, tool_us]))
+PY
+    tail -1 "$csv"
 }
 
 run_snatch() { # round label builddir[,redis-arg...]
@@ -137,55 +191,36 @@ run_snatch() { # round label builddir[,redis-arg...]
     kill -0 "$STACK_SUB_PID" 2>/dev/null || { echo "benchmark_sell: the subscriber died" >&2; exit 1; }
     for c in $conns; do
         for tool in $tools; do
-            local ev="s${round}${label}${tool}${c}"
-            stack_create_event "$ev" 1000000000 1 >/dev/null
-            local sold0 t0 bs0 bc0 l
-            sold0="$(metric 'snatch_snatch_outcomes_total{outcome="sold"}')"
-            bs0="$(metric snatch_deduct_batch_size_sum)"
-            bc0="$(metric snatch_deduct_batch_size_count)"
-            t0="$(stack_ticks)"
-            l="$(load1)"
-            local start end r
-            start="$(date +%s.%N)"
-            r="$(measure "$tool" "$STACK_URL/v1/events/$ev/snatch" "$c")"
-            end="$(date +%s.%N)"
-            local sold1 t1 bs1 bc1
-            sold1="$(metric 'snatch_snatch_outcomes_total{outcome="sold"}')"
-            bs1="$(metric snatch_deduct_batch_size_sum)"
-            bc1="$(metric snatch_deduct_batch_size_count)"
-            t1="$(stack_ticks)"
-            python3 - "$round" "$label" "$tool" "$c" "$r" "$sold0" "$sold1" "$t0" "$t1" \
-                "$bs0" "$bs1" "$bc0" "$bc1" "$start" "$end" "$dur" "$l" "$(getconf CLK_TCK)" \
-                >>"$csv" <<'PY'
-import sys
-(rd, label, tool, c, r, s0, s1, t0, t1, bs0, bs1, bc0, bc1, start, end, dur, l,
- tck) = sys.argv[1:]
-rps, p50, p99, p999 = r.split()
-sales = float(s1) - float(s0)
-# Sales are counted over the tool's whole run (the tool's own duration is dur seconds).
-sales_s = sales / float(dur)
-cpu = [(float(b) - float(a)) * 1e6 / float(tck) for a, b in zip(t0.split(), t1.split())]
-per_sale = [round(x / sales, 2) if sales > 0 else 0 for x in cpu]
-bc = float(bc1) - float(bc0)
-mean_batch = round((float(bs1) - float(bs0)) / bc, 2) if bc > 0 else "-"
-print(",".join(str(x) for x in [rd, label, tool, c, rps, round(sales_s, 1), p50, p99, p999] +
-               per_sale + [mean_batch, l]))
-PY
-            tail -1 "$csv"
+            sell_run "$round" "$label" "$tool" "$c" sell
+            if [ "$soldout" = 1 ]; then sell_run "$round" "$label" "$tool" "$c" soldout; fi
         done
     done
     stack_stop >/dev/null 2>&1
     stack_up=0
 }
 
+# CPU ticks (utime+stime) of the nginx workers: the master's children, started by nginx_ref_start.
+nginx_ticks() {
+    local p sum=0
+    for p in $(cat "/proc/$NGINX_REF_PID/task/"*/children 2>/dev/null); do
+        sum=$((sum + $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$sum"
+}
+
 run_nginx() { # round
-    local round="$1" c tool l r
+    local round="$1" c tool l r t0 t1 us
     for c in $conns; do
         for tool in $tools; do
             l="$(load1)"
+            t0="$(nginx_ticks)"
             r="$(measure "$tool" "$NGINX_REF_URL" "$c")"
+            t1="$(nginx_ticks)"
             set -- $r
-            echo "$round,nginx,$tool,$c,$1,-,$2,$3,$4,-,-,-,-,-,$l" >>"$csv"
+            # The host column of an nginx row: its workers' CPU per answer.
+            us="$(awk -v a="$1" -v d="$dur" -v t="$((t1 - t0))" -v k="$(getconf CLK_TCK)" \
+                'BEGIN { printf "%.2f", (a > 0 ? t * 1e6 / k / (a * d) : 0) }')"
+            echo "$round,nginx,$tool,$c,$1,-,$2,$3,$4,-,-,-,$us,-,$l,$5" >>"$csv"
             tail -1 "$csv"
         done
     done
@@ -207,7 +242,7 @@ for ((round = 1; round <= rounds; round++)); do
 done
 
 echo
-echo "medians over $rounds round(s), ${dur} s per run (sales/s: durable 200s; cpu: Redis us/sale):"
+echo "medians over $rounds round(s), ${dur} s per run (sales/s: durable 200s; CPU us per sale of each server; nginx and *-soldout rows: CPU us per answer in the host column, and answers/nginx):"
 python3 - "$csv" <<'PY'
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
@@ -215,20 +250,22 @@ def med(v):
     v = [float(x) for x in v if x not in ("-", "")]
     return round(statistics.median(v), 1) if v else "-"
 keys = sorted({(r["tool"], int(r["connections"]), r["target"]) for r in rows})
-print("| tool | conns | target | answers/s | sales/s | p50 us | p99 us | p99.9 us | CPU us/sale: Redis | NATS | subscriber | host | mean batch | sales/nginx |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| tool | conns | target | answers/s | sales/s | p50 us | p99 us | p99.9 us | CPU us/sale: Redis | NATS | subscriber | host | mean batch | tool us/req | sales/nginx |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for tool, c, t in keys:
     rs = [r for r in rows if r["tool"] == tool and int(r["connections"]) == c and r["target"] == t]
     ng = [r for r in rows if r["tool"] == tool and int(r["connections"]) == c and r["target"] == "nginx"]
     s = med(r["sales_per_s"] for r in rs)
     n = med(r["answers_per_s"] for r in ng)
-    ratio = round(s / n, 2) if isinstance(s, float) and isinstance(n, float) and n > 0 else "-"
-    print("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+    x = med(r["answers_per_s"] for r in rs) if t.endswith("-soldout") else s
+    ratio = round(x / n, 2) if isinstance(x, float) and isinstance(n, float) and n > 0 else "-"
+    print("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
         tool, c, t, med(r["answers_per_s"] for r in rs), s, med(r["p50_us"] for r in rs),
         med(r["p99_us"] for r in rs), med(r["p999_us"] for r in rs),
         med(r["redis_us_per_sale"] for r in rs), med(r["nats_us_per_sale"] for r in rs),
         med(r["subscriber_us_per_sale"] for r in rs), med(r["host_us_per_sale"] for r in rs),
-        med(r["mean_batch"] for r in rs), ratio))
+        med(r["mean_batch"] for r in rs), med(r.get("tool_us_per_req") or "-" for r in rs),
+        ratio))
 loads = [float(r["load1"]) for r in rows]
 print("\nload average (1 min) during the runs: min %.2f, median %.2f, max %.2f" % (
     min(loads), statistics.median(loads), max(loads)))

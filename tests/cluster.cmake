@@ -3,11 +3,12 @@ add_snatch_unit_test(test_cluster_slots ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_cl
   LIBS snatch_common)
 # host/server/redis.c (the router) against a real 6-node Redis Cluster (tests/unit/redis_server.h).
 add_snatch_unit_test(test_redis_cluster ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_redis_cluster.c
-  LIBS snatch_server)
+  LIBS snatch_server snatch_test_loop)
 # The router when every master it knew is gone at once (replicas taken over): found again
 # through the seeds, or the replicas of its last map.
 add_snatch_unit_test(test_redis_cluster_fallback
-  ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_redis_cluster_fallback.c LIBS snatch_server)
+  ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_redis_cluster_fallback.c
+  LIBS snatch_server snatch_test_loop)
 # Three hosts and snatch-reconcile on a real Redis Cluster (tests/integration/harness.py).
 add_snatch_py_test(cluster_sale integration/test_cluster_sale.py TIMEOUT 300)
 # Issue 11, operations: examples/nginx/snatch.conf run as shipped in front of real hosts (values

@@ -16,7 +16,8 @@ add_snatch_unit_test(test_api ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_api.c LIBS s
 add_snatch_unit_test(test_metrics ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_metrics.c LIBS snatch_server)
 # host/server/events.c: event discovery, refresh and quota refill through the worker's Redis
 # client against a real redis-server, with lua/policy.lua's quota.
-add_snatch_unit_test(test_events ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_events.c LIBS snatch_server)
+add_snatch_unit_test(test_events ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_events.c
+  LIBS snatch_server snatch_test_loop)
 # lua/deduct.lua's batch form against a real redis-server (mixed outcomes, limits, acks riding).
 add_snatch_py_test(deduct_batch integration/test_deduct_batch.py TIMEOUT 120)
 # Group commit end to end: a burst of tens of thousands sold in batches, kill -9 mid-batches.
@@ -24,4 +25,5 @@ add_snatch_py_test(group_commit integration/test_group_commit.py TIMEOUT 600)
 # host/server/pending.c: acknowledged ids leaving {E}:pending (one HDEL per event per turn, taken
 # by a deduction batch, held for a carrier, full queue, close, failed HDEL counted) against a real
 # redis-server through the worker's Redis client.
-add_snatch_unit_test(test_pending ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_pending.c LIBS snatch_server)
+add_snatch_unit_test(test_pending ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_pending.c
+  LIBS snatch_server snatch_test_loop)

@@ -347,8 +347,11 @@ def verify(st, event, stock, answers, fault, expect_sellout=True, reconcile=True
         # Exit 3 is a pass cut short by Redis or NATS (right after a Redis Cluster failover the
         # first node asked may still hand out the old slot map): an operator runs it again, as
         # the host's own reconciler does every pass. Two more tries; every failure is printed.
+        # The hosts' policy goes along, as an operator gives it: its order() renders what is
+        # republished (without it a custom order()'s fields would be missing from those rows).
+        policy = ("--policy", st.policy) if getattr(st, "policy", None) else ()
         for attempt in range(3):
-            rec_rc, rec_out = st.reconcile("--event", event, "--wait", "20")
+            rec_rc, rec_out = st.reconcile("--event", event, "--wait", "20", *policy)
             if rec_rc != 3 or attempt == 2:
                 break
             print("snatch-reconcile exited 3 (attempt %d), again in 2 s:\n%s"

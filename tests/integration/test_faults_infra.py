@@ -306,6 +306,12 @@ def nats_stalled_long_loop_answers():
             "the connection to the frozen NATS was never dropped: the socket buffers did not "
             "fill (widen the crowd)")
         assert st.host.proc.alive()
+        # Every row, republished ones too, has the policy's order() shape (snatch-reconcile was
+        # given the hosts' --policy).
+        rows = st.sub.query("SELECT payload FROM orders WHERE event=?", (ev,))
+        unpadded = [p for (p,) in rows if json.loads(p).get("pad") != "x" * STALL_PAD]
+        assert not unpadded, "%d of %d orders stored without the policy's order() padding: %s" % (
+            len(unpadded), len(rows), unpadded[0])
         return res
 
 

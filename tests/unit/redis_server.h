@@ -90,14 +90,19 @@ static inline void test_redis_stop(test_redis_t *r)
     }
 }
 
-/* Starts the server with extra arguments (NULL-terminated list, or NULL). Returns 0 once it
- * answers PING (within ~10 s), else -1 (stopped). */
+/* Starts the server with extra arguments (NULL-terminated list, or NULL); one that
+ * test_redis_kill9 stopped starts again on its port and in its directory. Returns 0 once it
+ * answers PING (within ~10 s), else -1 (stopped, its directory removed). */
 static inline int test_redis_start_args(test_redis_t *r, const char *const *extra)
 {
     char port[16];
-    snprintf(r->dir, sizeof(r->dir), "/tmp/snatch-redis-XXXXXX");
-    if (mkdtemp(r->dir) == NULL || (r->port = test_free_port()) <= 0)
-        return -1;
+    if (r->dir[0] == '\0') {
+        snprintf(r->dir, sizeof(r->dir), "/tmp/snatch-redis-XXXXXX");
+        if (mkdtemp(r->dir) == NULL || (r->port = test_free_port()) <= 0) {
+            test_redis_stop(r);
+            return -1;
+        }
+    }
     snprintf(port, sizeof(port), "%d", r->port);
     const char *argv[40] = {"redis-server", "--port", port,           "--bind", "127.0.0.1",
                             "--save",       "",       "--appendonly", "no",     "--daemonize",
@@ -131,7 +136,7 @@ static inline int test_redis_start_args(test_redis_t *r, const char *const *extr
     return -1;
 }
 
-/* Starts the server. Returns 0 once it answers PING (within ~10 s), else -1 (stopped). */
+/* Starts (or restarts) the server without extra arguments. */
 static inline int test_redis_start(test_redis_t *r)
 {
     return test_redis_start_args(r, NULL);

@@ -16,6 +16,7 @@
 
 #include "events.h"
 #include "host_fixture.h"
+#include "loop_wait.h"
 #include "metrics_sample.h"
 #include "redis_server.h"
 
@@ -46,25 +47,6 @@ static void on_lookup(stock_event_t *ev, int err, void *data)
     g->err = err;
 }
 
-static void on_guard(uv_timer_t *t)
-{
-    (void)t; /* only keeps uv_run from sleeping longer than a tick */
-}
-
-/* Runs the loop until cond(arg) holds or 5 s elapse. Returns cond(arg). */
-static bool run_until(bool (*cond)(void *), void *arg)
-{
-    uv_timer_t guard;
-    uv_timer_init(&loop, &guard);
-    uv_timer_start(&guard, on_guard, 5, 5);
-    uint64_t end = uv_hrtime() + 5000 * 1000000ull;
-    while (!cond(arg) && uv_hrtime() < end)
-        uv_run(&loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&guard, NULL);
-    uv_run(&loop, UV_RUN_NOWAIT);
-    return cond(arg);
-}
-
 static bool called(void *arg)
 {
     return ((got_t *)arg)->calls > 0;
@@ -80,7 +62,7 @@ static got_t lookup(const char *event)
 {
     got_t g = {0};
     events_lookup(&w, event, strlen(event), on_lookup, &g);
-    assert_true(run_until(called, &g));
+    assert_true(test_run_until(&loop, called, &g, 5000));
     assert_int_equal(g.calls, 1);
     return g;
 }
@@ -312,7 +294,7 @@ static void test_refresh(void **state)
     assert_int_equal(stock_reserve(ev, 3), 0);
     meta("e5", 6, 0, 1, 2);
     events_refresh(&w);
-    assert_true(run_until(generation_is_2, ev));
+    assert_true(test_run_until(&loop, generation_is_2, ev, 5000));
     assert_int_equal(left(ev), 3);
 
     /* {e6}:meta is not a hash: HMGET fails, for the lookup and for the refresh. */
@@ -323,7 +305,7 @@ static void test_refresh(void **state)
     assert_non_null(stock_install("e6", 2, 1, 1, 1, 1, false));
     double before = metrics_sample(REFRESH_ERRORS);
     events_refresh(&w);
-    assert_true(run_until(refresh_error_counted, &before));
+    assert_true(test_run_until(&loop, refresh_error_counted, &before, 5000));
 }
 
 /* The admin path holds room in the table (stock_reserve_room) before it creates the event in
@@ -386,7 +368,7 @@ static int group_setup(void **state)
         return -1;
     if (redis_client_start(&w.redis, &loop, "127.0.0.1", redis.port, "return 1", 2000) != 0)
         return -1;
-    return run_until(client_ready, w.redis) ? 0 : -1;
+    return test_run_until(&loop, client_ready, w.redis, 5000) ? 0 : -1;
 }
 
 static int group_teardown(void **state)
@@ -394,8 +376,7 @@ static int group_teardown(void **state)
     (void)state;
     redis_client_close(w.redis);
     w.redis = NULL;
-    for (int i = 0; i < 1000 && uv_loop_alive(&loop); i++)
-        uv_run(&loop, UV_RUN_NOWAIT);
+    test_loop_drain(&loop, 1000);
     uv_loop_close(&loop);
     test_redis_stop(&redis);
     fixture_close();

@@ -17,6 +17,7 @@
 #include <uv.h>
 
 #include "keyspace.h"
+#include "loop_wait.h"
 #include "metrics_sample.h"
 #include "pending.h"
 #include "redis.h"
@@ -30,31 +31,6 @@ static test_redis_t redis = {.pid = -1};
 static uv_loop_t loop;
 static redis_client_t *client;
 static pending_t *p;
-
-static void on_guard(uv_timer_t *t)
-{
-    (void)t; /* only keeps uv_run from sleeping longer than a tick */
-}
-
-/* Runs the loop until cond(arg) holds or ms elapse. Returns cond(arg). */
-static bool run_until(bool (*cond)(void *), void *arg, int ms)
-{
-    uv_timer_t guard;
-    uv_timer_init(&loop, &guard);
-    uv_timer_start(&guard, on_guard, 5, 5);
-    uint64_t end = uv_hrtime() + (uint64_t)ms * 1000000ull;
-    while (!cond(arg) && uv_hrtime() < end)
-        uv_run(&loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&guard, NULL);
-    uv_run(&loop, UV_RUN_NOWAIT);
-    return cond(arg);
-}
-
-static bool never(void *arg)
-{
-    (void)arg;
-    return false;
-}
 
 static bool client_ready(void *arg)
 {
@@ -141,7 +117,7 @@ static int fresh(void **state)
     pending_set_carrier(p, NULL, NULL); /* a failed test may have left its own on the stack */
     pending_close(p);
     p = NULL;
-    run_until(never, NULL, 20); /* the close's HDEL replies, then p is freed */
+    test_run_for(&loop, 20); /* the close's HDEL replies, then p is freed */
     if (test_redis_do(&redis, "FLUSHALL") != 0 || test_redis_do(&redis, "CONFIG RESETSTAT") != 0)
         return -1;
     p = pending_new(&loop, &client);
@@ -170,13 +146,13 @@ static void test_one_hdel_per_event(void **state)
     assert_int_equal(hdel_calls(), 0); /* nothing before the loop turns */
 
     empty_t e = {{"b", "c"}};
-    assert_true(run_until(all_gone, &e, 5000));
+    assert_true(test_run_until(&loop, all_gone, &e, 5000));
     assert_int_equal(hlen("a"), 1); /* only the entry nobody acknowledged */
     assert_true(present("a", "other"));
     assert_int_equal(hdel_calls(), 3);
 
     /* Nothing queued: further turns send nothing. */
-    run_until(never, NULL, 20);
+    test_run_for(&loop, 20);
     assert_int_equal(hdel_calls(), 3);
 }
 
@@ -203,7 +179,7 @@ static void test_take_at_most_n_of_one_event(void **state)
 
     /* What was not taken leaves by HDEL: a[2], ab, b; the taken ones are the batch's now. */
     empty_t e = {{"ab", "b"}};
-    assert_true(run_until(all_gone, &e, 5000));
+    assert_true(test_run_until(&loop, all_gone, &e, 5000));
     assert_int_equal(hlen("a"), 2);
     assert_true(present("a", a[0]));
     assert_true(present("a", a[1]));
@@ -238,8 +214,8 @@ static void test_carrier_holds_its_event(void **state)
     pending_ack(p, h[1]);
 
     empty_t e = {{"free"}};
-    assert_true(run_until(all_gone, &e, 5000));
-    run_until(never, NULL, 20); /* a few more turns: still held for the batch */
+    assert_true(test_run_until(&loop, all_gone, &e, 5000));
+    test_run_for(&loop, 20); /* a few more turns: still held for the batch */
     assert_true(c.asked > 0);
     assert_int_equal(hlen("held"), 2);
     assert_int_equal(hdel_calls(), 1);
@@ -253,11 +229,11 @@ static void test_carrier_holds_its_event(void **state)
     order_id_t late, forced;
     seed(late, "held", 3);
     pending_ack(p, late);
-    run_until(never, NULL, 20);
+    test_run_for(&loop, 20);
     assert_true(present("held", late));
     c.event = NULL;
     hlen_is_t h2 = {"held", 2}; /* h[0], h[1]: taken by the batch, not deleted here */
-    assert_true(run_until(hlen_is, &h2, 5000));
+    assert_true(test_run_until(&loop, hlen_is, &h2, 5000));
     assert_false(present("held", late));
     assert_int_equal(hdel_calls(), 2);
 
@@ -266,7 +242,7 @@ static void test_carrier_holds_its_event(void **state)
     seed(forced, "held", 4);
     pending_ack(p, forced);
     pending_flush(p);
-    assert_true(run_until(no_inflight, NULL, 5000));
+    assert_true(test_run_until(&loop, no_inflight, NULL, 5000));
     assert_false(present("held", forced));
     assert_int_equal(hdel_calls(), 3);
 }
@@ -298,7 +274,7 @@ static void test_full_queue_flushes(void **state)
     assert_true(k > 1);
     /* The one that found it full is queued, not lost: it leaves by an HDEL of its own. */
     hlen_is_t rest = {"full", MAX - k};
-    assert_true(run_until(hlen_is, &rest, 5000));
+    assert_true(test_run_until(&loop, hlen_is, &rest, 5000));
     assert_false(present("full", ids[k - 1]));
     assert_true(present("full", ids[k]));
     assert_int_equal(hdel_calls(), 2);
@@ -317,7 +293,7 @@ static void test_failed_hdel_counted(void **state)
     pending_ack(p, bad);
     pending_ack(p, ok);
     empty_t e = {{"ok"}};
-    assert_true(run_until(all_gone, &e, 5000));
+    assert_true(test_run_until(&loop, all_gone, &e, 5000));
     assert_int_equal(hdel_calls(), 2);
     assert_true(metrics_sample(HDEL_ERRORS) == before + 1);
 
@@ -326,7 +302,7 @@ static void test_failed_hdel_counted(void **state)
     client = NULL;
     seed(ok, "ok", 2);
     pending_ack(p, ok);
-    run_until(never, NULL, 20);
+    test_run_for(&loop, 20);
     client = saved;
     assert_int_equal(pending_inflight(p), 0);
     assert_true(present("ok", ok));
@@ -347,7 +323,7 @@ static void test_close_flushes(void **state)
     pending_close(p); /* before any loop turn: the queue goes now, p once its replies came */
     p = NULL;
     empty_t e = {{"a", "b"}};
-    assert_true(run_until(all_gone, &e, 5000));
+    assert_true(test_run_until(&loop, all_gone, &e, 5000));
     assert_int_equal(hdel_calls(), 2);
 }
 
@@ -361,7 +337,7 @@ static int group_setup(void **state)
         return -1;
     if (redis_client_start(&client, &loop, "127.0.0.1", redis.port, "return 1", 2000) != 0)
         return -1;
-    return run_until(client_ready, NULL, 5000) ? 0 : -1;
+    return test_run_until(&loop, client_ready, NULL, 5000) ? 0 : -1;
 }
 
 static int group_teardown(void **state)
@@ -370,11 +346,10 @@ static int group_teardown(void **state)
     pending_set_carrier(p, NULL, NULL); /* a failed test may have left its own on the stack */
     pending_close(p);
     p = NULL;
-    run_until(never, NULL, 50); /* the close's HDEL replies, if any, then p is freed */
+    test_run_for(&loop, 50); /* the close's HDEL replies, if any, then p is freed */
     redis_client_close(client);
     client = NULL;
-    for (int i = 0; i < 1000 && uv_loop_alive(&loop); i++)
-        uv_run(&loop, UV_RUN_NOWAIT);
+    test_loop_drain(&loop, 1000);
     uv_loop_close(&loop);
     test_redis_stop(&redis);
     return 0;

@@ -10,16 +10,12 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <hiredis/hiredis.h>
@@ -27,10 +23,12 @@
 
 #include "deduct_batch.h"
 #include "keyspace.h"
+#include "loop_wait.h"
 #include "metrics_sample.h"
 #include "pending.h"
 #include "redis.h"
 #include "redis_conn.h"
+#include "redis_server.h"
 
 /* Round trips redis.c reported to metrics.c. */
 static int rtt_samples(void)
@@ -52,91 +50,20 @@ static int buyers_batched(void)
 #define INCR_SCRIPT "return {tonumber(ARGV[1]), redis.call('INCR', KEYS[1])}"
 
 static uv_loop_t loop;
-static pid_t redis_pid = -1;
-static int redis_port;
-static char redis_dir[64];
-
-/* ---- redis-server ---- */
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(sa);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
-        getsockname(fd, (struct sockaddr *)&sa, &len) != 0) {
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    close(fd);
-    return ntohs(sa.sin_port);
-}
-
-static redisContext *admin_connect(void)
-{
-    struct timeval tv = {1, 0};
-    redisContext *a = redisConnectWithTimeout("127.0.0.1", redis_port, tv);
-    if (a != NULL && a->err) {
-        redisFree(a);
-        return NULL;
-    }
-    return a;
-}
-
-static int start_redis(void)
-{
-    char port[16];
-    snprintf(port, sizeof(port), "%d", redis_port);
-    pid_t pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        int devnull = open("/dev/null", O_WRONLY);
-        if (devnull >= 0) {
-            dup2(devnull, 1);
-            dup2(devnull, 2);
-        }
-        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "no", "--daemonize", "no", "--enable-debug-command", "yes", "--dir",
-               redis_dir, (char *)NULL);
-        _exit(127);
-    }
-    redis_pid = pid;
-    for (int i = 0; i < 200; i++) { /* up to ~10 s */
-        redisContext *a = admin_connect();
-        if (a != NULL) {
-            redisReply *r = redisCommand(a, "PING");
-            int ok = r != NULL && r->type == REDIS_REPLY_STATUS;
-            freeReplyObject(r);
-            redisFree(a);
-            if (ok)
-                return 0;
-        }
-        usleep(50 * 1000);
-    }
-    return -1;
-}
-
-static void stop_redis(void)
-{
-    if (redis_pid <= 0)
-        return;
-    kill(redis_pid, SIGKILL);
-    waitpid(redis_pid, NULL, 0);
-    redis_pid = -1;
-}
+/* Started per test, DEBUG enabled (admin_sleep); after test_redis_kill9, test_redis_start_args
+ * starts it again on the same port, as a restarted Redis. */
+static test_redis_t redis = {.pid = -1};
+static const char *const redis_args[] = {"--enable-debug-command", "yes", NULL};
 
 static void at_exit_kill(void)
 {
-    stop_redis();
+    test_redis_kill9(&redis);
 }
 
 /* Runs one command on a fresh admin connection; returns the reply (caller frees) or NULL. */
 static redisReply *admin(const char *fmt, ...)
 {
-    redisContext *a = admin_connect();
+    redisContext *a = test_redis_connect(&redis);
     if (a == NULL)
         return NULL;
     va_list ap;
@@ -149,7 +76,7 @@ static redisReply *admin(const char *fmt, ...)
 
 static void admin_ok(const char *fmt, ...)
 {
-    redisContext *a = admin_connect();
+    redisContext *a = test_redis_connect(&redis);
     assert_non_null(a);
     va_list ap;
     va_start(ap, fmt);
@@ -165,7 +92,7 @@ static void admin_ok(const char *fmt, ...)
  * the DEBUG SLEEP (free it when done). */
 static redisContext *admin_sleep(int sec)
 {
-    redisContext *a = admin_connect();
+    redisContext *a = test_redis_connect(&redis);
     assert_non_null(a);
     assert_int_equal(redisAppendCommand(a, "DEBUG SLEEP %d", sec), REDIS_OK);
     int done = 0;
@@ -191,32 +118,6 @@ static long long cmd_calls(const char *name)
 
 /* ---- loop helpers ---- */
 
-static void on_guard(uv_timer_t *t)
-{
-    (void)t; /* only keeps uv_run from sleeping longer than a tick */
-}
-
-typedef bool (*cond_fn)(void *arg);
-
-/* Runs the loop until cond(arg) holds or ms elapse. Returns cond(arg). */
-static bool run_until(cond_fn cond, void *arg, int ms)
-{
-    uv_timer_t guard;
-    uv_timer_init(&loop, &guard);
-    uv_timer_start(&guard, on_guard, 5, 5);
-    uint64_t end = uv_hrtime() + (uint64_t)ms * 1000000u;
-    while (!(cond != NULL && cond(arg)) && uv_hrtime() < end)
-        uv_run(&loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&guard, NULL);
-    uv_run(&loop, UV_RUN_NOWAIT);
-    return cond != NULL && cond(arg);
-}
-
-static void run_for(int ms)
-{
-    run_until(NULL, NULL, ms);
-}
-
 static bool is_ready(void *arg)
 {
     return redis_client_ready(arg);
@@ -227,33 +128,19 @@ static bool is_not_ready(void *arg)
     return !redis_client_ready(arg);
 }
 
-static bool count_reached(void *arg)
-{
-    int **pp = arg;
-    return *pp[0] >= *pp[1];
-}
-
-static bool wait_count(int *have, int want, int ms)
-{
-    int *pair[2] = {have, &want};
-    return run_until(count_reached, pair, ms);
-}
-
 /* Closes the client and runs the loop until every handle is gone (bounded). */
 static void close_and_drain(redis_client_t *c)
 {
     redis_client_close(c);
-    for (int i = 0; i < 1000 && uv_loop_alive(&loop); i++)
-        uv_run(&loop, UV_RUN_NOWAIT);
-    assert_false(uv_loop_alive(&loop));
+    assert_true(test_loop_drain(&loop, 1000));
 }
 
 static redis_client_t *start_client(const char *script, uint64_t timeout_ms)
 {
     redis_client_t *c = NULL;
-    assert_int_equal(redis_client_start(&c, &loop, "127.0.0.1", redis_port, script, timeout_ms), 0);
+    assert_int_equal(redis_client_start(&c, &loop, "127.0.0.1", redis.port, script, timeout_ms), 0);
     assert_non_null(c);
-    assert_true(run_until(is_ready, c, 5000));
+    assert_true(test_run_until(&loop, is_ready, c, 5000));
     return c;
 }
 
@@ -327,23 +214,17 @@ static void eval_incr(redis_client_t *c, result_t *res, const char *key, int n)
 static int setup(void **state)
 {
     (void)state;
-    snprintf(redis_dir, sizeof(redis_dir), "/tmp/snatch-redis-XXXXXX");
-    if (mkdtemp(redis_dir) == NULL)
+    if (uv_loop_init(&loop) != 0)
         return -1;
-    redis_port = free_port();
-    if (redis_port <= 0 || uv_loop_init(&loop) != 0)
-        return -1;
-    return start_redis();
+    return test_redis_start_args(&redis, redis_args);
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    stop_redis();
-    rmdir(redis_dir);
+    test_redis_stop(&redis);
     /* A failed test may leave handles behind: drain what can be drained, then close. */
-    for (int i = 0; i < 100 && uv_loop_alive(&loop); i++)
-        uv_run(&loop, UV_RUN_NOWAIT);
+    test_loop_drain(&loop, 100);
     uv_loop_close(&loop);
     return 0;
 }
@@ -354,7 +235,7 @@ static void test_roundtrip(void **state)
 {
     (void)state;
     redis_client_t *c = NULL;
-    assert_int_equal(redis_client_start(&c, &loop, "127.0.0.1", redis_port, INCR_SCRIPT, 1000), 0);
+    assert_int_equal(redis_client_start(&c, &loop, "127.0.0.1", redis.port, INCR_SCRIPT, 1000), 0);
     /* Not yet connected: fails at once, before returning, instead of queueing. */
     result_t early = {0};
     cmd(c, &early, "PING", NULL, NULL);
@@ -362,7 +243,7 @@ static void test_roundtrip(void **state)
     assert_true(early.null_reply);
     assert_string_equal(early.err, "not connected");
     assert_false(redis_client_ready(c));
-    assert_true(run_until(is_ready, c, 5000));
+    assert_true(test_run_until(&loop, is_ready, c, 5000));
 
     result_t set = {0}, get = {0}, bad = {0}, sub = {0};
     int rtt_before = rtt_samples();
@@ -372,7 +253,7 @@ static void test_roundtrip(void **state)
     cmd(c, &sub, "SUBSCRIBE", "ch", NULL); /* would break the reply order: refused */
     assert_int_equal(sub.calls, 1);
     assert_string_equal(sub.err, "unsupported command");
-    assert_true(wait_count(&bad.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &bad.calls, 1, 3000));
     assert_int_equal(set.calls, 1);
     assert_int_equal(set.type, REDIS_REPLY_STATUS);
     assert_string_equal(set.str, "OK");
@@ -390,7 +271,7 @@ static void test_roundtrip(void **state)
     result_t bs = {0}, strlen_res = {0};
     redis_command(c, on_result, &bs, 3, argv, len);
     cmd(c, &strlen_res, "STRLEN", "bin", NULL);
-    assert_true(wait_count(&strlen_res.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &strlen_res.calls, 1, 3000));
     assert_int_equal(strlen_res.integer, 3);
     close_and_drain(c);
 }
@@ -408,7 +289,7 @@ static void test_eval_many_in_order(void **state)
         res[i].order_counter = &order;
         eval_incr(c, &res[i], "counter", i);
     }
-    assert_true(wait_count(&order, N, 10000));
+    assert_true(test_wait_count(&loop, &order, N, 10000));
     for (int i = 0; i < N; i++) {
         assert_int_equal(res[i].calls, 1);
         assert_true(res[i].in_order);
@@ -451,8 +332,8 @@ static void test_large_and_small_commands(void **state)
         redis_command(c, on_result, &set, 3, argv, lens);
         cmd(c, &len, "STRLEN", "big", NULL);
         cmd(c, &range, "GETRANGE", "big", "1000");
-        assert_true(wait_count(&order, SMALL, 10000));
-        assert_true(wait_count(&range.calls, 1, 10000));
+        assert_true(test_wait_count(&loop, &order, SMALL, 10000));
+        assert_true(test_wait_count(&loop, &range.calls, 1, 10000));
         for (int i = 0; i < SMALL; i++) {
             assert_true(small[i].in_order);
             assert_int_equal(atoi(small[i].el[0]), i);
@@ -473,7 +354,7 @@ static void test_noscript_recovery(void **state)
     redis_client_t *c = start_client(INCR_SCRIPT, 5000);
     result_t first = {0};
     eval_incr(c, &first, "n", 0);
-    assert_true(wait_count(&first.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &first.calls, 1, 3000));
     assert_int_equal(atoll(first.el[1]), 1);
 
     admin_ok("CONFIG RESETSTAT");
@@ -485,7 +366,7 @@ static void test_noscript_recovery(void **state)
         res[i].order_counter = &order;
         eval_incr(c, &res[i], "n", i);
     }
-    assert_true(wait_count(&order, N, 5000));
+    assert_true(test_wait_count(&loop, &order, N, 5000));
     for (int i = 0; i < N; i++) {
         calls += res[i].calls;
         assert_false(res[i].null_reply);
@@ -505,7 +386,7 @@ static void test_noscript_recovery(void **state)
         again[i].order_counter = &order;
         eval_incr(c, &again[i], "n", i);
     }
-    assert_true(wait_count(&order, N, 5000));
+    assert_true(test_wait_count(&loop, &order, N, 5000));
     assert_int_equal(atoll(again[N - 1].el[1]), 2 * N + 1);
     assert_int_equal(cmd_calls("eval"), evals);
     close_and_drain(c);
@@ -577,7 +458,7 @@ static void test_deduct_script(void **state)
     const char *users[5] = {"u1", "u2", "u3", "u4", "u5"};
     for (int i = 0; i < 5; i++)
         deduct(c, &res[i], "e", users[i], "1");
-    assert_true(wait_count(&res[4].calls, 1, 5000));
+    assert_true(test_wait_count(&loop, &res[4].calls, 1, 5000));
     for (int i = 0; i < 3; i++) {
         assert_int_equal(res[i].type, REDIS_REPLY_ARRAY);
         assert_string_equal(res[i].str, "ok");
@@ -613,7 +494,7 @@ static void test_deduct_script(void **state)
     deduct(c, &twice[1], "f", "u1", "1");
     deduct(c, &badqty, "f", "u2", "0");
     deduct(c, &unknown, "nosuch", "u1", "1");
-    assert_true(wait_count(&unknown.calls, 1, 5000));
+    assert_true(test_wait_count(&loop, &unknown.calls, 1, 5000));
     assert_string_equal(twice[0].str, "ok");
     assert_string_equal(twice[1].el[0], "limit_reached");
     assert_int_equal(atoi(twice[1].el[1]), 1);
@@ -672,7 +553,7 @@ static long long admin_int(const char *fmt, const char *arg)
 static void wait_hdels(pending_t *p)
 {
     for (int i = 0; i < 500 && pending_inflight(p) > 0; i++)
-        run_for(10);
+        test_run_for(&loop, 10);
 }
 
 /* The batcher, then pending (its HDEL replies drained), then the client. */
@@ -706,7 +587,7 @@ static void test_batch_group_commit(void **state)
     /* "a" left alone, at once; the rest wait for its reply */
     assert_int_equal(batches_sent() - batches0, 1);
     assert_int_equal(buyers_batched() - buyers0, 1);
-    assert_true(wait_count(&buyer_calls, N, 5000));
+    assert_true(test_wait_count(&loop, &buyer_calls, N, 5000));
     assert_int_equal(batches_sent() - batches0, 2);
     assert_int_equal(buyers_batched() - buyers0, N);
     static const deduct_verdict_t want[N] = {
@@ -735,15 +616,15 @@ static void test_batch_group_commit(void **state)
     pending_ack(p, res[0].id);
     buyer_res_t late = {0};
     deduct_submit(b, "g", "h", 1, on_buyer, &late);
-    assert_true(wait_count(&late.calls, 1, 5000));
+    assert_true(test_wait_count(&loop, &late.calls, 1, 5000));
     assert_int_equal(late.verdict, DEDUCT_SOLD_OUT);
     assert_int_equal(admin_int("HLEN {g}:pending%s", ""), 1);
-    run_for(20); /* pending's loop-turn flush found nothing left to send */
+    test_run_for(&loop, 20); /* pending's loop-turn flush found nothing left to send */
     assert_int_equal(pending_inflight(p), 0);
     assert_int_equal(admin_int("HLEN {g}:pending%s", ""), 1);
     /* ...or, with no batch about to go, leave by an HDEL of their own on the next loop turn. */
     pending_ack(p, res[1].id);
-    run_for(20);
+    test_run_for(&loop, 20);
     wait_hdels(p);
     assert_int_equal(admin_int("HLEN {g}:pending%s", ""), 0);
     close_batcher_and_drain(b, p, c);
@@ -768,7 +649,7 @@ static void test_batch_entry_needs_every_ack(void **state)
         static const char *users[2][4] = {{"a", "b", "b", "c"}, {"d", "e", "f", "e"}};
         for (int i = 0; i < 4; i++)
             deduct_submit(b, "q", users[round][i], 1, on_buyer_keep, &res[i]);
-        assert_true(wait_count(&buyer_calls, 4, 5000));
+        assert_true(test_wait_count(&loop, &buyer_calls, 4, 5000));
         redisFree(sleeper);
         /* users[0] alone, then a batch of three buyers, two of whom bought */
         assert_int_equal(res[2].verdict, round == 0 ? DEDUCT_LIMIT_REACHED : DEDUCT_OK);
@@ -789,7 +670,7 @@ static void test_batch_entry_needs_every_ack(void **state)
             assert_string_equal(key, res[1].id);
             pending_ack(p, key);
         }
-        run_for(20);
+        test_run_for(&loop, 20);
         wait_hdels(p);
         /* round 0 leaves the entry of b, c; round 1 removes both of its own */
         assert_int_equal(admin_int("HLEN {q}:pending%s", ""), 1);
@@ -820,7 +701,7 @@ static void test_batch_entry_not_kept_on_a_bad_reply(void **state)
     deduct_submit(b, "hk", "a", 1, on_buyer_keep, &res[0]); /* alone: understood */
     deduct_submit(b, "hk", "b", 1, on_buyer_keep, &res[1]); /* these two: one batch */
     deduct_submit(b, "hk", "c", 1, on_buyer_keep, &res[2]);
-    assert_true(wait_count(&buyer_calls, 3, 5000));
+    assert_true(test_wait_count(&loop, &buyer_calls, 3, 5000));
     redisFree(sleeper);
     assert_int_equal(res[0].verdict, DEDUCT_OK);
     assert_non_null(res[0].batch);
@@ -853,9 +734,9 @@ static void test_batch_carries_acks(void **state)
     pending_ack(p, "1700000000000-0000000001-m");
     pending_ack(p, "1700000000000-0000000002-m");
     pending_ack(p, "1700000000000-0000000001-o");
-    run_for(50);                              /* Redis asleep: x's batch in flight, y queued */
+    test_run_for(&loop, 50);                  /* Redis asleep: x's batch in flight, y queued */
     assert_int_equal(pending_inflight(p), 1); /* the HDEL of {o}:pending only */
-    assert_true(wait_count(&buyer_calls, 2, 5000));
+    assert_true(test_wait_count(&loop, &buyer_calls, 2, 5000));
     redisFree(sleeper);
     wait_hdels(p);
     assert_int_equal(res[0].verdict, DEDUCT_OK);
@@ -883,11 +764,11 @@ static void test_batch_connection_lost(void **state)
     deduct_submit(b, "k", "x", 1, on_buyer, &sent);
     deduct_submit(b, "k", "y", 1, on_buyer, &queued[0]);
     deduct_submit(b, "k", "z", 1, on_buyer, &queued[1]);
-    run_for(100); /* the batch of x is written, Redis asleep */
+    test_run_for(&loop, 100); /* the batch of x is written, Redis asleep */
     assert_int_equal(buyer_calls, 0);
-    stop_redis();
+    test_redis_kill9(&redis);
     redisFree(sleeper);
-    assert_true(wait_count(&buyer_calls, 3, 3000));
+    assert_true(test_wait_count(&loop, &buyer_calls, 3, 3000));
     assert_int_equal(sent.verdict, DEDUCT_UNKNOWN_OUTCOME);
     assert_ptr_equal(sent.err, redis_err_lost);
     assert_int_equal(queued[0].verdict, DEDUCT_ERROR);
@@ -904,7 +785,7 @@ static void test_timeout_then_recovers(void **state)
     result_t a = {0}, b = {0};
     cmd(c, &a, "PING", NULL, NULL);
     eval_incr(c, &b, "t", 0);
-    assert_true(wait_count(&b.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &b.calls, 1, 3000));
     assert_int_equal(a.calls, 1);
     assert_true(a.null_reply);
     assert_string_equal(a.err, "timeout");
@@ -913,18 +794,18 @@ static void test_timeout_then_recovers(void **state)
     assert_string_equal(b.err, "timeout");
 
     /* Redis still asleep: after STALL_FACTOR deadlines the client takes no new commands. */
-    assert_true(run_until(is_not_ready, c, 2000));
+    assert_true(test_run_until(&loop, is_not_ready, c, 2000));
     result_t fast = {0};
     cmd(c, &fast, "PING", NULL, NULL);
     assert_int_equal(fast.calls, 1);
     assert_true(fast.null_reply);
 
     /* Reconnects by itself once Redis answers again. */
-    assert_true(run_until(is_ready, c, 10000));
+    assert_true(test_run_until(&loop, is_ready, c, 10000));
     result_t ok = {0}, ev = {0};
     cmd(c, &ok, "PING", NULL, NULL);
     eval_incr(c, &ev, "t", 7);
-    assert_true(wait_count(&ev.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &ev.calls, 1, 3000));
     assert_string_equal(ok.str, "PONG");
     assert_int_equal(atoi(ev.el[0]), 7);
     redisFree(sleeper);
@@ -941,10 +822,10 @@ static void test_redis_killed_and_restarted(void **state)
     int done = 0;
     for (int i = 0; i < N; i++)
         cmd(c, &res[i], "PING", NULL, NULL);
-    run_for(100); /* written, waiting for replies */
-    stop_redis();
+    test_run_for(&loop, 100); /* written, waiting for replies */
+    test_redis_kill9(&redis);
     redisFree(sleeper);
-    assert_true(wait_count(&res[N - 1].calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &res[N - 1].calls, 1, 3000));
     for (int i = 0; i < N; i++) {
         assert_int_equal(res[i].calls, 1);
         assert_true(res[i].null_reply);
@@ -960,14 +841,14 @@ static void test_redis_killed_and_restarted(void **state)
     assert_string_equal(fast.err, "not connected");
     assert_int_equal(fast_eval.calls, 1);
     assert_true(fast_eval.null_reply);
-    run_for(300); /* a few refused reconnection attempts */
+    test_run_for(&loop, 300); /* a few refused reconnection attempts */
     assert_false(redis_client_ready(c));
 
-    assert_int_equal(start_redis(), 0);
-    assert_true(run_until(is_ready, c, 10000));
+    assert_int_equal(test_redis_start_args(&redis, redis_args), 0);
+    assert_true(test_run_until(&loop, is_ready, c, 10000));
     result_t ev = {0};
     eval_incr(c, &ev, "x", 5);
-    assert_true(wait_count(&ev.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &ev.calls, 1, 3000));
     assert_false(ev.null_reply);
     assert_int_equal(atoi(ev.el[0]), 5);
     assert_int_equal(atoi(ev.el[1]), 1);
@@ -1002,37 +883,38 @@ static void test_set_script(void **state)
     redis_client_t *c = start_client("return 'A'", 5000);
     done_t broken = {0};
     redis_client_set_script(c, "return (", on_script_done, &broken);
-    assert_true(wait_count(&broken.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &broken.calls, 1, 3000));
     assert_int_equal(broken.ok, 0);
     assert_true(strlen(broken.err) > 0);
     result_t a = {0};
     eval_plain(c, &a);
-    assert_true(wait_count(&a.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &a.calls, 1, 3000));
     assert_string_equal(a.str, "A");
 
     done_t good = {0};
     redis_client_set_script(c, "return 'B'", on_script_done, &good);
-    assert_true(wait_count(&good.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &good.calls, 1, 3000));
     assert_int_equal(good.ok, 1);
     result_t b = {0};
     eval_plain(c, &b);
-    assert_true(wait_count(&b.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &b.calls, 1, 3000));
     assert_string_equal(b.str, "B");
 
     /* NOSCRIPT falls back to the new source too. */
     admin_ok("SCRIPT FLUSH");
     result_t b2 = {0};
     eval_plain(c, &b2);
-    assert_true(wait_count(&b2.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &b2.calls, 1, 3000));
     assert_string_equal(b2.str, "B");
     close_and_drain(c);
 
     /* Not connected: kept for the connection (test_set_script_while_down), until the close. */
     redis_client_t *d = NULL;
-    assert_int_equal(redis_client_start(&d, &loop, "127.0.0.1", free_port(), "return 1", 100), 0);
+    assert_int_equal(redis_client_start(&d, &loop, "127.0.0.1", test_free_port(), "return 1", 100),
+                     0);
     done_t nc = {0};
     redis_client_set_script(d, "return 2", on_script_done, &nc);
-    run_for(100);
+    test_run_for(&loop, 100);
     assert_int_equal(nc.calls, 0);
     assert_true(redis_client_script_parked(d));
     close_and_drain(d);
@@ -1048,8 +930,8 @@ static void test_set_script_while_down(void **state)
 {
     (void)state;
     redis_client_t *c = start_client("return 'A'", 5000);
-    stop_redis();
-    assert_true(run_until(is_not_ready, c, 3000));
+    test_redis_kill9(&redis);
+    assert_true(test_run_until(&loop, is_not_ready, c, 3000));
     done_t b = {0}, cc = {0};
     redis_client_set_script(c, "return 'B'", on_script_done, &b);
     redis_client_set_script(c, "return 'C'", on_script_done, &cc);
@@ -1058,30 +940,30 @@ static void test_set_script_while_down(void **state)
     assert_string_equal(b.err, "superseded by a newer script");
     assert_int_equal(cc.calls, 0);
     assert_true(redis_client_script_parked(c));
-    assert_int_equal(start_redis(), 0);
-    assert_true(run_until(is_ready, c, 10000));
+    assert_int_equal(test_redis_start_args(&redis, redis_args), 0);
+    assert_true(test_run_until(&loop, is_ready, c, 10000));
     assert_int_equal(cc.calls, 1);
     assert_int_equal(cc.ok, 1);
     assert_false(redis_client_script_parked(c));
     result_t r = {0};
     eval_plain(c, &r);
-    assert_true(wait_count(&r.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &r.calls, 1, 3000));
     assert_string_equal(r.str, "C");
     /* Only the new script went to the new server, and by SCRIPT LOAD. */
     assert_int_equal(cmd_calls("script|load"), 1);
     assert_int_equal(cmd_calls("eval"), 0);
 
-    stop_redis();
-    assert_true(run_until(is_not_ready, c, 3000));
+    test_redis_kill9(&redis);
+    assert_true(test_run_until(&loop, is_not_ready, c, 3000));
     done_t broken = {0};
     redis_client_set_script(c, "return (", on_script_done, &broken);
-    assert_int_equal(start_redis(), 0);
-    assert_true(run_until(is_ready, c, 10000));
+    assert_int_equal(test_redis_start_args(&redis, redis_args), 0);
+    assert_true(test_run_until(&loop, is_ready, c, 10000));
     assert_int_equal(broken.calls, 1);
     assert_int_equal(broken.ok, 0);
     result_t r2 = {0};
     eval_plain(c, &r2);
-    assert_true(wait_count(&r2.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &r2.calls, 1, 3000));
     assert_string_equal(r2.str, "C");
     close_and_drain(c);
 }
@@ -1099,7 +981,7 @@ static void test_close_with_pending(void **state)
         else
             eval_incr(c, &res[i], "p", i);
     }
-    run_for(50);
+    test_run_for(&loop, 50);
     for (int i = 0; i < N; i++)
         assert_int_equal(res[i].calls, 0);
     close_and_drain(c);
@@ -1129,7 +1011,7 @@ static void test_close_from_callback(void **state)
     redis_command(closing_client, on_result_then_close, &first, 1, ping, NULL);
     for (int i = 0; i < N; i++)
         eval_incr(closing_client, &res[i], "q", i);
-    assert_true(wait_count(&res[N - 1].calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &res[N - 1].calls, 1, 3000));
     assert_int_equal(first.calls, 1);
     assert_string_equal(first.str, "PONG");
     for (int i = 0; i < N; i++) {
@@ -1137,20 +1019,19 @@ static void test_close_from_callback(void **state)
         assert_true(res[i].null_reply);
         assert_string_equal(res[i].err, "closing");
     }
-    for (int i = 0; i < 1000 && uv_loop_alive(&loop); i++)
-        uv_run(&loop, UV_RUN_NOWAIT);
-    assert_false(uv_loop_alive(&loop));
+    assert_true(test_loop_drain(&loop, 1000));
 }
 
 static void test_no_server(void **state)
 {
     (void)state;
     redis_client_t *c = NULL;
-    assert_int_equal(redis_client_start(&c, &loop, "localhost", redis_port, "return 1", 100),
+    assert_int_equal(redis_client_start(&c, &loop, "localhost", redis.port, "return 1", 100),
                      -EINVAL);
     assert_null(c);
-    assert_int_equal(redis_client_start(&c, &loop, "127.0.0.1", free_port(), "return 1", 100), 0);
-    run_for(300);
+    assert_int_equal(redis_client_start(&c, &loop, "127.0.0.1", test_free_port(), "return 1", 100),
+                     0);
+    test_run_for(&loop, 300);
     assert_false(redis_client_ready(c));
     result_t r = {0};
     eval_plain(c, &r);
@@ -1164,7 +1045,7 @@ static void test_no_server(void **state)
 static void test_silent_server(void **state)
 {
     (void)state;
-    int port = free_port();
+    int port = test_free_port();
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in sa = {.sin_family = AF_INET,
                              .sin_port = htons((uint16_t)port),
@@ -1174,7 +1055,7 @@ static void test_silent_server(void **state)
     assert_int_equal(listen(fd, 16), 0);
     redis_client_t *c = NULL;
     assert_int_equal(redis_client_start(&c, &loop, "127.0.0.1", port, "return 1", 50), 0);
-    run_for(500);
+    test_run_for(&loop, 500);
     assert_false(redis_client_ready(c));
     result_t r = {0};
     eval_plain(c, &r);
@@ -1190,18 +1071,18 @@ static void test_broken_initial_script(void **state)
 {
     (void)state;
     redis_client_t *c = NULL;
-    assert_int_equal(redis_client_start(&c, &loop, "127.0.0.1", redis_port, "return (", 1000), 0);
+    assert_int_equal(redis_client_start(&c, &loop, "127.0.0.1", redis.port, "return (", 1000), 0);
     result_t ping = {0};
     for (int i = 0; i < 200 && ping.calls == 0; i++) {
-        run_for(10);
+        test_run_for(&loop, 10);
         if (!ping.calls)
             cmd(c, &ping, "PING", NULL, NULL);
         if (ping.calls && ping.null_reply)
             memset(&ping, 0, sizeof(ping)); /* not connected yet */
     }
-    assert_true(wait_count(&ping.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &ping.calls, 1, 3000));
     assert_string_equal(ping.str, "PONG");
-    run_for(50);
+    test_run_for(&loop, 50);
     assert_false(redis_client_ready(c));
     result_t r = {0};
     eval_plain(c, &r);
@@ -1209,12 +1090,12 @@ static void test_broken_initial_script(void **state)
     assert_true(r.null_reply);
     done_t good = {0};
     redis_client_set_script(c, "return 'ok'", on_script_done, &good);
-    assert_true(wait_count(&good.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &good.calls, 1, 3000));
     assert_int_equal(good.ok, 1);
     assert_true(redis_client_ready(c));
     result_t r2 = {0};
     eval_plain(c, &r2);
-    assert_true(wait_count(&r2.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &r2.calls, 1, 3000));
     assert_string_equal(r2.str, "ok");
     close_and_drain(c);
 }
@@ -1226,16 +1107,16 @@ static void test_auth_refused_then_accepted(void **state)
     (void)state;
     admin_ok("CONFIG SET requirepass %s", "other-secret");
     redis_client_t *c = NULL;
-    assert_int_equal(redis_client_start_auth(&c, &loop, "127.0.0.1", redis_port, "return 1", 1000,
+    assert_int_equal(redis_client_start_auth(&c, &loop, "127.0.0.1", redis.port, "return 1", 1000,
                                              NULL, "my-secret"),
                      0);
-    run_for(400);
+    test_run_for(&loop, 400);
     assert_false(redis_client_ready(c));
     result_t ping = {0};
     cmd(c, &ping, "PING", NULL, NULL);
     assert_int_equal(ping.calls, 1);
     assert_true(ping.null_reply); /* nothing but AUTH goes out before AUTH succeeded */
-    redisContext *a = admin_connect();
+    redisContext *a = test_redis_connect(&redis);
     assert_non_null(a);
     redisReply *r = redisCommand(a, "AUTH %s", "other-secret");
     freeReplyObject(r);
@@ -1244,7 +1125,7 @@ static void test_auth_refused_then_accepted(void **state)
     assert_int_not_equal(r->type, REDIS_REPLY_ERROR);
     freeReplyObject(r);
     redisFree(a);
-    assert_true(run_until(is_ready, c, 3000));
+    assert_true(test_run_until(&loop, is_ready, c, 3000));
     close_and_drain(c);
 }
 
@@ -1253,7 +1134,7 @@ static void test_busy_then_ready(void **state)
 {
     (void)state;
     admin_ok("CONFIG SET busy-reply-threshold 50");
-    redisContext *busy = admin_connect();
+    redisContext *busy = test_redis_connect(&redis);
     assert_non_null(busy);
     redisAppendCommand(busy, "EVAL %s 0", "while true do end");
     int done = 0;
@@ -1261,11 +1142,11 @@ static void test_busy_then_ready(void **state)
         assert_int_equal(redisBufferWrite(busy, &done), REDIS_OK);
     usleep(200 * 1000); /* past busy-reply-threshold: Redis now answers BUSY */
     redis_client_t *c = NULL;
-    assert_int_equal(redis_client_start(&c, &loop, "127.0.0.1", redis_port, "return 1", 1000), 0);
-    run_for(600);
+    assert_int_equal(redis_client_start(&c, &loop, "127.0.0.1", redis.port, "return 1", 1000), 0);
+    test_run_for(&loop, 600);
     assert_false(redis_client_ready(c));
     admin_ok("SCRIPT KILL");
-    assert_true(run_until(is_ready, c, 3000));
+    assert_true(test_run_until(&loop, is_ready, c, 3000));
     redisFree(busy);
     close_and_drain(c);
 }

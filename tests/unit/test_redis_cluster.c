@@ -21,6 +21,7 @@
 #include "cluster_slots.h"
 #include "cluster_sync.h"
 #include "deduct_batch.h"
+#include "loop_wait.h"
 #include "metrics_sample.h"
 #include "redis.h"
 #include "redis_server.h"
@@ -35,46 +36,9 @@ static redis_client_t *current;
 
 /* ---- loop helpers ---- */
 
-static void on_guard(uv_timer_t *t)
-{
-    (void)t;
-}
-
-typedef bool (*cond_fn)(void *arg);
-
-static bool run_until(cond_fn cond, void *arg, int ms)
-{
-    uv_timer_t guard;
-    uv_timer_init(&loop, &guard);
-    uv_timer_start(&guard, on_guard, 5, 5);
-    uint64_t end = uv_hrtime() + (uint64_t)ms * 1000000u;
-    while (!(cond != NULL && cond(arg)) && uv_hrtime() < end)
-        uv_run(&loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&guard, NULL);
-    uv_run(&loop, UV_RUN_NOWAIT);
-    return cond != NULL && cond(arg);
-}
-
-static void run_for(int ms)
-{
-    run_until(NULL, NULL, ms);
-}
-
 static bool is_ready(void *arg)
 {
     return redis_client_ready(arg);
-}
-
-static bool count_reached(void *arg)
-{
-    int **pair = arg;
-    return *pair[0] >= *pair[1];
-}
-
-static bool wait_count(int *have, int want, int ms)
-{
-    int *pair[2] = {have, &want};
-    return run_until(count_reached, pair, ms);
 }
 
 /* ---- results ---- */
@@ -154,7 +118,7 @@ static redis_client_t *start_client_with(const char *script, uint64_t timeout_ms
     assert_int_equal(
         redis_client_start_seeds(&c, &loop, cluster.seeds, script, timeout_ms, NULL, NULL), 0);
     current = c;
-    assert_true(run_until(is_ready, c, 10000));
+    assert_true(test_run_until(&loop, is_ready, c, 10000));
     assert_true(redis_client_is_cluster(c));
     return c;
 }
@@ -182,9 +146,7 @@ static void close_and_drain(redis_client_t *c)
 {
     current = NULL;
     redis_client_close(c);
-    for (int i = 0; i < 2000 && uv_loop_alive(&loop); i++)
-        uv_run(&loop, UV_RUN_NOWAIT);
-    assert_false(uv_loop_alive(&loop));
+    assert_true(test_loop_drain(&loop, 2000));
 }
 
 /* The first name "<prefix><n>" whose tag lives on want (NULL: any master): a prefix per test
@@ -255,8 +217,8 @@ static void test_spread(void **state)
         result_t set = {0}, inc = {0};
         cmd(c, &set, "SET", key, name);
         eval_incr(c, &inc, nkey);
-        assert_true(wait_count(&set.calls, 1, 3000));
-        assert_true(wait_count(&inc.calls, 1, 3000));
+        assert_true(test_wait_count(&loop, &set.calls, 1, 3000));
+        assert_true(test_wait_count(&loop, &inc.calls, 1, 3000));
         assert_string_equal(set.str, "OK");
         assert_int_equal(inc.type, REDIS_REPLY_INTEGER);
         assert_int_equal(inc.integer, 1);
@@ -271,13 +233,13 @@ static void test_spread(void **state)
     }
     result_t ping = {0};
     redis_command_at(c, NULL, 0, on_result, &ping, 1, (const char *[]){"PING"}, NULL);
-    assert_true(wait_count(&ping.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &ping.calls, 1, 3000));
     assert_string_equal(ping.str, "PONG");
     /* Two tags in one script: the cluster refuses it, nothing runs (why api.c splits). */
     result_t cross = {0};
     const char *argv[] = {"EVAL", "return 1", "2", "{a}:x", "{b}:x"};
     redis_command(c, on_result, &cross, 5, argv, NULL);
-    assert_true(wait_count(&cross.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &cross.calls, 1, 3000));
     assert_int_equal(cross.type, REDIS_REPLY_ERROR);
     assert_non_null(strstr(cross.str, "CROSSSLOT"));
     close_and_drain(c);
@@ -319,14 +281,14 @@ static void test_moved(void **state)
 
     result_t set = {0};
     cmd(c, &set, "SET", key, "moved");
-    assert_true(wait_count(&set.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &set.calls, 1, 3000));
     assert_string_equal(set.str, "OK");
     redisReply *r = test_redis_cmd(ms[1], "GET %s", key);
     assert_non_null(r);
     assert_string_equal(r->str, "moved");
     freeReplyObject(r);
     assert_string_equal(redis_node_id(c, key, strlen(key)), ids[1]); /* from the MOVED */
-    assert_true(wait_count(&own.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &own.calls, 1, 3000));
     assert_int_equal(own.first, slot);
     assert_int_equal(own.last, slot);
     assert_string_equal(own.old_id, ids[0]);
@@ -358,8 +320,8 @@ static void test_ask_and_tryagain(void **state)
     result_t set = {0}, inc = {0};
     cmd(c, &set, "SET", fresh, "asked");
     eval_incr(c, &inc, counter);
-    assert_true(wait_count(&set.calls, 1, 3000));
-    assert_true(wait_count(&inc.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &set.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &inc.calls, 1, 3000));
     if (set.err != NULL || inc.err != NULL)
         fprintf(stderr, "set: %s, incr: %s\n", set.err ? set.err : "", inc.err ? inc.err : "");
     assert_string_equal(set.str, "OK");
@@ -370,12 +332,12 @@ static void test_ask_and_tryagain(void **state)
 
     result_t mget = {0};
     cmd(c, &mget, "MGET", old, missing);
-    run_for(100);
+    test_run_for(&loop, 100);
     assert_int_equal(mget.calls, 0); /* TRYAGAIN, retried */
     assert_int_equal(node_do(ms[2], "MIGRATE 127.0.0.1 %d %s 0 5000", ms[0]->port, old), 0);
     for (int i = 0; i < 3; i++)
         assert_int_equal(node_do(ms[i], "CLUSTER SETSLOT %u NODE %s", slot, ids[0]), 0);
-    assert_true(wait_count(&mget.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &mget.calls, 1, 3000));
     assert_null(mget.err);
     assert_int_equal(mget.type, REDIS_REPLY_ARRAY);
     assert_int_equal(mget.elements, 2);
@@ -408,7 +370,7 @@ static void test_wait(void **state)
     snprintf(key, sizeof(key), "{%s}:w", name);
     both_t one = {0};
     eval_wait(c, &one, key, 1, 500);
-    assert_true(wait_count(&one.w.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &one.w.calls, 1, 3000));
     assert_int_equal(one.res.calls, 1);
     assert_int_equal(one.res.integer, 1);
     assert_int_equal(one.w.replicas, 1);
@@ -416,7 +378,7 @@ static void test_wait(void **state)
     /* Two asked, one exists: WAIT gives up after its timeout and says 1. */
     both_t two = {0};
     eval_wait(c, &two, key, 2, 100);
-    assert_true(wait_count(&two.w.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &two.w.calls, 1, 3000));
     assert_int_equal(two.res.integer, 2);
     assert_int_equal(two.w.replicas, 1);
     /* An error reply: nothing to wait for, wait_fn is not called. */
@@ -424,12 +386,12 @@ static void test_wait(void **state)
     snprintf(hash, sizeof(hash), "{%s}:h", name);
     result_t hs = {0};
     redis_command(c, on_result, &hs, 4, (const char *[]){"HSET", hash, "f", "v"}, NULL);
-    assert_true(wait_count(&hs.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &hs.calls, 1, 3000));
     both_t err = {0};
     eval_wait(c, &err, hash, 1, 100);
-    assert_true(wait_count(&err.res.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &err.res.calls, 1, 3000));
     assert_int_equal(err.res.type, REDIS_REPLY_ERROR);
-    run_for(200);
+    test_run_for(&loop, 200);
     assert_int_equal(err.w.calls, 0);
     close_and_drain(c);
 }
@@ -466,7 +428,7 @@ static void test_deduct_wait(void **state)
     double short0 = metrics_sample("snatch_deduct_unreplicated_batches_total");
     buyer_t one = {0};
     deduct_submit(b, name, "u1", 1, on_buyer, &one);
-    assert_true(wait_count(&one.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &one.calls, 1, 3000));
     assert_int_equal(one.verdict, DEDUCT_OK);
     assert_false(one.unreplicated);
     assert_true(metrics_sample("snatch_deduct_unreplicated_batches_total") == short0);
@@ -474,13 +436,13 @@ static void test_deduct_wait(void **state)
     deduct_batcher_set_replicas(b, 2);
     buyer_t two = {0}, refused = {0};
     deduct_submit(b, name, "u2", 1, on_buyer, &two);
-    assert_true(wait_count(&two.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &two.calls, 1, 3000));
     assert_int_equal(two.verdict, DEDUCT_OK);
     assert_true(two.unreplicated);
     assert_true(metrics_sample("snatch_deduct_unreplicated_batches_total") == short0 + 1);
     /* A refusal is a refusal, whatever WAIT says. */
     deduct_submit(b, name, "u2", 1, on_buyer, &refused);
-    assert_true(wait_count(&refused.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &refused.calls, 1, 3000));
     assert_int_equal(refused.verdict, DEDUCT_LIMIT_REACHED);
     assert_false(refused.unreplicated);
     redisReply *r = test_redis_cmd(m, "HGET {%s}:meta sold", name);
@@ -645,9 +607,9 @@ static void test_failover(void **state)
     snprintf(key, sizeof(key), "{%s}:failover", name);
     result_t first = {0};
     eval_incr(c, &first, key);
-    assert_true(wait_count(&first.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &first.calls, 1, 3000));
     assert_int_equal(first.integer, 1);
-    run_for(300); /* the replica has it */
+    test_run_for(&loop, 300); /* the replica has it */
 
     test_redis_kill9(m);
     int down = 0, other = 0;
@@ -655,14 +617,14 @@ static void test_failover(void **state)
     for (int i = 0; i < 200; i++) {
         res = (result_t){0};
         eval_incr(c, &res, key);
-        assert_true(wait_count(&res.calls, 1, 3000));
+        assert_true(test_wait_count(&loop, &res.calls, 1, 3000));
         if (res.type == REDIS_REPLY_INTEGER)
             break;
         if (res.err == redis_err_cluster_down)
             down++;
         else
             other++;
-        run_for(50);
+        test_run_for(&loop, 50);
     }
     assert_int_equal(res.type, REDIS_REPLY_INTEGER);
     assert_int_equal(res.integer, 2); /* the promoted replica had the first INCR */
@@ -670,7 +632,7 @@ static void test_failover(void **state)
     const char *now = redis_node_id(c, key, strlen(key));
     assert_non_null(now);
     assert_string_not_equal(now, old_id);
-    assert_true(wait_count(&own.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &own.calls, 1, 3000));
     assert_string_equal(own.old_id, old_id);
     assert_string_equal(own.new_id, now);
 
@@ -681,12 +643,12 @@ static void test_failover(void **state)
     assert_int_equal(node_do(nm, "SCRIPT FLUSH"), 0);
     res = (result_t){0};
     eval_incr(c, &res, key);
-    assert_true(wait_count(&res.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &res.calls, 1, 3000));
     assert_int_equal(res.integer, 3);
     /* The promoted replica has no replica of its own: WAIT 1 finds none. */
     both_t alone = {0};
     eval_wait(c, &alone, key, 1, 100);
-    assert_true(wait_count(&alone.w.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &alone.w.calls, 1, 3000));
     assert_int_equal(alone.res.integer, 4);
     assert_int_equal(alone.w.replicas, 0);
     close_and_drain(c);
@@ -754,18 +716,19 @@ static void test_set_script_master_down(void **state)
     }
     result_t a = {0};
     eval_incr(c, &a, name);
-    assert_true(wait_count(&a.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &a.calls, 1, 3000));
     assert_string_equal(a.str, "A");
 
     test_redis_kill9(m);
-    run_for(200); /* the connection sees it */
+    test_run_for(&loop, 200); /* the connection sees it */
     done_t done = {0};
     redis_client_set_script(c, "return 'B'", on_script_done, &done);
     assert_true(redis_client_script_parked(c));
-    run_for(200); /* the live masters answer (an EVALSHA sent before that names the old one) */
+    test_run_for(&loop,
+                 200); /* the live masters answer (an EVALSHA sent before that names the old one) */
     result_t b = {0};
     eval_incr(c, &b, other);
-    assert_true(wait_count(&b.calls, 1, 3000));
+    assert_true(test_wait_count(&loop, &b.calls, 1, 3000));
     assert_string_equal(b.str, "B"); /* a master that was up took it at once */
     assert_int_equal(done.calls, 0); /* waits for the dead master's shard */
 
@@ -773,13 +736,13 @@ static void test_set_script_master_down(void **state)
     for (int i = 0; i < 200; i++) {
         res = (result_t){0};
         eval_incr(c, &res, name);
-        assert_true(wait_count(&res.calls, 1, 3000));
+        assert_true(test_wait_count(&loop, &res.calls, 1, 3000));
         if (res.type == REDIS_REPLY_STRING)
             break;
-        run_for(50);
+        test_run_for(&loop, 50);
     }
     assert_string_equal(res.str, "B");
-    assert_true(wait_count(&done.calls, 1, 5000));
+    assert_true(test_wait_count(&loop, &done.calls, 1, 5000));
     assert_int_equal(done.ok, 1);
     assert_false(redis_client_script_parked(c));
     close_and_drain(c);
@@ -792,8 +755,7 @@ static int teardown(void **state)
         redis_client_close(current);
         current = NULL;
     }
-    for (int i = 0; i < 2000 && uv_loop_alive(&loop); i++)
-        uv_run(&loop, UV_RUN_NOWAIT);
+    test_loop_drain(&loop, 2000);
     return 0;
 }
 

@@ -22,6 +22,7 @@
 
 #include "cluster_slots.h"
 #include "cluster_sync.h"
+#include "loop_wait.h"
 #include "redis.h"
 #include "redis_server.h"
 
@@ -35,26 +36,6 @@ static uv_loop_t loop;
 static test_cluster_t cluster;
 static redis_client_t *clients[2];
 static rsync_t *blocking; /* the reconciler's client */
-
-static void on_guard(uv_timer_t *t)
-{
-    (void)t;
-}
-
-typedef bool (*cond_fn)(void *arg);
-
-static bool run_until(cond_fn cond, void *arg, int ms)
-{
-    uv_timer_t guard;
-    uv_timer_init(&loop, &guard);
-    uv_timer_start(&guard, on_guard, 5, 5);
-    uint64_t end = uv_hrtime() + (uint64_t)ms * 1000000u;
-    while (!(cond != NULL && cond(arg)) && uv_hrtime() < end)
-        uv_run(&loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&guard, NULL);
-    uv_run(&loop, UV_RUN_NOWAIT);
-    return cond != NULL && cond(arg);
-}
 
 static bool is_ready(void *arg)
 {
@@ -102,7 +83,7 @@ static result_t incr(redis_client_t *c, const char *key, int replicas)
                     NULL);
     if (replicas == 0)
         res.waits = 1;
-    assert_true(run_until(answered, &res, 3000));
+    assert_true(test_run_until(&loop, answered, &res, 3000));
     return res;
 }
 
@@ -111,7 +92,7 @@ static redis_client_t *start_client(int slot, const char *seeds)
     redis_client_t *c = NULL;
     assert_int_equal(redis_client_start_seeds(&c, &loop, seeds, INCR_SCRIPT, 1000, NULL, NULL), 0);
     clients[slot] = c;
-    assert_true(run_until(is_ready, c, 10000));
+    assert_true(test_run_until(&loop, is_ready, c, 10000));
     assert_true(redis_client_is_cluster(c));
     return c;
 }
@@ -197,7 +178,7 @@ static void test_all_masters_gone(void **state)
                 if (r.type != -1)
                     break;
                 failed++;
-                run_until(NULL, NULL, 100);
+                test_run_for(&loop, 100);
             }
             if (r.type != REDIS_REPLY_INTEGER)
                 fprintf(stderr, "client %d, %s: no reply after %d tries (%s)\n", k, keys[i], failed,
@@ -241,9 +222,7 @@ static int teardown(void **state)
     }
     rsync_close(blocking);
     blocking = NULL;
-    for (int i = 0; i < 2000 && uv_loop_alive(&loop); i++)
-        uv_run(&loop, UV_RUN_NOWAIT);
-    assert_false(uv_loop_alive(&loop));
+    assert_true(test_loop_drain(&loop, 2000));
     return 0;
 }
 
