@@ -114,6 +114,13 @@ def check_health_spec(body):
     jsonschema.Draft4Validator(schema, resolver=resolver).validate(json.loads(body))
 
 
+def metric(text, name):
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError("no %s in /metrics" % name)
+
+
 def stall_lines(log):
     return [line for line in log.splitlines() if "stall: loop thread" in line]
 
@@ -141,18 +148,19 @@ def stalled_thread_flagged_others_keep_selling():
             wait_sold(st, ev, sold_then + 40, timeout=60)
             status, text = get_answered(h.port, "/metrics")
             assert status == 200, (status, text[:300])
-            assert "\nsnatch_loop_stalled 1\n" in text, [
-                ln for ln in text.splitlines() if "loop_stall" in ln]
-            assert "\nsnatch_loop_stalls_total 1\n" in text
+            # At least the wedged thread (a loaded machine may add a passing stall of its own).
+            assert metric(text, "snatch_loop_stalled") >= 1, text[-600:]
+            assert metric(text, "snatch_loop_stalls_total") >= 1, text[-600:]
             status, body = get_answered(h.port, "/healthz")
             assert status == 503 and '"stalled"' in body, (status, body)
             crowd.stop()
             answers = crowd.join()
             served = [a for a in answers if a.status == 200 and a.t0 >= t_stalled]
             assert served, "no sale was answered 200 during the stall"
-            lines = stall_lines(h.proc.log_text())
-            assert len(lines) == 1, "want one stall line, got: %r" % lines
-            assert "admit()" in lines[0] and "--stall-exit-ms 0" in lines[0], lines[0]
+            # Once per stall, not at every look of the watchdog.
+            lines = [ln for ln in stall_lines(h.proc.log_text()) if "admit()" in ln]
+            assert len(lines) == 1, "want one stall line for the wedge, got: %r" % lines
+            assert "--stall-exit-ms 0" in lines[0], lines[0]
             assert h.proc.alive(), "exited with --stall-exit-ms 0"
         finally:
             wedge.close()
@@ -181,9 +189,9 @@ def stall_exit_ms_ends_the_process_with_status_70():
         h.proc.log.close()
         log = h.proc.log_text()
         assert rc == EXIT_STATUS, "exit status %s, want %d:\n%s" % (rc, EXIT_STATUS, log[-2000:])
-        lines = stall_lines(log)
+        lines = [ln for ln in stall_lines(log) if "admit()" in ln]
         assert len(lines) == 2, "want the stall line and the exit line, got: %r" % lines
-        assert "admit()" in lines[0] and "status 70" in lines[1], lines
+        assert "exits with status 70" in lines[0] and "exiting with status 70" in lines[1], lines
         # The supervisor's restart: the same host sells the rest to the crowd still buying.
         h.start()
         answers = []
