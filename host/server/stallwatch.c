@@ -33,9 +33,12 @@ static const char *const doing_names[STALL_DOING__COUNT] = {
 };
 
 stall_verdict_t stall_judge(stall_judge_t *j, uint64_t stamp_ms, uint64_t now_ms,
-                            uint64_t threshold_ms, uint64_t exit_ms)
+                            uint64_t resumed_ms, uint64_t threshold_ms, uint64_t exit_ms)
 {
-    uint64_t age = stamp_ms != 0 && now_ms > stamp_ms ? now_ms - stamp_ms : 0;
+    /* A turn is not counted as running while the whole process was not (stopped, starved): a
+     * thread seen stalled before keeps its real age. */
+    uint64_t from = !j->stalled && resumed_ms > stamp_ms ? resumed_ms : stamp_ms;
+    uint64_t age = stamp_ms != 0 && now_ms > from ? now_ms - from : 0;
     /* A new stamp means the stalled turn ended, even if the next one is already long: that one
      * is a stall of its own, reported at the next look. */
     if (j->stalled && (stamp_ms != j->stamp || age < threshold_ms)) {
@@ -145,13 +148,13 @@ static void report_began(int thread, stall_slot_t *s, uint64_t age)
               thread, (double)age / 1000.0, doing_name(s), then);
 }
 
-static void look(int thread, uint64_t now)
+static void look(int thread, uint64_t now, uint64_t resumed)
 {
     stall_slot_t *s = &slots[thread];
     uint64_t stamp = atomic_load_explicit(&s->stamp_ms, memory_order_relaxed);
     uint64_t was = s->judge.stamp;
     uint64_t age = stamp != 0 && now > stamp ? now - stamp : 0;
-    switch (stall_judge(&s->judge, stamp, now, STALL_THRESHOLD_MS, exit_after_ms)) {
+    switch (stall_judge(&s->judge, stamp, now, resumed, STALL_THRESHOLD_MS, exit_after_ms)) {
     case STALL_BEGAN:
         atomic_store(&s->stalled, true);
         atomic_fetch_add(&stalled_now, 1);
@@ -175,14 +178,21 @@ static void look(int thread, uint64_t now)
 static void watch(void *arg)
 {
     (void)arg;
+    uint64_t last = now_ms(), resumed = 0;
     uv_mutex_lock(&lock);
     while (!stop_requested) {
         uv_cond_timedwait(&wake, &lock, (uint64_t)STALL_TICK_MS * 1000000);
         if (stop_requested)
             break;
         uint64_t now = now_ms();
+        /* The watchdog itself did not run for a while: the process was stopped (SIGSTOP, a
+         * paused container) or starved, and so were the loop threads; their turns count from
+         * now, so that a resumed host is not taken for a wedged one. */
+        if (now - last > STALL_PAUSE_MS)
+            resumed = now;
+        last = now;
         for (int i = 0; i < STALLWATCH_MAX_THREADS; i++)
-            look(i, now);
+            look(i, now, resumed);
     }
     uv_mutex_unlock(&lock);
 }

@@ -26,6 +26,8 @@
 #define STALL_THRESHOLD_MS 1000
 #define STALL_HEARTBEAT_MS 250
 #define STALL_TICK_MS 100
+/* A gap this long between two looks of the watchdog means the process was not running. */
+#define STALL_PAUSE_MS 500
 /* EX_SOFTWARE (sysexits.h): an internal error; systemd's Restart=on-failure restarts on it. */
 #define STALL_EXIT_STATUS 70
 /* 5x the longest legitimate turn, and short enough that a wedged thread's share of the buyers
@@ -58,9 +60,10 @@ typedef enum {
 } stall_verdict_t;
 
 /* One look at a thread: stamp_ms is its last turn's time (0: not watched), now_ms the same
- * clock now. exit_ms 0: never STALL_EXIT. */
+ * clock now, resumed_ms when the process last ran again after a pause (0: never): a turn not
+ * yet judged stalled counts from the later of the two. exit_ms 0: never STALL_EXIT. */
 stall_verdict_t stall_judge(stall_judge_t *j, uint64_t stamp_ms, uint64_t now_ms,
-                            uint64_t threshold_ms, uint64_t exit_ms);
+                            uint64_t resumed_ms, uint64_t threshold_ms, uint64_t exit_ms);
 
 /* ---- the watchdog ---- */
 

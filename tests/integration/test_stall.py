@@ -9,6 +9,7 @@ Real redis-server, nats-server and subscriber (harness.Stack); bounded in time t
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -201,6 +202,26 @@ def stall_exit_ms_ends_the_process_with_status_70():
             crowd.stop()
             answers = crowd.join()
         verify(st, ev, STOCK, answers, "loop thread stalled, exit 70, restart")
+
+
+@suite.case
+def stopped_process_is_not_a_stall():
+    """A host stopped whole (SIGSTOP, as a debugger or a paused container does) for longer than
+    --stall-exit-ms, then resumed, is not wedged: every thread's turn was as stopped as the
+    watchdog. It must keep running, not flag a stall, and sell."""
+    ev = "sp"
+    with stack(1000) as st:
+        h = st.host
+        h.create_event(ev, STOCK)
+        h.proc.sigstop()
+        time.sleep(2.5)
+        os.kill(h.proc.p.pid, signal.SIGCONT)
+        time.sleep(1.5)
+        assert h.proc.alive(), "exited after a SIGSTOP/SIGCONT:\n" + h.proc.log_text()[-2000:]
+        status, body = get_answered(h.port, "/healthz")
+        assert status == 200 and '"ok"' in body, (status, body)
+        assert not stall_lines(h.proc.log_text()), stall_lines(h.proc.log_text())
+        assert h.snatch(ev, "after-stop")[0] == 200
 
 
 @suite.case

@@ -21,51 +21,66 @@ static void judge_reports_a_stall_once_then_its_end(void **state)
 {
     (void)state;
     stall_judge_t j = {0};
-    assert_int_equal(stall_judge(&j, 100, 100, T, X), STALL_NONE);
-    assert_int_equal(stall_judge(&j, 100, 100 + T - 1, T, X), STALL_NONE);
-    assert_int_equal(stall_judge(&j, 100, 100 + T, T, X), STALL_BEGAN);
+    assert_int_equal(stall_judge(&j, 100, 100, 0, T, X), STALL_NONE);
+    assert_int_equal(stall_judge(&j, 100, 100 + T - 1, 0, T, X), STALL_NONE);
+    assert_int_equal(stall_judge(&j, 100, 100 + T, 0, T, X), STALL_BEGAN);
     /* Still the same turn: nothing new, however often it is looked at. */
-    assert_int_equal(stall_judge(&j, 100, 100 + T + 1, T, X), STALL_NONE);
-    assert_int_equal(stall_judge(&j, 100, 100 + X - 1, T, X), STALL_NONE);
+    assert_int_equal(stall_judge(&j, 100, 100 + T + 1, 0, T, X), STALL_NONE);
+    assert_int_equal(stall_judge(&j, 100, 100 + X - 1, 0, T, X), STALL_NONE);
     /* The turn ended (a new stamp). */
-    assert_int_equal(stall_judge(&j, 100 + X, 100 + X, T, X), STALL_ENDED);
-    assert_int_equal(stall_judge(&j, 100 + X, 100 + X + 10, T, X), STALL_NONE);
+    assert_int_equal(stall_judge(&j, 100 + X, 100 + X, 0, T, X), STALL_ENDED);
+    assert_int_equal(stall_judge(&j, 100 + X, 100 + X + 10, 0, T, X), STALL_NONE);
 }
 
 static void judge_exits_past_exit_ms_only_when_asked(void **state)
 {
     (void)state;
     stall_judge_t j = {0};
-    assert_int_equal(stall_judge(&j, 100, 100 + T, T, X), STALL_BEGAN);
-    assert_int_equal(stall_judge(&j, 100, 100 + X, T, X), STALL_EXIT);
+    assert_int_equal(stall_judge(&j, 100, 100 + T, 0, T, X), STALL_BEGAN);
+    assert_int_equal(stall_judge(&j, 100, 100 + X, 0, T, X), STALL_EXIT);
     stall_judge_t never = {0};
-    assert_int_equal(stall_judge(&never, 100, 100 + T, T, 0), STALL_BEGAN);
-    assert_int_equal(stall_judge(&never, 100, 100 + 1000 * X, T, 0), STALL_NONE);
+    assert_int_equal(stall_judge(&never, 100, 100 + T, 0, T, 0), STALL_BEGAN);
+    assert_int_equal(stall_judge(&never, 100, 100 + 1000 * X, 0, T, 0), STALL_NONE);
     /* A turn first seen already past exit_ms (the watchdog was late) exits at once. */
     stall_judge_t late = {0};
-    assert_int_equal(stall_judge(&late, 100, 100 + X + 1, T, X), STALL_EXIT);
+    assert_int_equal(stall_judge(&late, 100, 100 + X + 1, 0, T, X), STALL_EXIT);
 }
 
 static void judge_a_new_long_turn_is_a_new_stall(void **state)
 {
     (void)state;
     stall_judge_t j = {0};
-    assert_int_equal(stall_judge(&j, 100, 100 + T, T, 0), STALL_BEGAN);
+    assert_int_equal(stall_judge(&j, 100, 100 + T, 0, T, 0), STALL_BEGAN);
     /* The stalled turn ended and the next one is long already: first the end, then the new. */
-    assert_int_equal(stall_judge(&j, 200 + T, 200 + 3 * T, T, 0), STALL_ENDED);
-    assert_int_equal(stall_judge(&j, 200 + T, 200 + 3 * T, T, 0), STALL_BEGAN);
+    assert_int_equal(stall_judge(&j, 200 + T, 200 + 3 * T, 0, T, 0), STALL_ENDED);
+    assert_int_equal(stall_judge(&j, 200 + T, 200 + 3 * T, 0, T, 0), STALL_BEGAN);
 }
 
 static void judge_ignores_threads_not_watched(void **state)
 {
     (void)state;
     stall_judge_t j = {0};
-    assert_int_equal(stall_judge(&j, 0, 1000000, T, X), STALL_NONE);
+    assert_int_equal(stall_judge(&j, 0, 1000000, 0, T, X), STALL_NONE);
     /* A stalled thread that leaves (stamp 0: detached) ends its stall. */
-    assert_int_equal(stall_judge(&j, 100, 100 + T, T, X), STALL_BEGAN);
-    assert_int_equal(stall_judge(&j, 0, 200 + T, T, X), STALL_ENDED);
+    assert_int_equal(stall_judge(&j, 100, 100 + T, 0, T, X), STALL_BEGAN);
+    assert_int_equal(stall_judge(&j, 0, 200 + T, 0, T, X), STALL_ENDED);
     /* A clock read before the stamp (another CPU's view) is no age. */
-    assert_int_equal(stall_judge(&j, 5000, 4000, T, X), STALL_NONE);
+    assert_int_equal(stall_judge(&j, 5000, 4000, 0, T, X), STALL_NONE);
+}
+
+static void judge_counts_a_turn_from_a_resume(void **state)
+{
+    (void)state;
+    /* The process was stopped for 10 X (SIGSTOP, then SIGCONT) in the middle of a turn that
+     * began at 100: once it runs again (resumed at R), the turn is not a stall, nor an exit,
+     * until it has really run for the threshold. */
+    const uint64_t R = 100 + 10 * X;
+    stall_judge_t j = {0};
+    assert_int_equal(stall_judge(&j, 100, R, R, T, X), STALL_NONE);
+    assert_int_equal(stall_judge(&j, 100, R + T - 1, R, T, X), STALL_NONE);
+    assert_int_equal(stall_judge(&j, 100, R + T, R, T, X), STALL_BEGAN);
+    /* Seen stalled, the turn keeps its real age: a later pause does not hide it. */
+    assert_int_equal(stall_judge(&j, 100, R + T + 1, R + T + 1, T, X), STALL_EXIT);
 }
 
 /* ---- the watchdog on a real loop ---- */
@@ -197,6 +212,7 @@ int main(void)
         cmocka_unit_test(judge_exits_past_exit_ms_only_when_asked),
         cmocka_unit_test(judge_a_new_long_turn_is_a_new_stall),
         cmocka_unit_test(judge_ignores_threads_not_watched),
+        cmocka_unit_test(judge_counts_a_turn_from_a_resume),
         cmocka_unit_test(watchdog_reports_a_blocked_loop_then_its_end),
         cmocka_unit_test(watchdog_leaves_an_idle_loop_alone),
     };
