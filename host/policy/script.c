@@ -14,6 +14,7 @@
 #include <jansson.h>
 #include <lauxlib.h>
 #include <lua.h>
+#include <luajit.h>
 #include <lualib.h>
 #include <math.h>
 #include <openssl/crypto.h>
@@ -54,6 +55,11 @@ struct script {
     int ref_ord; /* the order table handed to every order() call */
     script_settings_t settings;
     bool quiet; /* script_check: errors go to err only */
+    /* script_check only: what runs under the instruction budget ("allocate()"...), and the
+     * one-line complaint once the budget is spent (empty until then). */
+    const char *path;
+    const char *phase;
+    char spent[256];
     int64_t log_window_ms;
     unsigned logged;
     unsigned long suppressed;
@@ -339,6 +345,69 @@ static int setup_state(lua_State *L)
     return 0;
 }
 
+/* ---- the check's instruction budget ---------------------------------------------------- */
+
+/* script_check runs the policy on the main thread (at start, `--test`, every SIGHUP), where a
+ * call that never returns would wedge the host for good: no reload, no SIGTERM is handled
+ * again. So the check's own state runs interpreted (LuaJIT calls no hooks in compiled code;
+ * the workers' states keep the JIT) under a count hook, and each step (the chunk, allocate(),
+ * admit(), order()) may run SCRIPT_CHECK_BUDGET bytecode instructions. Counted (a count hook of 1)
+ * with the check's sample inputs: lua/policy.lua's chunk runs 23 instructions and its calls at
+ * most 22; the examples' chunks at most 117 (opens_at.lua) and their calls at most 39. The
+ * budget leaves a policy that builds big tables at load some 10^6 times that, yet is spent in
+ * about 0.15 s (interpreted, ~1.5 ns per instruction on the development machine), so a
+ * looping policy is refused quickly. Not counted: time inside one C function (a huge
+ * string.rep, a pattern match that backtracks) and __gc finalizers (LuaJIT runs those without
+ * hooks). */
+static const char budget_key; /* registry[&budget_key]: the script_t under the budget */
+
+/* The count hook fires: the budget is spent. From now on every instruction fails (count 1), so
+ * a policy that catches the error (pcall in a loop) cannot go on either. */
+static void on_budget_spent(lua_State *L, lua_Debug *ar)
+{
+    lua_sethook(L, on_budget_spent, LUA_MASKCOUNT, 1);
+    lua_pushlightuserdata(L, (void *)&budget_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    script_t *s = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (s->spent[0] == '\0') {
+        char at[128] = "";
+        if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
+            snprintf(at, sizeof(at), ", at %s:%d", ar->short_src, ar->currentline);
+        snprintf(s->spent, sizeof(s->spent),
+                 "%s: %s ran past %d Lua instructions in the check (an endless loop?%s)", s->path,
+                 s->phase, SCRIPT_CHECK_BUDGET, at);
+    }
+    lua_pushstring(L, s->spent);
+    lua_error(L);
+}
+
+/* Gives the next step (phase names it in the complaint) a fresh budget. */
+static void budget_start(script_t *s, const char *phase)
+{
+    s->phase = phase;
+    lua_sethook(s->L, on_budget_spent, LUA_MASKCOUNT, SCRIPT_CHECK_BUDGET);
+}
+
+static int jit_on_ignored(lua_State *L)
+{
+    (void)L;
+    return 0;
+}
+
+/* Runs under lua_cpcall. Stack: [s (light userdata)] -> []. Registers s for the hook and makes
+ * jit.on() do nothing: the policy must not switch the JIT back on under the budget. */
+static int setup_budget(lua_State *L)
+{
+    lua_pushlightuserdata(L, (void *)&budget_key);
+    lua_pushvalue(L, 1);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+    lua_getglobal(L, LUA_JITLIBNAME); /* [s, jit] */
+    lua_pushcfunction(L, jit_on_ignored);
+    lua_setfield(L, -2, "on");
+    return 0;
+}
+
 /* ---- loading --------------------------------------------------------------------------- */
 
 /* Stack: [.., module] -> [.., module]; refs module[name] when it is a function. An optional one
@@ -518,7 +587,9 @@ static void req_set_num(lua_State *L, int t, int key_ref, lua_Number v)
     lua_rawset(L, t);
 }
 
-int script_open(script_t **out, const char *path, const script_env_t *env, char *err, size_t errlen)
+/* check: the state script_check runs under the instruction budget, with the JIT off. */
+static int open_script(script_t **out, const char *path, const script_env_t *env, bool check,
+                       char *err, size_t errlen)
 {
     script_env_t dflt = {.host_id = "", .hosts = 1};
     script_t *s = calloc(1, sizeof(*s));
@@ -540,14 +611,33 @@ int script_open(script_t **out, const char *path, const script_env_t *env, char 
         snprintf(err, errlen, "%s: cannot set up the Lua state: %s", path, lua_tostring(s->L, -1));
         goto fail;
     }
-    if (load_policy(s, path, err, errlen) < 0)
+    if (check) {
+        s->path = path;
+        s->quiet = true;
+        luaJIT_setmode(s->L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
+        if (lua_cpcall(s->L, setup_budget, s) != 0) {
+            snprintf(err, errlen, "%s: cannot set up the Lua state: %s", path,
+                     lua_tostring(s->L, -1));
+            goto fail;
+        }
+        budget_start(s, "the top-level chunk");
+    }
+    if (load_policy(s, path, err, errlen) < 0) {
+        if (s->spent[0] != '\0')
+            snprintf(err, errlen, "%s", s->spent);
         goto fail;
+    }
     lua_settop(s->L, 0);
     *out = s;
     return 0;
 fail:
     script_close(s);
     return -1;
+}
+
+int script_open(script_t **out, const char *path, const script_env_t *env, char *err, size_t errlen)
+{
+    return open_script(out, path, env, false, err, errlen);
 }
 
 void script_close(script_t *s)
@@ -847,6 +937,12 @@ out:
 
 /* ---- snatch-host --test ---------------------------------------------------------------- */
 
+/* After a failed step: the complaint, one line when the budget was spent. */
+static void check_failed(script_t *s, char *err, size_t errlen)
+{
+    snprintf(err, errlen, "%s", s->spent[0] != '\0' ? s->spent : s->err);
+}
+
 static int check_order(script_t *s, char *err, size_t errlen)
 {
     char payload[4096];
@@ -859,7 +955,7 @@ static int check_order(script_t *s, char *err, size_t errlen)
         .created_ms = 1700000000000,
     };
     if (script_order(s, &o, payload, sizeof(payload)) < 0) {
-        snprintf(err, errlen, "%s", s->err);
+        check_failed(s, err, errlen);
         return -1;
     }
     json_error_t jerr;
@@ -879,17 +975,17 @@ int script_check(const char *path, const script_env_t *env, char *err, size_t er
     script_t *s = NULL;
     int rc = -1;
 
-    if (script_open(&s, path, env, err, errlen) < 0)
+    if (open_script(&s, path, env, true, err, errlen) < 0)
         return -1;
-    s->quiet = true;
 
     script_cluster_t cluster = {.stock = 1000,
                                 .per_user_limit = 1,
                                 .hosts = 3,
                                 .host_id = env && env->host_id ? env->host_id : ""};
     int64_t quota;
+    budget_start(s, "allocate()");
     if (call_allocate(s, "check", &cluster, &quota) < 0) {
-        snprintf(err, errlen, "%s", s->err);
+        check_failed(s, err, errlen);
         goto out;
     }
     script_admit_req_t req = {.event = "check",
@@ -898,10 +994,12 @@ int script_check(const char *path, const script_env_t *env, char *err, size_t er
                               .client = "127.0.0.1",
                               .now_ms = util_now_ms()};
     script_verdict_t v;
+    budget_start(s, "admit()");
     if (call_admit(s, &req, &v) < 0) {
-        snprintf(err, errlen, "%s", s->err);
+        check_failed(s, err, errlen);
         goto out;
     }
+    budget_start(s, "order()");
     if (check_order(s, err, errlen) < 0)
         goto out;
     rc = 0;

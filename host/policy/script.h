@@ -113,10 +113,16 @@ int script_order_from_record(script_t *s, const char *record, size_t len, char *
 typedef void (*script_counter_fn)(const char *name, size_t len, double inc);
 void script_set_counter(script_counter_fn fn);
 
-/* For `snatch-host --test`: opens path, then calls allocate, admit and order once each with
- * sample inputs (stock 1000 on 3 hosts; buyer "check_user"; order() must return a JSON object),
- * and closes it. Returns 0, or -1 with "file:line: error" (and a traceback) in err. Takes tokens
- * from the shared rate limiter under the sample keys. */
+/* Bytecode instructions each step of script_check may run (script.c says why this many). */
+#define SCRIPT_CHECK_BUDGET 100000000
+
+/* For `snatch-host --test` (and every start and SIGHUP): opens path, then calls allocate, admit
+ * and order once each with sample inputs (stock 1000 on 3 hosts; buyer "check_user"; order()
+ * must return a JSON object), and closes it. Returns 0, or -1 with "file:line: error" (and a
+ * traceback) in err. Its own state runs with the JIT off, and each step (the chunk and each
+ * call) at most SCRIPT_CHECK_BUDGET instructions: beyond, the policy is refused with the
+ * one-line "path: admit() ran past N Lua instructions in the check (an endless loop?, at
+ * file:line)". Takes tokens from the shared rate limiter under the sample keys. */
 int script_check(const char *path, const script_env_t *env, char *err, size_t errlen);
 
 #endif

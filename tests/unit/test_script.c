@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "ratelimit.h"
@@ -416,6 +417,127 @@ static void test_check_accepts_good_policies(void **state)
         if (script_check(path, &env, err, sizeof(err)) != 0)
             fail_msg("%s: %s", files[i], err);
     }
+}
+
+/* ---- the check's instruction budget ---------------------------------------------------- */
+
+/* Seconds a check may take here before the test fails: the budget is spent in well under one
+ * (about 0.15 s); a check without it never returns. */
+#define CHECK_DEADLINE_S 30
+
+/* script_check in a child process that SIGALRM ends after CHECK_DEADLINE_S, so a check that
+ * never returns fails this test instead of hanging it. Returns the check's result; err gets
+ * its message. */
+static int bounded_check(const char *path, char *err, size_t errlen)
+{
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        alarm(CHECK_DEADLINE_S);
+        char msg[2048] = "";
+        int rc = script_check(path, &env, msg, sizeof(msg));
+        ssize_t w = write(fds[1], msg, strlen(msg));
+        (void)w;
+        _exit(rc == 0 ? 0 : 1);
+    }
+    close(fds[1]);
+    size_t n = 0;
+    ssize_t r;
+    while (n < errlen - 1 && (r = read(fds[0], err + n, errlen - 1 - n)) > 0)
+        n += (size_t)r;
+    err[n] = '\0';
+    close(fds[0]);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (WIFSIGNALED(status))
+        fail_msg("%s: script_check still ran after %d s (signal %d)", path, CHECK_DEADLINE_S,
+                 WTERMSIG(status));
+    return WEXITSTATUS(status) == 0 ? 0 : -1;
+}
+
+/* A policy that loops where the check runs it is refused with one line naming the step and
+ * the line of the loop. */
+static void expect_endless(const char *name, const char *text, const char *step, int line)
+{
+    char path[512], err[2048], want[1536];
+    fixture(path, sizeof(path), name, text);
+    assert_int_equal(bounded_check(path, err, sizeof(err)), -1);
+    snprintf(want, sizeof(want),
+             "%s: %s ran past %d Lua instructions in the check (an endless loop?, at %s:%d)", path,
+             step, SCRIPT_CHECK_BUDGET, path, line);
+    assert_string_equal(err, want);
+}
+
+static void test_check_bounds_endless_loops(void **state)
+{
+    (void)state;
+    expect_endless("loopchunk.lua",
+                   "local M = {}\n" OK_ALLOCATE OK_ADMIT OK_ORDER "while true do end\nreturn M\n",
+                   "the top-level chunk", 5);
+    expect_endless(
+        "loopalloc.lua",
+        "local M = {}\nfunction M.allocate(e, c)\n  while true do end\nend\n" OK_ADMIT OK_ORDER
+        "return M\n",
+        "allocate()", 3);
+    /* Only the sample buyer loops: the check's admit() call is what finds it. */
+    expect_endless("loopadmit.lua",
+                   "local M = {}\n" OK_ALLOCATE "function M.admit(req)\n"
+                   "  local n = 0\n"
+                   "  while req.user == 'check_user' do n = n + 1 end\n"
+                   "  return true\n"
+                   "end\n" OK_ORDER "return M\n",
+                   "admit()", 5);
+    expect_endless("looporder.lua",
+                   "local M = {}\n" OK_ALLOCATE OK_ADMIT
+                   "function M.order(o)\n  repeat until false\nend\nreturn M\n",
+                   "order()", 5);
+    /* Switching the JIT back on does not escape the budget (compiled loops run no hooks). */
+    expect_endless("loopjit.lua",
+                   "local M = {}\njit.on()\n" OK_ADMIT OK_ORDER
+                   "function M.allocate(e, c)\n  local x = 0\n  for i = 1, 1e15 do x = x + i end\n"
+                   "  return x\nend\nreturn M\n",
+                   "allocate()", 7);
+    /* Catching the budget's error does not either: once spent, every instruction fails. */
+    expect_endless("looppcall.lua",
+                   "local M = {}\n" OK_ALLOCATE OK_ORDER
+                   "local function spin() while true do end end\n"
+                   "function M.admit(req)\n  while true do pcall(spin) end\nend\nreturn M\n",
+                   "admit()", 4);
+    expect_endless("loopcoroutine.lua",
+                   "local M = {}\n" OK_ALLOCATE OK_ADMIT "function M.order(o)\n"
+                   "  local co = coroutine.wrap(function() while true do end end)\n"
+                   "  return co()\nend\nreturn M\n",
+                   "order()", 5);
+
+    /* Ordinary policies pass as before. */
+    char path[1024], err[2048];
+    source_path(path, sizeof(path), "lua/policy.lua");
+    assert_int_equal(bounded_check(path, err, sizeof(err)), 0);
+    /* The check itself (this process) still passes a good policy after a refused one. */
+    expect_endless("loopchunk2.lua", "while true do end\n", "the top-level chunk", 1);
+    assert_int_equal(script_check(path, &env, err, sizeof(err)), 0);
+}
+
+/* The check's state runs interpreted, the states that serve keep the JIT. */
+static void test_check_jit_off_workers_on(void **state)
+{
+    (void)state;
+    char path[512], err[2048] = "";
+    script_cluster_t c = {.stock = 100, .per_user_limit = 1, .hosts = 1, .host_id = "h1"};
+    fixture(path, sizeof(path), "jitprobe.lua",
+            "local M = {}\njit.on()\n"
+            "function M.allocate(e, c)\n"
+            "  if c.stock == 1000 and jit.status() then error('the JIT is on in the check') end\n"
+            "  return jit.status() and 7 or 3\n"
+            "end\n" OK_ADMIT OK_ORDER "return M\n");
+    if (script_check(path, &env, err, sizeof(err)) != 0)
+        fail_msg("check: %s", err);
+    script_t *s = open_ok(path);
+    assert_int_equal(script_allocate(s, "ev1", &c), 7);
+    script_close(s);
 }
 
 /* The sandbox: only the safe libraries, no way to load code from files or bytecode. */
@@ -845,6 +967,8 @@ int main(void)
         cmocka_unit_test(test_refuses_broken_scripts),
         cmocka_unit_test(test_check_catches_runtime_errors),
         cmocka_unit_test(test_check_accepts_good_policies),
+        cmocka_unit_test(test_check_bounds_endless_loops),
+        cmocka_unit_test(test_check_jit_off_workers_on),
         cmocka_unit_test(test_sandbox),
         cmocka_unit_test(test_runtime_errors),
         cmocka_unit_test(test_reused_table_metatable),
