@@ -276,7 +276,9 @@ static int render(void *ctx, const char *record, size_t len, char *out, size_t c
 }
 
 /* The policy whose order() renders republished orders; NULL (built-in format) without --policy.
- * Returns 0, or -1 when --policy names a policy that does not load. */
+ * Returns 0, or -1 when --policy names a policy that does not load or fails the host's check
+ * (which also stops a policy that loops at load or in its sample calls: a tool run by a timer
+ * must not hang on it for good). */
 static int open_policy(const config_t *c, script_t **out)
 {
     char err[2048];
@@ -288,7 +290,8 @@ static int open_policy(const config_t *c, script_t **out)
                      "the hosts' --policy if its order() differs");
         return 0;
     }
-    if (script_open(out, c->policy, &env, err, sizeof(err)) != 0) {
+    if (script_check(c->policy, &env, err, sizeof(err)) != 0 ||
+        script_open(out, c->policy, &env, err, sizeof(err)) != 0) {
         log_error("reconcile: --policy %s: %s", c->policy, err);
         return -1;
     }

@@ -158,6 +158,57 @@ def broken_policy_is_refused_old_keeps_serving():
         wait_until(lambda: h.snatch("b", "vip-3")[0] == 200, 5, what="good policy after broken")
 
 
+# Loops where the check runs it: for the check's sample buyer in admit(), and at load. Served,
+# the first would wedge every loop thread at the first request.
+LOOPING_ADMIT = POLICY.replace("admit = function(req)\n",
+                               "admit = function(req)\n    while req.user == 'check_user' do end\n")
+LOOPING_CHUNK = "while true do end\n" + POLICY % ""
+RAN_PAST = re.compile(r"ran past \d+ Lua instructions in the check \(an endless loop\?, at "
+                      r"\S*policy\.lua:\d+\)")
+
+
+@suite.case
+def endless_loop_policy_is_refused_host_still_reloads_and_stops():
+    """A policy that loops in the check is refused on SIGHUP like a broken one, within the
+    check's instruction budget: the main thread still takes the next SIGHUP and SIGTERM (without
+    the budget it never returned: no more reloads, no stop). At start and with --test it is
+    refused (exit 1), and snatch-reconcile refuses it too (exit 2)."""
+    assert LOOPING_ADMIT != POLICY % "vip"
+    with ReloadStack(threads=2) as st:
+        h = st.host
+        h.create_event("loop", 1000)
+        errors = 0
+        for n, text in enumerate((LOOPING_ADMIT % "vip", LOOPING_CHUNK), 1):
+            write(st.policy, text)
+            h.hup()
+            wait_until(lambda: len(RAN_PAST.findall(h.proc.log_text())) == n, 20,
+                       what="the looping policy %d refused" % n)
+            log = h.proc.log_text()
+            assert "refused, old policy keeps serving" in log, log[-2000:]
+            assert ("%s ran past" % ("admit()" if n == 1 else "the top-level chunk")) in log, log[-2000:]
+            assert h.snatch("loop", "vip-%d" % n)[0] == 403  # the old rule
+            assert h.snatch("loop", "plain-%d" % n)[0] == 200  # still selling
+        _, m = h.request("GET", "/metrics")
+        err = [l for l in m.splitlines() if l.startswith('snatch_policy_reloads_total{result="error"}')]
+        assert err and int(float(err[0].split()[-1])) == 2, err
+        # The main thread still reloads: a good policy is taken.
+        write(st.policy, POLICY % "")
+        h.hup()
+        wait_until(lambda: h.snatch("loop", "vip-3")[0] == 200, 10, what="the good policy after the loops")
+        # The command-line paths refuse it in bounded time, naming the step.
+        for text, step in ((LOOPING_ADMIT % "vip", b"admit()"), (LOOPING_CHUNK, b"the top-level chunk")):
+            bad = os.path.join(st.tmp.path, "looping-policy.lua")
+            write(bad, text)
+            for argv in ([binary("snatch-host"), "--test", bad], [binary("snatch-host"), bad]):
+                p = subprocess.run(argv, capture_output=True, timeout=60)
+                assert p.returncode == 1 and RAN_PAST.search(p.stderr.decode()), p
+                assert step + b" ran past" in p.stderr, p
+            rc, out = st.reconcile("--policy", bad, "--dry-run", timeout=60)
+            assert rc == 2 and RAN_PAST.search(out), (rc, out)
+        # SIGTERM is handled: a clean stop (status 0), not the harness's kill -9 after 15 s.
+        assert h.stop() == 0
+
+
 @suite.case
 def broken_deduct_script_is_refused_by_redis_old_keeps_selling():
     import shutil
