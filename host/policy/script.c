@@ -351,14 +351,14 @@ static int setup_state(lua_State *L)
  * call that never returns would wedge the host for good: no reload, no SIGTERM is handled
  * again. So the check's own state runs interpreted (LuaJIT calls no hooks in compiled code;
  * the workers' states keep the JIT) under a count hook, and each step (the chunk, allocate(),
- * admit(), order()) may run SCRIPT_CHECK_BUDGET bytecode instructions. Counted (a count hook of 1)
- * with the check's sample inputs: lua/policy.lua's chunk runs 23 instructions and its calls at
- * most 22; the examples' chunks at most 117 (opens_at.lua) and their calls at most 39. The
- * budget leaves a policy that builds big tables at load some 10^6 times that, yet is spent in
- * about 0.15 s (interpreted, ~1.5 ns per instruction on the development machine), so a
- * looping policy is refused quickly. Not counted: time inside one C function (a huge
- * string.rep, a pattern match that backtracks) and __gc finalizers (LuaJIT runs those without
- * hooks). */
+ * admit(), order()) may run SCRIPT_CHECK_BUDGET bytecode instructions. Counted with a count
+ * hook of 1 and the check's sample inputs: lua/policy.lua's chunk runs 23 instructions and its
+ * calls at most 22; the examples' chunks at most 117 (opens_at.lua) and their calls at most 39.
+ * The budget leaves a policy that builds big tables at load some 10^6 times that (a chunk
+ * filling a 10^6-entry table runs 3*10^6), yet is spent in about 0.12 s (interpreted,
+ * ~1.2 ns per instruction on the development machine), so a looping policy is refused quickly. Not
+ * counted: time inside one C function (a huge string.rep, a pattern match that backtracks) and __gc
+ * finalizers (LuaJIT runs those without hooks). */
 static const char budget_key; /* registry[&budget_key]: the script_t under the budget */
 
 /* The count hook fires: the budget is spent. From now on every instruction fails (count 1), so

@@ -422,7 +422,7 @@ static void test_check_accepts_good_policies(void **state)
 /* ---- the check's instruction budget ---------------------------------------------------- */
 
 /* Seconds a check may take here before the test fails: the budget is spent in well under one
- * (about 0.15 s); a check without it never returns. */
+ * (about 0.12 s); a check without it never returns. */
 #define CHECK_DEADLINE_S 30
 
 /* script_check in a child process that SIGALRM ends after CHECK_DEADLINE_S, so a check that
