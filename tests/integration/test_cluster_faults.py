@@ -3,7 +3,8 @@ min-replicas-to-write 1), a 3-node JetStream cluster (stream ORDERS with 3 repli
 (--redis-replicas 1: a batch is confirmed only once a replica holds it) behind nginx running
 examples/nginx/snatch.conf, and the subscriber. One fault per case, mid-sale: kill -9 of the Redis
 master owning the event (restarted after the failover; and, on 3 masters + 6 replicas, never
-restarted), kill -9 of the ORDERS stream leader, kill -9 of a host behind nginx, a rolling SIGTERM
+restarted), on 3 + 6 kill -9 of one of its replicas (never restarted) and of the master and a
+replica at once (one restarted later), kill -9 of the ORDERS stream leader, kill -9 of a host behind nginx, a rolling SIGTERM
 restart of every node one by one, and the event's master cut off by nftables.
 
 The buyers go through nginx; their pace is held down while the fault lasts (so the sale is still
@@ -20,9 +21,10 @@ dropped_202, counted as err, and the buyer holds nothing (verify checks rows == 
 
 Fails when snatch-host lacks the cluster flags (--redis-replicas, --orders-replicas).
 SNATCH_CLUSTER_BROKEN=1 runs the split-brain case against a broken variant (no
-min-replicas-to-write, --redis-replicas 0): it must fail. SNATCH_CLUSTER_ONE_REPLICA=1 runs
-redis_master_kill9_never_back on one replica per master: the promoted replica has none, refuses
-every write (NOREPLICAS) and the stock is left unsold: it must fail."""
+min-replicas-to-write, --redis-replicas 0): it must fail, and so must redis_shard_two_nodes_kill9
+(the promoted replica, alone, sells). SNATCH_CLUSTER_ONE_REPLICA=1 runs
+redis_master_kill9_never_back and redis_replica_kill9 on one replica per master: the master left
+has no replica, refuses every write (NOREPLICAS) and the stock is left unsold: they must fail."""
 import atexit
 import os
 import re
