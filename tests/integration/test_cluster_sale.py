@@ -175,5 +175,73 @@ def every_master_back_empty():
     masters_lost(back_empty=True)
 
 
+def takeover_window(kill_masters):
+    """Buyers one after the other on a few threads (each asks again as soon as answered) while
+    the event's shard changes master: its replica runs CLUSTER FAILOVER TAKEOVER, with its
+    master alive (kill_masters False) or after every master was killed (True). Returns the 503s
+    answered to buyers who asked after the takeover, and the seconds from the takeover to the
+    last of them."""
+    with Stack(hosts=1, threads=2, redis_cluster={}) as st:
+        S = 1000000
+        ev = st.redis.keys_for_masters("tw")[0]
+        st.host.create_event(ev, S)
+        m = st.redis.master_for_key("{%s}:meta" % ev)
+        masters = st.redis.masters()
+        replicas = [n for n in st.redis.nodes if n not in masters]
+        answers, stop, lock = [], threading.Event(), threading.Lock()
+
+        def buyer(k):
+            i = 0
+            while not stop.is_set():
+                t0 = time.time()
+                s, body = st.host.snatch(ev, "w%d-%d" % (k, i))
+                with lock:
+                    answers.append((t0, time.time(), s, body))
+                i += 1
+        ts = [threading.Thread(target=buyer, args=(k,)) for k in range(6)]
+        for t in ts:
+            t.start()
+        try:
+            time.sleep(1.0)
+            if kill_masters:
+                for x in masters:
+                    x.kill9()
+                time.sleep(0.5)
+                takers = replicas
+            else:
+                takers = st.redis.replicas_of(m)
+            t_take = time.time()
+            for r in takers:
+                r.cmd("CLUSTER", "FAILOVER", "TAKEOVER")
+            time.sleep(6.0)
+        finally:
+            stop.set()
+            for t in ts:
+                t.join()
+        after = [a for a in answers if a[0] >= t_take]
+        bad = [a for a in after if a[2] == 503]
+        counts = {}
+        for a in after:
+            counts[a[2]] = counts.get(a[2], 0) + 1
+        window = max((a[1] for a in bad), default=t_take) - t_take
+        reasons = {}
+        for a in bad:
+            key = str(a[3])[:120]
+            reasons[key] = reasons.get(key, 0) + 1
+        print("takeover%s: after it %s; 503 window %.2f s; %s" % (
+            " (every master killed)" if kill_masters else "", counts, window, reasons))
+        return len(bad), window
+
+
+@suite.case
+def takeover_live_master_window():
+    takeover_window(kill_masters=False)
+
+
+@suite.case
+def takeover_dead_masters_window():
+    takeover_window(kill_masters=True)
+
+
 if __name__ == "__main__":
     sys.exit(suite.run())
