@@ -228,6 +228,7 @@ def takeover_window(kill_masters):
         for a in bad:
             key = str(a[3])[:120]
             reasons[key] = reasons.get(key, 0) + 1
+        print("t_take %.3f" % t_take)
         print("takeover%s: after it %s; 503 window %.2f s; %s" % (
             " (every master killed)" if kill_masters else "", counts, window, reasons))
         return len(bad), window
