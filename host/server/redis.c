@@ -67,6 +67,7 @@ typedef struct node {
     bool retired;   /* no longer in the map: closed when inflight reaches 0 */
     bool was_ready; /* a failure of a node that never answered yet is "not yet", not "down" */
     uint64_t born_ns;
+    uint64_t down_ns;       /* was ready, and is not since then; 0: ready or never was */
     struct node *next_dead; /* closed nodes stay allocated until the client is freed */
 } node_t;
 
@@ -829,7 +830,8 @@ static void on_routed_reply(redisReply *reply, const char *err, void *data)
             return;
         }
         if (err == redis_err_lost) {
-            c->changed_ns = uv_hrtime();
+            if (n->down_ns == 0)
+                n->down_ns = c->changed_ns = uv_hrtime();
             schedule_refresh(c, REFRESH_SOON_MS);
         }
         rreq_fail(r, err);
@@ -920,6 +922,8 @@ static void route(rreq_t *r)
             retry_later(r);
             return;
         }
+        if (n->was_ready && n->down_ns == 0)
+            n->down_ns = c->changed_ns = uv_hrtime(); /* just lost (nothing was in flight) */
         hold_or_fail(r);
         return;
     }
@@ -942,8 +946,11 @@ static void route(rreq_t *r)
 static void on_node_ready(redis_conn_t *conn, void *arg)
 {
     node_t *n = arg;
-    (void)conn;
-    n->was_ready = true;
+    /* Called when usable too: a node whose script is still loading is not up yet. */
+    if (redis_conn_ready(conn)) {
+        n->was_ready = true;
+        n->down_ns = 0;
+    }
     wake_retries(n->c);
 }
 
