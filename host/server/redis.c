@@ -707,6 +707,10 @@ static void enqueue_retry(rreq_t *r)
 /* Routes r again in ms, or at its deadline if that comes first (where route fails it). */
 static void retry_in(rreq_t *r, uint64_t ms)
 {
+    if (r->c->closing) { /* the retry timer is closed or closing */
+        rreq_fail(r, redis_err_closing);
+        return;
+    }
     uint64_t due = uv_hrtime() + ms * 1000000u;
     r->due_ns = due < r->deadline_ns ? due : r->deadline_ns;
     enqueue_retry(r);
