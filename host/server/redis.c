@@ -10,7 +10,7 @@
  * REFRESH_BACKOFF_MAX_MS. A MOVED updates its slot at once, before the refresh confirms it. A
  * node the map no longer names is closed once its last request came back.
  *
- * A request that provably never ran (refused with CLUSTERDOWN, MOVED/ASK past
+ * A request that provably never ran (refused with CLUSTERDOWN "The cluster is down", MOVED/ASK past
  * REDIS_MAX_REDIRECTS, or not sent: its node is down or the map names none) while the cluster is
  * in transition (a node lost, a MOVED or a map that moved slots within the last timeout_ms)
  * waits and goes again (backoff up to HOLD_BACKOFF_MAX_MS, sooner when the map moves or a node
@@ -878,6 +878,13 @@ static void on_routed_reply(redisReply *reply, const char *err, void *data)
         return;
     case CLUSTER_ERR_CLUSTERDOWN:
         maybe_close_retired(n);
+        /* "Hash slot not served": the node knows no owner of the slot (it is out of the
+         * cluster, or the slot was never given): an outage, not a moment of a failover. */
+        if (strstr(reply->str, "not served") != NULL) {
+            schedule_refresh(c, REFRESH_SOON_MS);
+            rreq_fail(r, redis_err_cluster_down);
+            return;
+        }
         hold_or_fail(r);
         return;
     default:

@@ -6,7 +6,7 @@
  * refused with CLUSTERDOWN, or sent around past REDIS_MAX_REDIRECTS, waits and goes again until
  * it runs (the router once answered "cluster cannot serve the slot", a 503, at once); one that
  * is hopeless fails at its deadline and is never sent again; with no sign of a transition (a
- * long outage) it still fails at once. */
+ * long outage), or refused as "Hash slot not served", it still fails at once. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -35,6 +35,7 @@
 typedef struct {
     int lfd, port;
     _Atomic int moved, down; /* still to answer before the value */
+    _Atomic bool unserved;   /* CLUSTERDOWN says "Hash slot not served" */
     _Atomic int gets;        /* GETs seen */
     _Atomic int stop;
     pthread_t th;
@@ -102,7 +103,8 @@ static void answer(fake_t *f, int fd, const char *name, const char *arg)
             say(fd, out);
         } else if (f->down > 0) {
             f->down--;
-            say(fd, "-CLUSTERDOWN The cluster is down\r\n");
+            say(fd, f->unserved ? "-CLUSTERDOWN Hash slot not served\r\n"
+                                : "-CLUSTERDOWN The cluster is down\r\n");
         } else {
             say(fd, "$5\r\nvalue\r\n");
         }
@@ -245,6 +247,7 @@ static redis_client_t *start_client(uint64_t timeout_ms)
 static void get_after(redis_client_t *c, int moved, int down, result_t *res, int wait_ms)
 {
     fake.gets = 0;
+    fake.unserved = false;
     fake.moved = moved;
     fake.down = down;
     const char *argv[] = {"GET", "k"};
@@ -331,6 +334,25 @@ static void test_clusterdown_out_of_transition_fails_at_once(void **state)
     close_client(c);
 }
 
+/* "Hash slot not served" (a node out of the cluster, a slot never given) is an outage, not a
+ * moment of a failover: it fails at once even right after a MOVED. */
+static void test_slot_not_served_fails_at_once(void **state)
+{
+    (void)state;
+    redis_client_t *c = start_client(5000);
+    result_t res = {0};
+    fake.gets = 0;
+    fake.unserved = true;
+    fake.moved = 1;
+    fake.down = FOREVER;
+    const char *argv[] = {"GET", "k"};
+    redis_command(c, on_result, &res, 2, argv, NULL);
+    assert_true(run_until(answered, &res, 10000));
+    assert_ptr_equal(res.err, redis_err_cluster_down);
+    assert_int_equal(fake.gets, 2);
+    close_client(c);
+}
+
 static int teardown(void **state)
 {
     (void)state;
@@ -367,6 +389,7 @@ int main(void)
         cmocka_unit_test_teardown(test_clusterdown_in_transition_waits, teardown),
         cmocka_unit_test_teardown(test_hopeless_fails_at_deadline, teardown),
         cmocka_unit_test_teardown(test_clusterdown_out_of_transition_fails_at_once, teardown),
+        cmocka_unit_test_teardown(test_slot_not_served_fails_at_once, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
