@@ -26,3 +26,7 @@ set_tests_properties(cluster_faults PROPERTIES RUN_SERIAL TRUE)
 # TRYAGAIN, MOVED), whatever the machine's load.
 add_snatch_unit_test(test_cluster_sync ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_cluster_sync.c
   LIBS snatch_common)
+# host/server/redis.c's answer to a request that never ran (CLUSTERDOWN, a redirection loop) in
+# and out of a cluster transition, against a scripted fake node (exact counts of tries).
+add_snatch_unit_test(test_redis_hold ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_redis_hold.c
+  LIBS snatch_server)

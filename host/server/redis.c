@@ -10,6 +10,14 @@
  * REFRESH_BACKOFF_MAX_MS. A MOVED updates its slot at once, before the refresh confirms it. A
  * node the map no longer names is closed once its last request came back.
  *
+ * A request that provably never ran (refused with CLUSTERDOWN "The cluster is down", MOVED/ASK past
+ * REDIS_MAX_REDIRECTS, or not sent: its node is down or the map names none) while the cluster is
+ * in transition (a node lost, a MOVED or a map that moved slots within the last timeout_ms)
+ * waits and goes again (backoff up to HOLD_BACKOFF_MAX_MS, sooner when the map moves or a node
+ * connects) until its deadline, then fails: the nodes' views of a failover or a TAKEOVER take a
+ * moment to agree. Out of a transition (a long outage) it fails at once, as a held one would
+ * at its deadline anyway, and the callers' queues stay short.
+ *
  * When no master of the map can be asked (every one of them gone at once: a lost rack, replicas
  * promoted by CLUSTER FAILOVER TAKEOVER), or those that can failed REFRESH_FAILS_FALLBACK times
  * in a row (a master restarted empty, out of the cluster), the map is asked of other addresses: the
@@ -37,8 +45,9 @@
 #define REFRESH_EVERY_MS 5000
 #define REFRESH_SOON_MS 20
 #define REFRESH_BACKOFF_MAX_MS 1000
-#define RETRY_EVERY_MS 10 /* TRYAGAIN, or a node whose connection is still being made */
-#define SEED_PROBE_MS 200 /* mode undecided: look for a ready seed this often */
+#define RETRY_EVERY_MS 10       /* TRYAGAIN, or a node whose connection is still being made */
+#define HOLD_BACKOFF_MAX_MS 160 /* a never-ran request in a transition (see the top) */
+#define SEED_PROBE_MS 200       /* mode undecided: look for a ready seed this often */
 /* Maps refused in a row by the masters that are reachable before other nodes are asked too. */
 #define REFRESH_FAILS_FALLBACK 3
 /* Seeds plus the replicas of a map of up to 16 masters with 3 replicas each. */
@@ -58,6 +67,7 @@ typedef struct node {
     bool retired;   /* no longer in the map: closed when inflight reaches 0 */
     bool was_ready; /* a failure of a node that never answered yet is "not yet", not "down" */
     uint64_t born_ns;
+    uint64_t down_ns;       /* was ready, and is not since then; 0: ready or never was */
     struct node *next_dead; /* closed nodes stay allocated until the client is freed */
 } node_t;
 
@@ -73,6 +83,8 @@ struct rreq {
     bool routed; /* has a slot */
     unsigned slot;
     uint64_t deadline_ns;
+    uint64_t due_ns; /* on the retry list: routed again from then on */
+    int holds;       /* waits for a transition to settle (see the top) */
     int redirects;
     bool asking, asked;
     cluster_redirect_t ask;
@@ -122,6 +134,7 @@ struct redis_client {
     uv_timer_t refresh_timer;
     uv_timer_t retry_timer;
     rreq_t *retry_head, *retry_tail;
+    uint64_t changed_ns; /* the last sign of a transition (see the top); 0: none yet */
     int open_handles;
     int live; /* request records and set_script rounds not yet finished */
 
@@ -135,6 +148,7 @@ struct redis_client {
 
 static void route(rreq_t *r);
 static void on_retry_timer(uv_timer_t *t);
+static void wake_retries(redis_client_t *c);
 static void schedule_refresh(redis_client_t *c, uint64_t ms);
 static void on_node_ready(redis_conn_t *conn, void *arg);
 
@@ -263,6 +277,7 @@ static void owner_changed(unsigned first, unsigned last, const char *old_id, con
                           void *arg)
 {
     redis_client_t *c = arg;
+    c->changed_ns = uv_hrtime();
     log_info("redis: slots %u-%u moved from master %.12s to %.12s", first, last,
              old_id[0] ? old_id : "(none)", new_id[0] ? new_id : "(none)");
     if (c->owner_fn != NULL)
@@ -286,9 +301,12 @@ static void install_map(redis_client_t *c, cluster_map_t *m)
     cluster_map_t *old = c->map;
     c->map = m;
     if (old != NULL) {
+        uint64_t changed = c->changed_ns;
         cluster_map_diff(old, m, owner_changed, c);
         cluster_map_free(old);
         free(old);
+        if (c->changed_ns != changed)
+            wake_retries(c); /* held requests may have a route now */
     } else {
         log_info("redis: cluster of %zu masters%s", m->n_nodes,
                  m->masters_have_replicas ? ", each with a replica" : "");
@@ -669,7 +687,8 @@ static rreq_t *rreq_new(redis_client_t *c, int argc, const char **argv, const si
     return r;
 }
 
-static void retry_later(rreq_t *r)
+/* Puts r on the retry list, routed again at r->due_ns. */
+static void enqueue_retry(rreq_t *r)
 {
     redis_client_t *c = r->c;
     r->next = NULL;
@@ -678,8 +697,37 @@ static void retry_later(rreq_t *r)
     else
         c->retry_head = r;
     c->retry_tail = r;
-    if (!uv_is_active((uv_handle_t *)&c->retry_timer))
-        uv_timer_start(&c->retry_timer, on_retry_timer, RETRY_EVERY_MS, 0);
+    uint64_t now = uv_hrtime();
+    uint64_t ms = r->due_ns > now ? (r->due_ns - now + 999999u) / 1000000u : 0;
+    if (uv_is_active((uv_handle_t *)&c->retry_timer) && uv_timer_get_due_in(&c->retry_timer) <= ms)
+        return;
+    uv_timer_start(&c->retry_timer, on_retry_timer, ms, 0);
+}
+
+/* Routes r again in ms, or at its deadline if that comes first (where route fails it). */
+static void retry_in(rreq_t *r, uint64_t ms)
+{
+    if (r->c->closing) { /* the retry timer is closed or closing */
+        rreq_fail(r, redis_err_closing);
+        return;
+    }
+    uint64_t due = uv_hrtime() + ms * 1000000u;
+    r->due_ns = due < r->deadline_ns ? due : r->deadline_ns;
+    enqueue_retry(r);
+}
+
+static void retry_later(rreq_t *r)
+{
+    retry_in(r, RETRY_EVERY_MS);
+}
+
+static void wake_retries(redis_client_t *c)
+{
+    if (c->retry_head == NULL)
+        return;
+    for (rreq_t *r = c->retry_head; r != NULL; r = r->next)
+        r->due_ns = 0;
+    uv_timer_start(&c->retry_timer, on_retry_timer, 0, 0);
 }
 
 static void on_retry_timer(uv_timer_t *t)
@@ -687,11 +735,36 @@ static void on_retry_timer(uv_timer_t *t)
     redis_client_t *c = t->data;
     rreq_t *r = c->retry_head;
     c->retry_head = c->retry_tail = NULL;
+    /* The loop's clock, which fired the timer, may lag uv_hrtime by up to a millisecond. */
+    uint64_t now = uv_hrtime() + 1000000u;
     while (r != NULL) {
         rreq_t *next = r->next;
-        route(r);
+        if (r->due_ns <= now)
+            route(r);
+        else
+            enqueue_retry(r);
         r = next;
     }
+}
+
+static bool in_transition(const redis_client_t *c)
+{
+    return c->changed_ns != 0 && uv_hrtime() - c->changed_ns < c->timeout_ms * 1000000u;
+}
+
+/* r never ran. In a transition, or already waiting for one to settle, it goes again after a
+ * backoff (never past its deadline); otherwise it fails now (see the top). */
+static void hold_or_fail(rreq_t *r)
+{
+    redis_client_t *c = r->c;
+    schedule_refresh(c, REFRESH_SOON_MS);
+    if (r->holds == 0 && !in_transition(c)) {
+        rreq_fail(r, redis_err_cluster_down);
+        return;
+    }
+    uint64_t ms = (uint64_t)RETRY_EVERY_MS << (r->holds < 5 ? r->holds : 5);
+    r->holds++;
+    retry_in(r, ms < HOLD_BACKOFF_MAX_MS ? ms : HOLD_BACKOFF_MAX_MS);
 }
 
 static void on_wait_reply(redisReply *reply, const char *err, void *data)
@@ -751,23 +824,33 @@ static void on_routed_reply(redisReply *reply, const char *err, void *data)
     n->inflight--;
     if (reply == NULL) {
         maybe_close_retired(n);
-        if (err == redis_err_not_connected || err == redis_err_not_ready ||
-            err == redis_err_no_script) {
+        if (err == redis_err_not_connected || err == redis_err_not_ready) {
+            hold_or_fail(r); /* never sent */
+            return;
+        }
+        if (err == redis_err_no_script) {
             schedule_refresh(c, REFRESH_SOON_MS);
             rreq_fail(r, redis_err_cluster_down); /* never sent */
             return;
         }
-        if (err == redis_err_lost)
+        if (err == redis_err_lost) {
+            if (n->down_ns == 0)
+                n->down_ns = c->changed_ns = uv_hrtime();
             schedule_refresh(c, REFRESH_SOON_MS);
+        }
         rreq_fail(r, err);
         return;
     }
     cluster_redirect_t to;
     switch (cluster_reply_error(reply, &to)) {
     case CLUSTER_ERR_MOVED:
+        c->changed_ns = uv_hrtime();
         schedule_refresh(c, REFRESH_SOON_MS);
-        if (++r->redirects > REDIS_MAX_REDIRECTS)
-            break;
+        if (++r->redirects > REDIS_MAX_REDIRECTS) {
+            maybe_close_retired(n);
+            hold_or_fail(r); /* nodes naming each other: their views differ for now */
+            return;
+        }
         node_t *dest = node_get(c, host_or(to.host, n), to.port, NULL);
         if (dest == NULL)
             break;
@@ -777,8 +860,11 @@ static void on_routed_reply(redisReply *reply, const char *err, void *data)
         route(r);
         return;
     case CLUSTER_ERR_ASK:
-        if (r->asked || ++r->redirects > REDIS_MAX_REDIRECTS)
-            break;
+        if (r->asked || ++r->redirects > REDIS_MAX_REDIRECTS) {
+            maybe_close_retired(n);
+            hold_or_fail(r); /* next time from the slot's owner */
+            return;
+        }
         if (to.host[0] == '\0')
             snprintf(to.host, sizeof(to.host), "%s", n->host);
         r->ask = to;
@@ -791,8 +877,16 @@ static void on_routed_reply(redisReply *reply, const char *err, void *data)
         retry_later(r);
         return;
     case CLUSTER_ERR_CLUSTERDOWN:
-        schedule_refresh(c, REFRESH_SOON_MS);
-        break;
+        maybe_close_retired(n);
+        /* "Hash slot not served": the node knows no owner of the slot (it is out of the
+         * cluster, or the slot was never given): an outage, not a moment of a failover. */
+        if (strstr(reply->str, "not served") != NULL) {
+            schedule_refresh(c, REFRESH_SOON_MS);
+            rreq_fail(r, redis_err_cluster_down);
+            return;
+        }
+        hold_or_fail(r);
+        return;
     default:
         maybe_close_retired(n);
         deliver(r, reply, NULL);
@@ -828,19 +922,20 @@ static void route(rreq_t *r)
     else
         n = any_ready_node(c);
     if (n == NULL) {
-        schedule_refresh(c, REFRESH_SOON_MS);
-        rreq_fail(r, redis_err_cluster_down);
+        hold_or_fail(r);
         return;
     }
     if (!redis_conn_ready(n->conn)) {
         /* A node met a moment ago is still connecting: wait for it, within the deadline. One
-         * that was up is down: fail now (503) and let the map tell where its slots went. */
+         * that was up is down: the map will tell where its slots went; until then the request
+         * waits in a transition, and fails now (503) in a long outage. */
         if (!n->was_ready && uv_hrtime() - n->born_ns < c->timeout_ms * 1000000u) {
             retry_later(r);
             return;
         }
-        schedule_refresh(c, REFRESH_SOON_MS);
-        rreq_fail(r, redis_err_cluster_down);
+        if (n->was_ready && n->down_ns == 0)
+            n->down_ns = c->changed_ns = uv_hrtime(); /* just lost (nothing was in flight) */
+        hold_or_fail(r);
         return;
     }
     r->node = n;
@@ -862,11 +957,12 @@ static void route(rreq_t *r)
 static void on_node_ready(redis_conn_t *conn, void *arg)
 {
     node_t *n = arg;
-    (void)conn;
-    n->was_ready = true;
-    redis_client_t *c = n->c;
-    if (c->retry_head != NULL)
-        uv_timer_start(&c->retry_timer, on_retry_timer, 0, 0);
+    /* Called when usable too: a node whose script is still loading is not up yet. */
+    if (redis_conn_ready(conn)) {
+        n->was_ready = true;
+        n->down_ns = 0;
+    }
+    wake_retries(n->c);
 }
 
 /* ---- standalone WAIT ---- */

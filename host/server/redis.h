@@ -4,12 +4,14 @@
  * map names it), and routes each command to the master of its key's slot; it follows MOVED
  * (map updated, refresh scheduled, resent; at most REDIS_MAX_REDIRECTS times within the command's
  * deadline), ASK (ASKING then the command back to back on the named node, once), TRYAGAIN
- * (resent shortly, within the deadline), and fails CLUSTERDOWN, an unroutable slot or an
- * unreachable master at once with redis_err_cluster_down (nothing ran: callers answer 503) while
- * the map is read again from any reachable master, with backoff (from the seeds and the last
- * map's replicas when no master answers: every master gone at once). A promoted replica's NOSCRIPT
- * is the connection's (script loaded, EVAL retried). Each of these resends is safe: the command did
- * not run. A connection lost after sending stays redis_err_lost (the command may have run).
+ * (resent shortly, within the deadline), and fails CLUSTERDOWN, a redirection loop, an
+ * unroutable slot or an unreachable master with redis_err_cluster_down (nothing ran: callers
+ * answer 503) while the map is read again from any reachable master, with backoff (from the
+ * seeds and the last map's replicas when no master answers: every master gone at once): at its
+ * deadline while the cluster is in transition (resent meanwhile, see redis.c), at once outside. A
+ * promoted replica's NOSCRIPT is the connection's (script loaded, EVAL retried). Each of these
+ * resends is safe: the command did not run. A connection lost after sending stays redis_err_lost
+ * (the command may have run).
  *
  * Standalone or cluster is decided once, when the first seed answers: CLUSTER SLOTS answers
  * "ERR This instance has cluster support disabled" on a standalone server. Until then the client

@@ -3,7 +3,8 @@ min-replicas-to-write 1), a 3-node JetStream cluster (stream ORDERS with 3 repli
 (--redis-replicas 1: a batch is confirmed only once a replica holds it) behind nginx running
 examples/nginx/snatch.conf, and the subscriber. One fault per case, mid-sale: kill -9 of the Redis
 master owning the event (restarted after the failover; and, on 3 masters + 6 replicas, never
-restarted), kill -9 of the ORDERS stream leader, kill -9 of a host behind nginx, a rolling SIGTERM
+restarted), on 3 + 6 kill -9 of one of its replicas (never restarted) and of the master and a
+replica at once (one restarted later), kill -9 of the ORDERS stream leader, kill -9 of a host behind nginx, a rolling SIGTERM
 restart of every node one by one, and the event's master cut off by nftables.
 
 The buyers go through nginx; their pace is held down while the fault lasts (so the sale is still
@@ -20,9 +21,10 @@ dropped_202, counted as err, and the buyer holds nothing (verify checks rows == 
 
 Fails when snatch-host lacks the cluster flags (--redis-replicas, --orders-replicas).
 SNATCH_CLUSTER_BROKEN=1 runs the split-brain case against a broken variant (no
-min-replicas-to-write, --redis-replicas 0): it must fail. SNATCH_CLUSTER_ONE_REPLICA=1 runs
-redis_master_kill9_never_back on one replica per master: the promoted replica has none, refuses
-every write (NOREPLICAS) and the stock is left unsold: it must fail."""
+min-replicas-to-write, --redis-replicas 0): it must fail, and so must redis_shard_two_nodes_kill9
+(the promoted replica, alone, sells). SNATCH_CLUSTER_ONE_REPLICA=1 runs
+redis_master_kill9_never_back and redis_replica_kill9 on one replica per master: the master left
+has no replica, refuses every write (NOREPLICAS) and the stock is left unsold: they must fail."""
 import atexit
 import os
 import re
@@ -364,6 +366,104 @@ def redis_master_kill9_never_back():
         except AssertionError as e:
             print("  %s" % e, flush=True)
         finish(st, ev, crowd, "kill -9 redis master, never back (%d replicas)" % replicas, times)
+
+
+@suite.case
+def redis_replica_kill9():
+    """One replica of the event's master dies and stays dead. With two replicas per master the
+    other one still acknowledges: min-replicas-to-write 1 and the hosts' WAIT 1 are met and the
+    sale sells out with no operator. SNATCH_CLUSTER_ONE_REPLICA=1 runs it on one replica per
+    master (README's Known limits): the master is left with none, refuses every write
+    (NOREPLICAS) and the stock is left unsold: it must fail."""
+    replicas = 1 if ONE_REPLICA else 2
+    with ClusterStack(replicas=replicas) as st:
+        rc, ev = st.redis, "rp"
+        crowd = start_sale(st, ev)
+        m = rc.master_for_key("{%s}:meta" % ev)
+        r = rc.replicas_of(m)[0]
+        times = {"fault": time.time()}
+        r.kill9()
+        # The master drops the link at once (the dead process's socket is closed); a few
+        # seconds at the slow pace, past min-replicas-max-lag, before the crowd is released.
+        wait_until(lambda: online_replicas(m) == replicas - 1, 10, 0.05, "replica link dropped")
+        times["link_dropped"] = time.time()
+        time.sleep(3.0)
+        finish(st, ev, crowd, "kill -9 redis replica of event, never back (%d replicas)"
+               % replicas, times)
+
+
+def online_replicas(node):
+    """How many replicas node (a master) has attached and in sync; -1 when it does not answer."""
+    try:
+        text = node.cmd("INFO", "replication")
+    except (OSError, RuntimeError):
+        return -1
+    return sum(1 for line in text.split("\r\n")
+               if line.startswith("slave") and "state=online" in line)
+
+
+MIGRATE_WAIT = 20.0  # s after the promotion for a replica to migrate (Redis waits 5 s)
+
+
+@suite.case
+def redis_shard_two_nodes_kill9():
+    """The event's master and one of its two replicas die at once. The last replica is promoted
+    with no replica of its own: min-replicas-to-write 1 makes it refuse every write
+    (NOREPLICAS), so the shard sells nothing, until Redis's replica migration
+    (cluster-migration-barrier 1, the default) moves it a replica of a shard that has two, 5 s
+    after it became an orphan; then it sells again, with no operator. One dead node is then
+    restarted (it rejoins as the new master's replica) and the sale must sell out.
+    SNATCH_CLUSTER_BROKEN=1 (no min-replicas-to-write) must fail: the lone master sells."""
+    with ClusterStack(replicas=2) as st:
+        rc, ev = st.redis, "r2"
+        crowd = start_sale(st, ev)
+        m = rc.master_for_key("{%s}:meta" % ev)
+        dead, last = rc.replicas_of(m)
+        times = {"fault": time.time()}
+        m.kill9()
+        dead.kill9()
+        via = other_node(rc, m, dead)
+        wait_until(lambda: owner(rc, ev, via) == last.port, 20, 0.05, "last replica promoted")
+        times["promoted"] = time.time()
+        base = lone_master_holds(last, ev, time.time() + MIGRATE_WAIT)
+        times["replica_migrated"] = time.time()
+        info = last.cmd("INFO", "replication")
+        port = int(re.search(r"^slave0:ip=[^,]+,port=(\d+),state=online", info, re.M).group(1))
+        assert port not in (m.port, dead.port), "a dead node is the replica: %d" % port
+        # Sells again, with no operator: a replica of another shard serves as its replica.
+        wait_until(lambda: hget_sold(last, ev) > base, 20, 0.05, "sales after the migration")
+        times["sells_again"] = time.time()
+        print("  sold %d while alone; replica %d migrated to it" % (base, port), flush=True)
+        m.start()
+        wait_until(lambda: online_replicas(last) >= 2, 20, 0.05, "old master back as a replica")
+        times["node_back"] = time.time()
+        finish(st, ev, crowd, "kill -9 redis master and one of its 2 replicas", times)
+
+
+def hget_sold(node, ev):
+    """The event's sold on node, read there (-1 when it does not answer)."""
+    try:
+        return int(node.cmd("HGET", "{%s}:meta" % ev, "sold") or 0)
+    except (OSError, RuntimeError):
+        return -1
+
+
+def lone_master_holds(node, ev, deadline):
+    """Until node (a master) has a replica online: asserts its sold never moves (it refuses
+    every write), and returns it. Fails at deadline. Each sold is read before the replicas are
+    counted, so a sale made once a replica came is never taken for one made without."""
+    base = None
+    while True:
+        s = hget_sold(node, ev)
+        n = online_replicas(node)
+        if n > 0:
+            assert base is not None, "never read sold on %d while it had no replica" % node.port
+            return base
+        if s >= 0 and n == 0:
+            base = s if base is None else base
+            assert s == base, "a master with no replica sold: %d -> %d" % (base, s)
+        assert time.time() < deadline, "no replica on %d after %.0f s" % (node.port, MIGRATE_WAIT)
+        time.sleep(0.05)
 
 
 @suite.case

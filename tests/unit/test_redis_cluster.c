@@ -592,9 +592,9 @@ static void test_sync_redirects(void **state)
     rsync_close(rs);
 }
 
-/* kill -9 of the master of an event: commands for it fail at once (nothing ran) until the
- * replica is promoted; then they run there, the script loaded on the new master, and the move
- * is reported. */
+/* kill -9 of the master of an event: commands for it fail (nothing ran; at their deadline in
+ * the first timeout after the loss, at once after it) until the replica is promoted; then they
+ * run there, the script loaded on the new master, and the move is reported. */
 static void test_failover(void **state)
 {
     (void)state;
