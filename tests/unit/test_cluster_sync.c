@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "cluster_sync.h"
+#include "free_port.h"
 
 #define MOVED_FOREVER 1000 /* more MOVED than any bounded client follows */
 
@@ -129,15 +130,8 @@ static void *serve(void *arg)
 static void fake_start(fake_t *f)
 {
     memset(f, 0, sizeof(*f));
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t alen = sizeof(a);
-    f->lfd = socket(AF_INET, SOCK_STREAM, 0);
+    f->lfd = test_listen_loopback(8, &f->port);
     assert_true(f->lfd >= 0);
-    assert_int_equal(bind(f->lfd, (struct sockaddr *)&a, sizeof(a)), 0);
-    assert_int_equal(listen(f->lfd, 8), 0);
-    assert_int_equal(getsockname(f->lfd, (struct sockaddr *)&a, &alen), 0);
-    f->port = ntohs(a.sin_port);
     assert_int_equal(pthread_create(&f->th, NULL, serve, f), 0);
 }
 
