@@ -55,8 +55,10 @@ struct script {
     int ref_ord; /* the order table handed to every order() call */
     script_settings_t settings;
     bool quiet; /* script_check: errors go to err only */
-    /* script_check only: what runs under the instruction budget ("allocate()"...), and the
-     * one-line complaint once the budget is spent (empty until then). */
+    /* Bounded states only (script_check's, script_open_bounded's): every call runs under the
+     * instruction budget; what runs ("allocate()"...), and the one-line complaint once the
+     * budget is spent (empty until then). */
+    bool bounded;
     const char *path;
     const char *phase;
     char spent[256];
@@ -345,7 +347,7 @@ static int setup_state(lua_State *L)
     return 0;
 }
 
-/* ---- the check's instruction budget ---------------------------------------------------- */
+/* ---- the instruction budget of bounded states ------------------------------------------ */
 
 /* script_check runs the policy on the main thread (at start, `--test`, every SIGHUP), where a
  * call that never returns would wedge the host for good: no reload, no SIGTERM is handled
@@ -358,7 +360,9 @@ static int setup_state(lua_State *L)
  * filling a 10^6-entry table runs 3*10^6), yet is spent in about 0.12 s (interpreted,
  * ~1.2 ns per instruction on the development machine), so a looping policy is refused quickly. Not
  * counted: time inside one C function (a huge string.rep, a pattern match that backtracks) and __gc
- * finalizers (LuaJIT runs those without hooks). */
+ * finalizers (LuaJIT runs those without hooks). The reconciliation threads (the host's, and
+ * snatch-reconcile) run order() the same way, per call (script_open_bounded): they call it
+ * rarely, and a loop there must not stop republishing for good. */
 static const char budget_key; /* registry[&budget_key]: the script_t under the budget */
 
 /* The count hook fires: the budget is spent. From now on every instruction fails (count 1), so
@@ -375,17 +379,21 @@ static void on_budget_spent(lua_State *L, lua_Debug *ar)
         if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
             snprintf(at, sizeof(at), ", at %s:%d", ar->short_src, ar->currentline);
         snprintf(s->spent, sizeof(s->spent),
-                 "%s: %s ran past %d Lua instructions in the check (an endless loop?%s)", s->path,
-                 s->phase, SCRIPT_CHECK_BUDGET, at);
+                 "%s: %s ran past %d Lua instructions%s (an endless loop?%s)", s->path, s->phase,
+                 SCRIPT_CHECK_BUDGET, s->quiet ? " in the check" : "", at);
     }
     lua_pushstring(L, s->spent);
     lua_error(L);
 }
 
-/* Gives the next step (phase names it in the complaint) a fresh budget. */
+/* Gives the next step (phase names it in the complaint) a fresh budget; a no-op for a state
+ * that is not bounded. */
 static void budget_start(script_t *s, const char *phase)
 {
+    if (!s->bounded)
+        return;
     s->phase = phase;
+    s->spent[0] = '\0';
     lua_sethook(s->L, on_budget_spent, LUA_MASKCOUNT, SCRIPT_CHECK_BUDGET);
 }
 
@@ -587,8 +595,13 @@ static void req_set_num(lua_State *L, int t, int key_ref, lua_Number v)
     lua_rawset(L, t);
 }
 
-/* check: the state script_check runs under the instruction budget, with the JIT off. */
-static int open_script(script_t **out, const char *path, const script_env_t *env, bool check,
+typedef enum {
+    OPEN_JIT,     /* the loop threads' */
+    OPEN_BOUNDED, /* interpreted, each call under the instruction budget */
+    OPEN_CHECK,   /* OPEN_BOUNDED, errors to err only: script_check's */
+} open_mode_t;
+
+static int open_script(script_t **out, const char *path, const script_env_t *env, open_mode_t mode,
                        char *err, size_t errlen)
 {
     script_env_t dflt = {.host_id = "", .hosts = 1};
@@ -611,9 +624,10 @@ static int open_script(script_t **out, const char *path, const script_env_t *env
         snprintf(err, errlen, "%s: cannot set up the Lua state: %s", path, lua_tostring(s->L, -1));
         goto fail;
     }
-    if (check) {
+    if (mode != OPEN_JIT) {
+        s->bounded = true;
         s->path = path;
-        s->quiet = true;
+        s->quiet = mode == OPEN_CHECK;
         luaJIT_setmode(s->L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
         if (lua_cpcall(s->L, setup_budget, s) != 0) {
             snprintf(err, errlen, "%s: cannot set up the Lua state: %s", path,
@@ -637,7 +651,13 @@ fail:
 
 int script_open(script_t **out, const char *path, const script_env_t *env, char *err, size_t errlen)
 {
-    return open_script(out, path, env, false, err, errlen);
+    return open_script(out, path, env, OPEN_JIT, err, errlen);
+}
+
+int script_open_bounded(script_t **out, const char *path, const script_env_t *env, char *err,
+                        size_t errlen)
+{
+    return open_script(out, path, env, OPEN_BOUNDED, err, errlen);
 }
 
 void script_close(script_t *s)
@@ -691,6 +711,7 @@ static int call_allocate(script_t *s, const char *event, const script_cluster_t 
 
     lua_pushstring(L, event);
     lua_createtable(L, 0, 4); /* [handler, allocate, event, cluster]: rare, not reused */
+    budget_start(s, "allocate()");
     int t = lua_gettop(L);
     set_num(L, t, "stock", (lua_Number)c->stock);
     set_num(L, t, "per_user_limit", (lua_Number)c->per_user_limit);
@@ -805,6 +826,7 @@ static int call_admit(script_t *s, const script_admit_req_t *r, script_verdict_t
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->ref_header);
     lua_rawset(L, t);
     s->cur = r;
+    budget_start(s, "admit()");
     int failed = lua_pcall(L, 1, 4, handler);
     s->cur = NULL;
     if (failed) { /* [handler, msg] */
@@ -846,6 +868,7 @@ int script_order(script_t *s, const script_order_t *o, char *out, size_t cap)
     set_num(L, t, "qty", (lua_Number)o->qty);
     set_str(L, t, "host", o->host_id);
     set_num(L, t, "created_at", (lua_Number)o->created_ms);
+    budget_start(s, "order()");
     if (lua_pcall(L, 1, 1, handler) != 0) { /* [handler, msg] */
         report(s, "order()", lua_tostring(L, -1));
         goto out;
@@ -975,7 +998,7 @@ int script_check(const char *path, const script_env_t *env, char *err, size_t er
     script_t *s = NULL;
     int rc = -1;
 
-    if (open_script(&s, path, env, true, err, errlen) < 0)
+    if (open_script(&s, path, env, OPEN_CHECK, err, errlen) < 0)
         return -1;
 
     script_cluster_t cluster = {.stock = 1000,
@@ -983,7 +1006,6 @@ int script_check(const char *path, const script_env_t *env, char *err, size_t er
                                 .hosts = 3,
                                 .host_id = env && env->host_id ? env->host_id : ""};
     int64_t quota;
-    budget_start(s, "allocate()");
     if (call_allocate(s, "check", &cluster, &quota) < 0) {
         check_failed(s, err, errlen);
         goto out;
@@ -994,12 +1016,10 @@ int script_check(const char *path, const script_env_t *env, char *err, size_t er
                               .client = "127.0.0.1",
                               .now_ms = util_now_ms()};
     script_verdict_t v;
-    budget_start(s, "admit()");
     if (call_admit(s, &req, &v) < 0) {
         check_failed(s, err, errlen);
         goto out;
     }
-    budget_start(s, "order()");
     if (check_order(s, err, errlen) < 0)
         goto out;
     rc = 0;

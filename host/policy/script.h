@@ -28,6 +28,13 @@ typedef struct script_env {
 /* Loads and validates path. On failure returns -1 and writes why into err. */
 int script_open(script_t **out, const char *path, const script_env_t *env, char *err,
                 size_t errlen);
+/* script_open for a thread that calls the policy rarely and must never wedge on it (the
+ * reconciliation threads: order() for republished orders): the state runs interpreted, each
+ * call under SCRIPT_CHECK_BUDGET instructions; a call that spends it fails as one that raised
+ * an error does (order(): the built-in payload), logged as "PATH: order() ran past N Lua
+ * instructions (an endless loop?, at FILE:LINE)". path must outlive the state. */
+int script_open_bounded(script_t **out, const char *path, const script_env_t *env, char *err,
+                        size_t errlen);
 void script_close(script_t *s);
 
 typedef struct script_settings {

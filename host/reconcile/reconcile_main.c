@@ -291,7 +291,7 @@ static int open_policy(const config_t *c, script_t **out)
         return 0;
     }
     if (script_check(c->policy, &env, err, sizeof(err)) != 0 ||
-        script_open(out, c->policy, &env, err, sizeof(err)) != 0) {
+        script_open_bounded(out, c->policy, &env, err, sizeof(err)) != 0) {
         log_error("reconcile: --policy %s: %s", c->policy, err);
         return -1;
     }

@@ -116,7 +116,7 @@ static void open_policy(reconciler_t *r)
 {
     char err[2048];
     script_t *fresh = NULL;
-    if (script_open(&fresh, r->policy_path, &r->env, err, sizeof(err)) != 0) {
+    if (script_open_bounded(&fresh, r->policy_path, &r->env, err, sizeof(err)) != 0) {
         log_error("reconciler: policy %s: %s (%s)", r->policy_path, err,
                   r->script != NULL ? "keeping the previous one"
                                     : "republishing the built-in payload");

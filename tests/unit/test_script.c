@@ -521,6 +521,68 @@ static void test_check_bounds_endless_loops(void **state)
     assert_int_equal(script_check(path, &env, err, sizeof(err)), 0);
 }
 
+/* In a child that SIGALRM ends after CHECK_DEADLINE_S: a bounded state (the reconcilers') renders
+ * the record of buyer "wedge", whose order() loops, then one of buyer "u1". Writes both payloads,
+ * a line each, to out. */
+static void bounded_orders(const char *path, char *out, size_t cap)
+{
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        alarm(CHECK_DEADLINE_S);
+        char err[2048], a[512] = "", b[512] = "", line[1100];
+        script_t *s = NULL;
+        if (script_open_bounded(&s, path, &env, err, sizeof(err)) != 0)
+            _exit(2);
+        const char *rec = "{\"order_id\":\"%s\",\"event\":\"e\",\"user\":\"%s\",\"qty\":1,"
+                          "\"host\":\"h1\",\"created_at\":1700000000000}";
+        char r1[256], r2[256];
+        snprintf(r1, sizeof(r1), rec, "o1", "wedge");
+        snprintf(r2, sizeof(r2), rec, "o2", "u1");
+        int n1 = script_order_from_record(s, r1, strlen(r1), a, sizeof(a));
+        int n2 = script_order_from_record(s, r2, strlen(r2), b, sizeof(b));
+        script_close(s);
+        int n = snprintf(line, sizeof(line), "%s\n%s\n", n1 > 0 ? a : "-", n2 > 0 ? b : "-");
+        ssize_t w = write(fds[1], line, (size_t)n);
+        (void)w;
+        _exit(0);
+    }
+    close(fds[1]);
+    size_t n = 0;
+    ssize_t r;
+    while (n < cap - 1 && (r = read(fds[0], out + n, cap - 1 - n)) > 0)
+        n += (size_t)r;
+    out[n] = '\0';
+    close(fds[0]);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (WIFSIGNALED(status))
+        fail_msg("%s: order() still ran after %d s (signal %d)", path, CHECK_DEADLINE_S,
+                 WTERMSIG(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
+/* The reconcilers' state: an order() that loops for one order is cut off by the budget, that
+ * order gets the built-in payload (as for any order() error), and the next call runs with a
+ * fresh budget. */
+static void test_bounded_state_cuts_a_looping_order(void **state)
+{
+    (void)state;
+    char path[512], got[1024];
+    fixture(path, sizeof(path), "looporder_one.lua",
+            "local M = {}\n" OK_ALLOCATE OK_ADMIT "function M.order(o)\n"
+            "  while o.user == 'wedge' do end\n"
+            "  return '{\"mine\":\"' .. o.order_id .. '\"}'\n"
+            "end\nreturn M\n");
+    bounded_orders(path, got, sizeof(got));
+    assert_string_equal(got, "{\"order_id\":\"o1\",\"event\":\"e\",\"user\":\"wedge\",\"qty\":1,"
+                             "\"host\":\"h1\",\"created_at\":1700000000000}\n"
+                             "{\"mine\":\"o2\"}\n");
+}
+
 /* The check's state runs interpreted, the states that serve keep the JIT. */
 static void test_check_jit_off_workers_on(void **state)
 {
@@ -969,6 +1031,7 @@ int main(void)
         cmocka_unit_test(test_check_accepts_good_policies),
         cmocka_unit_test(test_check_bounds_endless_loops),
         cmocka_unit_test(test_check_jit_off_workers_on),
+        cmocka_unit_test(test_bounded_state_cuts_a_looping_order),
         cmocka_unit_test(test_sandbox),
         cmocka_unit_test(test_runtime_errors),
         cmocka_unit_test(test_reused_table_metatable),
