@@ -425,10 +425,11 @@ static void test_check_accepts_good_policies(void **state)
  * (about 0.12 s); a check without it never returns. */
 #define CHECK_DEADLINE_S 30
 
-/* script_check in a child process that SIGALRM ends after CHECK_DEADLINE_S, so a check that
- * never returns fails this test instead of hanging it. Returns the check's result; err gets
- * its message. */
-static int bounded_check(const char *path, char *err, size_t errlen)
+/* Runs fn(path, out, cap) in a child process that SIGALRM ends after CHECK_DEADLINE_S, so a
+ * call that never returns fails this test instead of hanging it (what names it). out gets what
+ * the child wrote there; returns the child's exit status (fn's return). */
+static int in_child(int (*fn)(const char *, char *, size_t), const char *path, const char *what,
+                    char *out, size_t cap)
 {
     int fds[2];
     assert_int_equal(pipe(fds), 0);
@@ -438,24 +439,35 @@ static int bounded_check(const char *path, char *err, size_t errlen)
         close(fds[0]);
         alarm(CHECK_DEADLINE_S);
         char msg[2048] = "";
-        int rc = script_check(path, &env, msg, sizeof(msg));
+        int rc = fn(path, msg, sizeof(msg));
         ssize_t w = write(fds[1], msg, strlen(msg));
         (void)w;
-        _exit(rc == 0 ? 0 : 1);
+        _exit(rc);
     }
     close(fds[1]);
     size_t n = 0;
     ssize_t r;
-    while (n < errlen - 1 && (r = read(fds[0], err + n, errlen - 1 - n)) > 0)
+    while (n < cap - 1 && (r = read(fds[0], out + n, cap - 1 - n)) > 0)
         n += (size_t)r;
-    err[n] = '\0';
+    out[n] = '\0';
     close(fds[0]);
     int status;
     assert_int_equal(waitpid(pid, &status, 0), pid);
     if (WIFSIGNALED(status))
-        fail_msg("%s: script_check still ran after %d s (signal %d)", path, CHECK_DEADLINE_S,
+        fail_msg("%s: %s still ran after %d s (signal %d)", path, what, CHECK_DEADLINE_S,
                  WTERMSIG(status));
-    return WEXITSTATUS(status) == 0 ? 0 : -1;
+    return WEXITSTATUS(status);
+}
+
+static int check_in_child(const char *path, char *msg, size_t cap)
+{
+    return script_check(path, &env, msg, cap) == 0 ? 0 : 1;
+}
+
+/* script_check in a child (in_child). Returns the check's result; err gets its message. */
+static int bounded_check(const char *path, char *err, size_t errlen)
+{
+    return in_child(check_in_child, path, "script_check", err, errlen) == 0 ? 0 : -1;
 }
 
 /* A policy that loops where the check runs it is refused with one line naming the step and
@@ -521,48 +533,24 @@ static void test_check_bounds_endless_loops(void **state)
     assert_int_equal(script_check(path, &env, err, sizeof(err)), 0);
 }
 
-/* In a child that SIGALRM ends after CHECK_DEADLINE_S: a bounded state (the reconcilers') renders
- * the record of buyer "wedge", whose order() loops, then one of buyer "u1". Writes both payloads,
- * a line each, to out. */
-static void bounded_orders(const char *path, char *out, size_t cap)
+/* A bounded state (the reconcilers') renders the record of buyer "wedge", whose order() loops,
+ * then one of buyer "u1"; both payloads go to out, a line each. Run by in_child. */
+static int orders_in_child(const char *path, char *out, size_t cap)
 {
-    int fds[2];
-    assert_int_equal(pipe(fds), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        close(fds[0]);
-        alarm(CHECK_DEADLINE_S);
-        char err[2048], a[512] = "", b[512] = "", line[1100];
-        script_t *s = NULL;
-        if (script_open_bounded(&s, path, &env, err, sizeof(err)) != 0)
-            _exit(2);
-        const char *rec = "{\"order_id\":\"%s\",\"event\":\"e\",\"user\":\"%s\",\"qty\":1,"
-                          "\"host\":\"h1\",\"created_at\":1700000000000}";
-        char r1[256], r2[256];
-        snprintf(r1, sizeof(r1), rec, "o1", "wedge");
-        snprintf(r2, sizeof(r2), rec, "o2", "u1");
-        int n1 = script_order_from_record(s, r1, strlen(r1), a, sizeof(a));
-        int n2 = script_order_from_record(s, r2, strlen(r2), b, sizeof(b));
-        script_close(s);
-        int n = snprintf(line, sizeof(line), "%s\n%s\n", n1 > 0 ? a : "-", n2 > 0 ? b : "-");
-        ssize_t w = write(fds[1], line, (size_t)n);
-        (void)w;
-        _exit(0);
-    }
-    close(fds[1]);
-    size_t n = 0;
-    ssize_t r;
-    while (n < cap - 1 && (r = read(fds[0], out + n, cap - 1 - n)) > 0)
-        n += (size_t)r;
-    out[n] = '\0';
-    close(fds[0]);
-    int status;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    if (WIFSIGNALED(status))
-        fail_msg("%s: order() still ran after %d s (signal %d)", path, CHECK_DEADLINE_S,
-                 WTERMSIG(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
+    char err[2048], a[512] = "", b[512] = "";
+    script_t *s = NULL;
+    if (script_open_bounded(&s, path, &env, err, sizeof(err)) != 0)
+        return 2;
+    const char *rec = "{\"order_id\":\"%s\",\"event\":\"e\",\"user\":\"%s\",\"qty\":1,"
+                      "\"host\":\"h1\",\"created_at\":1700000000000}";
+    char r1[256], r2[256];
+    snprintf(r1, sizeof(r1), rec, "o1", "wedge");
+    snprintf(r2, sizeof(r2), rec, "o2", "u1");
+    int n1 = script_order_from_record(s, r1, strlen(r1), a, sizeof(a));
+    int n2 = script_order_from_record(s, r2, strlen(r2), b, sizeof(b));
+    script_close(s);
+    snprintf(out, cap, "%s\n%s\n", n1 > 0 ? a : "-", n2 > 0 ? b : "-");
+    return 0;
 }
 
 /* The reconcilers' state: an order() that loops for one order is cut off by the budget, that
@@ -577,7 +565,7 @@ static void test_bounded_state_cuts_a_looping_order(void **state)
             "  while o.user == 'wedge' do end\n"
             "  return '{\"mine\":\"' .. o.order_id .. '\"}'\n"
             "end\nreturn M\n");
-    bounded_orders(path, got, sizeof(got));
+    assert_int_equal(in_child(orders_in_child, path, "order()", got, sizeof(got)), 0);
     assert_string_equal(got, "{\"order_id\":\"o1\",\"event\":\"e\",\"user\":\"wedge\",\"qty\":1,"
                              "\"host\":\"h1\",\"created_at\":1700000000000}\n"
                              "{\"mine\":\"o2\"}\n");
